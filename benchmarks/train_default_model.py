@@ -1,0 +1,203 @@
+"""Train the embedded default model: a small stock `ResNetForImageClassification` on Fashion-MNIST.
+
+    python benchmarks/train_default_model.py [--epochs N] [--output DIR] [--threads T]
+
+Writes model.safetensors + config.json + preprocessor_config.json to genie_hub/assets/fashion-mnist-resnet/
+(the folder genie_hub.loading.DEFAULT_MODEL_DIR points at) and records the command, time, test top-1 and
+parameter count in benchmarks/results/default_model_training.json.
+
+Deterministic: fixed seeds, `torch.use_deterministic_algorithms(True)` and one intra-op thread by default
+(CPU reductions may sum in another order with another thread count, so record and reuse `--threads`). One
+thread is also the fastest choice on a shared 2-core machine (about 16 s per epoch, ~6 min for 20 epochs).
+Needs the local Fashion-MNIST IDX files (`apt-get install dataset-fashion-mnist`); no network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from genie_hub.data import FASHION_MNIST_LABELS, fashion_mnist_pixel_values, load_fashion_mnist  # noqa: E402
+from genie_hub.evaluation import evaluate_top1  # noqa: E402
+from genie_hub.loading import DEFAULT_MODEL_DIR, input_spec  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "default_model_training.json"
+
+
+def build_model(embedding_size: int, hidden_sizes: list[int], depths: list[int]):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(
+        num_channels=1,
+        embedding_size=embedding_size,
+        hidden_sizes=list(hidden_sizes),
+        depths=list(depths),
+        layer_type="basic",
+        hidden_act="relu",
+        downsample_in_first_stage=False,
+        id2label={i: name for i, name in enumerate(FASHION_MNIST_LABELS)},
+        label2id={name: i for i, name in enumerate(FASHION_MNIST_LABELS)},
+    )
+    return ResNetForImageClassification(config)
+
+
+def build_processor(mean: float, std: float):
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(
+        do_resize=True, size={"height": 28, "width": 28}, resample=2,  # PIL bilinear; a no-op on 28x28 inputs
+        do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=[mean], image_std=[std],
+    )
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (zero fill, i.e. background) + random horizontal flip, on uint8."""
+    n, h, w = batch.shape
+    padded = F.pad(batch, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    out = padded[torch.arange(n)[:, None, None], rows, cols]
+    flip = torch.rand(n, generator=generator) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--pad", type=int, default=2, help="max random translation in pixels")
+    parser.add_argument("--embedding-size", type=int, default=32)
+    parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--depths", type=int, nargs="+", default=[1, 1, 1])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+    start, cpu_start = time.time(), time.process_time()
+
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    pixels = train_x.to(torch.float64) / 255.0
+    mean, std = round(pixels.mean().item(), 4), round(pixels.std().item(), 4)
+    processor = build_processor(mean, std)
+    test_pixels = fashion_mnist_pixel_values(test_x, processor)
+
+    model = build_model(args.embedding_size, args.hidden_sizes, args.depths)
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"params: {num_params}  mean/std: {mean}/{std}", flush=True)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=args.lr, momentum=0.9, nesterov=True)
+    steps_per_epoch = math.ceil(train_x.shape[0] / args.batch_size)
+    total_steps = args.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,
+                                                    pct_start=0.15, div_factor=10.0, final_div_factor=100.0)
+    generator = torch.Generator().manual_seed(args.seed)
+    history = []
+    for epoch in range(args.epochs):
+        model.train()
+        t0 = time.time()
+        order = torch.randperm(train_x.shape[0], generator=generator)
+        running, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * args.batch_size:(step + 1) * args.batch_size]
+            batch = augment(train_x[idx], generator, args.pad) if args.pad else train_x[idx]
+            logits = model(pixel_values=fashion_mnist_pixel_values(batch, processor)).logits
+            loss = F.cross_entropy(logits, train_y[idx], label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            running += loss.item() * idx.numel()
+            seen += idx.numel()
+        model.eval()
+        acc = evaluate_top1(model, test_pixels, test_y)
+        history.append({"epoch": epoch + 1, "train_loss": round(running / seen, 4), "test_top1": round(acc, 4),
+                        "seconds": round(time.time() - t0, 1)})
+        print(json.dumps(history[-1]), flush=True)
+
+    model.eval()
+    final_acc = evaluate_top1(model, test_pixels, test_y)
+    elapsed, cpu_seconds = time.time() - start, time.process_time() - cpu_start
+    args.output.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.output, safe_serialization=True)
+    processor.save_pretrained(args.output)
+    for path in args.output.iterdir():  # safetensors are written 0600; the asset must be readable by any user
+        if path.is_file():
+            path.chmod(0o644)
+
+    # Sanity: the saved processor maps one grayscale PIL image to [1, 1, 28, 28].
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    reloaded = AutoImageProcessor.from_pretrained(args.output)
+    shape = tuple(reloaded(images=Image.fromarray(test_x[0].numpy()), return_tensors="pt")["pixel_values"].shape)
+    assert shape == (1, 1, 28, 28), shape
+    spec = input_spec(model, reloaded)
+
+    weights = args.output / "model.safetensors"
+    record = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]]),
+        "args": {k: (_display_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "architecture": "ResNetForImageClassification",
+        "config": {"num_channels": 1, "embedding_size": args.embedding_size, "hidden_sizes": args.hidden_sizes,
+                   "depths": args.depths, "layer_type": "basic"},
+        "input_spec": spec.to_dict(),
+        "num_parameters": num_params,
+        "safetensors_bytes": weights.stat().st_size,
+        "train_seconds": round(elapsed, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),  # summed over threads; wall time depends on other load
+        "test_top1": round(final_acc, 4),
+        "test_images": int(test_y.numel()),
+        "history": history,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps({k: record[k] for k in ("num_parameters", "safetensors_bytes", "train_seconds", "test_top1")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

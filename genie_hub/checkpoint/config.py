@@ -1,0 +1,238 @@
+"""`GenieQuantizationConfig`: the `quantization_config` block a Genie checkpoint carries in its config.json.
+
+Layout (format "genie-packed", format_version 1)::
+
+    "quantization_config": {
+      "quant_method": "genie",
+      "format": "genie-packed",
+      "format_version": 1,
+      "weight_bits": 4,                       # headline bits of the run (most layers)
+      "act_bits": 4,
+      "layers": {                             # every quantized op, by module name (as in the FP model)
+        "resnet.embedder.embedder.convolution": {"type": "QuantConv2d", "weight_bits": 8, "act_bits": null,
+                                                 "act_signed": null},
+        "resnet.encoder.stages.0.layers.0.shortcut": {"type": "QuantShortcut", "weight_bits": null,
+                                                      "act_bits": 8, "act_signed": false},
+        ...
+      },
+      "overrides": {...},                     # the user's fnmatch overrides, as given
+      "genie_config": {...},                  # the full GenieConfig of the run (provenance only)
+      "packing": {...}, "weight_scheme": {...}, "act_scheme": {...}   # human-readable format description
+    }
+
+Everything needed to rebuild the modules is `layers`: the module's geometry (channels, kernel, stride...) comes
+from the model's own config, which builds the FP module at that name; the type and bits say which quantized
+module replaces it and how wide its packed rows are.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers.utils.quantization_config import QuantizationConfigMixin
+
+from ..config import MAX_BITS, MIN_BITS
+from ..errors import CheckpointError
+
+QUANT_METHOD = "genie"
+FORMAT = "genie-packed"
+FORMAT_VERSION = 1
+LAYER_TYPES = ("QuantConv2d", "QuantLinear", "QuantShortcut")
+
+PACKING = {
+    "dtype": "int32",
+    "layout": "weight flattened to [out_channels, in_channels/groups * kh * kw], one packed row per output channel",
+    "order": "b-bit unsigned codes as a little-endian bit stream per row: code i occupies bits [i*b, (i+1)*b), "
+             "word w holds bits [32*w, 32*w + 32) (codes may straddle two words); row width ceil(n*b/32)",
+}
+WEIGHT_SCHEME = {
+    "granularity": "per-output-channel", "symmetric": False,
+    "dequantize": "weight = weight_scale * (code - weight_zero_point), reshaped to weight_shape",
+    "tensors": {"weight_packed": "int32 [out, ceil(n*b/32)]", "weight_scale": "float32 [out, 1]",
+                "weight_zero_point": "uint8 [out, 1]", "weight_shape": "int64 [ndim]"},
+}
+ACT_SCHEME = {
+    "granularity": "per-tensor", "symmetric": True,
+    "quantize": "x_q = input_scale * round(clamp(x / input_scale, q_min, q_max)); [q_min, q_max] = "
+                "[-2^(a-1), 2^(a-1)-1] if act_signed else [0, 2^a-1]",
+    "tensors": {"input_scale": "float32 []"},
+}
+
+
+def _bad(message: str) -> CheckpointError:
+    return CheckpointError(f"Invalid Genie quantization_config in config.json: {message}")
+
+
+def _check_bits(where: str, value: Any, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not MIN_BITS <= value <= MAX_BITS:
+        raise _bad(f"{where} is {value!r}; expected an integer from {MIN_BITS} to {MAX_BITS}"
+                   + (" or null" if allow_none else "") + ". The file was edited or written by an incompatible tool.")
+
+
+def validate_layers(layers: Any) -> dict[str, dict]:
+    """Check the `layers` mapping; returns a normalized deep copy (CheckpointError on anything malformed)."""
+    if not isinstance(layers, dict) or not layers:
+        raise _bad("`layers` must be a non-empty mapping from module name to {type, weight_bits, act_bits, "
+                   f"act_signed}}, got {type(layers).__name__}.")
+    out: dict[str, dict] = {}
+    for name, spec in layers.items():
+        if not isinstance(name, str) or not name:
+            raise _bad(f"layer name {name!r} is not a module name.")
+        if not isinstance(spec, dict):
+            raise _bad(f"layer '{name}' must map to a dict, got {type(spec).__name__}.")
+        kind = spec.get("type")
+        if kind not in LAYER_TYPES:
+            raise _bad(f"layer '{name}' has type {kind!r}; expected one of {', '.join(LAYER_TYPES)}.")
+        weight_bits, act_bits, act_signed = spec.get("weight_bits"), spec.get("act_bits"), spec.get("act_signed")
+        if kind == "QuantShortcut":
+            if weight_bits is not None:
+                raise _bad(f"layer '{name}' is a QuantShortcut (no weight) but has weight_bits={weight_bits!r}.")
+            _check_bits(f"layer '{name}' act_bits", act_bits, allow_none=False)
+        else:
+            _check_bits(f"layer '{name}' weight_bits", weight_bits, allow_none=False)
+            _check_bits(f"layer '{name}' act_bits", act_bits, allow_none=True)
+        if act_bits is not None and not isinstance(act_signed, bool):
+            raise _bad(f"layer '{name}' quantizes its input (act_bits={act_bits}) but act_signed is "
+                       f"{act_signed!r}; expected true or false.")
+        out[name] = {"type": kind, "weight_bits": weight_bits, "act_bits": act_bits,
+                     "act_signed": act_signed if act_bits is not None else None}
+    return out
+
+
+class GenieQuantizationConfig(QuantizationConfigMixin):
+    """The `quantization_config` of a Genie checkpoint (registered with transformers as quant_method "genie").
+
+    Build one from a quantized model with `GenieQuantizationConfig.from_model(q_model)`; transformers builds it
+    from config.json with `from_dict`. Malformed blocks raise `CheckpointError`.
+    """
+
+    def __init__(self, layers: dict[str, dict] | None = None, weight_bits: int | None = None,
+                 act_bits: int | None = None, overrides: dict | None = None, genie_config: dict | None = None,
+                 format: str = FORMAT, format_version: int = FORMAT_VERSION, quant_method: str = QUANT_METHOD,
+                 packing: dict | None = None, weight_scheme: dict | None = None, act_scheme: dict | None = None,
+                 **kwargs: Any):
+        if quant_method != QUANT_METHOD:
+            raise _bad(f"quant_method is {quant_method!r}, expected {QUANT_METHOD!r}.")
+        if format != FORMAT:
+            raise _bad(f"format is {format!r}; this version of genie_hub reads {FORMAT!r} only.")
+        if not isinstance(format_version, int) or isinstance(format_version, bool) or format_version < 1:
+            raise _bad(f"format_version is {format_version!r}; expected a positive integer.")
+        if format_version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"This checkpoint uses Genie format_version {format_version}, newer than the version this "
+                f"genie_hub understands ({FORMAT_VERSION}). Upgrade genie_hub (pip install -U genie_hub).")
+        self.quant_method = QUANT_METHOD
+        self.format = FORMAT
+        self.format_version = format_version
+        self.layers = validate_layers(layers if layers is not None else {})
+        _check_bits("weight_bits", weight_bits, allow_none=True)
+        _check_bits("act_bits", act_bits, allow_none=True)
+        self.weight_bits = weight_bits
+        self.act_bits = act_bits
+        if overrides is not None and not isinstance(overrides, dict):
+            raise _bad(f"`overrides` must be a mapping, got {type(overrides).__name__}.")
+        self.overrides = copy.deepcopy(overrides) if overrides else {}
+        if genie_config is not None and not isinstance(genie_config, dict):
+            raise _bad(f"`genie_config` must be a mapping, got {type(genie_config).__name__}.")
+        self.genie_config = copy.deepcopy(genie_config) if genie_config else None
+        self.packing = copy.deepcopy(packing) if packing else copy.deepcopy(PACKING)
+        self.weight_scheme = copy.deepcopy(weight_scheme) if weight_scheme else copy.deepcopy(WEIGHT_SCHEME)
+        self.act_scheme = copy.deepcopy(act_scheme) if act_scheme else copy.deepcopy(ACT_SCHEME)
+        # Keys written by a later minor revision of the same format version are kept and written back as-is.
+        self.extra = {k: copy.deepcopy(v) for k, v in kwargs.items() if not k.startswith("_")}
+
+    # ---- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model) -> "GenieQuantizationConfig":
+        """The config of a model returned by `genie_hub.quantization.quantize` (or loaded from a checkpoint)."""
+        from ..quantization.layers import QuantizedOp
+
+        ops = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedOp)}
+        if not ops:
+            raise CheckpointError("The model has no Genie-quantized layers: quantize it first with "
+                                  "genie_hub.quantization.quantize(model, calibration, config).")
+        not_frozen = [name for name, op in ops.items() if not op.frozen]
+        if not_frozen:
+            raise CheckpointError(f"{len(not_frozen)} quantized layer(s) are not frozen (e.g. '{not_frozen[0]}'): "
+                                  "only a finished quantize() result can be saved.")
+        layers = {name: op.layer_bits() for name, op in ops.items()}
+        genie_config = getattr(model, "genie_config", None)
+        genie_dict = genie_config.to_dict() if hasattr(genie_config, "to_dict") else genie_config
+        existing = getattr(getattr(model, "config", None), "quantization_config", None)
+        if genie_dict is None and isinstance(existing, cls):
+            genie_dict = existing.genie_config
+        weight_bits = act_bits = None
+        overrides: dict = {}
+        if isinstance(genie_dict, dict):
+            weight_bits, act_bits = genie_dict.get("weight_bits"), genie_dict.get("act_bits")
+            overrides = genie_dict.get("overrides") or {}
+        elif isinstance(existing, cls):
+            weight_bits, act_bits, overrides = existing.weight_bits, existing.act_bits, existing.overrides
+        if weight_bits is None:  # most common weight/act bits over the layers
+            weights = [s["weight_bits"] for s in layers.values() if s["weight_bits"] is not None]
+            acts = [s["act_bits"] for s in layers.values() if s["act_bits"] is not None]
+            weight_bits = max(set(weights), key=weights.count) if weights else None
+            act_bits = max(set(acts), key=acts.count) if acts else None
+        return cls(layers=layers, weight_bits=weight_bits, act_bits=act_bits, overrides=overrides,
+                   genie_config=genie_dict)
+
+    # ---- (de)serialization ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "quant_method": self.quant_method,
+            "format": self.format,
+            "format_version": self.format_version,
+            "weight_bits": self.weight_bits,
+            "act_bits": self.act_bits,
+            "layers": copy.deepcopy(self.layers),
+            "overrides": copy.deepcopy(self.overrides),
+            "genie_config": copy.deepcopy(self.genie_config),
+            "packing": copy.deepcopy(self.packing),
+            "weight_scheme": copy.deepcopy(self.weight_scheme),
+            "act_scheme": copy.deepcopy(self.act_scheme),
+        }
+        for key, value in self.extra.items():
+            out.setdefault(key, copy.deepcopy(value))
+        return out
+
+    def to_diff_dict(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def __iter__(self):
+        yield from self.to_dict().items()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], return_unused_kwargs: bool = False, **kwargs: Any):
+        if not isinstance(config_dict, dict):
+            raise _bad(f"expected a mapping, got {type(config_dict).__name__}.")
+        config = cls(**config_dict)
+        unused = {}
+        for key, value in kwargs.items():
+            if key in ("layers", "weight_bits", "act_bits", "format", "format_version", "quant_method"):
+                unused[key] = value  # loading-time arguments never change what the checkpoint holds
+            elif hasattr(config, key):
+                setattr(config, key, value)
+            else:
+                unused[key] = value
+        return (config, unused) if return_unused_kwargs else config
+
+    def get_loading_attributes(self) -> dict[str, Any]:
+        return {}
+
+
+# ---- the guard that makes plain transformers (genie_hub not imported) refuse to load a Genie checkpoint -------
+GUARD_KEY = "transformers_weights"
+"""A top-level config.json key. transformers >= 5 reads it as the explicit weights file name and raises a
+ValueError quoting it when it is not a `*.safetensors` name; a loaded genie quantizer removes it first."""
+GUARD_MESSAGE = (
+    "GENIE-QUANTIZED CHECKPOINT (quant_method 'genie', packed integer weights): this folder must be loaded with "
+    "genie_hub. Run `pip install genie_hub` and `import genie_hub` before from_pretrained() or pipeline(). "
+    "Without it transformers would build plain layers with RANDOM weights, so this guard refuses to load"
+)
+
+
+def is_guard(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("GENIE-QUANTIZED CHECKPOINT")

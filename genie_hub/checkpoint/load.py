@@ -1,0 +1,158 @@
+"""Load a Genie checkpoint: `from_pretrained` (transformers underneath) and `verify_checkpoint` (no model)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, GenieError, ModelLoadError
+from .config import QUANT_METHOD, GenieQuantizationConfig
+from .safetensors_check import read_headers, weight_files
+
+
+def _read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{directory} has no config.json: it is not a saved transformers model. Save the "
+                              "quantized model with genie_hub.checkpoint.save_quantized(q_model, folder).")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"The config file {path} is unreadable or not valid JSON ({exc}). It is corrupt: "
+                              "save or download the checkpoint again.") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"The config file {path} does not hold a JSON object.")
+    return config
+
+
+def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
+    """Check a local Genie checkpoint folder without building a model: config.json parses and has a Genie
+    `quantization_config`, the weights are safetensors (never pickles), complete, and hold the packed tensors
+    of every listed layer with consistent shapes. Returns the parsed quantization config."""
+    from .packing import packed_width
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a folder: a Genie checkpoint is a folder with config.json and "
+                              "model.safetensors.")
+    files = weight_files(directory)
+    if not files:
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+        raise CheckpointError(
+            f"{directory} has no model.safetensors"
+            + (f" (only pickled weights: {', '.join(pickles)}, which genie_hub never loads because unpickling can "
+               "run arbitrary code)" if pickles else "")
+            + ". Genie checkpoints are safetensors only: save the model with genie_hub.checkpoint.save_quantized.")
+    raw = _read_config(directory)
+    block = raw.get("quantization_config")
+    if not isinstance(block, dict) or block.get("quant_method") != QUANT_METHOD:
+        raise CheckpointError(
+            f"{directory / 'config.json'} has no Genie quantization_config (quant_method "
+            f"{(block or {}).get('quant_method') if isinstance(block, dict) else None!r}): it is not a Genie "
+            "checkpoint. Load FP models with genie_hub.loading.load_model.")
+    config = GenieQuantizationConfig.from_dict(block)
+    found = read_headers(files)
+    problems = []
+    for name, spec in config.layers.items():
+        keys = {suffix: found.get(f"{name}.{suffix}") for suffix in
+                ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "input_scale", "weight")}
+        if keys["weight"] is not None:
+            problems.append(f"'{name}.weight' is present in a quantized layer")
+        if spec["act_bits"] is not None and keys["input_scale"] is None:
+            problems.append(f"'{name}.input_scale' is missing")
+        if spec["type"] == "QuantShortcut":
+            continue
+        absent = [s for s in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape") if keys[s] is None]
+        if absent:
+            problems.append(f"layer '{name}' has no {', '.join(absent)}")
+            continue
+        packed = keys["weight_packed"][0]
+        if packed["dtype"] != "I32" or len(packed["shape"]) != 2:
+            problems.append(f"'{name}.weight_packed' is {packed['dtype']} {packed['shape']}, expected 2-D I32")
+            continue
+        if keys["weight_zero_point"][0]["dtype"] != "U8" or keys["weight_shape"][0]["dtype"] != "I64" \
+                or len(keys["weight_shape"][0]["shape"]) != 1:
+            problems.append(f"'{name}' weight_zero_point / weight_shape are not U8 / 1-D I64")
+            continue
+        shape = _read_small(keys["weight_shape"][1], f"{name}.weight_shape")
+        rows, width = packed["shape"]
+        expected_width = packed_width(math.prod(shape[1:]), spec["weight_bits"]) if len(shape) > 1 else None
+        if not shape or shape[0] != rows or width != expected_width:
+            problems.append(f"'{name}.weight_packed' is {packed['shape']} but a {spec['weight_bits']}-bit weight of "
+                            f"shape {shape} packs to {[shape[0] if shape else '?', expected_width]}")
+        for suffix in ("weight_scale", "weight_zero_point"):
+            if keys[suffix][0]["shape"] != [rows, 1]:
+                problems.append(f"'{name}.{suffix}' has shape {keys[suffix][0]['shape']}, expected {[rows, 1]}")
+    if problems:
+        raise CheckpointError(
+            f"The Genie checkpoint in {directory} is inconsistent with its config.json: {'; '.join(problems[:5])}"
+            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+            + ". Save or download the checkpoint again.")
+    return config
+
+
+def _read_small(path: Path, key: str) -> list[int]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return [int(v) for v in handle.get_tensor(key).tolist()]
+    except Exception as exc:
+        raise CheckpointError(f"Could not read '{key}' from {path} ({type(exc).__name__}: {exc}). The file is corrupt: "
+                              "save or download the checkpoint again.") from None
+
+
+def _checkpoint_error(name: str, exc: Exception) -> GenieError:
+    text = str(exc)
+    first = text.splitlines()[0] if text else type(exc).__name__
+    lowered = text.lower()
+    if "safetensor" in lowered or "deserializ" in lowered or "header" in lowered or "size mismatch" in lowered:
+        return CheckpointError(f"Could not load the Genie checkpoint '{name}': its weights are unreadable or do not "
+                               f"match its config ({type(exc).__name__}: {first}). Save or download it again.")
+    from ..loading import _load_error
+
+    return _load_error(name, exc)
+
+
+def from_pretrained(name_or_path: str | os.PathLike, *, require_genie: bool = True, **kwargs):
+    """Load a Genie checkpoint (local folder or Hub id) as a transformers image classifier, in eval mode.
+
+    Registers the "genie" quantization method, then calls
+    `AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True, dtype=float32, **kwargs)`.
+    Pickled weights are refused (`use_safetensors=False` raises). Local folders are checked first with
+    `verify_checkpoint`. Errors: `CheckpointError` (corrupt, truncated, inconsistent, not a Genie checkpoint when
+    `require_genie`), `ModelLoadError` (not found, network, auth).
+    """
+    from transformers import AutoModelForImageClassification
+
+    from . import register
+
+    register()
+    if kwargs.get("use_safetensors") is False:
+        raise CheckpointError("Genie checkpoints are loaded from safetensors only; use_safetensors=False (pickled "
+                              "weights, which can run arbitrary code when loaded) is refused.")
+    kwargs["use_safetensors"] = True
+    kwargs.setdefault("dtype", torch.float32)
+    name = str(name_or_path)
+    local = Path(name)
+    if local.is_dir():
+        if require_genie:
+            verify_checkpoint(local)
+        elif not weight_files(local):
+            raise CheckpointError(f"{local} has no model.safetensors; pickled weights are never loaded.")
+    try:
+        model = AutoModelForImageClassification.from_pretrained(name, **kwargs)
+    except GenieError:
+        raise
+    except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/HTTP errors
+        raise _checkpoint_error(name, exc) from exc
+    block = getattr(model.config, "quantization_config", None)
+    if require_genie and not isinstance(block, GenieQuantizationConfig):
+        raise CheckpointError(f"'{name}' is not a Genie checkpoint (its config.json has no quantization_config with "
+                              "quant_method 'genie'). Load FP models with genie_hub.loading.load_model, or pass "
+                              "require_genie=False.")
+    return model.eval()

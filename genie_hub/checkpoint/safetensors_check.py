@@ -1,0 +1,116 @@
+"""Read and check safetensors headers without loading tensors (and without ever unpickling anything).
+
+The safetensors layout: 8 bytes little-endian u64 N, N bytes of JSON header {name: {dtype, shape,
+data_offsets: [begin, end]}, "__metadata__": {...}}, then the data section. A complete file is exactly
+8 + N + max(end) bytes long, which is how truncation is detected before transformers memory-maps it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+MAX_HEADER_BYTES = 100_000_000
+
+
+def _corrupt(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"The checkpoint file {path} is not a valid safetensors file: {what}. It is truncated or corrupt "
+        "(an interrupted download or copy?). Delete it and download/save the checkpoint again.")
+
+
+def read_header(path: str | os.PathLike) -> dict[str, dict]:
+    """{tensor name: {"dtype": "I32", "shape": [..]}} of one .safetensors file; CheckpointError when it is
+    unreadable, truncated, padded with trailing bytes, or its header is inconsistent."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(
+            f"Refusing to read {path}: Genie checkpoints are safetensors only (pickled .bin/.pt weights can run "
+            "code when loaded and are never opened).")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise _corrupt(path, f"the file has only {size} bytes, less than the 8-byte header length")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+                raise _corrupt(path, f"the header claims {header_len} bytes but the file has {size} bytes")
+            raw = handle.read(header_len)
+    except OSError as exc:
+        raise CheckpointError(f"Could not read the checkpoint file {path}: {exc}.") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _corrupt(path, f"its JSON header does not parse ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "its header is not a JSON object")
+    tensors: dict[str, dict] = {}
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+            begin, end = int(begin), int(end)
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(path, f"the header entry of '{name}' is malformed") from None
+        if dtype not in DTYPE_BYTES:
+            raise _corrupt(path, f"tensor '{name}' has unknown dtype {dtype!r}")
+        if any(d < 0 for d in shape) or end - begin != math.prod(shape) * DTYPE_BYTES[dtype] or begin < 0:
+            raise _corrupt(path, f"tensor '{name}' ({dtype} {shape}) does not match its byte range [{begin}, {end})")
+        tensors[name] = {"dtype": dtype, "shape": shape}
+        spans.append((begin, end))
+    data_len = max((end for _, end in spans), default=0)
+    expected = 8 + header_len + data_len
+    if size < expected:
+        raise _corrupt(path, f"it is truncated: the header describes {expected} bytes but the file has {size}")
+    if size > expected:
+        raise _corrupt(path, f"it has {size - expected} unexpected trailing bytes after the tensor data")
+    spans.sort()
+    position = 0
+    for begin, end in spans:
+        if begin != position:
+            raise _corrupt(path, "its tensor byte ranges overlap or leave holes")
+        position = end
+    return tensors
+
+
+def weight_files(directory: str | os.PathLike) -> list[Path]:
+    """The safetensors weight file(s) of a saved model folder (following model.safetensors.index.json)."""
+    directory = Path(directory)
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.exists():
+        return [single]
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"The shard index {index} is unreadable or malformed ({exc}). Save or download "
+                                  "the checkpoint again.") from None
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    return []
+
+
+def read_headers(files: list[str | os.PathLike]) -> dict[str, tuple[dict, Path]]:
+    """Merge the headers of several shard files: {tensor name: (info, file)}."""
+    merged: dict[str, tuple[dict, Path]] = {}
+    for file in files:
+        path = Path(file)
+        if not path.exists():
+            raise CheckpointError(f"The checkpoint file {path} is missing. Save or download the checkpoint again.")
+        for name, info in read_header(path).items():
+            if name in merged:
+                raise CheckpointError(f"Tensor '{name}' appears in both {merged[name][1]} and {path}: the shards are "
+                                      "inconsistent. Save or download the checkpoint again.")
+            merged[name] = (info, path)
+    return merged

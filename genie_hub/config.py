@@ -1,0 +1,147 @@
+"""GenieConfig: every setting of a run, with the two profiles (`paper`, `quick`).
+
+The `paper` profile is the reference implementation's effective defaults (see
+`shared/reference/genie-method.md`); `quick` is for CPU demos and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+MIN_BITS, MAX_BITS = 2, 8
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Reference defaults: 1024 images = 8 batches of 128, 4000 iterations each; 20k steps per unit.
+    "paper": dict(num_samples=1024, synthesis_batch_size=128, synthesis_iterations=4000,
+                  reconstruction_steps=20000, reconstruction_batch_size=32),
+    # Small enough for a laptop CPU: a few minutes on the embedded 28x28 model.
+    "quick": dict(num_samples=256, synthesis_batch_size=64, synthesis_iterations=500,
+                  reconstruction_steps=500, reconstruction_batch_size=32),
+}
+
+
+@dataclass
+class LayerBits:
+    """Bit-widths of one quantized op: `weight` bits and `act` bits of its input (None = keep FP)."""
+
+    weight: int | None
+    act: int | None
+
+    def to_dict(self) -> dict:
+        return {"weight": self.weight, "act": self.act}
+
+
+@dataclass
+class GenieConfig:
+    """Settings of a Genie run. Build with `GenieConfig.from_profile("quick", weight_bits=2)`.
+
+    `overrides` maps fnmatch patterns over module names (e.g. `"classifier"`, `"*.shortcut*"`) to
+    `{"weight": bits|None, "act": bits|None}`; they apply after the standard exceptions (first layer W8
+    with FP input, second layer's input A8, last layer W8A8), which are themselves fields here.
+    """
+
+    weight_bits: int = 4
+    act_bits: int = 4
+    profile: str = "paper"
+    num_samples: int = 1024
+    synthesis_batch_size: int = 128
+    synthesis_iterations: int = 4000
+    latent_dim: int = 256
+    reconstruction_steps: int = 20000
+    reconstruction_batch_size: int = 32
+    seed: int = 0
+    first_layer: LayerBits = field(default_factory=lambda: LayerBits(weight=8, act=None))
+    second_layer_act_bits: int | None = 8
+    last_layer: LayerBits = field(default_factory=lambda: LayerBits(weight=8, act=8))
+    overrides: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    # Genie-D optimizer settings (effective values of the reference code).
+    lr_latent: float = 0.1
+    lr_generator: float = 0.01
+    # Genie-M settings.
+    lr_weight_step: float = 1e-4
+    lr_act_step: float = 4e-5
+    lr_rounding: float = 1e-3
+    rounding_weight: float = 1.0
+    warmup: float = 0.2
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    qdrop_prob: float = 0.5
+    mixed_precision: str = "no"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.first_layer, dict):
+            self.first_layer = LayerBits(**self.first_layer)
+        if isinstance(self.last_layer, dict):
+            self.last_layer = LayerBits(**self.last_layer)
+        self.validate()
+
+    @classmethod
+    def from_profile(cls, profile: str = "paper", **overrides: Any) -> "GenieConfig":
+        if profile not in PROFILES:
+            raise ConfigError(f"Unknown profile '{profile}'. Choose one of: {', '.join(PROFILES)}.")
+        values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(profile=profile, **values)
+
+    def validate(self) -> None:
+        def check_bits(name: str, bits: int | None, allow_none: bool = False) -> None:
+            if bits is None and allow_none:
+                return
+            if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
+                raise ConfigError(
+                    f"Invalid bit-width {bits!r} for {name}: genie_hub supports integer bit-widths from "
+                    f"{MIN_BITS} to {MAX_BITS} (e.g. --weight-bits 4 --act-bits 4)."
+                    + (" Use null to keep this input in floating point." if allow_none else ""))
+
+        check_bits("weight_bits", self.weight_bits)
+        check_bits("act_bits", self.act_bits)
+        check_bits("first_layer.weight", self.first_layer.weight)
+        check_bits("first_layer.act", self.first_layer.act, allow_none=True)
+        check_bits("second_layer_act_bits", self.second_layer_act_bits, allow_none=True)
+        check_bits("last_layer.weight", self.last_layer.weight)
+        check_bits("last_layer.act", self.last_layer.act, allow_none=True)
+        for pattern, bits in self.overrides.items():
+            unknown = set(bits) - {"weight", "act"}
+            if unknown:
+                raise ConfigError(f"Override '{pattern}' has unknown keys {sorted(unknown)}; use 'weight'/'act'.")
+            if "weight" in bits:
+                check_bits(f"override '{pattern}' weight", bits["weight"])
+            if "act" in bits:
+                check_bits(f"override '{pattern}' act", bits["act"], allow_none=True)
+        for name in ("num_samples", "synthesis_batch_size", "synthesis_iterations", "reconstruction_batch_size",
+                     "latent_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if self.reconstruction_steps < 0:
+            raise ConfigError(f"reconstruction_steps must be >= 0, got {self.reconstruction_steps}.")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}.")
+
+    @property
+    def num_synthesis_batches(self) -> int:
+        return -(-self.num_samples // self.synthesis_batch_size)
+
+    def synthesis_batch_sizes(self) -> list[int]:
+        """Sizes of the synthesis batches; the last one holds the remainder."""
+        full, rest = divmod(self.num_samples, self.synthesis_batch_size)
+        return [self.synthesis_batch_size] * full + ([rest] if rest else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "GenieConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def synthesis_fingerprint(self) -> dict[str, Any]:
+        """The settings that determine the synthetic images: a resumed run must match them."""
+        return {k: getattr(self, k) for k in ("seed", "synthesis_batch_size", "synthesis_iterations",
+                                              "latent_dim", "lr_latent", "lr_generator", "mixed_precision")}

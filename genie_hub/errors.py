@@ -1,0 +1,33 @@
+"""Exceptions genie_hub raises for problems a user can fix.
+
+Every error carries a one-paragraph message meant to be printed as-is by the CLI (no traceback):
+what went wrong, and what to do about it.
+"""
+
+
+class GenieError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug in genie_hub."""
+
+
+class ModelLoadError(GenieError):
+    """The model (Hub id or local folder) could not be resolved or loaded."""
+
+
+class NoBatchNormError(GenieError):
+    """Zero-shot synthesis was asked of a model that has no BatchNorm statistics to match."""
+
+
+class ConfigError(GenieError, ValueError):
+    """An invalid setting, e.g. a bit-width outside 2..8."""
+
+
+class ReconstructionDivergedError(GenieError):
+    """A reconstruction loss became NaN/inf; names the unit. Finished units stay on disk."""
+
+
+class CheckpointError(GenieError):
+    """A quantized checkpoint is missing, corrupt, truncated or inconsistent."""
+
+
+class PushError(GenieError):
+    """Publishing to the Hub failed or cannot start (no token, offline mode, HTTP error)."""

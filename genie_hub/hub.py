@@ -1,0 +1,308 @@
+"""Publish -> the last step: push a quantized output folder to the Hugging Face Hub.
+
+An output folder (``genie_hub quantize ... --output-dir OUT``) holds ``OUT/model`` (the model repo),
+``OUT/dataset`` (the synthetic calibration set, absent for some few-shot runs) and ``OUT/run.json``.
+Publishing creates (or reuses) a datasets repo and a model repo and uploads both; the model card's
+``datasets:`` metadata is pointed at the calibration repo so the Hub links them.
+
+Everything goes through ``huggingface_hub.HfApi``, so ``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HOME`` and
+``HF_HUB_OFFLINE`` behave exactly as in the rest of the Hugging Face stack. Uploads are idempotent (the Hub
+is asked which files it already has), so re-running ``genie_hub push OUT`` after an interrupted push completes
+it. Nothing in OUT is touched by a failed push; a successful one records the repo ids in ``run.json`` and
+saves the published model card back to ``OUT/model/README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import PushError
+
+__all__ = ["check_push_ready", "default_repo_ids", "push_output", "push_space"]
+
+_REPO_NAME_MAX = 96  # the Hub's limit on the name part of a repo id
+_CALIBRATION_SUFFIX = "-calibration"
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _reason(exc: BaseException) -> str:
+    """One line describing an exception (HTTP errors from huggingface_hub are multi-line)."""
+    response = getattr(exc, "response", None)
+    if getattr(response, "status_code", None) is not None:
+        try:
+            request = response.request
+            where = f" on {request.method} {str(request.url).split('?')[0]}"
+        except Exception:  # httpx raises if a Response carries no request
+            where = ""
+        detail = " ".join(str(getattr(exc, "server_message", None) or "").split())
+        return f"HTTP {response.status_code}{where}" + (f": {detail[:300]}" if detail else "")
+    text = " ".join(str(exc).split()) if str(exc) else ""
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _status_code(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def check_push_ready(token: str | None = None) -> str:
+    """Fail fast, before any compute, if a push could not work; return the Hub username.
+
+    Checks, in order: offline mode (``HF_HUB_OFFLINE``), that a token exists (``token``, ``HF_TOKEN`` or the
+    one stored by ``hf auth login``) and that the Hub at ``HF_ENDPOINT`` accepts it (``whoami``).
+    """
+    from huggingface_hub import HfApi, get_token, is_offline_mode
+
+    if is_offline_mode():
+        raise PushError(
+            "Cannot push to the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is "
+            "set), so every Hub request would fail. Unset it and run again, or run without --push and publish "
+            "later with `genie_hub push OUT`."
+        )
+    token = token or get_token()
+    if not token:
+        raise PushError(
+            "Cannot push to the Hugging Face Hub: no access token found. Set HF_TOKEN to a token with write "
+            "access (https://huggingface.co/settings/tokens) or run `hf auth login`, then run again. Nothing was "
+            "computed yet."
+        )
+    endpoint = _endpoint()
+    try:
+        info = HfApi(token=token).whoami()
+    except Exception as exc:
+        status = _status_code(exc)
+        if status in (401, 403):
+            raise PushError(
+                f"Cannot push to the Hugging Face Hub: the token was rejected by {endpoint} (HTTP {status}). "
+                "Check HF_TOKEN (it takes precedence over `hf auth login`) and that the token has write access."
+            ) from exc
+        raise PushError(
+            f"Cannot push to the Hugging Face Hub: checking the token against {endpoint} failed ({_reason(exc)}). "
+            "Check your network connection, and HF_ENDPOINT if you set it to a mirror or proxy."
+        ) from exc
+    name = info.get("name") if isinstance(info, dict) else None
+    if not name:
+        raise PushError(f"Cannot push to the Hugging Face Hub: {endpoint} returned no user name for this token.")
+    return str(name)
+
+
+def _sanitize_repo_name(name: str) -> str:
+    """Turn a folder or model name into a valid Hub repo name ([A-Za-z0-9._-], no '--' or '..')."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+    name = re.sub(r"-{2,}", "-", name)
+    name = re.sub(r"\.{2,}", ".", name)
+    return name.strip("-.") or "model"
+
+
+def _base_name(base_model: str | os.PathLike | None) -> str:
+    """'microsoft/resnet-50' -> 'resnet-50'; '/data/runs/my_model/' -> 'my_model'."""
+    text = str(base_model or "").replace("\\", "/").rstrip("/")
+    return _sanitize_repo_name(text.rsplit("/", 1)[-1]) if text else "model"
+
+
+def default_repo_ids(username: str, base_model: str, weight_bits: int, act_bits: int) -> tuple[str, str]:
+    """Default (model repo id, calibration dataset repo id) under the user's namespace.
+
+    ``("user", "microsoft/resnet-50", 4, 4)`` -> ``("user/resnet-50-genie-w4a4",
+    "user/resnet-50-genie-w4a4-calibration")``. Local paths use their folder name. Names are cut so that the
+    dataset name stays within the Hub's 96-character limit.
+    """
+    tag = f"genie-w{int(weight_bits)}" + (f"a{int(act_bits)}" if act_bits is not None else "")
+    room = _REPO_NAME_MAX - len(_CALIBRATION_SUFFIX) - len(tag) - 1
+    base = _base_name(base_model)[:room].rstrip("-.") or "model"
+    name = f"{base}-{tag}"
+    return f"{username}/{name}", f"{username}/{name}{_CALIBRATION_SUFFIX}"
+
+
+def _qualify(repo_id: str, username: str) -> str:
+    """'name' -> 'username/name'; 'org/name' unchanged."""
+    repo_id = repo_id.strip().strip("/")
+    return repo_id if "/" in repo_id else f"{username}/{repo_id}"
+
+
+def _read_run(run_path: Path) -> dict:
+    if not run_path.is_file():
+        return {}
+    try:
+        data = json.loads(run_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PushError(f"Cannot push: {run_path} is not valid JSON ({_reason(exc)}). Fix or regenerate it.") from exc
+    if not isinstance(data, dict):
+        raise PushError(f"Cannot push: {run_path} does not hold a JSON object.")
+    return data
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file + rename, so an interrupted write never leaves a truncated file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _folder_files(folder: Path) -> dict[str, Path]:
+    """{path in repo: local path} for the files upload_folder would upload (skips .git and HF caches)."""
+    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
+
+    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.glob("**/*")) if p.is_file()}
+    return {rel: files[rel] for rel in filter_repo_objects(list(files), ignore_patterns=DEFAULT_IGNORE_PATTERNS)}
+
+
+def _model_card_bytes(readme: Path, dataset_repo_id: str | None) -> bytes | None:
+    """The README to publish: the local card with ``datasets: [dataset_repo_id]``; None if unchanged/absent."""
+    if dataset_repo_id is None or not readme.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    original = readme.read_bytes()
+    try:
+        card = ModelCard(original.decode("utf-8"), ignore_metadata_errors=True)
+    except Exception as exc:
+        raise PushError(
+            f"Cannot push: the model card {readme} could not be parsed ({_reason(exc)}). Fix its YAML header."
+        ) from exc
+    if card.data.datasets == [dataset_repo_id]:
+        return None
+    card.data.datasets = [dataset_repo_id]
+    updated = str(card).encode("utf-8")
+    return None if updated == original else updated
+
+
+def _push_failed(kind: str, repo_id: str, out: Path, exc: BaseException, done: list[str]) -> PushError:
+    status = _status_code(exc)
+    hint = ""
+    if status in (401, 403):
+        hint = " The token was refused: check that it has write access to this namespace."
+    already = f" Already published: {', '.join(done)}." if done else ""
+    return PushError(
+        f"Pushing the {kind} repo '{repo_id}' to {_endpoint()} failed ({_reason(exc)}).{hint}{already} The local "
+        f"folder {out} is intact (nothing in it was changed); run `genie_hub push {out}` to retry: files that "
+        "already reached the Hub are skipped, so the retry completes the upload."
+    )
+
+
+def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, dataset_repo_id: str | None = None,
+                private: bool = False, token: str | None = None) -> dict:
+    """Publish OUT/dataset as a datasets repo, then OUT/model as a model repo; return what was pushed.
+
+    Repo ids default to :func:`default_repo_ids` from run.json (a bare name gets the user's namespace; a given
+    model id without a dataset id gets ``<model id>-calibration``). The dataset goes first so that the model
+    card's ``datasets:`` link points to an existing repo. The model is uploaded in one commit with the updated
+    card taken from memory, so a failed push leaves OUT byte-identical. After success the published card is
+    saved to OUT/model/README.md and the result is recorded under ``"push"`` in run.json (when it exists).
+    Raises PushError for any problem, naming the repo that failed.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    out = Path(output_dir)
+    model_dir, dataset_dir, run_path = out / "model", out / "dataset", out / "run.json"
+    if not out.is_dir():
+        raise PushError(f"Cannot push: the output folder {out} does not exist. Pass the --output-dir of a "
+                        "finished `genie_hub quantize` run.")
+    if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
+        raise PushError(f"Cannot push: {model_dir} is missing or has no config.json, so {out} is not a finished "
+                        "`genie_hub quantize` output. Re-run the quantization (or point to the right folder).")
+    model_files = _folder_files(model_dir)
+    has_dataset = dataset_dir.is_dir()
+    dataset_files = _folder_files(dataset_dir) if has_dataset else {}
+    if has_dataset and not any(p.endswith(".parquet") for p in dataset_files):
+        raise PushError(f"Cannot push: {dataset_dir} exists but holds no parquet data file; the calibration set "
+                        "is incomplete. Re-run the quantization, or delete that folder to push the model alone.")
+    if dataset_repo_id is not None and not has_dataset:
+        raise PushError(f"Cannot push the dataset repo '{dataset_repo_id}': {out} has no dataset folder (runs "
+                        "calibrated on real images publish the model only). Drop the dataset repo id.")
+    run = _read_run(run_path)
+
+    username = check_push_ready(token)
+    if repo_id is None:
+        missing = [key for key in ("base_model", "weight_bits") if run.get(key) is None]
+        if missing:
+            raise PushError(f"Cannot choose a repo name: {run_path} lacks {', '.join(missing)}. Pass the model "
+                            "repo id explicitly (--repo-id).")
+        repo_id, default_dataset = default_repo_ids(username, run["base_model"], run["weight_bits"],
+                                                    run.get("act_bits"))
+    else:
+        repo_id = _qualify(repo_id, username)
+        default_dataset = repo_id + _CALIBRATION_SUFFIX
+    if has_dataset:
+        dataset_repo_id = _qualify(dataset_repo_id, username) if dataset_repo_id else default_dataset
+    card = _model_card_bytes(model_dir / "README.md", dataset_repo_id if has_dataset else None)  # before I/O
+    api = HfApi(token=token)
+    done: list[str] = []
+    result: dict = {"endpoint": _endpoint(), "private": bool(private), "model": None, "dataset": None}
+
+    if has_dataset:
+        try:
+            url = api.create_repo(dataset_repo_id, repo_type="dataset", private=private, exist_ok=True)
+            info = api.upload_folder(repo_id=dataset_repo_id, repo_type="dataset", folder_path=dataset_dir,
+                                     commit_message="Upload Genie synthetic calibration set with genie_hub")
+        except Exception as exc:
+            raise _push_failed("dataset", dataset_repo_id, out, exc, done) from exc
+        result["dataset"] = {"repo_id": dataset_repo_id, "url": str(url), "commit": info.oid,
+                             "commit_url": info.commit_url}
+        done.append(f"dataset {dataset_repo_id}")
+
+    operations = [
+        CommitOperationAdd(path_in_repo=rel, path_or_fileobj=card if (rel == "README.md" and card) else str(path))
+        for rel, path in model_files.items()
+    ]
+    try:
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
+                                 commit_message="Upload Genie quantized model with genie_hub")
+    except Exception as exc:
+        raise _push_failed("model", repo_id, out, exc, done) from exc
+    result["model"] = {"repo_id": repo_id, "url": str(url), "commit": info.oid, "commit_url": info.commit_url}
+    result["pushed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    # Success: keep OUT consistent with what is now on the Hub.
+    if card is not None:
+        _atomic_write(model_dir / "README.md", card)
+    if run_path.is_file():
+        run = _read_run(run_path)
+        run["push"] = result
+        _atomic_write(run_path, (json.dumps(run, indent=2) + "\n").encode("utf-8"))
+    return result
+
+
+def push_space(space_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Create (or reuse) a Gradio Space and upload `space_dir` to it; return the Space URL.
+
+    A bare name gets the user's namespace. The folder must hold the Space's README.md (YAML header) and its app.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(space_dir)
+    if not folder.is_dir() or not (folder / "README.md").is_file():
+        raise PushError(f"Cannot push the Space: {folder} is missing or has no README.md (the Space header). "
+                        "Generate the Space folder first.")
+    username = check_push_ready(token)
+    repo_id = _qualify(repo_id, username)
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder,
+                          commit_message="Upload Genie demo Space with genie_hub")
+    except Exception as exc:
+        raise PushError(
+            f"Pushing the Space '{repo_id}' to {_endpoint()} failed ({_reason(exc)}). The local folder {folder} is "
+            "intact; run the same command again to retry (files already uploaded are skipped)."
+        ) from exc
+    return str(url)

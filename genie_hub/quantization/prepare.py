@@ -1,0 +1,122 @@
+"""Turn an FP model into a quantizable copy: pick bit-widths per op, wire up (shared) input quantizers.
+
+Which op gets which bits: all Conv2d/Linear at the requested W/A, except the first executed op (W8, FP
+input: the image), the second (A8 input) and the last (the classifier, W8A8); then `config.overrides`
+(fnmatch patterns over module names) apply. A parameter-free `nn.Identity` that reads the same tensor as a
+conv is a residual shortcut: it gets wrapped too and shares that conv's input quantizer.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+
+import torch
+from torch import nn
+
+from ..config import GenieConfig
+from ..utils import model_logits
+from .blocks import QUANTIZABLE, Unit, discover_units
+from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
+from .quantizers import ActQuantizer
+
+
+def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Execution order of Conv2d/Linear/Identity modules and the tensor object each one read."""
+    order: list[str] = []
+    inputs: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def hook(name):
+        def record(module, args):
+            if args and isinstance(args[0], torch.Tensor) and name not in inputs:
+                order.append(name)
+                inputs[name] = args[0]
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, (*QUANTIZABLE, nn.Identity)):
+            handles.append(module.register_forward_pre_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            model_logits(model, example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order, inputs
+
+
+def resolve_bits(op_order: list[str], config: GenieConfig) -> dict[str, dict[str, int | None]]:
+    """Bits per Conv2d/Linear op name, after the standard exceptions and the user's overrides."""
+    bits = {name: {"weight": config.weight_bits, "act": config.act_bits} for name in op_order}
+    if op_order:
+        bits[op_order[0]] = config.first_layer.to_dict()
+    if len(op_order) > 1:
+        bits[op_order[1]]["act"] = config.second_layer_act_bits
+    if len(op_order) > 2:
+        bits[op_order[-1]] = config.last_layer.to_dict()
+    for name in op_order:
+        for pattern, override in config.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                bits[name] = {**bits[name], **override}
+    return bits
+
+
+def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Tensor,
+                  range_init: str = "lp") -> tuple[nn.Module, list[Unit], dict[str, dict]]:
+    """Return (quantizable copy of `model`, reconstruction units, bits per quantized op)."""
+    fp_model = model.eval()
+    units = discover_units(fp_model, example_input)
+    order, inputs = trace_inputs(fp_model, example_input)
+    ops = [n for n in order if isinstance(fp_model.get_submodule(n), QUANTIZABLE)]
+    bits = resolve_bits(ops, config)
+
+    readers: dict[int, list[str]] = {}
+    for name in order:
+        readers.setdefault(id(inputs[name]), []).append(name)
+    shortcuts = {}
+    for name in order:
+        if isinstance(fp_model.get_submodule(name), nn.Identity):
+            sharers = [n for n in readers[id(inputs[name])] if n in bits and bits[n]["act"] is not None]
+            if sharers:
+                act = bits[sharers[0]]["act"]
+                for pattern, override in config.overrides.items():
+                    if fnmatch.fnmatchcase(name, pattern) and "act" in override:
+                        act = override["act"]
+                if act is not None:
+                    shortcuts[name] = act
+
+    q_model = copy.deepcopy(fp_model)
+    quantizers: dict[tuple[int, int], ActQuantizer] = {}
+
+    def input_quantizer(name: str, act_bits: int | None) -> ActQuantizer | None:
+        if act_bits is None:
+            return None
+        key = (id(inputs[name]), act_bits)
+        if key in quantizers:
+            quantizers[key].shared = True
+        else:
+            quantizers[key] = ActQuantizer(act_bits, method=range_init).to(example_input.device)
+        return quantizers[key]
+
+    layer_bits: dict[str, dict] = {}
+    for name in order:
+        module = q_model.get_submodule(name)
+        if name in bits:
+            quantizer = input_quantizer(name, bits[name]["act"])
+            cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+            new = cls.from_float(module, bits[name]["weight"], quantizer, method=range_init)
+        elif name in shortcuts:
+            new = QuantShortcut.from_float(module, input_quantizer(name, shortcuts[name]))
+        else:
+            continue
+        q_model.set_submodule(name, new)
+        layer_bits[name] = {"type": type(new).__name__, "weight_bits": new.weight_bits, "act_bits": new.act_bits}
+    for unit in units:
+        unit.ops = [n for n in layer_bits if n in unit.ops or (n in shortcuts and n.startswith(unit.name + "."))]
+    return q_model, units, layer_bits
+
+
+def quantized_ops(model: nn.Module, prefix: str = "") -> dict[str, QuantizedOp]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantizedOp)
+            and (not prefix or name == prefix or name.startswith(prefix + "."))}

@@ -1,0 +1,161 @@
+"""The two Genie-M quantizers: weights (learned step + soft rounding) and activations (LSQ + QDrop).
+
+Both start from the step that minimizes the Lp (p = 2.4) error over clipping ratios 1.00, 0.99, ..., 0.01,
+which is less sensitive to outliers than min/max and closer to what matters after rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LP_NORM = 2.4
+CLIP_RATIOS = torch.linspace(1.0, 0.01, 100).tolist()
+MIN_STEP = 1e-8  # guards all-zero channels (e.g. identity squeeze-excite convs), which would give step 0
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity in the backward pass (straight-through estimator)."""
+    return (x.round() - x).detach() + x
+
+
+def init_weight_range(weight: torch.Tensor, bits: int, method: str = "lp") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row asymmetric step and integer zero point for `weight` [rows, n]; returns ([rows,1], [rows,1])."""
+    levels = 2**bits - 1
+    w_max = weight.max(dim=1, keepdim=True).values.clamp(min=0)
+    w_min = weight.min(dim=1, keepdim=True).values.clamp(max=0)
+    ratios = CLIP_RATIOS if method == "lp" else [1.0]
+    best_err = torch.full_like(w_max, float("inf"))
+    best_step, best_zero = torch.ones_like(w_max), torch.zeros_like(w_max)
+    for ratio in ratios:
+        step = ((w_max - w_min) * ratio / levels).clamp(min=MIN_STEP)
+        zero = (-w_min * ratio / step).round()
+        quantized = (torch.clamp((weight / step).round() + zero, 0, levels) - zero) * step
+        err = (weight - quantized).abs().pow(LP_NORM).mean(dim=1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_step = torch.where(better, step, best_step)
+        best_zero = torch.where(better, zero, best_zero)
+    return best_step, best_zero
+
+
+def act_range_bounds(bits: int, signed: bool) -> tuple[int, int]:
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def init_act_step(x: torch.Tensor, bits: int, signed: bool, method: str = "lp", max_elements: int = 1 << 20) -> float:
+    """Per-tensor symmetric step: Lp-2.4 clip search on max|x| (or plain max|x| for `minmax`)."""
+    flat = x.detach().float().flatten()
+    if flat.numel() > max_elements:  # the error is estimated on a fixed subsample; the range uses all of x
+        flat_sample = flat[torch.linspace(0, flat.numel() - 1, max_elements, device=flat.device).long()]
+    else:
+        flat_sample = flat
+    q_min, q_max = act_range_bounds(bits, signed)
+    max_abs = float(flat.abs().max())
+    if max_abs == 0.0:
+        return 1.0
+    ratios = CLIP_RATIOS if method == "lp" else [1.0]
+    best_step, best_err = max_abs / q_max, float("inf")
+    for ratio in ratios:
+        step = max_abs * ratio / q_max
+        quantized = torch.clamp((flat_sample / step).round(), q_min, q_max) * step
+        err = float((flat_sample - quantized).abs().pow(LP_NORM).mean())
+        if err < best_err:
+            best_step, best_err = step, err
+    return best_step
+
+
+class WeightQuantizer(nn.Module):
+    """W_q = s * (clamp(B + h(V) + zp, 0, 2^b - 1) - zp): frozen floor B, learned step s, soft bits h(V).
+
+    h(V) = clamp(sigmoid(V) * 1.2 - 0.1, 0, 1) (AdaRound's rectified sigmoid), initialized to the fractional
+    part W/s0 - B so training starts from the unrounded weight; `hard=True` uses h = 1[V >= 0].
+    """
+
+    GAMMA, ZETA = -0.1, 1.1
+
+    def __init__(self, weight: torch.Tensor, bits: int, method: str = "lp"):
+        super().__init__()
+        self.bits = bits
+        self.shape = tuple(weight.shape)
+        rows = weight.detach().float().flatten(1)
+        step, zero = init_weight_range(rows, bits, method)
+        floor = (rows / step).floor()
+        rest = (rows / step - floor).clamp(0, 1)
+        # Inverse of the rectified sigmoid; rest in [0, 1) keeps it finite.
+        p = ((rest - self.GAMMA) / (self.ZETA - self.GAMMA)).clamp(1e-6, 1 - 1e-6)
+        self.register_buffer("floor", floor)
+        self.register_buffer("zero_point", zero)
+        self.step = nn.Parameter(step)
+        self.rounding = nn.Parameter(torch.log(p / (1 - p)))
+        self.hard = False
+
+    def soft_bits(self) -> torch.Tensor:
+        return torch.clamp(torch.sigmoid(self.rounding) * (self.ZETA - self.GAMMA) + self.GAMMA, 0, 1)
+
+    def codes(self) -> torch.Tensor:
+        """Integer codes with hard rounding, in [0, 2^b - 1]."""
+        bits = (self.rounding >= 0).to(self.floor.dtype)
+        return torch.clamp(self.floor + bits + self.zero_point, 0, 2**self.bits - 1)
+
+    def forward(self) -> torch.Tensor:
+        bits = (self.rounding >= 0).to(self.floor.dtype) if self.hard else self.soft_bits()
+        codes = torch.clamp(self.floor + bits + self.zero_point, 0, 2**self.bits - 1)
+        return (self.step * (codes - self.zero_point)).view(self.shape)
+
+    def rounding_regularizer(self, beta: float) -> torch.Tensor:
+        return (1 - (2 * self.soft_bits() - 1).abs().pow(beta)).sum()
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor symmetric activation quantizer with a learned step (LSQ) and QDrop.
+
+    Signed iff its calibration input had negatives (ReLU outputs use the whole unsigned grid). One instance
+    may be shared by several ops that read the same tensor (a conv and its residual shortcut): it then
+    quantizes that tensor once per forward and hands every reader the same result, QDrop mask included.
+    """
+
+    def __init__(self, bits: int, signed: bool | None = None, method: str = "lp"):
+        super().__init__()
+        self.bits = bits
+        self.signed = signed
+        self.method = method
+        self.step = nn.Parameter(torch.ones(()))
+        self.initialized = False
+        self.qdrop_prob = 0.0  # set > 0 during reconstruction only
+        self.shared = False  # set when several ops read the same tensor through this quantizer
+        self._cache: tuple | None = None
+
+    def calibrate(self, x: torch.Tensor) -> None:
+        if self.signed is None:
+            self.signed = bool((x < 0).any())
+        with torch.no_grad():
+            self.step.fill_(init_act_step(x, self.bits, self.signed, self.method))
+        self.initialized = True
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        return act_range_bounds(self.bits, bool(self.signed))
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        q_min, q_max = self.bounds
+        return round_ste(torch.clamp(x / self.step, q_min, q_max)) * self.step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.initialized:
+            self.calibrate(x)
+        key = (x._version, self.step._version, self.qdrop_prob, torch.is_grad_enabled())
+        if self.shared and self._cache is not None and self._cache[0] is x and self._cache[1] == key:
+            return self._cache[2]
+        out = self.quantize(x)
+        if self.qdrop_prob > 0:
+            out = torch.where(torch.rand_like(x) < self.qdrop_prob, x, out)
+        if self.shared:
+            self._cache = (x, key, out)
+        return out
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}"

@@ -1,0 +1,259 @@
+"""Genie-M block reconstruction: learn step sizes and rounding together, one unit at a time.
+
+For each unit, in model order: cache the FP model's input x and output y (the teacher) and the quantized
+model's input x_q (earlier units already quantized) for all calibration samples; then minimize
+||unit_q(mix(x_q, x)) - y||^2 (summed over channels) + a rounding regularizer that pushes soft bits to 0/1.
+Finished units are hard-rounded, frozen, and saved to a state file, so an interrupted run resumes there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import GenieConfig
+from ..errors import ConfigError, ReconstructionDivergedError
+from ..utils import atomic_save_safetensors, batch_seed, model_logits, seed_everything
+from .blocks import Unit, _first_tensor
+from .layers import QuantizedOp
+from .quantizers import ActQuantizer
+
+logger = logging.getLogger("genie_hub.reconstruction")
+ACT_INIT_SAMPLES = 256  # samples used to initialize activation steps of a unit
+EVAL_CHUNK = 64
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class UnitReport:
+    name: str
+    kind: str
+    num_ops: int
+    steps: int
+    error_round_to_nearest: float
+    error_reconstructed: float
+    seconds: float
+    resumed: bool = False
+
+
+@torch.no_grad()
+def capture(model: nn.Module, module_name: str, data: torch.Tensor, batch_size: int, device,
+            with_output: bool, autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor | None, tuple, dict]:
+    """Run `model` on `data` and collect the input (and output) of `module_name`, stopping right after it."""
+    module = model.get_submodule(module_name)
+    inputs, outputs, extra = [], [], {}
+
+    def pre_hook(mod, args, kwargs):
+        inputs.append(args[0].detach().float())
+        extra["args"], extra["kwargs"] = args[1:], kwargs
+        if not with_output:
+            raise _StopForward
+
+    def post_hook(mod, args, kwargs, output):
+        outputs.append(_first_tensor(output).detach().float())
+        raise _StopForward
+
+    handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    if with_output:
+        handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
+    try:
+        for chunk in data.split(batch_size):
+            try:
+                with autocast():
+                    model_logits(model, chunk.to(device))
+            except _StopForward:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (torch.cat(inputs), torch.cat(outputs) if with_output else None,
+            extra.get("args", ()), extra.get("kwargs", {}))
+
+
+def _unit_forward(unit: nn.Module, x: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    return _first_tensor(unit(x, *args, **kwargs)).float()
+
+
+@torch.no_grad()
+def _output_error(unit, x, y, args, kwargs) -> float:
+    total = 0.0
+    for xs, ys in zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK)):
+        total += float((_unit_forward(unit, xs, args, kwargs) - ys).pow(2).sum(1).mean()) * len(xs)
+    return total / len(x)
+
+
+def _input_quantizers(ops: list[QuantizedOp]) -> list[ActQuantizer]:
+    seen, result = set(), []
+    for op in ops:
+        q = op.input_quantizer
+        if q is not None and id(q) not in seen:
+            seen.add(id(q))
+            result.append(q)
+    return result
+
+
+def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor, x_q: torch.Tensor,
+                     y_fp: torch.Tensor, args: tuple, kwargs: dict, config: GenieConfig, name: str,
+                     autocast=contextlib.nullcontext, progress: bool = True) -> tuple[float, float]:
+    """Reconstruct one unit in place and freeze it; returns (round-to-nearest error, final error)."""
+    weight_quantizers = [op.weight_quantizer for op in ops if op.weight_quantizer is not None]
+    act_quantizers = _input_quantizers(ops)
+    with torch.no_grad():  # activation steps: Lp search on the quantized model's own inputs
+        _unit_forward(unit, x_q[:ACT_INIT_SAMPLES], args, kwargs)
+    for wq in weight_quantizers:
+        wq.hard = True
+    error_rtn = _output_error(unit, x_q, y_fp, args, kwargs)
+    for wq in weight_quantizers:
+        wq.hard = False
+
+    steps = config.reconstruction_steps
+    if steps > 0 and weight_quantizers + act_quantizers:
+        groups = [(p, lr) for p, lr in (([wq.step for wq in weight_quantizers], config.lr_weight_step),
+                                        ([aq.step for aq in act_quantizers], config.lr_act_step)) if p]
+        annealed = [torch.optim.Adam(params, lr=lr) for params, lr in groups]
+        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.0) for opt in annealed]
+        rounding = torch.optim.Adam([wq.rounding for wq in weight_quantizers], lr=config.lr_rounding) \
+            if weight_quantizers else None
+        optimizers = annealed + ([rounding] if rounding else [])
+        params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+        for p in params:
+            p.requires_grad_(True)
+        for aq in act_quantizers:
+            aq.qdrop_prob = config.qdrop_prob
+        warmup = int(config.warmup * steps)
+        count, batch = len(x_fp), min(config.reconstruction_batch_size, len(x_fp))
+        bar = tqdm(range(steps), desc=f"reconstruct {name}", disable=not progress, leave=False, dynamic_ncols=True)
+        try:
+            for step in bar:
+                idx = torch.randperm(count, device=x_fp.device)[:batch]
+                xq, xf = x_q[idx], x_fp[idx]
+                mixed = torch.where(torch.rand_like(xq) < config.qdrop_prob, xq, xf)
+                with autocast():
+                    out = _unit_forward(unit, mixed, args, kwargs)
+                rec_loss = (out - y_fp[idx]).pow(2).sum(1).mean()
+                loss = rec_loss
+                if step >= warmup and weight_quantizers:
+                    progress_frac = (step - warmup) / max(1, steps - warmup)
+                    beta = config.beta_start + (config.beta_end - config.beta_start) * progress_frac
+                    loss = loss + config.rounding_weight * sum(wq.rounding_regularizer(beta) for wq in weight_quantizers)
+                if not math.isfinite(loss.item()):
+                    raise ReconstructionDivergedError(
+                        f"Reconstruction of unit '{name}' diverged: the loss became {loss.item()} at step {step}. "
+                        "Units finished before it are saved; rerun the same command to resume from this unit "
+                        "(try --mixed-precision no, or fewer bits for this module via overrides).")
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+                for sched in schedulers:
+                    sched.step()
+                if step % 50 == 0:
+                    bar.set_postfix(rec=f"{rec_loss.item():.4g}")
+        finally:
+            for aq in act_quantizers:
+                aq.qdrop_prob = 0.0
+            for p in params:
+                p.requires_grad_(False)
+    for wq in weight_quantizers:
+        wq.hard = True
+    error_final = _output_error(unit, x_q, y_fp, args, kwargs)
+    for op in ops:
+        op.freeze()
+    return error_rtn, error_final
+
+
+class ReconstructionState:
+    """Frozen units on disk (safetensors), so an interrupted reconstruction resumes at the next unit."""
+
+    def __init__(self, path: str | Path | None, fingerprint: dict):
+        self.path = Path(path) if path is not None else None
+        self.fingerprint = fingerprint
+        self.finished: list[dict] = []
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.signed: dict[str, bool | None] = {}
+        if self.path is not None and self.path.exists():
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if json.loads(meta.get("fingerprint", "{}")) != fingerprint:
+                    raise ConfigError(
+                        f"{self.path} holds a reconstruction made with different settings, calibration data or "
+                        "model. Use a new --output-dir, or delete that file to start the reconstruction over.")
+                self.tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+            self.finished = json.loads(meta["finished"])
+            self.signed = json.loads(meta["signed"])
+
+    def done(self, unit_name: str) -> dict | None:
+        return next((r for r in self.finished if r["name"] == unit_name), None)
+
+    def restore(self, ops: dict[str, QuantizedOp], device) -> None:
+        for name, op in ops.items():
+            op.weight_quantizer = None
+            op.input_quantizer = None
+            op._allocate_frozen(device=device)
+            op.act_signed = self.signed.get(name)
+            for key in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "input_scale"):
+                if hasattr(op, key) and f"{name}.{key}" in self.tensors:
+                    getattr(op, key).copy_(self.tensors[f"{name}.{key}"])
+
+    def record(self, report: UnitReport, ops: dict[str, QuantizedOp]) -> None:
+        self.finished.append(asdict(report))
+        for name, op in ops.items():
+            self.signed[name] = op.act_signed
+            for key, tensor in op.state_dict().items():
+                if key != "bias":
+                    self.tensors[f"{name}.{key}"] = tensor
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_save_safetensors(self.tensors, self.path, {
+                "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+                "finished": json.dumps(self.finished), "signed": json.dumps(self.signed)})
+
+
+def reconstruct(fp_model: nn.Module, q_model: nn.Module, units: list[Unit], calibration: torch.Tensor,
+                config: GenieConfig, *, device="cpu", autocast=contextlib.nullcontext,
+                state: ReconstructionState | None = None, progress: bool = True) -> list[UnitReport]:
+    """Reconstruct every unit of `q_model` in order; returns one report per unit."""
+    state = state or ReconstructionState(None, {})
+    fp_model.eval().requires_grad_(False)
+    q_model.eval().requires_grad_(False)
+    batch = max(config.reconstruction_batch_size, 64)
+    reports = []
+    outer = tqdm(units, desc="Genie-M units", disable=not progress, dynamic_ncols=True)
+    for index, unit in enumerate(outer):
+        ops = {name: q_model.get_submodule(name) for name in unit.ops}
+        finished = state.done(unit.name)
+        if finished is not None:
+            state.restore(ops, device)
+            reports.append(UnitReport(**{**finished, "resumed": True}))
+            continue
+        started = time.perf_counter()
+        seed_everything(batch_seed(config.seed, 1_000_000 + index))
+        x_fp, y_fp, args, kwargs = capture(fp_model, unit.name, calibration, batch, device, True, autocast)
+        x_q, _, q_args, q_kwargs = capture(q_model, unit.name, calibration, batch, device, False, autocast)
+        error_rtn, error_final = reconstruct_unit(
+            q_model.get_submodule(unit.name), list(ops.values()), x_fp, x_q, y_fp, q_args, q_kwargs, config,
+            unit.name, autocast=autocast, progress=progress)
+        report = UnitReport(unit.name, unit.kind, len(ops), config.reconstruction_steps, error_rtn, error_final,
+                            time.perf_counter() - started)
+        logger.info("unit %s: output error %.4g (round-to-nearest) -> %.4g (reconstructed)", unit.name,
+                    error_rtn, error_final)
+        outer.set_postfix(unit=unit.name[-30:], err=f"{error_final:.3g}")
+        state.record(report, ops)
+        reports.append(report)
+        del x_fp, y_fp, x_q
+    return reports

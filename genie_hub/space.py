@@ -1,0 +1,141 @@
+"""The "genie-compare" Gradio Space: locate it, launch it locally, and prepare a copy to push to the Hub.
+
+The Space itself lives in `spaces/genie-compare/` (app.py, README.md, requirements.txt) in the source tree;
+genie_hub finds it there when installed editable (`pip install -e .`) or run from a checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from .errors import GenieError
+
+SPACE_NAME = "genie-compare"
+SPACE_DIR_ENV = "GENIE_SPACE_DIR"
+SPACE_FILES = ("app.py", "README.md", "requirements.txt")
+SPACE_CONFIG_NAME = "space_config.json"
+"""Written next to app.py by `prepare_space_folder`: {"fp32_model": id, "quantized_model": id}."""
+
+DEFAULT_FP32_HUB_ID = "genie-hub/fashion-mnist-resnet"
+"""Hub id of the published embedded default model (listed in the Space README when no id is given)."""
+DEFAULT_QUANTIZED_HUB_ID = "genie-hub/fashion-mnist-resnet-genie-w4a4"
+
+SPACE_DIR = Path(os.environ.get(SPACE_DIR_ENV) or Path(__file__).resolve().parent.parent / "spaces" / SPACE_NAME)
+"""Where the Space sources are: $GENIE_SPACE_DIR, else `spaces/genie-compare` next to the package."""
+
+_MODULE_NAME = "genie_hub_space_app"
+
+
+def space_dir() -> Path:
+    """SPACE_DIR, checked: raises GenieError when genie_hub was installed without its source tree."""
+    missing = [name for name in SPACE_FILES if not (SPACE_DIR / name).is_file()]
+    if missing:
+        raise GenieError(
+            f"The Space sources are not available ({SPACE_DIR} lacks {', '.join(missing)}). They ship with the "
+            "genie_hub source tree, not with the installed wheel: clone the repository and `pip install -e .`, "
+            f"or point {SPACE_DIR_ENV} at a folder holding {', '.join(SPACE_FILES)}.")
+    return SPACE_DIR
+
+
+def load_space_app(path: str | os.PathLike | None = None) -> ModuleType:
+    """Import the Space's app.py by path (from SPACE_DIR, or from the folder/file `path`) and return the module.
+
+    The module exposes `build_demo(fp32=None, quantized=None) -> gr.Blocks`, `compare(image, fp32_id,
+    quantized_id)`, `load_cached(model_id)` and `default_models()`.
+    """
+    if path is None:
+        app_file = space_dir() / "app.py"
+    else:
+        app_file = Path(path)
+        app_file = app_file / "app.py" if app_file.is_dir() else app_file
+        if not app_file.is_file():
+            raise GenieError(f"No Space app at {app_file}.")
+    app_file = app_file.resolve()
+    cached = sys.modules.get(_MODULE_NAME)
+    if cached is not None and getattr(cached, "__file__", None) == str(app_file):
+        return cached
+    spec = importlib.util.spec_from_file_location(_MODULE_NAME, app_file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_MODULE_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(_MODULE_NAME, None)
+        raise
+    return module
+
+
+def launch_space(fp32: str | None = None, quantized: str | None = None, *, preload: bool = True,
+                 **launch_kwargs):
+    """Build the Space UI for these models and launch it (gradio's `launch(**launch_kwargs)`).
+
+    `None` uses $GENIE_FP32_MODEL / $GENIE_QUANTIZED_MODEL, else the embedded default models. With
+    `preload` both models are loaded first, so a bad id fails here with a ModelLoadError/GenieError
+    instead of in the browser. Returns the `gr.Blocks` (useful with `prevent_thread_lock=True`).
+    Blocks until the server stops unless `prevent_thread_lock=True`.
+    """
+    app = load_space_app()
+    default_fp32, default_quantized = app.default_models()
+    fp32, quantized = fp32 or default_fp32, quantized or default_quantized
+    if preload:
+        fp32_model = app.load_cached(fp32)
+        quantized_model = app.load_cached(quantized)
+        if fp32_model.num_labels != quantized_model.num_labels:
+            raise GenieError(f"The two models must classify the same classes: {fp32} has "
+                             f"{fp32_model.num_labels} classes, {quantized} has {quantized_model.num_labels}.")
+    demo = app.build_demo(fp32, quantized)
+    launch_kwargs.setdefault("css", app.CSS)
+    demo.launch(**launch_kwargs)
+    return demo
+
+
+def _check_hub_id(model_id: str, role: str) -> str:
+    model_id = str(model_id).strip()
+    if Path(model_id).expanduser().exists() or os.path.isabs(model_id) or model_id.count("/") != 1 \
+            or any(not part for part in model_id.split("/")):
+        raise GenieError(
+            f"The {role} model for a Space must be a Hub id 'owner/name', not '{model_id}': a Space cannot read "
+            "your local folders. Push the model first (`genie_hub push ...`) and pass its Hub id.")
+    return model_id
+
+
+def _set_readme_models(readme: Path, models: list[str]) -> None:
+    from huggingface_hub import RepoCard
+
+    card = RepoCard.load(readme)
+    card.data.models = models
+    card.save(readme)
+
+
+def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
+                         quantized_id: str | None = None) -> Path:
+    """Copy the Space into `dest`, pointed at the given Hub models; returns `dest` ready for `upload_folder`.
+
+    The ids go into the README `models:` header (so the Hub links the Space to the models) and into
+    `space_config.json`, which app.py reads as its defaults. `None` keeps the embedded default model for that
+    side (the README then lists the published default id). Local folders are refused (GenieError).
+    """
+    source = space_dir()
+    fp32_id = _check_hub_id(fp32_id, "FP32") if fp32_id else None
+    quantized_id = _check_hub_id(quantized_id, "quantized") if quantized_id else None
+    dest = Path(dest)
+    if dest.resolve() == source.resolve():
+        raise GenieError(f"Refusing to prepare the Space in its own source folder {source}; choose another dest.")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SPACE_FILES:
+        shutil.copy2(source / name, dest / name)
+    config = {key: value for key, value in (("fp32_model", fp32_id), ("quantized_model", quantized_id)) if value}
+    config_path = dest / SPACE_CONFIG_NAME
+    if config:
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    elif config_path.exists():
+        config_path.unlink()
+    _set_readme_models(dest / "README.md",
+                       [fp32_id or DEFAULT_FP32_HUB_ID, quantized_id or DEFAULT_QUANTIZED_HUB_ID])
+    return dest

@@ -1,0 +1,439 @@
+"""Genie compare: an FP32 image classifier next to its Genie zero-shot quantized version.
+
+Upload a photo (or pick an example), and the Space runs both models on it and shows each one's top-5
+classes, whether their top-1 predictions agree, the KL divergence KL(p_fp32 || p_quant) between their
+output distributions, and each model's measured latency.
+
+The quantized checkpoint is *fake-quantized*: its weights and activations are rounded to the low-bit grid,
+but the arithmetic still runs on FP32 kernels. Its latency is therefore not a speed-up, and the app says so.
+
+Model ids (Hub id or local folder), in order of precedence:
+  1. the arguments of `build_demo(fp32, quantized)`;
+  2. the environment variables GENIE_FP32_MODEL / GENIE_QUANTIZED_MODEL;
+  3. `space_config.json` next to this file (written by `genie_hub.space.prepare_space_folder`);
+  4. the default models embedded in the genie_hub package (so the app runs offline).
+
+Run as a Space (`python app.py`; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured by gradio itself),
+or from genie_hub (`genie_hub.space.launch_space`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method with transformers)
+from genie_hub.errors import GenieError  # noqa: E402
+from genie_hub.loading import (  # noqa: E402
+    DEFAULT_MODEL_DIR,
+    DEFAULT_QUANTIZED_DIR,
+    input_spec,
+    load_model,
+    to_pixel_values,
+)
+
+APP_DIR = Path(__file__).resolve().parent
+CONFIG_PATH = APP_DIR / "space_config.json"
+FP32_ENV = "GENIE_FP32_MODEL"
+QUANTIZED_ENV = "GENIE_QUANTIZED_MODEL"
+EXAMPLES_ENV = "GENIE_SPACE_EXAMPLES_DIR"
+
+MIN_SIDE = 8
+"""Smallest accepted image side, in pixels."""
+TOP_K = 5
+LATENCY_RUNS = 5
+"""Timed forward passes per model (after one warm-up run); the median is reported."""
+LATENCY_NOTE = "Fake quantization runs FP32 kernels: this latency is not a speed-up."
+
+_SUPPORTED_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+                    "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+# --------------------------------------------------------------------------------------------- defaults
+
+def _read_space_config() -> dict:
+    if not CONFIG_PATH.is_file():
+        return {}
+    try:
+        data = json.loads(CONFIG_PATH.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"Ignoring unreadable {CONFIG_PATH.name}: {exc}")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def default_models() -> tuple[str, str]:
+    """The (fp32, quantized) model ids used when `build_demo` is given none: env, space_config.json, embedded."""
+    config = _read_space_config()
+    fp32 = os.environ.get(FP32_ENV) or config.get("fp32_model") or str(DEFAULT_MODEL_DIR)
+    quantized = os.environ.get(QUANTIZED_ENV) or config.get("quantized_model") or str(DEFAULT_QUANTIZED_DIR)
+    return str(fp32), str(quantized)
+
+
+# ------------------------------------------------------------------------------------------- examples
+
+def _example_dir() -> Path:
+    env = os.environ.get(EXAMPLES_ENV)
+    return Path(env) if env else Path(tempfile.gettempdir()) / "genie_hub_space_examples"
+
+
+def _example_images() -> dict[str, Callable[[], Image.Image]]:
+    """Real photos that ship inside installed wheels (no download): name -> loader returning a PIL image."""
+    loaders: dict = {}
+    try:
+        from skimage import data as skdata
+
+        for name in ("coffee", "chelsea", "astronaut", "rocket"):
+            fn = getattr(skdata, name, None)
+            if fn is not None:
+                loaders[name] = (lambda fn=fn: Image.fromarray(fn()))
+    except Exception:  # scikit-image not installed
+        pass
+    try:
+        from sklearn.datasets import load_sample_images
+
+        def _sklearn(index):
+            return Image.fromarray(load_sample_images().images[index])
+
+        loaders["china"] = lambda: _sklearn(0)
+        loaders["flower"] = lambda: _sklearn(1)
+    except Exception:
+        pass
+    try:
+        from matplotlib import cbook
+
+        path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+        if Path(path).is_file():
+            loaders["grace_hopper"] = lambda path=path: Image.open(path)
+    except Exception:
+        pass
+    return loaders
+
+
+def example_files() -> list[str]:
+    """Write the shipped photos once as PNG files into a cache folder and return their paths."""
+    folder = _example_dir()
+    paths = []
+    for name, loader in _example_images().items():
+        path = folder / f"{name}.png"
+        if not path.is_file():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                image = loader().convert("RGB")
+                tmp = folder / f".{name}.{os.getpid()}.png"
+                image.save(tmp)
+                os.replace(tmp, path)  # atomic: concurrent app processes never see a half-written file
+            except Exception as exc:
+                warnings.warn(f"Could not write example image {name}: {exc}")
+                continue
+        paths.append(str(path))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------- models
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model_id: str
+    model: torch.nn.Module
+    processor: object
+    spec: object
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+    def label(self, index: int) -> str:
+        id2label = getattr(self.model.config, "id2label", None) or {}
+        return str(id2label.get(index, id2label.get(str(index), f"class {index}")))
+
+    @property
+    def quantization(self):
+        """The config's quantization_config as a dict (None for a plain FP checkpoint)."""
+        qc = getattr(self.model.config, "quantization_config", None)
+        if qc is None:
+            return None
+        if hasattr(qc, "to_dict"):
+            qc = qc.to_dict()
+        return dict(qc) if isinstance(qc, dict) else {"quant_method": str(qc)}
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return (os.path.isabs(model_id) or model_id.startswith(("./", "../", "~", ".\\")) or "\\" in model_id
+            or model_id.count("/") > 1)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(model_id: str) -> LoadedModel:
+    model, processor = load_model(model_id)
+    return LoadedModel(model_id, model, processor, input_spec(model, processor))
+
+
+def load_cached(model_id: str) -> LoadedModel:
+    """Load a model once per id (lru-cached). Raises GenieError (ModelLoadError) with a clear message."""
+    model_id = (model_id or "").strip()
+    if not model_id:
+        raise GenieError("No model given: enter a Hub id (owner/name) or a local folder.")
+    path = Path(model_id).expanduser()
+    if path.resolve() in (DEFAULT_MODEL_DIR.resolve(), DEFAULT_QUANTIZED_DIR.resolve()) \
+            and not (path / "config.json").is_file():
+        raise GenieError(f"The embedded default model is missing from {path}. Reinstall genie_hub (or "
+                         "regenerate the assets), or enter a Hub id instead.")
+    if _looks_like_path(model_id) and not path.exists():
+        raise GenieError(f"The local folder '{model_id}' does not exist. Enter an existing folder or a Hub id "
+                         "(owner/name).")
+    return _load_cached(str(path) if path.exists() else model_id)
+
+
+def _load_for_ui(model_id: str, role: str) -> LoadedModel:
+    try:
+        return load_cached(model_id)
+    except GenieError as exc:
+        raise gr.Error(f"{role} model: {exc}", title="Model could not be loaded") from exc
+
+
+# ---------------------------------------------------------------------------------------------- image
+
+def check_image(image) -> Image.Image:
+    """Reject a missing, too small or unconvertible image (gr.Error); return it as a PIL image."""
+    if image is None:
+        raise gr.Error("No image: upload a photo or pick one of the examples first.", title="No image")
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            image = Image.open(image)
+        except Exception as exc:
+            raise gr.Error(f"Cannot open this file as an image ({exc}).", title="Unsupported image") from exc
+    elif isinstance(image, np.ndarray):
+        try:
+            image = Image.fromarray(image)
+        except Exception as exc:
+            raise gr.Error(f"Cannot read this array as an image ({exc}).", title="Unsupported image") from exc
+    if not isinstance(image, Image.Image):
+        raise gr.Error(f"Unsupported image type {type(image).__name__}.", title="Unsupported image")
+    width, height = image.size
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise gr.Error(f"The image is too small ({width}x{height} px): each side needs at least {MIN_SIDE} px.",
+                       title="Image too small")
+    if image.mode not in _SUPPORTED_MODES:
+        raise gr.Error(f"Cannot convert an image in mode '{image.mode}'. Use an RGB, RGBA or grayscale "
+                       "PNG/JPEG/WebP.", title="Unsupported image mode")
+    return image
+
+
+def prepare_image(image, channels: int) -> Image.Image:
+    """Check the image and convert its mode to what the model takes ("L" for 1 channel, else "RGB")."""
+    image = check_image(image)
+    mode = image.mode
+    target = "L" if channels == 1 else "RGB"
+    try:
+        if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+            # 16/32-bit or float pixels: rescale to 8 bit instead of clipping everything to white.
+            array = np.asarray(image, dtype=np.float64)
+            top = 1.0 if array.max() <= 1.0 else (255.0 if array.max() <= 255 else 65535.0)
+            image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+        elif mode in ("RGBA", "RGBa", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")  # transparent areas become white, not black
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, rgba).convert("RGB")
+        elif mode in ("LAB", "HSV", "YCbCr", "CMYK"):
+            image = image.convert("RGB")
+        return image.convert(target)
+    except Exception as exc:
+        raise gr.Error(f"Cannot convert the image from mode '{mode}' to {target} ({exc}).",
+                       title="Unsupported image mode") from exc
+
+
+# ------------------------------------------------------------------------------------------- compare
+
+def _timed(model: torch.nn.Module, x: torch.Tensor) -> float:
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(x.device)
+    start = time.perf_counter()
+    model(pixel_values=x)
+    if cuda:
+        torch.cuda.synchronize(x.device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _run_both(models: list[LoadedModel], inputs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[float]]:
+    """Logits of each model for its input, and each model's median latency in ms.
+
+    One warm-up pass each, then LATENCY_RUNS timed passes, alternating between the models so that a busy
+    machine slows both alike.
+    """
+    xs = [x.to(next(m.model.parameters()).device) for m, x in zip(models, inputs)]
+    times: list[list[float]] = [[] for _ in models]
+    with torch.inference_mode():
+        logits = [m.model(pixel_values=x).logits[0].float().cpu() for m, x in zip(models, xs)]
+        for _ in range(LATENCY_RUNS):
+            for i, (m, x) in enumerate(zip(models, xs)):
+                times[i].append(_timed(m.model, x))
+    return logits, [statistics.median(t) for t in times]
+
+
+def _top_k(loaded: LoadedModel, probs: torch.Tensor) -> dict[str, float]:
+    values, indices = probs.topk(min(TOP_K, probs.numel()))
+    result: dict[str, float] = {}
+    for value, index in zip(values.tolist(), indices.tolist()):
+        name = loaded.label(index)
+        if name in result:  # duplicate class names must not collapse two entries
+            name = f"{name} (#{index})"
+        result[name] = float(value)
+    return result
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.2f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def _fmt_kl(kl: float) -> str:
+    return f"{kl:.4f}" if kl >= 1e-3 or kl == 0 else f"{kl:.2e}"
+
+
+def _describe_quant(quant: dict | None) -> str:
+    if quant is None:
+        return "no quantization_config (a plain FP checkpoint)"
+    parts = [str(quant.get("quant_method", "unknown method"))]
+    bits = {k: v for k, v in quant.items() if "bit" in k.lower() and isinstance(v, int)}
+    parts += [f"{k}={v}" for k, v in sorted(bits.items())]
+    return ", ".join(parts)
+
+
+def compare(image, fp32_id: str, quantized_id: str) -> tuple[dict[str, float], dict[str, float], str]:
+    """Run both models on `image`; return (FP32 top-5, quantized top-5, markdown summary).
+
+    Raises gr.Error (shown in the UI) for a missing/unusable image, a model that cannot be loaded, or two
+    models with different numbers of classes.
+    """
+    image = check_image(image)  # fail fast, before loading any model
+    fp32 = _load_for_ui(fp32_id, "FP32")
+    quant = _load_for_ui(quantized_id, "Quantized")
+    if fp32.num_labels != quant.num_labels:
+        raise gr.Error(f"The two models must classify the same classes: the FP32 model has {fp32.num_labels} "
+                       f"classes, the quantized model {quant.num_labels}.", title="Models do not match")
+
+    notes = []
+    if quant.quantization is None:
+        msg = "The 'quantized' model has no quantization_config: it is a plain FP checkpoint."
+        gr.Warning(msg)
+        notes.append(msg)
+    if fp32.quantization is not None:
+        msg = "The 'FP32' model is itself a quantized checkpoint."
+        gr.Warning(msg)
+        notes.append(msg)
+    if any(fp32.label(i) != quant.label(i) for i in range(fp32.num_labels)):
+        msg = "The two models name their classes differently; classes are compared by index."
+        gr.Warning(msg)
+        notes.append(msg)
+
+    models = [fp32, quant]
+    pixel_values, inputs = [], []
+    for loaded in models:
+        converted = prepare_image(image, loaded.spec.channels)
+        try:
+            x = to_pixel_values([converted], loaded.processor, loaded.spec)
+        except Exception as exc:
+            raise gr.Error(f"Could not preprocess the image for {loaded.model_id}: {exc}",
+                           title="Preprocessing failed") from exc
+        pixel_values.append(x)
+        color = "grayscale" if loaded.spec.channels == 1 else "RGB"
+        inputs.append(f"{color} {x.shape[-1]}×{x.shape[-2]}")
+    (logits_fp32, logits_quant), (ms_fp32, ms_quant) = _run_both(models, pixel_values)
+    if logits_fp32.numel() != logits_quant.numel():
+        raise gr.Error(f"The models output {logits_fp32.numel()} and {logits_quant.numel()} logits: "
+                       "they must classify the same classes.", title="Models do not match")
+
+    log_p = torch.log_softmax(logits_fp32.double(), dim=-1)
+    log_q = torch.log_softmax(logits_quant.double(), dim=-1)
+    kl = float((log_p.exp() * (log_p - log_q)).sum().clamp_min(0.0))
+    if not math.isfinite(kl):
+        kl = float("inf")
+    p, q = log_p.exp().float(), log_q.exp().float()
+    top_fp32, top_quant = int(p.argmax()), int(q.argmax())
+
+    if top_fp32 == top_quant:
+        agreement = (f"✓ **Top-1 agrees**: both models predict **{fp32.label(top_fp32)}** "
+                     f"(FP32 {p[top_fp32]:.1%}, quantized {q[top_quant]:.1%}).")
+    else:
+        agreement = (f"✗ **Top-1 disagrees**: FP32 predicts **{fp32.label(top_fp32)}** ({p[top_fp32]:.1%}), "
+                     f"quantized predicts **{quant.label(top_quant)}** ({q[top_quant]:.1%}).")
+    device = next(fp32.model.parameters()).device.type.upper()
+    lines = [
+        agreement,
+        f"**KL(p_fp32 ‖ p_quant) = {_fmt_kl(kl)} nats** over {fp32.num_labels} classes.",
+        f"**Latency** (median of {LATENCY_RUNS} runs, batch 1, {device}): FP32 {_fmt_ms(ms_fp32)} · "
+        f"quantized {_fmt_ms(ms_quant)}. *{LATENCY_NOTE}*",
+        f"Input: the photo is fed as {inputs[0]} (FP32) and {inputs[1]} (quantized)."
+        + (f" Quantization: {_describe_quant(quant.quantization)}." if quant.quantization else ""),
+    ]
+    lines += [f"⚠️ {note}" for note in notes]
+    return _top_k(fp32, p), _top_k(quant, q), "\n\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ UI
+
+INTRO = """# Genie: FP32 vs zero-shot quantized
+The quantized model was produced **without any real training data**: Genie synthesizes calibration images
+from the FP32 model's BatchNorm statistics, then quantizes weights and activations. Upload a photo or pick
+an example, then press **Compare** to see how close the two models' predictions are."""
+
+PLACEHOLDER = "Upload a photo (or pick an example) and press **Compare**."
+
+CSS = """
+#genie-summary { min-height: 6em; }
+footer { display: none !important; }
+"""
+
+
+def build_demo(fp32: str | None = None, quantized: str | None = None) -> gr.Blocks:
+    """The Space UI. `fp32` / `quantized` default to env, space_config.json, then the embedded models."""
+    default_fp32, default_quantized = default_models()
+    fp32 = fp32 or default_fp32
+    quantized = quantized or default_quantized
+    examples = example_files()
+
+    with gr.Blocks(title="Genie: FP32 vs quantized") as demo:
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                image = gr.Image(type="pil", image_mode=None, sources=["upload"], label="Photo", height=300,
+                                 elem_id="genie-image")
+                if examples:
+                    gr.Examples(examples=[[path] for path in examples], inputs=[image],
+                                cache_examples=False, examples_per_page=8,
+                                label="Example photos (shipped inside installed packages)")
+                fp32_box = gr.Textbox(value=fp32, label="FP32 model (Hub id or local folder)", max_lines=1,
+                                      elem_id="genie-fp32-id")
+                quantized_box = gr.Textbox(value=quantized, label="Quantized model (Hub id or local folder)",
+                                           max_lines=1, elem_id="genie-quantized-id")
+                button = gr.Button("Compare", variant="primary", elem_id="genie-compare")
+            with gr.Column(scale=6):
+                with gr.Row():
+                    fp32_label = gr.Label(num_top_classes=TOP_K, label="FP32 top-5", elem_id="genie-fp32-top5")
+                    quantized_label = gr.Label(num_top_classes=TOP_K, label="Quantized top-5",
+                                               elem_id="genie-quantized-top5")
+                summary = gr.Markdown(PLACEHOLDER, elem_id="genie-summary")
+        button.click(compare, inputs=[image, fp32_box, quantized_box],
+                     outputs=[fp32_label, quantized_label, summary], api_name="compare")
+    return demo
+
+
+if __name__ == "__main__":
+    build_demo().launch(css=CSS)

@@ -1,0 +1,95 @@
+"""Build a small, realistic `genie_hub quantize --output-dir OUT` folder for tests of the publishing step.
+
+Layout (as produced by the real pipeline, minus the quantization itself):
+  OUT/model/    tiny random ResNetForImageClassification (safetensors), ViTImageProcessor, README.md model card
+  OUT/dataset/  README.md dataset card + data/train-00000-of-00001.parquet (image PNG, pixel_values float32
+                Array3D, batch_index int32)
+  OUT/run.json  {"base_model", "weight_bits", "act_bits", "method", ...}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SIZE = 32
+NUM_IMAGES = 6
+BASE_MODEL = "microsoft/resnet-50"
+
+
+def tiny_model(seed: int = 0):
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                          num_labels=3, id2label={0: "cat", 1: "dog", 2: "bird"},
+                          label2id={"cat": 0, "dog": 1, "bird": 2})
+    model = ResNetForImageClassification(config).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a lost buffer would change the logits
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def build_output(out: Path, seed: int = 0, with_dataset: bool = True) -> Path:
+    """Write OUT/model, OUT/dataset (optional) and OUT/run.json under `out`; return `out`."""
+    from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+    from transformers import ViTImageProcessor
+
+    out = Path(out)
+    model_dir = out / "model"
+    model = tiny_model(seed)
+    model.save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(model_dir)
+    card_data = ModelCardData(
+        base_model=BASE_MODEL, base_model_relation="quantized", library_name="transformers",
+        pipeline_tag="image-classification", license="apache-2.0",
+        tags=["quantized", "4-bit", "genie", "zero-shot-quantization"],
+    )
+    card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n# Tiny ResNet, Genie W4A4\n\nTest fixture card.\n")
+    card.save(model_dir / "README.md")
+    (model_dir / "genie_extra.py").write_text("# a custom module shipped with the model\nVALUE = 1\n")
+
+    if with_dataset:
+        from datasets import Array3D, Dataset, Features, Image, Value
+
+        rng = np.random.default_rng(seed)
+        pixels = rng.standard_normal((NUM_IMAGES, 3, IMAGE_SIZE, IMAGE_SIZE)).astype("float32")
+        images = [(rng.random((IMAGE_SIZE, IMAGE_SIZE, 3)) * 255).astype("uint8") for _ in range(NUM_IMAGES)]
+        features = Features({"image": Image(), "pixel_values": Array3D(shape=(3, IMAGE_SIZE, IMAGE_SIZE),
+                                                                        dtype="float32"),
+                             "batch_index": Value("int32")})
+        dataset = Dataset.from_dict({"image": images, "pixel_values": pixels,
+                                     "batch_index": [i // 2 for i in range(NUM_IMAGES)]}, features=features)
+        data_dir = out / "dataset" / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        dataset.to_parquet(str(data_dir / "train-00000-of-00001.parquet"))
+        ds_card = DatasetCard(
+            "---\n" + DatasetCardData(task_categories=["image-classification"], tags=["synthetic"],
+                                      annotations_creators=["machine-generated"], license="apache-2.0").to_yaml()
+            + "\n---\n\n# Genie synthetic calibration set\n\nFor calibration only.\n")
+        ds_card.save(out / "dataset" / "README.md")
+
+    run = {"base_model": BASE_MODEL, "weight_bits": 4, "act_bits": 4, "method": "genie", "seed": seed}
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    return out
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under root (to prove a folder was left byte-identical)."""
+    root = Path(root)
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def fixed_input(seed: int = 123):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)

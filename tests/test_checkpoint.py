@@ -1,0 +1,425 @@
+"""Quantized checkpoints: packed safetensors layout, exact round trips through transformers, the load guard
+without genie_hub, corrupted files, dequantize."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import (AutoModelForImageClassification, EfficientNetConfig, EfficientNetForImageClassification,
+                          MobileNetV2Config, MobileNetV2ForImageClassification, RegNetConfig,
+                          RegNetForImageClassification, ResNetConfig, ResNetForImageClassification, ViTImageProcessor,
+                          pipeline)
+from transformers.pipelines.image_classification import softmax
+
+from genie_hub.checkpoint import (GenieQuantizationConfig, from_pretrained, is_registered, register, save_quantized,
+                                  verify_checkpoint)
+from genie_hub.checkpoint.config import GUARD_KEY, is_guard
+from genie_hub.config import GenieConfig
+from genie_hub.errors import CheckpointError, ModelLoadError
+from genie_hub.quantization import QuantizedOp, quantize
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKED = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
+
+
+def tiny_resnet(seed: int = 0) -> ResNetForImageClassification:
+    torch.manual_seed(seed)
+    return ResNetForImageClassification(ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=5,
+        image_size=32)).eval()
+
+
+def quantized(model, weight_bits: int, act_bits: int, steps: int = 5, range_init: str = "lp", n: int = 32,
+              size: int = 32):
+    torch.manual_seed(1)
+    calibration = torch.randn(n, model.config.num_channels, size, size)
+    config = GenieConfig.from_profile("quick", weight_bits=weight_bits, act_bits=act_bits,
+                                      reconstruction_steps=steps, reconstruction_batch_size=8)
+    return quantize(model, calibration, config, range_init=range_init, progress=False)
+
+
+def logits(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(pixel_values=x).logits
+
+
+def processor() -> ViTImageProcessor:
+    return ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.5, 0.5], image_std=[0.25] * 3)
+
+
+def sample_image() -> Image.Image:
+    return Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 48, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    register()
+    register()  # idempotent
+    assert is_registered()
+
+
+@pytest.fixture(scope="module")
+def fp_model():
+    return tiny_resnet()
+
+
+@pytest.fixture(scope="module")
+def w4(fp_model, tmp_path_factory):
+    """(in-memory W4A4 model, its saved folder)."""
+    q = quantized(fp_model, 4, 4)
+    folder = save_quantized(q, tmp_path_factory.mktemp("w4") / "ckpt", processor=processor())
+    return q, folder
+
+
+def copy_checkpoint(folder: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(folder, target)
+    return target
+
+
+# ---- format -----------------------------------------------------------------------------------------------
+def test_saved_layout(w4):
+    q, folder = w4
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    tensors = load_file(folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    block = config["quantization_config"]
+    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == 1
+    assert (block["weight_bits"], block["act_bits"]) == (4, 4)
+    assert block["layers"] == q.genie_layers and block["genie_config"]["weight_bits"] == 4
+    assert is_guard(config[GUARD_KEY])
+    for name, spec in block["layers"].items():
+        assert f"{name}.weight" not in tensors  # never an FP copy or codes under `weight`
+        if spec["type"] == "QuantShortcut":
+            assert f"{name}.input_scale" in tensors and f"{name}.weight_packed" not in tensors
+            continue
+        op = q.get_submodule(name)
+        assert tensors[f"{name}.weight_packed"].dtype == torch.int32
+        assert tensors[f"{name}.weight_zero_point"].dtype == torch.uint8
+        assert tensors[f"{name}.weight_shape"].tolist() == list(op.weight_shape_tuple)
+        assert torch.equal(tensors[f"{name}.weight_packed"], op.weight_packed)
+        assert (f"{name}.input_scale" in tensors) == (spec["act_bits"] is not None)
+    assert not any(k.endswith(".weight") and k.rsplit(".", 1)[0] in block["layers"] for k in tensors)
+    assert "resnet.embedder.embedder.normalization.running_var" in tensors  # BN kept as is
+    # The config block round-trips, and transformers maps quant_method "genie" to our class.
+    from transformers.quantizers.auto import AutoQuantizationConfig
+
+    parsed = AutoQuantizationConfig.from_dict(block)
+    assert isinstance(parsed, GenieQuantizationConfig) and parsed.to_dict() == block
+    assert verify_checkpoint(folder).to_dict() == block
+
+
+def test_quantization_config_validation():
+    good = {"layers": {"fc": {"type": "QuantLinear", "weight_bits": 4, "act_bits": 8, "act_signed": False}}}
+    assert GenieQuantizationConfig.from_dict(good).layers["fc"]["weight_bits"] == 4
+    bad_layers = [
+        {"fc": {"type": "QuantLinear", "weight_bits": 9, "act_bits": 8, "act_signed": False}},
+        {"fc": {"type": "Conv3d", "weight_bits": 4, "act_bits": 8, "act_signed": False}},
+        {"fc": {"type": "QuantLinear", "weight_bits": 4, "act_bits": 8, "act_signed": None}},
+        {"fc": {"type": "QuantShortcut", "weight_bits": 4, "act_bits": 8, "act_signed": False}},
+        {},
+    ]
+    for layers in bad_layers:
+        with pytest.raises(CheckpointError):
+            GenieQuantizationConfig.from_dict({"layers": layers})
+    with pytest.raises(CheckpointError, match="Upgrade genie_hub"):
+        GenieQuantizationConfig.from_dict({**good, "format_version": 2})
+    with pytest.raises(CheckpointError):
+        GenieQuantizationConfig.from_dict({**good, "format": "compressed-tensors"})
+
+
+# ---- exact round trips --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("weight_bits,act_bits", [(2, 4), (3, 4), (4, 4), (8, 8)])
+def test_round_trip_exact(fp_model, w4, weight_bits, act_bits, tmp_path):
+    q, folder = w4 if (weight_bits, act_bits) == (4, 4) else (None, None)
+    if q is None:
+        q = quantized(fp_model, weight_bits, act_bits)
+        folder = save_quantized(q, tmp_path / "ckpt", processor=processor())
+    assert {s["weight_bits"] for s in q.genie_layers.values()} >= {weight_bits}
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    reference = logits(q, x)
+
+    loaded = AutoModelForImageClassification.from_pretrained(folder)
+    assert type(loaded).__name__ == "ResNetForImageClassification" and not loaded.training
+    assert type(loaded.hf_quantizer).__name__ == "GenieHfQuantizer"
+    out = logits(loaded, x)
+    assert torch.equal(out, reference), f"max abs diff {(out - reference).abs().max()}"
+    assert loaded.genie_layers == q.genie_layers
+
+    pipe = pipeline("image-classification", model=str(folder))
+    image = sample_image()
+    pixel_values = pipe.image_processor(images=image, return_tensors="pt")["pixel_values"]
+    expected = softmax(logits(q, pixel_values)[0].numpy())
+    results = pipe(image)
+    assert len(results) == 5
+    for result in results:
+        assert result["score"] == float(expected[q.config.label2id[result["label"]]])
+
+
+def _kaiming(model):
+    # transformers' default init (std 0.02) makes a random EfficientNet's activations vanish (~1e-40) within a few
+    # blocks; a fan-in init keeps them in a normal range.
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["regnet", "mobilenet_v2", "efficientnet"])
+def test_round_trip_other_architectures(arch, tmp_path):
+    torch.manual_seed(0)
+    if arch == "regnet":
+        model = RegNetForImageClassification(RegNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16],
+                                                          depths=[1, 1], groups_width=8, num_labels=5)).eval()
+    elif arch == "mobilenet_v2":
+        model = MobileNetV2ForImageClassification(MobileNetV2Config(num_channels=3, image_size=32,
+                                                                    depth_multiplier=0.25, num_labels=5)).eval()
+    else:
+        model = _kaiming(EfficientNetForImageClassification(EfficientNetConfig(
+            num_channels=3, image_size=32, width_coefficient=0.25, depth_coefficient=0.5, hidden_dim=320,
+            num_labels=5)))
+    q = quantized(model, 4, 4, steps=0, range_init="minmax", n=4, size=16)
+    folder = save_quantized(q, tmp_path / arch)
+    loaded = from_pretrained(folder)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(logits(loaded, x), logits(q, x))
+    assert loaded.genie_layers == q.genie_layers
+
+
+# ---- size ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("embedding,hidden,max_ratio", [
+    (64, [128, 256, 512], 1 / 6),  # rows of 64..1152 weights, like ResNet-50's 64..4608: packed weights dominate
+    (32, [64, 128, 256], 1 / 4.5),  # rows of 64..576 weights: BN, scales and the header weigh relatively more
+])
+def test_file_size(embedding, hidden, max_ratio, tmp_path):
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=embedding, hidden_sizes=hidden,
+                                                      depths=[1] * len(hidden), num_labels=10, image_size=32)).eval()
+    model.save_pretrained(tmp_path / "fp32")
+    sizes = {"fp32": (tmp_path / "fp32" / "model.safetensors").stat().st_size}
+    for bits in (4, 2):
+        q = quantized(model, bits, 4, steps=0, range_init="minmax", n=4)
+        sizes[f"w{bits}"] = (save_quantized(q, tmp_path / f"w{bits}") / "model.safetensors").stat().st_size
+    print(f"\nResNet embedding={embedding} hidden={hidden}: model.safetensors bytes {sizes}; fp32/w4 = "
+          f"{sizes['fp32'] / sizes['w4']:.2f}, fp32/w2 = {sizes['fp32'] / sizes['w2']:.2f}")
+    assert sizes["w4"] <= sizes["fp32"] * max_ratio
+    assert sizes["w2"] < sizes["w4"] * 0.8
+
+
+# ---- dequantize -----------------------------------------------------------------------------------------------
+def test_dequantize(fp_model, w4):
+    q, folder = w4
+    loaded = AutoModelForImageClassification.from_pretrained(folder)
+    plain = loaded.dequantize()
+    assert not any(isinstance(m, QuantizedOp) for m in plain.modules())
+    assert getattr(plain, "hf_quantizer", None) is None and getattr(plain.config, "quantization_config", None) is None
+    assert "save_pretrained" not in plain.__dict__  # the save guard is gone with the quantization
+    reference = copy.deepcopy(fp_model)
+    for name, spec in q.genie_layers.items():
+        if spec["type"] == "QuantShortcut":
+            assert isinstance(plain.get_submodule(name), torch.nn.Identity)
+            continue
+        op, fp = q.get_submodule(name), plain.get_submodule(name)
+        assert type(fp) in (torch.nn.Conv2d, torch.nn.Linear) and fp.weight.dtype == torch.float32
+        assert torch.equal(fp.weight, op.quantized_weight())
+        with torch.no_grad():
+            reference.get_submodule(name).weight.copy_(op.quantized_weight())
+    # Dequantized = the FP network with the dequantized weights and no activation quantization.
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(logits(plain, x), logits(reference, x))
+
+
+def test_resave_keeps_guard_and_format(w4, tmp_path):
+    q, folder = w4
+    loaded = from_pretrained(folder)
+    loaded.save_pretrained(tmp_path / "resaved")
+    config = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    assert is_guard(config[GUARD_KEY]) and config["quantization_config"]["layers"] == q.genie_layers
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(logits(from_pretrained(tmp_path / "resaved"), x), logits(q, x))
+    # A deep copy's save goes through the copy, and the in-memory model saves the same format too.
+    copy.deepcopy(q).save_pretrained(tmp_path / "copy")
+    assert is_guard(json.loads((tmp_path / "copy" / "config.json").read_text())[GUARD_KEY])
+
+
+def test_refuses_fp_checkpoint_and_quantize_on_load(fp_model, tmp_path):
+    fp_model.save_pretrained(tmp_path / "fp")
+    with pytest.raises(CheckpointError, match="not a Genie checkpoint"):
+        from_pretrained(tmp_path / "fp")
+    layers = {"classifier.1": {"type": "QuantLinear", "weight_bits": 4, "act_bits": 8, "act_signed": False}}
+    with pytest.raises(ValueError, match="pre-quantized"):  # requires_calibration: no quantize-on-load
+        AutoModelForImageClassification.from_pretrained(
+            tmp_path / "fp", quantization_config=GenieQuantizationConfig(layers=layers))
+
+
+# ---- without genie_hub ----------------------------------------------------------------------------------------
+PLAIN_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from transformers import AutoModelForImageClassification, ResNetForImageClassification, pipeline
+    results = {}
+    for folder in sys.argv[1:]:
+        for api, load in (("auto", lambda: AutoModelForImageClassification.from_pretrained(folder)),
+                          ("class", lambda: ResNetForImageClassification.from_pretrained(folder)),
+                          ("pipeline", lambda: pipeline("image-classification", model=folder))):
+            try:
+                load()
+                results[f"{folder}:{api}"] = "LOADED"
+            except Exception as exc:
+                results[f"{folder}:{api}"] = f"{type(exc).__name__}: {exc}"
+    results["genie_hub_imported"] = any(m.split(".")[0] == "genie_hub" for m in sys.modules)
+    print("RESULTS" + json.dumps(results))
+""")
+
+
+def test_without_genie_hub_fails_loudly(w4, tmp_path):
+    """In a process that never imports genie_hub, transformers must refuse the checkpoint (never random weights)."""
+    q, folder = w4
+    resaved = tmp_path / "resaved"
+    from_pretrained(folder).save_pretrained(resaved)
+    env = dict(os.environ, PYTHONPATH="", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT, str(folder), str(resaved)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.split("RESULTS", 1)[1])
+    assert results.pop("genie_hub_imported") is False
+    assert len(results) == 6
+    for key, outcome in results.items():
+        assert outcome != "LOADED", key
+        assert outcome.startswith("ValueError") and "pip install genie_hub" in outcome \
+            and "import genie_hub" in outcome, (key, outcome[:500])
+
+
+# ---- corrupted / inconsistent checkpoints ----------------------------------------------------------------------
+def _rewrite_tensors(folder: Path, edit) -> None:
+    path = folder / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _edit_config(folder: Path, edit) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+def _assert_refused(folder: Path, *needles: str) -> None:
+    """Both entry points refuse: genie_hub's from_pretrained and plain transformers with genie registered."""
+    for load in (from_pretrained, AutoModelForImageClassification.from_pretrained):
+        with pytest.raises(CheckpointError) as info:
+            load(folder)
+        message = str(info.value)
+        assert "\n" not in message.strip()
+        for needle in needles:
+            assert needle in message, (load.__name__, message)
+
+
+CONV = "resnet.encoder.stages.0.layers.0.layer.1.convolution"
+
+
+def test_truncated_file(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:-100])
+    _assert_refused(folder, str(folder / "model.safetensors"), "truncated")
+    (folder / "model.safetensors").write_bytes(data[:5])
+    _assert_refused(folder, "model.safetensors", "not a valid safetensors file")
+
+
+def test_garbage_file(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    (folder / "model.safetensors").write_bytes(np.random.RandomState(0).bytes(4096))
+    _assert_refused(folder, str(folder / "model.safetensors"), "not a valid safetensors file")
+    size = (w4[1] / "model.safetensors").stat().st_size  # right size, header intact, garbage after it
+    good = (w4[1] / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(good + b"\x00" * 16)
+    _assert_refused(folder, "trailing bytes")
+    assert size == len(good)
+
+
+def test_layer_missing_from_weights(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    _rewrite_tensors(folder, lambda t: [t.pop(f"{CONV}.{s}") for s in PACKED])
+    _assert_refused(folder, f"{CONV}.weight_packed")
+
+
+def test_layer_missing_from_model(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    ghost = "resnet.encoder.stages.0.layers.0.ghost"
+    _edit_config(folder, lambda c: c["quantization_config"]["layers"].__setitem__(
+        ghost, {"type": "QuantConv2d", "weight_bits": 4, "act_bits": 4, "act_signed": False}))
+    _assert_refused(folder, ghost)
+
+
+def test_wrong_packed_shape(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    _rewrite_tensors(folder, lambda t: t.__setitem__(f"{CONV}.weight_packed", t[f"{CONV}.weight_packed"][:, :-1]))
+    _assert_refused(folder, f"{CONV}.weight_packed")
+    # Same tensors, but the config claims other bits for that layer: the packed width no longer fits.
+    folder = copy_checkpoint(w4[1], tmp_path / "bits")
+    _edit_config(folder, lambda c: c["quantization_config"]["layers"][CONV].__setitem__("weight_bits", 3))
+    _assert_refused(folder, f"{CONV}.weight_packed")
+
+
+def test_wrong_weight_shape_values(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    _rewrite_tensors(folder, lambda t: t[f"{CONV}.weight_shape"].mul_(torch.tensor([1, 2, 1, 1])))
+    _assert_refused(folder, f"{CONV}.weight_")
+
+
+def test_bad_config_json(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    (folder / "config.json").write_text('{"model_type": "resnet", ')
+    with pytest.raises(CheckpointError, match="config.json"):
+        from_pretrained(folder)
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the marker file. A refused .bin never creates it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_weights_are_never_loaded(w4, tmp_path):
+    marker = tmp_path / "UNPICKLED"
+    only_bin = tmp_path / "only_bin"
+    only_bin.mkdir()
+    with open(only_bin / "pytorch_model.bin", "wb") as handle:
+        pickle.dump(_Payload(marker), handle)
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        from_pretrained(only_bin)
+    # With a genuine Genie config.json next to the pickle, neither entry point unpickles it either.
+    with_config = tmp_path / "with_config"
+    with_config.mkdir()
+    shutil.copy(w4[1] / "config.json", with_config / "config.json")
+    shutil.copy(only_bin / "pytorch_model.bin", with_config / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        from_pretrained(with_config)
+    with pytest.raises(CheckpointError, match="safetensors only"):
+        AutoModelForImageClassification.from_pretrained(with_config)
+    with pytest.raises(CheckpointError, match="use_safetensors=False"):
+        from_pretrained(w4[1], use_safetensors=False)
+    assert not marker.exists()
+
+
+def test_missing_model_is_a_load_error(tmp_path):
+    with pytest.raises(ModelLoadError):
+        from_pretrained("genie-org/does-not-exist-anywhere")

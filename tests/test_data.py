@@ -1,0 +1,353 @@
+"""Real-image data access (IDX parsing, Fashion-MNIST, calibration sources) and the evaluation helpers."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from genie_hub import data as data_mod
+from genie_hub.data import (
+    FASHION_MNIST_LABELS,
+    DataError,
+    fashion_mnist_pixel_values,
+    load_calibration_images,
+    load_fashion_mnist,
+    read_idx,
+    uint8_to_pixel_values,
+)
+from genie_hub.errors import ConfigError, GenieError
+from genie_hub.evaluation import agreement, evaluate_top1, predict_logits
+from genie_hub.loading import DEFAULT_MODEL_DIR, InputSpec, input_spec, load_model, to_pixel_values
+
+REAL_DIR = Path("/usr/share/datasets/fashion-mnist")
+HAS_REAL = (REAL_DIR / "t10k-images-idx3-ubyte.gz").is_file()
+requires_real = pytest.mark.skipif(not HAS_REAL, reason="dataset-fashion-mnist is not installed")
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
+             np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+    big = array.astype(array.dtype.newbyteorder(">")) if array.dtype.itemsize > 1 else array
+    header = bytes([0, 0, codes[big.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + big.tobytes()
+    if compress:
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def vit_processor(size: int = 28, mean: float = 0.286, std: float = 0.353):
+    from transformers import ViTImageProcessor
+
+    return ViTImageProcessor(size={"height": size, "width": size}, image_mean=[mean], image_std=[std])
+
+
+@pytest.fixture()
+def fake_fmnist(tmp_path):
+    """A tiny Fashion-MNIST in the original file layout: 40 train, 20 test images."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    arrays = {}
+    for split, stem, n in (("train", "train", 40), ("test", "t10k", 20)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(root / f"{stem}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{stem}-labels-idx1-ubyte.gz", labels)
+        arrays[split] = (images, labels)
+    return root, arrays
+
+
+# --------------------------------------------------------------------------------------------------------------
+# IDX and Fashion-MNIST
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_roundtrip(tmp_path, compress):
+    images = np.arange(2 * 3 * 5, dtype=np.uint8).reshape(2, 3, 5)
+    out = read_idx(write_idx(tmp_path / ("a.gz" if compress else "a"), images, compress))
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 5) and np.array_equal(out, images)
+    ints = np.array([1, -2, 300000, 7], dtype=np.int32)
+    out = read_idx(write_idx(tmp_path / "b.gz", ints))
+    assert out.shape == (4,) and out.dtype.byteorder in ("=", "|", "<") and np.array_equal(out, ints)
+    floats = np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "c.gz", floats)), floats)
+
+
+def test_read_idx_rejects_bad_files(tmp_path):
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(DataError, match="magic"):
+        read_idx(bad)
+    truncated = tmp_path / "trunc.gz"
+    truncated.write_bytes(gzip.compress(bytes([0, 0, 8, 2]) + struct.pack(">2I", 4, 4) + b"\x00" * 10))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(truncated)
+
+
+def test_load_fashion_mnist_from_root_and_env(fake_fmnist, monkeypatch):
+    root, arrays = fake_fmnist
+    images, labels = load_fashion_mnist("train", root=root)
+    assert images.dtype == torch.uint8 and images.shape == (40, 28, 28)
+    assert labels.dtype == torch.int64 and labels.tolist() == (np.arange(40) % 10).tolist()
+    assert np.array_equal(images.numpy(), arrays["train"][0])
+    monkeypatch.setenv("GENIE_HUB_FASHION_MNIST_DIR", str(root))
+    images, labels = load_fashion_mnist()  # default split: test
+    assert images.shape == (20, 28, 28) and np.array_equal(images.numpy(), arrays["test"][0])
+    with pytest.raises(ConfigError):
+        load_fashion_mnist("validation", root=root)
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENIE_HUB_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError) as info:
+        load_fashion_mnist("test")
+    assert isinstance(info.value, GenieError)
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "GENIE_HUB_FASHION_MNIST_DIR" in message and str(tmp_path / "nowhere") in message
+
+
+def test_labels():
+    assert len(FASHION_MNIST_LABELS) == 10 and FASHION_MNIST_LABELS[0] == "T-shirt/top"
+    assert FASHION_MNIST_LABELS[9] == "Ankle boot"
+
+
+@requires_real
+def test_real_test_split():
+    images, labels = load_fashion_mnist("test", root=REAL_DIR)
+    assert images.shape == (10000, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (10000,) and torch.bincount(labels).tolist() == [1000] * 10
+    assert 0.25 < images.float().mean().item() / 255 < 0.32
+
+
+# --------------------------------------------------------------------------------------------------------------
+# uint8 -> pixel_values
+# --------------------------------------------------------------------------------------------------------------
+
+def test_fashion_mnist_pixel_values_equal_processor_on_pil(fake_fmnist):
+    images, _ = load_fashion_mnist("train", root=fake_fmnist[0])
+    processor = vit_processor()
+    fast = fashion_mnist_pixel_values(images, processor)
+    pil = processor(images=[Image.fromarray(im.numpy()) for im in images], return_tensors="pt")["pixel_values"]
+    assert fast.shape == (40, 1, 28, 28) and fast.dtype == torch.float32
+    torch.testing.assert_close(fast, pil, atol=1e-6, rtol=0)
+
+
+def test_uint8_to_pixel_values_resizing_and_rgb_fall_back_to_processor(fake_fmnist):
+    images, _ = load_fashion_mnist("test", root=fake_fmnist[0])
+    pil = [Image.fromarray(im.numpy()) for im in images[:5]]
+    resizing = vit_processor(size=32)
+    spec = InputSpec(1, 32, 32)
+    torch.testing.assert_close(uint8_to_pixel_values(images[:5], resizing, spec),
+                               to_pixel_values(pil, resizing, spec))
+    from transformers import ViTImageProcessor
+
+    rgb = ViTImageProcessor(size={"height": 28, "width": 28})
+    rgb_spec = InputSpec(3, 28, 28)
+    out = uint8_to_pixel_values(images[:5], rgb, rgb_spec)
+    assert out.shape == (5, 3, 28, 28)
+    torch.testing.assert_close(out, to_pixel_values(pil, rgb, rgb_spec))
+    with pytest.raises(ConfigError):
+        uint8_to_pixel_values(images.float(), rgb, rgb_spec)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Calibration sources
+# --------------------------------------------------------------------------------------------------------------
+
+def _image_folder(root: Path, count: int) -> Path:
+    rng = np.random.default_rng(1)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for i in range(count):
+        folder = root if i % 3 == 0 else (root / "sub" if i % 3 == 1 else root / "sub" / "deeper")
+        if i % 2:
+            Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        else:
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"img{i}.JPG")
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden.png").write_bytes(b"garbage")
+    return root
+
+
+def test_calibration_from_folder(tmp_path):
+    folder = _image_folder(tmp_path / "calib", 9)
+    processor, spec = vit_processor(), InputSpec(1, 28, 28, (0.286,), (0.353,))
+    a = load_calibration_images(str(folder), processor, spec, num_samples=4, seed=0)
+    b = load_calibration_images(folder, processor, spec, num_samples=4, seed=0)
+    c = load_calibration_images(str(folder), processor, spec, num_samples=4, seed=1)
+    assert a.shape == (4, 1, 28, 28) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.warns(UserWarning, match="only 9"):
+        everything = load_calibration_images(str(folder), processor, spec, num_samples=50, seed=0)
+    assert everything.shape == (9, 1, 28, 28)
+    from transformers import ViTImageProcessor
+
+    rgb_processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    rgb = load_calibration_images(str(folder), rgb_processor, InputSpec(3, 16, 16), num_samples=3, seed=0)
+    assert rgb.shape == (3, 3, 16, 16)
+
+
+def test_calibration_errors(tmp_path):
+    processor, spec = vit_processor(), InputSpec(1, 28, 28)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "readme.md").write_text("x")
+    with pytest.raises(DataError, match="No image files"):
+        load_calibration_images(str(empty), processor, spec, 4, 0)
+    with pytest.raises(DataError, match="Unknown calibration source"):
+        load_calibration_images("definitely not a source!", processor, spec, 4, 0)
+    with pytest.raises(DataError, match="is a file"):
+        load_calibration_images(str(empty / "readme.md"), processor, spec, 4, 0)
+    with pytest.raises(ConfigError):
+        load_calibration_images(str(empty), processor, spec, 0, 0)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not a png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError, match="could be read"):
+            load_calibration_images(str(broken), processor, spec, 4, 0)
+
+
+def test_calibration_from_fashion_mnist(fake_fmnist, monkeypatch):
+    root, arrays = fake_fmnist
+    monkeypatch.setenv("GENIE_HUB_FASHION_MNIST_DIR", str(root))
+    processor, spec = vit_processor(), InputSpec(1, 28, 28)
+    x = load_calibration_images("fashion-mnist", processor, spec, num_samples=8, seed=3)
+    assert x.shape == (8, 1, 28, 28)
+    expected_idx = torch.randperm(40, generator=torch.Generator().manual_seed(3))[:8]
+    expected = fashion_mnist_pixel_values(torch.from_numpy(arrays["train"][0])[expected_idx], processor)
+    assert torch.equal(x, expected)
+    from transformers import ViTImageProcessor
+
+    rgb = load_calibration_images("fashion-mnist", ViTImageProcessor(size={"height": 32, "width": 32}),
+                                  InputSpec(3, 32, 32), num_samples=2, seed=3)
+    assert rgb.shape == (2, 3, 32, 32)
+
+
+def test_calibration_from_hub_dataset(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(2)
+    pil = [Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)) for _ in range(6)]
+    table = datasets.Dataset.from_dict({"label": list(range(6)), "img": pil},
+                                       features=datasets.Features({"label": datasets.Value("int64"),
+                                                                   "img": datasets.Image()}))
+    calls = []
+
+    def fake_load_dataset(name, split=None, **kwargs):
+        calls.append((name, split))
+        if name == "owner/missing":
+            raise FileNotFoundError("Dataset 'owner/missing' doesn't exist on the Hub")
+        if name == "owner/text":
+            return datasets.Dataset.from_dict({"text": ["a", "b"]})
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    processor, spec = vit_processor(), InputSpec(1, 28, 28)
+    x = load_calibration_images("owner/images:validation", processor, spec, num_samples=4, seed=0)
+    assert x.shape == (4, 1, 28, 28) and calls[-1] == ("owner/images", "validation")
+    load_calibration_images("owner/images", processor, spec, num_samples=2, seed=0)
+    assert calls[-1] == ("owner/images", "train")
+    with pytest.raises(DataError, match="owner/missing"):
+        load_calibration_images("owner/missing", processor, spec, 2, 0)
+    with pytest.raises(DataError, match="no Image column"):
+        load_calibration_images("owner/text", processor, spec, 2, 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation helpers
+# --------------------------------------------------------------------------------------------------------------
+
+class _Output:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class _Toy(nn.Module):
+    """Predicts class = round(mean pixel) via fixed logits; returns an HF-like output object."""
+
+    def __init__(self, hf_like: bool = True):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.hf_like = hf_like
+
+    def forward(self, pixel_values):
+        value = pixel_values.flatten(1).mean(1, keepdim=True)
+        logits = -(value - torch.arange(4.0)).abs() * self.scale
+        return _Output(logits) if self.hf_like else logits
+
+
+def test_evaluate_top1_and_predict_logits():
+    pixels = torch.arange(4.0).repeat_interleave(5).view(20, 1, 1, 1).expand(20, 1, 2, 2).contiguous()
+    labels = torch.arange(4).repeat_interleave(5)
+    assert evaluate_top1(_Toy(), pixels, labels, batch_size=3) == 1.0
+    wrong = labels.clone()
+    wrong[:5] = 1
+    assert evaluate_top1(_Toy(hf_like=False), pixels, wrong, batch_size=7) == pytest.approx(0.75)
+    assert predict_logits(_Toy(), pixels, batch_size=6).shape == (20, 4)
+    with pytest.raises(ConfigError):
+        evaluate_top1(_Toy(), pixels, labels[:3])
+
+
+def test_agreement_metrics():
+    torch.manual_seed(0)
+    fp = torch.randn(50, 10)
+    same = agreement(fp, fp.clone())
+    assert same["top1_agreement"] == 1.0 and same["top5_overlap"] == 1.0 and same["kl_fp_q"] == pytest.approx(0, abs=1e-12)
+    assert same["num_samples"] == 50
+    shifted = agreement(fp, fp + 3.0)  # softmax is shift invariant
+    assert shifted["top1_agreement"] == 1.0 and shifted["kl_fp_q"] == pytest.approx(0, abs=1e-9)
+    reversed_ = agreement(fp, -fp)
+    assert reversed_["top1_agreement"] == 0.0 and reversed_["top5_overlap"] == 0.0 and reversed_["kl_fp_q"] > 0.5
+    # One of two samples flips its top-1; the second is identical.
+    a = torch.tensor([[3.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
+    b = torch.tensor([[1.0, 3.0, 0.0], [0.0, 1.0, 2.0]])
+    result = agreement(a, b)
+    assert result["top1_agreement"] == 0.5 and result["top5_overlap"] == 1.0  # k = 3 classes
+    p = torch.softmax(a[0].double(), 0)
+    q = torch.softmax(b[0].double(), 0)
+    assert result["kl_fp_q"] == pytest.approx(((p * (p / q).log()).sum() / 2).item())
+    with pytest.raises(ConfigError):
+        agreement(a, b[:1])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The shipped default model
+# --------------------------------------------------------------------------------------------------------------
+
+def test_default_model_assets_are_small_and_stock():
+    if not (DEFAULT_MODEL_DIR / "config.json").exists():
+        pytest.skip("default model not generated yet (python benchmarks/train_default_model.py)")
+    model, processor = load_model(None)
+    assert type(model).__name__ == "ResNetForImageClassification"
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size < 3_000_000
+    assert [model.config.id2label[i] for i in range(10)] == list(FASHION_MNIST_LABELS)
+    spec = input_spec(model, processor)
+    assert spec.shape == (1, 28, 28) and len(spec.mean) == 1
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    out = processor(images=Image.new("L", (28, 28)), return_tensors="pt")["pixel_values"]
+    assert out.shape == (1, 1, 28, 28)
+    assert processor(images=Image.new("RGB", (64, 48)).convert("L"), return_tensors="pt")["pixel_values"].shape == (1, 1, 28, 28)
+
+
+@requires_real
+def test_default_model_accuracy_on_real_test_images():
+    model, processor = load_model(None)
+    images, labels = load_fashion_mnist("test", root=REAL_DIR)
+    pixels = fashion_mnist_pixel_values(images[:2000], processor)
+    assert evaluate_top1(model, pixels, labels[:2000]) >= 0.88
+
+
+def test_module_exports():
+    for name in data_mod.__all__:
+        assert hasattr(data_mod, name)

@@ -1,0 +1,348 @@
+"""Publishing (genie_hub.hub) against the loopback Hub (tests/hub_server.py) with the REAL clients.
+
+huggingface_hub uploads, transformers.from_pretrained and datasets.load_dataset all talk HTTP to the server
+that tests/conftest.py started for the session. These tests prove the client-side protocol and genie_hub's
+behaviour (idempotent re-push, clear errors, untouched local folder); the real Hub's server-side rules are
+covered by the opt-in tests/test_hub_live.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genie_hub.errors import PushError
+from genie_hub.hub import check_push_ready, default_repo_ids, push_output, push_space
+from helpers_output import BASE_MODEL, build_output, fixed_input, tree_hashes
+
+MODEL_ID = "tester/resnet-50-genie-w4a4"
+DATASET_ID = "tester/resnet-50-genie-w4a4-calibration"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built_output(tmp_path_factory) -> Path:
+    """One output folder built once per module; tests copy it (building imports datasets and transformers)."""
+    return build_output(tmp_path_factory.mktemp("built") / "out")
+
+
+@pytest.fixture
+def out(built_output, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(built_output, tmp_path / "out"))
+
+
+def _expected_remote_model_files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out / "model").as_posix(): p.read_bytes()
+            for p in sorted((out / "model").rglob("*")) if p.is_file()}
+
+
+def _assert_model_repo_matches(hub, out: Path, repo_id: str = MODEL_ID) -> None:
+    remote = hub.files(repo_id)
+    expected = _expected_remote_model_files(out)
+    assert {k: v for k, v in remote.items() if k != ".gitattributes"} == expected
+
+
+def _assert_dataset_repo_matches(hub, out: Path, repo_id: str = DATASET_ID) -> None:
+    remote = hub.files(repo_id, repo_type="dataset")
+    expected = {p.relative_to(out / "dataset").as_posix(): p.read_bytes()
+                for p in sorted((out / "dataset").rglob("*")) if p.is_file()}
+    assert {k: v for k, v in remote.items() if k != ".gitattributes"} == expected
+
+
+# --------------------------------------------------------------------------------------- pure helpers
+def test_default_repo_ids():
+    assert default_repo_ids("user", "microsoft/resnet-50", 4, 4) == (
+        "user/resnet-50-genie-w4a4", "user/resnet-50-genie-w4a4-calibration")
+    assert default_repo_ids("user", "/data/runs/my model!/", 2, 8)[0] == "user/my-model-genie-w2a8"
+    assert default_repo_ids("user", "C:\\models\\Res.Net", 3, 3)[0] == "user/Res.Net-genie-w3a3"
+    model_id, dataset_id = default_repo_ids("user", "org/" + "x" * 200, 4, 4)
+    assert len(dataset_id.split("/")[1]) <= 96 and dataset_id == model_id + "-calibration"
+    assert default_repo_ids("user", "...", 4, 4)[0] == "user/model-genie-w4a4"
+
+
+# --------------------------------------------------------------------------------------- full round trip
+def test_push_then_load_with_transformers_and_datasets(hub_server, out):
+    import numpy as np
+    import torch
+    from datasets import Dataset, load_dataset
+    from huggingface_hub import HfApi, ModelCard
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    local_model = AutoModelForImageClassification.from_pretrained(out / "model").eval()
+    result = push_output(out)
+
+    assert result["model"]["repo_id"] == MODEL_ID and result["dataset"]["repo_id"] == DATASET_ID
+    assert result["model"]["url"] == f"{hub_server.url}/{MODEL_ID}"
+    assert result["dataset"]["url"] == f"{hub_server.url}/datasets/{DATASET_ID}"
+    assert not hub_server.repo(MODEL_ID).private
+
+    # The published card links the calibration set and keeps the rest; OUT now holds that same card.
+    card = ModelCard.load(MODEL_ID)
+    assert card.data.datasets == [DATASET_ID]
+    assert card.data.base_model == BASE_MODEL and card.data.base_model_relation == "quantized"
+    assert "Test fixture card." in card.text
+    assert (out / "model" / "README.md").read_text() == str(card)
+    _assert_model_repo_matches(hub_server, out)
+    _assert_dataset_repo_matches(hub_server, out)
+    assert hub_server.repo(MODEL_ID).files_lfs() >= {"model.safetensors"}
+    assert "data/train-00000-of-00001.parquet" in hub_server.repo(DATASET_ID, "dataset").files_lfs()
+
+    # run.json records the push and keeps every other key.
+    run = json.loads((out / "run.json").read_text())
+    assert run["base_model"] == BASE_MODEL and run["weight_bits"] == 4
+    assert run["push"]["model"]["repo_id"] == MODEL_ID and run["push"]["dataset"]["repo_id"] == DATASET_ID
+    assert run["push"]["model"]["commit"] == HfApi().model_info(MODEL_ID).sha
+
+    # transformers downloads the model from the loopback Hub: same weights, same logits.
+    remote_model = AutoModelForImageClassification.from_pretrained(MODEL_ID).eval()
+    x = fixed_input()
+    with torch.no_grad():
+        assert torch.equal(remote_model(pixel_values=x).logits, local_model(pixel_values=x).logits)
+    remote_state, local_state = remote_model.state_dict(), local_model.state_dict()
+    assert remote_state.keys() == local_state.keys()
+    assert all(torch.equal(remote_state[k], local_state[k]) for k in local_state)
+    assert AutoImageProcessor.from_pretrained(MODEL_ID).size == {"height": 32, "width": 32}
+
+    # datasets downloads the calibration set: the exact float tensors and the same PNG images.
+    remote_ds = load_dataset(DATASET_ID, split="train")
+    local_ds = Dataset.from_parquet(str(out / "dataset" / "data" / "train-00000-of-00001.parquet"))
+    assert remote_ds.features == local_ds.features
+    assert remote_ds.num_rows == local_ds.num_rows
+    remote_px = np.asarray(remote_ds.with_format("numpy")["pixel_values"])
+    local_px = np.asarray(local_ds.with_format("numpy")["pixel_values"])
+    assert remote_px.dtype == np.float32 and np.array_equal(remote_px, local_px)
+    assert remote_ds["batch_index"] == local_ds["batch_index"]
+    for remote_image, local_image in zip(remote_ds["image"], local_ds["image"]):
+        assert np.array_equal(np.asarray(remote_image), np.asarray(local_image))
+
+    # Pushing again is a no-op: no new commits, same result.
+    commits = (hub_server.commit_count(MODEL_ID), hub_server.commit_count(DATASET_ID, "dataset"))
+    again = push_output(out)
+    assert again["model"]["commit"] == result["model"]["commit"]
+    assert (hub_server.commit_count(MODEL_ID), hub_server.commit_count(DATASET_ID, "dataset")) == commits
+    assert not hub_server.unhandled, hub_server.unhandled
+
+
+# --------------------------------------------------------------------------------------- failures and resume
+@pytest.mark.parametrize("mode", ["500", "drop", "drop_after_commit"])
+def test_failed_model_commit_leaves_folder_intact_and_retry_completes(hub_server, out, mode):
+    before = tree_hashes(out)
+    fault = hub_server.inject_failure("commit", mode=mode, repo_id=MODEL_ID)
+
+    with pytest.raises(PushError) as info:
+        push_output(out)
+    message = str(info.value)
+    assert fault.triggered == 1
+    assert f"model repo '{MODEL_ID}'" in message
+    assert "intact" in message and f"genie_hub push {out}" in message
+    assert f"dataset {DATASET_ID}" in message  # says what did get published
+    assert "\n" not in message
+    assert tree_hashes(out) == before  # nothing in OUT changed: not the card, not run.json
+    _assert_dataset_repo_matches(hub_server, out)
+    expected_commits = 2 if mode == "drop_after_commit" else 1  # the lost-response commit did land
+    assert hub_server.commit_count(MODEL_ID) == expected_commits
+
+    result = push_output(out)
+    assert result["model"]["repo_id"] == MODEL_ID
+    _assert_model_repo_matches(hub_server, out)
+    _assert_dataset_repo_matches(hub_server, out)
+    assert hub_server.commit_count(MODEL_ID) == 2  # the retry only commits what is missing
+    assert hub_server.commit_count(DATASET_ID, "dataset") == 2  # dataset re-upload was a no-op
+    assert json.loads((out / "run.json").read_text())["push"]["model"]["commit"] == result["model"]["commit"]
+
+
+def test_failed_dataset_commit_names_the_dataset_repo(hub_server, out):
+    before = tree_hashes(out)
+    hub_server.inject_failure("commit", mode="drop", repo_id=DATASET_ID)
+    with pytest.raises(PushError) as info:
+        push_output(out)
+    assert f"dataset repo '{DATASET_ID}'" in str(info.value) and "Already published" not in str(info.value)
+    assert tree_hashes(out) == before
+    assert (("model", MODEL_ID) not in hub_server.repos)  # stopped before the model
+
+    push_output(out)
+    _assert_dataset_repo_matches(hub_server, out)
+    _assert_model_repo_matches(hub_server, out)
+
+
+def test_lost_lfs_upload_is_retried_by_the_client(hub_server, out):
+    """A dropped LFS PUT is retried by huggingface_hub's backoff (1 s): the push still succeeds."""
+    fault = hub_server.inject_failure("lfs_upload", mode="drop", times=1)
+    push_output(out)
+    assert fault.triggered == 1
+    _assert_model_repo_matches(hub_server, out)
+
+
+# --------------------------------------------------------------------------------------- variants
+def test_push_without_dataset_folder_pushes_model_only(hub_server, built_output, tmp_path):
+    out = build_output(tmp_path / "out", with_dataset=False)
+    card_before = (out / "model" / "README.md").read_bytes()
+    result = push_output(out, repo_id="my-tiny-w4a4", private=True)
+    assert result["dataset"] is None and result["model"]["repo_id"] == "tester/my-tiny-w4a4"
+    assert [key for key in hub_server.repos] == [("model", "tester/my-tiny-w4a4")]
+    assert hub_server.repo("tester/my-tiny-w4a4").private
+    assert (out / "model" / "README.md").read_bytes() == card_before  # no dataset: card untouched
+    _assert_model_repo_matches(hub_server, out, "tester/my-tiny-w4a4")
+    with pytest.raises(PushError, match="no dataset folder"):
+        push_output(out, dataset_repo_id="tester/some-calibration")
+
+
+def test_explicit_repo_ids_and_org_namespace(hub_server, out):
+    result = push_output(out, repo_id="genie-org/tiny", dataset_repo_id="calib")
+    assert result["model"]["repo_id"] == "genie-org/tiny"
+    assert result["dataset"]["repo_id"] == "tester/calib"
+    assert json.loads(hub_server.files("genie-org/tiny")["config.json"])["model_type"] == "resnet"
+    assert b"- tester/calib" in hub_server.files("genie-org/tiny")["README.md"]
+
+
+def test_missing_or_incomplete_output_raises_push_error(hub_server, out, tmp_path):
+    with pytest.raises(PushError, match="does not exist"):
+        push_output(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PushError, match="config.json"):
+        push_output(tmp_path / "empty")
+    (out / "dataset" / "data" / "train-00000-of-00001.parquet").unlink()
+    with pytest.raises(PushError, match="no parquet"):
+        push_output(out)
+    assert not hub_server.repos  # nothing was created
+
+
+def test_forbidden_namespace_is_a_push_error(hub_server, out):
+    with pytest.raises(PushError, match="dataset repo 'someone-else/x-calibration'"):
+        push_output(out, repo_id="someone-else/x")
+
+
+# --------------------------------------------------------------------------------------- preflight checks
+def test_check_push_ready_returns_username(hub_server):
+    assert check_push_ready() == "tester"
+    assert check_push_ready(token="another-token") == "tester"
+
+
+def test_check_push_ready_without_token(hub_server, monkeypatch, out):
+    monkeypatch.delenv("HF_TOKEN")  # HF_HOME is an empty temp dir: no stored token either
+    with pytest.raises(PushError, match="HF_TOKEN"):
+        check_push_ready()
+    before = tree_hashes(out)
+    with pytest.raises(PushError, match="no access token"):
+        push_output(out)
+    assert tree_hashes(out) == before and not hub_server.repos
+
+
+def test_check_push_ready_rejected_token(hub_server):
+    hub_server.rejected_tokens.add("hf_loopback_test_token")
+    with pytest.raises(PushError, match="rejected"):
+        check_push_ready()
+
+
+def test_check_push_ready_unreachable_endpoint(hub_server, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(PushError, match="HF_ENDPOINT") as info:
+        check_push_ready()
+    assert "http://127.0.0.1:9" in str(info.value)
+
+
+def _run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+CHECK_SNIPPET = """
+from genie_hub.errors import PushError
+from genie_hub.hub import check_push_ready
+try:
+    print("USER", check_push_ready())
+except PushError as exc:
+    print("PUSHERROR", exc)
+"""
+
+
+def test_offline_mode_is_a_push_error(hub_server, hub_subprocess_env):
+    # HF_HUB_OFFLINE is read when huggingface_hub is imported: check it in a fresh interpreter.
+    proc = _run_python(CHECK_SNIPPET, hub_subprocess_env(HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert "PUSHERROR" in proc.stdout and "HF_HUB_OFFLINE" in proc.stdout, proc.stdout
+
+
+def test_stored_token_is_used_when_hf_token_is_unset(hub_server, hub_subprocess_env, tmp_path):
+    home = tmp_path / "hf_home"
+    home.mkdir()
+    proc = _run_python(CHECK_SNIPPET, hub_subprocess_env(HF_TOKEN=None, HF_HOME=str(home)))
+    assert "PUSHERROR" in proc.stdout and "no access token" in proc.stdout, proc.stdout + proc.stderr
+    (home / "token").write_text("hf_stored_token")
+    proc = _run_python(CHECK_SNIPPET, hub_subprocess_env(HF_TOKEN=None, HF_HOME=str(home)))
+    assert proc.stdout.strip() == "USER tester", proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------------------- Space
+def test_push_space(hub_server, tmp_path):
+    from huggingface_hub import HfApi
+
+    space = tmp_path / "space"
+    space.mkdir()
+    (space / "README.md").write_text(
+        "---\ntitle: Genie demo\nsdk: gradio\nsdk_version: 6.31.0\napp_file: app.py\npython_version: '3.11'\n"
+        f"models:\n- {MODEL_ID}\nshort_description: Genie W4A4 demo\n---\n\n# Demo\n")
+    (space / "app.py").write_text("import gradio as gr\n\ngr.Interface(lambda x: x, 'text', 'text').launch()\n")
+    (space / "requirements.txt").write_text("genie_hub\n")
+
+    url = push_space(space, "genie-demo")
+    assert url == f"{hub_server.url}/spaces/tester/genie-demo"
+    repo = hub_server.repo("tester/genie-demo", "space")
+    assert repo.sdk == "gradio" and not repo.private
+    remote = hub_server.files("tester/genie-demo", "space")
+    assert {k: v for k, v in remote.items() if k != ".gitattributes"} == {
+        p.name: p.read_bytes() for p in space.iterdir()}
+    info = HfApi().space_info("tester/genie-demo")
+    assert info.sdk == "gradio" and info.card_data.app_file == "app.py"
+
+    (space / "app.py").write_text("print('v2')\n")  # re-push updates the Space
+    assert push_space(space, "tester/genie-demo") == url
+    assert hub_server.files("tester/genie-demo", "space")["app.py"] == b"print('v2')\n"
+
+    hub_server.inject_failure("commit", mode="500", repo_id="tester/genie-demo")
+    (space / "app.py").write_text("print('v3')\n")
+    with pytest.raises(PushError, match="Space 'tester/genie-demo'"):
+        push_space(space, "genie-demo")
+    with pytest.raises(PushError, match="README.md"):
+        push_space(tmp_path / "missing", "genie-demo")
+
+
+# --------------------------------------------------------------------------------------- the server itself
+def test_server_keeps_history_and_answers_like_the_hub(hub_server, tmp_path):
+    """Pinned revisions still resolve after a new commit; missing folders/files get the Hub's error codes."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+    api = HfApi()
+    api.create_repo("tester/history")
+    folder = tmp_path / "f"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("v1")
+    (folder / "sub" / "w.safetensors").write_bytes(b"\0binary" * 100)
+    first = api.upload_folder(repo_id="tester/history", folder_path=folder).oid
+    (folder / "a.txt").write_text("v2")
+    second = api.upload_folder(repo_id="tester/history", folder_path=folder).oid
+    assert first != second
+    assert Path(hf_hub_download("tester/history", "a.txt", revision=first)).read_text() == "v1"
+    assert Path(hf_hub_download("tester/history", "a.txt")).read_text() == "v2"
+    assert Path(hf_hub_download("tester/history", "sub/w.safetensors")).read_bytes() == b"\0binary" * 100
+    assert sorted(api.list_repo_files("tester/history")) == [".gitattributes", "a.txt", "sub/w.safetensors"]
+    lfs = {f.path: f.lfs for f in api.list_repo_tree("tester/history", recursive=True) if hasattr(f, "lfs")}
+    assert lfs["sub/w.safetensors"] is not None and lfs["a.txt"] is None
+    with pytest.raises(RemoteEntryNotFoundError):
+        list(api.list_repo_tree("tester/history", path_in_repo="nope"))
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("tester/history", "nope.txt")
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("tester/does-not-exist")
+    api.delete_file("a.txt", repo_id="tester/history")
+    assert "a.txt" not in hub_server.files("tester/history")
+    assert [c.commit_id for c in api.list_repo_commits("tester/history")][1:3] == [second, first]

@@ -1,0 +1,439 @@
+"""The genie-compare Space: handler, Space files, genie_hub.space helpers, live server, gradio_client, Chromium.
+
+All tests use tiny random ResNets built here (the "quantized" side is a perturbed copy, or the same model),
+so they do not depend on the embedded default assets; the one test that uses those skips when missing.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+gr = pytest.importorskip("gradio")
+
+from genie_hub.errors import GenieError  # noqa: E402
+from genie_hub.loading import DEFAULT_MODEL_DIR, DEFAULT_QUANTIZED_DIR  # noqa: E402
+from genie_hub.space import (  # noqa: E402
+    DEFAULT_FP32_HUB_ID,
+    DEFAULT_QUANTIZED_HUB_ID,
+    SPACE_DIR,
+    launch_space,
+    load_space_app,
+    prepare_space_folder,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:The 'quantized' model has no quantization_config")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT_COPY = REPO_ROOT / "benchmarks" / "results" / "space_screenshot.png"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+LABELS = ["espresso", "tabby cat", "astronaut", "rocket", "teapot"]
+DEFAULT_ASSETS = (DEFAULT_MODEL_DIR / "config.json").is_file() and (DEFAULT_QUANTIZED_DIR / "config.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+
+def _tiny_model(path: Path, channels: int = 3, num_labels: int = 5, seed: int = 0, noise: float = 0.0,
+                labels: list[str] | None = None) -> str:
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+    labels = labels or [f"class {i}" for i in range(num_labels)]
+    torch.manual_seed(seed)
+    config = ResNetConfig(num_channels=channels, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                          image_size=32, num_labels=num_labels,
+                          id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+    model = ResNetForImageClassification(config).eval()
+    if noise:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(noise * param.abs().mean() * torch.randn_like(param))
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * channels,
+                      image_std=[0.5] * channels).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("space_models")
+    return {
+        "fp32": _tiny_model(root / "rgb", labels=LABELS),
+        "quant": _tiny_model(root / "rgb-perturbed", labels=LABELS, noise=0.05),  # same seed + small noise
+        "gray": _tiny_model(root / "gray", channels=1, labels=LABELS),
+        "seven": _tiny_model(root / "seven", num_labels=7),
+    }
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_space_app()
+
+
+@pytest.fixture()
+def fast_app(app, monkeypatch):
+    monkeypatch.setattr(app, "LATENCY_RUNS", 1)
+    return app
+
+
+@pytest.fixture(scope="module")
+def coffee() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.coffee())
+
+
+@pytest.fixture(scope="module")
+def coffee_png(tmp_path_factory, coffee) -> str:
+    path = tmp_path_factory.mktemp("photos") / "coffee.png"
+    coffee.save(path)
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _kl(summary: str) -> float:
+    match = re.search(r"KL\(p_fp32 ‖ p_quant\) = ([0-9.eE+-]+|inf)", summary)
+    assert match, summary
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    """The Space served on 127.0.0.1 through genie_hub.space.launch_space (as the CLI does)."""
+    demo = launch_space(models["fp32"], models["quant"], server_name="127.0.0.1", server_port=_free_port(),
+                        prevent_thread_lock=True, quiet=True)
+    try:
+        yield demo.local_url.rstrip("/")
+    finally:
+        demo.close()
+
+
+# ------------------------------------------------------------------------------------- handler direct
+
+def test_compare_on_real_photo(fast_app, models, coffee):
+    fp32_top, quant_top, summary = fast_app.compare(coffee, models["fp32"], models["quant"])
+    for top in (fp32_top, quant_top):
+        assert isinstance(top, dict) and len(top) == 5
+        assert set(top) == set(LABELS)
+        assert all(0.0 <= v <= 1.0 for v in top.values())
+        assert list(top.values()) == sorted(top.values(), reverse=True)
+    assert "agree" in summary
+    assert _kl(summary) >= 0.0
+    assert "not a speed-up" in summary and " ms" in summary
+    assert "RGB 32×32" in summary
+
+
+def test_same_model_agrees_with_zero_kl(fast_app, models, coffee):
+    fp32_top, quant_top, summary = fast_app.compare(coffee, models["fp32"], models["fp32"])
+    assert fp32_top == quant_top
+    assert "Top-1 agrees" in summary
+    assert _kl(summary) == 0.0
+
+
+def test_one_channel_model_gets_grayscale_and_rgba_is_flattened(fast_app, models, coffee):
+    rgba = coffee.convert("RGBA")
+    fp32_top, quant_top, summary = fast_app.compare(rgba, models["gray"], models["gray"])
+    assert len(fp32_top) == 5 and fp32_top == quant_top
+    assert "grayscale 32×32" in summary
+    # A 1-channel model also accepts an RGB photo, and an RGB model a grayscale one.
+    assert len(fast_app.compare(coffee, models["gray"], models["gray"])[0]) == 5
+    assert len(fast_app.compare(coffee.convert("L"), models["fp32"], models["quant"])[0]) == 5
+    assert fast_app.prepare_image(rgba, 3).mode == "RGB"
+    assert fast_app.prepare_image(coffee, 1).mode == "L"
+    sixteen_bit = Image.fromarray((torch.linspace(0, 65535, 64 * 64).reshape(64, 64).numpy()).astype("uint16"))
+    assert fast_app.prepare_image(sixteen_bit, 1).getextrema() == (0, 255)
+
+
+def test_no_image_is_an_error(fast_app, models):
+    with pytest.raises(gr.Error, match="No image"):
+        fast_app.compare(None, models["fp32"], models["quant"])
+
+
+def test_tiny_image_is_an_error(fast_app, models):
+    with pytest.raises(gr.Error, match=r"too small \(4x4 px\)"):
+        fast_app.compare(Image.new("RGB", (4, 4)), models["fp32"], models["quant"])
+    with pytest.raises(gr.Error, match="too small"):
+        fast_app.compare(Image.new("RGB", (300, 5)), models["fp32"], models["quant"])
+
+
+def test_unconvertible_mode_is_an_error(fast_app, models):
+    with pytest.raises(gr.Error, match="Cannot convert an image in mode 'La'"):
+        fast_app.compare(Image.new("La", (32, 32)), models["fp32"], models["quant"])
+
+
+def test_unloadable_model_shows_the_load_error(fast_app, models, coffee, tmp_path):
+    from genie_hub.loading import load_model
+    from genie_hub.errors import ModelLoadError
+
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError) as expected:
+        load_model(str(empty))
+    with pytest.raises(gr.Error) as shown:
+        fast_app.compare(coffee, models["fp32"], str(empty))
+    message = shown.value.message  # str(gr.Error) is the repr of its message
+    assert message.startswith("Quantized model: ")
+    assert str(expected.value) in message
+    assert "Could not load model" in message
+
+    with pytest.raises(gr.Error, match="FP32 model: The local folder .* does not exist"):
+        fast_app.compare(coffee, str(tmp_path / "missing" / "model"), models["quant"])
+    with pytest.raises(gr.Error, match="No model given"):
+        fast_app.compare(coffee, "  ", models["quant"])
+
+
+def test_different_class_counts_is_an_error(fast_app, models, coffee):
+    with pytest.raises(gr.Error, match="same classes.*5 classes.*7"):
+        fast_app.compare(coffee, models["fp32"], models["seven"])
+
+
+def test_models_are_cached_by_id(app, models):
+    assert app.load_cached(models["fp32"]) is app.load_cached(models["fp32"] + " ")
+
+
+def test_example_photos_are_written(app, tmp_path, monkeypatch):
+    monkeypatch.setenv(app.EXAMPLES_ENV, str(tmp_path / "examples"))
+    paths = app.example_files()
+    names = {Path(p).stem for p in paths}
+    assert {"coffee", "chelsea", "astronaut", "rocket"} <= names
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) >= 100
+    assert app.example_files() == paths  # second start reuses the cache
+
+
+@pytest.mark.skipif(not DEFAULT_ASSETS, reason="embedded default models (genie_hub/assets/) not generated yet")
+def test_default_models_compare(fast_app, coffee, monkeypatch):
+    monkeypatch.delenv(fast_app.FP32_ENV, raising=False)
+    monkeypatch.delenv(fast_app.QUANTIZED_ENV, raising=False)
+    fp32_id, quant_id = fast_app.default_models()
+    assert Path(fp32_id) == DEFAULT_MODEL_DIR and Path(quant_id) == DEFAULT_QUANTIZED_DIR
+    quant = fast_app.load_cached(quant_id)
+    assert quant.quantization is not None and quant.quantization.get("quant_method") == "genie"
+    assert quant.spec.channels == 1
+    fp32_top, quant_top, summary = fast_app.compare(coffee, fp32_id, quant_id)
+    assert len(fp32_top) == 5 and len(quant_top) == 5
+    assert "grayscale" in summary and "Quantization: genie" in summary and "plain FP checkpoint" not in summary
+
+
+# ------------------------------------------------------------------------------ Space files & helpers
+
+def _readme_header(path: Path) -> dict:
+    from huggingface_hub import RepoCard
+
+    return RepoCard.load(path).data.to_dict()
+
+
+def test_space_files_follow_spaces_conventions():
+    assert SPACE_DIR == REPO_ROOT / "spaces" / "genie-compare"
+    header = _readme_header(SPACE_DIR / "README.md")
+    assert header["sdk"] == "gradio"
+    assert header["sdk_version"] == gr.__version__
+    assert header["app_file"] == "app.py"
+    assert str(header["python_version"]) == "3.11"
+    assert header["models"] == [DEFAULT_FP32_HUB_ID, DEFAULT_QUANTIZED_HUB_ID]
+    assert header["license"] == "apache-2.0"
+    assert header["title"] and header["emoji"]
+    assert 0 < len(header["short_description"]) <= 60  # the Hub's limit
+    body = (SPACE_DIR / "README.md").read_text()
+    assert "not a speed-up" in body and "KL" in body
+    requirements = [line.split("#")[0].strip() for line in (SPACE_DIR / "requirements.txt").read_text().splitlines()]
+    names = {re.split(r"[<>=@ \[]", line)[0].lower() for line in requirements if line}
+    assert {"genie_hub", "torch", "transformers"} <= names
+    assert "gradio" not in names
+
+
+def test_prepare_space_folder_points_at_the_users_models(tmp_path, monkeypatch):
+    dest = prepare_space_folder(tmp_path / "space", "alice/resnet-fp32", "alice/resnet-genie-w4a4")
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "app.py", "requirements.txt",
+                                                       "space_config.json"]
+    assert _readme_header(dest / "README.md")["models"] == ["alice/resnet-fp32", "alice/resnet-genie-w4a4"]
+    assert _readme_header(dest / "README.md")["sdk_version"] == gr.__version__
+    assert "not a speed-up" in (dest / "README.md").read_text()
+    assert json.loads((dest / "space_config.json").read_text()) == {
+        "fp32_model": "alice/resnet-fp32", "quantized_model": "alice/resnet-genie-w4a4"}
+
+    monkeypatch.delenv("GENIE_FP32_MODEL", raising=False)
+    monkeypatch.delenv("GENIE_QUANTIZED_MODEL", raising=False)
+    pushed_app = load_space_app(dest)
+    try:
+        assert Path(pushed_app.__file__) == (dest / "app.py").resolve()
+        assert pushed_app.default_models() == ("alice/resnet-fp32", "alice/resnet-genie-w4a4")
+        monkeypatch.setenv("GENIE_QUANTIZED_MODEL", "bob/other")  # env still wins over space_config.json
+        assert pushed_app.default_models() == ("alice/resnet-fp32", "bob/other")
+    finally:
+        load_space_app()  # put the source-tree app back as the cached module
+
+    # Re-preparing with no ids: embedded defaults in the app, published default ids in the README.
+    prepare_space_folder(dest)
+    assert not (dest / "space_config.json").exists()
+    assert _readme_header(dest / "README.md")["models"] == [DEFAULT_FP32_HUB_ID, DEFAULT_QUANTIZED_HUB_ID]
+
+
+def test_prepare_space_folder_refuses_local_folders(tmp_path, models):
+    with pytest.raises(GenieError, match="must be a Hub id"):
+        prepare_space_folder(tmp_path / "space", models["fp32"], "alice/q")
+    with pytest.raises(GenieError, match="must be a Hub id"):
+        prepare_space_folder(tmp_path / "space", "alice/fp32", "not-an-owner-slash-name")
+
+
+def test_missing_space_sources_raise_a_clear_error(monkeypatch, tmp_path):
+    import genie_hub.space as space
+
+    monkeypatch.setattr(space, "SPACE_DIR", tmp_path / "nowhere")
+    with pytest.raises(GenieError, match="not available.*pip install -e"):
+        space.load_space_app()
+    with pytest.raises(GenieError, match="not available"):
+        space.prepare_space_folder(tmp_path / "out")
+
+
+def test_launch_space_fails_fast_on_a_bad_model(models, tmp_path):
+    with pytest.raises(GenieError, match="Could not load model"):
+        launch_space(models["fp32"], str(tmp_path), prevent_thread_lock=True)
+    with pytest.raises(GenieError, match="same classes"):
+        launch_space(models["fp32"], models["seven"], prevent_thread_lock=True)
+
+
+def test_build_demo_defaults_come_from_env(app, monkeypatch, models):
+    monkeypatch.setenv("GENIE_FP32_MODEL", models["gray"])
+    monkeypatch.setenv("GENIE_QUANTIZED_MODEL", models["quant"])
+    assert app.default_models() == (models["gray"], models["quant"])
+    demo = app.build_demo()
+    values = [getattr(block, "value", None) for block in demo.blocks.values()
+              if isinstance(block, gr.Textbox)]
+    assert values == [models["gray"], models["quant"]]
+    assert app.build_demo("x/y", "z/w") is not None
+
+
+# --------------------------------------------------------------------------- live server & clients
+
+def test_gradio_client_calls_compare(server, models, coffee_png):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    fp32_out, quant_out, summary = client.predict(handle_file(coffee_png), models["fp32"], models["quant"],
+                                                  api_name="/compare")
+    for out in (fp32_out, quant_out):
+        assert out["label"] in LABELS
+        assert len(out["confidences"]) == 5
+    assert "agree" in summary and _kl(summary) >= 0 and "not a speed-up" in summary
+
+    with pytest.raises(Exception, match="does not exist"):
+        client.predict(handle_file(coffee_png), "/no/such/model", models["quant"], api_name="/compare")
+
+
+def test_python_app_py_honours_gradio_env(models, tmp_path):
+    """`python app.py` as a Space runs it: GRADIO_SERVER_NAME/PORT and GENIE_*_MODEL come from the env."""
+    port = _free_port()
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+               GENIE_FP32_MODEL=models["gray"], GENIE_QUANTIZED_MODEL=models["quant"],
+               GRADIO_ANALYTICS_ENABLED="False", GENIE_SPACE_EXAMPLES_DIR=str(tmp_path / "examples"))
+    log = open(tmp_path / "app.log", "wb")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=SPACE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        config = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2) as response:
+                    config = response.read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, (tmp_path / "app.log").read_text(errors="replace")[-3000:]
+        assert models["gray"] in config and models["quant"] in config
+        assert '"compare"' in config or "/compare" in config
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium")
+def test_browser_upload_and_compare(models, coffee_png, coffee, tmp_path, app):
+    """A real headless Chromium uploads a photo, clicks Compare, and reads both top-5 panels and the summary."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+
+    fp32_id, quant_id = models["fp32"], models["quant"]
+    if DEFAULT_ASSETS:  # a nicer screenshot with the real Fashion-MNIST models when they exist
+        fp32_id, quant_id = str(DEFAULT_MODEL_DIR), str(DEFAULT_QUANTIZED_DIR)
+    expected_fp32, expected_quant, _ = app.compare(coffee, fp32_id, quant_id)
+
+    demo = launch_space(fp32_id, quant_id, server_name="127.0.0.1", server_port=_free_port(),
+                        prevent_thread_lock=True, quiet=True)
+    url = demo.local_url
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+            try:
+                context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+                page = context.new_page()
+                page.set_default_timeout(30_000)
+                # No internet here: refuse everything that is not the local server (web fonts, CDNs) at once.
+                page.route(re.compile(r"^(?!https?://(127\.0\.0\.1|localhost)[:/]).*"), lambda route: route.abort())
+                page.goto(url, wait_until="domcontentloaded")
+                page.locator("#genie-compare").wait_for(state="visible")
+                assert page.locator("#genie-fp32-id textarea, #genie-fp32-id input").first.input_value() == fp32_id
+
+                page.locator("#genie-image input[type=file]").set_input_files(coffee_png)
+                page.locator("#genie-image img").first.wait_for(state="visible")
+                page.locator("#genie-compare").click()
+
+                summary = page.locator("#genie-summary")
+                summary.get_by_text("Top-1", exact=False).wait_for(state="visible")
+                fp32_panel, quant_panel = page.locator("#genie-fp32-top5"), page.locator("#genie-quantized-top5")
+                for panel, expected in ((fp32_panel, expected_fp32), (quant_panel, expected_quant)):
+                    panel.get_by_text(next(iter(expected)), exact=True).first.wait_for(state="visible")
+                    text = panel.inner_text()
+                    for name in expected:  # all five classes are listed
+                        assert name in text, (name, text)
+                summary_text = summary.inner_text()
+                assert "agree" in summary_text
+                assert "KL(p_fp32 ‖ p_quant)" in summary_text
+                assert "not a speed-up" in summary_text and "ms" in summary_text
+                toasts = page.locator(".toast-body")
+                assert not any("Error" in toasts.nth(i).inner_text() for i in range(toasts.count()))
+                # Dismiss the transient warning toasts (the same notes are in the summary) before the screenshot.
+                for _ in range(5):
+                    close = page.locator(".toast-body .toast-close")
+                    if close.count() == 0:
+                        break
+                    close.first.click()
+                    page.wait_for_timeout(300)
+
+                shot = tmp_path / "space_screenshot.png"
+                page.screenshot(path=str(shot), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert shot.stat().st_size > 10_000
+    SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, SCREENSHOT_COPY)

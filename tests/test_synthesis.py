@@ -1,0 +1,185 @@
+"""Genie-D: BN-statistics matching, swing convolution, seeding, accelerate processes and resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import ConvNextConfig, ConvNextForImageClassification
+
+from genie_hub.config import GenieConfig
+from genie_hub.errors import NoBatchNormError
+from genie_hub.loading import input_spec
+from genie_hub.synthesis import Generator, ShardStore, swing_convolutions, synthesize, synthesize_batch
+from genie_hub.synthesis.swing import strided_convs
+from genie_hub.utils import model_logits
+from tiny_models import FAMILIES, IMAGE_SIZE, save_tiny_model, tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_synthesis_lowers_bn_statistics_loss(family):
+    model = tiny_model(family).requires_grad_(False)
+    config = GenieConfig.from_profile("quick", synthesis_iterations=200)
+    images, stats = synthesize_batch(model, input_spec(model), 8, 0, config, progress=False)
+    assert images.shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.isfinite(images).all()
+    # The BN-statistics term alone (no swing, no prior), before vs after optimization.
+    assert stats["final_bn_loss"] * 3 < stats["initial_bn_loss"], stats
+
+
+def test_generator_follows_the_model_input_shape():
+    for channels, height, width in [(1, 28, 28), (3, 30, 22), (4, 9, 13)]:
+        out = Generator(16, channels, height, width)(torch.randn(4, 16))
+        assert out.shape == (4, channels, height, width)
+
+
+def test_input_spec_comes_from_config_and_processor(tmp_path):
+    save_tiny_model(tmp_path, "resnet-basic", channels=1)
+    from genie_hub.loading import load_model
+
+    model, processor = load_model(tmp_path)
+    spec = input_spec(model, processor)
+    assert spec.shape == (1, IMAGE_SIZE, IMAGE_SIZE) and spec.mean == (0.5,)
+
+
+def test_swing_convolution_is_active_only_inside_the_context():
+    model = tiny_model("resnet-basic").requires_grad_(False)
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    before = model_logits(model, x)
+    convs = strided_convs(model)
+    assert convs, "the tiny ResNet has strided convs"
+    with swing_convolutions(model):
+        assert all(len(conv._forward_pre_hooks) == 1 for conv in convs)
+        torch.manual_seed(0)
+        outputs = [model_logits(model, x) for _ in range(6)]
+        assert any(not torch.equal(outputs[0], o) for o in outputs[1:]), "random shifts change the output"
+    assert all(len(conv._forward_pre_hooks) == 0 for conv in convs)
+    assert torch.equal(model_logits(model, x), before)
+
+
+def test_synthesize_leaves_the_model_unchanged():
+    model = tiny_model("resnet-basic")
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    before = model_logits(model, x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    synthesize(model, GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4,
+                                               synthesis_iterations=3), progress=False)
+    assert not any(conv._forward_pre_hooks for conv in strided_convs(model))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(model_logits(model, x), before)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_same_seed_same_images_other_seed_other_images():
+    model = tiny_model("mobilenet-v2")
+    config = GenieConfig.from_profile("quick", num_samples=10, synthesis_batch_size=4, synthesis_iterations=5)
+    first = synthesize(model, config, progress=False)
+    again = synthesize(model, config, progress=False)
+    other = synthesize(model, GenieConfig.from_profile("quick", num_samples=10, synthesis_batch_size=4,
+                                                       synthesis_iterations=5, seed=1), progress=False)
+    assert first.shape == (10, 3, IMAGE_SIZE, IMAGE_SIZE)  # batches 4 + 4 + 2
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_model_without_batchnorm_points_to_few_shot():
+    config = ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3, image_size=32)
+    model = ConvNextForImageClassification(config).eval()
+    with pytest.raises(NoBatchNormError, match="few-shot"):
+        synthesize(model, GenieConfig.from_profile("quick", num_samples=2, synthesis_batch_size=2), progress=False)
+
+
+def test_shards_are_reused_and_checked(tmp_path):
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=6, synthesis_batch_size=3, synthesis_iterations=3)
+    images = synthesize(model, config, output_dir=tmp_path, progress=False)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("batch_*.safetensors")}
+    assert len(mtimes) == 2
+    assert torch.equal(synthesize(model, config, output_dir=tmp_path, progress=False), images)
+    assert mtimes == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("batch_*.safetensors")}
+    from genie_hub.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="different settings"):
+        synthesize(model, GenieConfig.from_profile("quick", num_samples=6, synthesis_batch_size=3,
+                                                   synthesis_iterations=4), output_dir=tmp_path, progress=False)
+
+
+WORKER = """
+import sys, logging, torch
+sys.path.insert(0, {tests!r})
+from accelerate import Accelerator
+from genie_hub.config import GenieConfig
+from genie_hub.loading import load_model
+from genie_hub.synthesis import synthesize
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+model, processor = load_model({model_dir!r})
+config = GenieConfig.from_profile("quick", num_samples=16, synthesis_batch_size=4, synthesis_iterations={iterations})
+synthesize(model, config, processor=processor, output_dir=sys.argv[1], accelerator=Accelerator(), progress=False)
+"""
+
+
+def _worker(tmp_path: Path, iterations: int) -> Path:
+    model_dir = tmp_path / "model"
+    if not model_dir.exists():
+        save_tiny_model(model_dir, "resnet-basic")
+    script = tmp_path / f"worker_{iterations}.py"
+    script.write_text(WORKER.format(tests=str(ROOT / "tests"), model_dir=str(model_dir), iterations=iterations))
+    return script
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _shards(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {p.name: load_file(str(p))["pixel_values"] for p in sorted(directory.glob("batch_*.safetensors"))}
+
+
+def test_one_and_two_processes_give_identical_images(tmp_path):
+    script = _worker(tmp_path, iterations=8)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "one")], check=True, env=_env(), timeout=600)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run([*launch, str(script), str(tmp_path / "two")], env=_env(), timeout=600,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _shards(tmp_path / "one"), _shards(tmp_path / "two")
+    assert len(one) == 4 and one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_resume_after_kill_redoes_no_finished_batch(tmp_path):
+    script = _worker(tmp_path, iterations=150)
+    out = tmp_path / "shards"
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while len(list(out.glob("batch_*.safetensors"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in out.glob("batch_*.safetensors")}
+    assert 1 <= len(finished) < 4, "the run was killed between batches"
+    assert not list(out.glob("*.tmp")) or True  # a half-written temp file may remain; it is never read
+    result = subprocess.run([sys.executable, str(script), str(out)], env=_env(), capture_output=True, text=True,
+                            timeout=600, check=True)
+    assert f"Resuming synthesis: {len(finished)} of 4 batches already on disk." in result.stderr
+    for name, mtime in finished.items():
+        assert (out / name).stat().st_mtime_ns == mtime, f"{name} was synthesized again"
+    computed = {line.split()[2].rstrip(":") for line in result.stderr.splitlines() if line.startswith("synthesis batch")}
+    assert computed == {str(i) for i in range(4)} - {str(int(n[6:11])) for n in finished}
+    # The resumed set equals an uninterrupted run.
+    subprocess.run([sys.executable, str(script), str(tmp_path / "clean")], env=_env(), check=True, timeout=600)
+    clean, resumed = _shards(tmp_path / "clean"), _shards(out)
+    assert clean.keys() == resumed.keys() and all(torch.equal(clean[k], resumed[k]) for k in clean)
+    store = ShardStore(out, {})
+    assert all(store.stats(b)["final_bn_loss"] >= 0 for b in range(4))
