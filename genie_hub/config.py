@@ -20,7 +20,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": dict(num_samples=1024, synthesis_batch_size=128, synthesis_iterations=4000,
                   reconstruction_steps=20000, reconstruction_batch_size=32),
     # Small enough for a laptop CPU: a few minutes on the embedded 28x28 model.
-    "quick": dict(num_samples=256, synthesis_batch_size=64, synthesis_iterations=500,
+    "quick": dict(num_samples=128, synthesis_batch_size=64, synthesis_iterations=400,
                   reconstruction_steps=500, reconstruction_batch_size=32),
 }
 
@@ -52,6 +52,7 @@ class GenieConfig:
     synthesis_batch_size: int = 128
     synthesis_iterations: int = 4000
     latent_dim: int = 256
+    synthesis_method: str = "genie"  # "genie" (generator + latents + swing) or "pixels" (ZeroQ-style baseline)
     reconstruction_steps: int = 20000
     reconstruction_batch_size: int = 32
     seed: int = 0
@@ -118,6 +119,8 @@ class GenieConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.reconstruction_steps < 0:
             raise ConfigError(f"reconstruction_steps must be >= 0, got {self.reconstruction_steps}.")
+        if self.synthesis_method not in ("genie", "pixels"):
+            raise ConfigError(f"synthesis_method must be 'genie' or 'pixels', got {self.synthesis_method!r}.")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}.")
 
@@ -143,5 +146,5 @@ class GenieConfig:
 
     def synthesis_fingerprint(self) -> dict[str, Any]:
         """The settings that determine the synthetic images: a resumed run must match them."""
-        return {k: getattr(self, k) for k in ("seed", "synthesis_batch_size", "synthesis_iterations",
+        return {k: getattr(self, k) for k in ("seed", "synthesis_batch_size", "synthesis_iterations", "synthesis_method",
                                               "latent_dim", "lr_latent", "lr_generator", "mixed_precision")}

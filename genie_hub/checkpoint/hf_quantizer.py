@@ -18,6 +18,7 @@ What happens in `from_pretrained` (transformers 5.x) once genie_hub has register
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import torch
@@ -130,7 +131,7 @@ class GenieHfQuantizer(HfQuantizer):
     def _check_checkpoint(self, model, files: list[str]) -> None:
         """Compare the safetensors headers with what the (swapped) model expects: names, shapes, int dtypes."""
         found = read_headers(files)
-        where = str(files[0]) if len(files) == 1 else f"{len(files)} shards in {files[0].rsplit('/', 1)[0]}"
+        where = str(files[0]) if len(files) == 1 else f"{len(files)} shards in {os.path.dirname(str(files[0]))}"
         to_model = _prefix_mapper(model, found)
         expected = model.state_dict()
         ignore_missing = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or ())]

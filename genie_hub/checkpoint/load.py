@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, GenieError, ModelLoadError
+from ..errors import CheckpointError, GenieError
 from .config import QUANT_METHOD, GenieQuantizationConfig
 from .safetensors_check import read_headers, weight_files
 
@@ -68,7 +68,7 @@ def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
             continue
         absent = [s for s in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape") if keys[s] is None]
         if absent:
-            problems.append(f"layer '{name}' has no {', '.join(absent)}")
+            problems.append(f"layer '{name}' has no {', '.join(f'{name}.{s}' for s in absent)}")
             continue
         packed = keys["weight_packed"][0]
         if packed["dtype"] != "I32" or len(packed["shape"]) != 2:

@@ -32,6 +32,8 @@ import os
 import types
 from pathlib import Path
 
+import torch
+
 from ..errors import CheckpointError
 from .config import GUARD_KEY, GUARD_MESSAGE, GenieQuantizationConfig, is_guard
 from .safetensors_check import read_headers, weight_files
@@ -125,6 +127,14 @@ def save_quantized(q_model, save_directory: str | os.PathLike, processor=None, *
              if isinstance(m, QuantizedOp) and "weight" in dict(m.named_parameters(recurse=False))]
     if stray:
         raise CheckpointError(f"Quantized layer '{stray[0]}' still holds an FP `weight`; refusing to save it.")
+    broken = [f"{name}.{buffer}" for name, m in q_model.named_modules() if isinstance(m, QuantizedOp)
+              for buffer in ("weight_scale", "input_scale")
+              if hasattr(m, buffer) and not bool(torch.isfinite(getattr(m, buffer)).all())]
+    if broken:
+        raise CheckpointError(
+            f"Refusing to save: {len(broken)} quantization scale(s) are NaN/inf (e.g. {', '.join(broken[:3])}), so the "
+            "model outputs NaN. The calibration activations of those layers were probably all (near) zero; "
+            "quantize again with other calibration data, or keep those layers in FP via overrides.")
     directory = Path(save_directory)
     if directory.is_file():
         raise CheckpointError(f"Cannot save to {directory}: it is a file, not a folder.")

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint.save import install_save_guard
 from ..config import GenieConfig
 from ..utils import model_fingerprint
 from .blocks import Unit, discover_units
@@ -47,6 +48,7 @@ def quantize(model: nn.Module, calibration: torch.Tensor, config: GenieConfig | 
     q_model.genie_units = [u.to_dict() for u in units]
     q_model.genie_report = reports
     q_model.genie_config = config
+    install_save_guard(q_model)  # a plain save_pretrained() then writes the same guarded format as save_quantized
     return q_model
 
 

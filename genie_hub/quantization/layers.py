@@ -64,11 +64,11 @@ class QuantizedOp(nn.Module):
         self._allocate_frozen(device=(wq.step.device if wq is not None else aq.step.device))
         if self.has_weight:
             self.weight_packed.copy_(pack_codes(wq.codes().to(torch.int64), self.weight_bits))
-            self.weight_scale.copy_(wq.step.detach())
+            self.weight_scale.copy_(wq.positive_step().detach())
             self.weight_zero_point.copy_(wq.zero_point.to(torch.uint8))
         if self.act_bits is not None:
             self.act_signed = bool(aq.signed)
-            self.input_scale.copy_(aq.step.detach().reshape(()))
+            self.input_scale.copy_(aq.positive_step().detach().reshape(()))
         self.weight_quantizer = None
         self.input_quantizer = None
 

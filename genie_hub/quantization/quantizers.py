@@ -52,7 +52,7 @@ def init_act_step(x: torch.Tensor, bits: int, signed: bool, method: str = "lp", 
         flat_sample = flat
     q_min, q_max = act_range_bounds(bits, signed)
     max_abs = float(flat.abs().max())
-    if max_abs == 0.0:
+    if not max_abs > 1e-12:  # all (near-)zero, e.g. a dead channel: any positive step quantizes it to 0
         return 1.0
     ratios = CLIP_RATIOS if method == "lp" else [1.0]
     best_step, best_err = max_abs / q_max, float("inf")
@@ -98,10 +98,13 @@ class WeightQuantizer(nn.Module):
         bits = (self.rounding >= 0).to(self.floor.dtype)
         return torch.clamp(self.floor + bits + self.zero_point, 0, 2**self.bits - 1)
 
+    def positive_step(self) -> torch.Tensor:
+        return self.step.clamp(min=MIN_STEP)
+
     def forward(self) -> torch.Tensor:
         bits = (self.rounding >= 0).to(self.floor.dtype) if self.hard else self.soft_bits()
         codes = torch.clamp(self.floor + bits + self.zero_point, 0, 2**self.bits - 1)
-        return (self.step * (codes - self.zero_point)).view(self.shape)
+        return (self.positive_step() * (codes - self.zero_point)).view(self.shape)
 
     def rounding_regularizer(self, beta: float) -> torch.Tensor:
         return (1 - (2 * self.soft_bits() - 1).abs().pow(beta)).sum()
@@ -137,9 +140,14 @@ class ActQuantizer(nn.Module):
     def bounds(self) -> tuple[int, int]:
         return act_range_bounds(self.bits, bool(self.signed))
 
+    def positive_step(self) -> torch.Tensor:
+        """The learned step, kept strictly positive (gradient steps could otherwise push it through 0)."""
+        return self.step.clamp(min=MIN_STEP)
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         q_min, q_max = self.bounds
-        return round_ste(torch.clamp(x / self.step, q_min, q_max)) * self.step
+        step = self.positive_step()
+        return round_ste(torch.clamp(x / step, q_min, q_max)) * step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:

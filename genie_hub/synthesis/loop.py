@@ -35,15 +35,26 @@ SHARD_PATTERN = "batch_{:05d}.safetensors"
 def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_index: int, config: GenieConfig,
                      device: torch.device | str = "cpu", autocast: Callable | None = None,
                      progress: bool = True) -> tuple[torch.Tensor, dict]:
-    """Optimize one generator + latent batch; return the final images and loss statistics."""
+    """Optimize one batch (a fresh generator and latents); return the final images and loss statistics."""
     seed_everything(batch_seed(config.seed, batch_index))
     bn_loss = BNStatisticsLoss(require_batchnorm(model))
-    generator = Generator(config.latent_dim, spec.channels, spec.height, spec.width).to(device).train()
-    latents = torch.randn(batch_size, config.latent_dim, device=device).requires_grad_(True)
-    opt_latents = torch.optim.Adam([latents], lr=config.lr_latent)
-    opt_generator = torch.optim.Adam(generator.parameters(), lr=config.lr_generator)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_latents, factor=0.1, patience=100, min_lr=1e-4)
-    decay = torch.optim.lr_scheduler.StepLR(opt_generator, step_size=100, gamma=0.95)
+    if config.synthesis_method == "pixels":
+        # ZeroQ-style baseline: the pixels are the variables; no generator, no swing convolution.
+        generator = DirectPixels(batch_size, spec.channels, spec.height, spec.width).to(device)
+        latents = torch.zeros(batch_size, 1, device=device)  # ignored by DirectPixels
+        per_image, shared = [generator.pixels], []
+        swing = contextlib.nullcontext()
+    else:
+        generator = Generator(config.latent_dim, spec.channels, spec.height, spec.width).to(device).train()
+        latents = torch.randn(batch_size, config.latent_dim, device=device).requires_grad_(True)
+        per_image, shared = [latents], list(generator.parameters())
+        swing = swing_convolutions(model)
+    optimizers = [torch.optim.Adam(per_image, lr=config.lr_latent)]
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizers[0], factor=0.1, patience=100, min_lr=1e-4)
+    schedulers = []
+    if shared:
+        optimizers.append(torch.optim.Adam(shared, lr=config.lr_generator))
+        schedulers.append(torch.optim.lr_scheduler.StepLR(optimizers[1], step_size=100, gamma=0.95))
     autocast = autocast or contextlib.nullcontext
 
     with torch.no_grad():
@@ -52,10 +63,10 @@ def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_i
     bar = tqdm(range(config.synthesis_iterations), desc=f"synthesis batch {batch_index}", disable=not progress,
                leave=False, dynamic_ncols=True)
     images = None
-    with bn_loss.attached(), swing_convolutions(model):
+    with bn_loss.attached(), swing:
         for _ in bar:
-            opt_latents.zero_grad(set_to_none=True)
-            opt_generator.zero_grad(set_to_none=True)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
             with autocast():
                 images = generator(latents)
                 model_logits(model, images)
@@ -64,10 +75,11 @@ def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_i
                 raise GenieError(f"Synthesis loss became {loss.item()} in batch {batch_index}; finished batches "
                                  "are kept on disk. Try --mixed-precision no or a different --seed.")
             loss.backward()
-            opt_latents.step()
-            opt_generator.step()
+            for opt in optimizers:
+                opt.step()
             plateau.step(loss.item())
-            decay.step()
+            for scheduler in schedulers:
+                scheduler.step()
             history.append(loss.item())
             if len(history) % 10 == 1:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -77,6 +89,17 @@ def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_i
              # BN-statistics term alone, without swing or prior: comparable across batches and runs
              "initial_bn_loss": initial_bn_loss, "final_bn_loss": measure_bn_loss(model, images)}
     return images, stats
+
+
+class DirectPixels(nn.Module):
+    """The ZeroQ-style baseline's 'generator': the images themselves are the parameters."""
+
+    def __init__(self, batch_size: int, channels: int, height: int, width: int):
+        super().__init__()
+        self.pixels = nn.Parameter(torch.randn(batch_size, channels, height, width))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.pixels
 
 
 class ShardStore:

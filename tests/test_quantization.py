@@ -1,0 +1,227 @@
+"""Genie-M: quantizers, bit rules, block discovery, reconstruction against round-to-nearest, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from genie_hub.config import GenieConfig, LayerBits
+from genie_hub.errors import ConfigError, ReconstructionDivergedError
+from genie_hub.quantization import (ActQuantizer, QuantConv2d, QuantShortcut, WeightQuantizer, discover_units,
+                                    prepare_model, quantize, quantized_ops)
+from genie_hub.utils import model_logits
+from tiny_models import FAMILIES, IMAGE_SIZE, structured_images, tiny_model
+
+
+def calibration(count: int = 48, seed: int = 0) -> torch.Tensor:
+    return structured_images(count, 3, torch.Generator().manual_seed(seed))
+
+
+# ---- quantizers -----------------------------------------------------------------------------------------
+def test_weight_quantizer_init_and_hard_rounding_grid():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 4, 3, 3)
+    wq = WeightQuantizer(weight, bits=3)
+    # Soft bits start at the fractional part: the soft weight is the unrounded (clipped) weight.
+    rows = weight.flatten(1)
+    inside = ((rows / wq.step).floor() + wq.zero_point >= 0) & ((rows / wq.step).floor() + wq.zero_point < 7)
+    assert torch.allclose(wq().flatten(1)[inside], rows[inside], atol=1e-4)
+    wq.hard = True
+    codes = (wq().flatten(1) / wq.step + wq.zero_point)
+    assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.min() >= 0 and codes.max() <= 7
+    assert torch.equal(wq.codes(), torch.clamp(wq.floor + (wq.rounding >= 0).float() + wq.zero_point, 0, 7))
+
+
+def test_zero_weights_do_not_produce_nan():
+    wq = WeightQuantizer(torch.zeros(4, 8, 1, 1), bits=4)  # EfficientNet-Lite's identity squeeze-excite
+    assert torch.isfinite(wq()).all() and torch.equal(wq(), torch.zeros(4, 8, 1, 1))
+    aq = ActQuantizer(4)
+    assert torch.isfinite(aq(torch.zeros(2, 3))).all()
+
+
+def test_activation_quantizer_signedness_and_grid():
+    relu_out = torch.rand(1000) * 3
+    aq = ActQuantizer(4)
+    out = aq(relu_out)
+    assert aq.signed is False and aq.bounds == (0, 15)
+    assert torch.allclose(out / aq.step, (out / aq.step).round(), atol=1e-5)
+    signed = ActQuantizer(4)
+    signed(torch.randn(1000))
+    assert signed.signed is True and signed.bounds == (-8, 7)
+
+
+def test_shared_quantizer_gives_every_reader_the_same_tensor():
+    aq = ActQuantizer(4)
+    aq.shared = True
+    aq.qdrop_prob = 0.5
+    x = torch.randn(64, 8)
+    assert aq(x) is aq(x)  # the conv and its shortcut see the same quantized tensor, QDrop mask included
+    assert aq(x.clone()) is not aq(x)
+
+
+# ---- bits and block structure -----------------------------------------------------------------------------
+def test_bit_exceptions_and_overrides():
+    model = tiny_model("resnet-basic")
+    config = GenieConfig(weight_bits=2, act_bits=4, overrides={"*.stages.1.*": {"weight": 3}})
+    _, _, bits = prepare_model(model, config, calibration(2))
+    names = list(bits)
+    assert bits[names[0]] == {"type": "QuantConv2d", "weight_bits": 8, "act_bits": None}  # stem: W8, FP input
+    assert bits[names[1]]["act_bits"] == 8 and bits[names[1]]["weight_bits"] == 2
+    assert bits["classifier.1"] == {"type": "QuantLinear", "weight_bits": 8, "act_bits": 8}
+    assert all(b["weight_bits"] == 3 for n, b in bits.items() if ".stages.1." in n and b["type"] != "QuantShortcut")
+    shortcut = "resnet.encoder.stages.0.layers.1.shortcut"
+    assert bits[shortcut]["type"] == "QuantShortcut"
+
+
+@pytest.mark.parametrize("bits", [1, 9, 0, "4"])
+def test_invalid_bit_widths_are_refused(bits):
+    with pytest.raises(ConfigError, match="2 to 8"):
+        GenieConfig(weight_bits=bits)
+    with pytest.raises(ConfigError, match="2 to 8"):
+        GenieConfig(act_bits=bits)
+    with pytest.raises(ConfigError):
+        GenieConfig(overrides={"classifier": {"weight": bits}})
+    with pytest.raises(ConfigError):
+        GenieConfig(last_layer=LayerBits(weight=bits, act=8))
+
+
+def test_cli_reports_invalid_bits_in_one_line(capsys):
+    from genie_hub.cli import main
+
+    assert main(["quantize", "--weight-bits", "1", "--profile", "quick"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid bit-width 1" in err and "Traceback" not in err
+
+
+EXPECTED_UNITS = {
+    "resnet-basic": ["resnet.embedder.embedder.convolution", "resnet.encoder.stages.0.layers.0",
+                     "resnet.encoder.stages.0.layers.1", "resnet.encoder.stages.1.layers.0", "classifier.1"],
+    "resnet-bottleneck": ["resnet.embedder.embedder.convolution", "resnet.encoder.stages.0.layers.0",
+                          "resnet.encoder.stages.1.layers.0", "resnet.encoder.stages.1.layers.1", "classifier.1"],
+    "regnet": ["regnet.embedder.embedder.convolution", "regnet.encoder.stages.0.layers.0",
+               "regnet.encoder.stages.1.layers.0", "regnet.encoder.stages.1.layers.1", "classifier.1"],
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_units_cover_every_op_once_in_model_order(family):
+    model = tiny_model(family)
+    units = discover_units(model, calibration(2))
+    ops = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    covered = [op for unit in units for op in unit.ops]
+    assert sorted(covered) == sorted(ops) and len(covered) == len(set(covered))
+    if family in EXPECTED_UNITS:
+        assert [u.name for u in units] == EXPECTED_UNITS[family]
+    if family == "mobilenet-v1":  # no residual structure: layer-wise fallback
+        assert all(u.kind == "layer" for u in units)
+    if family in ("mobilenet-v2", "efficientnet"):  # every inverted-residual block is a unit, skip or not
+        prefix = "mobilenet_v2.layer." if family == "mobilenet-v2" else "efficientnet.encoder.blocks."
+        blocks = [u for u in units if u.name.startswith(prefix)]
+        assert blocks and all(u.kind == "block" and u.name.count(".") == prefix.count(".") for u in blocks)
+
+
+def test_conv_and_identity_shortcut_share_one_input_quantizer():
+    model = tiny_model("resnet-basic")
+    q_model, _, _ = prepare_model(model, GenieConfig(), calibration(2))
+    block = q_model.get_submodule("resnet.encoder.stages.0.layers.1")
+    assert isinstance(block.shortcut, QuantShortcut)
+    assert block.shortcut.input_quantizer is block.layer[0].convolution.input_quantizer
+    assert block.shortcut.input_quantizer.shared
+
+
+# ---- reconstruction ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("weight_bits", [4, 2])
+@pytest.mark.parametrize("family", ["resnet-basic", "mobilenet-v2"])
+def test_reconstruction_beats_round_to_nearest_on_every_unit(family, weight_bits):
+    model = tiny_model(family)
+    config = GenieConfig.from_profile("quick", weight_bits=weight_bits, act_bits=4, reconstruction_steps=300)
+    q_model = quantize(model, calibration(64), config, progress=False)
+    largest = max(r.error_round_to_nearest for r in q_model.genie_report)
+    for report in q_model.genie_report:
+        if report.error_round_to_nearest > 0.01 * largest:
+            assert report.error_reconstructed < report.error_round_to_nearest, report
+        else:  # units whose error is already negligible (e.g. an 8-bit stem) may move within noise
+            assert report.error_reconstructed <= 1.05 * report.error_round_to_nearest + 1e-9, report
+    # Everything ends hard-rounded and frozen on the integer grid of the learned step.
+    for name, op in quantized_ops(q_model).items():
+        assert op.frozen and op.weight_quantizer is None
+        if op.weight_bits is not None:
+            codes = op.integer_codes()
+            assert codes.min() >= 0 and codes.max() <= 2**op.weight_bits - 1
+            expected = op.weight_scale * (codes.float() - op.weight_zero_point.float())
+            assert torch.equal(op.quantized_weight().flatten(1), expected)
+
+
+@pytest.mark.parametrize("family", ["resnet-bottleneck", "regnet", "mobilenet-v1", "efficientnet"])
+def test_reconstruction_lowers_the_total_unit_error(family):
+    model = tiny_model(family)
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4, reconstruction_steps=150)
+    q_model = quantize(model, calibration(48), config, progress=False)
+    rtn = sum(r.error_round_to_nearest for r in q_model.genie_report)
+    final = sum(r.error_reconstructed for r in q_model.genie_report)
+    assert final < rtn
+    x = calibration(4, seed=1)
+    assert torch.isfinite(model_logits(q_model, x)).all()
+
+
+def test_same_seed_gives_identical_weights():
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", reconstruction_steps=20)
+    data = calibration(40)
+    first, second = (quantize(model, data, config, progress=False) for _ in range(2))
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batches_of_the_requested_size_for_any_sample_count(monkeypatch):
+    seen = []
+    original = QuantConv2d.forward
+
+    def spy(self, x):
+        seen.append(x.shape[0])
+        return original(self, x)
+
+    monkeypatch.setattr(QuantConv2d, "forward", spy)
+    config = GenieConfig.from_profile("quick", reconstruction_steps=3, reconstruction_batch_size=7)
+    quantize(tiny_model("resnet-basic"), calibration(23), config, progress=False)
+    assert 7 in seen
+
+
+def test_reconstruction_resumes_after_the_last_finished_unit(tmp_path):
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", reconstruction_steps=10)
+    data = calibration(32)
+    state = tmp_path / "reconstruction.safetensors"
+    first = quantize(model, data, config, state_path=state, progress=False)
+    again = quantize(model, data, config, state_path=state, progress=False)
+    assert all(r.resumed for r in again.genie_report)
+    x = calibration(4, seed=3)
+    assert torch.equal(model_logits(first, x), model_logits(again, x))
+    with pytest.raises(ConfigError, match="different settings"):
+        quantize(model, data, GenieConfig.from_profile("quick", reconstruction_steps=11), state_path=state,
+                 progress=False)
+
+
+def test_divergence_names_the_unit_and_keeps_finished_units(tmp_path):
+    model = tiny_model("resnet-basic")
+    with torch.no_grad():  # an FP model that produces inf inside the last residual block
+        model.resnet.encoder.stages[1].layers[0].layer[1].normalization.bias.fill_(float("inf"))
+    state = tmp_path / "reconstruction.safetensors"
+    config = GenieConfig.from_profile("quick", reconstruction_steps=5)
+    with pytest.raises(ReconstructionDivergedError, match="resnet.encoder.stages.1.layers.0"):
+        quantize(model, calibration(16), config, state_path=state, progress=False)
+    from safetensors import safe_open
+    import json
+
+    with safe_open(str(state), framework="pt") as handle:
+        finished = [u["name"] for u in json.loads(handle.metadata()["finished"])]
+    assert finished == ["resnet.embedder.embedder.convolution", "resnet.encoder.stages.0.layers.0",
+                        "resnet.encoder.stages.0.layers.1"]
+
+
+def test_round_to_nearest_baseline_has_no_training():
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", reconstruction_steps=0)
+    q_model = quantize(model, calibration(16), config, range_init="minmax", progress=False)
+    assert all(r.error_reconstructed == r.error_round_to_nearest for r in q_model.genie_report)
