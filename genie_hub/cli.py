@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 
 from .errors import ConfigError, GenieError
@@ -111,7 +112,8 @@ def _quantize(args) -> None:
     evaluate = None if args.eval_dataset in ("none", "") else args.eval_dataset
     run_quantization(args.model, config, output_dir=args.output_dir, few_shot=args.few_shot, evaluate=evaluate,
                      push=args.push, repo_id=args.repo_id, dataset_repo_id=args.dataset_repo_id,
-                     private=args.private, revision=args.revision, progress=not args.quiet)
+                     private=args.private, revision=args.revision, command=args.command_line,
+                     progress=not args.quiet)
 
 
 def _evaluate(args) -> None:
@@ -170,7 +172,9 @@ COMMANDS = {"quantize": _quantize, "evaluate": _evaluate, "push": _push, "space"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["genie_hub", *argv])
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

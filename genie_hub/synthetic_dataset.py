@@ -57,4 +57,4 @@ def load_synthetic_dataset(directory_or_repo: str | Path, split: str = "train") 
         dataset = load_dataset("parquet", data_files=str(path / "data" / "*.parquet"), split=split)
     else:
         dataset = load_dataset(str(directory_or_repo), split=split)
-    return dataset.with_format("torch")["pixel_values"].float()
+    return torch.stack(list(dataset.with_format("torch")["pixel_values"])).float()

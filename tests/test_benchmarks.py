@@ -1,0 +1,70 @@
+"""Smoke tests of benchmarks/accuracy.py's bookkeeping (table rendering, JSON writing, merging): no model runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    spec = importlib.util.spec_from_file_location("benchmark_accuracy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _results():
+    rows = [{"part": "embedded", "method": "fp32", "bits": None, "seed": None, "top1": 0.9224, "wall_s": 1.0}]
+    for seed, (rtn, genie) in enumerate([(0.9212, 0.9208), (0.9190, 0.9220)]):
+        rows.append({"part": "embedded", "method": "rtn", "bits": [4, 4], "seed": seed, "top1": rtn, "wall_s": 1.0})
+        rows.append({"part": "embedded", "method": "genie", "bits": [4, 4], "seed": seed, "top1": genie, "wall_s": 30.0})
+    rows.append({"part": "efficientnet", "method": "genie", "bits": [4, 4], "seed": 0, "wall_s": 100.0,
+                 "agreement": {"top1_agreement": 0.5, "top5_overlap": 0.6, "kl_fp_q": 1.25, "num_samples": 4}})
+    return {"command": "python benchmarks/accuracy.py --seeds 0 1", "started": "now", "status": "finished",
+            "machine": "CPU", "library_versions": {"torch": "x"}, "parts": ["embedded", "efficientnet"],
+            "settings": {"embedded": {"profile": "quick", "num_samples": 8, "seeds": [0, 1]},
+                         "efficientnet": {"label": "reduced CPU setting", "photos": ["a", "b"], "num_eval": 4}},
+            "rows": rows, "synthesis": [{"part": "embedded", "seed": 0, "method": "genie", "num_images": 8,
+                                         "wall_s": 3.0, "final_bn_loss": [0.1]}],
+            "notes": ["a note"]}
+
+
+def test_parse_bits(accuracy):
+    assert accuracy.parse_bits("4/4") == (4, 4)
+    assert accuracy.parse_bits("W2A4") == (2, 4)
+
+
+def test_summary_mean_std_and_delta(accuracy):
+    summary = accuracy.embedded_summary(_results()["rows"])
+    genie = next(e for e in summary if e["method"] == "genie")
+    assert genie["seeds"] == [0, 1]
+    assert genie["delta_vs_fp32"] == pytest.approx((0.9208 + 0.9220) / 2 - 0.9224)
+    assert accuracy.fmt_pm(genie["top1"]) == "92.14 ± 0.08 (n=2)"
+
+
+def test_markdown_and_json_written(accuracy, tmp_path):
+    md_path, json_path = accuracy.write_results(_results(), tmp_path / "sub" / "acc")
+    text = md_path.read_text()
+    assert "| W4A4 | Genie (Genie-D + Genie-M), zero-shot | 92.14 ± 0.08 (n=2) | -0.10 |" in text
+    assert "Round-to-nearest W4A4 loss vs FP32: **0.23 points**" in text
+    assert "| W4A4 | Genie (Genie-D + Genie-M), zero-shot | 50.0 | 60.0 | 1.2500 |" in text
+    assert "- a note" in text
+    assert json.loads(json_path.read_text())["rows"][0]["method"] == "fp32"
+    assert not list(tmp_path.glob("sub/*.tmp"))
+
+
+def test_merge(accuracy):
+    a, b = _results(), _results()
+    b["rows"] = [r for r in b["rows"] if r["part"] == "efficientnet"]
+    b["command"] = "python benchmarks/accuracy.py --part efficientnet"
+    merged = accuracy.merge_results([a, b])
+    assert len(merged["commands"]) == 2 and merged["status"] == "finished"
+    assert len(merged["rows"]) == len(a["rows"]) + 1
+    assert merged["notes"] == ["a note"]
+    assert "Commands:" in accuracy.render_markdown(merged)
