@@ -138,7 +138,7 @@ def render_markdown(results: dict) -> str:
             delta_s = "-" if entry["method"] == "fp32" or math.isnan(delta) else f"{delta * 100:+.2f}"
             wall = ", ".join(f"{w:.0f}" for w in entry["wall_s"])
             lines.append(f"| {bits_tag(entry['bits'])} | {METHOD_LABELS[entry['method']]} | {fmt_pm(entry['top1'])} "
-                         f"| {delta_s} | {', '.join(str(x) for x in entry['seeds'])} | {wall} |")
+                         f"| {delta_s} | {', '.join('-' if x is None else str(x) for x in entry['seeds'])} | {wall} |")
         synth = [r for r in results.get("synthesis", []) if r["part"] == "embedded"]
         if synth:
             lines += ["", "Synthesis (shared by all bit settings of a seed):", "",

@@ -185,6 +185,23 @@ def _model_card_bytes(readme: Path, dataset_repo_id: str | None) -> bytes | None
     return None if updated == original else updated
 
 
+def _rendered_cards(run: dict, model_readme: Path, dataset_readme: Path, repo_id: str,
+                    dataset_repo_id: str | None) -> tuple[bytes | None, bytes | None]:
+    """Both cards rendered from run.json for the ids being pushed (None where the local file already matches)."""
+    from .cards import render_dataset_card, render_model_card
+
+    def changed(text: str, path: Path) -> bytes | None:
+        data = text.encode("utf-8")
+        return None if path.is_file() and path.read_bytes() == data else data
+
+    model_card = changed(str(render_model_card(run, repo_id, dataset_repo_id)), model_readme)
+    dataset_card = None
+    synthetic = run.get("synthetic")
+    if dataset_repo_id and synthetic:
+        dataset_card = changed(str(render_dataset_card(run, dataset_repo_id, repo_id, **synthetic)), dataset_readme)
+    return model_card, dataset_card
+
+
 def _push_failed(kind: str, repo_id: str, out: Path, exc: BaseException, done: list[str]) -> PushError:
     status = _status_code(exc)
     hint = ""
@@ -244,6 +261,10 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     if has_dataset:
         dataset_repo_id = _qualify(dataset_repo_id, username) if dataset_repo_id else default_dataset
     card = _model_card_bytes(model_dir / "README.md", dataset_repo_id if has_dataset else None)  # before I/O
+    dataset_card = None
+    if run.get("layers") and run.get("config"):  # a genie_hub run record: render both cards for the real ids
+        card, dataset_card = _rendered_cards(run, model_dir / "README.md", dataset_dir / "README.md", repo_id,
+                                             dataset_repo_id if has_dataset else None)
     api = HfApi(token=token)
     done: list[str] = []
     result: dict = {"endpoint": _endpoint(), "private": bool(private), "model": None, "dataset": None}
@@ -251,8 +272,14 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     if has_dataset:
         try:
             url = api.create_repo(dataset_repo_id, repo_type="dataset", private=private, exist_ok=True)
-            info = api.upload_folder(repo_id=dataset_repo_id, repo_type="dataset", folder_path=dataset_dir,
-                                     commit_message="Upload Genie synthetic calibration set with genie_hub")
+            if dataset_card is None:
+                info = api.upload_folder(repo_id=dataset_repo_id, repo_type="dataset", folder_path=dataset_dir,
+                                         commit_message="Upload Genie synthetic calibration set with genie_hub")
+            else:
+                info = api.create_commit(repo_id=dataset_repo_id, repo_type="dataset", operations=[
+                    CommitOperationAdd(path_in_repo=rel, path_or_fileobj=dataset_card if rel == "README.md"
+                                       else str(path)) for rel, path in dataset_files.items()],
+                    commit_message="Upload Genie synthetic calibration set with genie_hub")
         except Exception as exc:
             raise _push_failed("dataset", dataset_repo_id, out, exc, done) from exc
         result["dataset"] = {"repo_id": dataset_repo_id, "url": str(url), "commit": info.oid,
@@ -275,6 +302,8 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     # Success: keep OUT consistent with what is now on the Hub.
     if card is not None:
         _atomic_write(model_dir / "README.md", card)
+    if dataset_card is not None:
+        _atomic_write(dataset_dir / "README.md", dataset_card)
     if run_path.is_file():
         run = _read_run(run_path)
         run["push"] = result

@@ -145,9 +145,9 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         losses = [store.stats(b) for b in range(len(config.synthesis_batch_sizes()))]
         loss_summary = ", ".join(f"{s.get('initial_bn_loss', float('nan')):.3g} -> {s.get('final_bn_loss', float('nan')):.3g}"
                                  for s in losses)
-        card = render_dataset_card(run, repo_id=f"{local_id}-calibration", model_repo_id=None,
-                                   num_samples=len(calibration), shape=tuple(calibration.shape[1:]),
-                                   loss_summary=loss_summary)
+        run["synthetic"] = {"num_samples": len(calibration), "shape": list(calibration.shape[1:]),
+                            "loss_summary": loss_summary}
+        card = render_dataset_card(run, repo_id=f"{local_id}-calibration", model_repo_id=None, **run["synthetic"])
         export_synthetic_dataset(calibration, spec, batch_indices, out / "dataset", card)
     atomic_write_json(out / "run.json", run)
     _print_summary(run, out)

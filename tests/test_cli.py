@@ -127,3 +127,23 @@ def test_few_shot_calibrates_on_real_images(tmp_path):
     assert run["zero_shot"] is False and run["calibration_source"] == "fashion-mnist"
     assert not (out / "dataset").exists() and not (out / "work" / "synthetic").exists()
     assert "Few-shot calibration" in (out / "model" / "README.md").read_text()
+
+
+def test_push_publishes_model_and_dataset_with_cards_for_the_real_ids(tiny_run, hub_server):
+    from huggingface_hub import DatasetCard, ModelCard
+    from transformers import AutoModelForImageClassification
+
+    from genie_hub.synthetic_dataset import load_synthetic_dataset
+
+    _, out = tiny_run
+    assert main(["push", str(out)]) == 0
+    repo, dataset_repo = "tester/base-genie-w3a4", "tester/base-genie-w3a4-calibration"
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    remote = AutoModelForImageClassification.from_pretrained(repo)
+    local = AutoModelForImageClassification.from_pretrained(out / "model")
+    assert torch.equal(remote(pixel_values=x).logits, local(pixel_values=x).logits)
+    assert torch.equal(load_synthetic_dataset(dataset_repo), load_synthetic_dataset(out / "dataset"))
+    card = ModelCard.load(repo)
+    assert card.data.datasets == [dataset_repo] and f'from_pretrained("{repo}")' in card.text
+    assert f'load_dataset("{dataset_repo}"' in DatasetCard.load(dataset_repo, repo_type="dataset").text
+    assert json.loads((out / "run.json").read_text())["push"]["model"]["repo_id"] == repo

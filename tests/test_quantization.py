@@ -225,3 +225,11 @@ def test_round_to_nearest_baseline_has_no_training():
     config = GenieConfig.from_profile("quick", reconstruction_steps=0)
     q_model = quantize(model, calibration(16), config, range_init="minmax", progress=False)
     assert all(r.error_reconstructed == r.error_round_to_nearest for r in q_model.genie_report)
+
+
+def test_activation_step_init_on_tensors_larger_than_float32_indexing():
+    from genie_hub.quantization.quantizers import init_act_step
+
+    x = torch.rand(2**24 + 1000)  # float32 linspace indices would run past the end here
+    step = init_act_step(x, 4, signed=False)
+    assert 0 < step <= x.max() / 15 * 1.0001

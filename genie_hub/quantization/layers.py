@@ -39,6 +39,16 @@ class QuantizedOp(nn.Module):
         self.frozen = False
         self._weight_cache: tuple | None = None
 
+    def _take_float(self, module: nn.Module, weight_bits: int, input_quantizer: ActQuantizer | None,
+                    method: str) -> "QuantizedOp":
+        """Enter the reconstruction state from an FP Conv2d/Linear: FP bias, trainable weight quantizer."""
+        self.to(module.weight.device)
+        if module.bias is not None:
+            self.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+        self.weight_quantizer = WeightQuantizer(module.weight, weight_bits, method).to(module.weight.device)
+        self.input_quantizer = input_quantizer
+        return self
+
     # ---- frozen representation -------------------------------------------------------------------------
     def _allocate_frozen(self, device=None) -> None:
         """Create the frozen buffers (empty), e.g. on the meta device before a checkpoint is loaded."""
@@ -129,12 +139,7 @@ class QuantConv2d(QuantizedOp):
         op = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                  conv.groups, conv.bias is not None, conv.padding_mode, weight_bits=weight_bits,
                  act_bits=input_quantizer.bits if input_quantizer is not None else None)
-        op.to(conv.weight.device)
-        if conv.bias is not None:
-            op.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        op.weight_quantizer = WeightQuantizer(conv.weight, weight_bits, method).to(conv.weight.device)
-        op.input_quantizer = input_quantizer
-        return op
+        return op._take_float(conv, weight_bits, input_quantizer, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(x)
@@ -169,12 +174,7 @@ class QuantLinear(QuantizedOp):
                    method: str = "lp") -> "QuantLinear":
         op = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits=weight_bits,
                  act_bits=input_quantizer.bits if input_quantizer is not None else None)
-        op.to(linear.weight.device)
-        if linear.bias is not None:
-            op.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        op.weight_quantizer = WeightQuantizer(linear.weight, weight_bits, method).to(linear.weight.device)
-        op.input_quantizer = input_quantizer
-        return op
+        return op._take_float(linear, weight_bits, input_quantizer, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(x)

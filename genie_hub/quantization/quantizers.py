@@ -47,7 +47,8 @@ def init_act_step(x: torch.Tensor, bits: int, signed: bool, method: str = "lp", 
     """Per-tensor symmetric step: Lp-2.4 clip search on max|x| (or plain max|x| for `minmax`)."""
     flat = x.detach().float().flatten()
     if flat.numel() > max_elements:  # the error is estimated on a fixed subsample; the range uses all of x
-        flat_sample = flat[torch.linspace(0, flat.numel() - 1, max_elements, device=flat.device).long()]
+        stride = -(-flat.numel() // max_elements)  # integer stride: exact for any size (no float indices)
+        flat_sample = flat[::stride]
     else:
         flat_sample = flat
     q_min, q_max = act_range_bounds(bits, signed)
