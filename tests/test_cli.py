@@ -147,3 +147,16 @@ def test_push_publishes_model_and_dataset_with_cards_for_the_real_ids(tiny_run, 
     assert card.data.datasets == [dataset_repo] and f'from_pretrained("{repo}")' in card.text
     assert f'load_dataset("{dataset_repo}"' in DatasetCard.load(dataset_repo, repo_type="dataset").text
     assert json.loads((out / "run.json").read_text())["push"]["model"]["repo_id"] == repo
+
+
+def test_push_space_publishes_the_app_pointing_at_the_given_models(hub_server, capsys):
+    from huggingface_hub import HfApi
+
+    assert main(["push-space", "tester/genie-compare", "--fp32", "tester/base",
+                 "--quantized", "tester/base-genie-w3a4"]) == 0
+    assert "spaces/tester/genie-compare" in capsys.readouterr().out
+    files = set(HfApi().list_repo_files("tester/genie-compare", repo_type="space"))
+    assert {"app.py", "README.md", "requirements.txt"} <= files
+    readme = HfApi().hf_hub_download("tester/genie-compare", "README.md", repo_type="space")
+    text = Path(readme).read_text()
+    assert "tester/base-genie-w3a4" in text and "sdk: gradio" in text
