@@ -26,8 +26,12 @@ DEFAULT_FP32_HUB_ID = "genie-hub/fashion-mnist-resnet"
 """Hub id of the published embedded default model (listed in the Space README when no id is given)."""
 DEFAULT_QUANTIZED_HUB_ID = "genie-hub/fashion-mnist-resnet-genie-w4a4"
 
-SPACE_DIR = Path(os.environ.get(SPACE_DIR_ENV) or Path(__file__).resolve().parent.parent / "spaces" / SPACE_NAME)
-"""Where the Space sources are: $GENIE_SPACE_DIR, else `spaces/genie-compare` next to the package."""
+_PACKAGE_DIR = Path(__file__).resolve().parent
+SPACE_DIR = Path(os.environ.get(SPACE_DIR_ENV) or next(
+    (d for d in (_PACKAGE_DIR.parent / "spaces" / SPACE_NAME, _PACKAGE_DIR / "_bundled" / "spaces" / SPACE_NAME)
+     if (d / "app.py").is_file()), _PACKAGE_DIR.parent / "spaces" / SPACE_NAME))
+"""Where the Space sources are: $GENIE_SPACE_DIR, else `spaces/genie-compare` of the source tree, else the
+copy bundled inside the installed package."""
 
 _MODULE_NAME = "genie_hub_space_app"
 
@@ -38,8 +42,8 @@ def space_dir() -> Path:
     if missing:
         raise GenieError(
             f"The Space sources are not available ({SPACE_DIR} lacks {', '.join(missing)}). They ship with the "
-            "genie_hub source tree, not with the installed wheel: clone the repository and `pip install -e .`, "
-            f"or point {SPACE_DIR_ENV} at a folder holding {', '.join(SPACE_FILES)}.")
+            "genie_hub source tree and its wheel: reinstall genie_hub, or "
+            f"point {SPACE_DIR_ENV} at a folder holding {', '.join(SPACE_FILES)}.")
     return SPACE_DIR
 
 

@@ -303,7 +303,7 @@ def test_missing_space_sources_raise_a_clear_error(monkeypatch, tmp_path):
     import genie_hub.space as space
 
     monkeypatch.setattr(space, "SPACE_DIR", tmp_path / "nowhere")
-    with pytest.raises(GenieError, match="not available.*pip install -e"):
+    with pytest.raises(GenieError, match="not available.*GENIE_SPACE_DIR"):
         space.load_space_app()
     with pytest.raises(GenieError, match="not available"):
         space.prepare_space_folder(tmp_path / "out")
