@@ -219,7 +219,7 @@ def write_results(results: dict, output: str | Path) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------------------------------------
 
 def patch_act_step_index_bug() -> bool:
-    """Work around a genie_hub bug hit by EfficientNet-Lite0 at 224 px (not by the 28 px embedded model).
+    """Work around a genie_hub bug (fixed in commit 9ba22b8; only patched when still present) hit by EfficientNet-Lite0 at 224 px (not by the 28 px embedded model).
 
     `genie_hub.quantization.quantizers.init_act_step` subsamples activations with a float32 `torch.linspace`,
     whose last index rounds up to `numel` (out of bounds) once a tensor has more than 2**24 elements. This wrapper
@@ -228,9 +228,16 @@ def patch_act_step_index_bug() -> bool:
     """
     from genie_hub.quantization import quantizers
 
+    import inspect
+
     original = quantizers.init_act_step
     if getattr(original, "_benchmark_patched", False):
         return False
+    try:  # genie_hub since commit 9ba22b8 subsamples with an integer stride: nothing to patch
+        if "linspace" not in inspect.getsource(original):
+            return False
+    except (OSError, TypeError):
+        pass
 
     def init_act_step(x, bits, signed, method="lp", max_elements=1 << 20):
         flat = x.detach().float().flatten()
