@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--few-shot", metavar="DATASET", default=None,
                    help="calibrate on real images instead of synthesis: 'fashion-mnist', an image folder, "
                         "or a Hub dataset id owner/name[:split]")
-    q.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=None)
+    q.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
+                   help="bf16 autocast for synthesis and reconstruction (GPU); default: no")
     q.add_argument("--revision", default=None, help="model revision on the Hub")
     q.add_argument("--eval-dataset", default="auto",
                    help="labelled test set to report top-1 on ('fashion-mnist'; 'none' to skip; default: "

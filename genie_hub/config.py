@@ -121,8 +121,9 @@ class GenieConfig:
             raise ConfigError(f"reconstruction_steps must be >= 0, got {self.reconstruction_steps}.")
         if self.synthesis_method not in ("genie", "pixels"):
             raise ConfigError(f"synthesis_method must be 'genie' or 'pixels', got {self.synthesis_method!r}.")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}.")
+        if self.mixed_precision not in ("no", "bf16"):  # fp16 would need gradient scaling: not supported
+            raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 "
+                              "needs gradient scaling, which genie_hub does not do; use bf16).")
 
     @property
     def num_synthesis_batches(self) -> int:
