@@ -218,41 +218,6 @@ def write_results(results: dict, output: str | Path) -> tuple[Path, Path]:
 # The runs
 # ----------------------------------------------------------------------------------------------------------
 
-def patch_act_step_index_bug() -> bool:
-    """Work around a genie_hub bug (fixed in commit 9ba22b8; only patched when still present) hit by EfficientNet-Lite0 at 224 px (not by the 28 px embedded model).
-
-    `genie_hub.quantization.quantizers.init_act_step` subsamples activations with a float32 `torch.linspace`,
-    whose last index rounds up to `numel` (out of bounds) once a tensor has more than 2**24 elements. This wrapper
-    subsamples with float64 indices (and puts the max-|x| element in the sample so the range stays exact), then
-    calls the original; tensors up to 2**24 elements go to the original unchanged. Returns True if it patched.
-    """
-    from genie_hub.quantization import quantizers
-
-    import inspect
-
-    original = quantizers.init_act_step
-    if getattr(original, "_benchmark_patched", False):
-        return False
-    try:  # genie_hub since commit 9ba22b8 subsamples with an integer stride: nothing to patch
-        if "linspace" not in inspect.getsource(original):
-            return False
-    except (OSError, TypeError):
-        pass
-
-    def init_act_step(x, bits, signed, method="lp", max_elements=1 << 20):
-        flat = x.detach().float().flatten()
-        if flat.numel() <= (1 << 24) or flat.numel() <= max_elements:
-            return original(x, bits, signed, method, max_elements)
-        idx = torch.linspace(0, flat.numel() - 1, max_elements, dtype=torch.float64, device=flat.device).long()
-        sample = flat[idx].clone()
-        sample[0] = flat[flat.abs().argmax()]
-        return original(sample, bits, signed, method, max_elements)
-
-    init_act_step._benchmark_patched = True
-    quantizers.init_act_step = init_act_step
-    return True
-
-
 class Runner:
     def __init__(self, args: argparse.Namespace, argv: list[str]):
         from genie_hub.cards import library_versions, machine_description
@@ -294,16 +259,13 @@ class Runner:
 
     def synth(self, part: str, model, spec, config, method: str) -> torch.Tensor:
         from genie_hub import synthesize
-        from genie_hub.synthesis.bn_stats import measure_bn_loss
 
         t0 = time.perf_counter()
-        images = synthesize(model, config, spec=spec, accelerator=self.accelerator(config), progress=self.args.progress)
+        calibration = synthesize(model, config, spec=spec, accelerator=self.accelerator(config),
+                                 progress=self.args.progress)
         wall = time.perf_counter() - t0
-        losses = []
-        with torch.no_grad():
-            for start in range(0, images.shape[0], config.synthesis_batch_size):
-                losses.append(float(measure_bn_loss(model, images[start:start + config.synthesis_batch_size]
-                                                    .to(self.device))))
+        images = calibration.pixel_values
+        losses = [stats.final_prior_loss for stats in calibration.batch_stats]
         record = {"part": part, "seed": config.seed, "method": method, "num_images": int(images.shape[0]),
                   "wall_s": wall, "final_bn_loss": losses}
         self.results["synthesis"].append(record)
@@ -316,7 +278,7 @@ class Runner:
         from genie_hub import quantize
 
         return quantize(model, calibration, config, accelerator=self.accelerator(config), range_init=range_init,
-                        progress=self.args.progress)
+                        progress=self.args.progress).model
 
     # --- embedded ----------------------------------------------------------------------------------------
     def embedded(self) -> None:
@@ -434,11 +396,6 @@ class Runner:
         from genie_hub.zoo import convert_efficientnet_lite0
 
         args = self.args
-        if patch_act_step_index_bug():
-            self.results["notes"].append(
-                "EfficientNet part: worked around a genie_hub bug (quantizers.init_act_step indexes out of bounds for "
-                "activation tensors over 2**24 elements: float32 torch.linspace) with a float64-index wrapper defined "
-                "in this script; see patch_act_step_index_bug().")
         cache = Path(args.effnet_cache).expanduser()
         if not (cache / "config.json").exists():
             convert_efficientnet_lite0(cache)

@@ -1,15 +1,16 @@
 """genie_hub: zero-shot quantization of Hugging Face vision models with Genie (Jeon et al., CVPR 2023).
 
-The story, one module each: `loading` (model + processor + input spec) -> `synthesis` (Genie-D) ->
-`quantization` (Genie-M) -> `checkpoint` (packed safetensors, transformers integration) -> `hub`
-(publishing) -> `space` (the comparison app). `pipeline` chains them for the CLI.
+The package reads as the pipeline (docs/architecture.md): `adapters`/`loading` (model, processor, input spec)
+-> `synthesis` (Genie-D, returns a `Calibration`) -> `quantization` (Genie-M, returns a `QuantizationResult`)
+-> `checkpoint` (packed safetensors, transformers integration) -> `hub` (publishing) -> `space` (the
+comparison app). `pipeline` chains them for the CLI.
 
     import genie_hub
     model, processor = genie_hub.load_model("microsoft/resnet-50")
     config = genie_hub.GenieConfig.from_profile("paper", weight_bits=4, act_bits=4)
-    images = genie_hub.synthesize(model, config, processor=processor)
-    qmodel = genie_hub.quantize(model, images, config)
-    genie_hub.save_quantized(qmodel, "resnet-50-genie-w4a4", processor=processor)
+    calibration = genie_hub.synthesize(model, config, processor=processor)
+    result = genie_hub.quantize(model, calibration, config)
+    genie_hub.save_quantized(result, "resnet-50-genie-w4a4", processor=processor)
     reloaded = genie_hub.from_pretrained("resnet-50-genie-w4a4")  # or AutoModelForImageClassification
 """
 
@@ -19,16 +20,15 @@ from .checkpoint import register as _register_checkpoint_format  # noqa: E402
 
 _register_checkpoint_format()  # AutoModelForImageClassification.from_pretrained now reads genie checkpoints
 
-from .checkpoint import GenieQuantizationConfig, save_quantized, verify_checkpoint  # noqa: E402
-from .checkpoint import from_pretrained  # noqa: E402
+from .adapters import InputSpec  # noqa: E402
+from .api import (Calibration, QuantizationResult, from_pretrained, input_spec, load_model, quantize,  # noqa: E402
+                  save_quantized, synthesize, verify_checkpoint)
+from .checkpoint import GenieQuantizationConfig  # noqa: E402
 from .config import GenieConfig, LayerBits  # noqa: E402
-from .errors import (CheckpointError, ConfigError, GenieError, ModelLoadError, NoBatchNormError,  # noqa: E402
-                     PushError, ReconstructionDivergedError)
-from .loading import InputSpec, input_spec, load_model  # noqa: E402
-from .quantization import quantize  # noqa: E402
-from .synthesis import synthesize  # noqa: E402
+from .errors import (CheckpointError, ConfigError, DataError, GenieError, ModelLoadError,  # noqa: E402
+                     NoBatchNormError, PushError, ReconstructionDivergedError)
 
-__all__ = ["CheckpointError", "ConfigError", "GenieConfig", "GenieError", "GenieQuantizationConfig", "InputSpec",
-           "LayerBits", "from_pretrained", "save_quantized", "verify_checkpoint",
-           "ModelLoadError", "NoBatchNormError", "PushError", "ReconstructionDivergedError", "__version__",
-           "input_spec", "load_model", "quantize", "synthesize"]
+__all__ = ["Calibration", "CheckpointError", "ConfigError", "DataError", "GenieConfig", "GenieError",
+           "GenieQuantizationConfig", "InputSpec", "LayerBits", "ModelLoadError", "NoBatchNormError", "PushError",
+           "QuantizationResult", "ReconstructionDivergedError", "__version__", "from_pretrained", "input_spec",
+           "load_model", "quantize", "save_quantized", "synthesize", "verify_checkpoint"]

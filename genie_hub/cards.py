@@ -1,10 +1,11 @@
-"""Model and dataset cards, rendered from the Jinja templates in `model_cards/`."""
+"""Model and dataset cards, rendered from the Jinja templates in `model_cards/` and a `RunRecord`."""
 
 from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
+
+from .outputs import RunRecord
 
 TEMPLATE_DIRS = [Path(__file__).resolve().parent / "_bundled" / "model_cards",
                  Path(__file__).resolve().parent.parent / "model_cards"]
@@ -45,33 +46,33 @@ def bits_tag(bits: int) -> str:
     return f"{bits}-bit"
 
 
-def render_model_card(run: dict[str, Any], repo_id: str, dataset_repo_id: str | None = None):
-    """The quantized model's card. `run` is the run record written to run.json."""
+def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None = None):
+    """The quantized model's card, for the model repo `repo_id` (linked to the calibration set's repo)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    config = run["config"]
+    config = run.config
     eval_results = [EvalResult(task_type="image-classification", dataset_type=r["dataset_type"],
                                dataset_name=r["dataset_name"], dataset_split=r.get("split", "test"),
                                metric_type="accuracy", metric_name="top-1 accuracy", metric_value=r["quantized_value"],
                                verified=False)
-                    for r in run.get("results", []) if r.get("dataset_type")]
-    base = run["base_model"]
+                    for r in run.results if r.get("dataset_type")]
+    base = run.base_model
     base_is_hub_id = not Path(base).exists() and "/" in base
     card_data = ModelCardData(
         base_model=base if base_is_hub_id else None,
         base_model_relation="quantized" if base_is_hub_id else None,
-        library_name="transformers", pipeline_tag="image-classification", license=run.get("license"),
-        tags=["quantized", bits_tag(config["weight_bits"]), "genie", "zero-shot-quantization" if run["zero_shot"]
+        library_name="transformers", pipeline_tag="image-classification", license=run.license,
+        tags=["quantized", bits_tag(config["weight_bits"]), "genie", "zero-shot-quantization" if run.zero_shot
               else "few-shot-quantization", "genie_hub", "image-classification"],
         datasets=[dataset_repo_id] if dataset_repo_id else None,
         model_name=repo_id, eval_results=eval_results or None)
-    layers = run["layers"]
-    units = run.get("units", [])
+    layers = run.layers
+    units = run.units
     return ModelCard.from_template(
         card_data, template_path=str(template_path("genie_model_card.md")),
         model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=base, dataset_repo_id=dataset_repo_id,
-        weight_bits=config["weight_bits"], act_bits=config["act_bits"], zero_shot=run["zero_shot"],
-        calibration_source=run.get("calibration_source"), num_samples=config["num_samples"],
+        weight_bits=config["weight_bits"], act_bits=config["act_bits"], zero_shot=run.zero_shot,
+        calibration_source=run.calibration_source, num_samples=config["num_samples"],
         synthesis_iterations=config["synthesis_iterations"], synthesis_batch_size=config["synthesis_batch_size"],
         reconstruction_steps=config["reconstruction_steps"],
         reconstruction_batch_size=config["reconstruction_batch_size"], seed=config["seed"],
@@ -80,27 +81,28 @@ def render_model_card(run: dict[str, Any], repo_id: str, dataset_repo_id: str | 
         overrides=config.get("overrides") or None, layers=layers, num_units=len(units),
         num_block_units=sum(u["kind"] == "block" for u in units),
         num_layer_units=sum(u["kind"] == "layer" for u in units),
-        results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.get("results", [])],
-        results_protocol=run.get("results_protocol", ""), command=run["command"], versions=run["versions"],
-        machine=run["machine"], wall_time=f"total wall time {run['wall_seconds'] / 60:.1f} min"
-        if run.get("wall_seconds") else "")
+        results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.results],
+        results_protocol=run.results_protocol, command=run.command, versions=run.versions,
+        machine=run.machine, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
 
 
-def render_dataset_card(run: dict[str, Any], repo_id: str, model_repo_id: str | None, num_samples: int,
-                        shape: tuple[int, ...], loss_summary: str):
+def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None):
+    """The synthetic calibration set's card, for the datasets repo `repo_id` (a zero-shot run's record)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    config = run["config"]
-    base = run["base_model"]
+    config = run.config
+    base = run.base_model
+    num_samples, shape = run.synthetic["num_samples"], run.synthetic["shape"]
     card_data = DatasetCardData(
         pretty_name=f"Genie synthetic calibration images for {Path(base).name if Path(base).exists() else base}",
         task_categories=["image-classification"], annotations_creators=["machine-generated"],
         tags=["synthetic", "genie", "zero-shot-quantization", "calibration", "genie_hub"],
-        size_categories=["n<1K"] if num_samples < 1000 else ["1K<n<10K"], license=run.get("license"))
+        size_categories=["n<1K"] if num_samples < 1000 else ["1K<n<10K"], license=run.license)
     return DatasetCard.from_template(
         card_data, template_path=str(template_path("genie_dataset_card.md")), pretty_name=card_data.pretty_name,
-        base_model=base, base_model_revision=run.get("base_model_revision"), model_repo_id=model_repo_id,
+        base_model=base, base_model_revision=run.base_model_revision, model_repo_id=model_repo_id,
         repo_id=repo_id, shape=list(shape), shape_str=", ".join(str(s) for s in shape), num_samples=num_samples,
         synthesis_batch_size=config["synthesis_batch_size"], synthesis_iterations=config["synthesis_iterations"],
         latent_dim=config["latent_dim"], lr_latent=config["lr_latent"], lr_generator=config["lr_generator"],
-        seed=config["seed"], loss_summary=loss_summary, command=run["command"])
+        seed=config["seed"], prior=run.synthetic.get("prior") or "bn-statistics",
+        loss_summary=run.synthetic["loss_summary"], command=run.command)

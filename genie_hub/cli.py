@@ -13,29 +13,56 @@ Multi-GPU / multi-process: `accelerate launch -m genie_hub quantize ...`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
 import sys
 
+from .config import GenieConfig
 from .errors import ConfigError, GenieError
 
 
-def _override(text: str) -> tuple[str, dict]:
-    """PATTERN=W/A, e.g. 'classifier=8/8', '*.shortcut*=4/fp', 'resnet.embedder*=8/'."""
-    pattern, sep, bits = text.partition("=")
-    weight, slash, act = bits.partition("/")
-    if not sep or not slash or not pattern:
-        raise argparse.ArgumentTypeError(f"override '{text}' must look like PATTERN=W/A, e.g. 'classifier=8/8'")
-    parsed = {}
-    try:
-        if weight:
-            parsed["weight"] = int(weight)
-        if act:
-            parsed["act"] = None if act.lower() in ("fp", "none", "fp32") else int(act)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"override '{text}': bits must be integers (or 'fp' for an FP input)")
-    return pattern, parsed
+def _config_type(field: dataclasses.Field):
+    """The argparse `type` of a GenieConfig field: its `parse` function, else int/float/str from its default."""
+    meta = field.metadata["cli"]
+    parse = meta["parse"] or type(field.default)
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in its messages
+    return convert
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per `GenieConfig` field that declares one (see `config.option`), help with its default."""
+    for field in GenieConfig.cli_fields():
+        meta = field.metadata["cli"]
+        flags = [meta["flag"]] + ([meta["short"]] if meta["short"] else [])
+        kwargs = dict(dest=field.name, help=f"{meta['help']} (default: {GenieConfig.default_text(field.name)})",
+                      metavar=meta["metavar"])
+        if meta["choices"]:
+            kwargs["choices"] = meta["choices"]
+        else:
+            kwargs["type"] = _config_type(field)
+        if meta["repeat"]:
+            kwargs.update(action="append", default=[])
+        elif field.name == "profile":
+            kwargs["default"] = field.default
+        parser.add_argument(*flags, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> GenieConfig:
+    """The GenieConfig of the given profile with every option the user set (unset options stay None)."""
+    values = {}
+    for field in GenieConfig.cli_fields():
+        value = getattr(args, field.name)
+        values[field.name] = (dict(value) or None) if field.metadata["cli"]["repeat"] else value
+    return GenieConfig.from_profile(values.pop("profile"), **values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,23 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="synthesize calibration data, quantize, save (and optionally push)")
     q.add_argument("model", nargs="?", default=None,
                    help="Hub id or local folder; default: the embedded Fashion-MNIST ResNet")
-    q.add_argument("--weight-bits", "-w", type=int, default=4)
-    q.add_argument("--act-bits", "-a", type=int, default=4)
     q.add_argument("--output-dir", "-o", default=None, help="default: genie_output/<model>-genie-w<W>a<A>")
-    q.add_argument("--profile", choices=["paper", "quick"], default="paper",
-                   help="paper: the reference defaults (GPU); quick: few samples and steps (CPU demos)")
-    q.add_argument("--num-samples", type=int, default=None)
-    q.add_argument("--batch-size", type=int, default=None, help="synthesis batch size")
-    q.add_argument("--synthesis-iterations", type=int, default=None)
-    q.add_argument("--reconstruction-steps", type=int, default=None)
-    q.add_argument("--seed", type=int, default=None)
-    q.add_argument("--override", type=_override, action="append", default=[], metavar="PATTERN=W/A",
-                   help="per-module bits by fnmatch pattern, e.g. 'classifier=8/8' or '*.shortcut=/8'")
+    add_config_options(q)
     q.add_argument("--few-shot", metavar="DATASET", default=None,
                    help="calibrate on real images instead of synthesis: 'fashion-mnist', an image folder, "
                         "or a Hub dataset id owner/name[:split]")
-    q.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
-                   help="bf16 autocast for synthesis and reconstruction (GPU); default: no")
     q.add_argument("--revision", default=None, help="model revision on the Hub")
     q.add_argument("--eval-dataset", default="auto",
                    help="labelled test set to report top-1 on ('fashion-mnist'; 'none' to skip; default: "
@@ -102,14 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quantize(args) -> None:
-    from .config import GenieConfig
     from .pipeline import run_quantization
 
-    config = GenieConfig.from_profile(
-        args.profile, weight_bits=args.weight_bits, act_bits=args.act_bits, num_samples=args.num_samples,
-        synthesis_batch_size=args.batch_size, synthesis_iterations=args.synthesis_iterations,
-        reconstruction_steps=args.reconstruction_steps, seed=args.seed, mixed_precision=args.mixed_precision,
-        overrides=dict(args.override) or None)
+    config = config_from_args(args)
     evaluate = None if args.eval_dataset in ("none", "") else args.eval_dataset
     run_quantization(args.model, config, output_dir=args.output_dir, few_shot=args.few_shot, evaluate=evaluate,
                      push=args.push, repo_id=args.repo_id, dataset_repo_id=args.dataset_repo_id,
@@ -118,8 +128,8 @@ def _quantize(args) -> None:
 
 
 def _evaluate(args) -> None:
+    from .evaluation import evaluate_on_dataset
     from .loading import input_spec, load_model
-    from .pipeline import evaluate_on_dataset
 
     model, processor = load_model(args.model)
     fp_model = load_model(args.fp32)[0] if args.fp32 else model
@@ -127,11 +137,11 @@ def _evaluate(args) -> None:
     if result is None:
         raise GenieError("No evaluation data: install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
                          "or point GENIE_HUB_FASHION_MNIST_DIR at its IDX files.")
-    print(f"{args.model}: top-1 {100 * result['quantized_top1']:.2f} % on {result['num_images']} "
-          f"{result['dataset']} {result['split']} images")
+    print(f"{args.model}: top-1 {100 * result.quantized_top1:.2f} % on {result.num_images} "
+          f"{result.dataset} {result.split} images")
     if args.fp32:
-        print(f"{args.fp32} (FP32): top-1 {100 * result['fp32_top1']:.2f} %; top-1 agreement "
-              f"{100 * result['top1_agreement']:.2f} %, KL(fp32||model) {result['kl_fp_q']:.4g}")
+        print(f"{args.fp32} (FP32): top-1 {100 * result.fp32_top1:.2f} %; top-1 agreement "
+              f"{100 * result.top1_agreement:.2f} %, KL(fp32||model) {result.kl_fp_q:.4g}")
 
 
 def _push(args) -> None:

@@ -1,7 +1,9 @@
 """GenieConfig: every setting of a run, with the two profiles (`paper`, `quick`).
 
 The `paper` profile is the reference implementation's effective defaults (see
-`shared/reference/genie-method.md`); `quick` is for CPU demos and tests.
+`shared/reference/genie-method.md`); `quick` is for CPU demos and tests. Fields that the command line
+exposes carry their flag and help text in their metadata (`option(...)`); `genie_hub.cli` builds its flags
+from them, so a setting, its default and its help are written once, here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 from .errors import ConfigError
 
 MIN_BITS, MAX_BITS = 2, 8
+SYNTHESIS_METHODS = ("genie", "pixels")
+MIXED_PRECISIONS = ("no", "bf16")
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Reference defaults: 1024 images = 8 batches of 128, 4000 iterations each; 20k steps per unit.
@@ -25,7 +29,34 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
+def option(flag: str, help: str, *, short: str | None = None, choices: tuple | None = None,
+           metavar: str | None = None, parse: Any = None, repeat: bool = False) -> dict[str, Any]:
+    """Field metadata that makes a `GenieConfig` field a command-line option of `genie_hub quantize`.
+
+    `parse` turns one command-line value into the field's value (default: the field's type); with `repeat`
+    the option may be given several times and the parsed (key, value) pairs form a dict."""
+    return {"cli": {"flag": flag, "short": short, "help": help, "choices": choices, "metavar": metavar,
+                    "parse": parse, "repeat": repeat}}
+
+
+def parse_override(text: str) -> tuple[str, dict[str, int | None]]:
+    """'PATTERN=W/A' -> (pattern, {"weight": W, "act": A}); W or A may be empty (keep), A may be 'fp'."""
+    pattern, sep, bits = text.partition("=")
+    weight, slash, act = bits.partition("/")
+    if not sep or not slash or not pattern:
+        raise ValueError(f"override '{text}' must look like PATTERN=W/A, e.g. 'classifier=8/8'")
+    parsed: dict[str, int | None] = {}
+    try:
+        if weight:
+            parsed["weight"] = int(weight)
+        if act:
+            parsed["act"] = None if act.lower() in ("fp", "none", "fp32") else int(act)
+    except ValueError:
+        raise ValueError(f"override '{text}': bits must be integers (or 'fp' for an FP input)") from None
+    return pattern, parsed
+
+
+@dataclass(frozen=True)
 class LayerBits:
     """Bit-widths of one quantized op: `weight` bits and `act` bits of its input (None = keep FP)."""
 
@@ -45,21 +76,35 @@ class GenieConfig:
     with FP input, second layer's input A8, last layer W8A8), which are themselves fields here.
     """
 
-    weight_bits: int = 4
-    act_bits: int = 4
-    profile: str = "paper"
-    num_samples: int = 1024
-    synthesis_batch_size: int = 128
-    synthesis_iterations: int = 4000
+    weight_bits: int = field(default=4, metadata=option("--weight-bits", "weight bit-width of most layers",
+                                                         short="-w"))
+    act_bits: int = field(default=4, metadata=option("--act-bits", "activation (layer input) bit-width of most "
+                                                     "layers", short="-a"))
+    profile: str = field(default="paper", metadata=option(
+        "--profile", "paper: the reference settings (a GPU job); quick: few samples and steps (CPU demos)",
+        choices=tuple(PROFILES)))
+    num_samples: int = field(default=1024, metadata=option("--num-samples", "number of calibration images"))
+    synthesis_batch_size: int = field(default=128, metadata=option("--batch-size", "synthesis batch size"))
+    synthesis_iterations: int = field(default=4000, metadata=option("--synthesis-iterations",
+                                                                    "optimization steps per synthesis batch"))
     latent_dim: int = 256
-    synthesis_method: str = "genie"  # "genie" (generator + latents + swing) or "pixels" (ZeroQ-style baseline)
-    reconstruction_steps: int = 20000
+    synthesis_method: str = field(default="genie", metadata=option(
+        "--synthesis-method", "genie: generator + latents + swing convolution; pixels: optimize the pixels "
+        "directly (the ZeroQ-style baseline)", choices=SYNTHESIS_METHODS))
+    synthesis_prior: str = field(default="auto", metadata=option(
+        "--synthesis-prior", "what synthetic images must satisfy; auto picks the first prior that applies to the "
+        "model (bn-statistics for BatchNorm models)"))
+    reconstruction_steps: int = field(default=20000, metadata=option("--reconstruction-steps",
+                                                                     "Genie-M optimization steps per unit"))
     reconstruction_batch_size: int = 32
-    seed: int = 0
+    seed: int = field(default=0, metadata=option("--seed", "seed of synthesis and reconstruction"))
     first_layer: LayerBits = field(default_factory=lambda: LayerBits(weight=8, act=None))
     second_layer_act_bits: int | None = 8
     last_layer: LayerBits = field(default_factory=lambda: LayerBits(weight=8, act=8))
-    overrides: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    overrides: dict[str, dict[str, int | None]] = field(default_factory=dict, metadata=option(
+        "--override", "per-module bits by fnmatch pattern over module names, e.g. 'classifier*=8/8' or "
+        "'*.shortcut=/8' ('fp' keeps an input in floating point); repeatable", metavar="PATTERN=W/A",
+        parse=parse_override, repeat=True))
     # Genie-D optimizer settings (effective values of the reference code).
     lr_latent: float = 0.1
     lr_generator: float = 0.01
@@ -72,7 +117,8 @@ class GenieConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     qdrop_prob: float = 0.5
-    mixed_precision: str = "no"
+    mixed_precision: str = field(default="no", metadata=option(
+        "--mixed-precision", "bf16 autocast for synthesis and reconstruction (GPU)", choices=MIXED_PRECISIONS))
 
     def __post_init__(self) -> None:
         if isinstance(self.first_layer, dict):
@@ -119,9 +165,11 @@ class GenieConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.reconstruction_steps < 0:
             raise ConfigError(f"reconstruction_steps must be >= 0, got {self.reconstruction_steps}.")
-        if self.synthesis_method not in ("genie", "pixels"):
+        if self.synthesis_method not in SYNTHESIS_METHODS:
             raise ConfigError(f"synthesis_method must be 'genie' or 'pixels', got {self.synthesis_method!r}.")
-        if self.mixed_precision not in ("no", "bf16"):  # fp16 would need gradient scaling: not supported
+        if not isinstance(self.synthesis_prior, str) or not self.synthesis_prior:
+            raise ConfigError(f"synthesis_prior must be a prior name or 'auto', got {self.synthesis_prior!r}.")
+        if self.mixed_precision not in MIXED_PRECISIONS:  # fp16 would need gradient scaling: not supported
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 "
                               "needs gradient scaling, which genie_hub does not do; use bf16).")
 
@@ -149,3 +197,17 @@ class GenieConfig:
         """The settings that determine the synthetic images: a resumed run must match them."""
         return {k: getattr(self, k) for k in ("seed", "synthesis_batch_size", "synthesis_iterations", "synthesis_method",
                                               "latent_dim", "lr_latent", "lr_generator", "mixed_precision")}
+
+    @classmethod
+    def cli_fields(cls) -> list[dataclasses.Field]:
+        """The fields exposed as `genie_hub quantize` options, in declaration order."""
+        return [f for f in dataclasses.fields(cls) if "cli" in f.metadata]
+
+    @classmethod
+    def default_text(cls, name: str) -> str:
+        """The default of field `name` as help text: per profile where the profiles differ."""
+        if any(name in values for values in PROFILES.values()):
+            return ", ".join(f"{profile} {values.get(name, '-')}" for profile, values in PROFILES.items())
+        value = next(f for f in dataclasses.fields(cls) if f.name == name)
+        default = value.default if value.default is not dataclasses.MISSING else value.default_factory()
+        return "none" if default in ({}, None) else str(default)

@@ -31,3 +31,7 @@ class CheckpointError(GenieError):
 
 class PushError(GenieError):
     """Publishing to the Hub failed or cannot start (no token, offline mode, HTTP error)."""
+
+
+class DataError(GenieError):
+    """Images or labels could not be found or read (missing dataset, empty folder, unknown source)."""

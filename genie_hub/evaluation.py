@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from .adapters import InputSpec, model_logits
+from .errors import ConfigError, GenieError
 
-__all__ = ["predict_logits", "evaluate_top1", "agreement"]
+__all__ = ["DatasetEvaluation", "EVAL_DATASETS", "agreement", "evaluate_on_dataset", "evaluate_top1",
+           "predict_logits"]
 
-
-def _logits(output) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, (tuple, list)):
-        logits = output[0]
-    if logits is None and isinstance(output, dict):
-        logits = output.get("logits")
-    if logits is None:
-        raise TypeError(f"Cannot find logits in model output of type {type(output).__name__}.")
-    return logits
+logger = logging.getLogger("genie_hub")
+EVAL_DATASETS = ("fashion-mnist",)
 
 
 @torch.no_grad()
@@ -39,7 +34,7 @@ def predict_logits(model: nn.Module, pixel_values: torch.Tensor, batch_size: int
     outputs = []
     for start in range(0, pixel_values.shape[0], batch_size):
         batch = pixel_values[start:start + batch_size].to(device=device, dtype=dtype)
-        outputs.append(_logits(model(pixel_values=batch)).float().cpu())
+        outputs.append(model_logits(model, batch).float().cpu())
     if not outputs:
         return torch.empty(0)
     return torch.cat(outputs)
@@ -80,3 +75,43 @@ def agreement(fp_logits: torch.Tensor, q_logits: torch.Tensor, k: int = 5) -> di
     kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
     return {"top1_agreement": top1, "top5_overlap": overlap.mean().item(), "kl_fp_q": kl.mean().item(),
             "num_samples": int(n)}
+
+
+@dataclass
+class DatasetEvaluation:
+    """Top-1 of an FP32 model and its quantized version on a labelled split, and how often they agree."""
+
+    dataset: str
+    split: str
+    num_images: int
+    fp32_top1: float
+    quantized_top1: float
+    top1_agreement: float
+    kl_fp_q: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec: InputSpec, dataset: str,
+                        limit: int | None = None) -> DatasetEvaluation | None:
+    """Top-1 of both models on a labelled test set (currently: fashion-mnist). None if the data is absent."""
+    from .data import DataError, fashion_mnist_pixel_values, load_fashion_mnist
+
+    if dataset not in EVAL_DATASETS:
+        raise GenieError(f"Unknown evaluation dataset '{dataset}'. Supported: {', '.join(EVAL_DATASETS)}.")
+    try:
+        images, labels = load_fashion_mnist("test")
+    except DataError as exc:
+        logger.warning("Skipping the evaluation: %s", exc)
+        return None
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    pixel_values = fashion_mnist_pixel_values(images, processor, spec)
+    fp_logits = predict_logits(fp_model, pixel_values)
+    q_logits = predict_logits(q_model, pixel_values)
+    agree = agreement(fp_logits, q_logits)
+    return DatasetEvaluation(dataset="fashion-mnist", split="test", num_images=len(labels),
+                             fp32_top1=(fp_logits.argmax(-1) == labels).float().mean().item(),
+                             quantized_top1=(q_logits.argmax(-1) == labels).float().mean().item(),
+                             top1_agreement=agree["top1_agreement"], kl_fp_q=agree["kl_fp_q"])

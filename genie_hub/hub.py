@@ -14,14 +14,14 @@ saves the published model card back to ``OUT/model/README.md``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import PushError
+from .fileio import write_bytes
+from .outputs import OutputLayout, RunRecord
 
 __all__ = ["check_push_ready", "default_repo_ids", "push_output", "push_space"]
 
@@ -132,29 +132,12 @@ def _qualify(repo_id: str, username: str) -> str:
     return repo_id if "/" in repo_id else f"{username}/{repo_id}"
 
 
-def _read_run(run_path: Path) -> dict:
-    if not run_path.is_file():
-        return {}
+def _read_run(run_path: Path) -> RunRecord | None:
     try:
-        data = json.loads(run_path.read_text(encoding="utf-8"))
+        return RunRecord.load(run_path)
     except (OSError, ValueError) as exc:
-        raise PushError(f"Cannot push: {run_path} is not valid JSON ({_reason(exc)}). Fix or regenerate it.") from exc
-    if not isinstance(data, dict):
-        raise PushError(f"Cannot push: {run_path} does not hold a JSON object.")
-    return data
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file + rename, so an interrupted write never leaves a truncated file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        raise PushError(f"Cannot push: {run_path} is not a valid run record ({_reason(exc)}). Fix or regenerate "
+                        "it.") from exc
 
 
 def _folder_files(folder: Path) -> dict[str, Path]:
@@ -185,7 +168,7 @@ def _model_card_bytes(readme: Path, dataset_repo_id: str | None) -> bytes | None
     return None if updated == original else updated
 
 
-def _rendered_cards(run: dict, model_readme: Path, dataset_readme: Path, repo_id: str,
+def _rendered_cards(run: RunRecord, model_readme: Path, dataset_readme: Path, repo_id: str,
                     dataset_repo_id: str | None) -> tuple[bytes | None, bytes | None]:
     """Both cards rendered from run.json for the ids being pushed (None where the local file already matches)."""
     from .cards import render_dataset_card, render_model_card
@@ -196,9 +179,8 @@ def _rendered_cards(run: dict, model_readme: Path, dataset_readme: Path, repo_id
 
     model_card = changed(str(render_model_card(run, repo_id, dataset_repo_id)), model_readme)
     dataset_card = None
-    synthetic = run.get("synthetic")
-    if dataset_repo_id and synthetic:
-        dataset_card = changed(str(render_dataset_card(run, dataset_repo_id, repo_id, **synthetic)), dataset_readme)
+    if dataset_repo_id and run.synthetic:
+        dataset_card = changed(str(render_dataset_card(run, dataset_repo_id, repo_id)), dataset_readme)
     return model_card, dataset_card
 
 
@@ -228,8 +210,8 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    out = Path(output_dir)
-    model_dir, dataset_dir, run_path = out / "model", out / "dataset", out / "run.json"
+    layout = OutputLayout(Path(output_dir))
+    out, model_dir, dataset_dir, run_path = layout.root, layout.model_dir, layout.dataset_dir, layout.run_file
     if not out.is_dir():
         raise PushError(f"Cannot push: the output folder {out} does not exist. Pass the --output-dir of a "
                         "finished `genie_hub quantize` run.")
@@ -245,16 +227,15 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     if dataset_repo_id is not None and not has_dataset:
         raise PushError(f"Cannot push the dataset repo '{dataset_repo_id}': {out} has no dataset folder (runs "
                         "calibrated on real images publish the model only). Drop the dataset repo id.")
-    run = _read_run(run_path)
+    run = _read_run(run_path) or RunRecord()
 
     username = check_push_ready(token)
     if repo_id is None:
-        missing = [key for key in ("base_model", "weight_bits") if run.get(key) is None]
+        missing = [key for key in ("base_model", "weight_bits") if getattr(run, key) is None]
         if missing:
             raise PushError(f"Cannot choose a repo name: {run_path} lacks {', '.join(missing)}. Pass the model "
                             "repo id explicitly (--repo-id).")
-        repo_id, default_dataset = default_repo_ids(username, run["base_model"], run["weight_bits"],
-                                                    run.get("act_bits"))
+        repo_id, default_dataset = default_repo_ids(username, run.base_model, run.weight_bits, run.act_bits)
     else:
         repo_id = _qualify(repo_id, username)
         default_dataset = repo_id + _CALIBRATION_SUFFIX
@@ -262,7 +243,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
         dataset_repo_id = _qualify(dataset_repo_id, username) if dataset_repo_id else default_dataset
     card = _model_card_bytes(model_dir / "README.md", dataset_repo_id if has_dataset else None)  # before I/O
     dataset_card = None
-    if run.get("layers") and run.get("config"):  # a genie_hub run record: render both cards for the real ids
+    if run.complete:  # a genie_hub run record: render both cards for the real ids
         card, dataset_card = _rendered_cards(run, model_dir / "README.md", dataset_dir / "README.md", repo_id,
                                              dataset_repo_id if has_dataset else None)
     api = HfApi(token=token)
@@ -301,13 +282,13 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
 
     # Success: keep OUT consistent with what is now on the Hub.
     if card is not None:
-        _atomic_write(model_dir / "README.md", card)
+        write_bytes(model_dir / "README.md", card)
     if dataset_card is not None:
-        _atomic_write(dataset_dir / "README.md", dataset_card)
-    if run_path.is_file():
-        run = _read_run(run_path)
-        run["push"] = result
-        _atomic_write(run_path, (json.dumps(run, indent=2) + "\n").encode("utf-8"))
+        write_bytes(dataset_dir / "README.md", dataset_card)
+    run = _read_run(run_path)
+    if run is not None:
+        run.push = result
+        run.save(run_path)
     return result
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .loading import InputSpec
+from .adapters import InputSpec
+from .fileio import atomic_path
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
 
@@ -39,10 +40,8 @@ def export_synthetic_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_
     """Write `directory/data/train-*.parquet` (+ README.md card): a folder ready to upload as a datasets repo."""
     directory = Path(directory)
     (directory / "data").mkdir(parents=True, exist_ok=True)
-    target = directory / DATA_FILE
-    tmp = target.with_name(target.name + ".tmp")
-    build_dataset(pixel_values, spec, batch_indices).to_parquet(str(tmp))
-    tmp.replace(target)
+    with atomic_path(directory / DATA_FILE) as tmp:
+        build_dataset(pixel_values, spec, batch_indices).to_parquet(str(tmp))
     if card is not None:
         card.save(directory / "README.md")
     return directory

@@ -39,7 +39,8 @@ def test_quantize_writes_a_complete_hub_ready_folder(tiny_run):
         assert (out / "model" / name).exists()
     assert not any(k.endswith(".weight") and "convolution" in k for k in load_file(str(out / "model" / "model.safetensors")))
     card = (out / "model" / "README.md").read_text()
-    assert "base_model_relation: quantized" not in card or "base_model:" in card
+    metadata = card.split("---")[1]
+    assert "base_model" not in metadata and str(root) not in metadata  # a local base: no Hub relation, no path
     assert "pipeline_tag: image-classification" in card and "genie" in card and "No real data was used" in card
     assert "--override classifier=8/8" in card  # the exact command
     run = json.loads((out / "run.json").read_text())

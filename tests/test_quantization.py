@@ -8,9 +8,9 @@ from torch import nn
 
 from genie_hub.config import GenieConfig, LayerBits
 from genie_hub.errors import ConfigError, ReconstructionDivergedError
-from genie_hub.quantization import (ActQuantizer, QuantConv2d, QuantShortcut, WeightQuantizer, discover_units,
-                                    prepare_model, quantize, quantized_ops)
-from genie_hub.utils import model_logits
+from genie_hub.quantization import (ActQuantizer, LayerSpec, QuantConv2d, QuantShortcut, WeightQuantizer,
+                                    discover_units, prepare_model, quantize, quantized_ops)
+from genie_hub.adapters import model_logits
 from tiny_models import FAMILIES, IMAGE_SIZE, structured_images, tiny_model
 
 
@@ -64,14 +64,14 @@ def test_shared_quantizer_gives_every_reader_the_same_tensor():
 def test_bit_exceptions_and_overrides():
     model = tiny_model("resnet-basic")
     config = GenieConfig(weight_bits=2, act_bits=4, overrides={"*.stages.1.*": {"weight": 3}})
-    _, _, bits = prepare_model(model, config, calibration(2))
-    names = list(bits)
-    assert bits[names[0]] == {"type": "QuantConv2d", "weight_bits": 8, "act_bits": None}  # stem: W8, FP input
-    assert bits[names[1]]["act_bits"] == 8 and bits[names[1]]["weight_bits"] == 2
-    assert bits["classifier.1"] == {"type": "QuantLinear", "weight_bits": 8, "act_bits": 8}
-    assert all(b["weight_bits"] == 3 for n, b in bits.items() if ".stages.1." in n and b["type"] != "QuantShortcut")
+    q_model, _, names = prepare_model(model, config, calibration(2))
+    bits = {name: q_model.get_submodule(name).spec() for name in names}
+    assert bits[names[0]] == LayerSpec("QuantConv2d", weight_bits=8, act_bits=None)  # stem: W8, FP input
+    assert (bits[names[1]].weight_bits, bits[names[1]].act_bits) == (2, 8)
+    assert bits["classifier.1"] == LayerSpec("QuantLinear", weight_bits=8, act_bits=8)
+    assert all(b.weight_bits == 3 for n, b in bits.items() if ".stages.1." in n and b.has_weight)
     shortcut = "resnet.encoder.stages.0.layers.1.shortcut"
-    assert bits[shortcut]["type"] == "QuantShortcut"
+    assert bits[shortcut].type == "QuantShortcut"
 
 
 @pytest.mark.parametrize("bits", [1, 9, 0, "4"])
@@ -136,15 +136,15 @@ def test_conv_and_identity_shortcut_share_one_input_quantizer():
 def test_reconstruction_beats_round_to_nearest_on_every_unit(family, weight_bits):
     model = tiny_model(family)
     config = GenieConfig.from_profile("quick", weight_bits=weight_bits, act_bits=4, reconstruction_steps=1000)
-    q_model = quantize(model, calibration(64), config, progress=False)
-    largest = max(r.error_round_to_nearest for r in q_model.genie_report)
-    for report in q_model.genie_report:
+    result = quantize(model, calibration(64), config, progress=False)
+    largest = max(r.error_round_to_nearest for r in result.report)
+    for report in result.report:
         if report.error_round_to_nearest > 0.01 * largest:
             assert report.error_reconstructed < report.error_round_to_nearest, report
         else:  # units whose error is already negligible (e.g. an 8-bit stem) may move within noise
             assert report.error_reconstructed <= 1.05 * report.error_round_to_nearest + 1e-9, report
     # Everything ends hard-rounded and frozen on the integer grid of the learned step.
-    for name, op in quantized_ops(q_model).items():
+    for name, op in quantized_ops(result.model).items():
         assert op.frozen and op.weight_quantizer is None
         if op.weight_bits is not None:
             codes = op.integer_codes()
@@ -157,12 +157,12 @@ def test_reconstruction_beats_round_to_nearest_on_every_unit(family, weight_bits
 def test_reconstruction_lowers_the_total_unit_error(family):
     model = tiny_model(family)
     config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4, reconstruction_steps=150)
-    q_model = quantize(model, calibration(48), config, progress=False)
-    rtn = sum(r.error_round_to_nearest for r in q_model.genie_report)
-    final = sum(r.error_reconstructed for r in q_model.genie_report)
+    result = quantize(model, calibration(48), config, progress=False)
+    rtn = sum(r.error_round_to_nearest for r in result.report)
+    final = sum(r.error_reconstructed for r in result.report)
     assert final < rtn
     x = calibration(4, seed=1)
-    assert torch.isfinite(model_logits(q_model, x)).all()
+    assert torch.isfinite(model_logits(result.model, x)).all()
 
 
 def test_same_seed_gives_identical_weights():
@@ -170,7 +170,7 @@ def test_same_seed_gives_identical_weights():
     config = GenieConfig.from_profile("quick", reconstruction_steps=20)
     data = calibration(40)
     first, second = (quantize(model, data, config, progress=False) for _ in range(2))
-    a, b = first.state_dict(), second.state_dict()
+    a, b = first.model.state_dict(), second.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -195,9 +195,10 @@ def test_reconstruction_resumes_after_the_last_finished_unit(tmp_path):
     state = tmp_path / "reconstruction.safetensors"
     first = quantize(model, data, config, state_path=state, progress=False)
     again = quantize(model, data, config, state_path=state, progress=False)
-    assert all(r.resumed for r in again.genie_report)
+    assert all(r.resumed for r in again.report) and not any(r.resumed for r in first.report)
+    assert again.layers == first.layers  # signedness of every input restored too
     x = calibration(4, seed=3)
-    assert torch.equal(model_logits(first, x), model_logits(again, x))
+    assert torch.equal(model_logits(first.model, x), model_logits(again.model, x))
     with pytest.raises(ConfigError, match="different settings"):
         quantize(model, data, GenieConfig.from_profile("quick", reconstruction_steps=11), state_path=state,
                  progress=False)
@@ -223,8 +224,8 @@ def test_divergence_names_the_unit_and_keeps_finished_units(tmp_path):
 def test_round_to_nearest_baseline_has_no_training():
     model = tiny_model("resnet-basic")
     config = GenieConfig.from_profile("quick", reconstruction_steps=0)
-    q_model = quantize(model, calibration(16), config, range_init="minmax", progress=False)
-    assert all(r.error_reconstructed == r.error_round_to_nearest for r in q_model.genie_report)
+    result = quantize(model, calibration(16), config, range_init="minmax", progress=False)
+    assert all(r.error_reconstructed == r.error_round_to_nearest for r in result.report)
 
 
 def test_activation_step_init_on_tensors_larger_than_float32_indexing():

@@ -1,16 +1,19 @@
 """Quantized checkpoints: packed safetensors + `quantization_config`, loadable with `from_pretrained`.
 
-- `save_quantized(q_model, folder, processor=None)` writes config.json (with a Genie `quantization_config`)
-  and a packed `model.safetensors` (see `save.py` for the layout and the load guard).
+What each quantized op stores is defined by the frozen-format core, `genie_hub.quantization.format`; this
+package writes it as a transformers checkpoint and reads it back. It imports `quantization`, never the reverse.
+
+- `save_quantized(result, folder, processor=None)` writes config.json (with a Genie `quantization_config`)
+  and a packed `model.safetensors` (see `save.py` for the layout and the load guard); `bind(result)` makes
+  `result.model.save_pretrained` write the same format.
 - `register()` (idempotent; `import genie_hub` calls it) teaches transformers quant_method "genie", after
   which `AutoModelForImageClassification.from_pretrained(folder)` and `pipeline("image-classification",
   model=folder)` load the quantized model exactly.
 - `from_pretrained(name_or_path, **kwargs)` does both and maps failures to `CheckpointError` /
-  `ModelLoadError`; `verify_checkpoint(folder)` checks a folder without building a model.
+  `ModelLoadError`; `verify_checkpoint(folder)` checks a folder without building a model (`validate.py` is the
+  one tensor check behind every entry point).
 - Without genie_hub, transformers refuses to load the folder with a ValueError telling the user to
   `pip install genie_hub` and `import genie_hub` (never a silent load with random weights).
-
-This module imports nothing heavy at import time (genie_hub.quantization.layers imports `.packing` from here).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ _EXPORTS = {
     "GenieQuantizationConfig": ".config",
     "GenieHfQuantizer": ".hf_quantizer",
     "save_quantized": ".save",
+    "bind": ".save",
     "install_save_guard": ".save",
     "from_pretrained": ".load",
     "verify_checkpoint": ".load",

@@ -32,13 +32,12 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from ..config import MAX_BITS, MIN_BITS
 from ..errors import CheckpointError
+from ..quantization.format import LayerSpec, check_bits
 
 QUANT_METHOD = "genie"
 FORMAT = "genie-packed"
 FORMAT_VERSION = 1
-LAYER_TYPES = ("QuantConv2d", "QuantLinear", "QuantShortcut")
 
 PACKING = {
     "dtype": "int32",
@@ -65,40 +64,25 @@ def _bad(message: str) -> CheckpointError:
 
 
 def _check_bits(where: str, value: Any, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or not MIN_BITS <= value <= MAX_BITS:
-        raise _bad(f"{where} is {value!r}; expected an integer from {MIN_BITS} to {MAX_BITS}"
-                   + (" or null" if allow_none else "") + ". The file was edited or written by an incompatible tool.")
+    try:
+        check_bits(where, value, allow_none)
+    except ValueError as exc:
+        raise _bad(f"{exc} The file was edited or written by an incompatible tool.") from None
 
 
-def validate_layers(layers: Any) -> dict[str, dict]:
-    """Check the `layers` mapping; returns a normalized deep copy (CheckpointError on anything malformed)."""
+def validate_layers(layers: Any) -> dict[str, LayerSpec]:
+    """Parse the `layers` mapping into LayerSpecs (CheckpointError on anything malformed)."""
     if not isinstance(layers, dict) or not layers:
         raise _bad("`layers` must be a non-empty mapping from module name to {type, weight_bits, act_bits, "
                    f"act_signed}}, got {type(layers).__name__}.")
-    out: dict[str, dict] = {}
+    out: dict[str, LayerSpec] = {}
     for name, spec in layers.items():
         if not isinstance(name, str) or not name:
             raise _bad(f"layer name {name!r} is not a module name.")
-        if not isinstance(spec, dict):
-            raise _bad(f"layer '{name}' must map to a dict, got {type(spec).__name__}.")
-        kind = spec.get("type")
-        if kind not in LAYER_TYPES:
-            raise _bad(f"layer '{name}' has type {kind!r}; expected one of {', '.join(LAYER_TYPES)}.")
-        weight_bits, act_bits, act_signed = spec.get("weight_bits"), spec.get("act_bits"), spec.get("act_signed")
-        if kind == "QuantShortcut":
-            if weight_bits is not None:
-                raise _bad(f"layer '{name}' is a QuantShortcut (no weight) but has weight_bits={weight_bits!r}.")
-            _check_bits(f"layer '{name}' act_bits", act_bits, allow_none=False)
-        else:
-            _check_bits(f"layer '{name}' weight_bits", weight_bits, allow_none=False)
-            _check_bits(f"layer '{name}' act_bits", act_bits, allow_none=True)
-        if act_bits is not None and not isinstance(act_signed, bool):
-            raise _bad(f"layer '{name}' quantizes its input (act_bits={act_bits}) but act_signed is "
-                       f"{act_signed!r}; expected true or false.")
-        out[name] = {"type": kind, "weight_bits": weight_bits, "act_bits": act_bits,
-                     "act_signed": act_signed if act_bits is not None else None}
+        try:
+            out[name] = spec if isinstance(spec, LayerSpec) else LayerSpec.from_dict(name, spec)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
     return out
 
 
@@ -146,38 +130,27 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
 
     # ---- construction ------------------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model) -> "GenieQuantizationConfig":
-        """The config of a model returned by `genie_hub.quantization.quantize` (or loaded from a checkpoint)."""
-        from ..quantization.layers import QuantizedOp
+    def from_result(cls, result) -> "GenieQuantizationConfig":
+        """The config of a `genie_hub.quantization.QuantizationResult`."""
+        config = result.config
+        _frozen_layers(result.model)  # every op frozen
+        return cls(layers=dict(result.layers), weight_bits=config.weight_bits, act_bits=config.act_bits,
+                   overrides=config.overrides, genie_config=config.to_dict())
 
-        ops = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedOp)}
-        if not ops:
-            raise CheckpointError("The model has no Genie-quantized layers: quantize it first with "
-                                  "genie_hub.quantization.quantize(model, calibration, config).")
-        not_frozen = [name for name, op in ops.items() if not op.frozen]
-        if not_frozen:
-            raise CheckpointError(f"{len(not_frozen)} quantized layer(s) are not frozen (e.g. '{not_frozen[0]}'): "
-                                  "only a finished quantize() result can be saved.")
-        layers = {name: op.layer_bits() for name, op in ops.items()}
-        genie_config = getattr(model, "genie_config", None)
-        genie_dict = genie_config.to_dict() if hasattr(genie_config, "to_dict") else genie_config
+    @classmethod
+    def from_model(cls, model) -> "GenieQuantizationConfig":
+        """The config of a quantized model whose `config.quantization_config` is already a Genie one (a loaded
+        checkpoint, or a quantize() result prepared by `genie_hub.checkpoint.bind`): layers re-read from the
+        model, provenance kept."""
+        layers = _frozen_layers(model)
         existing = getattr(getattr(model, "config", None), "quantization_config", None)
-        if genie_dict is None and isinstance(existing, cls):
-            genie_dict = existing.genie_config
-        weight_bits = act_bits = None
-        overrides: dict = {}
-        if isinstance(genie_dict, dict):
-            weight_bits, act_bits = genie_dict.get("weight_bits"), genie_dict.get("act_bits")
-            overrides = genie_dict.get("overrides") or {}
-        elif isinstance(existing, cls):
-            weight_bits, act_bits, overrides = existing.weight_bits, existing.act_bits, existing.overrides
-        if weight_bits is None:  # most common weight/act bits over the layers
-            weights = [s["weight_bits"] for s in layers.values() if s["weight_bits"] is not None]
-            acts = [s["act_bits"] for s in layers.values() if s["act_bits"] is not None]
-            weight_bits = max(set(weights), key=weights.count) if weights else None
-            act_bits = max(set(acts), key=acts.count) if acts else None
-        return cls(layers=layers, weight_bits=weight_bits, act_bits=act_bits, overrides=overrides,
-                   genie_config=genie_dict)
+        if isinstance(existing, cls):
+            return cls(layers=layers, weight_bits=existing.weight_bits, act_bits=existing.act_bits,
+                       overrides=existing.overrides, genie_config=existing.genie_config)
+        weights = [s.weight_bits for s in layers.values() if s.weight_bits is not None]
+        acts = [s.act_bits for s in layers.values() if s.act_bits is not None]
+        return cls(layers=layers, weight_bits=max(set(weights), key=weights.count) if weights else None,
+                   act_bits=max(set(acts), key=acts.count) if acts else None)
 
     # ---- (de)serialization ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -187,7 +160,7 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
             "format_version": self.format_version,
             "weight_bits": self.weight_bits,
             "act_bits": self.act_bits,
-            "layers": copy.deepcopy(self.layers),
+            "layers": {name: spec.to_dict() for name, spec in self.layers.items()},
             "overrides": copy.deepcopy(self.overrides),
             "genie_config": copy.deepcopy(self.genie_config),
             "packing": copy.deepcopy(self.packing),
@@ -221,6 +194,20 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
 
     def get_loading_attributes(self) -> dict[str, Any]:
         return {}
+
+
+def _frozen_layers(model) -> dict[str, LayerSpec]:
+    from ..quantization import quantized_ops
+
+    ops = quantized_ops(model)
+    if not ops:
+        raise CheckpointError("The model has no Genie-quantized layers: quantize it first with "
+                              "genie_hub.quantize(model, calibration, config).")
+    not_frozen = [name for name, op in ops.items() if not op.frozen]
+    if not_frozen:
+        raise CheckpointError(f"{len(not_frozen)} quantized layer(s) are not frozen (e.g. '{not_frozen[0]}'): "
+                              "only a finished quantize() result can be saved.")
+    return {name: op.spec() for name, op in ops.items()}
 
 
 # ---- the guard that makes plain transformers (genie_hub not imported) refuse to load a Genie checkpoint -------

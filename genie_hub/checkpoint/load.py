@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import torch
 
+from ..adapters import loader_for
 from ..errors import CheckpointError, GenieError
 from .config import QUANT_METHOD, GenieQuantizationConfig
 from .safetensors_check import read_headers, weight_files
+from .validate import forbidden_keys, layer_expectations, tensor_problems
 
 
 def _read_config(directory: Path) -> dict:
@@ -31,10 +32,8 @@ def _read_config(directory: Path) -> dict:
 
 def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
     """Check a local Genie checkpoint folder without building a model: config.json parses and has a Genie
-    `quantization_config`, the weights are safetensors (never pickles), complete, and hold the packed tensors
-    of every listed layer with consistent shapes. Returns the parsed quantization config."""
-    from .packing import packed_width
-
+    `quantization_config`, the weights are safetensors (never pickles), complete, and hold the stored tensors
+    of every listed layer with the dtypes and shapes the frozen format declares. Returns the parsed config."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a folder: a Genie checkpoint is a folder with config.json and "
@@ -56,42 +55,20 @@ def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
             "checkpoint. Load FP models with genie_hub.loading.load_model.")
     config = GenieQuantizationConfig.from_dict(block)
     found = read_headers(files)
-    problems = []
-    for name, spec in config.layers.items():
-        keys = {suffix: found.get(f"{name}.{suffix}") for suffix in
-                ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "input_scale", "weight")}
-        if keys["weight"] is not None:
-            problems.append(f"'{name}.weight' is present in a quantized layer")
-        if spec["act_bits"] is not None and keys["input_scale"] is None:
-            problems.append(f"'{name}.input_scale' is missing")
-        if spec["type"] == "QuantShortcut":
-            continue
-        absent = [s for s in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape") if keys[s] is None]
-        if absent:
-            problems.append(f"layer '{name}' has no {', '.join(f'{name}.{s}' for s in absent)}")
-            continue
-        packed = keys["weight_packed"][0]
-        if packed["dtype"] != "I32" or len(packed["shape"]) != 2:
-            problems.append(f"'{name}.weight_packed' is {packed['dtype']} {packed['shape']}, expected 2-D I32")
-            continue
-        if keys["weight_zero_point"][0]["dtype"] != "U8" or keys["weight_shape"][0]["dtype"] != "I64" \
-                or len(keys["weight_shape"][0]["shape"]) != 1:
-            problems.append(f"'{name}' weight_zero_point / weight_shape are not U8 / 1-D I64")
-            continue
-        shape = _read_small(keys["weight_shape"][1], f"{name}.weight_shape")
-        rows, width = packed["shape"]
-        expected_width = packed_width(math.prod(shape[1:]), spec["weight_bits"]) if len(shape) > 1 else None
-        if not shape or shape[0] != rows or width != expected_width:
-            problems.append(f"'{name}.weight_packed' is {packed['shape']} but a {spec['weight_bits']}-bit weight of "
-                            f"shape {shape} packs to {[shape[0] if shape else '?', expected_width]}")
-        for suffix in ("weight_scale", "weight_zero_point"):
-            if keys[suffix][0]["shape"] != [rows, 1]:
-                problems.append(f"'{name}.{suffix}' has shape {keys[suffix][0]['shape']}, expected {[rows, 1]}")
+
+    def weight_shape_of(name: str) -> tuple[int, ...] | None:
+        entry = found.get(f"{name}.weight_shape")
+        if entry is None or entry[0]["dtype"] != "I64" or len(entry[0]["shape"]) != 1:
+            return None
+        return tuple(_read_small(entry[1], f"{name}.weight_shape"))
+
+    expected, problems = layer_expectations(config.layers, weight_shape_of)
+    problems += tensor_problems({key: info for key, (info, _) in found.items()}, expected,
+                                forbidden=forbidden_keys(config.layers))
     if problems:
         raise CheckpointError(
-            f"The Genie checkpoint in {directory} is inconsistent with its config.json: {'; '.join(problems[:5])}"
-            + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
-            + ". Save or download the checkpoint again.")
+            f"The Genie checkpoint in {directory} is inconsistent with its config.json: {'; '.join(problems)}. "
+            "Save or download the checkpoint again.")
     return config
 
 
@@ -113,22 +90,18 @@ def _checkpoint_error(name: str, exc: Exception) -> GenieError:
     if "safetensor" in lowered or "deserializ" in lowered or "header" in lowered or "size mismatch" in lowered:
         return CheckpointError(f"Could not load the Genie checkpoint '{name}': its weights are unreadable or do not "
                                f"match its config ({type(exc).__name__}: {first}). Save or download it again.")
-    from ..loading import _load_error
-
-    return _load_error(name, exc)
+    return loader_for(name).load_error(name, exc)
 
 
 def from_pretrained(name_or_path: str | os.PathLike, *, require_genie: bool = True, **kwargs):
     """Load a Genie checkpoint (local folder or Hub id) as a transformers image classifier, in eval mode.
 
-    Registers the "genie" quantization method, then calls
-    `AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True, dtype=float32, **kwargs)`.
+    Registers the "genie" quantization method, then loads through the model adapter (transformers:
+    `AutoModelForImageClassification.from_pretrained(name_or_path, use_safetensors=True, dtype=float32, **kwargs)`).
     Pickled weights are refused (`use_safetensors=False` raises). Local folders are checked first with
     `verify_checkpoint`. Errors: `CheckpointError` (corrupt, truncated, inconsistent, not a Genie checkpoint when
     `require_genie`), `ModelLoadError` (not found, network, auth).
     """
-    from transformers import AutoModelForImageClassification
-
     from . import register
 
     register()
@@ -145,7 +118,7 @@ def from_pretrained(name_or_path: str | os.PathLike, *, require_genie: bool = Tr
         elif not weight_files(local):
             raise CheckpointError(f"{local} has no model.safetensors; pickled weights are never loaded.")
     try:
-        model = AutoModelForImageClassification.from_pretrained(name, **kwargs)
+        model = loader_for(name).load_quantized(name, **kwargs)
     except GenieError:
         raise
     except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/HTTP errors

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import adapter_for
 from ..errors import CheckpointError
+from ..fileio import write_json
+from ..quantization import QuantizationResult, QuantizedOp, quantized_ops
 from .config import GUARD_KEY, GUARD_MESSAGE, GenieQuantizationConfig, is_guard
-from .safetensors_check import read_headers, weight_files
-
-PACKED_SUFFIXES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 
 
 def write_guard(save_directory: str | os.PathLike) -> None:
@@ -48,14 +48,10 @@ def write_guard(save_directory: str | os.PathLike) -> None:
     if is_guard(config.get(GUARD_KEY)) and config[GUARD_KEY] == GUARD_MESSAGE:
         return
     config[GUARD_KEY] = GUARD_MESSAGE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, config)
 
 
 def is_genie_quantized(model) -> bool:
-    from ..quantization.layers import QuantizedOp
-
     return any(isinstance(m, QuantizedOp) for m in model.modules())
 
 
@@ -88,47 +84,37 @@ def remove_save_guard(model) -> None:
     model.__dict__.pop("save_pretrained", None)
 
 
-def check_saved(save_directory: str | os.PathLike, config: GenieQuantizationConfig) -> dict[str, int]:
-    """Verify a saved folder: every layer's packed tensors are there, no quantized layer has a `weight`.
-    Returns {file name: size in bytes}."""
-    directory = Path(save_directory)
-    files = weight_files(directory)
-    if not files:
-        raise CheckpointError(f"No model.safetensors was written to {directory}.")
-    keys = read_headers(files)
-    problems = []
-    for name, spec in config.layers.items():
-        needed = (PACKED_SUFFIXES if spec["type"] != "QuantShortcut" else ()) + (
-            ("input_scale",) if spec["act_bits"] is not None else ())
-        problems += [f"{name}.{s} missing" for s in needed if f"{name}.{s}" not in keys]
-        if f"{name}.weight" in keys:
-            problems.append(f"{name}.weight present (an FP or integer copy of a quantized weight)")
-    if problems:
-        raise CheckpointError(f"The checkpoint written to {directory} is inconsistent: {'; '.join(problems[:5])}. "
-                              "This is a bug in genie_hub; please report it.")
-    return {f.name: f.stat().st_size for f in files}
+def bind(result: QuantizationResult) -> None:
+    """Make `result.model` a Genie checkpoint-to-be: its config carries the Genie `quantization_config`, and its
+    `save_pretrained` / `push_to_hub` write the Genie format (guard included). No-op for models without a
+    config (plain nn.Modules, which cannot be saved as transformers checkpoints anyway)."""
+    if getattr(result.model, "config", None) is None:
+        return
+    result.model.config.quantization_config = GenieQuantizationConfig.from_result(result)
+    install_save_guard(result.model)
 
 
-def save_quantized(q_model, save_directory: str | os.PathLike, processor=None, *,
+def save_quantized(quantized, save_directory: str | os.PathLike, processor=None, *,
                    max_shard_size: int | str = "10GB") -> Path:
-    """Save a model returned by `genie_hub.quantization.quantize` (or loaded from a Genie checkpoint).
+    """Save a `QuantizationResult` (or a model loaded from a Genie checkpoint) as a Genie checkpoint.
 
     Writes config.json (with `quantization_config` and the load guard), the packed `model.safetensors`
-    and, when given, the image processor. Sets `q_model.config.quantization_config`, and makes later
-    `q_model.save_pretrained(...)` calls write the same format. Returns the folder.
+    and, when given, the image processor, then verifies the folder with the same checks as loading. Later
+    `model.save_pretrained(...)` calls write the same format. Returns the folder.
     """
-    from ..quantization.layers import QuantizedOp
+    from .load import verify_checkpoint
 
+    q_model = quantized.model if isinstance(quantized, QuantizationResult) else quantized
     if not hasattr(q_model, "save_pretrained") or not hasattr(q_model, "config"):
         raise CheckpointError(f"save_quantized needs a transformers model (PreTrainedModel), got "
                               f"{type(q_model).__name__}.")
-    config = GenieQuantizationConfig.from_model(q_model)
-    stray = [name for name, m in q_model.named_modules()
-             if isinstance(m, QuantizedOp) and "weight" in dict(m.named_parameters(recurse=False))]
+    config = (GenieQuantizationConfig.from_result(quantized) if isinstance(quantized, QuantizationResult)
+              else GenieQuantizationConfig.from_model(q_model))
+    ops = quantized_ops(q_model)
+    stray = [name for name, m in ops.items() if "weight" in dict(m.named_parameters(recurse=False))]
     if stray:
         raise CheckpointError(f"Quantized layer '{stray[0]}' still holds an FP `weight`; refusing to save it.")
-    broken = [f"{name}.{buffer}" for name, m in q_model.named_modules() if isinstance(m, QuantizedOp)
-              for buffer in ("weight_scale", "input_scale")
+    broken = [f"{name}.{buffer}" for name, m in ops.items() for buffer in ("weight_scale", "input_scale")
               if hasattr(m, buffer) and not bool(torch.isfinite(getattr(m, buffer)).all())]
     if broken:
         raise CheckpointError(
@@ -140,9 +126,9 @@ def save_quantized(q_model, save_directory: str | os.PathLike, processor=None, *
         raise CheckpointError(f"Cannot save to {directory}: it is a file, not a folder.")
     directory.mkdir(parents=True, exist_ok=True)
     q_model.config.quantization_config = config
-    _class_save_pretrained(q_model)(directory, max_shard_size=max_shard_size)
+    adapter_for(q_model).save(q_model, directory, max_shard_size=max_shard_size)
     write_guard(directory)
-    check_saved(directory, config)
+    verify_checkpoint(directory)
     if processor is not None:
         processor.save_pretrained(directory)
     install_save_guard(q_model)

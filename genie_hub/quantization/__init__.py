@@ -1,57 +1,72 @@
-"""Genie-M: post-training quantization with jointly learned step sizes and rounding, block by block."""
+"""Genie-M: post-training quantization with jointly learned step sizes and rounding, block by block.
+
+`quantize(model, calibration, config)` returns a `QuantizationResult`: the fake-quantized copy of the model
+(every op frozen), the `LayerSpec` of each quantized op, the reconstruction units and a report per unit.
+The frozen format of an op is defined in `format.py`; saving and loading it is `genie_hub.checkpoint`'s job.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..checkpoint.save import install_save_guard
+from ..calibration import Calibration
 from ..config import GenieConfig
-from ..utils import model_fingerprint
+from ..reproducibility import model_fingerprint
 from .blocks import Unit, discover_units
+from .format import LayerSpec, StoredTensor, stored_tensors
 from .layers import QUANTIZED_TYPES, QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .prepare import prepare_model, quantized_ops, resolve_bits
 from .quantizers import ActQuantizer, WeightQuantizer
 from .reconstruction import ReconstructionState, UnitReport, reconstruct
 
 
-def quantize(model: nn.Module, calibration: torch.Tensor, config: GenieConfig | None = None, *,
+@dataclass
+class QuantizationResult:
+    """What Genie-M produced: the quantized model and how it got there."""
+
+    model: nn.Module
+    layers: dict[str, LayerSpec]  # every quantized op, in execution order
+    units: list[Unit]
+    report: list[UnitReport]
+    config: GenieConfig
+
+
+def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: GenieConfig | None = None, *,
              accelerator=None, state_path: str | Path | None = None, range_init: str = "lp",
-             progress: bool = True) -> nn.Module:
-    """Return a fake-quantized copy of `model`, calibrated on `calibration` (synthetic or real pixel values).
+             progress: bool = True) -> QuantizationResult:
+    """Quantize a copy of `model`, calibrated on `calibration` (synthetic or real pixel values).
 
     `range_init="minmax"` with `reconstruction_steps=0` gives the plain round-to-nearest baseline.
     With `state_path`, finished units are saved there and an interrupted call resumes after them.
-    The copy carries `genie_layers` (bits per op), `genie_units` and `genie_report` (errors per unit).
     """
     config = config or GenieConfig()
+    pixel_values = calibration.pixel_values if isinstance(calibration, Calibration) else calibration
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     model = model.to(device).eval()
-    calibration = calibration.to(device)
-    q_model, units, layer_bits = prepare_model(model, config, calibration[:2], range_init)
+    pixel_values = pixel_values.to(device)
+    q_model, units, op_names = prepare_model(model, config, pixel_values[:2], range_init)
     fingerprint = {"config": {k: v for k, v in config.to_dict().items() if k != "mixed_precision"},
                    "range_init": range_init, "model": model_fingerprint(model),
-                   "calibration": [list(calibration.shape), float(calibration.double().sum()),
-                                   float(calibration.double().abs().sum())]}
+                   "calibration": [list(pixel_values.shape), float(pixel_values.double().sum()),
+                                   float(pixel_values.double().abs().sum())]}
     state = ReconstructionState(state_path, json.loads(json.dumps(fingerprint)))
-    reports = reconstruct(model, q_model, units, calibration, config, device=device, autocast=autocast,
+    reports = reconstruct(model, q_model, units, pixel_values, config, device=device, autocast=autocast,
                           state=state, progress=progress)
-    for name, op in quantized_ops(q_model).items():
+    ops = quantized_ops(q_model)
+    for op in ops.values():
         op.freeze()  # ops outside every unit (none expected) still end frozen
-        layer_bits[name]["act_signed"] = op.act_signed
-    q_model.genie_layers = layer_bits
-    q_model.genie_units = [u.to_dict() for u in units]
-    q_model.genie_report = reports
-    q_model.genie_config = config
-    install_save_guard(q_model)  # a plain save_pretrained() then writes the same guarded format as save_quantized
-    return q_model
+    return QuantizationResult(model=q_model, layers={name: ops[name].spec() for name in op_names}, units=units,
+                              report=reports, config=config)
 
 
-__all__ = ["ActQuantizer", "QUANTIZED_TYPES", "QuantConv2d", "QuantLinear", "QuantShortcut", "QuantizedOp",
-           "ReconstructionState", "Unit", "UnitReport", "WeightQuantizer", "discover_units", "prepare_model",
-           "quantize", "quantized_ops", "reconstruct", "resolve_bits"]
+__all__ = ["ActQuantizer", "LayerSpec", "QUANTIZED_TYPES", "QuantConv2d", "QuantLinear", "QuantShortcut",
+           "QuantizationResult", "QuantizedOp", "ReconstructionState", "StoredTensor", "Unit", "UnitReport",
+           "WeightQuantizer", "discover_units", "prepare_model", "quantize", "quantized_ops", "reconstruct",
+           "resolve_bits", "stored_tensors"]

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..utils import model_logits
+from ..adapters import model_logits
+from ..hooks import TemporaryHooks
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -92,7 +93,6 @@ def discover_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
                   if name and not isinstance(module, QUANTIZABLE) and len(ops_under(name)) >= 2}
     records: dict[str, dict] = {}
     order: list[str] = []
-    handles = []
 
     def pre_hook(name):
         def hook(module, args, kwargs):
@@ -113,21 +113,19 @@ def discover_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
             order.append(name)
         return hook
 
-    for name, module in candidates.items():
-        handles.append(module.register_forward_pre_hook(pre_hook(name), with_kwargs=True))
-        handles.append(module.register_forward_hook(post_hook(name), with_kwargs=True))
-    for name in op_names:
-        handles.append(model.get_submodule(name).register_forward_pre_hook(op_hook(name)))
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
+        with TemporaryHooks() as hooks, torch.enable_grad():
+            for name, module in candidates.items():
+                hooks.pre(module, pre_hook(name), with_kwargs=True)
+                hooks.post(module, post_hook(name), with_kwargs=True)
+            for name in op_names:
+                hooks.pre(model.get_submodule(name), op_hook(name))
             x = example_input.detach().clone().requires_grad_(True) * 1.0
             model_logits(model, x)
     finally:
         model.train(was_training)
-        for handle in handles:
-            handle.remove()
 
     executed = [n for i, n in enumerate(order) if n not in order[:i]]
     position = {n: i for i, n in enumerate(executed)}

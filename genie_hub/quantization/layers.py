@@ -3,10 +3,11 @@
 Each op has two states:
 - *reconstruction*: a `WeightQuantizer` (learned step + soft rounding) and an `ActQuantizer` at its input,
   both trainable; built from the FP module with `from_float`.
-- *frozen*: integer codes packed into int32 plus per-channel scale and zero point, and a fixed input scale.
-  This is exactly what a checkpoint stores (compressed-tensors names: `weight_packed`, `weight_scale`,
-  `weight_zero_point`, `weight_shape`, `input_scale`), so a quantized model in memory and the same model
-  reloaded run the same code on the same numbers.
+- *frozen*: exactly the tensors `format.stored_tensors` declares (integer codes packed into int32, per-channel
+  scale and zero point, a fixed input scale), which is also what a checkpoint stores; `to_frozen()` returns
+  them, `load_frozen()` restores them (resume), `from_frozen()` builds an empty frozen op next to an FP
+  module (loading). A quantized model in memory and the same model reloaded run the same code on the same
+  numbers.
 Fake quantization: the forward dequantizes and runs FP kernels (no integer speed-up).
 """
 
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..checkpoint.packing import pack_codes, packed_width, unpack_codes
+from .format import LayerSpec, frozen_value_problems, stored_tensors
+from .packing import pack_codes, unpack_codes
 from .quantizers import ActQuantizer, WeightQuantizer, act_range_bounds
 
 
@@ -26,6 +28,7 @@ class QuantizedOp(nn.Module):
     """Shared machinery: input quantization and the frozen packed-weight representation."""
 
     has_weight = True
+    float_type: type[nn.Module] = nn.Module  # the FP module type this op replaces
 
     def __init__(self, weight_bits: int | None, act_bits: int | None, act_signed: bool | None = None,
                  weight_shape: tuple[int, ...] | None = None):
@@ -39,6 +42,23 @@ class QuantizedOp(nn.Module):
         self.frozen = False
         self._weight_cache: tuple | None = None
 
+    # ---- construction ------------------------------------------------------------------------------------
+    @classmethod
+    def like(cls, module: nn.Module, spec: LayerSpec) -> "QuantizedOp":
+        """An op with the geometry of the FP `module` and the bits of `spec`, in neither state yet."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_frozen(cls, module: nn.Module, spec: LayerSpec) -> "QuantizedOp":
+        """A frozen op with empty stored tensors (on the FP module's device, e.g. meta before loading), sharing
+        the FP module's bias parameter."""
+        op = cls.like(module, spec)
+        if getattr(module, "bias", None) is not None:
+            op.bias = module.bias
+        weight = getattr(module, "weight", None)
+        op._allocate_frozen(device=weight.device if weight is not None else None)
+        return op
+
     def _take_float(self, module: nn.Module, weight_bits: int, input_quantizer: ActQuantizer | None,
                     method: str) -> "QuantizedOp":
         """Enter the reconstruction state from an FP Conv2d/Linear: FP bias, trainable weight quantizer."""
@@ -50,20 +70,25 @@ class QuantizedOp(nn.Module):
         return self
 
     # ---- frozen representation -------------------------------------------------------------------------
+    def spec(self) -> LayerSpec:
+        return LayerSpec(type(self).__name__, self.weight_bits, self.act_bits, self.act_signed)
+
+    def stored_tensors(self):
+        return stored_tensors(self.spec(), self.weight_shape_tuple)
+
     def _allocate_frozen(self, device=None) -> None:
-        """Create the frozen buffers (empty), e.g. on the meta device before a checkpoint is loaded."""
-        if self.has_weight:
-            rows = self.weight_shape_tuple[0]
-            per_row = math.prod(self.weight_shape_tuple[1:])
-            self.register_buffer("weight_packed", torch.zeros(rows, packed_width(per_row, self.weight_bits),
-                                                              dtype=torch.int32, device=device))
-            self.register_buffer("weight_scale", torch.ones(rows, 1, device=device))
-            self.register_buffer("weight_zero_point", torch.zeros(rows, 1, dtype=torch.uint8, device=device))
-            self.register_buffer("weight_shape", torch.tensor(self.weight_shape_tuple, dtype=torch.int64,
-                                                              device=device))
-        if self.act_bits is not None:
-            self.register_buffer("input_scale", torch.ones((), device=device))
+        """Register the frozen buffers that `format.stored_tensors` declares (zeros; `weight_shape` filled in)."""
+        for suffix, stored in self.stored_tensors().items():
+            tensor = torch.zeros(stored.shape, dtype=stored.dtype, device=device)
+            if suffix == "weight_shape":
+                tensor = torch.tensor(self.weight_shape_tuple, dtype=stored.dtype, device=device)
+            elif suffix in ("weight_scale", "input_scale"):
+                tensor = torch.ones(stored.shape, dtype=stored.dtype, device=device)
+            self.register_buffer(suffix, tensor)
+        self.weight_quantizer = None
+        self.input_quantizer = None
         self.frozen = True
+        self._weight_cache = None
 
     @torch.no_grad()
     def freeze(self) -> None:
@@ -71,16 +96,33 @@ class QuantizedOp(nn.Module):
         if self.frozen:
             return
         wq, aq = self.weight_quantizer, self.input_quantizer
+        if self.act_bits is not None:
+            self.act_signed = bool(aq.signed)
         self._allocate_frozen(device=(wq.step.device if wq is not None else aq.step.device))
         if self.has_weight:
             self.weight_packed.copy_(pack_codes(wq.codes().to(torch.int64), self.weight_bits))
             self.weight_scale.copy_(wq.positive_step().detach())
             self.weight_zero_point.copy_(wq.zero_point.to(torch.uint8))
         if self.act_bits is not None:
-            self.act_signed = bool(aq.signed)
             self.input_scale.copy_(aq.positive_step().detach().reshape(()))
-        self.weight_quantizer = None
-        self.input_quantizer = None
+
+    def to_frozen(self) -> dict[str, torch.Tensor]:
+        """The stored tensors of a frozen op, by suffix (what a checkpoint and the resume state hold)."""
+        if not self.frozen:
+            raise RuntimeError("to_frozen() needs a frozen op: call freeze() first.")
+        return {suffix: getattr(self, suffix) for suffix in self.stored_tensors()}
+
+    @torch.no_grad()
+    def load_frozen(self, tensors: dict[str, torch.Tensor], act_signed: bool | None, device=None) -> None:
+        """Enter the frozen state with stored tensors (`to_frozen()` of an earlier run): resuming."""
+        self.act_signed = act_signed
+        self._allocate_frozen(device=device)
+        for suffix, tensor in tensors.items():
+            getattr(self, suffix).copy_(tensor)
+
+    def frozen_problems(self, name: str) -> list[str]:
+        """Values `freeze()` can never produce (after loading a checkpoint), as messages."""
+        return frozen_value_problems(name, self.spec(), self.weight_shape_tuple, self.to_frozen())
 
     def integer_codes(self) -> torch.Tensor:
         """The unpacked integer weight codes, [out, in*kh*kw]."""
@@ -111,16 +153,14 @@ class QuantizedOp(nn.Module):
         self._weight_cache = None
         return super()._apply(fn, recurse)
 
-    def layer_bits(self) -> dict:
-        return {"type": type(self).__name__, "weight_bits": self.weight_bits, "act_bits": self.act_bits,
-                "act_signed": self.act_signed}
-
     def extra_repr(self) -> str:
         return f"weight_bits={self.weight_bits}, act_bits={self.act_bits}, act_signed={self.act_signed}, " \
                f"frozen={self.frozen}"
 
 
 class QuantConv2d(QuantizedOp):
+    float_type = nn.Conv2d
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", *, weight_bits: int,
                  act_bits: int | None, act_signed: bool | None = None):
@@ -134,11 +174,15 @@ class QuantConv2d(QuantizedOp):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     @classmethod
+    def like(cls, conv: nn.Conv2d, spec: LayerSpec) -> "QuantConv2d":
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                   conv.groups, conv.bias is not None, conv.padding_mode, weight_bits=spec.weight_bits,
+                   act_bits=spec.act_bits, act_signed=spec.act_signed)
+
+    @classmethod
     def from_float(cls, conv: nn.Conv2d, weight_bits: int, input_quantizer: ActQuantizer | None,
                    method: str = "lp") -> "QuantConv2d":
-        op = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                 conv.groups, conv.bias is not None, conv.padding_mode, weight_bits=weight_bits,
-                 act_bits=input_quantizer.bits if input_quantizer is not None else None)
+        op = cls.like(conv, LayerSpec("QuantConv2d", weight_bits, input_quantizer.bits if input_quantizer is not None else None))
         return op._take_float(conv, weight_bits, input_quantizer, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,6 +207,8 @@ class QuantConv2d(QuantizedOp):
 
 
 class QuantLinear(QuantizedOp):
+    float_type = nn.Linear
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, weight_bits: int,
                  act_bits: int | None, act_signed: bool | None = None):
         super().__init__(weight_bits, act_bits, act_signed, (out_features, in_features))
@@ -170,10 +216,14 @@ class QuantLinear(QuantizedOp):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
+    def like(cls, linear: nn.Linear, spec: LayerSpec) -> "QuantLinear":
+        return cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits=spec.weight_bits,
+                   act_bits=spec.act_bits, act_signed=spec.act_signed)
+
+    @classmethod
     def from_float(cls, linear: nn.Linear, weight_bits: int, input_quantizer: ActQuantizer | None,
                    method: str = "lp") -> "QuantLinear":
-        op = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits=weight_bits,
-                 act_bits=input_quantizer.bits if input_quantizer is not None else None)
+        op = cls.like(linear, LayerSpec("QuantLinear", weight_bits, input_quantizer.bits if input_quantizer is not None else None))
         return op._take_float(linear, weight_bits, input_quantizer, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,13 +245,18 @@ class QuantShortcut(QuantizedOp):
     """The parameter-free residual shortcut (an `nn.Identity`): quantizes its input, nothing else."""
 
     has_weight = False
+    float_type = nn.Identity
 
     def __init__(self, *, act_bits: int, act_signed: bool | None = None, weight_bits: None = None):
         super().__init__(None, act_bits, act_signed)
 
     @classmethod
+    def like(cls, identity: nn.Module, spec: LayerSpec) -> "QuantShortcut":
+        return cls(act_bits=spec.act_bits, act_signed=spec.act_signed)
+
+    @classmethod
     def from_float(cls, identity: nn.Module, input_quantizer: ActQuantizer) -> "QuantShortcut":
-        op = cls(act_bits=input_quantizer.bits)
+        op = cls.like(identity, LayerSpec("QuantShortcut", None, input_quantizer.bits))
         op.input_quantizer = input_quantizer
         return op
 
@@ -211,8 +266,6 @@ class QuantShortcut(QuantizedOp):
     def to_float(self) -> nn.Identity:
         return nn.Identity()
 
-    def layer_bits(self) -> dict:
-        return {**super().layer_bits(), "weight_bits": None}
 
-
-QUANTIZED_TYPES = {"QuantConv2d": QuantConv2d, "QuantLinear": QuantLinear, "QuantShortcut": QuantShortcut}
+QUANTIZED_TYPES: dict[str, type[QuantizedOp]] = {cls.__name__: cls for cls in (QuantConv2d, QuantLinear, QuantShortcut)}
+"""Op classes by `LayerSpec.type`; a new quantized layer type is one class here plus its name in format.LAYER_TYPES."""

@@ -9,13 +9,15 @@ conv is a residual shortcut: it gets wrapped too and shares that conv's input qu
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 
 import torch
 from torch import nn
 
-from ..config import GenieConfig
-from ..utils import model_logits
+from ..adapters import model_logits
+from ..config import GenieConfig, LayerBits
+from ..hooks import TemporaryHooks
 from .blocks import QUANTIZABLE, Unit, discover_units
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .quantizers import ActQuantizer
@@ -25,7 +27,6 @@ def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[st
     """Execution order of Conv2d/Linear/Identity modules and the tensor object each one read."""
     order: list[str] = []
     inputs: dict[str, torch.Tensor] = {}
-    handles = []
 
     def hook(name):
         def record(module, args):
@@ -34,37 +35,33 @@ def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[st
                 inputs[name] = args[0]
         return record
 
-    for name, module in model.named_modules():
-        if isinstance(module, (*QUANTIZABLE, nn.Identity)):
-            handles.append(module.register_forward_pre_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            model_logits(model, example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with TemporaryHooks() as hooks, torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, (*QUANTIZABLE, nn.Identity)):
+                hooks.pre(module, hook(name))
+        model_logits(model, example_input)
     return order, inputs
 
 
-def resolve_bits(op_order: list[str], config: GenieConfig) -> dict[str, dict[str, int | None]]:
+def resolve_bits(op_order: list[str], config: GenieConfig) -> dict[str, LayerBits]:
     """Bits per Conv2d/Linear op name, after the standard exceptions and the user's overrides."""
-    bits = {name: {"weight": config.weight_bits, "act": config.act_bits} for name in op_order}
+    bits = {name: LayerBits(weight=config.weight_bits, act=config.act_bits) for name in op_order}
     if op_order:
-        bits[op_order[0]] = config.first_layer.to_dict()
+        bits[op_order[0]] = config.first_layer
     if len(op_order) > 1:
-        bits[op_order[1]]["act"] = config.second_layer_act_bits
+        bits[op_order[1]] = dataclasses.replace(bits[op_order[1]], act=config.second_layer_act_bits)
     if len(op_order) > 2:
-        bits[op_order[-1]] = config.last_layer.to_dict()
+        bits[op_order[-1]] = config.last_layer
     for name in op_order:
         for pattern, override in config.overrides.items():
             if fnmatch.fnmatchcase(name, pattern):
-                bits[name] = {**bits[name], **override}
+                bits[name] = dataclasses.replace(bits[name], **override)
     return bits
 
 
 def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Tensor,
-                  range_init: str = "lp") -> tuple[nn.Module, list[Unit], dict[str, dict]]:
-    """Return (quantizable copy of `model`, reconstruction units, bits per quantized op)."""
+                  range_init: str = "lp") -> tuple[nn.Module, list[Unit], list[str]]:
+    """Return (quantizable copy of `model`, reconstruction units, quantized op names in execution order)."""
     fp_model = model.eval()
     units = discover_units(fp_model, example_input)
     order, inputs = trace_inputs(fp_model, example_input)
@@ -77,9 +74,9 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
     shortcuts = {}
     for name in order:
         if isinstance(fp_model.get_submodule(name), nn.Identity):
-            sharers = [n for n in readers[id(inputs[name])] if n in bits and bits[n]["act"] is not None]
+            sharers = [n for n in readers[id(inputs[name])] if n in bits and bits[n].act is not None]
             if sharers:
-                act = bits[sharers[0]]["act"]
+                act = bits[sharers[0]].act
                 for pattern, override in config.overrides.items():
                     if fnmatch.fnmatchcase(name, pattern) and "act" in override:
                         act = override["act"]
@@ -99,22 +96,22 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
             quantizers[key] = ActQuantizer(act_bits, method=range_init).to(example_input.device)
         return quantizers[key]
 
-    layer_bits: dict[str, dict] = {}
+    quantized: list[str] = []
     for name in order:
         module = q_model.get_submodule(name)
         if name in bits:
-            quantizer = input_quantizer(name, bits[name]["act"])
+            quantizer = input_quantizer(name, bits[name].act)
             cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-            new = cls.from_float(module, bits[name]["weight"], quantizer, method=range_init)
+            new = cls.from_float(module, bits[name].weight, quantizer, method=range_init)
         elif name in shortcuts:
             new = QuantShortcut.from_float(module, input_quantizer(name, shortcuts[name]))
         else:
             continue
         q_model.set_submodule(name, new)
-        layer_bits[name] = {"type": type(new).__name__, "weight_bits": new.weight_bits, "act_bits": new.act_bits}
+        quantized.append(name)
     for unit in units:
-        unit.ops = [n for n in layer_bits if n in unit.ops or (n in shortcuts and n.startswith(unit.name + "."))]
-    return q_model, units, layer_bits
+        unit.ops = [n for n in quantized if n in unit.ops or (n in shortcuts and n.startswith(unit.name + "."))]
+    return q_model, units, quantized
 
 
 def quantized_ops(model: nn.Module, prefix: str = "") -> dict[str, QuantizedOp]:

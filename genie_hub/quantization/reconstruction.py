@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +19,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..adapters import model_logits
 from ..config import GenieConfig
 from ..errors import ConfigError, ReconstructionDivergedError
-from ..utils import atomic_save_safetensors, batch_seed, model_logits, seed_everything
+from ..fileio import save_safetensors
+from ..hooks import TemporaryHooks
+from ..optimization import optimize
+from ..reproducibility import RECONSTRUCTION_SEED_OFFSET, batch_seed, seed_everything
 from .blocks import Unit, _first_tensor
 from .layers import QuantizedOp
 from .quantizers import ActQuantizer
@@ -38,6 +41,8 @@ class _StopForward(Exception):
 
 @dataclass
 class UnitReport:
+    """How one unit went: its output error with round-to-nearest weights and after reconstruction."""
+
     name: str
     kind: str
     num_ops: int
@@ -65,19 +70,16 @@ def capture(model: nn.Module, module_name: str, data: torch.Tensor, batch_size: 
         outputs.append(_first_tensor(output).detach().float())
         raise _StopForward
 
-    handles = [module.register_forward_pre_hook(pre_hook, with_kwargs=True)]
-    if with_output:
-        handles.append(module.register_forward_hook(post_hook, with_kwargs=True))
-    try:
+    with TemporaryHooks() as hooks:
+        hooks.pre(module, pre_hook, with_kwargs=True)
+        if with_output:
+            hooks.post(module, post_hook, with_kwargs=True)
         for chunk in data.split(batch_size):
             try:
                 with autocast():
                     model_logits(model, chunk.to(device))
             except _StopForward:
                 pass
-    finally:
-        for handle in handles:
-            handle.remove()
     return (torch.cat(inputs), torch.cat(outputs) if with_output else None,
             extra.get("args", ()), extra.get("kwargs", {}))
 
@@ -134,34 +136,29 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
             aq.qdrop_prob = config.qdrop_prob
         warmup = int(config.warmup * steps)
         count, batch = len(x_fp), min(config.reconstruction_batch_size, len(x_fp))
-        bar = tqdm(range(steps), desc=f"reconstruct {name}", disable=not progress, leave=False, dynamic_ncols=True)
+
+        def unit_loss(step: int) -> torch.Tensor:
+            idx = torch.randperm(count, device=x_fp.device)[:batch]
+            xq, xf = x_q[idx], x_fp[idx]
+            mixed = torch.where(torch.rand_like(xq) < config.qdrop_prob, xq, xf)  # QDrop on the unit's input
+            with autocast():
+                out = _unit_forward(unit, mixed, args, kwargs)
+            loss = (out - y_fp[idx]).pow(2).sum(1).mean()
+            if step >= warmup and weight_quantizers:
+                progress_frac = (step - warmup) / max(1, steps - warmup)
+                beta = config.beta_start + (config.beta_end - config.beta_start) * progress_frac
+                loss = loss + config.rounding_weight * sum(wq.rounding_regularizer(beta) for wq in weight_quantizers)
+            return loss
+
+        def diverged(step: int, value: float) -> ReconstructionDivergedError:
+            return ReconstructionDivergedError(
+                f"Reconstruction of unit '{name}' diverged: the loss became {value} by step {step}. "
+                "Units finished before it are saved; rerun the same command to resume from this unit "
+                "(try --mixed-precision no, or fewer bits for this module via overrides).")
+
         try:
-            for step in bar:
-                idx = torch.randperm(count, device=x_fp.device)[:batch]
-                xq, xf = x_q[idx], x_fp[idx]
-                mixed = torch.where(torch.rand_like(xq) < config.qdrop_prob, xq, xf)
-                with autocast():
-                    out = _unit_forward(unit, mixed, args, kwargs)
-                rec_loss = (out - y_fp[idx]).pow(2).sum(1).mean()
-                loss = rec_loss
-                if step >= warmup and weight_quantizers:
-                    progress_frac = (step - warmup) / max(1, steps - warmup)
-                    beta = config.beta_start + (config.beta_end - config.beta_start) * progress_frac
-                    loss = loss + config.rounding_weight * sum(wq.rounding_regularizer(beta) for wq in weight_quantizers)
-                if not math.isfinite(loss.item()):
-                    raise ReconstructionDivergedError(
-                        f"Reconstruction of unit '{name}' diverged: the loss became {loss.item()} at step {step}. "
-                        "Units finished before it are saved; rerun the same command to resume from this unit "
-                        "(try --mixed-precision no, or fewer bits for this module via overrides).")
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                loss.backward()
-                for opt in optimizers:
-                    opt.step()
-                for sched in schedulers:
-                    sched.step()
-                if step % 50 == 0:
-                    bar.set_postfix(rec=f"{rec_loss.item():.4g}")
+            optimize(steps, unit_loss, optimizers, schedulers, on_diverged=diverged, check_every=50,
+                     desc=f"reconstruct {name}", progress=progress)
         finally:
             for aq in act_quantizers:
                 aq.qdrop_prob = 0.0
@@ -202,24 +199,23 @@ class ReconstructionState:
 
     def restore(self, ops: dict[str, QuantizedOp], device) -> None:
         for name, op in ops.items():
-            op.weight_quantizer = None
-            op.input_quantizer = None
-            op._allocate_frozen(device=device)
-            op.act_signed = self.signed.get(name)
-            for key in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "input_scale"):
-                if hasattr(op, key) and f"{name}.{key}" in self.tensors:
-                    getattr(op, key).copy_(self.tensors[f"{name}.{key}"])
+            keys = {suffix: f"{name}.{suffix}" for suffix in op.stored_tensors()}
+            missing = [key for key in keys.values() if key not in self.tensors]
+            if missing:
+                raise ConfigError(f"{self.path} is incomplete ({missing[0]} is missing). Delete it to start the "
+                                  "reconstruction over.")
+            op.load_frozen({suffix: self.tensors[key] for suffix, key in keys.items()}, self.signed.get(name),
+                           device=device)
 
     def record(self, report: UnitReport, ops: dict[str, QuantizedOp]) -> None:
         self.finished.append(asdict(report))
         for name, op in ops.items():
             self.signed[name] = op.act_signed
-            for key, tensor in op.state_dict().items():
-                if key != "bias":
-                    self.tensors[f"{name}.{key}"] = tensor
+            for suffix, tensor in op.to_frozen().items():
+                self.tensors[f"{name}.{suffix}"] = tensor
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_save_safetensors(self.tensors, self.path, {
+            save_safetensors(self.tensors, self.path, {
                 "fingerprint": json.dumps(self.fingerprint, sort_keys=True),
                 "finished": json.dumps(self.finished), "signed": json.dumps(self.signed)})
 
@@ -242,7 +238,7 @@ def reconstruct(fp_model: nn.Module, q_model: nn.Module, units: list[Unit], cali
             reports.append(UnitReport(**{**finished, "resumed": True}))
             continue
         started = time.perf_counter()
-        seed_everything(batch_seed(config.seed, 1_000_000 + index))
+        seed_everything(batch_seed(config.seed, RECONSTRUCTION_SEED_OFFSET + index))
         x_fp, y_fp, args, kwargs = capture(fp_model, unit.name, calibration, batch, device, True, autocast)
         x_q, _, q_args, q_kwargs = capture(q_model, unit.name, calibration, batch, device, False, autocast)
         error_rtn, error_final = reconstruct_unit(

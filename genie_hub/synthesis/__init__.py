@@ -1,9 +1,17 @@
-"""Genie-D: zero-shot calibration data distilled from a model's BatchNorm statistics."""
+"""Genie-D: zero-shot calibration data distilled from the model itself.
 
-from .bn_stats import batchnorm_layers, bn_statistics_loss, measure_bn_loss, require_batchnorm
-from .generator import Generator
+`synthesize(model, config)` -> `Calibration`. Priors (what the images must satisfy) are registered in
+`prior.py`: "bn-statistics" (`bn_stats.py`) is Genie's. Image parameterizations are in `generator.py`.
+"""
+
+from .bn_stats import BatchNormPrior, batchnorm_layers, bn_statistics_loss, measure_bn_loss, require_batchnorm
+from .generator import DirectPixels, Generator, image_source
 from .loop import ShardStore, synthesize, synthesize_batch
+from .prior import SynthesisPrior, prior_names, register_prior, select_prior
 from .swing import swing_convolutions
 
-__all__ = ["Generator", "ShardStore", "batchnorm_layers", "bn_statistics_loss", "measure_bn_loss",
-           "require_batchnorm", "swing_convolutions", "synthesize", "synthesize_batch"]
+register_prior(BatchNormPrior)
+
+__all__ = ["BatchNormPrior", "DirectPixels", "Generator", "ShardStore", "SynthesisPrior", "batchnorm_layers",
+           "bn_statistics_loss", "image_source", "measure_bn_loss", "prior_names", "register_prior",
+           "require_batchnorm", "select_prior", "swing_convolutions", "synthesize", "synthesize_batch"]

@@ -12,8 +12,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import NoBatchNormError
-from ..utils import model_logits
+from ..hooks import TemporaryHooks
+from .prior import SynthesisPrior, no_prior_error
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -22,14 +22,10 @@ def batchnorm_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 def require_batchnorm(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """The model's BatchNorm layers; `NoBatchNormError` (pointing to few-shot mode) when there are none."""
     layers = batchnorm_layers(model)
     if not layers:
-        name = type(model).__name__
-        raise NoBatchNormError(
-            f"{name} has no BatchNorm2d layers with running statistics, so zero-shot synthesis has nothing to "
-            "match (Genie-D distils images from BatchNorm statistics; models such as ViT, ConvNeXt or Swin use "
-            "LayerNorm). Use few-shot mode instead and calibrate on real images: "
-            "`genie_hub quantize MODEL --few-shot DATASET` or `quantize(model, calibration_images, config)`.")
+        raise no_prior_error(model)
     return layers
 
 
@@ -50,36 +46,31 @@ def input_prior_loss(images: torch.Tensor) -> torch.Tensor:
     return (mean.pow(2).sum() + (std - 1).pow(2).sum()) / images.shape[0]
 
 
-class BNStatisticsLoss:
-    """Collects `bn_statistics_loss` over all BN layers during one forward pass."""
+class BatchNormPrior(SynthesisPrior):
+    """Genie-D's prior: the input statistics of every BatchNorm2d match its running statistics."""
 
-    def __init__(self, layers: list[nn.BatchNorm2d]):
-        self.layers = layers
-        self.terms: list[torch.Tensor] = []
+    name = "bn-statistics"
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.layers = batchnorm_layers(model)
+
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> bool:
+        return bool(batchnorm_layers(model))
 
     @contextlib.contextmanager
-    def attached(self) -> Iterator["BNStatisticsLoss"]:
+    def attached(self) -> Iterator["BatchNormPrior"]:
         def hook(module: nn.BatchNorm2d, args: tuple) -> None:
             self.terms.append(bn_statistics_loss(args[0], module))
 
-        handles = [bn.register_forward_pre_hook(hook) for bn in self.layers]
-        try:
+        with TemporaryHooks() as hooks:
+            for bn in self.layers:
+                hooks.pre(bn, hook)
             yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def pop(self) -> torch.Tensor:
-        """Sum of the terms collected since the last call."""
-        total = torch.stack(self.terms).sum() if self.terms else torch.zeros(())
-        self.terms = []
-        return total
 
 
-@torch.no_grad()
 def measure_bn_loss(model: nn.Module, images: torch.Tensor) -> float:
-    """The BN-statistics loss (without the prior) of a batch of images, for diagnostics and tests."""
-    collector = BNStatisticsLoss(require_batchnorm(model))
-    with collector.attached():
-        model_logits(model, images)
-    return float(collector.pop())
+    """The BN-statistics loss (without the image prior) of a batch of images, for diagnostics and tests."""
+    require_batchnorm(model)
+    return BatchNormPrior(model).measure(images)

@@ -1,8 +1,15 @@
-"""The Genie-D generator: maps latent vectors to images in the model's normalized input space."""
+"""How synthetic images are parameterized: Genie-D's generator + latents, or the pixels themselves.
+
+`image_source(method, ...)` returns what the synthesis loop optimizes; `method` is `GenieConfig.synthesis_method`:
+- "genie": a fresh `Generator` and fresh latents per batch, optimized together (shared generator weights tie
+  the images of a batch together), with swing convolution;
+- "pixels": the ZeroQ-style baseline: the pixels are the variables, no generator, no swing.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,3 +43,42 @@ class Generator(nn.Module):
         x = F.leaky_relu(self.bn1(self.conv1(x)), 0.2)
         x = F.interpolate(x, size=self.size, mode="nearest")
         return self.bn_out(torch.tanh(self.conv2(x)))
+
+
+class DirectPixels(nn.Module):
+    """The ZeroQ-style baseline's 'generator': the images themselves are the parameters."""
+
+    def __init__(self, batch_size: int, channels: int, height: int, width: int):
+        super().__init__()
+        self.pixels = nn.Parameter(torch.randn(batch_size, channels, height, width))
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.pixels
+
+
+@dataclass
+class ImageSource:
+    """`images = generator(latents)`; `per_image` and `shared` are the parameters optimized at the latent and
+    generator learning rates; `swing` says whether strided convolutions swing during synthesis."""
+
+    generator: nn.Module
+    latents: torch.Tensor
+    per_image: list[torch.Tensor]
+    shared: list[torch.Tensor]
+    swing: bool
+
+
+SYNTHESIS_METHODS = ("genie", "pixels")
+
+
+def image_source(method: str, batch_size: int, channels: int, height: int, width: int, latent_dim: int,
+                 device: torch.device | str = "cpu") -> ImageSource:
+    """Fresh parameters for one synthesis batch (drawn from torch's global RNG, seeded per batch)."""
+    if method == "pixels":
+        pixels = DirectPixels(batch_size, channels, height, width).to(device)
+        return ImageSource(pixels, torch.zeros(batch_size, 1, device=device), [pixels.pixels], [], swing=False)
+    if method == "genie":
+        generator = Generator(latent_dim, channels, height, width).to(device).train()
+        latents = torch.randn(batch_size, latent_dim, device=device).requires_grad_(True)
+        return ImageSource(generator, latents, [latents], list(generator.parameters()), swing=True)
+    raise ValueError(f"unknown synthesis method {method!r}; expected one of {SYNTHESIS_METHODS}")

@@ -1,9 +1,9 @@
 """Genie-D: synthesize calibration images batch by batch, across accelerate processes, resumably.
 
-Each batch gets a fresh generator and fresh latents, both optimized so that the frozen model's BatchNorm
-input statistics match its running statistics. Batches are seeded from (seed, batch index) and written to
-disk as soon as they finish: a killed run skips them on restart, and any number of processes produces the
-same images.
+Each batch gets fresh image parameters (a generator and latents, see `generator.py`), optimized so that the
+frozen model's prior loss (BatchNorm statistics by default, see `prior.py`) is small. Batches are seeded
+from (seed, batch index) and written to disk as soon as they finish: a killed run skips them on restart,
+and any number of processes produces the same images.
 """
 
 from __future__ import annotations
@@ -11,20 +11,23 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..adapters import InputSpec, model_logits
+from ..calibration import BatchStats, Calibration
 from ..config import GenieConfig
 from ..errors import ConfigError, GenieError
-from ..loading import InputSpec, input_spec
-from ..utils import atomic_save_safetensors, batch_seed, model_fingerprint, model_logits, seed_everything
-from .bn_stats import BNStatisticsLoss, input_prior_loss, measure_bn_loss, require_batchnorm
-from .generator import Generator
+from ..fileio import save_safetensors
+from ..loading import input_spec
+from ..optimization import optimize
+from ..reproducibility import batch_seed, model_fingerprint, seed_everything
+from .bn_stats import input_prior_loss
+from .generator import image_source
+from .prior import SynthesisPrior, select_prior
 from .swing import swing_convolutions
 
 logger = logging.getLogger("genie_hub.synthesis")
@@ -33,73 +36,51 @@ SHARD_PATTERN = "batch_{:05d}.safetensors"
 
 
 def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_index: int, config: GenieConfig,
-                     device: torch.device | str = "cpu", autocast: Callable | None = None,
-                     progress: bool = True) -> tuple[torch.Tensor, dict]:
-    """Optimize one batch (a fresh generator and latents); return the final images and loss statistics."""
+                     device: torch.device | str = "cpu", autocast: Callable | None = None, progress: bool = True,
+                     prior: SynthesisPrior | None = None) -> tuple[torch.Tensor, BatchStats]:
+    """Optimize one batch (fresh image parameters); return the final images and their loss statistics."""
     seed_everything(batch_seed(config.seed, batch_index))
-    bn_loss = BNStatisticsLoss(require_batchnorm(model))
-    if config.synthesis_method == "pixels":
-        # ZeroQ-style baseline: the pixels are the variables; no generator, no swing convolution.
-        generator = DirectPixels(batch_size, spec.channels, spec.height, spec.width).to(device)
-        latents = torch.zeros(batch_size, 1, device=device)  # ignored by DirectPixels
-        per_image, shared = [generator.pixels], []
-        swing = contextlib.nullcontext()
-    else:
-        generator = Generator(config.latent_dim, spec.channels, spec.height, spec.width).to(device).train()
-        latents = torch.randn(batch_size, config.latent_dim, device=device).requires_grad_(True)
-        per_image, shared = [latents], list(generator.parameters())
-        swing = swing_convolutions(model)
-    optimizers = [torch.optim.Adam(per_image, lr=config.lr_latent)]
+    prior = prior or select_prior(model, config.synthesis_prior)
+    source = image_source(config.synthesis_method, batch_size, spec.channels, spec.height, spec.width,
+                          config.latent_dim, device)
+    optimizers = [torch.optim.Adam(source.per_image, lr=config.lr_latent)]
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizers[0], factor=0.1, patience=100, min_lr=1e-4)
     schedulers = []
-    if shared:
-        optimizers.append(torch.optim.Adam(shared, lr=config.lr_generator))
+    if source.shared:
+        optimizers.append(torch.optim.Adam(source.shared, lr=config.lr_generator))
         schedulers.append(torch.optim.lr_scheduler.StepLR(optimizers[1], step_size=100, gamma=0.95))
     autocast = autocast or contextlib.nullcontext
 
     with torch.no_grad():
-        initial_bn_loss = measure_bn_loss(model, generator(latents))
-    history: list[float] = []
-    bar = tqdm(range(config.synthesis_iterations), desc=f"synthesis batch {batch_index}", disable=not progress,
-               leave=False, dynamic_ncols=True)
-    images = None
-    with bn_loss.attached(), swing:
-        for _ in bar:
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            with autocast():
-                images = generator(latents)
-                model_logits(model, images)
-            loss = bn_loss.pop() + input_prior_loss(images)
-            if not math.isfinite(loss.item()):
-                raise GenieError(f"Synthesis loss became {loss.item()} in batch {batch_index}; finished batches "
-                                 "are kept on disk. Try --mixed-precision no or a different --seed.")
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            plateau.step(loss.item())
-            for scheduler in schedulers:
-                scheduler.step()
-            history.append(loss.item())
-            if len(history) % 10 == 1:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-    images = images.detach().float() if images is not None else generator(latents).detach().float()
-    stats = {"initial_loss": history[0] if history else float("nan"),
-             "final_loss": history[-1] if history else float("nan"),
-             # BN-statistics term alone, without swing or prior: comparable across batches and runs
-             "initial_bn_loss": initial_bn_loss, "final_bn_loss": measure_bn_loss(model, images)}
+        initial_prior_loss = prior.measure(source.generator(source.latents))
+    losses: list[float] = []
+    last: dict[str, torch.Tensor] = {}
+
+    def batch_loss(step: int) -> torch.Tensor:
+        with autocast():
+            last["images"] = source.generator(source.latents)
+            model_logits(model, last["images"])
+        return prior.pop() + input_prior_loss(last["images"])
+
+    def after_step(step: int, loss: torch.Tensor) -> None:
+        value = loss.item()  # ReduceLROnPlateau decides on the host, every step
+        plateau.step(value)
+        if not losses:
+            losses.append(value)
+        losses[1:] = [value]
+
+    def diverged(step: int, value: float) -> GenieError:
+        return GenieError(f"Synthesis loss became {value} in batch {batch_index} (by iteration {step}); finished "
+                          "batches are kept on disk. Try --mixed-precision no or a different --seed.")
+
+    with prior.attached(), swing_convolutions(model) if source.swing else contextlib.nullcontext():
+        optimize(config.synthesis_iterations, batch_loss, optimizers, schedulers, on_diverged=diverged,
+                 after_step=after_step, check_every=10, desc=f"synthesis batch {batch_index}", progress=progress)
+    images = last["images"].detach().float() if last else source.generator(source.latents).detach().float()
+    stats = BatchStats(batch_index=batch_index, initial_loss=losses[0] if losses else float("nan"),
+                       final_loss=losses[-1] if losses else float("nan"),
+                       initial_prior_loss=initial_prior_loss, final_prior_loss=prior.measure(images))
     return images, stats
-
-
-class DirectPixels(nn.Module):
-    """The ZeroQ-style baseline's 'generator': the images themselves are the parameters."""
-
-    def __init__(self, batch_size: int, channels: int, height: int, width: int):
-        super().__init__()
-        self.pixels = nn.Parameter(torch.randn(batch_size, channels, height, width))
-
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.pixels
 
 
 class ShardStore:
@@ -116,11 +97,8 @@ class ShardStore:
         path = self.path(batch_index)
         if not path.exists():
             return False
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                meta = handle.metadata() or {}
+            meta = self._metadata(batch_index)
         except Exception:
             logger.warning("Ignoring unreadable shard %s; it will be synthesized again.", path)
             return False
@@ -132,28 +110,31 @@ class ShardStore:
                 "that folder to start over.")
         return True
 
-    def save(self, batch_index: int, images: torch.Tensor, stats: dict) -> None:
+    def save(self, batch_index: int, images: torch.Tensor, stats: BatchStats) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        metadata = {"fingerprint": json.dumps(self.fingerprint, sort_keys=True), "stats": json.dumps(stats),
+        metadata = {"fingerprint": json.dumps(self.fingerprint, sort_keys=True), "stats": json.dumps(stats.to_dict()),
                     "batch_index": str(batch_index)}
-        atomic_save_safetensors({"pixel_values": images}, self.path(batch_index), metadata)
+        save_safetensors({"pixel_values": images}, self.path(batch_index), metadata)
 
     def load(self, batch_index: int) -> torch.Tensor:
         from safetensors.torch import load_file
 
         return load_file(str(self.path(batch_index)))["pixel_values"]
 
-    def stats(self, batch_index: int) -> dict:
+    def stats(self, batch_index: int) -> BatchStats:
+        return BatchStats(**json.loads(self._metadata(batch_index).get("stats", "{}")))
+
+    def _metadata(self, batch_index: int) -> dict:
         from safetensors import safe_open
 
         with safe_open(str(self.path(batch_index)), framework="pt") as handle:
-            return json.loads((handle.metadata() or {}).get("stats", "{}"))
+            return handle.metadata() or {}
 
 
 def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: InputSpec | None = None,
                processor=None, output_dir: str | Path | None = None, accelerator=None,
-               progress: bool = True) -> torch.Tensor:
-    """Genie-D: return `config.num_samples` synthetic images shaped like the model's input.
+               progress: bool = True) -> Calibration:
+    """Genie-D: `config.num_samples` synthetic images shaped like the model's input, as a `Calibration`.
 
     With `output_dir`, finished batches are stored there and skipped when the call is repeated; with an
     `accelerate.Accelerator` running several processes, the pending batches are split between them (an
@@ -161,7 +142,7 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     """
     config = config or GenieConfig()
     spec = spec or input_spec(model, processor)
-    require_batchnorm(model)
+    prior = select_prior(model, config.synthesis_prior)
     if accelerator is None:
         from accelerate import Accelerator
 
@@ -175,10 +156,10 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     model.eval().requires_grad_(False)
     model.to(device)
     sizes = config.synthesis_batch_sizes()
-    fingerprint = {**config.synthesis_fingerprint(), "input": spec.to_dict(), "model": model_fingerprint(model),
-                   "batch_sizes": sizes}
+    fingerprint = {**config.synthesis_fingerprint(), "prior": prior.name, "input": spec.to_dict(),
+                   "model": model_fingerprint(model), "batch_sizes": sizes}
     store = ShardStore(output_dir, fingerprint) if output_dir is not None else None
-    in_memory: dict[int, torch.Tensor] = {}
+    in_memory: dict[int, tuple[torch.Tensor, BatchStats]] = {}
     pending = [b for b in range(len(sizes)) if store is None or not store.is_finished(b)]
     if store is not None and len(pending) < len(sizes):
         logger.info("Resuming synthesis: %d of %d batches already on disk.", len(sizes) - len(pending), len(sizes))
@@ -187,17 +168,23 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
             for batch_index in mine:
                 images, stats = synthesize_batch(
                     model, spec, sizes[batch_index], batch_index, config, device=device,
-                    autocast=accelerator.autocast, progress=progress and accelerator.is_local_main_process)
-                logger.info("synthesis batch %d: BN-statistics loss %.4g -> %.4g", batch_index,
-                            stats["initial_bn_loss"], stats["final_bn_loss"])
+                    autocast=accelerator.autocast, progress=progress and accelerator.is_local_main_process,
+                    prior=prior)
+                logger.info("synthesis batch %d: %s loss %.4g -> %.4g", batch_index, prior.name,
+                            stats.initial_prior_loss, stats.final_prior_loss)
                 if store is not None:
                     store.save(batch_index, images, stats)
                 else:
-                    in_memory[batch_index] = images.cpu()
+                    in_memory[batch_index] = (images.cpu(), stats)
         accelerator.wait_for_everyone()
     finally:
         model.train(was_training)
         for param, flag in zip(model.parameters(), grad_flags):
             param.requires_grad_(flag)
-    batches = [store.load(b) if store is not None else in_memory[b] for b in range(len(sizes))]
-    return torch.cat(batches)
+    if store is not None:
+        batches = [(store.load(b), store.stats(b)) for b in range(len(sizes))]
+    else:
+        batches = [in_memory[b] for b in range(len(sizes))]
+    return Calibration(pixel_values=torch.cat([images for images, _ in batches]), source="synthetic",
+                       prior=prior.name, batch_indices=[b for b, size in enumerate(sizes) for _ in range(size)],
+                       batch_stats=[stats for _, stats in batches])

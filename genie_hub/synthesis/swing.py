@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..hooks import TemporaryHooks
+
 
 def swing(x: torch.Tensor, offset_h: int, offset_w: int) -> torch.Tensor:
     """Reflect-pad by 1 and crop back to the input size at (offset_h, offset_w) in {0, 1, 2}."""
@@ -39,9 +41,7 @@ def swing_convolutions(model: nn.Module) -> Iterator[list[nn.Conv2d]]:
         return (swing(args[0], offset_h, offset_w), *args[1:])
 
     convs = strided_convs(model)
-    handles = [conv.register_forward_pre_hook(hook) for conv in convs]
-    try:
+    with TemporaryHooks() as hooks:
+        for conv in convs:
+            hooks.pre(conv, hook)
         yield convs
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method with transformers)
+from genie_hub.adapters import adapter_for, model_logits  # noqa: E402
 from genie_hub.errors import GenieError  # noqa: E402
 from genie_hub.loading import (  # noqa: E402
     DEFAULT_MODEL_DIR,
@@ -157,16 +158,15 @@ class LoadedModel:
 
     @property
     def num_labels(self) -> int:
-        return int(self.model.config.num_labels)
+        return int(adapter_for(self.model).num_labels(self.model))
 
     def label(self, index: int) -> str:
-        id2label = getattr(self.model.config, "id2label", None) or {}
-        return str(id2label.get(index, id2label.get(str(index), f"class {index}")))
+        return adapter_for(self.model).label(self.model, index)
 
     @property
     def quantization(self):
         """The config's quantization_config as a dict (None for a plain FP checkpoint)."""
-        qc = getattr(self.model.config, "quantization_config", None)
+        qc = getattr(getattr(self.model, "config", None), "quantization_config", None)
         if qc is None:
             return None
         if hasattr(qc, "to_dict"):
@@ -266,7 +266,7 @@ def _timed(model: torch.nn.Module, x: torch.Tensor) -> float:
     if cuda:
         torch.cuda.synchronize(x.device)
     start = time.perf_counter()
-    model(pixel_values=x)
+    model_logits(model, x)
     if cuda:
         torch.cuda.synchronize(x.device)
     return (time.perf_counter() - start) * 1000.0
@@ -281,7 +281,7 @@ def _run_both(models: list[LoadedModel], inputs: list[torch.Tensor]) -> tuple[li
     xs = [x.to(next(m.model.parameters()).device) for m, x in zip(models, inputs)]
     times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        logits = [m.model(pixel_values=x).logits[0].float().cpu() for m, x in zip(models, xs)]
+        logits = [model_logits(m.model, x)[0].float().cpu() for m, x in zip(models, xs)]
         for _ in range(LATENCY_RUNS):
             for i, (m, x) in enumerate(zip(models, xs)):
                 times[i].append(_timed(m.model, x))

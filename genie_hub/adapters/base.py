@@ -1,0 +1,128 @@
+"""The model adapter interface: everything genie_hub needs from a model library, in one place.
+
+Synthesis, quantization, evaluation and the Space never call a model library directly; they ask the
+adapter that handles the model (`genie_hub.adapters.adapter_for(model)`) for its logits, its input spec and
+its labels, and loading/saving go through the adapter that handles the source. Supporting another library
+(timm, a plain torch module zoo) is one new file with a subclass of `ModelAdapter` and one
+`register_adapter` call.
+
+The base class itself handles any `nn.Module` whose forward takes a pixel tensor and returns logits (or an
+object with a `.logits` attribute); it cannot load or save.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects as `pixel_values`: shape and the normalization applied by its processor."""
+
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def to_dict(self) -> dict:
+        return {"channels": self.channels, "height": self.height, "width": self.width,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    def denormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Map normalized model inputs back to [0, 1] pixels (for previews only)."""
+        x = pixel_values.float()
+        if self.mean and self.std:
+            mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+            x = x * std + mean
+        return x.clamp(0, 1)
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits tensor of a model output: a tensor, an object with `.logits`, a dict or a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, dict):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, (tuple, list)) and output:
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"Cannot find logits in model output of type {type(output).__name__}.")
+    return logits
+
+
+class ModelAdapter:
+    """Base adapter: a plain `nn.Module` image classifier. Subclasses override what their library adds."""
+
+    name = "torch"
+
+    # ---- which models and sources this adapter handles ------------------------------------------------------
+    def handles(self, model: nn.Module) -> bool:
+        return isinstance(model, nn.Module)
+
+    def can_load(self, name_or_path: str) -> bool:
+        return False
+
+    # ---- running a model -----------------------------------------------------------------------------------
+    def logits(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        return logits_of(model(pixel_values))
+
+    def input_spec(self, model: nn.Module, processor=None) -> InputSpec:
+        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = first_conv.in_channels if first_conv is not None else 3
+        return InputSpec(channels=channels, height=224, width=224)
+
+    def num_labels(self, model: nn.Module) -> int | None:
+        return None
+
+    def label(self, model: nn.Module, index: int) -> str:
+        return f"class {index}"
+
+    def to_pixel_values(self, images: Sequence, processor, spec: InputSpec) -> torch.Tensor:
+        """PIL images -> normalized `pixel_values`, converted to the colour mode the model takes."""
+        mode = "L" if spec.channels == 1 else "RGB"
+        converted = [im.convert(mode) for im in images]
+        if processor is None:
+            import numpy as np
+
+            arrays = [np.asarray(im.resize((spec.width, spec.height)), dtype="float32") / 255.0 for im in converted]
+            x = torch.from_numpy(np.stack(arrays))
+            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+            if spec.mean:
+                x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
+            return x
+        return processor(images=converted, return_tensors="pt")["pixel_values"].float()
+
+    # ---- loading and saving (library-specific) --------------------------------------------------------------
+    def load(self, name_or_path: str, *, revision: str | None = None, token: str | None = None):
+        """(model in eval mode, fp32; its image processor or None). Safetensors weights only."""
+        raise NotImplementedError(f"The {self.name} adapter cannot load models.")
+
+    def load_quantized(self, name_or_path: str, **kwargs) -> nn.Module:
+        """A quantized checkpoint through the library's own loader (quantization hooks registered first)."""
+        raise NotImplementedError(f"The {self.name} adapter cannot load quantized checkpoints.")
+
+    def save(self, model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
+        """The library's own save (weights + config), without genie_hub's checkpoint additions."""
+        raise NotImplementedError(f"The {self.name} adapter cannot save models.")
+
+    def load_error(self, name: str, exc: Exception) -> Exception:
+        """Turn a loader's exception into a one-paragraph `GenieError` for the user."""
+        from ..errors import ModelLoadError
+
+        return ModelLoadError(f"Could not load model '{name}' ({type(exc).__name__}: {exc}).")
+
+    def card_metadata(self, model: nn.Module) -> dict[str, Any]:
+        """Metadata for the model card: {"license": ...} when the model declares it."""
+        return {}

@@ -1,0 +1,118 @@
+"""The transformers adapter: `AutoModelForImageClassification` models and their image processors.
+
+The only module of genie_hub that calls transformers model APIs (`from_pretrained`, `save_pretrained`,
+`model(pixel_values=...)`, `model.config`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import InputSpec, ModelAdapter, logits_of
+
+
+def _size_from_processor(processor) -> tuple[int, int] | None:
+    for attr in ("crop_size", "size"):
+        size = getattr(processor, attr, None)
+        if size is None:
+            continue
+        if isinstance(size, int):
+            return size, size
+        size = dict(size)
+        if "height" in size and "width" in size:
+            return int(size["height"]), int(size["width"])
+        if "shortest_edge" in size and attr == "size" and not getattr(processor, "do_center_crop", False):
+            edge = int(size["shortest_edge"])
+            return edge, edge
+    return None
+
+
+class TransformersAdapter(ModelAdapter):
+    name = "transformers"
+
+    def handles(self, model: nn.Module) -> bool:
+        from transformers import PreTrainedModel
+
+        return isinstance(model, PreTrainedModel)
+
+    def can_load(self, name_or_path: str) -> bool:
+        return True  # any folder or Hub id: transformers says what is wrong if it is not a classifier
+
+    def logits(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        if getattr(model, "main_input_name", None) == "pixel_values":
+            return logits_of(model(pixel_values=pixel_values))
+        return logits_of(model(pixel_values))
+
+    def input_spec(self, model: nn.Module, processor=None) -> InputSpec:
+        """Geometry from the model config (channels, image_size) and processor (size, crop, mean/std)."""
+        config = getattr(model, "config", None)
+        channels = int(getattr(config, "num_channels", 0) or 0)
+        if not channels:
+            channels = super().input_spec(model).channels
+        hw = _size_from_processor(processor) if processor is not None else None
+        if hw is None:
+            image_size = getattr(config, "image_size", None) or 224
+            hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        mean = tuple(float(v) for v in (getattr(processor, "image_mean", None) or ()))
+        std = tuple(float(v) for v in (getattr(processor, "image_std", None) or ()))
+        if processor is not None and not getattr(processor, "do_normalize", True):
+            mean, std = (), ()
+        if mean and len(mean) != channels:
+            mean, std = (mean * channels)[:channels], (std * channels)[:channels]
+        return InputSpec(channels=channels, height=int(hw[0]), width=int(hw[1]), mean=mean, std=std)
+
+    def num_labels(self, model: nn.Module) -> int | None:
+        return int(model.config.num_labels)
+
+    def label(self, model: nn.Module, index: int) -> str:
+        id2label = getattr(model.config, "id2label", None) or {}
+        return str(id2label.get(index, id2label.get(str(index), f"class {index}")))
+
+    # ---- loading and saving ------------------------------------------------------------------------------------
+    def load(self, name_or_path: str, *, revision: str | None = None, token: str | None = None):
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        try:
+            model = AutoModelForImageClassification.from_pretrained(
+                name_or_path, revision=revision, token=token, use_safetensors=True, dtype=torch.float32)
+        except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors with long messages
+            raise self.load_error(name_or_path, exc) from exc
+        try:
+            processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, token=token)
+        except Exception:
+            processor = None
+        model.eval()
+        return model, processor
+
+    def load_quantized(self, name_or_path: str, **kwargs) -> nn.Module:
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
+
+    def save(self, model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
+        type(model).save_pretrained(model, directory, **kwargs)  # the class method: no instance-level wrapper
+
+    def load_error(self, name: str, exc: Exception) -> Exception:
+        from huggingface_hub import is_offline_mode
+
+        from ..errors import ModelLoadError
+
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if Path(name).exists():
+            hint = ("The folder exists but does not hold a loadable transformers image classifier "
+                    "(it needs config.json and model.safetensors).")
+        elif is_offline_mode():
+            hint = "HF_HUB_OFFLINE is set and the model is not in the local cache; unset it or pass a local folder."
+        else:
+            hint = ("Check the Hub id (owner/name) and your network, or pass a local folder. A gated or private "
+                    "model needs HF_TOKEN or `hf auth login`. HF_ENDPOINT is honoured.")
+        return ModelLoadError(f"Could not load model '{name}'. {hint} ({reason})")
+
+    def card_metadata(self, model: nn.Module) -> dict[str, Any]:
+        license_ = getattr(getattr(model, "config", None), "license", None)
+        return {"license": license_} if license_ else {}

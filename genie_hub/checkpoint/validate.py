@@ -1,0 +1,84 @@
+"""The one check of a checkpoint's tensors against what its layers need, from safetensors headers alone.
+
+Every entry point uses it: `verify_checkpoint` (before loading a local folder, after saving, before pushing)
+and the transformers quantizer (before transformers reads any weight). The expected tensors of a quantized
+layer come from the frozen-format core (`genie_hub.quantization.format`); those of the rest of the model
+from the model itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from ..quantization.format import FORBIDDEN_SUFFIX, SAFETENSORS_DTYPES, LayerSpec, stored_tensors
+from .safetensors_check import FLOAT_DTYPES
+
+
+@dataclass(frozen=True)
+class Expected:
+    """An expected tensor: a safetensors dtype code (None: any float dtype) and a shape (None: any shape)."""
+
+    dtype: str | None
+    shape: tuple[int, ...] | None
+
+    @classmethod
+    def like(cls, tensor: torch.Tensor) -> "Expected":
+        dtype = None if tensor.is_floating_point() else SAFETENSORS_DTYPES.get(tensor.dtype, str(tensor.dtype))
+        return cls(dtype, tuple(tensor.shape))
+
+
+def layer_expectations(layers: dict[str, LayerSpec],
+                       weight_shape_of: Callable[[str], tuple[int, ...] | None]) -> tuple[dict[str, Expected], list[str]]:
+    """{key: Expected} for the stored tensors of every quantized layer. `weight_shape_of(name)` gives a layer's
+    weight shape, or None when it is unknown: that layer's shapes are then not checked (its tensors' presence
+    and dtypes still are) and the unusable weight shape is reported as a problem."""
+    expected: dict[str, Expected] = {}
+    problems = []
+    for name, spec in layers.items():
+        shape = weight_shape_of(name) if spec.has_weight else None
+        known = not spec.has_weight or (shape is not None and len(shape) >= 2 and all(d > 0 for d in shape))
+        if not known and shape is not None:
+            problems.append(f"'{name}.weight_shape' holds {list(shape)}, not a weight shape")
+        for suffix, stored in stored_tensors(spec, shape if known else (1, 1)).items():
+            expected[f"{name}.{suffix}"] = Expected(stored.safetensors_dtype, stored.shape if known else None)
+    return expected, problems
+
+
+def tensor_problems(found: dict[str, dict], expected: dict[str, Expected], *, forbidden: Iterable[str] = (),
+                    closed: bool = False, may_be_missing: Callable[[str], bool] = lambda key: False) -> list[str]:
+    """What is wrong with the tensors `found` ({key: {"dtype", "shape"}} from headers) against `expected`.
+
+    `forbidden` keys must be absent; with `closed`, keys not in `expected` are problems too."""
+    problems = []
+    missing = [key for key in expected if key not in found and not may_be_missing(key)]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) are missing (e.g. {', '.join(missing[:4])})")
+    wrong = []
+    for key, want in expected.items():
+        info = found.get(key)
+        if info is None:
+            continue
+        if want.shape is not None and tuple(info["shape"]) != want.shape:
+            wrong.append(f"'{key}' has shape {list(info['shape'])}, expected {list(want.shape)}")
+        elif want.dtype is None and info["dtype"] not in FLOAT_DTYPES:
+            wrong.append(f"'{key}' has dtype {info['dtype']}, expected a float")
+        elif want.dtype is not None and info["dtype"] != want.dtype:
+            wrong.append(f"'{key}' has dtype {info['dtype']}, expected {want.dtype}")
+    if wrong:
+        problems.append(f"{len(wrong)} tensor(s) do not match their layer ({'; '.join(wrong[:4])})")
+    present = [key for key in forbidden if key in found]
+    if present:
+        problems.append(f"quantized layer(s) also store an FP or integer copy under 'weight' (e.g. {present[0]})")
+    if closed:
+        unexpected = [key for key in found if key not in expected]
+        if unexpected:
+            problems.append(f"{len(unexpected)} tensor(s) belong to no layer of the model (e.g. "
+                            f"{', '.join(unexpected[:4])})")
+    return problems
+
+
+def forbidden_keys(layers: Iterable[str]) -> list[str]:
+    return [f"{name}.{FORBIDDEN_SUFFIX}" for name in layers]

@@ -1,0 +1,131 @@
+"""Real calibration images for the few-shot path: Fashion-MNIST, an image folder, or a Hub dataset.
+
+Nothing here downloads anything except a Hub dataset id (through `datasets.load_dataset`, which honours
+HF_HUB_OFFLINE / HF_ENDPOINT / HF_TOKEN like the rest of genie_hub).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..adapters import InputSpec
+from ..errors import ConfigError, DataError
+from ..loading import to_pixel_values
+from .fashion_mnist import FASHION_MNIST_SOURCE, load_fashion_mnist
+from .pixels import _fast_normalize, _to_pil
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+# ----------------------------------------------------------------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.\-\[\]%:+]+)?$")
+
+
+def _subset(n_total: int, num_samples: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_total, generator=generator)[:num_samples].tolist()
+
+
+def _list_image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _folder_images(folder: Path, num_samples: int, seed: int) -> list:
+    from PIL import Image, UnidentifiedImageError
+
+    files = _list_image_files(folder)
+    if not files:
+        raise DataError(f"No image files found in {folder} (searched recursively for "
+                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Put calibration images there or pick another "
+                        "source.")
+    chosen = [files[i] for i in _subset(len(files), num_samples, seed)]
+    images, bad = [], []
+    for path in chosen:
+        try:
+            with Image.open(path) as im:
+                im.load()
+                images.append(im.copy())
+        except (UnidentifiedImageError, OSError) as exc:
+            bad.append(f"{path.name} ({type(exc).__name__})")
+    if bad:
+        warnings.warn(f"Skipped {len(bad)} unreadable image file(s) in {folder}: {', '.join(bad[:5])}"
+                      + (" ..." if len(bad) > 5 else ""), stacklevel=3)
+    if not images:
+        raise DataError(f"None of the image files in {folder} could be read. Check that they are valid images.")
+    return images
+
+
+def _hub_images(source: str, num_samples: int, seed: int) -> list:
+    name, _, split = source.partition(":")
+    split = split or "train"
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a dependency
+        raise DataError("Loading calibration images from the Hub needs the `datasets` package: "
+                        "`pip install datasets`.") from exc
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError...)
+        from huggingface_hub import is_offline_mode
+
+        hint = ("HF_HUB_OFFLINE is set and the dataset is not cached; unset it or use a local image folder."
+                if is_offline_mode() else
+                "Check the dataset id (owner/name, optionally owner/name:split) and split name, and your network; "
+                "a gated or private dataset needs HF_TOKEN. Or use a local image folder instead.")
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"Could not load calibration dataset '{name}' (split '{split}'). {hint} "
+                        f"({type(exc).__name__}: {first})") from exc
+    image_columns = [col for col, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+    if not image_columns:
+        raise DataError(f"Dataset '{name}' (split '{split}') has no Image column (columns: "
+                        f"{', '.join(dataset.column_names)}). Use a dataset of images, or a local image folder.")
+    if len(dataset) == 0:
+        raise DataError(f"Dataset '{name}' split '{split}' is empty. Pick another split or dataset.")
+    indices = _subset(len(dataset), num_samples, seed)
+    column = dataset.select(indices)[image_columns[0]]
+    return list(column)
+
+
+def load_calibration_images(source: str, processor, spec: InputSpec, num_samples: int, seed: int = 0) -> torch.Tensor:
+    """Real calibration images for the few-shot path, as normalized `pixel_values` [n, C, H, W].
+
+    `source` is one of:
+    - "fashion-mnist": a seeded random subset of the local Fashion-MNIST training split;
+    - a local folder: image files found recursively (jpg, png, ...), a seeded random subset;
+    - a Hub dataset id "owner/name" or "owner/name:split" (default split "train"), loaded with
+      `datasets.load_dataset`; the first Image column is used.
+    When fewer than `num_samples` images exist, all of them are returned (with a warning). Images are converted
+    to the model's colour mode (grayscale or RGB) and preprocessed by `processor`.
+    """
+    if int(num_samples) < 1:
+        raise ConfigError(f"num_samples must be at least 1 (got {num_samples}).")
+    num_samples = int(num_samples)
+    source = str(source).strip()
+    if source.lower().replace("_", "-") in (FASHION_MNIST_SOURCE, FASHION_MNIST_SOURCE + ":train"):
+        images, _ = load_fashion_mnist("train")
+        subset = images[_subset(images.shape[0], num_samples, seed)]
+        if spec.channels == 1:
+            fast = _fast_normalize(subset, processor)
+            if fast is not None:
+                return fast
+        return to_pixel_values(_to_pil(subset), processor, spec)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        pil_images = _folder_images(path, num_samples, seed)
+    elif path.exists():
+        raise DataError(f"Calibration source {path} is a file; give a folder of images, 'fashion-mnist', or a Hub "
+                        "dataset id (owner/name[:split]).")
+    elif _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        pil_images = _hub_images(source, num_samples, seed)
+    else:
+        raise DataError(f"Unknown calibration source '{source}': it is not an existing folder, not "
+                        "'fashion-mnist', and not a Hub dataset id. Use a local folder of images, 'fashion-mnist', "
+                        "or owner/name[:split].")
+    if len(pil_images) < num_samples:
+        warnings.warn(f"Calibration source '{source}' has only {len(pil_images)} image(s); "
+                      f"using all of them instead of {num_samples}.", stacklevel=2)
+    return to_pixel_values(pil_images, processor, spec)

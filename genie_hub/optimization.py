@@ -1,0 +1,44 @@
+"""The one optimisation loop behind Genie-D (synthesis) and Genie-M (reconstruction).
+
+Both stages run thousands of tiny Adam steps, so per-step overhead matters: the loss is checked for NaN/inf
+on the device every step (no host synchronisation) and read back only every `check_every` steps, when the
+progress bar is updated and a divergence is reported. A divergence is therefore reported up to
+`check_every - 1` steps after it happened; the run stops either way and finished work stays on disk.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+def optimize(steps: int, compute_loss: Callable[[int], torch.Tensor], optimizers: Sequence[torch.optim.Optimizer],
+             schedulers: Sequence = (), *, on_diverged: Callable[[int, float], Exception],
+             after_step: Callable[[int, torch.Tensor], None] | None = None, check_every: int = 50,
+             desc: str = "", progress: bool = True) -> None:
+    """Run `steps` steps of: loss = compute_loss(step); backward; every optimizer steps; every scheduler steps.
+
+    `on_diverged(step, value)` builds the exception raised when the loss was non-finite at some step up to
+    `step`; `after_step(step, loss)` runs last in each step (e.g. a scheduler that needs the loss value).
+    """
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    non_finite = None
+    for step in bar:
+        loss = compute_loss(step)
+        bad = ~torch.isfinite(loss.detach())
+        non_finite = bad if non_finite is None else non_finite | bad
+        if step % check_every == 0 or step == steps - 1:
+            if bool(non_finite):
+                raise on_diverged(step, float(loss.detach()))
+            bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        for scheduler in schedulers:
+            scheduler.step()
+        if after_step is not None:
+            after_step(step, loss)

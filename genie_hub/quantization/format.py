@@ -1,0 +1,123 @@
+"""The frozen format: what a quantized op stores, defined once.
+
+A frozen op is fully described by its `LayerSpec` (type, bit-widths, signedness of its input) and the shape
+of the weight it replaces. From these two, `stored_tensors` gives the name suffix, dtype and shape of every
+tensor the op holds (compressed-tensors names). Freezing and resuming (`layers.py`, `reconstruction.py`),
+saving, loading and header validation (`genie_hub.checkpoint`) all read this one definition, so a new
+stored tensor is declared here and nowhere else.
+
+Values: weight = weight_scale * (code - weight_zero_point), codes packed by `packing.py`; input
+x_q = input_scale * round(clamp(x / input_scale, q_min, q_max)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..config import MAX_BITS, MIN_BITS
+from .packing import packed_width
+
+LAYER_TYPES = ("QuantConv2d", "QuantLinear", "QuantShortcut")
+WEIGHTLESS_TYPES = ("QuantShortcut",)
+FORBIDDEN_SUFFIX = "weight"
+"""No quantized op stores `<name>.weight`: no FP copy of a quantized weight, no integer codes under an FP name."""
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int32: "I32", torch.uint8: "U8", torch.int64: "I64",
+                      torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64", torch.int8: "I8",
+                      torch.int16: "I16", torch.bool: "BOOL"}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One quantized op: its type, weight bits (None for a weightless shortcut), input bits (None = FP input)
+    and whether its input grid is signed (None until calibrated, and for FP inputs)."""
+
+    type: str
+    weight_bits: int | None
+    act_bits: int | None
+    act_signed: bool | None = None
+
+    @property
+    def has_weight(self) -> bool:
+        return self.type not in WEIGHTLESS_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, name: str, data: Any) -> "LayerSpec":
+        """Parse and check one entry of a checkpoint's `layers`; ValueError says what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"layer '{name}' must map to a dict, got {type(data).__name__}.")
+        kind = data.get("type")
+        if kind not in LAYER_TYPES:
+            raise ValueError(f"layer '{name}' has type {kind!r}; expected one of {', '.join(LAYER_TYPES)}.")
+        weight_bits, act_bits, act_signed = data.get("weight_bits"), data.get("act_bits"), data.get("act_signed")
+        if kind in WEIGHTLESS_TYPES:
+            if weight_bits is not None:
+                raise ValueError(f"layer '{name}' is a {kind} (no weight) but has weight_bits={weight_bits!r}.")
+            check_bits(f"layer '{name}' act_bits", act_bits, allow_none=False)
+        else:
+            check_bits(f"layer '{name}' weight_bits", weight_bits, allow_none=False)
+            check_bits(f"layer '{name}' act_bits", act_bits, allow_none=True)
+        if act_bits is not None and not isinstance(act_signed, bool):
+            raise ValueError(f"layer '{name}' quantizes its input (act_bits={act_bits}) but act_signed is "
+                             f"{act_signed!r}; expected true or false.")
+        return cls(kind, weight_bits, act_bits, act_signed if act_bits is not None else None)
+
+
+def check_bits(where: str, value: Any, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not MIN_BITS <= value <= MAX_BITS:
+        raise ValueError(f"{where} is {value!r}; expected an integer from {MIN_BITS} to {MAX_BITS}"
+                         + (" or null" if allow_none else "") + ".")
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def safetensors_dtype(self) -> str:
+        return SAFETENSORS_DTYPES[self.dtype]
+
+
+def stored_tensors(spec: LayerSpec, weight_shape: tuple[int, ...] | None) -> dict[str, StoredTensor]:
+    """{suffix: StoredTensor} of a frozen op, in the order the op registers them."""
+    tensors: dict[str, StoredTensor] = {}
+    if spec.has_weight:
+        if not weight_shape or len(weight_shape) < 2:
+            raise ValueError(f"a {spec.type} needs a weight shape of rank >= 2, got {weight_shape!r}")
+        rows, per_row = int(weight_shape[0]), math.prod(int(d) for d in weight_shape[1:])
+        tensors["weight_packed"] = StoredTensor(torch.int32, (rows, packed_width(per_row, spec.weight_bits)))
+        tensors["weight_scale"] = StoredTensor(torch.float32, (rows, 1))
+        tensors["weight_zero_point"] = StoredTensor(torch.uint8, (rows, 1))
+        tensors["weight_shape"] = StoredTensor(torch.int64, (len(weight_shape),))
+    if spec.act_bits is not None:
+        tensors["input_scale"] = StoredTensor(torch.float32, ())
+    return tensors
+
+
+def frozen_value_problems(name: str, spec: LayerSpec, weight_shape: tuple[int, ...] | None,
+                          tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Values a frozen op can never hold after `freeze()` (a corrupt or edited checkpoint), as messages."""
+    problems = []
+    if spec.has_weight:
+        stored_shape = tuple(int(v) for v in tensors["weight_shape"].tolist())
+        if stored_shape != tuple(weight_shape):
+            problems.append(f"{name}.weight_shape is {list(stored_shape)}, the layer is {list(weight_shape)}")
+        if int(tensors["weight_zero_point"].max()) >= 2**spec.weight_bits:
+            problems.append(f"{name}.weight_zero_point exceeds {spec.weight_bits}-bit codes")
+        if not bool(torch.isfinite(tensors["weight_scale"]).all()):
+            problems.append(f"{name}.weight_scale has non-finite values")
+    # Only finiteness is checked for the input scale: a learned step may legitimately end up tiny, and a
+    # checkpoint must reproduce whatever the in-memory model computed.
+    if spec.act_bits is not None and not math.isfinite(float(tensors["input_scale"])):
+        problems.append(f"{name}.input_scale is {float(tensors['input_scale'])}")
+    return problems

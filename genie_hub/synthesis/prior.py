@@ -1,0 +1,86 @@
+"""The synthesis prior interface: what the frozen model says real images look like, as a loss.
+
+Genie-D optimizes images so that a prior's loss is small. A prior observes one forward pass of the frozen
+model through hooks and returns its loss terms; it is chosen by name, or automatically (`"auto"`: the first
+registered prior that applies to the model). Adding a prior is one file with a `SynthesisPrior` subclass and
+one `register_prior` call in `synthesis/__init__.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..adapters import model_logits
+from ..errors import ConfigError, NoBatchNormError
+
+
+class SynthesisPrior:
+    """Base class. Subclasses set `name`, implement `applies_to` and `terms_hooks`."""
+
+    name = ""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.terms: list[torch.Tensor] = []
+
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> bool:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator["SynthesisPrior"]:
+        """Within the context, every forward pass of the model appends this prior's loss terms."""
+        raise NotImplementedError
+        yield self
+
+    def pop(self) -> torch.Tensor:
+        """Sum of the terms collected since the last call."""
+        total = torch.stack(self.terms).sum() if self.terms else torch.zeros(())
+        self.terms = []
+        return total
+
+    @torch.no_grad()
+    def measure(self, images: torch.Tensor) -> float:
+        """The prior's loss for a batch of images (no swing, no image prior): diagnostics and tests."""
+        with self.attached():
+            model_logits(self.model, images)
+        return float(self.pop())
+
+
+_PRIORS: dict[str, type[SynthesisPrior]] = {}
+
+
+def no_prior_error(model: nn.Module) -> NoBatchNormError:
+    return NoBatchNormError(
+        f"{type(model).__name__} has no BatchNorm2d layers with running statistics, so zero-shot synthesis has "
+        "nothing to match (Genie-D distils images from BatchNorm statistics; models such as ViT, ConvNeXt or "
+        "Swin use LayerNorm). Use few-shot mode instead and calibrate on real images: "
+        "`genie_hub quantize MODEL --few-shot DATASET` or `quantize(model, calibration_images, config)`.")
+
+
+def register_prior(prior: type[SynthesisPrior]) -> type[SynthesisPrior]:
+    _PRIORS[prior.name] = prior
+    return prior
+
+
+def prior_names() -> list[str]:
+    return list(_PRIORS)
+
+
+def select_prior(model: nn.Module, name: str = "auto") -> SynthesisPrior:
+    """The prior called `name` for `model`, or with "auto" the first registered one that applies."""
+    if name == "auto":
+        for prior in _PRIORS.values():
+            if prior.applies_to(model):
+                return prior(model)
+        raise no_prior_error(model)
+    if name not in _PRIORS:
+        raise ConfigError(f"Unknown synthesis prior '{name}'. Choose 'auto' or one of: {', '.join(_PRIORS)}.")
+    if not _PRIORS[name].applies_to(model):
+        raise ConfigError(f"The synthesis prior '{name}' does not apply to {type(model).__name__}. Use 'auto' "
+                          "to pick one that does, or few-shot mode with real images.")
+    return _PRIORS[name](model)
