@@ -114,8 +114,8 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
     stray = [name for name, m in ops.items() if "weight" in dict(m.named_parameters(recurse=False))]
     if stray:
         raise CheckpointError(f"Quantized layer '{stray[0]}' still holds an FP `weight`; refusing to save it.")
-    broken = [f"{name}.{buffer}" for name, m in ops.items() for buffer in ("weight_scale", "input_scale")
-              if hasattr(m, buffer) and not bool(torch.isfinite(getattr(m, buffer)).all())]
+    broken = [f"{name}.{suffix}" for name, m in ops.items() if m.frozen for suffix, tensor in m.to_frozen().items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     if broken:
         raise CheckpointError(
             f"Refusing to save: {len(broken)} quantization scale(s) are NaN/inf (e.g. {', '.join(broken[:3])}), so the "

@@ -59,15 +59,32 @@ class QuantizedOp(nn.Module):
         op._allocate_frozen(device=weight.device if weight is not None else None)
         return op
 
-    def _take_float(self, module: nn.Module, weight_bits: int, input_quantizer: ActQuantizer | None,
-                    method: str) -> "QuantizedOp":
-        """Enter the reconstruction state from an FP Conv2d/Linear: FP bias, trainable weight quantizer."""
-        self.to(module.weight.device)
+    @classmethod
+    def from_float(cls, module: nn.Module, weight_bits: int, input_quantizer: ActQuantizer | None,
+                   method: str = "lp") -> "QuantizedOp":
+        """The reconstruction state from an FP Conv2d/Linear: FP bias, trainable weight quantizer, the given
+        (possibly shared) input quantizer."""
+        act_bits = input_quantizer.bits if input_quantizer is not None else None
+        op = cls.like(module, LayerSpec(cls.__name__, weight_bits, act_bits))
+        op.to(module.weight.device)
         if module.bias is not None:
-            self.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
-        self.weight_quantizer = WeightQuantizer(module.weight, weight_bits, method).to(module.weight.device)
-        self.input_quantizer = input_quantizer
-        return self
+            op.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+        op.weight_quantizer = WeightQuantizer(module.weight, weight_bits, method).to(module.weight.device)
+        op.input_quantizer = input_quantizer
+        return op
+
+    def _empty_float(self, device) -> nn.Module:
+        """An FP module of this op's geometry (weights uninitialized)."""
+        raise NotImplementedError
+
+    def to_float(self) -> nn.Module:
+        """The FP module with the dequantized weight and the bias (input quantization dropped)."""
+        module = self._empty_float(self.weight_scale.device)
+        with torch.no_grad():
+            module.weight.copy_(self.quantized_weight())
+            if self.bias is not None:
+                module.bias.copy_(self.bias)
+        return module
 
     # ---- frozen representation -------------------------------------------------------------------------
     def spec(self) -> LayerSpec:
@@ -179,11 +196,6 @@ class QuantConv2d(QuantizedOp):
                    conv.groups, conv.bias is not None, conv.padding_mode, weight_bits=spec.weight_bits,
                    act_bits=spec.act_bits, act_signed=spec.act_signed)
 
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, weight_bits: int, input_quantizer: ActQuantizer | None,
-                   method: str = "lp") -> "QuantConv2d":
-        op = cls.like(conv, LayerSpec("QuantConv2d", weight_bits, input_quantizer.bits if input_quantizer is not None else None))
-        return op._take_float(conv, weight_bits, input_quantizer, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(x)
@@ -195,15 +207,9 @@ class QuantConv2d(QuantizedOp):
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def to_float(self) -> nn.Conv2d:
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, self.bias is not None, self.padding_mode,
-                         device=self.weight_scale.device)
-        with torch.no_grad():
-            conv.weight.copy_(self.quantized_weight())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+    def _empty_float(self, device) -> nn.Conv2d:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.groups, self.bias is not None, self.padding_mode, device=device)
 
 
 class QuantLinear(QuantizedOp):
@@ -220,25 +226,14 @@ class QuantLinear(QuantizedOp):
         return cls(linear.in_features, linear.out_features, linear.bias is not None, weight_bits=spec.weight_bits,
                    act_bits=spec.act_bits, act_signed=spec.act_signed)
 
-    @classmethod
-    def from_float(cls, linear: nn.Linear, weight_bits: int, input_quantizer: ActQuantizer | None,
-                   method: str = "lp") -> "QuantLinear":
-        op = cls.like(linear, LayerSpec("QuantLinear", weight_bits, input_quantizer.bits if input_quantizer is not None else None))
-        return op._take_float(linear, weight_bits, input_quantizer, method)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(x)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, self.quantized_weight().to(x.dtype), bias)
 
-    def to_float(self) -> nn.Linear:
-        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                           device=self.weight_scale.device)
-        with torch.no_grad():
-            linear.weight.copy_(self.quantized_weight())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+    def _empty_float(self, device) -> nn.Linear:
+        return nn.Linear(self.in_features, self.out_features, self.bias is not None, device=device)
 
 
 class QuantShortcut(QuantizedOp):

@@ -41,6 +41,7 @@ from PIL import Image  # noqa: E402
 import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method with transformers)
 from genie_hub.adapters import adapter_for, model_logits  # noqa: E402
 from genie_hub.errors import GenieError  # noqa: E402
+from genie_hub.fileio import atomic_path  # noqa: E402
 from genie_hub.loading import (  # noqa: E402
     DEFAULT_MODEL_DIR,
     DEFAULT_QUANTIZED_DIR,
@@ -137,9 +138,8 @@ def example_files() -> list[str]:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 image = loader().convert("RGB")
-                tmp = folder / f".{name}.{os.getpid()}.png"
-                image.save(tmp)
-                os.replace(tmp, path)  # atomic: concurrent app processes never see a half-written file
+                with atomic_path(path) as tmp:  # concurrent app processes never see a half-written file
+                    image.save(tmp, format="PNG")
             except Exception as exc:
                 warnings.warn(f"Could not write example image {name}: {exc}")
                 continue
