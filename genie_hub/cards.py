@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shlex
 from pathlib import Path
 
 from .outputs import RunRecord
@@ -42,6 +44,29 @@ def machine_description() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
+def _is_local(text: str) -> bool:
+    return (os.path.isabs(text) or text.startswith(("./", "../", "~", ".\\")) or os.sep in text.strip(os.sep)
+            and Path(text).expanduser().exists() or Path(text).expanduser().is_dir())
+
+
+def public_name(value: str | None) -> str | None:
+    """What a card may say about a model or data source: a Hub id as is, a local path only as its folder name
+    (cards are published; the paths of the machine that made them are not)."""
+    if value is None:
+        return None
+    text = str(value)
+    return Path(text.rstrip("/\\")).name or text if _is_local(text) else text
+
+
+def public_command(command: str) -> str:
+    """The command line with every local path reduced to its last component."""
+    try:
+        tokens = shlex.split(command)
+    except ValueError:
+        return command
+    return shlex.join(public_name(token) if _is_local(token) else token for token in tokens)
+
+
 def bits_tag(bits: int) -> str:
     return f"{bits}-bit"
 
@@ -57,7 +82,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
                                verified=False)
                     for r in run.results if r.get("dataset_type")]
     base = run.base_model
-    base_is_hub_id = not Path(base).exists() and "/" in base
+    base_is_hub_id = not _is_local(base) and "/" in base
     card_data = ModelCardData(
         base_model=base if base_is_hub_id else None,
         base_model_relation="quantized" if base_is_hub_id else None,
@@ -70,9 +95,9 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
     units = run.units
     return ModelCard.from_template(
         card_data, template_path=str(template_path("genie_model_card.md")),
-        model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=base, dataset_repo_id=dataset_repo_id,
+        model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=public_name(base), dataset_repo_id=dataset_repo_id,
         weight_bits=config["weight_bits"], act_bits=config["act_bits"], zero_shot=run.zero_shot,
-        calibration_source=run.calibration_source, num_samples=config["num_samples"],
+        calibration_source=public_name(run.calibration_source), num_samples=config["num_samples"],
         synthesis_iterations=config["synthesis_iterations"], synthesis_batch_size=config["synthesis_batch_size"],
         reconstruction_steps=config["reconstruction_steps"],
         reconstruction_batch_size=config["reconstruction_batch_size"], seed=config["seed"],
@@ -82,7 +107,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         num_block_units=sum(u["kind"] == "block" for u in units),
         num_layer_units=sum(u["kind"] == "layer" for u in units),
         results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.results],
-        results_protocol=run.results_protocol, command=run.command, versions=run.versions,
+        results_protocol=run.results_protocol, command=public_command(run.command), versions=run.versions,
         machine=run.machine, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
 
 
@@ -94,15 +119,15 @@ def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None)
     base = run.base_model
     num_samples, shape = run.synthetic["num_samples"], run.synthetic["shape"]
     card_data = DatasetCardData(
-        pretty_name=f"Genie synthetic calibration images for {Path(base).name if Path(base).exists() else base}",
+        pretty_name=f"Genie synthetic calibration images for {public_name(base)}",
         task_categories=["image-classification"], annotations_creators=["machine-generated"],
         tags=["synthetic", "genie", "zero-shot-quantization", "calibration", "genie_hub"],
         size_categories=["n<1K"] if num_samples < 1000 else ["1K<n<10K"], license=run.license)
     return DatasetCard.from_template(
         card_data, template_path=str(template_path("genie_dataset_card.md")), pretty_name=card_data.pretty_name,
-        base_model=base, base_model_revision=run.base_model_revision, model_repo_id=model_repo_id,
+        base_model=public_name(base), base_model_revision=run.base_model_revision, model_repo_id=model_repo_id,
         repo_id=repo_id, shape=list(shape), shape_str=", ".join(str(s) for s in shape), num_samples=num_samples,
         synthesis_batch_size=config["synthesis_batch_size"], synthesis_iterations=config["synthesis_iterations"],
         latent_dim=config["latent_dim"], lr_latent=config["lr_latent"], lr_generator=config["lr_generator"],
         seed=config["seed"], prior=run.synthetic.get("prior") or "bn-statistics",
-        loss_summary=run.synthetic["loss_summary"], command=run.command)
+        loss_summary=run.synthetic["loss_summary"], command=public_command(run.command))

@@ -38,6 +38,16 @@ def _config_type(field: dataclasses.Field):
     return convert
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per `GenieConfig` field that declares one (see `config.option`), help with its default."""
     for field in GenieConfig.cli_fields():
@@ -83,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-dataset", default="auto",
                    help="labelled test set to report top-1 on ('fashion-mnist'; 'none' to skip; default: "
                         "fashion-mnist for the embedded model)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="start over in an output folder that holds another run (or other files): its model/, "
+                        "dataset/, work/ and run.json are deleted first")
     q.add_argument("--push", action="store_true", help="publish the model and the synthetic dataset to the Hub")
     q.add_argument("--repo-id", default=None)
     q.add_argument("--dataset-repo-id", default=None)
@@ -92,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="Hub id or local folder (quantized or not)")
     e.add_argument("--dataset", default="fashion-mnist", help="labelled test set: fashion-mnist")
     e.add_argument("--fp32", default=None, help="FP32 reference model to compare with")
-    e.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images only")
+    e.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
 
     p = sub.add_parser("push", help="publish a finished output folder (retry after a failed upload)")
     p.add_argument("output_dir")
@@ -124,7 +137,7 @@ def _quantize(args) -> None:
     run_quantization(args.model, config, output_dir=args.output_dir, few_shot=args.few_shot, evaluate=evaluate,
                      push=args.push, repo_id=args.repo_id, dataset_repo_id=args.dataset_repo_id,
                      private=args.private, revision=args.revision, command=args.command_line,
-                     progress=not args.quiet)
+                     overwrite=args.overwrite, progress=not args.quiet)
 
 
 def _evaluate(args) -> None:
@@ -132,7 +145,10 @@ def _evaluate(args) -> None:
     from .loading import input_spec, load_model
 
     model, processor = load_model(args.model)
-    fp_model = load_model(args.fp32)[0] if args.fp32 else model
+    fp_model = model
+    if args.fp32:
+        fp_model, fp_processor = load_model(args.fp32)
+        _check_comparable(args.fp32, fp_model, fp_processor, args.model, model, processor)
     result = evaluate_on_dataset(fp_model, model, processor, input_spec(model, processor), args.dataset, args.limit)
     if result is None:
         raise GenieError("No evaluation data: install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
@@ -142,6 +158,21 @@ def _evaluate(args) -> None:
     if args.fp32:
         print(f"{args.fp32} (FP32): top-1 {100 * result.fp32_top1:.2f} %; top-1 agreement "
               f"{100 * result.top1_agreement:.2f} %, KL(fp32||model) {result.kl_fp_q:.4g}")
+
+
+def _check_comparable(fp_name: str, fp_model, fp_processor, name: str, model, processor) -> None:
+    """Two models can be compared only on the same inputs and classes."""
+    from .adapters import adapter_for
+    from .loading import input_spec
+
+    fp_spec, spec = input_spec(fp_model, fp_processor), input_spec(model, processor)
+    if fp_spec.shape != spec.shape:
+        raise GenieError(f"{fp_name} takes inputs of shape {fp_spec.shape} but {name} takes {spec.shape}: they are "
+                         "not the same model, so --fp32 cannot be compared with it.")
+    fp_labels, labels = adapter_for(fp_model).num_labels(fp_model), adapter_for(model).num_labels(model)
+    if fp_labels != labels:
+        raise GenieError(f"{fp_name} has {fp_labels} classes but {name} has {labels}: --fp32 must be the model "
+                         f"{name} was quantized from.")
 
 
 def _push(args) -> None:

@@ -44,7 +44,7 @@ def parse_override(text: str) -> tuple[str, dict[str, int | None]]:
     pattern, sep, bits = text.partition("=")
     weight, slash, act = bits.partition("/")
     if not sep or not slash or not pattern:
-        raise ValueError(f"override '{text}' must look like PATTERN=W/A, e.g. 'classifier=8/8'")
+        raise ValueError(f"override '{text}' must look like PATTERN=W/A, e.g. 'classifier*=8/8'")
     parsed: dict[str, int | None] = {}
     try:
         if weight:
@@ -71,7 +71,7 @@ class LayerBits:
 class GenieConfig:
     """Settings of a Genie run. Build with `GenieConfig.from_profile("quick", weight_bits=2)`.
 
-    `overrides` maps fnmatch patterns over module names (e.g. `"classifier"`, `"*.shortcut*"`) to
+    `overrides` maps fnmatch patterns over module names (e.g. `"classifier*"`, `"*.shortcut"`) to
     `{"weight": bits|None, "act": bits|None}`; they apply after the standard exceptions (first layer W8
     with FP input, second layer's input A8, last layer W8A8), which are themselves fields here.
     """

@@ -39,10 +39,59 @@ def write_json(path: str | os.PathLike, data: Any, *, sort_keys: bool = True) ->
     write_bytes(path, (json.dumps(data, indent=2, sort_keys=sort_keys, default=str) + "\n").encode("utf-8"))
 
 
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file as bytes, the same for the same tensors and metadata in every process.
+
+    `safetensors` itself writes the metadata map in a per-process random order (a Rust HashMap), so files with
+    two or more metadata keys would differ from run to run; here the tensors are serialized by safetensors and
+    the metadata is inserted with sorted keys (the header stays padded to 8 bytes, as safetensors pads it)."""
+    from safetensors.torch import save
+
+    raw = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + length])
+    header.pop("__metadata__", None)
+    if metadata:
+        header = {"__metadata__": {k: metadata[k] for k in sorted(metadata)}, **header}
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + length:]
+
+
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
                      metadata: dict[str, str] | None = None) -> None:
-    """`safetensors.torch.save_file` of CPU, contiguous copies, atomically."""
-    from safetensors.torch import save_file
+    """Write a safetensors file atomically and deterministically (see `safetensors_bytes`)."""
+    write_bytes(path, safetensors_bytes(tensors, metadata))
 
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+@contextlib.contextmanager
+def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh, empty folder at `path` (a leftover from a killed run is cleared first), removed on exit unless
+    it was renamed away (e.g. by `replace_dir`)."""
+    import shutil
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        if path.exists():
+            shutil.rmtree(path)
+
+
+def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the complete folder `source` to `target`, replacing a folder there. Each step is a rename, so at
+    any moment `target` is either the old complete folder or the new one (or, for an instant between the two
+    renames, absent, with the old one kept under a hidden name until the new one is in place)."""
+    import shutil
+
+    source, target = Path(source), Path(target)
+    if not target.exists():
+        os.replace(source, target)
+        return
+    old = target.with_name(f".{target.name}.{os.getpid()}.old")
+    os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old)

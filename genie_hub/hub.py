@@ -23,7 +23,7 @@ from .errors import PushError
 from .fileio import write_bytes
 from .outputs import OutputLayout, RunRecord
 
-__all__ = ["check_push_ready", "default_repo_ids", "push_output", "push_space"]
+__all__ = ["check_push_ready", "check_push_targets", "default_repo_ids", "push_output", "push_space"]
 
 _REPO_NAME_MAX = 96  # the Hub's limit on the name part of a repo id
 _CALIBRATION_SUFFIX = "-calibration"
@@ -63,6 +63,11 @@ def check_push_ready(token: str | None = None) -> str:
     Checks, in order: offline mode (``HF_HUB_OFFLINE``), that a token exists (``token``, ``HF_TOKEN`` or the
     one stored by ``hf auth login``) and that the Hub at ``HF_ENDPOINT`` accepts it (``whoami``).
     """
+    return _whoami(token)[0]
+
+
+def _whoami(token: str | None) -> tuple[str, set[str]]:
+    """(user name, namespaces the token can create repos in: the user and their organizations)."""
     from huggingface_hub import HfApi, get_token, is_offline_mode
 
     if is_offline_mode():
@@ -95,7 +100,47 @@ def check_push_ready(token: str | None = None) -> str:
     name = info.get("name") if isinstance(info, dict) else None
     if not name:
         raise PushError(f"Cannot push to the Hugging Face Hub: {endpoint} returned no user name for this token.")
-    return str(name)
+    orgs = {str(org.get("name")) for org in info.get("orgs") or [] if isinstance(org, dict) and org.get("name")}
+    return str(name), {str(name), *orgs}
+
+
+def _check_repo_id(kind: str, repo_id: str, namespaces: set[str]) -> None:
+    """A valid Hub repo id in a namespace the token can write to, or a PushError naming the repo."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise PushError(f"Cannot push the {kind} repo '{repo_id}': not a valid Hub repo id ({_reason(exc)}). Use "
+                        "owner/name with letters, digits, '-', '_' and '.'.") from None
+    namespace = repo_id.split("/")[0]
+    if namespace not in namespaces:
+        raise PushError(f"Cannot push the {kind} repo '{repo_id}': this token can create repos only under "
+                        f"{', '.join(sorted(namespaces))}, not '{namespace}'. Pick one of those namespaces.")
+
+
+def _resolve_repo_ids(username: str, base_model: str | None, weight_bits: int | None, act_bits: int | None,
+                      repo_id: str | None, dataset_repo_id: str | None, with_dataset: bool) -> tuple[str, str | None]:
+    if repo_id is None:
+        repo_id, default_dataset = default_repo_ids(username, base_model, weight_bits, act_bits)
+    else:
+        repo_id = _qualify(repo_id, username)
+        default_dataset = repo_id + _CALIBRATION_SUFFIX
+    if not with_dataset:
+        return repo_id, None
+    return repo_id, _qualify(dataset_repo_id, username) if dataset_repo_id else default_dataset
+
+
+def check_push_targets(base_model: str, weight_bits: int, act_bits: int, repo_id: str | None = None,
+                       dataset_repo_id: str | None = None, token: str | None = None) -> tuple[str, str]:
+    """Everything `quantize --push` can check before any compute: `check_push_ready`, and that the (default)
+    repo ids are valid and in a namespace the token can write to. Returns the (model, dataset) repo ids."""
+    username, namespaces = _whoami(token)
+    repo_id, dataset_repo_id = _resolve_repo_ids(username, base_model, weight_bits, act_bits, repo_id,
+                                                 dataset_repo_id, with_dataset=True)
+    _check_repo_id("dataset", dataset_repo_id, namespaces)
+    _check_repo_id("model", repo_id, namespaces)
+    return repo_id, dataset_repo_id
 
 
 def _sanitize_repo_name(name: str) -> str:
@@ -141,11 +186,36 @@ def _read_run(run_path: Path) -> RunRecord | None:
 
 
 def _folder_files(folder: Path) -> dict[str, Path]:
-    """{path in repo: local path} for the files upload_folder would upload (skips .git and HF caches)."""
+    """{path in repo: local path} of the regular files inside `folder` (hidden entries, .git and HF caches
+    skipped). A symbolic link is refused: it could make the upload read a file from anywhere on the machine."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
-    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.glob("**/*")) if p.is_file()}
+    root = folder.resolve()
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.is_symlink():
+            raise PushError(f"Cannot push: {path} is a symbolic link. genie_hub uploads only regular files inside "
+                            f"the output folder; replace the link by the file itself or remove it.")
+        if path.is_file():
+            if root not in path.resolve().parents:
+                raise PushError(f"Cannot push: {path} resolves outside {folder}; remove it.")
+            files[rel.as_posix()] = path
     return {rel: files[rel] for rel in filter_repo_objects(list(files), ignore_patterns=DEFAULT_IGNORE_PATTERNS)}
+
+
+def _verify_model_folder(model_dir: Path) -> None:
+    """The same checks as loading (a full `from_pretrained`): nothing unloadable is ever published."""
+    from .checkpoint import from_pretrained
+    from .errors import GenieError
+
+    try:
+        from_pretrained(model_dir)
+    except GenieError as exc:
+        raise PushError(f"Cannot push: {model_dir} does not load as a Genie checkpoint, so it is not published. "
+                        f"{exc}") from exc
 
 
 def _model_card_bytes(readme: Path, dataset_repo_id: str | None) -> bytes | None:
@@ -228,19 +298,19 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
         raise PushError(f"Cannot push the dataset repo '{dataset_repo_id}': {out} has no dataset folder (runs "
                         "calibrated on real images publish the model only). Drop the dataset repo id.")
     run = _read_run(run_path) or RunRecord()
+    _verify_model_folder(model_dir)
 
-    username = check_push_ready(token)
+    username, namespaces = _whoami(token)
     if repo_id is None:
         missing = [key for key in ("base_model", "weight_bits") if getattr(run, key) is None]
         if missing:
             raise PushError(f"Cannot choose a repo name: {run_path} lacks {', '.join(missing)}. Pass the model "
                             "repo id explicitly (--repo-id).")
-        repo_id, default_dataset = default_repo_ids(username, run.base_model, run.weight_bits, run.act_bits)
-    else:
-        repo_id = _qualify(repo_id, username)
-        default_dataset = repo_id + _CALIBRATION_SUFFIX
+    repo_id, dataset_repo_id = _resolve_repo_ids(username, run.base_model, run.weight_bits, run.act_bits, repo_id,
+                                                 dataset_repo_id, with_dataset=has_dataset)
     if has_dataset:
-        dataset_repo_id = _qualify(dataset_repo_id, username) if dataset_repo_id else default_dataset
+        _check_repo_id("dataset", dataset_repo_id, namespaces)
+    _check_repo_id("model", repo_id, namespaces)
     card = _model_card_bytes(model_dir / "README.md", dataset_repo_id if has_dataset else None)  # before I/O
     dataset_card = None
     if run.complete:  # a genie_hub run record: render both cards for the real ids
@@ -303,8 +373,9 @@ def push_space(space_dir: str | os.PathLike, repo_id: str, private: bool = False
     if not folder.is_dir() or not (folder / "README.md").is_file():
         raise PushError(f"Cannot push the Space: {folder} is missing or has no README.md (the Space header). "
                         "Generate the Space folder first.")
-    username = check_push_ready(token)
+    username, namespaces = _whoami(token)
     repo_id = _qualify(repo_id, username)
+    _check_repo_id("Space", repo_id, namespaces)
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)

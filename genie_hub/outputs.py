@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .fileio import write_json
 
 RUN_FILE = "run.json"
+SETTINGS_FILE = "settings.json"
+"""Written to OUT/work/ before any compute: the settings a run in this folder was started with."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,64 @@ class OutputLayout:
     @property
     def run_file(self) -> Path:
         return self.root / RUN_FILE
+
+    @property
+    def settings_file(self) -> Path:
+        return self.work_dir / SETTINGS_FILE
+
+    def claim(self, settings: dict[str, Any], overwrite: bool = False) -> None:
+        """Check, before any compute, that a run with `settings` may write here, and record them.
+
+        Allowed: a missing or empty folder, or a genie_hub output folder whose run (finished: run.json, or
+        interrupted: work/settings.json) had the same settings, which the run then resumes. Anything else is
+        refused, unless `overwrite`, which deletes this folder's model/, dataset/, work/ and run.json (and
+        nothing else) first."""
+        root = self.root
+        if str(root).strip() in ("", "."):
+            raise ConfigError("The output folder is empty or '.': genie_hub would write model/, dataset/, work/ "
+                              "and run.json into the current folder. Pass a folder of their own with -o.")
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"The output folder {root} is a file. Pass a folder with -o.")
+        for sub in (self.model_dir, self.dataset_dir, self.work_dir):
+            if sub.exists() and not sub.is_dir():
+                raise ConfigError(f"{sub} is a file, but genie_hub needs a folder there. Move it away or use "
+                                  "another -o.")
+        existing = next((p for p in (root, *root.parents) if p.exists()), None)
+        if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"Cannot write to the output folder {root}: {existing} is not writable. Pass a "
+                              "folder you can write to with -o.")
+        previous = self._previous_settings() if root.is_dir() and any(root.iterdir()) else settings
+        if previous != settings:
+            if not overwrite:
+                if previous is None:
+                    raise ConfigError(
+                        f"The output folder {root} is not empty and is not a genie_hub output folder, so its files "
+                        "could be overwritten. Use a new or empty folder with -o, or pass --overwrite to replace "
+                        "its model/, dataset/, work/ and run.json.")
+                changed = _differences(previous, settings)
+                raise ConfigError(
+                    f"The output folder {root} holds a run with other settings ({changed}); its results would "
+                    "be replaced or mixed with this run's. Use another -o, or pass --overwrite to start over there.")
+            import shutil
+
+            for path in (self.model_dir, self.dataset_dir, self.work_dir):
+                if path.exists():
+                    shutil.rmtree(path)
+            self.run_file.unlink(missing_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.settings_file, settings)
+
+    def _previous_settings(self) -> dict[str, Any] | None:
+        try:
+            record = RunRecord.load(self.run_file)
+        except (OSError, ValueError):
+            record = None
+        if record is not None and record.settings:
+            return record.settings
+        try:
+            return json.loads(self.settings_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     @classmethod
     def default_for(cls, model_name: str, weight_bits: int, act_bits: int) -> "OutputLayout":
@@ -84,6 +145,7 @@ class RunRecord:
     num_processes: int = 1
     wall_seconds: float | None = None
     synthetic: dict | None = None  # {"num_samples", "shape", "prior", "loss_summary"} for zero-shot runs
+    settings: dict | None = None  # what decides the results (see `run_settings`); a rerun must match them
     push: dict | None = None  # what `genie_hub push` published
     extra: dict[str, Any] = field(default_factory=dict)  # keys written by another genie_hub version, kept
 
@@ -118,3 +180,16 @@ class RunRecord:
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
+
+
+def run_settings(base_model: str, revision: str | None, calibration: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide a run's results: a rerun into the same folder must have the same ones."""
+    return {"base_model": base_model, "base_model_revision": revision, "calibration": calibration, "config": config}
+
+
+def _differences(old: dict, new: dict) -> str:
+    changes = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in new if key != "config" and old.get(key) != new.get(key)]
+    old_config, new_config = old.get("config") or {}, new.get("config") or {}
+    changes += [f"{key}: {old_config.get(key)!r} -> {new_config.get(key)!r}" for key in new_config
+                if old_config.get(key) != new_config.get(key)]
+    return "; ".join(changes[:4]) + ("; ..." if len(changes) > 4 else "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -15,9 +16,11 @@ from pathlib import Path
 from .adapters import adapter_for
 from .calibration import Calibration
 from .config import GenieConfig
-from .evaluation import DatasetEvaluation, evaluate_on_dataset
+from .errors import ConfigError
+from .evaluation import EVAL_DATASETS, DatasetEvaluation, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, resolve_model_path
-from .outputs import OutputLayout, RunRecord
+from .outputs import OutputLayout, RunRecord, run_settings
+from .quantization.prepare import check_overrides
 
 logger = logging.getLogger("genie_hub")
 
@@ -30,26 +33,40 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                      output_dir: str | Path | None = None, few_shot: str | None = None,
                      evaluate: str | None = "auto", accelerator=None, push: bool = False,
                      repo_id: str | None = None, dataset_repo_id: str | None = None, private: bool = False,
-                     revision: str | None = None, command: str | None = None, progress: bool = True) -> Path | None:
-    """Run the full job; returns the output folder (on the main process; None on the others)."""
+                     revision: str | None = None, command: str | None = None, overwrite: bool = False,
+                     progress: bool = True) -> Path | None:
+    """Run the full job; returns the output folder (on the main process; None on the others).
+
+    Everything that can be checked is checked before any compute: the evaluation dataset, the output folder
+    (`OutputLayout.claim`), the Hub token and repo ids when pushing, the model, the override patterns."""
     from accelerate import Accelerator
 
     started = time.time()
     config = config or GenieConfig()
+    if evaluate not in (None, "auto") and evaluate not in EVAL_DATASETS:
+        raise ConfigError(f"Unknown evaluation dataset '{evaluate}'. Supported: {', '.join(EVAL_DATASETS)} "
+                          "(or 'none').")
+    if output_dir is not None and not str(output_dir).strip():
+        raise ConfigError("The output folder is an empty string. Pass a folder with -o, or leave -o out for "
+                          "genie_output/<model>-genie-w<W>a<A>.")
+    base_model = resolve_model_path(model)
     if push:  # fail fast: before hours of compute
-        from .hub import check_push_ready
+        from .hub import check_push_targets
 
-        check_push_ready()
+        check_push_targets(base_model, config.weight_bits, config.act_bits, repo_id,
+                           dataset_repo_id if not few_shot else None)
     accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
     layout = OutputLayout(Path(output_dir)) if output_dir is not None else OutputLayout(default_output_dir(model, config))
     with accelerator.main_process_first():
         fp_model, processor = load_model(model, revision=revision)
+    check_overrides(fp_model, config)
     spec = input_spec(fp_model, processor)
-    base_model = resolve_model_path(model)
+    settings = run_settings(base_model, revision, few_shot or "synthetic", config.to_dict())
     if accelerator.is_main_process:
-        layout.root.mkdir(parents=True, exist_ok=True)
+        layout.claim(settings, overwrite=overwrite)
         logger.info("genie_hub: %s -> W%dA%d, %s profile, output %s", base_model, config.weight_bits,
                     config.act_bits, config.profile, layout.root)
+    accelerator.wait_for_everyone()
 
     if few_shot:
         from .data import load_calibration_images
@@ -71,7 +88,6 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                       state_path=layout.reconstruction_state, progress=progress)
     result.model.to("cpu")
     fp_model.to("cpu")
-    save_quantized(result, layout.model_dir, processor=processor)
 
     eval_dataset = ("fashion-mnist" if is_default_model(model) else None) if evaluate == "auto" else evaluate
     evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, eval_dataset) if eval_dataset else None
@@ -88,19 +104,24 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
             fp_model).get("license"),
         command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
         versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
-        wall_seconds=round(time.time() - started, 1))
+        wall_seconds=round(time.time() - started, 1), settings=settings)
     if evaluation is not None:
         run.results, run.results_protocol = _results_table(evaluation)
+    if calibration.zero_shot:
+        run.synthetic = {"num_samples": len(calibration), "shape": list(calibration.pixel_values.shape[1:]),
+                         "prior": calibration.prior, "loss_summary": calibration.loss_summary()}
     local_id = layout.root.resolve().name
-    render_model_card(run, repo_id=local_id).save(layout.model_dir / "README.md")
+    card = str(render_model_card(run, repo_id=local_id)).encode("utf-8")
+    save_quantized(result, layout.model_dir, processor=processor, extra_files={"README.md": card})
     if calibration.zero_shot:
         from .synthetic_dataset import export_synthetic_dataset
 
-        run.synthetic = {"num_samples": len(calibration), "shape": list(calibration.pixel_values.shape[1:]),
-                         "prior": calibration.prior, "loss_summary": calibration.loss_summary()}
-        card = render_dataset_card(run, repo_id=f"{local_id}-calibration", model_repo_id=None)
-        export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir, card)
-    run.save(layout.run_file)
+        dataset_card = render_dataset_card(run, repo_id=f"{local_id}-calibration", model_repo_id=None)
+        export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir,
+                                 dataset_card)
+    elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
+        shutil.rmtree(layout.dataset_dir)
+    run.save(layout.run_file)  # last: a folder with run.json is a finished run
     _print_summary(run, layout.root)
     if push:
         from .hub import push_output
@@ -123,9 +144,10 @@ def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:
 def _print_summary(run: RunRecord, out: Path) -> None:
     lines = [f"Done in {run.wall_seconds / 60:.1f} min. Output: {out}"]
     if run.unit_errors:
-        better = sum(e["error_reconstructed"] <= e["error_round_to_nearest"] for e in run.unit_errors)
+        better = sum(e["error_reconstructed"] < e["error_round_to_nearest"] for e in run.unit_errors)
+        kept = sum(e.get("kept") == "round-to-nearest" for e in run.unit_errors)
         lines.append(f"Reconstruction lowered the output error of {better}/{len(run.unit_errors)} units below "
-                     "round-to-nearest.")
+                     "round-to-nearest" + (f"; {kept} kept round-to-nearest, which was better." if kept else "."))
     if run.evaluation:
         ev = run.evaluation
         lines.append(f"{ev['dataset']} test top-1 on {ev['num_images']} images: FP32 {100 * ev['fp32_top1']:.2f} % | "

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .adapters import InputSpec
-from .fileio import atomic_path
+from .fileio import replace_dir, staging_dir
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
 
@@ -37,13 +37,15 @@ def build_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_indices: li
 
 def export_synthetic_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_indices: list[int],
                              directory: str | Path, card=None) -> Path:
-    """Write `directory/data/train-*.parquet` (+ README.md card): a folder ready to upload as a datasets repo."""
+    """Write `directory/data/train-*.parquet` (+ README.md card): a folder ready to upload as a datasets repo.
+    The folder is built next to `directory` and renamed into place complete, replacing an earlier one."""
     directory = Path(directory)
-    (directory / "data").mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / DATA_FILE) as tmp:
-        build_dataset(pixel_values, spec, batch_indices).to_parquet(str(tmp))
-    if card is not None:
-        card.save(directory / "README.md")
+    with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
+        (staging / "data").mkdir()
+        build_dataset(pixel_values, spec, batch_indices).to_parquet(str(staging / DATA_FILE))
+        if card is not None:
+            card.save(staging / "README.md")
+        replace_dir(staging, directory)
     return directory
 
 

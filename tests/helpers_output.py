@@ -1,7 +1,8 @@
 """Build a small, realistic `genie_hub quantize --output-dir OUT` folder for tests of the publishing step.
 
 Layout (as produced by the real pipeline, minus the quantization itself):
-  OUT/model/    tiny random ResNetForImageClassification (safetensors), ViTImageProcessor, README.md model card
+  OUT/model/    a tiny random ResNetForImageClassification quantized to a Genie W4A4 checkpoint (round-to-nearest),
+                ViTImageProcessor, README.md model card
   OUT/dataset/  README.md dataset card + data/train-00000-of-00001.parquet (image PNG, pixel_values float32
                 Array3D, batch_index int32)
   OUT/run.json  {"base_model", "weight_bits", "act_bits", "method", ...}
@@ -42,19 +43,25 @@ def build_output(out: Path, seed: int = 0, with_dataset: bool = True) -> Path:
     from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
     from transformers import ViTImageProcessor
 
+    import torch
+
+    from genie_hub import GenieConfig, quantize, save_quantized
+
     out = Path(out)
     model_dir = out / "model"
     model = tiny_model(seed)
-    model.save_pretrained(model_dir)
-    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(model_dir)
+    calibration = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+    result = quantize(model, calibration, GenieConfig.from_profile("quick", reconstruction_steps=0),
+                      range_init="minmax", progress=False)
     card_data = ModelCardData(
         base_model=BASE_MODEL, base_model_relation="quantized", library_name="transformers",
         pipeline_tag="image-classification", license="apache-2.0",
         tags=["quantized", "4-bit", "genie", "zero-shot-quantization"],
     )
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n# Tiny ResNet, Genie W4A4\n\nTest fixture card.\n")
-    card.save(model_dir / "README.md")
-    (model_dir / "genie_extra.py").write_text("# a custom module shipped with the model\nVALUE = 1\n")
+    save_quantized(result, model_dir, processor=ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+                   extra_files={"README.md": str(card).encode("utf-8"),
+                                "genie_extra.py": b"# a custom module shipped with the model\nVALUE = 1\n"})
 
     if with_dataset:
         from datasets import Array3D, Dataset, Features, Image, Value

@@ -1,7 +1,7 @@
 """One small `genie_hub quantize` job, for tests/test_reproducibility.py (run in a fresh, single-thread process).
 
 usage: pinned_run.py OUT_ROOT FAMILY WEIGHT_BITS ACT_BITS FEW_SHOT(0|1)
-Prints PIN{json}: sha256 of OUT/model/model.safetensors and of the pixel tensor of each synthesis shard.
+Prints PIN{json}: sha256 of OUT/model/genie_model.safetensors and of the pixel tensor of each synthesis shard.
 """
 
 import hashlib
@@ -35,7 +35,8 @@ def run(root: Path, family: str, weight_bits: str, act_bits: str, few_shot: bool
             Image.fromarray(rng.randint(0, 256, (40, 36, 3), dtype=np.uint8)).save(root / "photos" / f"{i:02d}.png")
         args += ["--few-shot", str(root / "photos")]
     assert main(args) == 0
-    digests = {"model.safetensors": hashlib.sha256((root / "out/model/model.safetensors").read_bytes()).hexdigest()}
+    weights = root / "out/model/genie_model.safetensors"
+    digests = {"genie_model.safetensors": hashlib.sha256(weights.read_bytes()).hexdigest()}
     for shard in sorted((root / "out/work/synthetic").glob("batch_*.safetensors")):
         pixels = load_file(str(shard))["pixel_values"].contiguous().numpy().tobytes()
         digests[shard.name] = hashlib.sha256(pixels).hexdigest()

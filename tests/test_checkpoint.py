@@ -111,11 +111,11 @@ def copy_checkpoint(folder: Path, tmp_path: Path) -> Path:
 # ---- format -----------------------------------------------------------------------------------------------
 def test_saved_layout(w4):
     q, folder = w4
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
-    tensors = load_file(folder / "model.safetensors")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "genie_model.safetensors", "preprocessor_config.json"]
+    tensors = load_file(folder / "genie_model.safetensors")
     config = json.loads((folder / "config.json").read_text())
     block = config["quantization_config"]
-    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == 1
+    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == 2 and block["weights_file"] == "genie_model.safetensors"
     assert (block["weight_bits"], block["act_bits"]) == (4, 4)
     assert block["layers"] == layer_dicts(q) and block["genie_config"]["weight_bits"] == 4
     assert is_guard(config[GUARD_KEY])
@@ -154,7 +154,7 @@ def test_quantization_config_validation():
         with pytest.raises(CheckpointError):
             GenieQuantizationConfig.from_dict({"layers": layers})
     with pytest.raises(CheckpointError, match="Upgrade genie_hub"):
-        GenieQuantizationConfig.from_dict({**good, "format_version": 2})
+        GenieQuantizationConfig.from_dict({**good, "format_version": 3})
     with pytest.raises(CheckpointError):
         GenieQuantizationConfig.from_dict({**good, "format": "compressed-tensors"})
 
@@ -231,7 +231,7 @@ def test_file_size(embedding, hidden, max_ratio, tmp_path):
     sizes = {"fp32": (tmp_path / "fp32" / "model.safetensors").stat().st_size}
     for bits in (4, 2):
         q = quantized(model, bits, 4, steps=0, range_init="minmax", n=4)
-        sizes[f"w{bits}"] = (save_quantized(q, tmp_path / f"w{bits}") / "model.safetensors").stat().st_size
+        sizes[f"w{bits}"] = (save_quantized(q, tmp_path / f"w{bits}") / "genie_model.safetensors").stat().st_size
     print(f"\nResNet embedding={embedding} hidden={hidden}: model.safetensors bytes {sizes}; fp32/w4 = "
           f"{sizes['fp32'] / sizes['w4']:.2f}, fp32/w2 = {sizes['fp32'] / sizes['w2']:.2f}")
     assert sizes["w4"] <= sizes["fp32"] * max_ratio
@@ -298,7 +298,8 @@ def test_hub_round_trip(hub_server, w4):
     loaded.push_to_hub("tester/genie-w4a4-again")
     remote = hub_server.files("tester/genie-w4a4-again")
     assert is_guard(json.loads(remote["config.json"])[GUARD_KEY])
-    assert remote["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    assert remote["genie_model.safetensors"] == (folder / "genie_model.safetensors").read_bytes()
+    assert "model.safetensors" not in remote
 
 
 def test_refuses_to_save_nan_scales(w4, tmp_path):
@@ -349,10 +350,15 @@ def test_without_genie_hub_fails_loudly(w4, tmp_path):
 
 # ---- corrupted / inconsistent checkpoints ----------------------------------------------------------------------
 def _rewrite_tensors(folder: Path, edit) -> None:
-    path = folder / "model.safetensors"
+    """Edit the tensors of a saved checkpoint, keeping its metadata (so only the edit is wrong)."""
+    from safetensors import safe_open
+
+    path = folder / "genie_model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
     tensors = load_file(path)
     edit(tensors)
-    save_file(tensors, path, metadata={"format": "pt"})
+    save_file(tensors, path, metadata=metadata)
 
 
 def _edit_config(folder: Path, edit) -> None:
@@ -378,19 +384,19 @@ CONV = "resnet.encoder.stages.0.layers.0.layer.1.convolution"
 
 def test_truncated_file(w4, tmp_path):
     folder = copy_checkpoint(w4[1], tmp_path)
-    data = (folder / "model.safetensors").read_bytes()
-    (folder / "model.safetensors").write_bytes(data[:-100])
-    _assert_refused(folder, str(folder / "model.safetensors"), "truncated")
-    (folder / "model.safetensors").write_bytes(data[:5])
-    _assert_refused(folder, "model.safetensors", "not a valid safetensors file")
+    data = (folder / "genie_model.safetensors").read_bytes()
+    (folder / "genie_model.safetensors").write_bytes(data[:-100])
+    _assert_refused(folder, str(folder / "genie_model.safetensors"), "truncated")
+    (folder / "genie_model.safetensors").write_bytes(data[:5])
+    _assert_refused(folder, "genie_model.safetensors", "not a valid safetensors file")
 
 
 def test_garbage_file(w4, tmp_path):
     folder = copy_checkpoint(w4[1], tmp_path)
-    (folder / "model.safetensors").write_bytes(np.random.RandomState(0).bytes(4096))
-    _assert_refused(folder, str(folder / "model.safetensors"), "not a valid safetensors file")
-    good = (w4[1] / "model.safetensors").read_bytes()  # header intact, garbage after the data
-    (folder / "model.safetensors").write_bytes(good + b"\x00" * 16)
+    (folder / "genie_model.safetensors").write_bytes(np.random.RandomState(0).bytes(4096))
+    _assert_refused(folder, str(folder / "genie_model.safetensors"), "not a valid safetensors file")
+    good = (w4[1] / "genie_model.safetensors").read_bytes()  # header intact, garbage after the data
+    (folder / "genie_model.safetensors").write_bytes(good + b"\x00" * 16)
     _assert_refused(folder, "trailing bytes")
 
 
@@ -457,7 +463,7 @@ def test_pickled_weights_are_never_loaded(w4, tmp_path):
     shutil.copy(only_bin / "pytorch_model.bin", with_config / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pytorch_model.bin"):
         from_pretrained(with_config)
-    with pytest.raises(CheckpointError, match="safetensors only"):
+    with pytest.raises(CheckpointError, match="genie_model.safetensors"):
         AutoModelForImageClassification.from_pretrained(with_config)
     with pytest.raises(CheckpointError, match="use_safetensors=False"):
         from_pretrained(w4[1], use_safetensors=False)

@@ -26,7 +26,7 @@ def tiny_run(tmp_path_factory):
     save_tiny_model(root / "base", "regnet")
     out = root / "out"
     assert main(["quantize", str(root / "base"), "-o", str(out), "-w", "3", "-a", "4", "--override",
-                 "classifier=8/8", *TINY]) == 0
+                 "classifier.1=8/8", *TINY]) == 0
     return root, out
 
 
@@ -35,14 +35,14 @@ def test_quantize_writes_a_complete_hub_ready_folder(tiny_run):
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "genie"
     assert config["quantization_config"]["weight_bits"] == 3
-    for name in ("model.safetensors", "preprocessor_config.json", "README.md"):
+    for name in ("genie_model.safetensors", "preprocessor_config.json", "README.md"):
         assert (out / "model" / name).exists()
-    assert not any(k.endswith(".weight") and "convolution" in k for k in load_file(str(out / "model" / "model.safetensors")))
+    assert not any(k.endswith(".weight") and "convolution" in k for k in load_file(str(out / "model" / "genie_model.safetensors")))
     card = (out / "model" / "README.md").read_text()
     metadata = card.split("---")[1]
     assert "base_model" not in metadata and str(root) not in metadata  # a local base: no Hub relation, no path
     assert "pipeline_tag: image-classification" in card and "genie" in card and "No real data was used" in card
-    assert "--override classifier=8/8" in card  # the exact command
+    assert "--override classifier.1=8/8" in card  # the exact command
     run = json.loads((out / "run.json").read_text())
     assert run["zero_shot"] and run["weight_bits"] == 3 and len(run["unit_errors"]) == len(run["units"])
     # The dataset folder holds exactly the synthesized tensors, with previews.
@@ -71,7 +71,7 @@ def test_rerun_resumes_without_redoing_work(tiny_run, capsys):
     root, out = tiny_run
     shards = {p: p.stat().st_mtime_ns for p in (out / "work" / "synthetic").glob("batch_*")}
     assert main(["quantize", str(root / "base"), "-o", str(out), "-w", "3", "-a", "4", "--override",
-                 "classifier=8/8", *TINY]) == 0
+                 "classifier.1=8/8", *TINY]) == 0
     assert shards == {p: p.stat().st_mtime_ns for p in (out / "work" / "synthetic").glob("batch_*")}
     run = json.loads((out / "run.json").read_text())
     assert all(u["resumed"] for u in run["unit_errors"])

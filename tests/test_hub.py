@@ -90,7 +90,7 @@ def test_push_then_load_with_transformers_and_datasets(hub_server, out):
     assert (out / "model" / "README.md").read_text() == str(card)
     _assert_model_repo_matches(hub_server, out)
     _assert_dataset_repo_matches(hub_server, out)
-    assert hub_server.repo(MODEL_ID).files_lfs() >= {"model.safetensors"}
+    assert hub_server.repo(MODEL_ID).files_lfs() >= {"genie_model.safetensors"}
     assert "data/train-00000-of-00001.parquet" in hub_server.repo(DATASET_ID, "dataset").files_lfs()
 
     # run.json records the push and keeps every other key.

@@ -37,7 +37,12 @@ from ..quantization.format import LayerSpec, check_bits
 
 QUANT_METHOD = "genie"
 FORMAT = "genie-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+WEIGHTS_NAME = "genie_model.safetensors"
+"""Where format 2 stores the weights: a name plain transformers never reads (format 1 used model.safetensors),
+so a Genie checkpoint can never load as plain FP weights, whatever the transformers version."""
+LAYERS_METADATA_KEY = "genie_layers"
+"""The safetensors `__metadata__` entry that repeats `layers` (JSON), checked against config.json on load."""
 
 PACKING = {
     "dtype": "int32",
@@ -97,7 +102,7 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
                  act_bits: int | None = None, overrides: dict | None = None, genie_config: dict | None = None,
                  format: str = FORMAT, format_version: int = FORMAT_VERSION, quant_method: str = QUANT_METHOD,
                  packing: dict | None = None, weight_scheme: dict | None = None, act_scheme: dict | None = None,
-                 **kwargs: Any):
+                 weights_file: str | None = None, **kwargs: Any):
         if quant_method != QUANT_METHOD:
             raise _bad(f"quant_method is {quant_method!r}, expected {QUANT_METHOD!r}.")
         if format != FORMAT:
@@ -125,6 +130,12 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
         self.packing = copy.deepcopy(packing) if packing else copy.deepcopy(PACKING)
         self.weight_scheme = copy.deepcopy(weight_scheme) if weight_scheme else copy.deepcopy(WEIGHT_SCHEME)
         self.act_scheme = copy.deepcopy(act_scheme) if act_scheme else copy.deepcopy(ACT_SCHEME)
+        if format_version >= 2 and weights_file is None:
+            weights_file = WEIGHTS_NAME
+        if weights_file is not None and (not isinstance(weights_file, str) or weights_file not in (
+                WEIGHTS_NAME, WEIGHTS_NAME + ".index.json")):
+            raise _bad(f"weights_file is {weights_file!r}; expected {WEIGHTS_NAME!r} or its .index.json.")
+        self.weights_file = weights_file  # None: format 1, weights in model.safetensors
         # Keys written by a later minor revision of the same format version are kept and written back as-is.
         self.extra = {k: copy.deepcopy(v) for k, v in kwargs.items() if not k.startswith("_")}
 
@@ -167,6 +178,8 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
             "weight_scheme": copy.deepcopy(self.weight_scheme),
             "act_scheme": copy.deepcopy(self.act_scheme),
         }
+        if self.weights_file is not None:
+            out["weights_file"] = self.weights_file
         for key, value in self.extra.items():
             out.setdefault(key, copy.deepcopy(value))
         return out
@@ -184,7 +197,8 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
         config = cls(**config_dict)
         unused = {}
         for key, value in kwargs.items():
-            if key in ("layers", "weight_bits", "act_bits", "format", "format_version", "quant_method"):
+            if key in ("layers", "weight_bits", "act_bits", "format", "format_version", "quant_method",
+                       "weights_file"):
                 unused[key] = value  # loading-time arguments never change what the checkpoint holds
             elif hasattr(config, key):
                 setattr(config, key, value)

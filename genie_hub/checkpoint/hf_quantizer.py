@@ -28,7 +28,7 @@ from ..errors import CheckpointError
 from ..quantization import QUANTIZED_TYPES, LayerSpec, QuantizedOp, quantized_ops
 from .config import GUARD_KEY, GenieQuantizationConfig, is_guard
 from .safetensors_check import read_headers
-from .validate import Expected, tensor_problems
+from .validate import Expected, metadata_problems, tensor_problems
 
 
 def _prefix_mapper(model: nn.Module, names) -> callable:
@@ -56,6 +56,20 @@ def _frozen_module(name: str, fp: nn.Module, spec: LayerSpec) -> QuantizedOp:
     return cls.from_frozen(fp, spec)
 
 
+def _fp_tensor_problems(model: nn.Module) -> list[str]:
+    """Values no trained model holds: non-finite floats anywhere, negative BatchNorm variances."""
+    problems = []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+            problems.append(f"{name} has non-finite values")
+    for name, module in model.named_modules():
+        running_var = getattr(module, "running_var", None)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and running_var is not None \
+                and bool((running_var < 0).any()):
+            problems.append(f"{name}.running_var is negative")
+    return problems
+
+
 class GenieHfQuantizer(HfQuantizer):
     """transformers quantizer for quant_method "genie" (pre-quantized Genie checkpoints only)."""
 
@@ -74,8 +88,11 @@ class GenieHfQuantizer(HfQuantizer):
 
     def update_attn_implementation(self, config):
         config = super().update_attn_implementation(config)
-        if is_guard(getattr(config, GUARD_KEY, None)):
-            delattr(config, GUARD_KEY)  # the guard is for plain transformers; we load the standard weight file
+        weights_file = self.quantization_config.weights_file
+        if weights_file is not None:  # format 2: genie_model.safetensors, which plain transformers never reads
+            setattr(config, GUARD_KEY, weights_file)
+        elif is_guard(getattr(config, GUARD_KEY, None)):
+            delattr(config, GUARD_KEY)  # format 1: the guard is for plain transformers; load model.safetensors
         return config
 
     # ---- before / after weight loading -----------------------------------------------------------------------
@@ -116,6 +133,8 @@ class GenieHfQuantizer(HfQuantizer):
                 present[name] = info
         problems = tensor_problems(present, expected, closed=True, may_be_missing=lambda key: key in tied or any(
             p.search(key) for p in ignore_missing))
+        problems += metadata_problems(files, self.quantization_config.layers,
+                                      required=self.quantization_config.weights_file is not None)
         if problems:
             raise CheckpointError(
                 f"The Genie checkpoint {where} does not match its config.json: {'; '.join(problems)}. A layer's bits "
@@ -136,6 +155,7 @@ class GenieHfQuantizer(HfQuantizer):
                           if tensor.is_meta or (not self.validated_files
                                                 and not getattr(tensor, "_is_hf_initialized", False))]
             problems.extend(not_loaded or op.frozen_problems(name))
+        problems += _fp_tensor_problems(model)
         if problems:
             raise CheckpointError(
                 f"The Genie checkpoint of {getattr(model, 'name_or_path', '') or 'this model'} holds invalid "

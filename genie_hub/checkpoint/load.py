@@ -10,9 +10,10 @@ import torch
 
 from ..adapters import loader_for
 from ..errors import CheckpointError, GenieError
-from .config import QUANT_METHOD, GenieQuantizationConfig
+from .config import QUANT_METHOD, WEIGHTS_NAME, GenieQuantizationConfig
 from .safetensors_check import read_headers, weight_files
-from .validate import forbidden_keys, layer_expectations, tensor_problems
+from .save import PLAIN_WEIGHT_NAMES
+from .validate import forbidden_keys, layer_expectations, metadata_problems, tensor_problems
 
 
 def _read_config(directory: Path) -> dict:
@@ -32,28 +33,36 @@ def _read_config(directory: Path) -> dict:
 
 def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
     """Check a local Genie checkpoint folder without building a model: config.json parses and has a Genie
-    `quantization_config`, the weights are safetensors (never pickles), complete, and hold the stored tensors
-    of every listed layer with the dtypes and shapes the frozen format declares. Returns the parsed config."""
+    `quantization_config`, the weights are safetensors (never pickles), complete, hold the stored tensors of
+    every listed layer with the dtypes and shapes the frozen format declares, and record the same layers as
+    config.json; no plain weights file sits next to them. Returns the parsed config."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a folder: a Genie checkpoint is a folder with config.json and "
-                              "model.safetensors.")
-    files = weight_files(directory)
-    if not files:
-        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
-        raise CheckpointError(
-            f"{directory} has no model.safetensors"
-            + (f" (only pickled weights: {', '.join(pickles)}, which genie_hub never loads because unpickling can "
-               "run arbitrary code)" if pickles else "")
-            + ". Genie checkpoints are safetensors only: save the model with genie_hub.checkpoint.save_quantized.")
+                              f"{WEIGHTS_NAME}.")
+    if not (directory / "config.json").exists() and not weight_files(directory):
+        _refuse_missing_weights(directory, "model.safetensors")
     raw = _read_config(directory)
     block = raw.get("quantization_config")
     if not isinstance(block, dict) or block.get("quant_method") != QUANT_METHOD:
+        if not weight_files(directory):
+            _refuse_missing_weights(directory, "model.safetensors")
         raise CheckpointError(
             f"{directory / 'config.json'} has no Genie quantization_config (quant_method "
             f"{(block or {}).get('quant_method') if isinstance(block, dict) else None!r}): it is not a Genie "
             "checkpoint. Load FP models with genie_hub.loading.load_model.")
     config = GenieQuantizationConfig.from_dict(block)
+    name = config.weights_file.removesuffix(".index.json") if config.weights_file else "model.safetensors"
+    files = weight_files(directory, name)
+    if not files:
+        _refuse_missing_weights(directory, name)
+    if config.weights_file is not None:
+        plain = [plain for plain in PLAIN_WEIGHT_NAMES if (directory / plain).exists()]
+        if plain:
+            raise CheckpointError(
+                f"{directory} holds {', '.join(plain)} next to its Genie weights ({config.weights_file}): plain "
+                "transformers would load that file as this model's weights. It does not belong to the checkpoint; "
+                "delete it, or save or download the checkpoint again.")
     found = read_headers(files)
 
     def weight_shape_of(name: str) -> tuple[int, ...] | None:
@@ -65,11 +74,21 @@ def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
     expected, problems = layer_expectations(config.layers, weight_shape_of)
     problems += tensor_problems({key: info for key, (info, _) in found.items()}, expected,
                                 forbidden=forbidden_keys(config.layers))
+    problems += metadata_problems(files, config.layers, required=config.weights_file is not None)
     if problems:
         raise CheckpointError(
             f"The Genie checkpoint in {directory} is inconsistent with its config.json: {'; '.join(problems)}. "
             "Save or download the checkpoint again.")
     return config
+
+
+def _refuse_missing_weights(directory: Path, name: str) -> None:
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+    raise CheckpointError(
+        f"{directory} has no {name}"
+        + (f" (only pickled weights: {', '.join(pickles)}, which genie_hub never loads because unpickling can "
+           "run arbitrary code)" if pickles else "")
+        + ". Genie checkpoints are safetensors only: save the model with genie_hub.save_quantized.")
 
 
 def _read_small(path: Path, key: str) -> list[int]:
@@ -115,7 +134,7 @@ def from_pretrained(name_or_path: str | os.PathLike, *, require_genie: bool = Tr
     if local.is_dir():
         if require_genie:
             verify_checkpoint(local)
-        elif not weight_files(local):
+        elif not weight_files(local) and not weight_files(local, WEIGHTS_NAME):
             raise CheckpointError(f"{local} has no model.safetensors; pickled weights are never loaded.")
     try:
         model = loader_for(name).load_quantized(name, **kwargs)

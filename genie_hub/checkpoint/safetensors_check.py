@@ -30,7 +30,15 @@ def _corrupt(path: Path, what: str) -> CheckpointError:
 def read_header(path: str | os.PathLike) -> dict[str, dict]:
     """{tensor name: {"dtype": "I32", "shape": [..]}} of one .safetensors file; CheckpointError when it is
     unreadable, truncated, padded with trailing bytes, or its header is inconsistent."""
-    path = Path(path)
+    return _parse(Path(path))[0]
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` string map of one .safetensors file (after the same checks as `read_header`)."""
+    return _parse(Path(path))[1]
+
+
+def _parse(path: Path) -> tuple[dict[str, dict], dict[str, str]]:
     if path.suffix != ".safetensors":
         raise CheckpointError(
             f"Refusing to read {path}: Genie checkpoints are safetensors only (pickled .bin/.pt weights can run "
@@ -53,6 +61,9 @@ def read_header(path: str | os.PathLike) -> dict[str, dict]:
         raise _corrupt(path, f"its JSON header does not parse ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(header, dict):
         raise _corrupt(path, "its header is not a JSON object")
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _corrupt(path, "its __metadata__ is not a map of strings")
     tensors: dict[str, dict] = {}
     spans = []
     for name, info in header.items():
@@ -81,14 +92,15 @@ def read_header(path: str | os.PathLike) -> dict[str, dict]:
         if begin != position:
             raise _corrupt(path, "its tensor byte ranges overlap or leave holes")
         position = end
-    return tensors
+    return tensors, metadata
 
 
-def weight_files(directory: str | os.PathLike) -> list[Path]:
-    """The safetensors weight file(s) of a saved model folder (following model.safetensors.index.json)."""
+def weight_files(directory: str | os.PathLike, name: str = "model.safetensors") -> list[Path]:
+    """The safetensors weight file(s) called `name` in a saved model folder (one file, or the shards listed by
+    `<name>.index.json`); [] when there are none."""
     directory = Path(directory)
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
+    single = directory / name
+    index = directory / f"{name}.index.json"
     if single.exists():
         return [single]
     if index.exists():

@@ -1,28 +1,26 @@
-"""Save a Genie-quantized model as a transformers checkpoint: config.json + packed model.safetensors.
+"""Save a Genie-quantized model as a transformers checkpoint: config.json + packed genie_model.safetensors.
 
-What is written (by transformers' own `save_pretrained`, safetensors only):
-- `model.safetensors`: for every quantized op `<name>.weight_packed` (int32), `.weight_scale` (f32),
-  `.weight_zero_point` (uint8), `.weight_shape` (int64), `.input_scale` (f32, when its input is quantized)
-  and `.bias` (FP); every other tensor of the model (BatchNorm parameters and statistics, ...) unchanged.
-  No quantized layer has a `<name>.weight` key: no FP copy, no integer codes under an FP name.
+What is written (transformers' own `save_pretrained` first, then made a Genie checkpoint, safetensors only):
+- `genie_model.safetensors` (or shards listed by `genie_model.safetensors.index.json`): for every quantized
+  op the tensors `genie_hub.quantization.format` declares (`weight_packed`, `weight_scale`,
+  `weight_zero_point`, `weight_shape`, `input_scale`) and its FP `bias`; every other tensor of the model
+  (BatchNorm parameters and statistics, ...) unchanged. No quantized layer has a `<name>.weight` key. Its
+  safetensors metadata repeats the `layers` of config.json, which loading cross-checks.
 - `config.json`: the model config plus `quantization_config` (see `config.py`) and the load guard below.
-- the image processor's `preprocessor_config.json` when one is given.
+- the image processor's `preprocessor_config.json` when one is given, and any extra files (the model card).
 
-Load guard (what happens WITHOUT genie_hub): transformers does not know quant_method "genie"; it only logs
-"Unknown quantization type ... skip", builds plain Conv2d/Linear layers and, finding no `weight` keys,
-initializes them randomly (checked on transformers 5.24: a warning, no error). To make that impossible,
-config.json also carries a top-level `"transformers_weights"` entry holding a message. transformers 5 reads
-that key as the explicit weights file name and, since it is not a `*.safetensors` name, raises before any
-model is built:
+Never loadable as plain FP weights: plain transformers looks for `model.safetensors` (or `pytorch_model.bin`),
+which a Genie checkpoint does not have, so every transformers version refuses it; transformers >= 5 also
+reads config.json's top-level `"transformers_weights"`, which holds a message, and raises with it:
 
     ValueError: The transformers file in the config seems to be incorrect: ...: GENIE-QUANTIZED CHECKPOINT
     (...): this folder must be loaded with genie_hub. Run `pip install genie_hub` and `import genie_hub` ...
 
-With genie_hub imported, the registered `GenieHfQuantizer` removes that entry before the weight file is
-looked up, so the standard `model.safetensors` is loaded. transformers drops `transformers_weights` whenever
-it saves a config, so the guard is written again after every save: by `save_quantized`, and by the
-`save_pretrained` (and hence `push_to_hub`) of a loaded or saved Genie model, which `install_save_guard`
-wraps.
+With genie_hub imported, the registered `GenieHfQuantizer` points `transformers_weights` at
+`genie_model.safetensors` before the weight file is looked up.
+
+Nothing half-written is ever visible: the checkpoint is written into a hidden staging folder next to the
+target, verified with the same checks as loading, and only then renamed into place.
 """
 
 from __future__ import annotations
@@ -36,23 +34,60 @@ import torch
 
 from ..adapters import adapter_for
 from ..errors import CheckpointError
-from ..fileio import write_json
+from ..fileio import replace_dir, save_safetensors, staging_dir, write_bytes, write_json
 from ..quantization import QuantizationResult, QuantizedOp, quantized_ops
-from .config import GUARD_KEY, GUARD_MESSAGE, GenieQuantizationConfig, is_guard
+from .config import GUARD_KEY, GUARD_MESSAGE, LAYERS_METADATA_KEY, WEIGHTS_NAME, GenieQuantizationConfig
+from .safetensors_check import read_metadata, weight_files
 
-
-def write_guard(save_directory: str | os.PathLike) -> None:
-    """Add the load guard to `save_directory/config.json` (idempotent)."""
-    path = Path(save_directory) / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if is_guard(config.get(GUARD_KEY)) and config[GUARD_KEY] == GUARD_MESSAGE:
-        return
-    config[GUARD_KEY] = GUARD_MESSAGE
-    write_json(path, config)
+PLAIN_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
+"""What plain transformers would load: never present in a Genie checkpoint folder."""
 
 
 def is_genie_quantized(model) -> bool:
     return any(isinstance(m, QuantizedOp) for m in model.modules())
+
+
+def _finish(directory: Path, config: GenieQuantizationConfig) -> None:
+    """Turn what transformers wrote into `directory` into a Genie checkpoint: weights renamed to
+    genie_model.safetensors with the layers in their metadata, `quantization_config` and the guard in
+    config.json."""
+    from safetensors.torch import load_file
+
+    files = weight_files(directory)
+    if not files:
+        raise CheckpointError(f"No model.safetensors was written to {directory}.")
+    layers = json.dumps({name: spec.to_dict() for name, spec in config.layers.items()}, sort_keys=True)
+    for file in files:  # same tensors, same byte layout; only the metadata grows
+        metadata = {**read_metadata(file), LAYERS_METADATA_KEY: layers}
+        save_safetensors(load_file(str(file)), file, metadata)
+    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+    if single.exists():
+        single.rename(directory / WEIGHTS_NAME)
+        config.weights_file = WEIGHTS_NAME
+    else:
+        index.rename(directory / f"{WEIGHTS_NAME}.index.json")
+        config.weights_file = f"{WEIGHTS_NAME}.index.json"
+    path = directory / "config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["quantization_config"] = config.to_dict()
+    data[GUARD_KEY] = GUARD_MESSAGE
+    write_json(path, data)
+
+
+def _write(q_model, config: GenieQuantizationConfig, directory: Path, processor=None,
+           extra_files: dict[str, bytes] | None = None, **save_kwargs) -> None:
+    """Write a complete, verified Genie checkpoint into the empty folder `directory`."""
+    from .load import verify_checkpoint
+
+    q_model.config.quantization_config = config
+    adapter_for(q_model).save(q_model, directory, **save_kwargs)
+    _finish(directory, config)
+    if processor is not None:
+        processor.save_pretrained(directory)
+    for name, data in (extra_files or {}).items():
+        write_bytes(directory / name, data)
+    verify_checkpoint(directory)
 
 
 def _class_save_pretrained(model):
@@ -60,23 +95,31 @@ def _class_save_pretrained(model):
 
 
 def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-    """`PreTrainedModel.save_pretrained` of a Genie model: refreshes `quantization_config` and writes the
-    load guard into config.json (installed on the instance by `install_save_guard`)."""
+    """`PreTrainedModel.save_pretrained` of a Genie model (installed on the instance by `install_save_guard`):
+    writes a Genie checkpoint into `save_directory`, keeping the folder's other files, replacing plain weight
+    files that would contradict it. `push_to_hub` saves through here too."""
     if not is_genie_quantized(self):  # e.g. after model.dequantize(): a plain FP model again
         return _class_save_pretrained(self)(save_directory, *args, push_to_hub=push_to_hub, **kwargs)
-    self.config.quantization_config = GenieQuantizationConfig.from_model(self)
+    config = GenieQuantizationConfig.from_model(self)
     hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
-    result = _class_save_pretrained(self)(save_directory, *args, **kwargs)
-    if (Path(save_directory) / "config.json").exists():
-        write_guard(save_directory)
-    if push_to_hub:  # push_to_hub saves through this method again, into a temporary folder, guard included
+    target = Path(save_directory)
+    target.mkdir(parents=True, exist_ok=True)
+    with staging_dir(target / ".genie-staging") as staging:
+        _write(self, config, staging, **{k: v for k, v in kwargs.items() if k == "max_shard_size"})
+        for stale in (*PLAIN_WEIGHT_NAMES, WEIGHTS_NAME, f"{WEIGHTS_NAME}.index.json"):
+            if (target / stale).exists():
+                (target / stale).unlink()
+        files = sorted(staging.iterdir(), key=lambda p: p.name == "config.json")  # config.json last
+        for file in files:
+            os.replace(file, target / file.name)
+    if push_to_hub:  # push_to_hub saves through this method again, into a temporary folder
         repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.normpath(str(save_directory))))
         self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
-    return result
+    return None
 
 
 def install_save_guard(model) -> None:
-    """Make `model.save_pretrained` (and `push_to_hub`, which calls it) write the Genie load guard."""
+    """Make `model.save_pretrained` (and `push_to_hub`, which calls it) write the Genie format."""
     model.save_pretrained = types.MethodType(save_pretrained, model)
 
 
@@ -86,8 +129,8 @@ def remove_save_guard(model) -> None:
 
 def bind(result: QuantizationResult) -> None:
     """Make `result.model` a Genie checkpoint-to-be: its config carries the Genie `quantization_config`, and its
-    `save_pretrained` / `push_to_hub` write the Genie format (guard included). No-op for models without a
-    config (plain nn.Modules, which cannot be saved as transformers checkpoints anyway)."""
+    `save_pretrained` / `push_to_hub` write the Genie format. No-op for models without a config (plain
+    nn.Modules, which cannot be saved as transformers checkpoints anyway)."""
     if getattr(result.model, "config", None) is None:
         return
     result.model.config.quantization_config = GenieQuantizationConfig.from_result(result)
@@ -95,15 +138,15 @@ def bind(result: QuantizationResult) -> None:
 
 
 def save_quantized(quantized, save_directory: str | os.PathLike, processor=None, *,
-                   max_shard_size: int | str = "10GB") -> Path:
-    """Save a `QuantizationResult` (or a model loaded from a Genie checkpoint) as a Genie checkpoint.
+                   extra_files: dict[str, bytes] | None = None, max_shard_size: int | str = "10GB") -> Path:
+    """Save a `QuantizationResult` (or a model loaded from a Genie checkpoint) as a Genie checkpoint folder.
 
-    Writes config.json (with `quantization_config` and the load guard), the packed `model.safetensors`
-    and, when given, the image processor, then verifies the folder with the same checks as loading. Later
-    `model.save_pretrained(...)` calls write the same format. Returns the folder.
+    The folder is written complete (config.json with `quantization_config` and the load guard, the packed
+    weights, the image processor when given, `extra_files` such as {"README.md": card}) into a staging folder,
+    verified with the same checks as loading, then renamed into place; an existing Genie checkpoint there is
+    replaced, any other non-empty folder is refused. Later `model.save_pretrained(...)` calls write the same
+    format. Returns the folder.
     """
-    from .load import verify_checkpoint
-
     q_model = quantized.model if isinstance(quantized, QuantizationResult) else quantized
     if not hasattr(q_model, "save_pretrained") or not hasattr(q_model, "config"):
         raise CheckpointError(f"save_quantized needs a transformers model (PreTrainedModel), got "
@@ -122,14 +165,30 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
             "model outputs NaN. The calibration activations of those layers were probably all (near) zero; "
             "quantize again with other calibration data, or keep those layers in FP via overrides.")
     directory = Path(save_directory)
-    if directory.is_file():
-        raise CheckpointError(f"Cannot save to {directory}: it is a file, not a folder.")
-    directory.mkdir(parents=True, exist_ok=True)
-    q_model.config.quantization_config = config
-    adapter_for(q_model).save(q_model, directory, max_shard_size=max_shard_size)
-    write_guard(directory)
-    verify_checkpoint(directory)
-    if processor is not None:
-        processor.save_pretrained(directory)
+    check_replaceable(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
+        _write(q_model, config, staging, processor, extra_files, max_shard_size=max_shard_size)
+        replace_dir(staging, directory)
     install_save_guard(q_model)
     return directory
+
+
+def check_replaceable(directory: Path) -> None:
+    """A checkpoint may be written to `directory` if it is absent, empty, or a Genie checkpoint (replaced whole)."""
+    if directory.is_file():
+        raise CheckpointError(f"Cannot save to {directory}: it is a file, not a folder.")
+    if directory.is_dir() and any(directory.iterdir()):
+        try:
+            config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+            genie = config.get("quantization_config", {}).get("quant_method") == "genie"
+        except (OSError, ValueError, AttributeError):
+            genie = False
+        if not genie:
+            raise CheckpointError(
+                f"Cannot save to {directory}: the folder is not empty and does not hold a Genie checkpoint, so "
+                "saving would replace files genie_hub did not write. Choose a new or empty folder, or delete it.")
+
+
+__all__ = ["bind", "check_replaceable", "install_save_guard", "is_genie_quantized", "remove_save_guard",
+           "save_quantized", "shutil"]

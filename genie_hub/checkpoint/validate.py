@@ -82,3 +82,32 @@ def tensor_problems(found: dict[str, dict], expected: dict[str, Expected], *, fo
 
 def forbidden_keys(layers: Iterable[str]) -> list[str]:
     return [f"{name}.{FORBIDDEN_SUFFIX}" for name in layers]
+
+
+def metadata_problems(files: Iterable, layers: dict[str, LayerSpec], required: bool) -> list[str]:
+    """The layers each weight file records in its metadata must be config.json's (format 2 writes them; an edit
+    of bits or signedness in config.json alone would otherwise load with wrong grids)."""
+    import json
+
+    from .config import LAYERS_METADATA_KEY
+    from .safetensors_check import read_metadata
+
+    expected = {name: spec.to_dict() for name, spec in layers.items()}
+    problems = []
+    for file in files:
+        recorded = read_metadata(file).get(LAYERS_METADATA_KEY)
+        if recorded is None:
+            if required:
+                problems.append(f"{getattr(file, 'name', file)} does not record its layers")
+            continue
+        try:
+            recorded = json.loads(recorded)
+        except ValueError:
+            problems.append(f"{getattr(file, 'name', file)} records unreadable layers")
+            continue
+        if recorded != expected:
+            names = sorted(n for n in set(recorded) | set(expected) if recorded.get(n) != expected.get(n))
+            problems.append(f"config.json's quantization_config.layers disagree with what "
+                            f"{getattr(file, 'name', file)} was saved with (e.g. '{names[0]}': config.json "
+                            f"{expected.get(names[0])}, weights {recorded.get(names[0])})")
+    return problems

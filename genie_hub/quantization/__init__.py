@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .layers import QUANTIZED_TYPES, QuantConv2d, QuantizedOp, QuantLinear, Quan
 from .prepare import prepare_model, quantized_ops, resolve_bits
 from .quantizers import ActQuantizer, WeightQuantizer
 from .reconstruction import ReconstructionState, UnitReport, reconstruct
+
+logger = logging.getLogger("genie_hub.quantization")
 
 
 @dataclass
@@ -51,6 +54,10 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
     autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     model = model.to(device).eval()
     pixel_values = pixel_values.to(device)
+    if len(pixel_values) < 2 or not bool((pixel_values.flatten(1).std(dim=1) > 0).any()):
+        logger.warning("The calibration images have no variance (every image is one constant value): activation "
+                       "ranges and reconstruction learned from them will not fit real inputs. Check the "
+                       "calibration source (synthesis losses, the few-shot folder or dataset).")
     q_model, units, op_names = prepare_model(model, config, pixel_values[:2], range_init)
     fingerprint = {"config": {k: v for k, v in config.to_dict().items() if k != "mixed_precision"},
                    "range_init": range_init, "model": model_fingerprint(model),

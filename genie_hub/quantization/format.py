@@ -114,10 +114,22 @@ def frozen_value_problems(name: str, spec: LayerSpec, weight_shape: tuple[int, .
             problems.append(f"{name}.weight_shape is {list(stored_shape)}, the layer is {list(weight_shape)}")
         if int(tensors["weight_zero_point"].max()) >= 2**spec.weight_bits:
             problems.append(f"{name}.weight_zero_point exceeds {spec.weight_bits}-bit codes")
-        if not bool(torch.isfinite(tensors["weight_scale"]).all()):
-            problems.append(f"{name}.weight_scale has non-finite values")
-    # Only finiteness is checked for the input scale: a learned step may legitimately end up tiny, and a
-    # checkpoint must reproduce whatever the in-memory model computed.
-    if spec.act_bits is not None and not math.isfinite(float(tensors["input_scale"])):
-        problems.append(f"{name}.input_scale is {float(tensors['input_scale'])}")
+        problems += _scale_problems(f"{name}.weight_scale", tensors["weight_scale"])
+    if spec.act_bits is not None:
+        problems += _scale_problems(f"{name}.input_scale", tensors["input_scale"])
     return problems
+
+
+MAX_SCALE = 1e6
+"""Steps are learned and stored clamped to >= MIN_STEP > 0; a step above 1e6 would mean weights or activations
+beyond 1e6 * 2^bits, which no calibrated vision model has: such a value is an edit or corruption."""
+
+
+def _scale_problems(key: str, scale: torch.Tensor) -> list[str]:
+    if not bool(torch.isfinite(scale).all()):
+        return [f"{key} has non-finite values"]
+    if bool((scale <= 0).any()):
+        return [f"{key} has values <= 0 (min {float(scale.min()):.3g})"]
+    if bool((scale > MAX_SCALE).any()):
+        return [f"{key} has values above {MAX_SCALE:g} (max {float(scale.max()):.3g})"]
+    return []

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..adapters import model_logits
 from ..config import GenieConfig, LayerBits
+from ..errors import ConfigError
 from ..hooks import TemporaryHooks
 from .blocks import QUANTIZABLE, Unit, discover_units
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
@@ -59,10 +60,24 @@ def resolve_bits(op_order: list[str], config: GenieConfig) -> dict[str, LayerBit
     return bits
 
 
+def check_overrides(model: nn.Module, config: GenieConfig) -> None:
+    """Every `config.overrides` pattern must match a quantizable module (Conv2d, Linear, or an Identity
+    shortcut); a pattern that matches nothing would silently do nothing."""
+    names = [name for name, module in model.named_modules() if isinstance(module, (*QUANTIZABLE, nn.Identity))]
+    unmatched = [p for p in config.overrides if not any(fnmatch.fnmatchcase(name, p) for name in names)]
+    if unmatched:
+        shown = ", ".join(names[:60]) + (f", ... ({len(names) - 60} more)" if len(names) > 60 else "")
+        raise ConfigError(
+            f"The override pattern(s) {', '.join(repr(p) for p in unmatched)} match no quantizable module of "
+            f"{type(model).__name__}, so they would change nothing. Patterns are fnmatch patterns over these "
+            f"module names: {shown}. E.g. 'classifier*=8/8' or '*.shortcut=/8'.")
+
+
 def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Tensor,
                   range_init: str = "lp") -> tuple[nn.Module, list[Unit], list[str]]:
     """Return (quantizable copy of `model`, reconstruction units, quantized op names in execution order)."""
     fp_model = model.eval()
+    check_overrides(fp_model, config)
     units = discover_units(fp_model, example_input)
     order, inputs = trace_inputs(fp_model, example_input)
     ops = [n for n in order if isinstance(fp_model.get_submodule(n), QUANTIZABLE)]

@@ -51,6 +51,7 @@ class UnitReport:
     error_reconstructed: float
     seconds: float
     resumed: bool = False
+    kept: str = "reconstructed"  # or "round-to-nearest", when reconstruction ended with a larger output error
 
 
 @torch.no_grad()
@@ -108,8 +109,11 @@ def _input_quantizers(ops: list[QuantizedOp]) -> list[ActQuantizer]:
 
 def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor, x_q: torch.Tensor,
                      y_fp: torch.Tensor, args: tuple, kwargs: dict, config: GenieConfig, name: str,
-                     autocast=contextlib.nullcontext, progress: bool = True) -> tuple[float, float]:
-    """Reconstruct one unit in place and freeze it; returns (round-to-nearest error, final error)."""
+                     autocast=contextlib.nullcontext, progress: bool = True) -> tuple[float, float, str]:
+    """Reconstruct one unit in place and freeze it; returns (round-to-nearest error, final error, what was
+    kept). Reconstruction never makes a unit worse: when it ends with a larger output error on the calibration
+    data than round-to-nearest (too few steps to anneal the rounding, degenerate data), the unit keeps its
+    round-to-nearest weights and initial steps instead."""
     weight_quantizers = [op.weight_quantizer for op in ops if op.weight_quantizer is not None]
     act_quantizers = _input_quantizers(ops)
     with torch.no_grad():  # activation steps: Lp search on the quantized model's own inputs
@@ -119,6 +123,7 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
     error_rtn = _output_error(unit, x_q, y_fp, args, kwargs)
     for wq in weight_quantizers:
         wq.hard = False
+    initial = [p.detach().clone() for p in _learned(weight_quantizers, act_quantizers)]
 
     steps = config.reconstruction_steps
     if steps > 0 and weight_quantizers + act_quantizers:
@@ -166,10 +171,23 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
                 p.requires_grad_(False)
     for wq in weight_quantizers:
         wq.hard = True
-    error_final = _output_error(unit, x_q, y_fp, args, kwargs)
+    error_final, kept = _output_error(unit, x_q, y_fp, args, kwargs), "reconstructed"
+    if error_final > error_rtn:
+        with torch.no_grad():
+            for param, value in zip(_learned(weight_quantizers, act_quantizers), initial):
+                param.copy_(value)
+        logger.warning("unit %s: reconstruction ended with a larger output error than round-to-nearest "
+                       "(%.4g > %.4g); keeping round-to-nearest for this unit (more --reconstruction-steps help).",
+                       name, error_final, error_rtn)
+        error_final, kept = _output_error(unit, x_q, y_fp, args, kwargs), "round-to-nearest"
     for op in ops:
         op.freeze()
-    return error_rtn, error_final
+    return error_rtn, error_final, kept
+
+
+def _learned(weight_quantizers: list, act_quantizers: list[ActQuantizer]) -> list[torch.Tensor]:
+    """Everything reconstruction changes: weight steps and rounding variables, activation steps."""
+    return [*(p for wq in weight_quantizers for p in (wq.step, wq.rounding)), *(aq.step for aq in act_quantizers)]
 
 
 class ReconstructionState:
@@ -241,11 +259,11 @@ def reconstruct(fp_model: nn.Module, q_model: nn.Module, units: list[Unit], cali
         seed_everything(batch_seed(config.seed, RECONSTRUCTION_SEED_OFFSET + index))
         x_fp, y_fp, args, kwargs = capture(fp_model, unit.name, calibration, batch, device, True, autocast)
         x_q, _, q_args, q_kwargs = capture(q_model, unit.name, calibration, batch, device, False, autocast)
-        error_rtn, error_final = reconstruct_unit(
+        error_rtn, error_final, kept = reconstruct_unit(
             q_model.get_submodule(unit.name), list(ops.values()), x_fp, x_q, y_fp, q_args, q_kwargs, config,
             unit.name, autocast=autocast, progress=progress)
         report = UnitReport(unit.name, unit.kind, len(ops), config.reconstruction_steps, error_rtn, error_final,
-                            time.perf_counter() - started)
+                            time.perf_counter() - started, kept=kept)
         logger.info("unit %s: output error %.4g (round-to-nearest) -> %.4g (reconstructed)", unit.name,
                     error_rtn, error_final)
         outer.set_postfix(unit=unit.name[-30:], err=f"{error_final:.3g}")
