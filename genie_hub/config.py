@@ -173,13 +173,12 @@ class GenieConfig:
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 "
                               "needs gradient scaling, which genie_hub does not do; use bf16).")
 
-    @property
-    def num_synthesis_batches(self) -> int:
-        return -(-self.num_samples // self.synthesis_batch_size)
-
     def synthesis_batch_sizes(self) -> list[int]:
-        """Sizes of the synthesis batches; the last one holds the remainder."""
+        """Sizes of the synthesis batches; the last one holds the remainder. A remainder of a single image joins
+        the last full batch: the statistics of one image are no batch statistics to match."""
         full, rest = divmod(self.num_samples, self.synthesis_batch_size)
+        if rest == 1 and full:
+            return [self.synthesis_batch_size] * (full - 1) + [self.synthesis_batch_size + 1]
         return [self.synthesis_batch_size] * full + ([rest] if rest else [])
 
     def to_dict(self) -> dict[str, Any]:

@@ -95,6 +95,7 @@ def launch_space(fp32: str | None = None, quantized: str | None = None, *, prelo
                              f"{fp32_model.num_labels} classes, {quantized} has {quantized_model.num_labels}.")
     demo = app.build_demo(fp32, quantized)
     launch_kwargs.setdefault("css", app.CSS)
+    launch_kwargs.setdefault("max_file_size", app.MAX_FILE_SIZE)
     demo.launch(**launch_kwargs)
     return demo
 

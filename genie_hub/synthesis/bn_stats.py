@@ -30,19 +30,33 @@ def require_batchnorm(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 def bn_statistics_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """||mu_batch - mu_run||^2 / C + ||sigma_batch - sqrt(var_run + 1e-6)||^2 / C (sigma: unbiased std)."""
+    """||mu_batch - mu_run||^2 / C + ||sigma_batch - sqrt(var_run + 1e-6)||^2 / C (sigma: unbiased std).
+
+    Two degenerate cases stay finite: a channel that holds one value per batch (a batch of one image on a 1x1
+    map) has std 0 instead of the unbiased 0/0, and a channel whose values are all equal (a dead channel, or
+    activations that vanished in a badly scaled model) contributes no gradient through its std instead of the
+    0/0 of d(std)/dx, which would turn every image into NaN."""
     x = x.float()
     mean = x.mean(dim=(0, 2, 3))
-    std = x.transpose(0, 1).flatten(1).std(dim=1, unbiased=True)
+    flat = x.transpose(0, 1).flatten(1)
+    if flat.requires_grad:
+        flat.register_hook(_zero_non_finite)  # only this term's gradient: finite gradients pass unchanged
+    std = flat.std(dim=1, unbiased=flat.shape[1] > 1)
     channels = x.shape[1]
     target_std = torch.sqrt(bn.running_var.float() + 1e-6)
     return ((mean - bn.running_mean.float()).pow(2).sum() + (std - target_std).pow(2).sum()) / channels
 
 
+def _zero_non_finite(grad: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def input_prior_loss(images: torch.Tensor) -> torch.Tensor:
     """Each image's per-channel spatial mean -> 0 and std -> 1 (squared L2 / batch size)."""
     flat = images.float().flatten(2)
-    mean, std = flat.mean(dim=2), flat.std(dim=2)
+    if flat.requires_grad:
+        flat.register_hook(_zero_non_finite)  # a constant image has no std gradient (see bn_statistics_loss)
+    mean, std = flat.mean(dim=2), flat.std(dim=2, unbiased=flat.shape[2] > 1)
     return (mean.pow(2).sum() + (std - 1).pow(2).sum()) / images.shape[0]
 
 

@@ -58,6 +58,14 @@ EXAMPLES_ENV = "GENIE_SPACE_EXAMPLES_DIR"
 
 MIN_SIDE = 8
 """Smallest accepted image side, in pixels."""
+MAX_PIXELS = 4096 * 4096
+"""Largest accepted image, in pixels (checked from the file header, before decoding): a small PNG can claim a
+huge size, and decoding 10000x10000 px costs gigabytes."""
+MAX_FILE_SIZE = "20mb"
+"""Largest upload the server accepts."""
+HUB_ONLY_ENV = "GENIE_SPACE_HUB_ONLY"
+ALLOWED_MODELS_ENV = "GENIE_SPACE_ALLOWED_MODELS"
+"""Comma-separated Hub ids: with it, a public Space loads only these (and its two defaults)."""
 TOP_K = 5
 LATENCY_RUNS = 5
 """Timed forward passes per model (after one warm-up run); the median is reported."""
@@ -185,11 +193,31 @@ def _load_cached(model_id: str) -> LoadedModel:
     return LoadedModel(model_id, model, processor, input_spec(model, processor))
 
 
+def hub_only() -> bool:
+    """On a Hugging Face Space (SPACE_ID set) or with GENIE_SPACE_HUB_ONLY=1, the model boxes take Hub ids only:
+    a public app must not load, or reveal the existence of, folders on its server."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get(HUB_ONLY_ENV, "") in ("1", "true", "yes")
+
+
+def check_model_allowed(model_id: str) -> None:
+    """GenieError unless this app may load `model_id` (see `hub_only`; the two default models always may)."""
+    if not hub_only() or model_id in default_models():
+        return
+    parts = model_id.split("/")
+    if _looks_like_path(model_id) or len(parts) != 2 or not all(
+            part and part not in (".", "..") and all(c.isalnum() or c in "-_." for c in part) for part in parts):
+        raise GenieError(f"This app accepts Hub model ids only (owner/name), not '{model_id}'.")
+    allowed = [m.strip() for m in os.environ.get(ALLOWED_MODELS_ENV, "").split(",") if m.strip()]
+    if allowed and model_id not in allowed:
+        raise GenieError(f"This app compares only these models: {', '.join(allowed)}.")
+
+
 def load_cached(model_id: str) -> LoadedModel:
     """Load a model once per id (lru-cached). Raises GenieError (ModelLoadError) with a clear message."""
     model_id = (model_id or "").strip()
     if not model_id:
         raise GenieError("No model given: enter a Hub id (owner/name) or a local folder.")
+    check_model_allowed(model_id)
     path = Path(model_id).expanduser()
     if path.resolve() in (DEFAULT_MODEL_DIR.resolve(), DEFAULT_QUANTIZED_DIR.resolve()) \
             and not (path / "config.json").is_file():
@@ -226,7 +254,10 @@ def check_image(image) -> Image.Image:
             raise gr.Error(f"Cannot read this array as an image ({exc}).", title="Unsupported image") from exc
     if not isinstance(image, Image.Image):
         raise gr.Error(f"Unsupported image type {type(image).__name__}.", title="Unsupported image")
-    width, height = image.size
+    width, height = image.size  # from the header: nothing is decoded yet for a file
+    if width * height > MAX_PIXELS:
+        raise gr.Error(f"The image is too large ({width}x{height} px): at most {MAX_PIXELS // 1_000_000} megapixels "
+                       "are accepted. Downscale it first.", title="Image too large")
     if width < MIN_SIDE or height < MIN_SIDE:
         raise gr.Error(f"The image is too small ({width}x{height} px): each side needs at least {MIN_SIDE} px.",
                        title="Image too small")
@@ -413,8 +444,8 @@ def build_demo(fp32: str | None = None, quantized: str | None = None) -> gr.Bloc
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                image = gr.Image(type="pil", image_mode=None, sources=["upload"], label="Photo", height=300,
-                                 elem_id="genie-image")
+                image = gr.Image(type="filepath", image_mode=None, sources=["upload"], label="Photo", height=300,
+                                 elem_id="genie-image")  # a path: the size is checked before decoding
                 if examples:
                     gr.Examples(examples=[[path] for path in examples], inputs=[image],
                                 cache_examples=False, examples_per_page=8,
@@ -436,4 +467,4 @@ def build_demo(fp32: str | None = None, quantized: str | None = None) -> gr.Bloc
 
 
 if __name__ == "__main__":
-    build_demo().launch(css=CSS)
+    build_demo().launch(css=CSS, max_file_size=MAX_FILE_SIZE)

@@ -1,0 +1,366 @@
+"""Nothing lost, nothing silently wrong (issue 14): atomic outputs, refusals before compute, strict loading,
+safe publishing. Each test is one case a hostile or unlucky user hit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import genie_hub
+from genie_hub import GenieConfig, quantize, save_quantized
+from genie_hub.checkpoint import from_pretrained
+from genie_hub.cli import main
+from genie_hub.errors import CheckpointError, ConfigError, PushError
+from genie_hub.hub import push_output
+from helpers_output import build_output, tree_hashes
+from tiny_models import IMAGE_SIZE, save_tiny_model, structured_images, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_TRANSFORMERS = ROOT / ".ci" / "old-transformers"
+TINY = ["--profile", "quick", "--num-samples", "8", "--batch-size", "8", "--synthesis-iterations", "3",
+        "--reconstruction-steps", "3", "-q"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("base") / "tiny-resnet"
+    save_tiny_model(path, "resnet-basic")
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A W4A4 Genie checkpoint of a tiny ResNet (round-to-nearest: these tests are about files, not accuracy)."""
+    model = tiny_model("resnet-basic")
+    result = quantize(model, structured_images(8, 3, torch.Generator().manual_seed(0)),
+                      GenieConfig.from_profile("quick", reconstruction_steps=0), range_init="minmax", progress=False)
+    return save_quantized(result, tmp_path_factory.mktemp("ckpt") / "w4a4")
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / folder.name))
+
+
+def _edit_weights(folder: Path, edit) -> None:
+    path = folder / "genie_model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata=metadata)
+
+
+# ---- data loss and random weights ------------------------------------------------------------------------
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_save_killed_midway_leaves_nothing_or_the_old_checkpoint(checkpoint, tmp_path, monkeypatch, existing):
+    from genie_hub.checkpoint import save as save_module
+
+    target = tmp_path / "model"
+    if existing:
+        shutil.copytree(checkpoint, target)
+    before = tree_hashes(target) if existing else None
+    model = from_pretrained(checkpoint)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after transformers wrote config.json and model.safetensors
+
+    monkeypatch.setattr(save_module, "_finish", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_quantized(model, target)
+    assert (tree_hashes(target) == before) if existing else not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["model"] if existing else [])  # no staging left
+
+
+def test_save_never_replaces_a_folder_it_did_not_write(checkpoint, tmp_path):
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="not empty"):
+        save_quantized(from_pretrained(checkpoint), target)
+    assert (target / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        save_quantized(from_pretrained(checkpoint), tmp_path / "file")
+
+
+PLAIN_LOAD = """
+import json, sys
+from transformers import AutoModelForImageClassification, pipeline
+results = {}
+for folder in sys.argv[1:]:
+    for api, load in (("auto", lambda: AutoModelForImageClassification.from_pretrained(folder)),
+                      ("pipeline", lambda: pipeline("image-classification", model=folder))):
+        try:
+            load()
+            results[folder + ":" + api] = "LOADED"
+        except Exception as exc:
+            results[folder + ":" + api] = type(exc).__name__ + ": " + str(exc)[:3000]
+import transformers
+results["version"] = transformers.__version__
+print("RESULTS" + json.dumps(results))
+"""
+
+
+def _plain_load(folders: list[Path], pythonpath: str = "") -> dict:
+    env = dict(os.environ, PYTHONPATH=pythonpath, TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", PLAIN_LOAD, *map(str, folders)], capture_output=True, text=True,
+                          env=env, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.split("RESULTS", 1)[1])
+
+
+def _guardless_copy(checkpoint: Path, tmp_path: Path) -> Path:
+    """The checkpoint after a plain `config.save_pretrained`, which drops the top-level guard key."""
+    from transformers import AutoConfig
+
+    folder = _copy(checkpoint, tmp_path)
+    AutoConfig.from_pretrained(folder).save_pretrained(folder)
+    assert "transformers_weights" not in json.loads((folder / "config.json").read_text())
+    return folder
+
+
+def test_plain_transformers_never_loads_random_weights(checkpoint, tmp_path):
+    guardless = _guardless_copy(checkpoint, tmp_path)
+    results = _plain_load([checkpoint, guardless])
+    assert results.pop("version") == __import__("transformers").__version__
+    assert len(results) == 4 and all(outcome != "LOADED" for outcome in results.values()), results
+    assert all("pip install genie_hub" in results[f"{checkpoint}:{api}"] for api in ("auto", "pipeline"))
+    assert torch.equal(from_pretrained(guardless).classifier[1].weight_packed,
+                       from_pretrained(checkpoint).classifier[1].weight_packed)  # genie_hub still loads it
+
+
+def test_an_old_transformers_release_refuses_too(checkpoint, tmp_path):
+    if not (OLD_TRANSFORMERS / "transformers").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{OLD_TRANSFORMERS} is missing: .ci/setup installs transformers 4.51 there")
+        pytest.skip("run .ci/setup to install transformers 4.51 into .ci/old-transformers")
+    # The format 1 layout (weights in model.safetensors, protected only by the config guard) is what this old
+    # release loads with random conv/linear weights: the test would see it.
+    v1 = _copy(checkpoint, tmp_path / "v1")
+    (v1 / "genie_model.safetensors").rename(v1 / "model.safetensors")
+    results = _plain_load([checkpoint, _guardless_copy(checkpoint, tmp_path), v1], pythonpath=str(OLD_TRANSFORMERS))
+    assert results.pop("version") == "4.51.3"
+    assert results.pop(f"{v1}:auto") == "LOADED"
+    assert all(outcome != "LOADED" for key, outcome in results.items() if not key.startswith(str(v1))), results
+
+
+def test_stray_plain_weights_next_to_a_checkpoint_are_refused(checkpoint, tmp_path):
+    folder = _copy(checkpoint, tmp_path)
+    shutil.copy(folder / "genie_model.safetensors", folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        from_pretrained(folder)
+
+
+def test_model_fingerprint_sees_every_weight(tmp_path):
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=2)
+    genie_hub.synthesize(model, config, output_dir=tmp_path, progress=False)
+    with torch.no_grad():
+        model.resnet.encoder.stages[0].layers[0].layer[0].convolution.weight[3, 1, 0, 0] += 1e-6
+    with pytest.raises(ConfigError, match="different settings or another model"):
+        genie_hub.synthesize(model, config, output_dir=tmp_path, progress=False)
+
+
+# ---- silently wrong results ----------------------------------------------------------------------------------
+CONV = "resnet.encoder.stages.0.layers.0.layer.1.convolution"
+
+
+@pytest.mark.parametrize("key,value", [("weight_scale", 0.0), ("weight_scale", -0.01), ("input_scale", 0.0),
+                                       ("input_scale", -1.0), ("input_scale", 1e30)])
+def test_scales_freeze_never_produces_are_refused(checkpoint, tmp_path, key, value):
+    folder = _copy(checkpoint, tmp_path)
+    _edit_weights(folder, lambda t: t[f"{CONV}.{key}"].fill_(value))
+    with pytest.raises(CheckpointError, match=f"{CONV}.{key}"):
+        from_pretrained(folder)
+
+
+@pytest.mark.parametrize("value", [float("nan"), -1.0])
+def test_broken_batchnorm_statistics_are_refused(checkpoint, tmp_path, value):
+    folder = _copy(checkpoint, tmp_path)
+    key = "resnet.embedder.embedder.normalization.running_var"
+    _edit_weights(folder, lambda t: t[key].__setitem__(0, value))
+    with pytest.raises(CheckpointError, match="running_var"):
+        from_pretrained(folder)
+
+
+@pytest.mark.parametrize("field,value", [("act_bits", 8), ("act_signed", True)])
+def test_config_json_edits_are_cross_checked_with_the_weights(checkpoint, tmp_path, field, value):
+    folder = _copy(checkpoint, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"]["layers"][CONV][field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="disagree"):
+        from_pretrained(folder)
+    with pytest.raises(CheckpointError, match="disagree"):
+        from transformers import AutoModelForImageClassification
+
+        AutoModelForImageClassification.from_pretrained(folder)
+
+
+def test_override_matching_nothing_is_refused_before_compute(base, tmp_path, capsys):
+    assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--override", "classifier=8/8", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "'classifier'" in err and "classifier.1" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_degenerate_calibration_is_reported_and_never_worse_than_round_to_nearest(caplog):
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", reconstruction_steps=20)
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        result = quantize(model, torch.zeros(8, 3, IMAGE_SIZE, IMAGE_SIZE), config, progress=False)
+    assert "no variance" in caplog.text
+    for unit in result.report:
+        assert unit.error_reconstructed <= unit.error_round_to_nearest, unit
+        assert unit.kept in ("reconstructed", "round-to-nearest")
+
+
+def test_a_unit_that_reconstruction_made_worse_keeps_round_to_nearest():
+    model = tiny_model("resnet-basic")  # at 5 steps the W8 stem ends worse than its near-perfect rounding
+    result = quantize(model, structured_images(16, 3, torch.Generator().manual_seed(0)),
+                      GenieConfig.from_profile("quick", reconstruction_steps=5), progress=False)
+    kept = [unit for unit in result.report if unit.kept == "round-to-nearest"]
+    assert kept, [(u.name, u.error_round_to_nearest, u.error_reconstructed) for u in result.report]
+    assert all(unit.error_reconstructed == unit.error_round_to_nearest for unit in kept)
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "x"])
+def test_evaluate_limit_must_be_positive(limit, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "some/model", "--limit", limit])
+    assert info.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+# ---- output folders: refused before any compute -----------------------------------------------------------
+def test_output_folder_problems_are_refused_before_compute(base, tmp_path, capsys, monkeypatch):
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    (unrelated / "thesis.tex").write_text("mine")
+    cases = {
+        "": "empty string",
+        str(tmp_path / "afile"): "is a file",
+        str(unrelated): "not a genie_hub output folder",
+        str(tmp_path / "work-file"): "needs a folder",
+        str(tmp_path / "model-file"): "needs a folder",
+    }
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "work-file").mkdir()
+    (tmp_path / "work-file" / "work").write_text("x")
+    (tmp_path / "model-file").mkdir()
+    (tmp_path / "model-file" / "model").write_text("x")
+    for output, needle in cases.items():
+        assert main(["quantize", str(base), "-o", output, *TINY]) == 2, output
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (output, err)
+    assert sorted(p.name for p in unrelated.iterdir()) == ["thesis.tex"]
+    from genie_hub import outputs
+
+    monkeypatch.setattr(outputs.os, "access", lambda path, mode: False)  # root can write anywhere; pretend not
+    assert main(["quantize", str(base), "-o", str(tmp_path / "ro"), *TINY]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_a_run_with_other_settings_never_replaces_a_finished_one(base, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["quantize", str(base), "-o", str(out), "-w", "4", *TINY]) == 0
+    shutil.rmtree(out / "work")  # even without the work folder, run.json says what the folder holds
+    before = tree_hashes(out)
+    assert main(["quantize", str(base), "-o", str(out), "-w", "2", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "weight_bits: 4 -> 2" in err and "--overwrite" in err
+    assert tree_hashes(out) == before
+    # A few-shot run is other settings too; with --overwrite it starts over and leaves no synthetic dataset.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (40, 40), (i * 60, 20, 200 - i * 40)).save(photos / f"{i}.png")
+    assert main(["quantize", str(base), "-o", str(out), "--few-shot", str(photos), *TINY]) == 2
+    assert main(["quantize", str(base), "-o", str(out), "--few-shot", str(photos), "--overwrite", *TINY]) == 0
+    assert not (out / "dataset").exists() and json.loads((out / "run.json").read_text())["zero_shot"] is False
+    # The same settings again: allowed (resumes).
+    assert main(["quantize", str(base), "-o", str(out), "--few-shot", str(photos), *TINY]) == 0
+
+
+def test_unknown_eval_dataset_is_refused_before_compute(base, tmp_path, capsys):
+    assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--eval-dataset", "imagenet", *TINY]) == 2
+    assert "Unknown evaluation dataset" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("repo_id,needle", [("bad id!!", "not a valid Hub repo id"),
+                                            ("someone-else/x", "can create repos only under")])
+def test_push_targets_are_checked_before_compute(hub_server, base, tmp_path, capsys, repo_id, needle):
+    assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--push", "--repo-id", repo_id, *TINY]) == 1
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not hub_server.repos
+
+
+def test_evaluate_refuses_an_fp32_model_of_other_inputs(tmp_path, capsys):
+    save_tiny_model(tmp_path / "rgb", "resnet-basic", channels=3)
+    save_tiny_model(tmp_path / "gray", "resnet-basic", channels=1)
+    assert main(["evaluate", str(tmp_path / "gray"), "--fp32", str(tmp_path / "rgb"), "--limit", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "not the same model" in err and "Traceback" not in err
+
+
+# ---- synthesis on small feature maps ------------------------------------------------------------------------
+def test_a_last_batch_of_one_image_joins_the_previous_batch():
+    config = GenieConfig.from_profile("quick", num_samples=9, synthesis_batch_size=4)
+    assert config.synthesis_batch_sizes() == [4, 5]
+    assert GenieConfig.from_profile("quick", num_samples=10, synthesis_batch_size=4).synthesis_batch_sizes() == [4, 4, 2]
+
+
+def test_synthesis_is_finite_on_one_pixel_maps_and_vanishing_activations():
+    from transformers import EfficientNetConfig, EfficientNetForImageClassification, ResNetConfig, \
+        ResNetForImageClassification
+
+    torch.manual_seed(0)
+    resnet = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16],
+                                                       depths=[1, 1], num_labels=3, image_size=8)).eval()
+    efficientnet = EfficientNetForImageClassification(EfficientNetConfig(
+        image_size=32, width_coefficient=0.25, depth_coefficient=0.5, hidden_dim=320, num_labels=5)).eval()
+    for model, size, count in ((resnet, 8, 1), (efficientnet, 32, 4)):
+        config = GenieConfig.from_profile("quick", num_samples=count, synthesis_batch_size=4, synthesis_iterations=15)
+        spec = genie_hub.InputSpec(3, size, size)
+        calibration = genie_hub.synthesize(model, config, spec=spec, progress=False)  # a batch of 1 on 1x1 maps
+        assert torch.isfinite(calibration.pixel_values).all()
+
+
+# ---- publishing -------------------------------------------------------------------------------------------
+def test_push_verifies_the_checkpoint_before_any_upload(hub_server, tmp_path):
+    out = build_output(tmp_path / "out")
+    weights = out / "model" / "genie_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    with pytest.raises(PushError, match="does not load as a Genie checkpoint"):
+        push_output(out)
+    assert not hub_server.repos
+
+
+def test_push_never_follows_a_symlink_out_of_the_folder(hub_server, tmp_path):
+    out = build_output(tmp_path / "out")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private key")
+    (out / "model" / "notes.txt").symlink_to(secret)
+    with pytest.raises(PushError, match="symbolic link"):
+        push_output(out)
+    assert not any(b"private key" in data for repo in hub_server.repos for data in
+                   hub_server.files(repo[1], repo_type=repo[0]).values())
+
+
+def test_cards_publish_no_local_paths(base, tmp_path):
+    out = tmp_path / "runs" / "out"
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    for card in (out / "model" / "README.md", out / "dataset" / "README.md"):
+        text = card.read_text()
+        assert str(tmp_path) not in text and "tiny-resnet" in text, card
