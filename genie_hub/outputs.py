@@ -1,6 +1,6 @@
 """What a run leaves on disk: the output folder layout and the run record (`run.json`).
 
-    OUT/model/     the quantized model (config.json with quantization_config, model.safetensors,
+    OUT/model/     the quantized model (config.json with quantization_config, genie_model.safetensors,
                    preprocessor_config.json, README.md): a model repo
     OUT/dataset/   the synthetic images (data/*.parquet + README.md): a datasets repo
     OUT/work/      synthesis shards and reconstruction state: what makes a killed run resumable

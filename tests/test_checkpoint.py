@@ -115,7 +115,8 @@ def test_saved_layout(w4):
     tensors = load_file(folder / "genie_model.safetensors")
     config = json.loads((folder / "config.json").read_text())
     block = config["quantization_config"]
-    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == 2 and block["weights_file"] == "genie_model.safetensors"
+    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == 2
+    assert block["weights_file"] == "genie_model.safetensors"
     assert (block["weight_bits"], block["act_bits"]) == (4, 4)
     assert block["layers"] == layer_dicts(q) and block["genie_config"]["weight_bits"] == 4
     assert is_guard(config[GUARD_KEY])
@@ -473,3 +474,15 @@ def test_pickled_weights_are_never_loaded(w4, tmp_path):
 def test_missing_model_is_a_load_error(tmp_path):
     with pytest.raises(ModelLoadError):
         from_pretrained("genie-org/does-not-exist-anywhere")
+
+
+def test_sharded_checkpoint_round_trip(w4, tmp_path):
+    q, _ = w4
+    folder = save_quantized(q, tmp_path / "sharded", max_shard_size="4KB")
+    names = sorted(p.name for p in folder.iterdir())
+    assert "genie_model.safetensors.index.json" in names and "model.safetensors.index.json" not in names
+    assert sum(name.endswith(".safetensors") for name in names) > 1
+    assert verify_checkpoint(folder).weights_file == "genie_model.safetensors.index.json"
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(logits(from_pretrained(folder), x), logits(q.model, x))
+    assert torch.equal(logits(AutoModelForImageClassification.from_pretrained(folder), x), logits(q.model, x))

@@ -364,3 +364,41 @@ def test_cards_publish_no_local_paths(base, tmp_path):
     for card in (out / "model" / "README.md", out / "dataset" / "README.md"):
         text = card.read_text()
         assert str(tmp_path) not in text and "tiny-resnet" in text, card
+
+
+# ---- the Space ----------------------------------------------------------------------------------------------
+def test_space_bounds_images_before_decoding_them(tmp_path):
+    import gradio as gr
+    from PIL import Image
+
+    from genie_hub.space import load_space_app
+
+    app = load_space_app()
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (5000, 5000)).save(bomb)  # a few KB on disk, 25 megapixels decoded
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(gr.Error, match="too large"):
+        app.check_image(str(bomb))
+    ok = tmp_path / "ok.png"
+    Image.new("RGB", (64, 48)).save(ok)
+    assert app.check_image(str(ok)).size == (64, 48)
+
+
+def test_space_accepts_hub_ids_only_when_public(tmp_path, monkeypatch):
+    from genie_hub.errors import GenieError
+    from genie_hub.space import load_space_app
+
+    app = load_space_app()
+    monkeypatch.setenv("SPACE_ID", "someone/genie-compare")
+    for bad in ("/etc", "../models", str(tmp_path), "a/b/c", "x"):
+        with pytest.raises(GenieError, match="Hub model ids only"):
+            app.load_cached(bad)
+    fp32, quantized = app.default_models()  # the app's own defaults stay usable
+    assert app.load_cached(fp32).num_labels == app.load_cached(quantized).num_labels
+    monkeypatch.setenv("GENIE_SPACE_ALLOWED_MODELS", "owner/allowed")
+    with pytest.raises(GenieError, match="only these models"):
+        app.load_cached("owner/other")
+    monkeypatch.delenv("SPACE_ID")
+    monkeypatch.delenv("GENIE_SPACE_ALLOWED_MODELS")
+    with pytest.raises(GenieError, match="does not exist"):
+        app.load_cached(str(tmp_path / "missing"))  # locally, folders are fine

@@ -4,7 +4,7 @@ What each quantized op stores is defined by the frozen-format core, `genie_hub.q
 package writes it as a transformers checkpoint and reads it back. It imports `quantization`, never the reverse.
 
 - `save_quantized(result, folder, processor=None)` writes config.json (with a Genie `quantization_config`)
-  and a packed `model.safetensors` (see `save.py` for the layout and the load guard); `bind(result)` makes
+  and the packed `genie_model.safetensors` (see `save.py` for the layout and the load guard); `bind(result)` makes
   `result.model.save_pretrained` write the same format.
 - `register()` (idempotent; `import genie_hub` calls it) teaches transformers quant_method "genie", after
   which `AutoModelForImageClassification.from_pretrained(folder)` and `pipeline("image-classification",

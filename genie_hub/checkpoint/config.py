@@ -1,11 +1,12 @@
 """`GenieQuantizationConfig`: the `quantization_config` block a Genie checkpoint carries in its config.json.
 
-Layout (format "genie-packed", format_version 1)::
+Layout (format "genie-packed", format_version 2; version 1 had no `weights_file` and used model.safetensors)::
 
     "quantization_config": {
       "quant_method": "genie",
       "format": "genie-packed",
-      "format_version": 1,
+      "format_version": 2,
+      "weights_file": "genie_model.safetensors",   # or genie_model.safetensors.index.json when sharded
       "weight_bits": 4,                       # headline bits of the run (most layers)
       "act_bits": 4,
       "layers": {                             # every quantized op, by module name (as in the FP model)
