@@ -212,10 +212,15 @@ def _verify_model_folder(model_dir: Path) -> None:
     from .errors import GenieError
 
     try:
-        from_pretrained(model_dir)
+        model = from_pretrained(model_dir)
     except GenieError as exc:
         raise PushError(f"Cannot push: {model_dir} does not load as a Genie checkpoint, so it is not published. "
                         f"{exc}") from exc
+    if model.config.quantization_config.weights_file is None:
+        raise PushError(
+            f"Cannot push: {model_dir} is a Genie format 1 checkpoint (weights in model.safetensors), which "
+            "transformers releases before 5.0 load as plain weights, randomly initialized. Re-save it in the "
+            "current format first: `genie_hub.save_quantized(genie_hub.from_pretrained(OLD), NEW)`.")
 
 
 def _model_card_bytes(readme: Path, dataset_repo_id: str | None) -> bytes | None:

@@ -79,7 +79,7 @@ class OutputLayout:
         if existing is None or not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"Cannot write to the output folder {root}: {existing} is not writable. Pass a "
                               "folder you can write to with -o.")
-        previous = self._previous_settings() if root.is_dir() and any(root.iterdir()) else settings
+        previous = self._previous_settings() if self._holds_results() else settings
         if previous != settings:
             if not overwrite:
                 if previous is None:
@@ -99,6 +99,11 @@ class OutputLayout:
             self.run_file.unlink(missing_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.settings_file, settings)
+
+    def _holds_results(self) -> bool:
+        """Anything in the folder besides the settings a run that computed nothing yet left."""
+        return self.root.is_dir() and any(p != self.settings_file and (p.is_file() or p.is_symlink())
+                                          for p in self.root.rglob("*"))
 
     def _previous_settings(self) -> dict[str, Any] | None:
         try:

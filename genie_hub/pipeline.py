@@ -61,6 +61,15 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         fp_model, processor = load_model(model, revision=revision)
     check_overrides(fp_model, config)
     spec = input_spec(fp_model, processor)
+    if few_shot:  # reading real images is cheap next to the run: a bad source fails here
+        from .data import load_calibration_images
+
+        calibration = Calibration(load_calibration_images(few_shot, processor, spec, config.num_samples, config.seed),
+                                  source=few_shot)
+    else:
+        from .synthesis import select_prior
+
+        select_prior(fp_model, config.synthesis_prior)  # a model no prior applies to fails here
     settings = run_settings(base_model, revision, few_shot or "synthetic", config.to_dict())
     if accelerator.is_main_process:
         layout.claim(settings, overwrite=overwrite)
@@ -68,12 +77,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                     config.act_bits, config.profile, layout.root)
     accelerator.wait_for_everyone()
 
-    if few_shot:
-        from .data import load_calibration_images
-
-        calibration = Calibration(load_calibration_images(few_shot, processor, spec, config.num_samples, config.seed),
-                                  source=few_shot)
-    else:
+    if not few_shot:
         from .synthesis import synthesize
 
         calibration = synthesize(fp_model, config, spec=spec, output_dir=layout.synthetic_dir,

@@ -402,3 +402,27 @@ def test_space_accepts_hub_ids_only_when_public(tmp_path, monkeypatch):
     monkeypatch.delenv("GENIE_SPACE_ALLOWED_MODELS")
     with pytest.raises(GenieError, match="does not exist"):
         app.load_cached(str(tmp_path / "missing"))  # locally, folders are fine
+
+
+def test_a_run_that_failed_before_computing_anything_blocks_nothing(base, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["quantize", str(base), "-o", str(out), "--few-shot", str(tmp_path / "typo"), *TINY]) == 1
+    assert "Unknown calibration source" in capsys.readouterr().err and not out.exists()
+    from genie_hub.outputs import OutputLayout, run_settings
+
+    OutputLayout(out).claim(run_settings("some/model", None, "synthetic", {"seed": 1}))  # then nothing computed
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0  # other settings, but no results to lose
+
+
+def test_push_refuses_the_format_1_layout(hub_server, tmp_path):
+    out = build_output(tmp_path / "out")
+    model_dir = out / "model"
+    (model_dir / "genie_model.safetensors").rename(model_dir / "model.safetensors")
+    config = json.loads((model_dir / "config.json").read_text())
+    config["quantization_config"].update(format_version=1)
+    config["quantization_config"].pop("weights_file")
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert from_pretrained(model_dir) is not None  # format 1 still loads
+    with pytest.raises(PushError, match="format 1"):
+        push_output(out)
+    assert not hub_server.repos
