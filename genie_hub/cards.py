@@ -77,8 +77,10 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
 
     config = run.config
     eval_results = [EvalResult(task_type="image-classification", dataset_type=r["dataset_type"],
-                               dataset_name=r["dataset_name"], dataset_split=r.get("split", "test"),
-                               metric_type="accuracy", metric_name="top-1 accuracy", metric_value=r["quantized_value"],
+                               dataset_name=r["dataset_name"], dataset_config=r.get("dataset_config"),
+                               dataset_split=r.get("split", "test"),
+                               metric_type="accuracy" if r.get("metric", "top-1") == "top-1" else "top_5_accuracy",
+                               metric_name=f"{r.get('metric', 'top-1')} accuracy", metric_value=r["quantized_value"],
                                verified=False)
                     for r in run.results if r.get("dataset_type")]
     base = run.base_model

@@ -94,8 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a Hub dataset id owner/name[:split]")
     q.add_argument("--revision", default=None, help="model revision on the Hub")
     q.add_argument("--eval-dataset", default="auto",
-                   help="labelled test set to report top-1 on ('fashion-mnist'; 'none' to skip; default: "
-                        "fashion-mnist for the embedded model)")
+                   help="labelled dataset to report top-1/top-5 on, checked before any compute: 'fashion-mnist', "
+                        "a Hub dataset owner/name[:config]:split, a local imagefolder or parquet/arrow files; 'none' "
+                        "to skip (default: auto, fashion-mnist for the embedded model, nothing otherwise)")
+    q.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N images only "
+                   "(default: all)")
+    q.add_argument("--eval-image-column", default=None, help="image column (default: the first Image feature)")
+    q.add_argument("--eval-label-column", default=None,
+                   help="label column (default: the first ClassLabel feature, else 'label')")
     q.add_argument("--overwrite", action="store_true",
                    help="start over in an output folder that holds another run (or other files): its model/, "
                         "dataset/, work/ and run.json are deleted first")
@@ -106,7 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", parents=[quiet], help="top-1 of a (quantized) model, and agreement with an FP32 model")
     e.add_argument("model", help="Hub id or local folder (quantized or not)")
-    e.add_argument("--dataset", default="fashion-mnist", help="labelled test set: fashion-mnist")
+    e.add_argument("--dataset", default="fashion-mnist",
+                   help="labelled dataset: 'fashion-mnist', a Hub dataset owner/name[:config]:split, a local "
+                        "imagefolder or parquet/arrow files (default: fashion-mnist)")
+    e.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
+    e.add_argument("--label-column", default=None,
+                   help="label column (default: the first ClassLabel feature, else 'label')")
     e.add_argument("--fp32", default=None, help="FP32 reference model to compare with")
     e.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
 
@@ -140,11 +151,12 @@ def _quantize(args) -> None:
     run_quantization(args.model, config, output_dir=args.output_dir, few_shot=args.few_shot, evaluate=evaluate,
                      push=args.push, repo_id=args.repo_id, dataset_repo_id=args.dataset_repo_id,
                      private=args.private, revision=args.revision, command=args.command_line,
-                     overwrite=args.overwrite, progress=not args.quiet)
+                     overwrite=args.overwrite, eval_limit=args.eval_limit, eval_image_column=args.eval_image_column,
+                     eval_label_column=args.eval_label_column, progress=not args.quiet)
 
 
 def _evaluate(args) -> None:
-    from .evaluation import evaluate_on_dataset
+    from .evaluation import evaluate_on_dataset, open_evaluation
     from .loading import input_spec, load_model
 
     model, processor = load_model(args.model)
@@ -152,15 +164,14 @@ def _evaluate(args) -> None:
     if args.fp32:
         fp_model, fp_processor = load_model(args.fp32)
         _check_comparable(args.fp32, fp_model, fp_processor, args.model, model, processor)
-    result = evaluate_on_dataset(fp_model, model, processor, input_spec(model, processor), args.dataset, args.limit)
-    if result is None:
-        raise GenieError("No evaluation data: install Fashion-MNIST with `apt-get install dataset-fashion-mnist` "
-                         "or point GENIE_HUB_FASHION_MNIST_DIR at its IDX files.")
-    print(f"{args.model}: top-1 {100 * result.quantized_top1:.2f} % on {result.num_images} "
-          f"{result.dataset} {result.split} images")
+    evalset = open_evaluation(args.dataset, fp_model, image_column=args.image_column, label_column=args.label_column)
+    result = evaluate_on_dataset(fp_model, model, processor, input_spec(model, processor), evalset, args.limit,
+                                 progress=not args.quiet)
+    print(f"{args.model}: top-1 {100 * result.quantized_top1:.2f} %, top-5 {100 * result.quantized_top5:.2f} % on "
+          f"{result.num_images} images of {result.dataset} ({result.split})")
     if args.fp32:
-        print(f"{args.fp32} (FP32): top-1 {100 * result.fp32_top1:.2f} %; top-1 agreement "
-              f"{100 * result.top1_agreement:.2f} %, KL(fp32||model) {result.kl_fp_q:.4g}")
+        print(f"{args.fp32} (FP32): top-1 {100 * result.fp32_top1:.2f} %, top-5 {100 * result.fp32_top5:.2f} %; top-1 "
+              f"agreement {100 * result.top1_agreement:.2f} %, KL(fp32||model) {result.kl_fp_q:.4g}")
 
 
 def _check_comparable(fp_name: str, fp_model, fp_processor, name: str, model, processor) -> None:

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapters import InputSpec, model_logits
-from .errors import ConfigError, GenieError
+from .adapters import InputSpec, adapter_for, model_logits
+from .data.eval_datasets import EvalSet, open_eval_set
+from .errors import ConfigError
 
-__all__ = ["DatasetEvaluation", "EVAL_DATASETS", "agreement", "evaluate_on_dataset", "evaluate_top1",
-           "predict_logits"]
+__all__ = ["DatasetEvaluation", "agreement", "evaluate_on_dataset", "evaluate_top1", "model_labels",
+           "open_evaluation", "predict_logits"]
 
 logger = logging.getLogger("genie_hub")
-EVAL_DATASETS = ("fashion-mnist",)
 
 
 @torch.no_grad()
@@ -79,39 +79,77 @@ def agreement(fp_logits: torch.Tensor, q_logits: torch.Tensor, k: int = 5) -> di
 
 @dataclass
 class DatasetEvaluation:
-    """Top-1 of an FP32 model and its quantized version on a labelled split, and how often they agree."""
+    """Top-1/top-5 of an FP32 model and its quantized version on a labelled split, and how often they agree."""
 
-    dataset: str
+    dataset: str  # the source as given: fashion-mnist, owner/name[:config]:split, or a local folder's name
+    config: str | None
     split: str
     num_images: int
     fp32_top1: float
     quantized_top1: float
+    fp32_top5: float
+    quantized_top5: float
     top1_agreement: float
     kl_fp_q: float
+    hub_id: str | None = None  # the Hub dataset id, for the card's model-index
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec: InputSpec, dataset: str,
-                        limit: int | None = None) -> DatasetEvaluation | None:
-    """Top-1 of both models on a labelled test set (currently: fashion-mnist). None if the data is absent."""
-    from .data import DataError, fashion_mnist_pixel_values, load_fashion_mnist
+def model_labels(model: nn.Module) -> dict[int, str]:
+    adapter = adapter_for(model)
+    count = adapter.num_labels(model)
+    if not count:
+        raise ConfigError(f"{type(model).__name__} does not say how many classes it has, so it cannot be evaluated "
+                          "on a labelled dataset.")
+    return {i: adapter.label(model, i) for i in range(count)}
 
-    if dataset not in EVAL_DATASETS:
-        raise GenieError(f"Unknown evaluation dataset '{dataset}'. Supported: {', '.join(EVAL_DATASETS)}.")
-    try:
-        images, labels = load_fashion_mnist("test")
-    except DataError as exc:
-        logger.warning("Skipping the evaluation: %s", exc)
-        return None
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    pixel_values = fashion_mnist_pixel_values(images, processor, spec)
-    fp_logits = predict_logits(fp_model, pixel_values)
-    q_logits = predict_logits(q_model, pixel_values)
-    agree = agreement(fp_logits, q_logits)
-    return DatasetEvaluation(dataset="fashion-mnist", split="test", num_images=len(labels),
-                             fp32_top1=(fp_logits.argmax(-1) == labels).float().mean().item(),
-                             quantized_top1=(q_logits.argmax(-1) == labels).float().mean().item(),
-                             top1_agreement=agree["top1_agreement"], kl_fp_q=agree["kl_fp_q"])
+
+def open_evaluation(dataset: str, model: nn.Module, *, image_column: str | None = None,
+                    label_column: str | None = None) -> EvalSet:
+    """Open and check the evaluation set for `model` (before any compute): see `data.eval_datasets`."""
+    return open_eval_set(dataset, model_labels(model), image_column=image_column, label_column=label_column)
+
+
+@torch.no_grad()
+def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec: InputSpec, dataset: str | EvalSet,
+                        limit: int | None = None, batch_size: int = 64, progress: bool = True) -> DatasetEvaluation:
+    """Top-1/top-5 of both models on a labelled dataset, their top-1 agreement and KL(p_fp32 || p_q), with a
+    progress bar. Metrics are accumulated batch by batch, so a large streamed split needs no memory for logits."""
+    from tqdm.auto import tqdm
+
+    from .data import fashion_mnist_pixel_values
+
+    evalset = dataset if isinstance(dataset, EvalSet) else open_evaluation(dataset, fp_model)
+    adapter = adapter_for(fp_model)
+    total = min(limit, evalset.num_images) if limit and evalset.num_images else (limit or evalset.num_images)
+    counts = {"n": 0, "fp1": 0, "q1": 0, "fp5": 0, "q5": 0, "agree": 0, "kl": 0.0}
+    bar = tqdm(total=total, desc=f"evaluate on {evalset.source.label}", unit="img", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    for images, labels in evalset.batches(batch_size, limit):
+        if isinstance(images, torch.Tensor):
+            x = fashion_mnist_pixel_values(images, processor, spec)
+        else:
+            x = adapter.to_pixel_values(images, processor, spec)
+        fp_logits, q_logits = predict_logits(fp_model, x, batch_size), predict_logits(q_model, x, batch_size)
+        k = min(5, fp_logits.shape[1])
+        counts["n"] += len(labels)
+        counts["fp1"] += int((fp_logits.argmax(-1) == labels).sum())
+        counts["q1"] += int((q_logits.argmax(-1) == labels).sum())
+        counts["fp5"] += int((fp_logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
+        counts["q5"] += int((q_logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
+        batch = agreement(fp_logits, q_logits)
+        counts["agree"] += batch["top1_agreement"] * len(labels)
+        counts["kl"] += batch["kl_fp_q"] * len(labels)
+        bar.update(len(labels))
+    bar.close()
+    n = counts["n"]
+    if n == 0:
+        raise ConfigError(f"The evaluation set {evalset.source.label} yielded no images.")
+    source = evalset.source
+    return DatasetEvaluation(dataset=source.label, config=source.config, split=evalset.split, num_images=n,
+                             fp32_top1=counts["fp1"] / n, quantized_top1=counts["q1"] / n,
+                             fp32_top5=counts["fp5"] / n, quantized_top5=counts["q5"] / n,
+                             top1_agreement=counts["agree"] / n, kl_fp_q=counts["kl"] / n,
+                             hub_id=source.name if source.kind == "hub" else None)

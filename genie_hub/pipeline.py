@@ -16,8 +16,8 @@ from pathlib import Path
 from .adapters import adapter_for
 from .calibration import Calibration
 from .config import GenieConfig
-from .errors import ConfigError
-from .evaluation import EVAL_DATASETS, DatasetEvaluation, evaluate_on_dataset
+from .errors import ConfigError, DataError
+from .evaluation import DatasetEvaluation, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, resolve_model_path
 from .outputs import OutputLayout, RunRecord, run_settings
 from .quantization.prepare import check_overrides
@@ -34,7 +34,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                      evaluate: str | None = "auto", accelerator=None, push: bool = False,
                      repo_id: str | None = None, dataset_repo_id: str | None = None, private: bool = False,
                      revision: str | None = None, command: str | None = None, overwrite: bool = False,
-                     progress: bool = True) -> Path | None:
+                     eval_limit: int | None = None, eval_image_column: str | None = None,
+                     eval_label_column: str | None = None, progress: bool = True) -> Path | None:
     """Run the full job; returns the output folder (on the main process; None on the others).
 
     Everything that can be checked is checked before any compute: the evaluation dataset, the output folder
@@ -43,9 +44,6 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
 
     started = time.time()
     config = config or GenieConfig()
-    if evaluate not in (None, "auto") and evaluate not in EVAL_DATASETS:
-        raise ConfigError(f"Unknown evaluation dataset '{evaluate}'. Supported: {', '.join(EVAL_DATASETS)} "
-                          "(or 'none').")
     if output_dir is not None and not str(output_dir).strip():
         raise ConfigError("The output folder is an empty string. Pass a folder with -o, or leave -o out for "
                           "genie_output/<model>-genie-w<W>a<A>.")
@@ -61,6 +59,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         fp_model, processor = load_model(model, revision=revision)
     check_overrides(fp_model, config)
     spec = input_spec(fp_model, processor)
+    evalset = _open_evaluation(evaluate, model, fp_model, eval_image_column, eval_label_column)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import load_calibration_images
 
@@ -93,8 +92,10 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     result.model.to("cpu")
     fp_model.to("cpu")
 
-    eval_dataset = ("fashion-mnist" if is_default_model(model) else None) if evaluate == "auto" else evaluate
-    evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, eval_dataset) if eval_dataset else None
+    evaluation = None
+    if evalset is not None:
+        evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, evalset, limit=eval_limit,
+                                         progress=progress)
 
     from .cards import library_versions, machine_description, render_dataset_card, render_model_card
 
@@ -134,15 +135,39 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     return layout.root
 
 
+def _open_evaluation(evaluate: str | None, model: str | None, fp_model, image_column: str | None,
+                     label_column: str | None):
+    """The checked evaluation set (before any compute), or None. "auto": Fashion-MNIST for the embedded model,
+    skipped with a warning when its files are not installed; nothing for other models."""
+    from .evaluation import open_evaluation
+
+    if evaluate in (None, "", "none"):
+        return None
+    if evaluate == "auto":
+        if not is_default_model(model):
+            return None
+        try:
+            return open_evaluation("fashion-mnist", fp_model)
+        except DataError as exc:
+            logger.warning("Skipping the evaluation: %s", exc)
+            return None
+    return open_evaluation(evaluate, fp_model, image_column=image_column, label_column=label_column)
+
+
 def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:
     """The card's results rows (and their model-index metadata) and the sentence saying how they were measured."""
-    row = {"name": f"{evaluation.dataset} test top-1 ({evaluation.num_images} images)",
-           "fp32": f"{100 * evaluation.fp32_top1:.2f}", "quantized": f"{100 * evaluation.quantized_top1:.2f}",
-           "quantized_value": round(100 * evaluation.quantized_top1, 2),
-           "dataset_type": "zalando-datasets/fashion_mnist", "dataset_name": "Fashion-MNIST", "split": "test"}
-    protocol = ("Top-1 accuracy (%) on the Fashion-MNIST test split, measured by genie_hub right after "
-                f"quantization; top-1 agreement with FP32 {100 * evaluation.top1_agreement:.2f} %.")
-    return [row], protocol
+    fashion = evaluation.dataset.startswith("fashion-mnist")
+    where = "Fashion-MNIST" if fashion else evaluation.dataset
+    rows = [{"name": f"{where} {evaluation.split} {metric} ({evaluation.num_images} images)",
+             "fp32": f"{100 * fp:.2f}", "quantized": f"{100 * q:.2f}", "quantized_value": round(100 * q, 2),
+             "metric": metric, "dataset_type": "zalando-datasets/fashion_mnist" if fashion else evaluation.hub_id,
+             "dataset_name": where, "dataset_config": evaluation.config, "split": evaluation.split}
+            for metric, fp, q in (("top-1", evaluation.fp32_top1, evaluation.quantized_top1),
+                                  ("top-5", evaluation.fp32_top5, evaluation.quantized_top5))]
+    protocol = (f"Accuracy (%) on the {evaluation.split} split of {where}, measured by genie_hub right after "
+                f"quantization; top-1 agreement with FP32 {100 * evaluation.top1_agreement:.2f} %, "
+                f"KL(FP32 || quantized) {evaluation.kl_fp_q:.4g}.")
+    return rows, protocol
 
 
 def _print_summary(run: RunRecord, out: Path) -> None:
@@ -154,7 +179,7 @@ def _print_summary(run: RunRecord, out: Path) -> None:
                      "round-to-nearest" + (f"; {kept} kept round-to-nearest, which was better." if kept else "."))
     if run.evaluation:
         ev = run.evaluation
-        lines.append(f"{ev['dataset']} test top-1 on {ev['num_images']} images: FP32 {100 * ev['fp32_top1']:.2f} % | "
+        lines.append(f"{ev['dataset']} {ev['split']} top-1 on {ev['num_images']} images: FP32 {100 * ev['fp32_top1']:.2f} % | "
                      f"W{run.weight_bits}A{run.act_bits} {100 * ev['quantized_top1']:.2f} % "
                      f"(agreement {100 * ev['top1_agreement']:.2f} %)")
     elif run.base_model and is_default_model(run.base_model):

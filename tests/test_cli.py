@@ -113,10 +113,11 @@ def test_default_model_job_reports_fp32_and_quantized_top1(tmp_path, capsys):
     assert "fashion-mnist test top-1 on 10000 images: FP32 92." in printed
     run = json.loads((out / "run.json").read_text())
     assert run["evaluation"]["num_images"] == 10000 and 0.5 < run["evaluation"]["quantized_top1"] <= 1
-    assert "fashion-mnist test top-1" in (out / "model" / "README.md").read_text()
+    card = (out / "model" / "README.md").read_text()
+    assert "Fashion-MNIST test top-1" in card and "Fashion-MNIST test top-5" in card
     assert main(["evaluate", str(out / "model"), "--fp32", str(Path(run["base_model"])), "--limit", "500"]) == 0
     printed = capsys.readouterr().out
-    assert "on 500 fashion-mnist test images" in printed and "top-1 agreement" in printed
+    assert "on 500 images of fashion-mnist (test)" in printed and "top-1 agreement" in printed
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")

@@ -1,0 +1,214 @@
+"""Labelled evaluation data from any image-classification dataset `datasets` can open, checked before compute.
+
+Sources (`EvalSource.parse`):
+- `fashion-mnist` (or `fashion-mnist:train`): the local IDX files (no download);
+- a Hub dataset `owner/name[:config]:split` or `owner/name` (split "validation", else "test", else "train");
+- a local folder: an `imagefolder` (one sub-folder per class) or a folder of parquet / arrow files, or one such file.
+
+`open_eval_set(source, model, ...)` opens it, finds the image and label columns from the features (or takes the
+given ones), maps the dataset's class names onto the model's `id2label` by name (case, spaces, '_' and '-' do
+not matter; identical lists map 1:1), reads the first example, and raises a one-paragraph `DataError` for
+anything that would fail later. It returns an `EvalSet` that yields (PIL images, model label indices) batches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..errors import DataError
+from .fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DATA_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+
+
+@dataclass(frozen=True)
+class EvalSource:
+    """Where evaluation images come from: `kind` is "fashion-mnist", "hub" or "local"."""
+
+    kind: str
+    name: str
+    config: str | None = None
+    split: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "EvalSource":
+        text = str(text).strip()
+        lowered = text.lower().replace("_", "-")
+        if lowered in ("fashion-mnist", "fashion-mnist:test", "fashion-mnist:train"):
+            return cls("fashion-mnist", "fashion-mnist", split=lowered.partition(":")[2] or "test")
+        path = Path(text).expanduser()
+        if path.exists():
+            return cls("local", str(path))
+        name, *rest = text.split(":")
+        if not _HUB_ID.match(name) or len(rest) > 2 or any(not part for part in rest):
+            raise DataError(f"Unknown evaluation dataset '{text}': not 'fashion-mnist', not an existing local "
+                            "folder or file, and not a Hub dataset id owner/name[:config]:split.")
+        config, split = (rest if len(rest) == 2 else (None, rest[0] if rest else None))
+        return cls("hub", name, config, split)
+
+    @property
+    def label(self) -> str:
+        """How results name this source: a Hub id with config and split, or a local folder's name."""
+        if self.kind == "local":
+            return Path(self.name).name
+        if self.kind == "fashion-mnist":
+            return self.name
+        return ":".join(part for part in (self.name, self.config, self.split) if part)
+
+
+@dataclass
+class EvalSet:
+    """An opened, checked evaluation set: batches of (PIL images, labels in the model's index space)."""
+
+    source: EvalSource
+    split: str
+    num_images: int | None  # None when streaming
+    dataset: object = field(repr=False)
+    image_column: str | None = None
+    label_column: str | None = None
+    label_map: dict[int, int] | None = None  # dataset label -> model label (None: the same index)
+
+    def batches(self, batch_size: int = 64, limit: int | None = None) -> Iterator[tuple[list, torch.Tensor]]:
+        """(images, labels) batches: PIL images, or a uint8 tensor for the local Fashion-MNIST files."""
+        if self.source.kind == "fashion-mnist":  # uint8 [B, 28, 28] tensors: converted without PIL
+            images, labels = self.dataset
+            count = len(labels) if limit is None else min(limit, len(labels))
+            for start in range(0, count, batch_size):
+                stop = min(start + batch_size, count)
+                yield images[start:stop], labels[start:stop].clone()
+            return
+        images, labels, seen = [], [], 0
+        for row in self.dataset:
+            if limit is not None and seen >= limit:
+                break
+            seen += 1
+            label = int(row[self.label_column])
+            images.append(row[self.image_column])
+            labels.append(self.label_map[label] if self.label_map is not None else label)
+            if len(images) == batch_size:
+                yield images, torch.tensor(labels)
+                images, labels = [], []
+        if images:
+            yield images, torch.tensor(labels)
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", str(name)).strip().lower()
+
+
+def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: str) -> dict[int, int] | None:
+    """dataset label index -> model label index, by name; None when both lists are the same, 1:1."""
+    model_names = [model_labels[i] for i in sorted(model_labels)]
+    if [_normalize(n) for n in dataset_names] == [_normalize(n) for n in model_names]:
+        return None
+    by_name = {}
+    for index, name in model_labels.items():
+        by_name.setdefault(_normalize(name), index)
+    mapping, missing = {}, []
+    for index, name in enumerate(dataset_names):
+        if _normalize(name) in by_name:
+            mapping[index] = by_name[_normalize(name)]
+        else:
+            missing.append(name)
+    if missing:
+        raise DataError(
+            f"The labels of {where} cannot be mapped onto the model's classes: {len(missing)} dataset class name(s) "
+            f"are not among the model's id2label (e.g. {', '.join(repr(m) for m in missing[:5])}; the model has "
+            f"{', '.join(repr(m) for m in model_names[:8])}{', ...' if len(model_names) > 8 else ''}). Evaluate on a "
+            "dataset of the classes the model was trained on.")
+    return mapping
+
+
+def _load(source: EvalSource, streaming: bool):
+    import datasets
+
+    if source.kind == "hub":
+        split = source.split
+        if split is None:
+            try:
+                splits = datasets.get_dataset_split_names(source.name, source.config)
+            except Exception as exc:
+                raise _open_error(source, exc) from exc
+            split = next((s for s in ("validation", "test", "train") if s in splits), splits[0] if splits else None)
+        return datasets.load_dataset(source.name, source.config, split=split, streaming=streaming), split
+    path = Path(source.name).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
+    if files:
+        builder = DATA_SUFFIXES.get(files[0].suffix)
+        if builder is None or any(DATA_SUFFIXES.get(f.suffix) != builder for f in files):
+            raise DataError(f"{path} mixes data file types or is not a .parquet/.arrow file; give one kind of file.")
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
+                                     streaming=streaming), "train"
+    return datasets.load_dataset("imagefolder", data_dir=str(path), split="train", streaming=streaming), "train"
+
+
+def _open_error(source: EvalSource, exc: Exception) -> DataError:
+    from huggingface_hub import is_offline_mode
+
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    hint = ("HF_HUB_OFFLINE is set and the dataset is not cached; unset it or use a local folder."
+            if is_offline_mode() and source.kind == "hub" else
+            "Check the dataset id, config and split (owner/name[:config]:split), or the folder; a gated or private "
+            "dataset needs HF_TOKEN.")
+    return DataError(f"Could not open the evaluation dataset '{source.label}'. {hint} ({type(exc).__name__}: {first})")
+
+
+def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, image_column: str | None = None,
+                  label_column: str | None = None, streaming: bool | None = None) -> EvalSet:
+    """Open and check an evaluation set for a model with classes `model_labels` (see the module docstring).
+
+    `streaming` defaults to on for Hub datasets (nothing large is downloaded up front) and off for local ones."""
+    source = source if isinstance(source, EvalSource) else EvalSource.parse(source)
+    if source.kind == "fashion-mnist":
+        images, labels = load_fashion_mnist(source.split)
+        mapping = map_labels(list(FASHION_MNIST_LABELS), model_labels, "Fashion-MNIST")
+        if mapping is not None:
+            labels = torch.tensor([mapping[int(v)] for v in labels])
+        return EvalSet(source, source.split, len(labels), (images, labels))
+    import datasets
+
+    streaming = source.kind == "hub" if streaming is None else streaming
+    try:
+        dataset, split = _load(source, streaming)
+    except DataError:
+        raise
+    except Exception as exc:  # datasets raises FileNotFoundError, ValueError, ConnectionError, ...
+        raise _open_error(source, exc) from exc
+    features = dataset.features
+    if features is None:  # some streamed datasets only know their features after the first row
+        dataset = dataset._resolve_features()
+        features = dataset.features
+    where = f"'{source.label}' (split {split})"
+    image_column = image_column or next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    if image_column is None or image_column not in features:
+        raise DataError(f"{where} has no image column (columns: {', '.join(features)}). Pass the column name with "
+                        "--eval-image-column.")
+    label_column = label_column or next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)),
+                                        next((c for c in ("label", "labels") if c in features), None))
+    if label_column is None or label_column not in features:
+        raise DataError(f"{where} has no label column (columns: {', '.join(features)}). Pass the column name with "
+                        "--eval-label-column.")
+    feature = features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        mapping = map_labels(list(feature.names), model_labels, where)
+    elif getattr(feature, "dtype", "").startswith(("int", "uint")):
+        mapping = None  # plain integers: taken as the model's own class indices (checked on the first row)
+    else:
+        raise DataError(f"The label column '{label_column}' of {where} holds {feature}, not class indices.")
+    try:
+        first = next(iter(dataset))
+    except StopIteration:
+        raise DataError(f"{where} is empty.") from None
+    except Exception as exc:
+        raise _open_error(source, exc) from exc
+    first_label = int(first[label_column])
+    if mapping is None and not 0 <= first_label < len(model_labels):
+        raise DataError(f"{where} has label {first_label}, outside the model's {len(model_labels)} classes.")
+    num_images = None if streaming else len(dataset)
+    return EvalSet(source, split, num_images, dataset, image_column, label_column, mapping)

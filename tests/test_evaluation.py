@@ -1,0 +1,188 @@
+"""Evaluation on any image-classification dataset (issue 12): local imagefolder, parquet files, a Hub dataset on
+the loopback server; labels mapped by name; bad sources refused in seconds, before any compute."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genie_hub.cli import main
+from genie_hub.data.eval_datasets import EvalSource, map_labels, open_eval_set
+from genie_hub.errors import DataError
+from genie_hub.evaluation import evaluate_on_dataset, model_labels
+from genie_hub.loading import input_spec, load_model
+from tiny_models import save_tiny_model
+
+LABELS = ["cat", "dog", "bird", "fish", "frog"]  # the tiny model's classes, in its own order
+TINY = ["--profile", "quick", "--num-samples", "8", "--batch-size", "8", "--synthesis-iterations", "3",
+        "--reconstruction-steps", "3", "-q"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    model = save_tiny_model(path, "resnet-basic")
+    config = json.loads((path / "config.json").read_text())
+    config["id2label"] = {str(i): name for i, name in enumerate(LABELS)}
+    config["label2id"] = {name: i for i, name in enumerate(LABELS)}
+    (path / "config.json").write_text(json.dumps(config))
+    del model
+    return path
+
+
+def _images(count: int, seed: int) -> list[Image.Image]:
+    rng = np.random.RandomState(seed)
+    return [Image.fromarray(rng.randint(0, 256, (36, 40, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def imagefolder(tmp_path_factory) -> Path:
+    """Class folders named unlike the model (case, order): Bird, CAT, Dog, fish, frog -> sorted differently."""
+    root = tmp_path_factory.mktemp("folder") / "photos"
+    for i, name in enumerate(["Bird", "CAT", "Dog", "fish", "frog"]):
+        (root / name).mkdir(parents=True)
+        for j, image in enumerate(_images(3, seed=i)):
+            image.save(root / name / f"{j}.png")
+    return root
+
+
+def _expected_top1(model_dir: Path, images: list, model_indices: list[int]) -> float:
+    model, processor = load_model(model_dir)
+    x = processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        predictions = model(pixel_values=x).logits.argmax(-1)
+    return float((predictions == torch.tensor(model_indices)).float().mean())
+
+
+def test_label_mapping_by_name():
+    model = dict(enumerate(["T-shirt/top", "Ankle boot", "Bag"]))
+    assert map_labels(["t-shirt/top", "ankle_boot", "BAG"], model, "x") is None  # same order: identity
+    assert map_labels(["Bag", "T-shirt/top"], model, "x") == {0: 2, 1: 0}
+    with pytest.raises(DataError, match="'Sandal'"):
+        map_labels(["Bag", "Sandal"], model, "x")
+
+
+def test_sources_parse():
+    assert EvalSource.parse("owner/name:validation") == EvalSource("hub", "owner/name", None, "validation")
+    assert EvalSource.parse("owner/name:cfg:test") == EvalSource("hub", "owner/name", "cfg", "test")
+    assert EvalSource.parse("fashion-mnist").kind == "fashion-mnist"
+    for bad in ("owner/name:a:b:c", "not a dataset", "owner/name:"):
+        with pytest.raises(DataError):
+            EvalSource.parse(bad)
+
+
+def test_imagefolder_with_other_label_names_and_order(model_dir, imagefolder):
+    model, processor = load_model(model_dir)
+    evalset = open_eval_set(str(imagefolder), model_labels(model))
+    assert evalset.num_images == 15 and evalset.label_map == {0: 2, 1: 0, 2: 1, 3: 3, 4: 4}
+    result = evaluate_on_dataset(model, model, processor, input_spec(model, processor), evalset, progress=False)
+    images, truth = [], []
+    for folder, model_index in (("Bird", 2), ("CAT", 0), ("Dog", 1), ("fish", 3), ("frog", 4)):
+        for j in range(3):
+            images.append(Image.open(imagefolder / folder / f"{j}.png"))
+            truth.append(model_index)
+    assert result.num_images == 15 and result.top1_agreement == 1.0 and result.kl_fp_q == 0.0
+    assert result.fp32_top1 == pytest.approx(_expected_top1(model_dir, images, truth))
+    assert result.fp32_top5 == 1.0  # 5 classes
+    assert evaluate_on_dataset(model, model, processor, input_spec(model, processor), evalset, limit=4,
+                               progress=False).num_images == 4
+
+
+def test_parquet_files_with_a_shuffled_class_label(model_dir, tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+
+    names = ["FROG", "fish", "Bird", "dog", "Cat"]
+    images = _images(10, seed=7)
+    labels = [i % 5 for i in range(10)]
+    features = Features({"photo": ImageFeature(), "kind": ClassLabel(names=names)})
+    Dataset.from_dict({"photo": images, "kind": labels}, features=features).to_parquet(str(tmp_path / "eval.parquet"))
+    model, processor = load_model(model_dir)
+    result = evaluate_on_dataset(model, model, processor, input_spec(model, processor), str(tmp_path / "eval.parquet"),
+                                 progress=False)
+    truth = [LABELS.index(names[label].lower()) for label in labels]
+    assert result.num_images == 10
+    assert result.fp32_top1 == pytest.approx(_expected_top1(model_dir, images, truth))
+
+
+def test_hub_dataset_streamed_from_the_loopback_hub(hub_server, model_dir):
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+
+    images = _images(6, seed=3)
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
+    Dataset.from_dict({"image": images, "label": [0, 1, 2, 3, 4, 0]}, features=features).push_to_hub(
+        "tester/tiny-eval", split="validation")
+    model, processor = load_model(model_dir)
+    evalset = open_eval_set("tester/tiny-eval:validation", model_labels(model))
+    assert evalset.num_images is None and evalset.split == "validation"  # streamed
+    result = evaluate_on_dataset(model, model, processor, input_spec(model, processor), evalset, progress=False)
+    assert result.num_images == 6 and result.hub_id == "tester/tiny-eval" and result.dataset == "tester/tiny-eval:validation"
+    assert result.fp32_top1 == pytest.approx(_expected_top1(model_dir, images, [0, 1, 2, 3, 4, 0]))
+    with pytest.raises(DataError, match="Could not open"):
+        open_eval_set("tester/tiny-eval:no-such-split", model_labels(model))
+    with pytest.raises(DataError, match="Could not open"):
+        open_eval_set("tester/does-not-exist:test", model_labels(model))
+
+
+@pytest.mark.parametrize("make_source,needle", [
+    (lambda tmp: str(tmp / "nowhere-folder-and-not-an-id"), "Unknown evaluation dataset"),
+    (lambda tmp: "tester/absent-dataset:test", "Could not open"),
+    (lambda tmp: _unmappable(tmp), "cannot be mapped"),
+    (lambda tmp: _no_label(tmp), "no label column"),
+])
+def test_bad_evaluation_data_is_refused_before_compute(hub_server, model_dir, tmp_path, capsys, make_source, needle):
+    out = tmp_path / "out"
+    assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", make_source(tmp_path), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def _unmappable(tmp: Path) -> str:
+    for name in ("cat", "zebra"):
+        (tmp / "unmappable" / name).mkdir(parents=True)
+        _images(1, 0)[0].save(tmp / "unmappable" / name / "0.png")
+    return str(tmp / "unmappable")
+
+
+def _no_label(tmp: Path) -> str:
+    from datasets import Dataset, Features, Image as ImageFeature
+
+    Dataset.from_dict({"image": _images(2, 0)}, features=Features({"image": ImageFeature()})).to_parquet(
+        str(tmp / "nolabel.parquet"))
+    return str(tmp / "nolabel.parquet")
+
+
+def test_quantize_reports_results_in_run_json_and_the_model_index(model_dir, imagefolder, tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "out"
+    assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", str(imagefolder), *TINY]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["evaluation"]["num_images"] == 15 and run["evaluation"]["dataset"] == "photos"
+    card = ModelCard.load(out / "model" / "README.md")
+    results = {(r.metric_type, r.dataset_name, r.dataset_split) for r in card.data.eval_results or []}
+    assert results == set()  # a local folder has no Hub id: results in the card text, no model-index entry
+    assert "photos train top-1 (15 images)" in card.text
+
+
+def test_a_hub_evaluation_lands_in_the_model_index(hub_server, model_dir, tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+    from huggingface_hub import ModelCard
+
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
+    Dataset.from_dict({"image": _images(5, seed=4), "label": [0, 1, 2, 3, 4]}, features=features).push_to_hub(
+        "tester/tiny-eval", config_name="small", split="test")
+    out = tmp_path / "out"
+    assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", "tester/tiny-eval:small:test",
+                 *TINY]) == 0
+    card = ModelCard.load(out / "model" / "README.md")
+    results = {(r.metric_type, r.dataset_type, r.dataset_config, r.dataset_split) for r in card.data.eval_results}
+    assert results == {("accuracy", "tester/tiny-eval", "small", "test"),
+                       ("top_5_accuracy", "tester/tiny-eval", "small", "test")}
+    run = json.loads((out / "run.json").read_text())
+    assert run["evaluation"]["num_images"] == 5 and run["evaluation"]["config"] == "small"
