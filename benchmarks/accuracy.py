@@ -13,7 +13,7 @@ Part "embedded" (the embedded default Fashion-MNIST ResNet, top-1 on the 10k tes
 noise/zeroq/genie use the profile's num_samples calibration images; the synthetic images of one seed are shared
 by all bit settings (synthesis does not depend on bits).
 
-Part "efficientnet" (EfficientNet-Lite0, ImageNet, converted by genie_hub.zoo): agreement with the FP32 model on
+Part "efficientnet" (EfficientNet-Lite0, ImageNet, converted by genie_hub.recipes): agreement with the FP32 model on
 the real photos shipped with scikit-image (plus matplotlib's grace_hopper when matplotlib is installed), for
 round-to-nearest and Genie. On CPU a reduced setting is used unless --profile paper (see --effnet-* options).
 
@@ -393,7 +393,7 @@ class Runner:
     def efficientnet(self) -> None:
         from genie_hub.evaluation import agreement, predict_logits
         from genie_hub.loading import input_spec, load_model, to_pixel_values
-        from genie_hub.zoo import convert_efficientnet_lite0
+        from genie_hub.recipes import convert_efficientnet_lite0
 
         args = self.args
         cache = Path(args.effnet_cache).expanduser()

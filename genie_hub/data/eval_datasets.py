@@ -103,17 +103,24 @@ def _normalize(name: str) -> str:
 
 
 def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: str) -> dict[int, int] | None:
-    """dataset label index -> model label index, by name; None when both lists are the same, 1:1."""
+    """dataset label index -> model label index, by name (a whole label, or one unambiguous comma-separated
+    synonym of it, as in ImageNet's "tench, Tinca tinca"); None when both lists are the same, 1:1."""
     model_names = [model_labels[i] for i in sorted(model_labels)]
     if [_normalize(n) for n in dataset_names] == [_normalize(n) for n in model_names]:
         return None
-    by_name = {}
+    by_name: dict[str, int] = {}
+    synonyms: dict[str, set[int]] = {}  # ImageNet-style labels list synonyms: "tench, Tinca tinca"
     for index, name in model_labels.items():
         by_name.setdefault(_normalize(name), index)
+        for synonym in str(name).split(","):
+            synonyms.setdefault(_normalize(synonym), set()).add(index)
     mapping, missing = {}, []
     for index, name in enumerate(dataset_names):
-        if _normalize(name) in by_name:
-            mapping[index] = by_name[_normalize(name)]
+        key = _normalize(name)
+        if key in by_name:
+            mapping[index] = by_name[key]
+        elif len(synonyms.get(key, ())) == 1:
+            mapping[index] = next(iter(synonyms[key]))
         else:
             missing.append(name)
     if missing:

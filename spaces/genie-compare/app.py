@@ -433,9 +433,17 @@ footer { display: none !important; }
 """
 
 
-def build_demo(fp32: str | None = None, quantized: str | None = None) -> gr.Blocks:
-    """The Space UI. `fp32` / `quantized` default to env, space_config.json, then the embedded models."""
+def zoo_entries() -> list[dict]:
+    """Zoo entries the app offers ({"name", "fp32", "quantized"}), from space_config.json's "zoo"."""
+    entries = _read_space_config().get("zoo") or []
+    return [e for e in entries if isinstance(e, dict) and {"name", "fp32", "quantized"} <= set(e)]
+
+
+def build_demo(fp32: str | None = None, quantized: str | None = None, zoo: list[dict] | None = None) -> gr.Blocks:
+    """The Space UI. `fp32` / `quantized` default to env, space_config.json, then the embedded models; `zoo`
+    (default: space_config.json's) lists model-zoo entries a visitor can pick instead of typing ids."""
     default_fp32, default_quantized = default_models()
+    zoo = zoo_entries() if zoo is None else zoo
     fp32 = fp32 or default_fp32
     quantized = quantized or default_quantized
     examples = example_files()
@@ -450,10 +458,19 @@ def build_demo(fp32: str | None = None, quantized: str | None = None) -> gr.Bloc
                     gr.Examples(examples=[[path] for path in examples], inputs=[image],
                                 cache_examples=False, examples_per_page=8,
                                 label="Example photos (shipped inside installed packages)")
+                if zoo:
+                    picker = gr.Dropdown(choices=[entry["name"] for entry in zoo], value=None, label="Zoo entry",
+                                         info="an FP32 model and its quantized version from the genie_hub zoo",
+                                         elem_id="genie-zoo")
                 fp32_box = gr.Textbox(value=fp32, label="FP32 model (Hub id or local folder)", max_lines=1,
                                       elem_id="genie-fp32-id")
                 quantized_box = gr.Textbox(value=quantized, label="Quantized model (Hub id or local folder)",
                                            max_lines=1, elem_id="genie-quantized-id")
+                if zoo:
+                    by_name = {entry["name"]: entry for entry in zoo}
+                    picker.change(lambda name: (by_name[name]["fp32"], by_name[name]["quantized"]) if name in by_name
+                                  else (gr.update(), gr.update()), inputs=[picker],
+                                  outputs=[fp32_box, quantized_box], api_name=False)
                 button = gr.Button("Compare", variant="primary", elem_id="genie-compare")
             with gr.Column(scale=6):
                 with gr.Row():

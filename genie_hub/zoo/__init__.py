@@ -1,0 +1,229 @@
+"""The model zoo: a registry of quantized models, built into one folder, published with a leaderboard.
+
+    genie_hub zoo list                       what is registered, built and published
+    genie_hub zoo build [NAMES]              builds the missing entries (resumable; a failure does not stop the rest)
+    genie_hub zoo publish --namespace NS     pushes every built entry, then the leaderboard repo NS/genie-hub-zoo
+
+The registry (`registry.json` beside this file, or `--registry FILE`) holds one entry per model. Each entry is
+built with `pipeline.run_quantization` into `ZOO_DIR/<name>/` (a normal output folder, so it resumes and
+publishes like any other); `ZOO_DIR/leaderboard.md|json` summarize every built entry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import GenieConfig
+from ..errors import ConfigError, GenieError
+from ..fileio import write_bytes, write_json
+from ..outputs import OutputLayout, RunRecord
+
+logger = logging.getLogger("genie_hub.zoo")
+
+REGISTRY = Path(__file__).resolve().parent / "registry.json"
+LEADERBOARD = "leaderboard"
+ZOO_REPO = "genie-hub-zoo"
+"""Name of the model repo whose card holds the published leaderboard."""
+
+
+@dataclass
+class ZooEntry:
+    name: str
+    model: str  # "embedded", "recipe:efficientnet-lite0", a Hub id or a folder
+    weight_bits: int
+    act_bits: int
+    profile: str = "quick"
+    eval_dataset: str | None = None
+    prior: str = "auto"
+    few_shot: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # further GenieConfig fields
+    built_here: bool = True
+
+    def config(self) -> GenieConfig:
+        return GenieConfig.from_profile(self.profile, weight_bits=self.weight_bits, act_bits=self.act_bits,
+                                        synthesis_prior=self.prior, **self.settings)
+
+
+def load_registry(path: str | os.PathLike | None = None) -> list[ZooEntry]:
+    """The entries of a registry file, checked: unique names, known keys, valid settings."""
+    path = Path(path) if path is not None else REGISTRY
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = data["entries"]
+        entries = [ZooEntry(**item) for item in raw]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"The zoo registry {path} is unreadable or malformed ({type(exc).__name__}: {exc}). Each "
+                          "entry needs name, model, weight_bits and act_bits.") from None
+    names = [entry.name for entry in entries]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"The zoo registry {path} repeats the entry name(s) {', '.join(duplicates)}.")
+    for entry in entries:
+        entry.config()  # invalid bits or settings fail here, before anything is built
+    return entries
+
+
+def select(entries: list[ZooEntry], names: list[str] | None, *, built_here_only: bool) -> list[ZooEntry]:
+    if names:
+        unknown = [name for name in names if name not in {entry.name for entry in entries}]
+        if unknown:
+            raise ConfigError(f"Unknown zoo entr{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}. "
+                              f"Registered: {', '.join(entry.name for entry in entries)}.")
+        return [entry for entry in entries if entry.name in names]
+    return [entry for entry in entries if entry.built_here or not built_here_only]
+
+
+def _record(zoo_dir: Path, entry: ZooEntry) -> RunRecord | None:
+    try:
+        record = RunRecord.load(OutputLayout(zoo_dir / entry.name).run_file)
+    except (OSError, ValueError):
+        return None
+    return record if record is not None and record.complete else None
+
+
+def _model_source(entry: ZooEntry, zoo_dir: Path) -> str | None:
+    if entry.model == "embedded":
+        return None
+    if entry.model == "recipe:efficientnet-lite0":
+        from ..recipes import convert_efficientnet_lite0
+
+        folder = zoo_dir / "_bases" / "efficientnet-lite0"
+        if not (folder / "config.json").exists():
+            convert_efficientnet_lite0(folder)
+        return str(folder)
+    if entry.model.startswith("recipe:"):
+        raise ConfigError(f"Zoo entry {entry.name}: unknown recipe {entry.model!r}.")
+    return entry.model
+
+
+def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registry: str | os.PathLike | None = None,
+          progress: bool = True) -> dict[str, str]:
+    """Build the selected entries that are not built yet; returns {name: "built" | "skipped" | "failed: ..."}.
+    One entry's failure is logged and reported, and the others are still built. Writes the leaderboard."""
+    from ..pipeline import run_quantization
+
+    zoo_dir = Path(zoo_dir)
+    entries = load_registry(registry)
+    outcome: dict[str, str] = {}
+    for entry in select(entries, names, built_here_only=True):
+        if _record(zoo_dir, entry) is not None:
+            outcome[entry.name] = "skipped (already built)"
+            continue
+        logger.info("zoo: building %s", entry.name)
+        try:
+            run_quantization(_model_source(entry, zoo_dir), entry.config(), output_dir=zoo_dir / entry.name,
+                             few_shot=entry.few_shot, evaluate=entry.eval_dataset or "none",
+                             command=f"genie_hub zoo build {entry.name}", progress=progress)
+            outcome[entry.name] = "built"
+        except (GenieError, OSError, RuntimeError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            logger.error("zoo: %s failed: %s", entry.name, first)
+            outcome[entry.name] = f"failed: {first}"
+    write_leaderboard(zoo_dir, entries)
+    return outcome
+
+
+def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, Any]]:
+    from ..cards import public_name
+
+    rows = []
+    for entry in entries:
+        record = _record(zoo_dir, entry)
+        if record is None:
+            continue
+        evaluation = record.evaluation or {}
+        weights = zoo_dir / entry.name / "model" / "genie_model.safetensors"
+        fp32, quantized = evaluation.get("fp32_top1"), evaluation.get("quantized_top1")
+        rows.append({
+            "name": entry.name, "model": public_name(record.base_model) if entry.model != "embedded"
+            else "embedded Fashion-MNIST ResNet", "bits": f"W{entry.weight_bits}A{entry.act_bits}",
+            "profile": entry.profile, "eval_dataset": evaluation.get("dataset"), "eval_split": evaluation.get("split"),
+            "num_images": evaluation.get("num_images"), "fp32_top1": fp32, "quantized_top1": quantized,
+            "drop": None if fp32 is None else fp32 - quantized, "top1_agreement": evaluation.get("top1_agreement"),
+            "file_bytes": weights.stat().st_size if weights.exists() else None, "wall_seconds": record.wall_seconds,
+            "hardware": record.machine, "repo_id": (record.push or {}).get("model", {}).get("repo_id")
+            if record.push else None})
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def leaderboard_markdown(rows: list[dict[str, Any]], link: bool = False) -> str:
+    lines = ["| model | base | bits | profile | eval set | FP32 top-1 | quantized top-1 | drop | agreement | "
+             "weights | wall time | hardware |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        name = f"[{row['name']}](https://huggingface.co/{row['repo_id']})" if link and row["repo_id"] else row["name"]
+        size = "-" if row["file_bytes"] is None else f"{row['file_bytes'] / 1e6:.2f} MB"
+        wall = "-" if row["wall_seconds"] is None else f"{row['wall_seconds'] / 60:.1f} min"
+        lines.append(f"| {name} | {row['model']} | {row['bits']} | {row['profile']} | "
+                     f"{row['eval_dataset'] or '-'} ({row['num_images'] or 0} img) | {_pct(row['fp32_top1'])} | "
+                     f"{_pct(row['quantized_top1'])} | {_pct(row['drop'])} | {_pct(row['top1_agreement'])} | {size} | "
+                     f"{wall} | {row['hardware']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, Any]]:
+    rows = leaderboard_rows(zoo_dir, entries)
+    zoo_dir.mkdir(parents=True, exist_ok=True)
+    write_json(zoo_dir / f"{LEADERBOARD}.json", {"entries": rows}, sort_keys=False)
+    write_bytes(zoo_dir / f"{LEADERBOARD}.md", ("# genie_hub zoo\n\nBuilt with `genie_hub zoo build`; accuracy in %, "
+                                                "drop = FP32 - quantized (points).\n\n"
+                                                + leaderboard_markdown(rows)).encode("utf-8"))
+    return rows
+
+
+def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.PathLike | None = None,
+            private: bool = False, token: str | None = None) -> dict[str, Any]:
+    """Push every built entry as NS/<name> (+ NS/<name>-calibration), then the leaderboard repo NS/genie-hub-zoo,
+    whose card links every entry. Re-running updates the same repos in place."""
+    from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+    from ..hub import check_push_ready, push_output
+
+    check_push_ready(token)
+    zoo_dir = Path(zoo_dir)
+    entries = load_registry(registry)
+    built = [entry for entry in entries if _record(zoo_dir, entry) is not None]
+    if not built:
+        raise ConfigError(f"Nothing to publish: no zoo entry is built in {zoo_dir}. Run `genie_hub zoo build` first.")
+    pushed = {}
+    for entry in built:
+        result = push_output(zoo_dir / entry.name, repo_id=f"{namespace}/{entry.name}", private=private, token=token)
+        pushed[entry.name] = result["model"]["repo_id"]
+    rows = write_leaderboard(zoo_dir, entries)
+    repo_id = f"{namespace}/{ZOO_REPO}"
+    card = ModelCard.from_template(
+        ModelCardData(library_name="transformers", tags=["genie_hub", "quantized", "model-zoo"],
+                      base_model=None), template_str="---\n{{ card_data }}\n---\n\n# genie_hub model zoo\n\n"
+        "Zero-shot quantized vision models made with [genie_hub](https://github.com/genie-hub/genie_hub) "
+        "(Genie, CVPR 2023). Load any of them with `import genie_hub` and "
+        "`AutoModelForImageClassification.from_pretrained(repo_id)`.\n\n{{ table }}\n",
+        table=leaderboard_markdown(rows, link=True))
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    from huggingface_hub import CommitOperationAdd
+
+    api.create_commit(repo_id, operations=[
+        CommitOperationAdd("README.md", str(card).encode("utf-8")),
+        CommitOperationAdd(f"{LEADERBOARD}.json", (json.dumps({"entries": rows}, indent=2) + "\n").encode("utf-8"))],
+        commit_message="Update the genie_hub zoo leaderboard")
+    return {"entries": pushed, "leaderboard": repo_id}
+
+
+def status(zoo_dir: str | os.PathLike, *, registry: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Per registered entry: built here or not, built in zoo_dir, published repo id."""
+    zoo_dir = Path(zoo_dir)
+    rows = []
+    for entry in load_registry(registry):
+        record = _record(zoo_dir, entry)
+        rows.append({**asdict(entry), "built": record is not None,
+                     "published": (record.push or {}).get("model", {}).get("repo_id") if record and record.push
+                     else None})
+    return rows
