@@ -100,3 +100,16 @@ def fixed_input(seed: int = 123):
 
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+
+
+def edit_weights(folder: Path, edit) -> None:
+    """Edit the tensors of a saved Genie checkpoint in place, keeping its metadata (so only the edit is wrong)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "genie_model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata=metadata)

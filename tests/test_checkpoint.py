@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import (AutoModelForImageClassification, EfficientNetConfig, EfficientNetForImageClassification,
                           MobileNetV2Config, MobileNetV2ForImageClassification, RegNetConfig,
                           RegNetForImageClassification, ResNetConfig, ResNetForImageClassification, ViTImageProcessor,
@@ -31,6 +31,7 @@ from genie_hub.config import GenieConfig
 from genie_hub.errors import CheckpointError, ModelLoadError
 from genie_hub import quantize
 from genie_hub.quantization import QuantizedOp
+from helpers_output import edit_weights
 
 PACKED = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 
@@ -350,18 +351,6 @@ def test_without_genie_hub_fails_loudly(w4, tmp_path):
 
 
 # ---- corrupted / inconsistent checkpoints ----------------------------------------------------------------------
-def _rewrite_tensors(folder: Path, edit) -> None:
-    """Edit the tensors of a saved checkpoint, keeping its metadata (so only the edit is wrong)."""
-    from safetensors import safe_open
-
-    path = folder / "genie_model.safetensors"
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(path)
-    edit(tensors)
-    save_file(tensors, path, metadata=metadata)
-
-
 def _edit_config(folder: Path, edit) -> None:
     path = folder / "config.json"
     config = json.loads(path.read_text())
@@ -403,7 +392,7 @@ def test_garbage_file(w4, tmp_path):
 
 def test_layer_missing_from_weights(w4, tmp_path):
     folder = copy_checkpoint(w4[1], tmp_path)
-    _rewrite_tensors(folder, lambda t: [t.pop(f"{CONV}.{s}") for s in PACKED])
+    edit_weights(folder, lambda t: [t.pop(f"{CONV}.{s}") for s in PACKED])
     _assert_refused(folder, f"{CONV}.weight_packed")
 
 
@@ -418,7 +407,7 @@ def test_layer_missing_from_model(w4, tmp_path):
 def test_wrong_packed_shape(w4, tmp_path):
     folder = copy_checkpoint(w4[1], tmp_path)
     key = f"{CONV}.weight_packed"
-    _rewrite_tensors(folder, lambda t: t.__setitem__(key, t[key][:, :-1].contiguous()))
+    edit_weights(folder, lambda t: t.__setitem__(key, t[key][:, :-1].contiguous()))
     _assert_refused(folder, f"{CONV}.weight_packed")
     # Same tensors, but the config claims other bits for that layer: the packed width no longer fits.
     folder = copy_checkpoint(w4[1], tmp_path / "bits")
@@ -428,7 +417,7 @@ def test_wrong_packed_shape(w4, tmp_path):
 
 def test_wrong_weight_shape_values(w4, tmp_path):
     folder = copy_checkpoint(w4[1], tmp_path)
-    _rewrite_tensors(folder, lambda t: t[f"{CONV}.weight_shape"].mul_(torch.tensor([1, 2, 1, 1])))
+    edit_weights(folder, lambda t: t[f"{CONV}.weight_shape"].mul_(torch.tensor([1, 2, 1, 1])))
     _assert_refused(folder, f"{CONV}.weight_")
 
 

@@ -11,7 +11,7 @@ from genie_hub.errors import ConfigError, ReconstructionDivergedError
 from genie_hub.quantization import (ActQuantizer, LayerSpec, QuantConv2d, QuantShortcut, WeightQuantizer,
                                     discover_units, prepare_model, quantize, quantized_ops)
 from genie_hub.adapters import model_logits
-from tiny_models import FAMILIES, IMAGE_SIZE, structured_images, tiny_model
+from tiny_models import FAMILIES, structured_images, tiny_model
 
 
 def calibration(count: int = 48, seed: int = 0) -> torch.Tensor:

@@ -191,4 +191,4 @@ def check_replaceable(directory: Path) -> None:
 
 
 __all__ = ["bind", "check_replaceable", "install_save_guard", "is_genie_quantized", "remove_save_guard",
-           "save_quantized", "shutil"]
+           "save_quantized"]

@@ -15,6 +15,8 @@ __all__ = [
     "DataError",
     "FASHION_MNIST_LABELS",
     "DEFAULT_FASHION_MNIST_DIR",
+    "FASHION_MNIST_ENV",
+    "FASHION_MNIST_SOURCE",
     "IMAGE_EXTENSIONS",
     "read_idx",
     "fashion_mnist_dir",

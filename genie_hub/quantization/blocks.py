@@ -80,7 +80,6 @@ def _has_residual_add(output_node, input_node) -> bool:
 
 def discover_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
     """Find the reconstruction units of `model` (see the module docstring)."""
-    names = {module: name for name, module in model.named_modules()}
     op_names = [name for name, module in model.named_modules() if isinstance(module, QUANTIZABLE)]
     op_set = set(op_names)
 
