@@ -1,6 +1,8 @@
 """Train the embedded default model: a small stock `ResNetForImageClassification` on Fashion-MNIST.
 
     python benchmarks/train_default_model.py [--epochs N] [--output DIR] [--threads T]
+    python benchmarks/train_default_model.py --family regnet --output genie_hub/assets/fashion-mnist-regnet \
+        --results benchmarks/results/fashion_mnist_regnet_training.json      # the zoo's other families
 
 Writes model.safetensors + config.json + preprocessor_config.json to genie_hub/assets/fashion-mnist-resnet/
 (the folder genie_hub.loading.DEFAULT_MODEL_DIR points at) and records the command, time, test top-1 and
@@ -39,9 +41,23 @@ from genie_hub.loading import DEFAULT_MODEL_DIR, input_spec  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "default_model_training.json"
 
 
-def build_model(embedding_size: int, hidden_sizes: list[int], depths: list[int]):
-    from transformers import ResNetConfig, ResNetForImageClassification
+FAMILIES = ("resnet", "regnet", "mobilenet-v2")
 
+
+def build_model(embedding_size: int, hidden_sizes: list[int], depths: list[int], family: str = "resnet"):
+    """A stock transformers classifier of `family` for 1-channel 28 px inputs (no custom code)."""
+    from transformers import (MobileNetV2Config, MobileNetV2ForImageClassification, RegNetConfig,
+                              RegNetForImageClassification, ResNetConfig, ResNetForImageClassification)
+
+    labels = dict(id2label={i: name for i, name in enumerate(FASHION_MNIST_LABELS)},
+                  label2id={name: i for i, name in enumerate(FASHION_MNIST_LABELS)})
+    if family == "regnet":
+        return RegNetForImageClassification(RegNetConfig(
+            num_channels=1, embedding_size=embedding_size, hidden_sizes=list(hidden_sizes), depths=list(depths),
+            groups_width=16, layer_type="y", **labels))
+    if family == "mobilenet-v2":
+        return MobileNetV2ForImageClassification(MobileNetV2Config(
+            num_channels=1, image_size=28, depth_multiplier=0.5, **labels))
     config = ResNetConfig(
         num_channels=1,
         embedding_size=embedding_size,
@@ -50,8 +66,7 @@ def build_model(embedding_size: int, hidden_sizes: list[int], depths: list[int])
         layer_type="basic",
         hidden_act="relu",
         downsample_in_first_stage=False,
-        id2label={i: name for i, name in enumerate(FASHION_MNIST_LABELS)},
-        label2id={name: i for i, name in enumerate(FASHION_MNIST_LABELS)},
+        **labels,
     )
     return ResNetForImageClassification(config)
 
@@ -102,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 1, 1])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", choices=FAMILIES, default="resnet",
+                        help="architecture (default resnet: the embedded model); embedding/hidden sizes and depths "
+                             "apply to resnet and regnet")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -118,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     processor = build_processor(mean, std)
     test_pixels = fashion_mnist_pixel_values(test_x, processor)
 
-    model = build_model(args.embedding_size, args.hidden_sizes, args.depths)
+    model = build_model(args.embedding_size, args.hidden_sizes, args.depths, args.family)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"params: {num_params}  mean/std: {mean}/{std}", flush=True)
 
@@ -178,9 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]]),
         "args": {k: (_display_path(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "architecture": "ResNetForImageClassification",
-        "config": {"num_channels": 1, "embedding_size": args.embedding_size, "hidden_sizes": args.hidden_sizes,
-                   "depths": args.depths, "layer_type": "basic"},
+        "architecture": type(model).__name__,
+        "config": model.config.to_diff_dict(),
         "input_spec": spec.to_dict(),
         "num_parameters": num_params,
         "safetensors_bytes": weights.stat().st_size,

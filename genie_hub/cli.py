@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N images only "
                    "(default: all)")
     q.add_argument("--eval-image-column", default=None, help="image column (default: the first Image feature)")
+    q.add_argument("--eval-unlabelled", action="store_true",
+                   help="the evaluation images have no labels (e.g. a folder of photos): report agreement with FP32")
     q.add_argument("--eval-label-column", default=None,
                    help="label column (default: the first ClassLabel feature, else 'label')")
     q.add_argument("--overwrite", action="store_true",
@@ -118,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled dataset: 'fashion-mnist', a Hub dataset owner/name[:config]:split, a local "
                         "imagefolder or parquet/arrow files (default: fashion-mnist)")
     e.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
+    e.add_argument("--unlabelled", action="store_true",
+                   help="the images have no labels: report agreement with --fp32 only")
     e.add_argument("--label-column", default=None,
                    help="label column (default: the first ClassLabel feature, else 'label')")
     e.add_argument("--fp32", default=None, help="FP32 reference model to compare with")
@@ -172,7 +176,8 @@ def _quantize(args) -> None:
                      push=args.push, repo_id=args.repo_id, dataset_repo_id=args.dataset_repo_id,
                      private=args.private, revision=args.revision, command=args.command_line,
                      overwrite=args.overwrite, eval_limit=args.eval_limit, eval_image_column=args.eval_image_column,
-                     eval_label_column=args.eval_label_column, progress=not args.quiet)
+                     eval_label_column=args.eval_label_column, eval_unlabelled=args.eval_unlabelled,
+                     progress=not args.quiet)
 
 
 def _evaluate(args) -> None:
@@ -184,9 +189,14 @@ def _evaluate(args) -> None:
     if args.fp32:
         fp_model, fp_processor = load_model(args.fp32)
         _check_comparable(args.fp32, fp_model, fp_processor, args.model, model, processor)
-    evalset = open_evaluation(args.dataset, fp_model, image_column=args.image_column, label_column=args.label_column)
+    evalset = open_evaluation(args.dataset, fp_model, image_column=args.image_column, label_column=args.label_column,
+                              unlabelled=args.unlabelled)
     result = evaluate_on_dataset(fp_model, model, processor, input_spec(model, processor), evalset, args.limit,
                                  progress=not args.quiet)
+    if result.fp32_top1 is None:
+        print(f"{args.model}: top-1 agreement with {args.fp32 or 'itself'} {100 * result.top1_agreement:.2f} %, "
+              f"KL {result.kl_fp_q:.4g} on {result.num_images} unlabelled images of {result.dataset}")
+        return
     print(f"{args.model}: top-1 {100 * result.quantized_top1:.2f} %, top-5 {100 * result.quantized_top5:.2f} % on "
           f"{result.num_images} images of {result.dataset} ({result.split})")
     if args.fp32:

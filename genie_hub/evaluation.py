@@ -85,10 +85,10 @@ class DatasetEvaluation:
     config: str | None
     split: str
     num_images: int
-    fp32_top1: float
-    quantized_top1: float
-    fp32_top5: float
-    quantized_top5: float
+    fp32_top1: float | None  # None for an unlabelled set: agreement only
+    quantized_top1: float | None
+    fp32_top5: float | None
+    quantized_top5: float | None
     top1_agreement: float
     kl_fp_q: float
     hub_id: str | None = None  # the Hub dataset id, for the card's model-index
@@ -107,9 +107,10 @@ def model_labels(model: nn.Module) -> dict[int, str]:
 
 
 def open_evaluation(dataset: str, model: nn.Module, *, image_column: str | None = None,
-                    label_column: str | None = None) -> EvalSet:
+                    label_column: str | None = None, unlabelled: bool = False) -> EvalSet:
     """Open and check the evaluation set for `model` (before any compute): see `data.eval_datasets`."""
-    return open_eval_set(dataset, model_labels(model), image_column=image_column, label_column=label_column)
+    return open_eval_set(dataset, model_labels(model), image_column=image_column, label_column=label_column,
+                         unlabelled=unlabelled)
 
 
 @torch.no_grad()
@@ -133,23 +134,25 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
         else:
             x = adapter.to_pixel_values(images, processor, spec)
         fp_logits, q_logits = predict_logits(fp_model, x, batch_size), predict_logits(q_model, x, batch_size)
-        k = min(5, fp_logits.shape[1])
-        counts["n"] += len(labels)
-        counts["fp1"] += int((fp_logits.argmax(-1) == labels).sum())
-        counts["q1"] += int((q_logits.argmax(-1) == labels).sum())
-        counts["fp5"] += int((fp_logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
-        counts["q5"] += int((q_logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
+        k, size = min(5, fp_logits.shape[1]), len(fp_logits)
+        counts["n"] += size
+        if labels is not None:
+            counts["fp1"] += int((fp_logits.argmax(-1) == labels).sum())
+            counts["q1"] += int((q_logits.argmax(-1) == labels).sum())
+            counts["fp5"] += int((fp_logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
+            counts["q5"] += int((q_logits.topk(k, -1).indices == labels[:, None]).any(-1).sum())
         batch = agreement(fp_logits, q_logits)
-        counts["agree"] += batch["top1_agreement"] * len(labels)
-        counts["kl"] += batch["kl_fp_q"] * len(labels)
-        bar.update(len(labels))
+        counts["agree"] += batch["top1_agreement"] * size
+        counts["kl"] += batch["kl_fp_q"] * size
+        bar.update(size)
     bar.close()
     n = counts["n"]
     if n == 0:
         raise ConfigError(f"The evaluation set {evalset.source.label} yielded no images.")
     source = evalset.source
+    rate = (lambda key: counts[key] / n) if evalset.labelled else (lambda key: None)
     return DatasetEvaluation(dataset=source.label, config=source.config, split=evalset.split, num_images=n,
-                             fp32_top1=counts["fp1"] / n, quantized_top1=counts["q1"] / n,
-                             fp32_top5=counts["fp5"] / n, quantized_top5=counts["q5"] / n,
+                             fp32_top1=rate("fp1"), quantized_top1=rate("q1"),
+                             fp32_top5=rate("fp5"), quantized_top5=rate("q5"),
                              top1_agreement=counts["agree"] / n, kl_fp_q=counts["kl"] / n,
                              hub_id=source.name if source.kind == "hub" else None)

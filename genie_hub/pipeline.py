@@ -35,11 +35,14 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                      repo_id: str | None = None, dataset_repo_id: str | None = None, private: bool = False,
                      revision: str | None = None, command: str | None = None, overwrite: bool = False,
                      eval_limit: int | None = None, eval_image_column: str | None = None,
-                     eval_label_column: str | None = None, progress: bool = True) -> Path | None:
+                     eval_label_column: str | None = None, eval_unlabelled: bool = False,
+                     synthesis_dir: str | Path | None = None, progress: bool = True) -> Path | None:
     """Run the full job; returns the output folder (on the main process; None on the others).
 
     Everything that can be checked is checked before any compute: the evaluation dataset, the output folder
-    (`OutputLayout.claim`), the Hub token and repo ids when pushing, the model, the override patterns."""
+    (`OutputLayout.claim`), the Hub token and repo ids when pushing, the model, the override patterns.
+    `synthesis_dir` keeps the synthesis shards elsewhere than OUT/work (the zoo shares them between entries
+    that differ only in bits: shards are keyed by every setting that changes the images)."""
     from accelerate import Accelerator
 
     started = time.time()
@@ -59,7 +62,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         fp_model, processor = load_model(model, revision=revision)
     check_overrides(fp_model, config)
     spec = input_spec(fp_model, processor)
-    evalset = _open_evaluation(evaluate, model, fp_model, eval_image_column, eval_label_column)
+    evalset = _open_evaluation(evaluate, model, fp_model, eval_image_column, eval_label_column, eval_unlabelled)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import load_calibration_images
 
@@ -79,7 +82,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     if not few_shot:
         from .synthesis import synthesize
 
-        calibration = synthesize(fp_model, config, spec=spec, output_dir=layout.synthetic_dir,
+        calibration = synthesize(fp_model, config, spec=spec, output_dir=synthesis_dir or layout.synthetic_dir,
                                  accelerator=accelerator, progress=progress)
     if not accelerator.is_main_process:
         return None  # reconstruction, saving and publishing run on the main process only
@@ -136,7 +139,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
 
 
 def _open_evaluation(evaluate: str | None, model: str | None, fp_model, image_column: str | None,
-                     label_column: str | None):
+                     label_column: str | None, unlabelled: bool = False):
     """The checked evaluation set (before any compute), or None. "auto": Fashion-MNIST for the embedded model,
     skipped with a warning when its files are not installed; nothing for other models."""
     from .evaluation import open_evaluation
@@ -151,13 +154,20 @@ def _open_evaluation(evaluate: str | None, model: str | None, fp_model, image_co
         except DataError as exc:
             logger.warning("Skipping the evaluation: %s", exc)
             return None
-    return open_evaluation(evaluate, fp_model, image_column=image_column, label_column=label_column)
+    return open_evaluation(evaluate, fp_model, image_column=image_column, label_column=label_column,
+                           unlabelled=unlabelled)
 
 
 def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:
     """The card's results rows (and their model-index metadata) and the sentence saying how they were measured."""
     fashion = evaluation.dataset.startswith("fashion-mnist")
     where = "Fashion-MNIST" if fashion else evaluation.dataset
+    if evaluation.fp32_top1 is None:  # unlabelled images: how often the quantized model agrees with FP32
+        row = {"name": f"{where}: top-1 agreement with FP32 ({evaluation.num_images} images)", "fp32": "100.00",
+               "quantized": f"{100 * evaluation.top1_agreement:.2f}", "metric": "agreement",
+               "quantized_value": round(100 * evaluation.top1_agreement, 2)}
+        return [row], (f"Top-1 agreement (%) with the FP32 model on {evaluation.num_images} unlabelled images "
+                       f"of {where}; KL(FP32 || quantized) {evaluation.kl_fp_q:.4g}.")
     rows = [{"name": f"{where} {evaluation.split} {metric} ({evaluation.num_images} images)",
              "fp32": f"{100 * fp:.2f}", "quantized": f"{100 * q:.2f}", "quantized_value": round(100 * q, 2),
              "metric": metric, "dataset_type": "zalando-datasets/fashion_mnist" if fashion else evaluation.hub_id,
@@ -177,7 +187,11 @@ def _print_summary(run: RunRecord, out: Path) -> None:
         kept = sum(e.get("kept") == "round-to-nearest" for e in run.unit_errors)
         lines.append(f"Reconstruction lowered the output error of {better}/{len(run.unit_errors)} units below "
                      "round-to-nearest" + (f"; {kept} kept round-to-nearest, which was better." if kept else "."))
-    if run.evaluation:
+    if run.evaluation and run.evaluation.get("fp32_top1") is None:
+        ev = run.evaluation
+        lines.append(f"{ev['dataset']}: top-1 agreement with FP32 on {ev['num_images']} unlabelled images "
+                     f"{100 * ev['top1_agreement']:.2f} %, KL {ev['kl_fp_q']:.4g}")
+    elif run.evaluation:
         ev = run.evaluation
         lines.append(f"{ev['dataset']} {ev['split']} top-1 on {ev['num_images']} images: FP32 {100 * ev['fp32_top1']:.2f} % | "
                      f"W{run.weight_bits}A{run.act_bits} {100 * ev['quantized_top1']:.2f} % "

@@ -198,3 +198,38 @@ def convert_efficientnet_lite0(output_dir: str | os.PathLike) -> Path:
     model.save_pretrained(output, safe_serialization=True)
     efficientnet_lite0_processor().save_pretrained(output)
     return output
+
+
+def write_sample_photos(folder: str | os.PathLike) -> Path:
+    """Write the RGB photographs shipped inside installed packages (scikit-image, matplotlib) and 6 views of each
+    (mirror, 4 corner crops and a centre crop of 75 % side) as PNG files: a small, unlabelled, offline set of
+    natural photos for agreement between an ImageNet model and its quantized version."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = {}
+    try:
+        from skimage import data as skdata
+
+        for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"):
+            try:
+                array = getattr(skdata, name)()
+            except Exception:  # a data file that is not in the wheel would need a download
+                continue
+            if array.ndim == 3 and array.shape[-1] == 3:
+                photos[name] = Image.fromarray(np.ascontiguousarray(array))
+    except ImportError:
+        pass
+    if not photos:
+        raise ModelLoadError("No sample photos are installed: `pip install scikit-image` ships the photographs this "
+                             "evaluation set is made of.")
+    for name, image in photos.items():
+        w, h = image.size
+        cw, ch = int(w * 0.75), int(h * 0.75)
+        boxes = [(0, 0, cw, ch), (w - cw, 0, w, ch), (0, h - ch, cw, h), (w - cw, h - ch, w, h),
+                 ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)]
+        for index, view in enumerate([image, ImageOps.mirror(image)] + [image.crop(box) for box in boxes]):
+            view.save(folder / f"{name}_{index}.png")
+    return folder

@@ -190,3 +190,18 @@ def test_a_hub_evaluation_lands_in_the_model_index(hub_server, model_dir, tmp_pa
                        ("top_5_accuracy", "tester/tiny-eval", "small", "test")}
     run = json.loads((out / "run.json").read_text())
     assert run["evaluation"]["num_images"] == 5 and run["evaluation"]["config"] == "small"
+
+
+def test_unlabelled_photos_give_agreement_only(model_dir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, image in enumerate(_images(5, seed=9)):
+        image.save(photos / f"{i}.png")
+    model, processor = load_model(model_dir)
+    with pytest.raises(DataError, match="no label column"):
+        open_eval_set(str(photos), model_labels(model))
+    evalset = open_eval_set(str(photos), model_labels(model), unlabelled=True)
+    result = evaluate_on_dataset(model, model, processor, input_spec(model, processor), evalset, progress=False)
+    assert result.num_images == 5 and result.fp32_top1 is None and result.top1_agreement == 1.0
+    assert main(["evaluate", str(model_dir), "--dataset", str(photos), "--unlabelled", "--fp32", str(model_dir)]) == 0
+    assert "top-1 agreement" in capsys.readouterr().out

@@ -204,3 +204,14 @@ def test_processor_reproduces_original_preprocessing(converted, photos):
     # Grayscale input is converted to RGB.
     gray = processor(images=resized[1].convert("L"), return_tensors="pt")["pixel_values"]
     assert gray.shape == (1, 3, 224, 224)
+
+
+def test_sample_photos_are_written_offline(tmp_path):
+    from genie_hub.recipes import write_sample_photos
+
+    folder = write_sample_photos(tmp_path / "photos")
+    files = sorted(folder.glob("*.png"))
+    assert len(files) >= 14 and len(files) % 7 == 0  # 7 views of each photo shipped by scikit-image
+    from PIL import Image
+
+    assert all(Image.open(f).mode == "RGB" for f in files[:7])

@@ -29,6 +29,8 @@ def registry(tmp_path_factory) -> Path:
          "settings": SETTINGS},
         {"name": "gpu-only", "model": "microsoft/resnet-50", "weight_bits": 4, "act_bits": 4, "profile": "paper",
          "built_here": False},
+        {"name": "tiny-resnet-genie-w8a8", "model": str(root / "tiny-resnet"), "weight_bits": 8, "act_bits": 8,
+         "settings": SETTINGS, "built_here": False},
     ]
     path = root / "registry.json"
     path.write_text(json.dumps({"entries": entries}))
@@ -117,3 +119,15 @@ def test_the_space_offers_zoo_entries(registry, tmp_path):
     assert [choice[0] for choice in picker.choices] == ["tiny-resnet-genie-w4a4"]
     dependency = next(d for d in demo.fns.values() if picker._id in [t[0] for t in d.targets])
     assert dependency.fn("tiny-resnet-genie-w4a4") == (local[0]["fp32"], local[0]["quantized"])
+
+
+def test_entries_that_differ_only_in_bits_share_their_synthetic_images(registry, tmp_path):
+    out = tmp_path / "zoo"
+    zoo.build(out, ["tiny-resnet-genie-w4a4"], registry=registry, progress=False)
+    shards = sorted((out / "_synthetic").glob("*/batch_*.safetensors"))
+    assert len(shards) == 1 and not (out / "tiny-resnet-genie-w4a4" / "work" / "synthetic").exists()
+    mtime = shards[0].stat().st_mtime_ns
+    assert zoo.build(out, ["tiny-resnet-genie-w8a8"], registry=registry, progress=False) == {
+        "tiny-resnet-genie-w8a8": "built"}
+    assert sorted((out / "_synthetic").glob("*/batch_*.safetensors")) == shards  # reused, not made again
+    assert shards[0].stat().st_mtime_ns == mtime

@@ -73,6 +73,7 @@ class EvalSet:
     image_column: str | None = None
     label_column: str | None = None
     label_map: dict[int, int] | None = None  # dataset label -> model label (None: the same index)
+    labelled: bool = True  # False: agreement with FP32 only (e.g. a folder of unlabelled photos)
 
     def batches(self, batch_size: int = 64, limit: int | None = None) -> Iterator[tuple[list, torch.Tensor]]:
         """(images, labels) batches: PIL images, or a uint8 tensor for the local Fashion-MNIST files."""
@@ -88,14 +89,15 @@ class EvalSet:
             if limit is not None and seen >= limit:
                 break
             seen += 1
-            label = int(row[self.label_column])
             images.append(row[self.image_column])
-            labels.append(self.label_map[label] if self.label_map is not None else label)
+            if self.labelled:
+                label = int(row[self.label_column])
+                labels.append(self.label_map[label] if self.label_map is not None else label)
             if len(images) == batch_size:
-                yield images, torch.tensor(labels)
+                yield images, torch.tensor(labels) if self.labelled else None
                 images, labels = [], []
         if images:
-            yield images, torch.tensor(labels)
+            yield images, torch.tensor(labels) if self.labelled else None
 
 
 def _normalize(name: str) -> str:
@@ -167,10 +169,12 @@ def _open_error(source: EvalSource, exc: Exception) -> DataError:
 
 
 def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, image_column: str | None = None,
-                  label_column: str | None = None, streaming: bool | None = None) -> EvalSet:
+                  label_column: str | None = None, streaming: bool | None = None,
+                  unlabelled: bool = False) -> EvalSet:
     """Open and check an evaluation set for a model with classes `model_labels` (see the module docstring).
 
-    `streaming` defaults to on for Hub datasets (nothing large is downloaded up front) and off for local ones."""
+    `streaming` defaults to on for Hub datasets (nothing large is downloaded up front) and off for local ones.
+    `unlabelled`: the set has no labels (a folder of photos); only agreement with FP32 is measured."""
     source = source if isinstance(source, EvalSource) else EvalSource.parse(source)
     if source.kind == "fashion-mnist":
         images, labels = load_fashion_mnist(source.split)
@@ -196,6 +200,12 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     if image_column is None or image_column not in features:
         raise DataError(f"{where} has no image column (columns: {', '.join(features)}). Pass the column name with "
                         "--eval-image-column.")
+    if unlabelled:
+        try:
+            next(iter(dataset))
+        except StopIteration:
+            raise DataError(f"{where} is empty.") from None
+        return EvalSet(source, split, None if streaming else len(dataset), dataset, image_column, labelled=False)
     label_column = label_column or next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)),
                                         next((c for c in ("label", "labels") if c in features), None))
     if label_column is None or label_column not in features:

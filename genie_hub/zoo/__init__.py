@@ -34,11 +34,12 @@ ZOO_REPO = "genie-hub-zoo"
 @dataclass
 class ZooEntry:
     name: str
-    model: str  # "embedded", "recipe:efficientnet-lite0", a Hub id or a folder
+    model: str  # "embedded" (the default model), "embedded:<asset folder>", "recipe:efficientnet-lite0", a Hub id, a folder
     weight_bits: int
     act_bits: int
     profile: str = "quick"
-    eval_dataset: str | None = None
+    eval_dataset: str | None = None  # any --eval-dataset source, or "recipe:sample-photos"
+    eval_unlabelled: bool = False  # the evaluation images have no labels: agreement with FP32 only
     prior: str = "auto"
     few_shot: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # further GenieConfig fields
@@ -87,8 +88,12 @@ def _record(zoo_dir: Path, entry: ZooEntry) -> RunRecord | None:
 
 
 def _model_source(entry: ZooEntry, zoo_dir: Path) -> str | None:
+    from ..loading import ASSETS_DIR
+
     if entry.model == "embedded":
         return None
+    if entry.model.startswith("embedded:"):
+        return str(ASSETS_DIR / entry.model.split(":", 1)[1])
     if entry.model == "recipe:efficientnet-lite0":
         from ..recipes import convert_efficientnet_lite0
 
@@ -99,6 +104,27 @@ def _model_source(entry: ZooEntry, zoo_dir: Path) -> str | None:
     if entry.model.startswith("recipe:"):
         raise ConfigError(f"Zoo entry {entry.name}: unknown recipe {entry.model!r}.")
     return entry.model
+
+
+def _eval_source(entry: ZooEntry, zoo_dir: Path) -> str:
+    if entry.eval_dataset == "recipe:sample-photos":
+        from ..recipes import write_sample_photos
+
+        folder = zoo_dir / "_data" / "sample-photos"
+        if not any(folder.glob("*.png")):
+            write_sample_photos(folder)
+        return str(folder)
+    return entry.eval_dataset or "none"
+
+
+def _synthesis_dir(entry: ZooEntry, zoo_dir: Path) -> Path:
+    """Entries that differ only in bits make the same images: they share one shard folder (the shards carry the
+    fingerprint of every setting that changes them, so a mismatch is refused, never mixed)."""
+    import hashlib
+
+    key = json.dumps([entry.model, entry.config().synthesis_fingerprint(), entry.config().num_samples,
+                      entry.prior], sort_keys=True)
+    return zoo_dir / "_synthetic" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registry: str | os.PathLike | None = None,
@@ -117,7 +143,8 @@ def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registr
         logger.info("zoo: building %s", entry.name)
         try:
             run_quantization(_model_source(entry, zoo_dir), entry.config(), output_dir=zoo_dir / entry.name,
-                             few_shot=entry.few_shot, evaluate=entry.eval_dataset or "none",
+                             few_shot=entry.few_shot, evaluate=_eval_source(entry, zoo_dir),
+                             eval_unlabelled=entry.eval_unlabelled, synthesis_dir=_synthesis_dir(entry, zoo_dir),
                              command=f"genie_hub zoo build {entry.name}", progress=progress)
             outcome[entry.name] = "built"
         except (GenieError, OSError, RuntimeError, ValueError) as exc:
@@ -141,7 +168,7 @@ def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, A
         fp32, quantized = evaluation.get("fp32_top1"), evaluation.get("quantized_top1")
         rows.append({
             "name": entry.name, "model": public_name(record.base_model) if entry.model != "embedded"
-            else "embedded Fashion-MNIST ResNet", "bits": f"W{entry.weight_bits}A{entry.act_bits}",
+            else "fashion-mnist-resnet", "bits": f"W{entry.weight_bits}A{entry.act_bits}",
             "profile": entry.profile, "eval_dataset": evaluation.get("dataset"), "eval_split": evaluation.get("split"),
             "num_images": evaluation.get("num_images"), "fp32_top1": fp32, "quantized_top1": quantized,
             "drop": None if fp32 is None else fp32 - quantized, "top1_agreement": evaluation.get("top1_agreement"),
@@ -162,8 +189,9 @@ def leaderboard_markdown(rows: list[dict[str, Any]], link: bool = False) -> str:
         name = f"[{row['name']}](https://huggingface.co/{row['repo_id']})" if link and row["repo_id"] else row["name"]
         size = "-" if row["file_bytes"] is None else f"{row['file_bytes'] / 1e6:.2f} MB"
         wall = "-" if row["wall_seconds"] is None else f"{row['wall_seconds'] / 60:.1f} min"
+        images = f"{row['num_images'] or 0} img" + ("" if row["fp32_top1"] is not None else ", unlabelled")
         lines.append(f"| {name} | {row['model']} | {row['bits']} | {row['profile']} | "
-                     f"{row['eval_dataset'] or '-'} ({row['num_images'] or 0} img) | {_pct(row['fp32_top1'])} | "
+                     f"{row['eval_dataset'] or '-'} ({images}) | {_pct(row['fp32_top1'])} | "
                      f"{_pct(row['quantized_top1'])} | {_pct(row['drop'])} | {_pct(row['top1_agreement'])} | {size} | "
                      f"{wall} | {row['hardware']} |")
     return "\n".join(lines) + "\n"
