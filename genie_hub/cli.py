@@ -49,6 +49,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_eval_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """The evaluation-set options shared by `quantize` (prefixed `--eval-`) and `evaluate`."""
+    parser.add_argument(f"--{prefix}image-column", default=None, help="image column (default: the first Image "
+                        "feature)")
+    parser.add_argument(f"--{prefix}label-column", default=None,
+                        help="label column (default: the first ClassLabel feature, else 'label')")
+    parser.add_argument(f"--{prefix}unlabelled", action="store_true",
+                        help="the images have no labels (e.g. a folder of photos): report agreement with FP32 only")
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per `GenieConfig` field that declares one (see `config.option`), help with its default."""
     for field in GenieConfig.cli_fields():
@@ -101,11 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "to skip (default: auto, fashion-mnist for the embedded model, nothing otherwise)")
     q.add_argument("--eval-limit", type=_positive_int, default=None, help="evaluate on the first N images only "
                    "(default: all)")
-    q.add_argument("--eval-image-column", default=None, help="image column (default: the first Image feature)")
-    q.add_argument("--eval-unlabelled", action="store_true",
-                   help="the evaluation images have no labels (e.g. a folder of photos): report agreement with FP32")
-    q.add_argument("--eval-label-column", default=None,
-                   help="label column (default: the first ClassLabel feature, else 'label')")
+    _add_eval_options(q, "eval-")
     q.add_argument("--overwrite", action="store_true",
                    help="start over in an output folder that holds another run (or other files): its model/, "
                         "dataset/, work/ and run.json are deleted first")
@@ -119,11 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dataset", default="fashion-mnist",
                    help="labelled dataset: 'fashion-mnist', a Hub dataset owner/name[:config]:split, a local "
                         "imagefolder or parquet/arrow files (default: fashion-mnist)")
-    e.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
-    e.add_argument("--unlabelled", action="store_true",
-                   help="the images have no labels: report agreement with --fp32 only")
-    e.add_argument("--label-column", default=None,
-                   help="label column (default: the first ClassLabel feature, else 'label')")
+    _add_eval_options(e, "")
     e.add_argument("--fp32", default=None, help="FP32 reference model to compare with")
     e.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
 
