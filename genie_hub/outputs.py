@@ -83,10 +83,11 @@ class OutputLayout:
         if previous != settings:
             if not overwrite:
                 if previous is None:
+                    what = ("holds a run of an older genie_hub that did not record its settings" if
+                            self.run_file.exists() else "is not empty and is not a genie_hub output folder")
                     raise ConfigError(
-                        f"The output folder {root} is not empty and is not a genie_hub output folder, so its files "
-                        "could be overwritten. Use a new or empty folder with -o, or pass --overwrite to replace "
-                        "its model/, dataset/, work/ and run.json.")
+                        f"The output folder {root} {what}, so its files could be overwritten. Use a new or empty "
+                        "folder with -o, or pass --overwrite to replace its model/, dataset/, work/ and run.json.")
                 changed = _differences(previous, settings)
                 raise ConfigError(
                     f"The output folder {root} holds a run with other settings ({changed}); its results would "
