@@ -67,6 +67,28 @@ def public_command(command: str) -> str:
     return shlex.join(public_name(token) if _is_local(token) else token for token in tokens)
 
 
+def base_model_id(run: RunRecord) -> str | None:
+    """The Hub id of the base model for the card's `base_model`: the one given with --base-model, else the base
+    model itself when it is a Hub id (a local folder has none to link)."""
+    if run.base_model_id:
+        return run.base_model_id
+    base = run.base_model or ""
+    return base if not _is_local(base) and base.count("/") == 1 else None
+
+
+def base_license(model_id: str | None, revision: str | None = None) -> str | None:
+    """The license on the base model's Hub card (None when offline, absent or unreadable: never fatal)."""
+    if not model_id:
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        license_ = ModelCard.load(model_id).data.license
+    except Exception:
+        return None
+    return license_ if isinstance(license_, str) and license_ else None
+
+
 def bits_tag(bits: int) -> str:
     return f"{bits}-bit"
 
@@ -84,15 +106,17 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
                                verified=False)
                     for r in run.results if r.get("dataset_type")]
     base = run.base_model
-    base_is_hub_id = not _is_local(base) and "/" in base
+    hub_base = base_model_id(run)
     card_data = ModelCardData(
-        base_model=base if base_is_hub_id else None,
-        base_model_relation="quantized" if base_is_hub_id else None,
+        base_model=hub_base, base_model_relation="quantized" if hub_base else None,
         library_name="transformers", pipeline_tag="image-classification", license=run.license,
-        tags=["quantized", bits_tag(config["weight_bits"]), "genie", "zero-shot-quantization" if run.zero_shot
-              else "few-shot-quantization", "genie_hub", "image-classification"],
-        datasets=[dataset_repo_id] if dataset_repo_id else None,
-        model_name=repo_id, eval_results=eval_results or None)
+        tags=["quantized", bits_tag(config["weight_bits"]), f"w{config['weight_bits']}a{config['act_bits']}", "genie",
+              "zero-shot-quantization" if run.zero_shot else "few-shot-quantization", "genie_hub",
+              "image-classification"],
+        datasets=[dataset_repo_id] if dataset_repo_id else None, quantized_by="genie_hub",
+        eval_results=eval_results or None)
+    if eval_results:  # the model-index needs a name; the repo's own name is what the Hub shows
+        card_data.model_name = repo_id.split("/")[-1]
     layers = run.layers
     units = run.units
     return ModelCard.from_template(

@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--few-shot", metavar="DATASET", default=None,
                    help="calibrate on real images instead of synthesis: 'fashion-mnist', an image folder, "
                         "or a Hub dataset id owner/name[:split]")
-    q.add_argument("--revision", default=None, help="model revision on the Hub")
+    q.add_argument("--revision", default=None, help="model revision on the Hub (default: main)")
+    q.add_argument("--base-model", default=None, metavar="HUB_ID",
+                   help="the Hub id the local MODEL folder is a copy of, for the card's base_model and license "
+                        "(default: MODEL itself when it is a Hub id)")
     q.add_argument("--eval-dataset", default="auto",
                    help="labelled dataset to report top-1/top-5 on, checked before any compute: 'fashion-mnist', "
                         "a Hub dataset owner/name[:config]:split, a local imagefolder or parquet/arrow files; 'none' "
@@ -179,7 +182,7 @@ def _quantize(args) -> None:
                      private=args.private, revision=args.revision, command=args.command_line,
                      overwrite=args.overwrite, eval_limit=args.eval_limit, eval_image_column=args.eval_image_column,
                      eval_label_column=args.eval_label_column, eval_unlabelled=args.eval_unlabelled,
-                     progress=not args.quiet)
+                     base_model_id=args.base_model, progress=not args.quiet)
 
 
 def _evaluate(args) -> None:

@@ -131,6 +131,7 @@ class RunRecord:
 
     base_model: str | None = None
     base_model_revision: str | None = None
+    base_model_id: str | None = None  # the Hub id of the base (given with --base-model for a local folder)
     method: str = "genie"
     zero_shot: bool = True
     calibration_source: str | None = None

@@ -36,7 +36,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                      revision: str | None = None, command: str | None = None, overwrite: bool = False,
                      eval_limit: int | None = None, eval_image_column: str | None = None,
                      eval_label_column: str | None = None, eval_unlabelled: bool = False,
-                     synthesis_dir: str | Path | None = None, progress: bool = True) -> Path | None:
+                     synthesis_dir: str | Path | None = None, base_model_id: str | None = None,
+                     progress: bool = True) -> Path | None:
     """Run the full job; returns the output folder (on the main process; None on the others).
 
     Everything that can be checked is checked before any compute: the evaluation dataset, the output folder
@@ -51,6 +52,13 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         raise ConfigError("The output folder is an empty string. Pass a folder with -o, or leave -o out for "
                           "genie_output/<model>-genie-w<W>a<A>.")
     base_model = resolve_model_path(model)
+    if base_model_id is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(base_model_id)
+        except HFValidationError as exc:
+            raise ConfigError(f"--base-model {base_model_id!r} is not a Hub model id (owner/name): {exc}") from None
     if push:  # fail fast: before hours of compute
         from .hub import check_push_targets
 
@@ -100,19 +108,23 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, evalset, limit=eval_limit,
                                          progress=progress)
 
-    from .cards import library_versions, machine_description, render_dataset_card, render_model_card
+    from .cards import base_license, library_versions, machine_description, render_dataset_card, render_model_card
 
     run = RunRecord(
-        base_model=base_model, base_model_revision=revision, zero_shot=calibration.zero_shot,
+        base_model=base_model, base_model_revision=revision, base_model_id=base_model_id,
+        zero_shot=calibration.zero_shot,
         calibration_source=few_shot or "synthetic (Genie-D)", weight_bits=config.weight_bits,
         act_bits=config.act_bits, config=config.to_dict(), input_spec=spec.to_dict(),
         layers={name: layer.to_dict() for name, layer in result.layers.items()},
         units=[unit.to_dict() for unit in result.units], unit_errors=[vars(r) for r in result.report],
-        evaluation=evaluation.to_dict() if evaluation else None, license=adapter_for(fp_model).card_metadata(
-            fp_model).get("license"),
+        evaluation=evaluation.to_dict() if evaluation else None,
         command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
         versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
         wall_seconds=round(time.time() - started, 1), settings=settings)
+    from .cards import base_model_id as hub_base_of
+
+    run.license = adapter_for(fp_model).card_metadata(fp_model).get("license") or base_license(hub_base_of(run),
+                                                                                              revision)
     if evaluation is not None:
         run.results, run.results_protocol = _results_table(evaluation)
     if calibration.zero_shot:

@@ -162,3 +162,23 @@ def test_push_space_publishes_the_app_pointing_at_the_given_models(hub_server, c
     readme = HfApi().hf_hub_download("tester/genie-compare", "README.md", repo_type="space")
     text = Path(readme).read_text()
     assert "tester/base-genie-w3a4" in text and "sdk: gradio" in text
+
+
+def test_card_metadata_names_the_base_model_its_license_and_the_bits(hub_server, tmp_path, capsys):
+    from huggingface_hub import HfApi, ModelCard
+
+    api = HfApi()
+    api.create_repo("tester/base-model")
+    api.upload_file(path_or_fileobj=b"---\nlicense: mit\nlibrary_name: transformers\n---\n\n# Base\n",
+                    path_in_repo="README.md", repo_id="tester/base-model")
+    save_tiny_model(tmp_path / "local-copy", "resnet-basic")
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "local-copy"), "-o", str(out), "--base-model", "tester/base-model",
+                 *TINY]) == 0
+    data = ModelCard.load(out / "model" / "README.md").data
+    assert (data.base_model, data.base_model_relation, data.license) == ("tester/base-model", "quantized", "mit")
+    assert data.quantized_by == "genie_hub" and "w4a4" in data.tags and "4-bit" in data.tags
+    assert getattr(data, "model_name", None) is None  # no results: no model-index, no stray name
+    assert main(["quantize", str(tmp_path / "local-copy"), "-o", str(tmp_path / "x"), "--base-model", "not an id",
+                 *TINY]) == 2
+    assert "--base-model" in capsys.readouterr().err
