@@ -114,9 +114,8 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
               "zero-shot-quantization" if run.zero_shot else "few-shot-quantization", "genie_hub",
               "image-classification"],
         datasets=[dataset_repo_id] if dataset_repo_id else None, quantized_by="genie_hub",
-        eval_results=eval_results or None)
-    if eval_results:  # the model-index needs a name; the repo's own name is what the Hub shows
-        card_data.model_name = repo_id.split("/")[-1]
+        eval_results=eval_results or None,
+        model_name=repo_id.split("/")[-1] if eval_results else None)  # the model-index needs a name, nothing else
     layers = run.layers
     units = run.units
     return ModelCard.from_template(
