@@ -45,8 +45,10 @@ def machine_description() -> str:
 
 
 def _is_local(text: str) -> bool:
-    return (os.path.isabs(text) or text.startswith(("./", "../", "~", ".\\")) or os.sep in text.strip(os.sep)
-            and Path(text).expanduser().exists() or Path(text).expanduser().is_dir())
+    """A path on this machine rather than a Hub id ('owner/name' is a Hub id unless such a folder exists)."""
+    path = Path(text).expanduser()
+    explicit = os.path.isabs(text) or text.startswith(("./", "../", "~", ".\\"))
+    return explicit or path.is_dir() or (os.sep in text.strip(os.sep) and path.exists())
 
 
 def public_name(value: str | None) -> str | None:

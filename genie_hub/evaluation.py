@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,7 +15,6 @@ from .errors import ConfigError
 __all__ = ["DatasetEvaluation", "agreement", "evaluate_on_dataset", "evaluate_top1", "model_labels",
            "open_evaluation", "predict_logits"]
 
-logger = logging.getLogger("genie_hub")
 
 
 @torch.no_grad()

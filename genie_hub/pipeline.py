@@ -25,10 +25,6 @@ from .quantization.prepare import check_overrides
 logger = logging.getLogger("genie_hub")
 
 
-def default_output_dir(model: str | None, config: GenieConfig) -> Path:
-    return OutputLayout.default_for(resolve_model_path(model), config.weight_bits, config.act_bits).root
-
-
 def run_quantization(model: str | None = None, config: GenieConfig | None = None, *,
                      output_dir: str | Path | None = None, few_shot: str | None = None,
                      evaluate: str | None = "auto", accelerator=None, push: bool = False,
@@ -65,7 +61,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         check_push_targets(base_model, config.weight_bits, config.act_bits, repo_id,
                            dataset_repo_id if not few_shot else None)
     accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
-    layout = OutputLayout(Path(output_dir)) if output_dir is not None else OutputLayout(default_output_dir(model, config))
+    layout = (OutputLayout(Path(output_dir)) if output_dir is not None
+              else OutputLayout.default_for(base_model, config.weight_bits, config.act_bits))
     with accelerator.main_process_first():
         fp_model, processor = load_model(model, revision=revision)
     check_overrides(fp_model, config)

@@ -40,13 +40,11 @@ def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a folder: a Genie checkpoint is a folder with config.json and "
                               f"{WEIGHTS_NAME}.")
-    if not (directory / "config.json").exists() and not weight_files(directory):
-        _refuse_missing_weights(directory, "model.safetensors")
+    if not weight_files(directory) and not weight_files(directory, WEIGHTS_NAME):
+        _refuse_missing_weights(directory, WEIGHTS_NAME)  # says so when only pickled weights are there
     raw = _read_config(directory)
     block = raw.get("quantization_config")
     if not isinstance(block, dict) or block.get("quant_method") != QUANT_METHOD:
-        if not weight_files(directory):
-            _refuse_missing_weights(directory, "model.safetensors")
         raise CheckpointError(
             f"{directory / 'config.json'} has no Genie quantization_config (quant_method "
             f"{(block or {}).get('quant_method') if isinstance(block, dict) else None!r}): it is not a Genie "

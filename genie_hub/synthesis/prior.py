@@ -9,7 +9,6 @@ one `register_prior` call in `synthesis/__init__.py`.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -31,11 +30,10 @@ class SynthesisPrior:
     def applies_to(cls, model: nn.Module) -> bool:
         raise NotImplementedError
 
-    @contextlib.contextmanager
-    def attached(self) -> Iterator["SynthesisPrior"]:
-        """Within the context, every forward pass of the model appends this prior's loss terms."""
+    def attached(self) -> contextlib.AbstractContextManager["SynthesisPrior"]:
+        """A context within which every forward pass of the model appends this prior's loss terms (subclasses
+        implement it with `contextlib.contextmanager` and forward hooks)."""
         raise NotImplementedError
-        yield self
 
     def pop(self) -> torch.Tensor:
         """Sum of the terms collected since the last call."""

@@ -211,7 +211,7 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
             private: bool = False, token: str | None = None) -> dict[str, Any]:
     """Push every built entry as NS/<name> (+ NS/<name>-calibration), then the leaderboard repo NS/genie-hub-zoo,
     whose card links every entry. Re-running updates the same repos in place."""
-    from huggingface_hub import HfApi, ModelCard, ModelCardData
+    from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
     from ..hub import check_push_ready, push_output
 
@@ -228,16 +228,13 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
     rows = write_leaderboard(zoo_dir, entries)
     repo_id = f"{namespace}/{ZOO_REPO}"
     card = ModelCard.from_template(
-        ModelCardData(library_name="transformers", tags=["genie_hub", "quantized", "model-zoo"],
-                      base_model=None), template_str="---\n{{ card_data }}\n---\n\n# genie_hub model zoo\n\n"
+        ModelCardData(library_name="transformers", tags=["genie_hub", "quantized", "model-zoo"]), template_str="---\n{{ card_data }}\n---\n\n# genie_hub model zoo\n\n"
         "Zero-shot quantized vision models made with [genie_hub](https://github.com/genie-hub/genie_hub) "
         "(Genie, CVPR 2023). Load any of them with `import genie_hub` and "
         "`AutoModelForImageClassification.from_pretrained(repo_id)`.\n\n{{ table }}\n",
         table=leaderboard_markdown(rows, link=True))
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    from huggingface_hub import CommitOperationAdd
-
     api.create_commit(repo_id, operations=[
         CommitOperationAdd("README.md", str(card).encode("utf-8")),
         CommitOperationAdd(f"{LEADERBOARD}.json", (json.dumps({"entries": rows}, indent=2) + "\n").encode("utf-8"))],
