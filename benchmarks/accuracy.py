@@ -48,6 +48,70 @@ METHOD_LABELS = {
 EMBEDDED_ORDER = ["rtn", "noise", "zeroq", "genie", "fewshot"]
 EFFNET_ORDER = ["rtn", "genie"]
 
+ABLATIONS = {
+    "log-step": "weight and activation steps learned directly with the reference's absolute Adam lrs (1e-4, 4e-5)",
+    "through-zero": "weight ranges widened to include 0 (zero point inside the grid)",
+    "pixel-target": "synthetic images pulled to mean 0 / std 1 whatever the processor's normalization",
+}
+"""Each fix of issue #10 that can be switched back to the reference's behaviour, for one benchmark row each.
+The shared A8 shortcut quantizer is ablated with an override instead (`--override` of the CLI), and the QDrop
+meaning is the same distribution at the default qdrop_prob 0.5, so it has no row."""
+
+
+def apply_ablations(names: list[str]) -> None:
+    """Patch genie_hub in this process back to the reference's behaviour for `names` (benchmark use only)."""
+    import torch
+    from torch import nn
+
+    from genie_hub.quantization import quantizers, reconstruction
+    from genie_hub.synthesis import image_prior, loop
+
+    if "log-step" in names:
+        class AbsoluteStep(nn.Module):  # the reference: the step itself is the parameter, floored at MIN_STEP
+            def __init__(self, step):
+                super().__init__()
+                self.log_step = nn.Parameter(step.detach().float().clone())  # name kept for the optimizer wiring
+
+            def forward(self):
+                return self.log_step.clamp(min=quantizers.MIN_STEP)
+
+            @torch.no_grad()
+            def set(self, step):
+                self.log_step.fill_(float(step))
+
+        quantizers.LogStep = AbsoluteStep
+        original = reconstruction.reconstruct_unit
+
+        def reference_lrs(*args, **kwargs):
+            import dataclasses
+            args = list(args)
+            args[7] = dataclasses.replace(args[7], lr_weight_step=1e-4, lr_act_step=4e-5)  # the config
+            return original(*args, **kwargs)
+
+        reconstruction.reconstruct_unit = reference_lrs
+    if "through-zero" in names:
+        def through_zero(weight, bits, method="lp"):  # genie_hub 0.1's range: [min(w, 0), max(w, 0)]
+            levels = 2**bits - 1
+            w_max = weight.max(dim=1, keepdim=True).values.clamp(min=0)
+            w_min = weight.min(dim=1, keepdim=True).values.clamp(max=0)
+            best_err = torch.full_like(w_max, float("inf"))
+            best_step, best_zero = torch.ones_like(w_max), torch.zeros_like(w_max)
+            for ratio in (quantizers.CLIP_RATIOS if method == "lp" else [1.0]):
+                step = ((w_max - w_min) * ratio / levels).clamp(min=quantizers.MIN_STEP)
+                zero = (-w_min * ratio / step).round()
+                quantized = (torch.clamp((weight / step).round() + zero, 0, levels) - zero) * step
+                err = (weight - quantized).abs().pow(quantizers.LP_NORM).mean(dim=1, keepdim=True)
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best_step = torch.where(better, step, best_step)
+                best_zero = torch.where(better, zero, best_zero)
+            return best_step, best_zero
+
+        quantizers.init_weight_range = through_zero
+    if "pixel-target" in names:
+        loop.pixel_target = lambda spec: image_prior.PixelTarget.standard(spec.channels)
+
+
 # Reduced CPU setting for EfficientNet-Lite0 at 224 px (the generator at 224 px is expensive on CPU).
 EFFNET_CPU_DEFAULTS = dict(num_samples=32, synthesis_batch_size=16, synthesis_iterations=120,
                            reconstruction_steps=150, reconstruction_batch_size=16)
@@ -84,8 +148,12 @@ def fmt_pm(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f} (n={len(values)})"
 
 
+def variant_name(ablate: list[str]) -> str:
+    return "reference " + "+".join(sorted(ablate)) if ablate else ""
+
+
 def embedded_summary(rows: list[dict]) -> list[dict]:
-    """Aggregate the embedded rows over seeds: one entry per (bits, method)."""
+    """Aggregate the embedded rows over seeds: one entry per (bits, method, variant)."""
     out = []
     fp = [r for r in rows if r["part"] == "embedded" and r["method"] == "fp32"]
     fp_mean = mean_std([r["top1"] for r in fp])[0] if fp else float("nan")
@@ -97,13 +165,15 @@ def embedded_summary(rows: list[dict]) -> list[dict]:
         if r["part"] == "embedded" and r["bits"] is not None and tuple(r["bits"]) not in bit_settings:
             bit_settings.append(tuple(r["bits"]))
     for bits in bit_settings:
-        for method in EMBEDDED_ORDER:
+        variants = sorted({r.get("variant", "") for r in rows if r["part"] == "embedded"})
+        for method, variant in [(m, v) for m in EMBEDDED_ORDER for v in variants]:
             sel = [r for r in rows if r["part"] == "embedded" and r["method"] == method
-                   and r["bits"] is not None and tuple(r["bits"]) == bits]
+                   and r.get("variant", "") == variant and r["bits"] is not None and tuple(r["bits"]) == bits]
             if not sel:
                 continue
             top1 = [r["top1"] for r in sel]
-            out.append({"bits": list(bits), "method": method, "top1": top1, "seeds": [r["seed"] for r in sel],
+            out.append({"bits": list(bits), "method": method, "variant": variant, "top1": top1,
+                        "seeds": [r["seed"] for r in sel],
                         "wall_s": [r["wall_s"] for r in sel],
                         "delta_vs_fp32": mean_std(top1)[0] - fp_mean if fp else float("nan")})
     return out
@@ -123,7 +193,11 @@ def render_markdown(results: dict) -> str:
     emb = [r for r in rows if r["part"] == "embedded"]
     if emb or "embedded" in results.get("parts", []):
         s = results.get("settings", {}).get("embedded", {})
-        lines += ["## Embedded default model (Fashion-MNIST ResNet), top-1 on the 10,000 test images", ""]
+        model = s.get("model", "embedded default model")
+        lines += [f"## Fashion-MNIST: {s.get('architecture', 'ResNet')} ({model}), top-1 on the 10,000 test images", ""]
+        if s.get("ablate"):
+            lines += [f"Rows marked [reference ...] restore the reference's behaviour for: "
+                      + "; ".join(f"{name}: {ABLATIONS[name]}" for name in s["ablate"]), ""]
         if s:
             lines += [f"Settings: profile `{s.get('profile')}`, {s.get('num_samples')} calibration images for "
                       f"noise/ZeroQ-style/Genie (synthesis batch {s.get('synthesis_batch_size')}, "
@@ -137,7 +211,8 @@ def render_markdown(results: dict) -> str:
             delta = entry["delta_vs_fp32"]
             delta_s = "-" if entry["method"] == "fp32" or math.isnan(delta) else f"{delta * 100:+.2f}"
             wall = ", ".join(f"{w:.0f}" for w in entry["wall_s"])
-            lines.append(f"| {bits_tag(entry['bits'])} | {METHOD_LABELS[entry['method']]} | {fmt_pm(entry['top1'])} "
+            label = METHOD_LABELS[entry["method"]] + (f" [{entry['variant']}]" if entry.get("variant") else "")
+            lines.append(f"| {bits_tag(entry['bits'])} | {label} | {fmt_pm(entry['top1'])} "
                          f"| {delta_s} | {', '.join('-' if x is None else str(x) for x in entry['seeds'])} | {wall} |")
         synth = [r for r in results.get("synthesis", []) if r["part"] == "embedded"]
         if synth:
@@ -236,6 +311,9 @@ class Runner:
         write_results(self.results, self.args.output)
 
     def add_row(self, row: dict) -> None:
+        lrs = [f"{name} {value:g}" for name, value in (("lr_weight_step", self.args.lr_weight_step),
+                                                        ("lr_act_step", self.args.lr_act_step)) if value is not None]
+        row = {**row, "variant": ", ".join(filter(None, [variant_name(self.args.ablate), *lrs]))}
         self.results["rows"].append(row)
         self.save()
         if row["part"] == "embedded":
@@ -287,22 +365,27 @@ class Runner:
         from genie_hub.loading import input_spec, load_model
 
         args = self.args
-        model, processor = load_model(None)
+        model, processor = load_model(args.fmnist_model)
         model.to(self.device).eval()
         spec = input_spec(model, processor)
         test_images, test_labels = load_fashion_mnist("test")
         test_x = fashion_mnist_pixel_values(test_images, processor, spec)
         base = {k: v for k, v in dict(num_samples=args.num_samples, synthesis_iterations=args.synthesis_iterations,
                                       reconstruction_steps=args.reconstruction_steps,
-                                      synthesis_batch_size=args.synthesis_batch_size).items() if v is not None}
+                                      synthesis_batch_size=args.synthesis_batch_size,
+                                      lr_weight_step=args.lr_weight_step, lr_act_step=args.lr_act_step).items()
+                if v is not None}
         probe = self.config((4, 4), 0, base)
         self.results["parts"].append("embedded")
         self.results["settings"]["embedded"] = {
             "profile": args.profile, "num_samples": probe.num_samples, "synthesis_batch_size": probe.synthesis_batch_size,
             "synthesis_iterations": probe.synthesis_iterations, "reconstruction_steps": probe.reconstruction_steps,
             "reconstruction_batch_size": probe.reconstruction_batch_size, "fewshot_samples": args.fewshot_samples,
+            "lr_weight_step": probe.lr_weight_step, "lr_act_step": probe.lr_act_step,
             "seeds": args.seeds, "bits": [list(b) for b in args.bits], "device": str(self.device),
             "input_spec": spec.to_dict(), "num_test_images": int(test_x.shape[0]),
+            "model": args.fmnist_model or "embedded default model", "architecture": type(model).__name__,
+            "ablate": list(args.ablate),
             "config_example": probe.to_dict(),
         }
         t0 = time.perf_counter()
@@ -453,9 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthesis-iterations", type=int)
     p.add_argument("--reconstruction-steps", type=int)
     p.add_argument("--fewshot-samples", type=int, default=1024)
+    p.add_argument("--lr-weight-step", type=float, help="override GenieConfig.lr_weight_step (an lr sweep)")
+    p.add_argument("--lr-act-step", type=float, help="override GenieConfig.lr_act_step (an lr sweep)")
     p.add_argument("--methods", nargs="+", default=EMBEDDED_ORDER, choices=EMBEDDED_ORDER,
                    help="embedded-part methods to run (default: all)")
     p.add_argument("--part", choices=["embedded", "efficientnet", "all"], default="all")
+    p.add_argument("--fmnist-model", default=None,
+                   help="the Fashion-MNIST classifier of the 'embedded' part (default: the embedded ResNet; e.g. "
+                        "benchmarks/models/fashion-mnist-mobilenet-v2 from train_default_model.py --family ...)")
+    p.add_argument("--ablate", nargs="+", default=[], choices=sorted(ABLATIONS),
+                   help="restore the reference's behaviour for these fixes (ablation rows; see ABLATIONS)")
     p.add_argument("--effnet-bits", type=parse_bits, nargs="+", default=[(8, 8), (4, 4)])
     p.add_argument("--effnet-num-samples", type=int)
     p.add_argument("--effnet-synthesis-batch-size", type=int)
@@ -486,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         print(render_markdown(merged))
         return 0
     torch.set_num_threads(args.threads)
+    apply_ablations(args.ablate)
     runner = Runner(args, argv)
     t0 = time.perf_counter()
     try:

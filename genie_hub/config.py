@@ -109,14 +109,17 @@ class GenieConfig:
     lr_latent: float = 0.1
     lr_generator: float = 0.01
     # Genie-M settings.
-    lr_weight_step: float = 1e-4
-    lr_act_step: float = 4e-5
+    # Steps are learned in log space (quantizers.LogStep), so these lrs are relative: one update moves a step by
+    # about lr. 1e-2 is what the reference's absolute 1e-4 does to a typical 4-bit conv step (~1e-2), without
+    # moving an 8-bit depthwise step (~1e-3) by 5-100 % per update. Measured in benchmarks/results (issue #10).
+    lr_weight_step: float = 1e-2
+    lr_act_step: float = 1e-3
     lr_rounding: float = 1e-3
     rounding_weight: float = 1.0
     warmup: float = 0.2
     beta_start: float = 20.0
     beta_end: float = 2.0
-    qdrop_prob: float = 0.5
+    qdrop_prob: float = 0.5  # chance that an element keeps its FP value (QDrop), at unit inputs and quantizers
     mixed_precision: str = field(default="no", metadata=option(
         "--mixed-precision", "bf16 autocast for synthesis and reconstruction (GPU)", choices=MIXED_PRECISIONS))
 

@@ -129,7 +129,9 @@ def test_stored_tensors_are_declared_once_per_layer_type():
     conv = stored_tensors(LayerSpec("QuantConv2d", 4, 8, False), (16, 3, 3, 3))
     assert list(conv) == ["weight_packed", "weight_scale", "weight_zero_point", "weight_shape", "input_scale"]
     assert conv["weight_packed"].shape == (16, 4) and conv["weight_packed"].dtype == torch.int32  # 27 x 4 bits
-    assert conv["weight_zero_point"].safetensors_dtype == "U8"
+    assert conv["weight_zero_point"].safetensors_dtype == "I32"  # one-sign rows need zero points off the grid
+    older = stored_tensors(LayerSpec("QuantConv2d", 4, 8, False), (16, 3, 3, 3), format_version=2)
+    assert older["weight_zero_point"].safetensors_dtype == "U8"  # formats 1-2 still load
     assert list(stored_tensors(LayerSpec("QuantConv2d", 8, None), (4, 2))) == [
         "weight_packed", "weight_scale", "weight_zero_point", "weight_shape"]  # FP input: no input_scale
     assert list(stored_tensors(LayerSpec("QuantShortcut", None, 4, True), None)) == ["input_scale"]

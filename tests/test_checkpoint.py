@@ -30,7 +30,8 @@ from genie_hub.checkpoint.config import GUARD_KEY, is_guard
 from genie_hub.config import GenieConfig
 from genie_hub.errors import CheckpointError, ModelLoadError
 from genie_hub import quantize
-from genie_hub.quantization import QuantizedOp
+from genie_hub.adapters import model_logits
+from genie_hub.quantization import QuantizedOp, quantized_ops
 from helpers_output import edit_weights
 
 PACKED = ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
@@ -116,7 +117,7 @@ def test_saved_layout(w4):
     tensors = load_file(folder / "genie_model.safetensors")
     config = json.loads((folder / "config.json").read_text())
     block = config["quantization_config"]
-    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == 2
+    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == 3
     assert block["weights_file"] == "genie_model.safetensors"
     assert (block["weight_bits"], block["act_bits"]) == (4, 4)
     assert block["layers"] == layer_dicts(q) and block["genie_config"]["weight_bits"] == 4
@@ -128,7 +129,7 @@ def test_saved_layout(w4):
             continue
         op = q.model.get_submodule(name)
         assert tensors[f"{name}.weight_packed"].dtype == torch.int32
-        assert tensors[f"{name}.weight_zero_point"].dtype == torch.uint8
+        assert tensors[f"{name}.weight_zero_point"].dtype == torch.int32
         assert tensors[f"{name}.weight_shape"].tolist() == list(op.weight_shape_tuple)
         assert torch.equal(tensors[f"{name}.weight_packed"], op.weight_packed)
         assert (f"{name}.input_scale" in tensors) == (spec["act_bits"] is not None)
@@ -156,9 +157,28 @@ def test_quantization_config_validation():
         with pytest.raises(CheckpointError):
             GenieQuantizationConfig.from_dict({"layers": layers})
     with pytest.raises(CheckpointError, match="Upgrade genie_hub"):
-        GenieQuantizationConfig.from_dict({**good, "format_version": 3})
+        GenieQuantizationConfig.from_dict({**good, "format_version": 4})
     with pytest.raises(CheckpointError):
         GenieQuantizationConfig.from_dict({**good, "format": "compressed-tensors"})
+
+
+def test_a_format_2_checkpoint_loads_and_resaves_as_format_3(tmp_path):
+    # A checkpoint genie_hub wrote in format 2 (uint8 zero points) still loads, exactly, and saving the loaded
+    # model writes format 3 with the same values.
+    old = Path(__file__).parent / "fixtures" / "format2-resnet-w4a4"
+    assert json.loads((old / "config.json").read_text())["quantization_config"]["format_version"] == 2
+    stored = load_file(old / "genie_model.safetensors")
+    assert stored["resnet.encoder.stages.0.layers.0.layer.0.convolution.weight_zero_point"].dtype == torch.uint8
+    model = from_pretrained(old)
+    ops = quantized_ops(model)
+    assert ops and all(op.weight_zero_point.dtype == torch.int32 for op in ops.values() if op.has_weight)
+    name = next(n for n, op in ops.items() if op.has_weight)
+    assert torch.equal(ops[name].weight_zero_point, stored[f"{name}.weight_zero_point"].to(torch.int32))
+    x = torch.randn(2, 1, 28, 28)
+    save_quantized(model, tmp_path / "v3")
+    assert json.loads((tmp_path / "v3" / "config.json").read_text())["quantization_config"]["format_version"] == 3
+    resaved = from_pretrained(tmp_path / "v3")
+    assert torch.equal(model_logits(model, x), model_logits(resaved, x))
 
 
 # ---- exact round trips --------------------------------------------------------------------------------------

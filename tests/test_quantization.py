@@ -11,6 +11,7 @@ from genie_hub.errors import ConfigError, ReconstructionDivergedError
 from genie_hub.quantization import (ActQuantizer, LayerSpec, QuantConv2d, QuantShortcut, WeightQuantizer,
                                     discover_units, prepare_model, quantize, quantized_ops)
 from genie_hub.adapters import model_logits
+from genie_hub.quantization.quantizers import init_weight_range, qdrop_mix
 from tiny_models import FAMILIES, structured_images, tiny_model
 
 
@@ -25,10 +26,11 @@ def test_weight_quantizer_init_and_hard_rounding_grid():
     wq = WeightQuantizer(weight, bits=3)
     # Soft bits start at the fractional part: the soft weight is the unrounded (clipped) weight.
     rows = weight.flatten(1)
-    inside = ((rows / wq.step).floor() + wq.zero_point >= 0) & ((rows / wq.step).floor() + wq.zero_point < 7)
+    step = wq.positive_step()
+    inside = ((rows / step).floor() + wq.zero_point >= 0) & ((rows / step).floor() + wq.zero_point < 7)
     assert torch.allclose(wq().flatten(1)[inside], rows[inside], atol=1e-4)
     wq.hard = True
-    codes = (wq().flatten(1) / wq.step + wq.zero_point)
+    codes = (wq().flatten(1) / step + wq.zero_point)
     assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.min() >= 0 and codes.max() <= 7
     assert torch.equal(wq.codes(), torch.clamp(wq.floor + (wq.rounding >= 0).float() + wq.zero_point, 0, 7))
 
@@ -45,7 +47,8 @@ def test_activation_quantizer_signedness_and_grid():
     aq = ActQuantizer(4)
     out = aq(relu_out)
     assert aq.signed is False and aq.bounds == (0, 15)
-    assert torch.allclose(out / aq.step, (out / aq.step).round(), atol=1e-5)
+    step = aq.positive_step()
+    assert torch.allclose(out / step, (out / step).round(), atol=1e-5)
     signed = ActQuantizer(4)
     signed(torch.randn(1000))
     assert signed.signed is True and signed.bounds == (-8, 7)
@@ -58,6 +61,49 @@ def test_shared_quantizer_gives_every_reader_the_same_tensor():
     x = torch.randn(64, 8)
     assert aq(x) is aq(x)  # the conv and its shortcut see the same quantized tensor, QDrop mask included
     assert aq(x.clone()) is not aq(x)
+
+
+def test_one_sign_row_gets_its_own_range_not_one_through_zero():
+    # A depthwise row whose weights are all positive: a range forced through 0 would waste part of the grid.
+    row = torch.linspace(0.5, 1.0, 64).view(1, 64)
+    step, zero = init_weight_range(row, bits=4, method="minmax")
+    assert torch.allclose(step, torch.tensor([[0.5 / 15]]), rtol=1e-4)  # through 0 it would be 1.0 / 15
+    assert zero.item() < 0  # the zero point lies below the grid: stored as int32
+    wq = WeightQuantizer(row.view(1, 64, 1, 1), bits=4)
+    wq.hard = True
+    assert (wq().flatten() - row.flatten()).abs().max() <= 0.5 / 15 / 2 + 1e-6
+    # An (almost) constant row far from 0 would need an enormous zero point: it gets a range through 0.
+    step, zero = init_weight_range(torch.full((1, 8), 3.0), bits=4)
+    assert zero.abs().item() <= 15 and torch.isfinite(step).all()
+
+
+def test_weight_step_is_learned_in_log_space_and_a_tiny_step_survives():
+    # The reference's absolute Adam lr of 1e-4 moves a 1e-5 step by 10x per update and pins it at a floor with
+    # no gradient; in log space one update changes the step by ~lr relative, and it stays positive.
+    weight = torch.randn(2, 16, 1, 1) * torch.tensor([1.0, 1e-4]).view(2, 1, 1, 1)
+    wq = WeightQuantizer(weight, bits=8)
+    initial = wq.positive_step().detach().clone()
+    optimizer = torch.optim.Adam([wq.step.log_step], lr=1e-2)
+    for _ in range(50):  # a gradient that always asks for a smaller step
+        optimizer.zero_grad()
+        wq.positive_step().sum().backward()
+        optimizer.step()
+    final = wq.positive_step().detach()
+    assert (final > 0).all() and torch.allclose(final / initial, (final / initial)[0], rtol=0.02)
+    assert 0.5 < float(final[1] / initial[1]) < 0.7  # exp(-50 * 1e-2) = 0.61, for both rows alike
+    wq.positive_step().sum().backward()
+    assert wq.step.log_step.grad.abs().min() > 0  # never a dead floor
+
+
+def test_qdrop_prob_is_the_chance_of_the_fp_value_everywhere():
+    quantized, fp = torch.zeros(10000), torch.ones(10000)
+    assert torch.equal(qdrop_mix(quantized, fp, 1.0), fp) and torch.equal(qdrop_mix(quantized, fp, 0.0), quantized)
+    assert 0.2 < float(qdrop_mix(quantized, fp, 0.25).mean()) < 0.3
+    aq = ActQuantizer(2)
+    x = torch.randn(10000) * 3
+    aq(x)
+    aq.qdrop_prob = 1.0
+    assert torch.equal(aq(x), x)  # inside a quantizer too: prob 1 keeps every FP value
 
 
 # ---- bits and block structure -----------------------------------------------------------------------------
@@ -119,6 +165,22 @@ def test_units_cover_every_op_once_in_model_order(family):
         prefix = "mobilenet_v2.layer." if family == "mobilenet-v2" else "efficientnet.encoder.blocks."
         blocks = [u for u in units if u.name.startswith(prefix)]
         assert blocks and all(u.kind == "block" and u.name.count(".") == prefix.count(".") for u in blocks)
+
+
+def test_projection_shortcut_shares_the_a8_quantizer_of_the_first_block():
+    # ResNet-50-style: the first block's projection shortcut conv reads the same tensor as the block's first
+    # conv (the second executed op, A8). Both read it through one A8 quantizer, as in the reference.
+    model = tiny_model("resnet-bottleneck")
+    q_model, _, names = prepare_model(model, GenieConfig(weight_bits=4, act_bits=4), calibration(2))
+    block = q_model.get_submodule("resnet.encoder.stages.0.layers.0")
+    first, shortcut = block.layer[0].convolution, block.shortcut.convolution
+    assert names[1] == "resnet.encoder.stages.0.layers.0.layer.0.convolution"
+    assert shortcut.input_quantizer is first.input_quantizer and shortcut.act_bits == 8
+    # A user's override of one reader's act bits still wins, with a quantizer of its own.
+    config = GenieConfig(weight_bits=4, act_bits=4, overrides={"*.stages.0.layers.0.shortcut.*": {"act": 4}})
+    q_model, _, _ = prepare_model(model, config, calibration(2))
+    block = q_model.get_submodule("resnet.encoder.stages.0.layers.0")
+    assert block.shortcut.convolution.act_bits == 4 and block.layer[0].convolution.act_bits == 8
 
 
 def test_conv_and_identity_shortcut_share_one_input_quantizer():
@@ -229,7 +291,7 @@ def test_round_to_nearest_baseline_has_no_training():
 
 
 def test_activation_step_init_on_tensors_larger_than_float32_indexing():
-    from genie_hub.quantization.quantizers import init_act_step
+    from genie_hub.quantization.quantizers import init_weight_range, qdrop_mix, init_act_step
 
     x = torch.rand(2**24 + 1000)  # float32 linspace indices would run past the end here
     step = init_act_step(x, 4, signed=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,7 +16,10 @@ from transformers import ConvNextConfig, ConvNextForImageClassification
 from genie_hub.config import GenieConfig
 from genie_hub.errors import NoBatchNormError
 from genie_hub.loading import input_spec
-from genie_hub.synthesis import Generator, ShardStore, swing_convolutions, synthesize, synthesize_batch
+from genie_hub.adapters import InputSpec
+from genie_hub.synthesis import (Generator, PixelTarget, ShardStore, input_prior_loss, pixel_target,
+                                 swing_convolutions, synthesize, synthesize_batch)
+from genie_hub.synthesis.image_prior import NATURAL_MEAN, NATURAL_STD
 from genie_hub.synthesis.swing import strided_convs
 from genie_hub.adapters import model_logits
 from tiny_models import FAMILIES, IMAGE_SIZE, save_tiny_model, tiny_model
@@ -38,6 +42,29 @@ def test_generator_follows_the_model_input_shape():
     for channels, height, width in [(1, 28, 28), (3, 30, 22), (4, 9, 13)]:
         out = Generator(16, channels, height, width)(torch.randn(4, 16))
         assert out.shape == (4, channels, height, width)
+
+
+def test_synthetic_pixels_live_where_the_processor_puts_real_pixels():
+    # A processor that standardizes with data statistics: real pixels have mean 0 / std 1, as in the reference.
+    assert pixel_target(InputSpec(1, 28, 28, (0.286,), (0.353,))).is_standard
+    assert pixel_target(InputSpec(3, 32, 32)).is_standard  # no normalization known: the reference's targets
+    # (x - 127.5) / 127.5 maps a range: photos have std ~0.45 there, not 1; pixels in [0, 1] keep photo stats.
+    half = pixel_target(InputSpec(3, 32, 32, (0.5,) * 3, (0.5,) * 3))
+    assert all(0.44 < s < 0.46 for s in half.std) and all(-0.2 < m < 0 for m in half.mean)
+    unit = pixel_target(InputSpec(3, 32, 32, (0.0,) * 3, (1.0,) * 3))
+    assert unit.mean == NATURAL_MEAN and unit.std == NATURAL_STD
+    model = tiny_model("resnet-basic").requires_grad_(False)
+    config = GenieConfig.from_profile("quick", synthesis_iterations=3)
+    for spec, target in [(InputSpec(3, IMAGE_SIZE, IMAGE_SIZE, (0.5,) * 3, (0.5,) * 3), half),
+                         (InputSpec(3, IMAGE_SIZE, IMAGE_SIZE, (0.4,) * 3, (0.2,) * 3), PixelTarget.standard(3))]:
+        for method in ("genie", "pixels"):
+            images, _ = synthesize_batch(model, spec, 16, 0, dataclasses.replace(config, synthesis_method=method),
+                                         progress=False)
+            std = images.transpose(0, 1).flatten(1).std(1)
+            assert torch.allclose(std, torch.tensor(target.std), rtol=0.15), (method, std, target)
+    # The image prior pulls each image's statistics to the target, not to mean 0 / std 1.
+    photos = torch.randn(4, 3, 8, 8) * torch.tensor(half.std).view(1, 3, 1, 1) + torch.tensor(half.mean).view(1, 3, 1, 1)
+    assert input_prior_loss(photos, half) < 0.1 < input_prior_loss(photos)
 
 
 def test_input_spec_comes_from_config_and_processor(tmp_path):

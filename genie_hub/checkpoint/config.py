@@ -1,11 +1,12 @@
 """`GenieQuantizationConfig`: the `quantization_config` block a Genie checkpoint carries in its config.json.
 
-Layout (format "genie-packed", format_version 2; version 1 had no `weights_file` and used model.safetensors)::
+Layout (format "genie-packed", format_version 3; version 2 stored weight_zero_point as uint8, version 1 also had no
+`weights_file` and used model.safetensors; both still load)::
 
     "quantization_config": {
       "quant_method": "genie",
       "format": "genie-packed",
-      "format_version": 2,
+      "format_version": 3,
       "weights_file": "genie_model.safetensors",   # or genie_model.safetensors.index.json when sharded
       "weight_bits": 4,                       # headline bits of the run (most layers)
       "act_bits": 4,
@@ -34,13 +35,14 @@ from typing import Any
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import CheckpointError
+from ..quantization.format import FORMAT_VERSION as FROZEN_FORMAT_VERSION
 from ..quantization.format import LayerSpec, check_bits
 
 QUANT_METHOD = "genie"
 FORMAT = "genie-packed"
-FORMAT_VERSION = 2
+FORMAT_VERSION = FROZEN_FORMAT_VERSION
 WEIGHTS_NAME = "genie_model.safetensors"
-"""Where format 2 stores the weights: a name plain transformers never reads (format 1 used model.safetensors),
+"""Where format >= 2 stores the weights: a name plain transformers never reads (format 1 used model.safetensors),
 so a Genie checkpoint can never load as plain FP weights, whatever the transformers version."""
 LAYERS_METADATA_KEY = "genie_layers"
 """The safetensors `__metadata__` entry that repeats `layers` (JSON), checked against config.json on load."""
@@ -55,7 +57,7 @@ WEIGHT_SCHEME = {
     "granularity": "per-output-channel", "symmetric": False,
     "dequantize": "weight = weight_scale * (code - weight_zero_point), reshaped to weight_shape",
     "tensors": {"weight_packed": "int32 [out, ceil(n*b/32)]", "weight_scale": "float32 [out, 1]",
-                "weight_zero_point": "uint8 [out, 1]", "weight_shape": "int64 [ndim]"},
+                "weight_zero_point": "int32 [out, 1] (uint8 before format_version 3)", "weight_shape": "int64 [ndim]"},
 }
 ACT_SCHEME = {
     "granularity": "per-tensor", "symmetric": True,

@@ -46,14 +46,14 @@ def _prefix_mapper(model: nn.Module, names) -> callable:
     return lambda name: f"{prefix}.{name}"  # base checkpoint -> task model
 
 
-def _frozen_module(name: str, fp: nn.Module, spec: LayerSpec) -> QuantizedOp:
+def _frozen_module(name: str, fp: nn.Module, spec: LayerSpec, format_version: int) -> QuantizedOp:
     cls = QUANTIZED_TYPES[spec.type]
     if not isinstance(fp, cls.float_type) or (not spec.has_weight and type(fp) is not nn.Identity):
         raise CheckpointError(
             f"The checkpoint's quantization_config lists '{name}' as a {spec.type}, but in the model built from its "
             f"config that module is a {type(fp).__name__} (expected {cls.float_type.__name__}). config.json "
             "and the quantization layers do not belong together: save or download the checkpoint again.")
-    return cls.from_frozen(fp, spec)
+    return cls.from_frozen(fp, spec, format_version)
 
 
 def _fp_tensor_problems(model: nn.Module) -> list[str]:
@@ -110,7 +110,7 @@ class GenieHfQuantizer(HfQuantizer):
                     f"The checkpoint's quantization_config lists the layer '{ckpt_name}', which the "
                     f"{type(model).__name__} built from config.json does not have. The config and the quantization "
                     "layers do not belong together: save or download the checkpoint again.") from None
-            model.set_submodule(name, _frozen_module(ckpt_name, fp, spec))
+            model.set_submodule(name, _frozen_module(ckpt_name, fp, spec, self.quantization_config.format_version))
         self.validated_files = []
         if checkpoint_files:
             self._check_checkpoint(model, list(checkpoint_files))
@@ -155,6 +155,7 @@ class GenieHfQuantizer(HfQuantizer):
                           if tensor.is_meta or (not self.validated_files
                                                 and not getattr(tensor, "_is_hf_initialized", False))]
             problems.extend(not_loaded or op.frozen_problems(name))
+            op.upgrade_frozen()  # an older format's dtypes -> the current ones, so it saves in the current format
         problems += _fp_tensor_problems(model)
         if problems:
             raise CheckpointError(

@@ -69,7 +69,7 @@ def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
             return None
         return tuple(_read_small(entry[1], f"{name}.weight_shape"))
 
-    expected, problems = layer_expectations(config.layers, weight_shape_of)
+    expected, problems = layer_expectations(config.layers, weight_shape_of, config.format_version)
     problems += tensor_problems({key: info for key, (info, _) in found.items()}, expected,
                                 forbidden=forbidden_keys(config.layers))
     problems += metadata_problems(files, config.layers, required=config.weights_file is not None)

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..quantization.format import FORBIDDEN_SUFFIX, SAFETENSORS_DTYPES, LayerSpec, stored_tensors
+from ..quantization.format import FORBIDDEN_SUFFIX, FORMAT_VERSION, SAFETENSORS_DTYPES, LayerSpec, stored_tensors
 from .safetensors_check import FLOAT_DTYPES
 
 
@@ -30,8 +30,8 @@ class Expected:
         return cls(dtype, tuple(tensor.shape))
 
 
-def layer_expectations(layers: dict[str, LayerSpec],
-                       weight_shape_of: Callable[[str], tuple[int, ...] | None]) -> tuple[dict[str, Expected], list[str]]:
+def layer_expectations(layers: dict[str, LayerSpec], weight_shape_of: Callable[[str], tuple[int, ...] | None],
+                       format_version: int = FORMAT_VERSION) -> tuple[dict[str, Expected], list[str]]:
     """{key: Expected} for the stored tensors of every quantized layer. `weight_shape_of(name)` gives a layer's
     weight shape, or None when it is unknown: that layer's shapes are then not checked (its tensors' presence
     and dtypes still are) and the unusable weight shape is reported as a problem."""
@@ -42,7 +42,7 @@ def layer_expectations(layers: dict[str, LayerSpec],
         known = not spec.has_weight or (shape is not None and len(shape) >= 2 and all(d > 0 for d in shape))
         if not known and shape is not None:
             problems.append(f"'{name}.weight_shape' holds {list(shape)}, not a weight shape")
-        for suffix, stored in stored_tensors(spec, shape if known else (1, 1)).items():
+        for suffix, stored in stored_tensors(spec, shape if known else (1, 1), format_version).items():
             expected[f"{name}.{suffix}"] = Expected(stored.safetensors_dtype, stored.shape if known else None)
     return expected, problems
 

@@ -8,6 +8,10 @@ stored tensor is declared here and nowhere else.
 
 Values: weight = weight_scale * (code - weight_zero_point), codes packed by `packing.py`; input
 x_q = input_scale * round(clamp(x / input_scale, q_min, q_max)).
+
+Versions: 3 stores `weight_zero_point` as int32, because a row's range is its own [min, max] and a row whose
+weights all have one sign needs a zero point outside [0, 2^b - 1]; 1 and 2 stored it as uint8 within the
+grid. Older versions still load (`stored_tensors(..., format_version)` describes them).
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import torch
 
 from ..config import MAX_BITS, MIN_BITS
 from .packing import packed_width
+
+FORMAT_VERSION = 3
+MAX_ZERO_POINT = 2**24
+"""Largest |weight_zero_point|: codes + zero point stay exact in float32 arithmetic."""
 
 LAYER_TYPES = ("QuantConv2d", "QuantLinear", "QuantShortcut")
 WEIGHTLESS_TYPES = ("QuantShortcut",)
@@ -88,8 +96,9 @@ class StoredTensor:
         return SAFETENSORS_DTYPES[self.dtype]
 
 
-def stored_tensors(spec: LayerSpec, weight_shape: tuple[int, ...] | None) -> dict[str, StoredTensor]:
-    """{suffix: StoredTensor} of a frozen op, in the order the op registers them."""
+def stored_tensors(spec: LayerSpec, weight_shape: tuple[int, ...] | None,
+                   format_version: int = FORMAT_VERSION) -> dict[str, StoredTensor]:
+    """{suffix: StoredTensor} of a frozen op in `format_version`, in the order the op registers them."""
     tensors: dict[str, StoredTensor] = {}
     if spec.has_weight:
         if not weight_shape or len(weight_shape) < 2:
@@ -97,7 +106,8 @@ def stored_tensors(spec: LayerSpec, weight_shape: tuple[int, ...] | None) -> dic
         rows, per_row = int(weight_shape[0]), math.prod(int(d) for d in weight_shape[1:])
         tensors["weight_packed"] = StoredTensor(torch.int32, (rows, packed_width(per_row, spec.weight_bits)))
         tensors["weight_scale"] = StoredTensor(torch.float32, (rows, 1))
-        tensors["weight_zero_point"] = StoredTensor(torch.uint8, (rows, 1))
+        zero_point_dtype = torch.int32 if format_version >= 3 else torch.uint8
+        tensors["weight_zero_point"] = StoredTensor(zero_point_dtype, (rows, 1))
         tensors["weight_shape"] = StoredTensor(torch.int64, (len(weight_shape),))
     if spec.act_bits is not None:
         tensors["input_scale"] = StoredTensor(torch.float32, ())
@@ -112,8 +122,8 @@ def frozen_value_problems(name: str, spec: LayerSpec, weight_shape: tuple[int, .
         stored_shape = tuple(int(v) for v in tensors["weight_shape"].tolist())
         if stored_shape != tuple(weight_shape):
             problems.append(f"{name}.weight_shape is {list(stored_shape)}, the layer is {list(weight_shape)}")
-        if int(tensors["weight_zero_point"].max()) >= 2**spec.weight_bits:
-            problems.append(f"{name}.weight_zero_point exceeds {spec.weight_bits}-bit codes")
+        if int(tensors["weight_zero_point"].abs().max()) > MAX_ZERO_POINT:
+            problems.append(f"{name}.weight_zero_point exceeds {MAX_ZERO_POINT} in magnitude")
         problems += _scale_problems(f"{name}.weight_scale", tensors["weight_scale"])
     if spec.act_bits is not None:
         problems += _scale_problems(f"{name}.input_scale", tensors["input_scale"])

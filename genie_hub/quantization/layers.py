@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .format import LayerSpec, frozen_value_problems, stored_tensors
+from .format import FORMAT_VERSION, LayerSpec, frozen_value_problems, stored_tensors
 from .packing import pack_codes, unpack_codes
 from .quantizers import ActQuantizer, WeightQuantizer, act_range_bounds
 
@@ -49,14 +49,14 @@ class QuantizedOp(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_frozen(cls, module: nn.Module, spec: LayerSpec) -> "QuantizedOp":
-        """A frozen op with empty stored tensors (on the FP module's device, e.g. meta before loading), sharing
-        the FP module's bias parameter."""
+    def from_frozen(cls, module: nn.Module, spec: LayerSpec, format_version: int = FORMAT_VERSION) -> "QuantizedOp":
+        """A frozen op with empty stored tensors of `format_version` (on the FP module's device, e.g. meta before
+        loading), sharing the FP module's bias parameter."""
         op = cls.like(module, spec)
         if getattr(module, "bias", None) is not None:
             op.bias = module.bias
         weight = getattr(module, "weight", None)
-        op._allocate_frozen(device=weight.device if weight is not None else None)
+        op._allocate_frozen(device=weight.device if weight is not None else None, format_version=format_version)
         return op
 
     @classmethod
@@ -90,12 +90,12 @@ class QuantizedOp(nn.Module):
     def spec(self) -> LayerSpec:
         return LayerSpec(type(self).__name__, self.weight_bits, self.act_bits, self.act_signed)
 
-    def stored_tensors(self):
-        return stored_tensors(self.spec(), self.weight_shape_tuple)
+    def stored_tensors(self, format_version: int = FORMAT_VERSION):
+        return stored_tensors(self.spec(), self.weight_shape_tuple, format_version)
 
-    def _allocate_frozen(self, device=None) -> None:
+    def _allocate_frozen(self, device=None, format_version: int = FORMAT_VERSION) -> None:
         """Register the frozen buffers that `format.stored_tensors` declares (zeros; `weight_shape` filled in)."""
-        for suffix, stored in self.stored_tensors().items():
+        for suffix, stored in self.stored_tensors(format_version).items():
             tensor = torch.zeros(stored.shape, dtype=stored.dtype, device=device)
             if suffix == "weight_shape":
                 tensor = torch.tensor(self.weight_shape_tuple, dtype=stored.dtype, device=device)
@@ -115,13 +115,23 @@ class QuantizedOp(nn.Module):
         wq, aq = self.weight_quantizer, self.input_quantizer
         if self.act_bits is not None:
             self.act_signed = bool(aq.signed)
-        self._allocate_frozen(device=(wq.step.device if wq is not None else aq.step.device))
+        self._allocate_frozen(device=(wq.floor.device if wq is not None else aq.step.log_step.device))
         if self.has_weight:
             self.weight_packed.copy_(pack_codes(wq.codes().to(torch.int64), self.weight_bits))
             self.weight_scale.copy_(wq.positive_step().detach())
-            self.weight_zero_point.copy_(wq.zero_point.to(torch.uint8))
+            self.weight_zero_point.copy_(wq.zero_point)
         if self.act_bits is not None:
             self.input_scale.copy_(aq.positive_step().detach().reshape(()))
+
+    @torch.no_grad()
+    def upgrade_frozen(self) -> None:
+        """Convert stored tensors loaded from an older format version to the current dtypes (values unchanged),
+        so the op saves in the current format."""
+        for suffix, stored in self.stored_tensors().items():
+            tensor = getattr(self, suffix)
+            if tensor.dtype != stored.dtype:
+                setattr(self, suffix, tensor.to(stored.dtype))
+        self._weight_cache = None
 
     def to_frozen(self) -> dict[str, torch.Tensor]:
         """The stored tensors of a frozen op, by suffix (what a checkpoint and the resume state hold)."""

@@ -3,7 +3,9 @@
 Which op gets which bits: all Conv2d/Linear at the requested W/A, except the first executed op (W8, FP
 input: the image), the second (A8 input) and the last (the classifier, W8A8); then `config.overrides`
 (fnmatch patterns over module names) apply. A parameter-free `nn.Identity` that reads the same tensor as a
-conv is a residual shortcut: it gets wrapped too and shares that conv's input quantizer.
+conv is a residual shortcut: it gets wrapped too. All ops reading one tensor share one input quantizer at the
+finest bits any of them has (the reference's sharing: the projection shortcut of a first block reads the A8
+tensor its first conv reads), except ops whose act bits the user overrode.
 """
 
 from __future__ import annotations
@@ -86,46 +88,52 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
     readers: dict[int, list[str]] = {}
     for name in order:
         readers.setdefault(id(inputs[name]), []).append(name)
-    shortcuts = {}
-    for name in order:
+    act_overrides = {name: o["act"] for name in order for p, o in config.overrides.items()
+                     if fnmatch.fnmatchcase(name, p) and "act" in o}  # the last matching pattern wins
+    act_bits = {name: b.act for name, b in bits.items()}
+    for name in order:  # Identity shortcuts next to a quantized reader of the same tensor
         if isinstance(fp_model.get_submodule(name), nn.Identity):
-            sharers = [n for n in readers[id(inputs[name])] if n in bits and bits[n].act is not None]
+            sharers = [bits[n].act for n in readers[id(inputs[name])] if n in bits and bits[n].act is not None]
             if sharers:
-                act = bits[sharers[0]].act
-                for pattern, override in config.overrides.items():
-                    if fnmatch.fnmatchcase(name, pattern) and "act" in override:
-                        act = override["act"]
-                if act is not None:
-                    shortcuts[name] = act
+                act_bits[name] = act_overrides[name] if name in act_overrides else max(sharers)
+    shared_bits = {}  # one quantizer per tensor: every reader gets the finest bits any of them needs
+    for tensor_id, names in readers.items():
+        act = [act_bits[n] for n in names if act_bits.get(n) is not None and n not in act_overrides]
+        if act:
+            shared_bits[tensor_id] = max(act)
 
     q_model = copy.deepcopy(fp_model)
     quantizers: dict[tuple[int, int], ActQuantizer] = {}
 
-    def input_quantizer(name: str, act_bits: int | None) -> ActQuantizer | None:
-        if act_bits is None:
+    def input_quantizer(name: str) -> ActQuantizer | None:
+        """The reference shares one quantizer between a conv and the shortcut reading its input (so a first
+        block's projection shortcut reads the A8 tensor its conv reads); an op whose act bits the user
+        overrode gets a quantizer of those bits (shared only with readers of equal bits)."""
+        if act_bits.get(name) is None:
             return None
-        key = (id(inputs[name]), act_bits)
+        tensor_id = id(inputs[name])
+        bits_here = act_bits[name] if name in act_overrides else shared_bits[tensor_id]
+        key = (tensor_id, bits_here)
         if key in quantizers:
             quantizers[key].shared = True
         else:
-            quantizers[key] = ActQuantizer(act_bits, method=range_init).to(example_input.device)
+            quantizers[key] = ActQuantizer(bits_here, method=range_init).to(example_input.device)
         return quantizers[key]
 
     quantized: list[str] = []
     for name in order:
         module = q_model.get_submodule(name)
         if name in bits:
-            quantizer = input_quantizer(name, bits[name].act)
             cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
-            new = cls.from_float(module, bits[name].weight, quantizer, method=range_init)
-        elif name in shortcuts:
-            new = QuantShortcut.from_float(module, input_quantizer(name, shortcuts[name]))
+            new = cls.from_float(module, bits[name].weight, input_quantizer(name), method=range_init)
+        elif act_bits.get(name) is not None:  # an Identity shortcut next to a quantized reader
+            new = QuantShortcut.from_float(module, input_quantizer(name))
         else:
             continue
         q_model.set_submodule(name, new)
         quantized.append(name)
     for unit in units:
-        unit.ops = [n for n in quantized if n in unit.ops or (n in shortcuts and n.startswith(unit.name + "."))]
+        unit.ops = [n for n in quantized if n in unit.ops or (n not in bits and n.startswith(unit.name + "."))]
     return q_model, units, quantized
 
 

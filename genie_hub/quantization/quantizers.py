@@ -9,9 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .format import MAX_ZERO_POINT  # only a row (almost) constant far from 0 would need more: it gets a range through 0
+
 LP_NORM = 2.4
 CLIP_RATIOS = torch.linspace(1.0, 0.01, 100).tolist()
-MIN_STEP = 1e-8  # guards all-zero channels (e.g. identity squeeze-excite convs), which would give step 0
+MIN_STEP = 1e-8  # the initial step of an all-zero channel (e.g. identity squeeze-excite convs), never 0
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -20,16 +22,25 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def init_weight_range(weight: torch.Tensor, bits: int, method: str = "lp") -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row asymmetric step and integer zero point for `weight` [rows, n]; returns ([rows,1], [rows,1])."""
+    """Per-row asymmetric step and integer zero point for `weight` [rows, n]; returns ([rows,1], [rows,1]).
+
+    The range is each row's own [min, max], as in the reference: a row whose weights all have one sign (common
+    in depthwise convs) would get a 15-20 % coarser grid if the range were widened to include 0. The zero
+    point then lies outside [0, 2^b - 1] (it is stored as int32). Clip ratios scale min and max together.
+    """
     levels = 2**bits - 1
-    w_max = weight.max(dim=1, keepdim=True).values.clamp(min=0)
-    w_min = weight.min(dim=1, keepdim=True).values.clamp(max=0)
+    w_max = weight.max(dim=1, keepdim=True).values
+    w_min = weight.min(dim=1, keepdim=True).values
+    through_zero = ((w_max - w_min) / levels).clamp(min=MIN_STEP)
+    needs_zero = (w_min / through_zero).abs() > MAX_ZERO_POINT  # (near-)constant rows far from 0
+    w_max = torch.where(needs_zero, w_max.clamp(min=0), w_max)
+    w_min = torch.where(needs_zero, w_min.clamp(max=0), w_min)
     ratios = CLIP_RATIOS if method == "lp" else [1.0]
     best_err = torch.full_like(w_max, float("inf"))
     best_step, best_zero = torch.ones_like(w_max), torch.zeros_like(w_max)
     for ratio in ratios:
         step = ((w_max - w_min) * ratio / levels).clamp(min=MIN_STEP)
-        zero = (-w_min * ratio / step).round()
+        zero = (-w_min * ratio / step).round().clamp(-MAX_ZERO_POINT, MAX_ZERO_POINT)
         quantized = (torch.clamp((weight / step).round() + zero, 0, levels) - zero) * step
         err = (weight - quantized).abs().pow(LP_NORM).mean(dim=1, keepdim=True)
         better = err < best_err
@@ -37,6 +48,14 @@ def init_weight_range(weight: torch.Tensor, bits: int, method: str = "lp") -> tu
         best_step = torch.where(better, step, best_step)
         best_zero = torch.where(better, zero, best_zero)
     return best_step, best_zero
+
+
+def qdrop_mix(quantized: torch.Tensor, full_precision: torch.Tensor, prob: float) -> torch.Tensor:
+    """QDrop: each element takes its FP value with probability `prob`, its quantized value otherwise. Used at a
+    unit's input and inside activation quantizers, with the one meaning of `GenieConfig.qdrop_prob`."""
+    if prob <= 0:
+        return quantized
+    return torch.where(torch.rand_like(quantized) < prob, full_precision, quantized)
 
 
 def act_range_bounds(bits: int, signed: bool) -> tuple[int, int]:
@@ -66,11 +85,34 @@ def init_act_step(x: torch.Tensor, bits: int, signed: bool, method: str = "lp", 
     return best_step
 
 
+class LogStep(nn.Module):
+    """A learned positive step, stored as its logarithm.
+
+    The reference learns the step itself with an absolute Adam lr (1e-4 for weights). Adam moves a parameter by
+    about lr per update whatever its scale, so a 1.9e-3 step (common in 8-bit depthwise convs) moved by 5-100 %
+    per update and could collapse onto a floor with no gradient, never to recover. In log space one update
+    changes any step by the same relative amount (about lr), the step stays positive without a clamp, and its
+    gradient never vanishes.
+    """
+
+    def __init__(self, step: torch.Tensor):
+        super().__init__()
+        self.log_step = nn.Parameter(step.detach().float().clamp(min=MIN_STEP).log())
+
+    def forward(self) -> torch.Tensor:
+        return self.log_step.exp()
+
+    @torch.no_grad()
+    def set(self, step: torch.Tensor | float) -> None:
+        self.log_step.copy_(torch.as_tensor(step, dtype=torch.float32).clamp(min=MIN_STEP).log())
+
+
 class WeightQuantizer(nn.Module):
     """W_q = s * (clamp(B + h(V) + zp, 0, 2^b - 1) - zp): frozen floor B, learned step s, soft bits h(V).
 
     h(V) = clamp(sigmoid(V) * 1.2 - 0.1, 0, 1) (AdaRound's rectified sigmoid), initialized to the fractional
-    part W/s0 - B so training starts from the unrounded weight; `hard=True` uses h = 1[V >= 0].
+    part W/s0 - B so training starts from the unrounded weight; `hard=True` uses h = 1[V >= 0]. The step s is
+    learned in log space (`LogStep`).
     """
 
     GAMMA, ZETA = -0.1, 1.1
@@ -87,7 +129,7 @@ class WeightQuantizer(nn.Module):
         p = ((rest - self.GAMMA) / (self.ZETA - self.GAMMA)).clamp(1e-6, 1 - 1e-6)
         self.register_buffer("floor", floor)
         self.register_buffer("zero_point", zero)
-        self.step = nn.Parameter(step)
+        self.step = LogStep(step)
         self.rounding = nn.Parameter(torch.log(p / (1 - p)))
         self.hard = False
 
@@ -100,7 +142,7 @@ class WeightQuantizer(nn.Module):
         return torch.clamp(self.floor + bits + self.zero_point, 0, 2**self.bits - 1)
 
     def positive_step(self) -> torch.Tensor:
-        return self.step.clamp(min=MIN_STEP)
+        return self.step()
 
     def forward(self) -> torch.Tensor:
         bits = (self.rounding >= 0).to(self.floor.dtype) if self.hard else self.soft_bits()
@@ -112,7 +154,7 @@ class WeightQuantizer(nn.Module):
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor symmetric activation quantizer with a learned step (LSQ) and QDrop.
+    """Per-tensor symmetric activation quantizer with a learned step (LSQ, in log space: `LogStep`) and QDrop.
 
     Signed iff its calibration input had negatives (ReLU outputs use the whole unsigned grid). One instance
     may be shared by several ops that read the same tensor (a conv and its residual shortcut): it then
@@ -124,17 +166,16 @@ class ActQuantizer(nn.Module):
         self.bits = bits
         self.signed = signed
         self.method = method
-        self.step = nn.Parameter(torch.ones(()))
+        self.step = LogStep(torch.ones(()))
         self.initialized = False
-        self.qdrop_prob = 0.0  # set > 0 during reconstruction only
+        self.qdrop_prob = 0.0  # chance that an element keeps its FP value; set > 0 during reconstruction only
         self.shared = False  # set when several ops read the same tensor through this quantizer
         self._cache: tuple | None = None
 
     def calibrate(self, x: torch.Tensor) -> None:
         if self.signed is None:
             self.signed = bool((x < 0).any())
-        with torch.no_grad():
-            self.step.fill_(init_act_step(x, self.bits, self.signed, self.method))
+        self.step.set(init_act_step(x, self.bits, self.signed, self.method))
         self.initialized = True
 
     @property
@@ -142,8 +183,7 @@ class ActQuantizer(nn.Module):
         return act_range_bounds(self.bits, bool(self.signed))
 
     def positive_step(self) -> torch.Tensor:
-        """The learned step, kept strictly positive (gradient steps could otherwise push it through 0)."""
-        return self.step.clamp(min=MIN_STEP)
+        return self.step()
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         q_min, q_max = self.bounds
@@ -153,12 +193,10 @@ class ActQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
             self.calibrate(x)
-        key = (x._version, self.step._version, self.qdrop_prob, torch.is_grad_enabled())
+        key = (x._version, self.step.log_step._version, self.qdrop_prob, torch.is_grad_enabled())
         if self.shared and self._cache is not None and self._cache[0] is x and self._cache[1] == key:
             return self._cache[2]
-        out = self.quantize(x)
-        if self.qdrop_prob > 0:
-            out = torch.where(torch.rand_like(x) < self.qdrop_prob, x, out)
+        out = qdrop_mix(self.quantize(x), x, self.qdrop_prob)
         if self.shared:
             self._cache = (x, key, out)
         return out

@@ -28,7 +28,7 @@ from ..optimization import optimize
 from ..reproducibility import RECONSTRUCTION_SEED_OFFSET, batch_seed, seed_everything
 from .blocks import Unit, _first_tensor
 from .layers import QuantizedOp
-from .quantizers import ActQuantizer
+from .quantizers import ActQuantizer, qdrop_mix
 
 logger = logging.getLogger("genie_hub.reconstruction")
 ACT_INIT_SAMPLES = 256  # samples used to initialize activation steps of a unit
@@ -127,8 +127,8 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
 
     steps = config.reconstruction_steps
     if steps > 0 and weight_quantizers + act_quantizers:
-        groups = [(p, lr) for p, lr in (([wq.step for wq in weight_quantizers], config.lr_weight_step),
-                                        ([aq.step for aq in act_quantizers], config.lr_act_step)) if p]
+        groups = [(p, lr) for p, lr in (([wq.step.log_step for wq in weight_quantizers], config.lr_weight_step),
+                                        ([aq.step.log_step for aq in act_quantizers], config.lr_act_step)) if p]
         annealed = [torch.optim.Adam(params, lr=lr) for params, lr in groups]
         schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.0) for opt in annealed]
         rounding = torch.optim.Adam([wq.rounding for wq in weight_quantizers], lr=config.lr_rounding) \
@@ -145,7 +145,7 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
         def unit_loss(step: int) -> torch.Tensor:
             idx = torch.randperm(count, device=x_fp.device)[:batch]
             xq, xf = x_q[idx], x_fp[idx]
-            mixed = torch.where(torch.rand_like(xq) < config.qdrop_prob, xq, xf)  # QDrop on the unit's input
+            mixed = qdrop_mix(xq, xf, config.qdrop_prob)
             with autocast():
                 out = _unit_forward(unit, mixed, args, kwargs)
             loss = (out - y_fp[idx]).pow(2).sum(1).mean()
@@ -187,7 +187,8 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
 
 def _learned(weight_quantizers: list, act_quantizers: list[ActQuantizer]) -> list[torch.Tensor]:
     """Everything reconstruction changes: weight steps and rounding variables, activation steps."""
-    return [*(p for wq in weight_quantizers for p in (wq.step, wq.rounding)), *(aq.step for aq in act_quantizers)]
+    return [*(p for wq in weight_quantizers for p in (wq.step.log_step, wq.rounding)),
+            *(aq.step.log_step for aq in act_quantizers)]
 
 
 class ReconstructionState:

@@ -1,17 +1,20 @@
 """Genie-D: zero-shot calibration data distilled from the model itself.
 
 `synthesize(model, config)` -> `Calibration`. Priors (what the images must satisfy) are registered in
-`prior.py`: "bn-statistics" (`bn_stats.py`) is Genie's. Image parameterizations are in `generator.py`.
+`prior.py`: "bn-statistics" (`bn_stats.py`) is Genie's. Image parameterizations are in `generator.py`; where
+their pixels should live (the image prior, from the model's input normalization) in `image_prior.py`.
 """
 
 from .bn_stats import BatchNormPrior, batchnorm_layers, bn_statistics_loss, measure_bn_loss, require_batchnorm
 from .generator import DirectPixels, Generator, image_source
+from .image_prior import PixelTarget, input_prior_loss, pixel_target
 from .loop import ShardStore, synthesize, synthesize_batch
 from .prior import SynthesisPrior, prior_names, register_prior, select_prior
 from .swing import swing_convolutions
 
 register_prior(BatchNormPrior)
 
-__all__ = ["BatchNormPrior", "DirectPixels", "Generator", "ShardStore", "SynthesisPrior", "batchnorm_layers",
-           "bn_statistics_loss", "image_source", "measure_bn_loss", "prior_names", "register_prior",
-           "require_batchnorm", "select_prior", "swing_convolutions", "synthesize", "synthesize_batch"]
+__all__ = ["BatchNormPrior", "DirectPixels", "Generator", "PixelTarget", "ShardStore", "SynthesisPrior",
+           "batchnorm_layers", "bn_statistics_loss", "image_source", "input_prior_loss", "measure_bn_loss",
+           "pixel_target", "prior_names", "register_prior", "require_batchnorm", "select_prior",
+           "swing_convolutions", "synthesize", "synthesize_batch"]

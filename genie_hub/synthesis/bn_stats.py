@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..hooks import TemporaryHooks
-from .prior import SynthesisPrior, no_prior_error
+from .prior import SynthesisPrior, no_prior_error, zero_non_finite
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -40,24 +40,11 @@ def bn_statistics_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     mean = x.mean(dim=(0, 2, 3))
     flat = x.transpose(0, 1).flatten(1)
     if flat.requires_grad:
-        flat.register_hook(_zero_non_finite)  # only this term's gradient: finite gradients pass unchanged
+        flat.register_hook(zero_non_finite)  # only this term's gradient: finite gradients pass unchanged
     std = flat.std(dim=1, unbiased=flat.shape[1] > 1)
     channels = x.shape[1]
     target_std = torch.sqrt(bn.running_var.float() + 1e-6)
     return ((mean - bn.running_mean.float()).pow(2).sum() + (std - target_std).pow(2).sum()) / channels
-
-
-def _zero_non_finite(grad: torch.Tensor) -> torch.Tensor:
-    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def input_prior_loss(images: torch.Tensor) -> torch.Tensor:
-    """Each image's per-channel spatial mean -> 0 and std -> 1 (squared L2 / batch size)."""
-    flat = images.float().flatten(2)
-    if flat.requires_grad:
-        flat.register_hook(_zero_non_finite)  # a constant image has no std gradient (see bn_statistics_loss)
-    mean, std = flat.mean(dim=2), flat.std(dim=2, unbiased=flat.shape[2] > 1)
-    return (mean.pow(2).sum() + (std - 1).pow(2).sum()) / images.shape[0]
 
 
 class BatchNormPrior(SynthesisPrior):

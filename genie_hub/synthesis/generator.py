@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .image_prior import PixelTarget
+
 
 class Generator(nn.Module):
     """Linear -> BN -> up x2 -> conv3x3 -> BN -> LeakyReLU -> up -> conv3x3 -> Tanh -> BN(affine=False).
@@ -24,8 +26,10 @@ class Generator(nn.Module):
     synthesized, they are not a model being trained), so it is kept in train mode.
     """
 
-    def __init__(self, latent_dim: int, channels: int, height: int, width: int, hidden: int = 128):
+    def __init__(self, latent_dim: int, channels: int, height: int, width: int, hidden: int = 128,
+                 target: PixelTarget | None = None):
         super().__init__()
+        self.target = target or PixelTarget.standard(channels)  # where the last BN's output is moved to
         self.size = (height, width)
         self.seed_size = (math.ceil(height / 4), math.ceil(width / 4))
         self.hidden = hidden
@@ -42,15 +46,16 @@ class Generator(nn.Module):
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         x = F.leaky_relu(self.bn1(self.conv1(x)), 0.2)
         x = F.interpolate(x, size=self.size, mode="nearest")
-        return self.bn_out(torch.tanh(self.conv2(x)))
+        return self.target.place(self.bn_out(torch.tanh(self.conv2(x))))
 
 
 class DirectPixels(nn.Module):
     """The ZeroQ-style baseline's 'generator': the images themselves are the parameters."""
 
-    def __init__(self, batch_size: int, channels: int, height: int, width: int):
+    def __init__(self, batch_size: int, channels: int, height: int, width: int, target: PixelTarget | None = None):
         super().__init__()
-        self.pixels = nn.Parameter(torch.randn(batch_size, channels, height, width))
+        target = target or PixelTarget.standard(channels)
+        self.pixels = nn.Parameter(target.place(torch.randn(batch_size, channels, height, width)))
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.pixels
@@ -72,13 +77,14 @@ SYNTHESIS_METHODS = ("genie", "pixels")
 
 
 def image_source(method: str, batch_size: int, channels: int, height: int, width: int, latent_dim: int,
-                 device: torch.device | str = "cpu") -> ImageSource:
-    """Fresh parameters for one synthesis batch (drawn from torch's global RNG, seeded per batch)."""
+                 device: torch.device | str = "cpu", target: PixelTarget | None = None) -> ImageSource:
+    """Fresh parameters for one synthesis batch (drawn from torch's global RNG, seeded per batch), starting
+    where `target` (the image prior's per-channel mean/std, `image_prior.py`) says real pixels live."""
     if method == "pixels":
-        pixels = DirectPixels(batch_size, channels, height, width).to(device)
+        pixels = DirectPixels(batch_size, channels, height, width, target).to(device)
         return ImageSource(pixels, torch.zeros(batch_size, 1, device=device), [pixels.pixels], [], swing=False)
     if method == "genie":
-        generator = Generator(latent_dim, channels, height, width).to(device).train()
+        generator = Generator(latent_dim, channels, height, width, target=target).to(device).train()
         latents = torch.randn(batch_size, latent_dim, device=device).requires_grad_(True)
         return ImageSource(generator, latents, [latents], list(generator.parameters()), swing=True)
     raise ValueError(f"unknown synthesis method {method!r}; expected one of {SYNTHESIS_METHODS}")

@@ -25,8 +25,8 @@ from ..fileio import save_safetensors
 from ..loading import input_spec
 from ..optimization import optimize
 from ..reproducibility import batch_seed, model_fingerprint, seed_everything
-from .bn_stats import input_prior_loss
 from .generator import image_source
+from .image_prior import input_prior_loss, pixel_target
 from .prior import SynthesisPrior, select_prior
 from .swing import swing_convolutions
 
@@ -41,8 +41,9 @@ def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_i
     """Optimize one batch (fresh image parameters); return the final images and their loss statistics."""
     seed_everything(batch_seed(config.seed, batch_index))
     prior = prior or select_prior(model, config.synthesis_prior)
+    target = pixel_target(spec)
     source = image_source(config.synthesis_method, batch_size, spec.channels, spec.height, spec.width,
-                          config.latent_dim, device)
+                          config.latent_dim, device, target=target)
     optimizers = [torch.optim.Adam(source.per_image, lr=config.lr_latent)]
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizers[0], factor=0.1, patience=100, min_lr=1e-4)
     schedulers = []
@@ -60,7 +61,7 @@ def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_i
         with autocast():
             last["images"] = source.generator(source.latents)
             model_logits(model, last["images"])
-        return prior.pop() + input_prior_loss(last["images"])
+        return prior.pop() + input_prior_loss(last["images"], target)
 
     def after_step(step: int, loss: torch.Tensor) -> None:
         value = loss.item()  # ReduceLROnPlateau decides on the host, every step
@@ -157,6 +158,7 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     model.to(device)
     sizes = config.synthesis_batch_sizes()
     fingerprint = {**config.synthesis_fingerprint(), "prior": prior.name, "input": spec.to_dict(),
+                   "pixel_target": pixel_target(spec).to_dict(),
                    "model": model_fingerprint(model), "batch_sizes": sizes}
     store = ShardStore(output_dir, fingerprint) if output_dir is not None else None
     in_memory: dict[int, tuple[torch.Tensor, BatchStats]] = {}

@@ -17,6 +17,12 @@ from ..adapters import model_logits
 from ..errors import ConfigError, NoBatchNormError
 
 
+def zero_non_finite(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient hook for std terms: a channel or image whose values are all equal has d(std)/dx = 0/0; it
+    contributes no gradient instead of turning every image into NaN."""
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 class SynthesisPrior:
     """Base class. Subclasses set `name`, implement `applies_to` and `terms_hooks`."""
 
