@@ -7,6 +7,7 @@ import platform
 import shlex
 from pathlib import Path
 
+from . import REPOSITORY_URL
 from .outputs import RunRecord
 
 TEMPLATE_DIRS = [Path(__file__).resolve().parent / "_bundled" / "model_cards",
@@ -135,7 +136,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         num_layer_units=sum(u["kind"] == "layer" for u in units),
         results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.results],
         results_protocol=run.results_protocol, command=public_command(run.command), versions=run.versions,
-        machine=run.machine, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
+        machine=run.machine, repository_url=REPOSITORY_URL, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
 
 
 def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None):
@@ -157,4 +158,5 @@ def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None)
         synthesis_batch_size=config["synthesis_batch_size"], synthesis_iterations=config["synthesis_iterations"],
         latent_dim=config["latent_dim"], lr_latent=config["lr_latent"], lr_generator=config["lr_generator"],
         seed=config["seed"], prior=run.synthetic.get("prior") or "bn-statistics",
-        loss_summary=run.synthetic["loss_summary"], command=public_command(run.command))
+        loss_summary=run.synthetic["loss_summary"], command=public_command(run.command),
+        repository_url=REPOSITORY_URL)

@@ -61,6 +61,9 @@ def load_space_app(path: str | os.PathLike | None = None) -> ModuleType:
         if not app_file.is_file():
             raise GenieError(f"No Space app at {app_file}.")
     app_file = app_file.resolve()
+    if importlib.util.find_spec("gradio") is None:
+        raise GenieError("The comparison app needs gradio, an optional dependency of genie_hub: install it with "
+                         "`pip install 'genie_hub[space]'`.")
     cached = sys.modules.get(_MODULE_NAME)
     if cached is not None and getattr(cached, "__file__", None) == str(app_file):
         return cached
