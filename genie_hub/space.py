@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from .errors import GenieError
+from .loading import DEFAULT_MODEL_DIR, DEFAULT_QUANTIZED_DIR, EMBEDDED_HUB_NAMESPACE, embedded_hub_id
 
 SPACE_NAME = "genie-compare"
 SPACE_DIR_ENV = "GENIE_SPACE_DIR"
@@ -22,9 +23,9 @@ SPACE_FILES = ("app.py", "README.md", "requirements.txt")
 SPACE_CONFIG_NAME = "space_config.json"
 """Written next to app.py by `prepare_space_folder`: {"fp32_model": id, "quantized_model": id}."""
 
-DEFAULT_FP32_HUB_ID = "genie-hub/fashion-mnist-resnet"
-"""Hub id of the published embedded default model (listed in the Space README when no id is given)."""
-DEFAULT_QUANTIZED_HUB_ID = "genie-hub/fashion-mnist-resnet-genie-w4a4"
+DEFAULT_FP32_HUB_ID = f"{EMBEDDED_HUB_NAMESPACE}/{DEFAULT_MODEL_DIR.name}"
+"""Hub id of the published embedded default model: what the app shows (and loads from the embedded copy)."""
+DEFAULT_QUANTIZED_HUB_ID = f"{EMBEDDED_HUB_NAMESPACE}/{DEFAULT_QUANTIZED_DIR.name}"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 SPACE_DIR = Path(os.environ.get(SPACE_DIR_ENV) or next(
@@ -81,7 +82,6 @@ def load_space_app(path: str | os.PathLike | None = None) -> ModuleType:
 def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[dict]:
     """The built entries of a zoo folder as the Space's picker lists them: local folders for a local app, or
     (`published`) the Hub ids `genie_hub zoo publish` recorded, with the FP32 model's Hub id."""
-    from .loading import DEFAULT_MODEL_DIR
     from .outputs import RunRecord
 
     entries = []
@@ -94,7 +94,7 @@ def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[di
             entries.append({"name": name, "fp32": base, "quantized": str(run_file.parent / "model")})
             continue
         repo_id = ((record.push or {}).get("model") or {}).get("repo_id")
-        fp32 = DEFAULT_FP32_HUB_ID if Path(base).resolve() == DEFAULT_MODEL_DIR.resolve() else base
+        fp32 = embedded_hub_id(base) or base
         if repo_id and not Path(fp32).exists():
             entries.append({"name": name, "fp32": fp32, "quantized": repo_id})
     return entries
