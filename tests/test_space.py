@@ -291,14 +291,15 @@ def test_space_files_follow_spaces_conventions():
     assert "not a speed-up" in body and "KL" in body
     requirements = [line.split("#")[0].strip() for line in (SPACE_DIR / "requirements.txt").read_text().splitlines()]
     names = {re.split(r"[<>=@ \[]", line)[0].lower() for line in requirements if line}
-    assert {"genie_hub", "torch", "transformers"} <= names
-    assert "gradio" not in names
+    assert names == {"scikit-image"}  # push-space adds CPU torch and the genie_hub wheel (tests/test_packaging.py)
 
 
 def test_prepare_space_folder_points_at_the_users_models(tmp_path, monkeypatch):
     dest = prepare_space_folder(tmp_path / "space", "alice/resnet-fp32", "alice/resnet-genie-w4a4")
-    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "app.py", "requirements.txt",
-                                                       "space_config.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "app.py", "examples", "requirements.txt",
+                                                       "space_config.json", "wheels"]
+    (wheel,) = (dest / "wheels").iterdir()  # built from this source tree; requirements.txt installs it
+    assert wheel.name.startswith("genie_hub-") and f"./wheels/{wheel.name}" in (dest / "requirements.txt").read_text()
     assert _readme_header(dest / "README.md")["models"] == ["alice/resnet-fp32", "alice/resnet-genie-w4a4"]
     assert _readme_header(dest / "README.md")["sdk_version"] == gr.__version__
     assert "not a speed-up" in (dest / "README.md").read_text()
@@ -317,7 +318,7 @@ def test_prepare_space_folder_points_at_the_users_models(tmp_path, monkeypatch):
         load_space_app()  # put the source-tree app back as the cached module
 
     # Re-preparing with no ids: embedded defaults in the app, published default ids in the README.
-    prepare_space_folder(dest)
+    prepare_space_folder(dest, wheel=wheel.rename(tmp_path / wheel.name))
     assert not (dest / "space_config.json").exists()
     assert _readme_header(dest / "README.md")["models"] == [DEFAULT_FP32_HUB_ID, DEFAULT_QUANTIZED_HUB_ID]
 
