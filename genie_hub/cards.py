@@ -80,13 +80,18 @@ def base_model_id(run: RunRecord) -> str | None:
 
 
 def base_license(model_id: str | None, revision: str | None = None) -> str | None:
-    """The license on the base model's Hub card (None when offline, absent or unreadable: never fatal)."""
+    """The license on the base model's Hub card (None when offline, absent or unreadable: never fatal); for an
+    embedded model (`genie-hub/<asset>`) the card installed with it."""
     if not model_id:
         return None
     try:
         from huggingface_hub import ModelCard
 
-        license_ = ModelCard.load(model_id).data.license
+        from .loading import embedded_folder
+
+        folder = embedded_folder(model_id)  # an embedded model's card ships with it: read offline
+        readme = folder / "README.md" if folder is not None else None
+        license_ = ModelCard.load(readme if readme is not None and readme.is_file() else model_id).data.license
     except Exception:
         return None
     return license_ if isinstance(license_, str) and license_ else None
