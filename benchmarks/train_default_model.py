@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_model_card(output: Path, record: dict) -> Path:
     """The asset's model card (README.md), from its training record: published as genie-hub/<folder name>."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+    from huggingface_hub import EvalResult, ModelCardData
 
     from genie_hub import REPOSITORY_URL
     from genie_hub.fileio import write_bytes

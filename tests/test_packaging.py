@@ -126,3 +126,29 @@ def test_pushed_space_installs_from_the_wheel_it_carries(hub_server, tmp_path, w
     module_file, space_dir, has_weights = check.stdout.split()
     assert module_file.startswith(str(venv)) and space_dir.startswith(str(venv)) and "_bundled" in space_dir
     assert has_weights == "True"
+
+
+def test_example_asset_cards_name_hub_ids_never_paths(monkeypatch):
+    """The cards shipped with the embedded models (benchmarks/build_example_assets.py) parse, link each other by
+    Hub id, carry a license, and quote no local path; the quantized one takes its license from its base's card."""
+    from huggingface_hub import ModelCard
+
+    from genie_hub.cards import base_license
+    from genie_hub.loading import ASSETS_DIR
+    from genie_hub.space import DEFAULT_FP32_HUB_ID, DEFAULT_QUANTIZED_HUB_ID
+
+    for asset in ("fashion-mnist-resnet", "fashion-mnist-regnet"):
+        card = ModelCard.load(ASSETS_DIR / asset / "README.md")
+        assert card.data.license == "apache-2.0" and card.data.datasets == ["zalando-datasets/fashion_mnist"]
+        assert card.data.eval_results[0].metric_value > 90 and f"genie-hub/{asset}" in card.text
+    quantized = ModelCard.load(ASSETS_DIR / "fashion-mnist-resnet-genie-w4a4" / "README.md")
+    assert quantized.data.base_model == DEFAULT_FP32_HUB_ID and quantized.data.base_model_relation == "quantized"
+    assert quantized.data.license == "apache-2.0" and quantized.data.datasets == [f"{DEFAULT_QUANTIZED_HUB_ID}-calibration"]
+    assert f'from_pretrained("{DEFAULT_QUANTIZED_HUB_ID}")' in quantized.text
+    assert quantized.text.lstrip().startswith("# fashion-mnist-resnet-genie-w4a4")
+    for card_file in ASSETS_DIR.glob("*/README.md"):
+        text = card_file.read_text(encoding="utf-8")
+        assert "/tmp/" not in text and "/work/" not in text and str(REPO_ROOT) not in text
+    assert "asset_run" not in str(quantized.data) and "# asset_run" not in quantized.text  # named by its Hub id
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert base_license(DEFAULT_FP32_HUB_ID) == "apache-2.0"  # read from the embedded copy, offline
