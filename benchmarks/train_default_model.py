@@ -212,8 +212,61 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(record, indent=2) + "\n")
+    write_model_card(args.output, record)
     print(json.dumps({k: record[k] for k in ("num_parameters", "safetensors_bytes", "train_seconds", "test_top1")}))
     return 0
+
+
+def write_model_card(output: Path, record: dict) -> Path:
+    """The asset's model card (README.md), from its training record: published as genie-hub/<folder name>."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    from genie_hub import REPOSITORY_URL
+    from genie_hub.fileio import write_bytes
+    from genie_hub.loading import EMBEDDED_HUB_NAMESPACE
+
+    output = Path(output)
+    repo_id = f"{EMBEDDED_HUB_NAMESPACE}/{output.name}"
+    top1 = round(100 * record["test_top1"], 2)
+    data = ModelCardData(
+        license="apache-2.0", library_name="transformers", pipeline_tag="image-classification",
+        datasets=["zalando-datasets/fashion_mnist"], tags=["genie_hub", "fashion-mnist", "image-classification"],
+        model_name=output.name, eval_results=[EvalResult(
+            task_type="image-classification", dataset_type="zalando-datasets/fashion_mnist",
+            dataset_name="Fashion-MNIST", dataset_split="test", metric_type="accuracy", metric_name="top-1 accuracy",
+            metric_value=top1, verified=False)])
+    args = record["args"]
+    text = f"""---
+{data.to_yaml()}
+---
+
+# {output.name}
+
+A small `{record["architecture"]}` ({record["num_parameters"]:,} parameters, {record["safetensors_bytes"]:,} bytes of
+float32 weights) trained from scratch on Fashion-MNIST (28x28 grayscale, 10 classes): **{top1} % top-1** on the
+{record["test_images"]:,} test images. It ships inside [genie_hub]({REPOSITORY_URL}) (`genie_hub/assets/{output.name}`)
+as an FP32 model to quantize offline; `genie_hub quantize` without a model quantizes the embedded ResNet.
+
+```python
+from transformers import AutoModelForImageClassification, pipeline
+
+model = AutoModelForImageClassification.from_pretrained("{repo_id}")
+classifier = pipeline("image-classification", model="{repo_id}")
+```
+
+## Training
+
+{args["epochs"]} epochs of SGD (batch {args["batch_size"]}, one-cycle learning rate up to {args["lr"]}, weight decay
+{args["weight_decay"]}, random {args["pad"]}-pixel shifts), seed {args["seed"]}, {args["threads"]} CPU thread(s):
+{record["train_seconds"] / 60:.1f} min on {record["machine"]} with torch {record["torch"]}. Inputs are normalized
+with mean {record["input_spec"]["mean"]} and std {record["input_spec"]["std"]}.
+
+```bash
+{record["command"]}
+```
+"""
+    write_bytes(output / "README.md", text.encode("utf-8"))
+    return output / "README.md"
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ comparison app). `pipeline` chains them for the CLI.
 """
 
 __version__ = "0.1.0"
+REPOSITORY_URL = "https://github.com/genie-hub/genie_hub"
+"""Where genie_hub lives: the cards link it, and pyproject.toml's [project.urls] name the same place."""
 
 from .checkpoint import register as _register_checkpoint_format  # noqa: E402
 

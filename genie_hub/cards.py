@@ -7,6 +7,7 @@ import platform
 import shlex
 from pathlib import Path
 
+from . import REPOSITORY_URL
 from .outputs import RunRecord
 
 TEMPLATE_DIRS = [Path(__file__).resolve().parent / "_bundled" / "model_cards",
@@ -79,13 +80,18 @@ def base_model_id(run: RunRecord) -> str | None:
 
 
 def base_license(model_id: str | None, revision: str | None = None) -> str | None:
-    """The license on the base model's Hub card (None when offline, absent or unreadable: never fatal)."""
+    """The license on the base model's Hub card (None when offline, absent or unreadable: never fatal); for an
+    embedded model (`genie-hub/<asset>`) the card installed with it."""
     if not model_id:
         return None
     try:
         from huggingface_hub import ModelCard
 
-        license_ = ModelCard.load(model_id).data.license
+        from .loading import embedded_folder
+
+        folder = embedded_folder(model_id)  # an embedded model's card ships with it: read offline
+        readme = folder / "README.md" if folder is not None else None
+        license_ = ModelCard.load(readme if readme is not None and readme.is_file() else model_id).data.license
     except Exception:
         return None
     return license_ if isinstance(license_, str) and license_ else None
@@ -135,21 +141,52 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         num_layer_units=sum(u["kind"] == "layer" for u in units),
         results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.results],
         results_protocol=run.results_protocol, command=public_command(run.command), versions=run.versions,
-        machine=run.machine, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
+        machine=run.machine, repository_url=REPOSITORY_URL, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
+
+
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"))
+
+
+def size_category(num_examples: int) -> str:
+    """The Hub's `size_categories` value for a dataset of `num_examples` rows (as `datasets` chooses it)."""
+    return next((name for bound, name in SIZE_CATEGORIES if num_examples < bound), "n>1B")
+
+
+def _dataset_metadata(card_data, summary: dict) -> None:
+    """`dataset_info` (features, split sizes) and `configs` (the data files), as `Dataset.push_to_hub` writes them."""
+    from datasets import DatasetInfo, Features, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from datasets.splits import SplitDict
+    from datasets.utils.metadata import MetadataConfigs
+
+    splits = SplitDict()
+    splits.add(SplitInfo(name="train", num_bytes=summary["num_bytes"], num_examples=summary["num_examples"]))
+    info = DatasetInfo(features=Features.from_dict(summary["features"]), splits=splits,
+                       download_size=summary["download_size"], dataset_size=summary["num_bytes"])
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    MetadataConfigs({"default": {"data_files": [{"split": "train", "path": summary["data_files"]}]}}
+                    ).to_dataset_card_data(card_data)
 
 
 def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None):
-    """The synthetic calibration set's card, for the datasets repo `repo_id` (a zero-shot run's record)."""
+    """The synthetic calibration set's card, for the datasets repo `repo_id` (a zero-shot run's record).
+
+    The images have no labels: the task category is `other` (not image-classification), annotations none."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     config = run.config
     base = run.base_model
     num_samples, shape = run.synthetic["num_samples"], run.synthetic["shape"]
+    summary = run.synthetic.get("dataset")  # written with the files (absent in records of older versions)
+    storage = (summary or {}).get("storage") or config.get("dataset_storage", "exact")
     card_data = DatasetCardData(
-        pretty_name=f"Genie synthetic calibration images for {public_name(base)}",
-        task_categories=["image-classification"], annotations_creators=["machine-generated"],
-        tags=["synthetic", "genie", "zero-shot-quantization", "calibration", "genie_hub"],
-        size_categories=["n<1K"] if num_samples < 1000 else ["1K<n<10K"], license=run.license)
+        pretty_name=f"Genie synthetic calibration images for {public_name(base)}", license=run.license,
+        task_categories=["other"], annotations_creators=["no-annotation"],
+        tags=["synthetic", "genie", "zero-shot-quantization", "calibration", "quantization", "genie_hub"],
+        size_categories=[size_category(num_samples)])
+    if summary:
+        _dataset_metadata(card_data, summary)
     return DatasetCard.from_template(
         card_data, template_path=str(template_path("genie_dataset_card.md")), pretty_name=card_data.pretty_name,
         base_model=public_name(base), base_model_revision=run.base_model_revision, model_repo_id=model_repo_id,
@@ -157,4 +194,10 @@ def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None)
         synthesis_batch_size=config["synthesis_batch_size"], synthesis_iterations=config["synthesis_iterations"],
         latent_dim=config["latent_dim"], lr_latent=config["lr_latent"], lr_generator=config["lr_generator"],
         seed=config["seed"], prior=run.synthetic.get("prior") or "bn-statistics",
-        loss_summary=run.synthetic["loss_summary"], command=public_command(run.command))
+        loss_summary=run.synthetic["loss_summary"], command=public_command(run.command),
+        repository_url=REPOSITORY_URL, storage=storage,
+        download_size=_size_text(summary["download_size"]) if summary else None)
+
+
+def _size_text(num_bytes: int) -> str:
+    return f"{num_bytes / 1e6:.1f} MB" if num_bytes >= 100_000 else f"{num_bytes / 1e3:.1f} kB"

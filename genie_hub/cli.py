@@ -4,7 +4,7 @@
     genie_hub evaluate MODEL_OR_DIR --dataset fashion-mnist [--fp32 MODEL]
     genie_hub push DIR [--repo-id ...] [--dataset-repo-id ...] [--private]
     genie_hub space [--fp32 ID_OR_DIR] [--quantized ID_OR_DIR]
-    genie_hub push-space REPO_ID [--fp32 ID] [--quantized ID] [--private]
+    genie_hub push-space REPO_ID [--fp32 ID] [--quantized ID] [--private] [--wheel PATH]
     genie_hub convert-efficientnet-lite0 OUTPUT_DIR
 
 Multi-GPU / multi-process: `accelerate launch -m genie_hub quantize ...`.
@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--zoo-dir", default=None,
                     help="a published `genie_hub zoo` folder: its published entries can be picked in the Space")
     ps.add_argument("--private", action="store_true")
+    ps.add_argument("--wheel", default=None, metavar="PATH", help="the genie_hub wheel the Space installs (default: "
+                    "built from this genie_hub's source tree)")
 
     z = sub.add_parser("zoo", parents=[quiet], help="the model zoo: list, build and publish registered models")
     zoo = z.add_subparsers(dest="zoo_command", required=True)
@@ -246,16 +248,16 @@ def _space(args) -> None:
 def _push_space(args) -> None:
     import tempfile
 
-    from .hub import check_push_ready, push_space
-    from .space import prepare_space_folder
+    from .hub import check_push_ready, push_space, space_repo_id
+    from .space import prepare_space_folder, zoo_space_entries
 
     check_push_ready()
+    repo_id = space_repo_id(args.repo_id)
     with tempfile.TemporaryDirectory() as tmp:
-        from .space import zoo_space_entries
-
         zoo = zoo_space_entries(args.zoo_dir, published=True) if args.zoo_dir else None
-        folder = prepare_space_folder(os.path.join(tmp, "space"), args.fp32, args.quantized, zoo=zoo)
-        print(f"Space: {push_space(folder, args.repo_id, private=args.private)}")
+        folder = prepare_space_folder(os.path.join(tmp, "space"), args.fp32, args.quantized, zoo=zoo,
+                                      space_repo_id=repo_id, wheel=args.wheel)
+        print(f"Space: {push_space(folder, repo_id, private=args.private)}")
 
 
 def _zoo(args) -> None:

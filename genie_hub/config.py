@@ -18,6 +18,8 @@ from .errors import ConfigError
 MIN_BITS, MAX_BITS = 2, 8
 SYNTHESIS_METHODS = ("genie", "pixels")
 MIXED_PRECISIONS = ("no", "bf16")
+DATASET_STORAGES = ("exact", "fp16")
+"""How OUT/dataset stores the synthetic tensors: exact float32, or float16 (half the size, lossy)."""
 
 PROFILES: dict[str, dict[str, Any]] = {
     # Reference defaults: 1024 images = 8 batches of 128, 4000 iterations each; 20k steps per unit.
@@ -122,6 +124,10 @@ class GenieConfig:
     qdrop_prob: float = 0.5  # chance that an element keeps its FP value (QDrop), at unit inputs and quantizers
     mixed_precision: str = field(default="no", metadata=option(
         "--mixed-precision", "bf16 autocast for synthesis and reconstruction (GPU)", choices=MIXED_PRECISIONS))
+    dataset_storage: str = field(default="exact", metadata=option(
+        "--dataset-storage", "how the published calibration set stores pixel_values: exact (float32, what the "
+        "model was calibrated on) or fp16 (half the size, lossy); PNG previews are kept either way",
+        choices=DATASET_STORAGES))
 
     def __post_init__(self) -> None:
         if isinstance(self.first_layer, dict):
@@ -175,6 +181,9 @@ class GenieConfig:
         if self.mixed_precision not in MIXED_PRECISIONS:  # fp16 would need gradient scaling: not supported
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 "
                               "needs gradient scaling, which genie_hub does not do; use bf16).")
+        if self.dataset_storage not in DATASET_STORAGES:
+            raise ConfigError(f"dataset_storage must be one of {', '.join(DATASET_STORAGES)}, got "
+                              f"{self.dataset_storage!r}.")
 
     def synthesis_batch_sizes(self) -> list[int]:
         """Sizes of the synthesis batches; the last one holds the remainder. A remainder of a single image joins

@@ -23,7 +23,7 @@ from .errors import PushError
 from .fileio import write_bytes
 from .outputs import OutputLayout, RunRecord
 
-__all__ = ["check_push_ready", "check_push_targets", "default_repo_ids", "push_output", "push_space"]
+__all__ = ["check_push_ready", "check_push_targets", "default_repo_ids", "push_output", "push_space", "space_repo_id"]
 
 _REPO_NAME_MAX = 96  # the Hub's limit on the name part of a repo id
 _CALIBRATION_SUFFIX = "-calibration"
@@ -365,6 +365,15 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
         run.push = result
         run.save(run_path)
     return result
+
+
+def space_repo_id(repo_id: str, token: str | None = None) -> str:
+    """The full id of the Space `push_space` will create (a bare name gets the user's namespace), checked
+    before the Space folder is prepared: its requirements.txt names the wheel by its URL in that repo."""
+    username, namespaces = _whoami(token)
+    repo_id = _qualify(repo_id, username)
+    _check_repo_id("Space", repo_id, namespaces)
+    return repo_id
 
 
 def push_space(space_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:

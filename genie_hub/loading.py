@@ -24,6 +24,27 @@ DEFAULT_QUANTIZED_DIR = ASSETS_DIR / "fashion-mnist-resnet-genie-w4a4"
 """Its Genie W4A4 quantized version (quick profile), used by the Space when nothing else is given."""
 
 
+EMBEDDED_HUB_NAMESPACE = "genie-hub"
+"""The embedded models are published as `genie-hub/<asset folder>`; apps show them by that id, never by path."""
+
+
+def embedded_hub_id(path: str | os.PathLike) -> str | None:
+    """`genie-hub/<name>` for a model folder shipped in genie_hub/assets/, else None."""
+    folder = Path(str(path)).expanduser()
+    if folder.parent.resolve() == ASSETS_DIR.resolve() and (folder / "config.json").is_file():
+        return f"{EMBEDDED_HUB_NAMESPACE}/{folder.name}"
+    return None
+
+
+def embedded_folder(model_id: str) -> Path | None:
+    """The local copy of an embedded model named by its Hub id (`genie-hub/<asset>`), when it is installed."""
+    namespace, _, name = str(model_id).strip().partition("/")
+    if namespace != EMBEDDED_HUB_NAMESPACE or not name or "/" in name or name in (".", ".."):
+        return None
+    folder = ASSETS_DIR / name
+    return folder if (folder / "config.json").is_file() else None
+
+
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     """`None` means the embedded default model; an existing folder is used as-is; anything else is a Hub id."""
     if name_or_path is None:
@@ -60,5 +81,6 @@ def to_pixel_values(images: Sequence, processor, spec: InputSpec) -> torch.Tenso
     return ModelAdapter().to_pixel_values(images, processor, spec)
 
 
-__all__ = ["ASSETS_DIR", "DEFAULT_MODEL_DIR", "DEFAULT_QUANTIZED_DIR", "InputSpec", "input_spec", "is_default_model",
-           "load_model", "resolve_model_path", "to_pixel_values"]
+__all__ = ["ASSETS_DIR", "DEFAULT_MODEL_DIR", "DEFAULT_QUANTIZED_DIR", "EMBEDDED_HUB_NAMESPACE", "InputSpec",
+           "embedded_folder", "embedded_hub_id", "input_spec", "is_default_model", "load_model", "resolve_model_path",
+           "to_pixel_values"]

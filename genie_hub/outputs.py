@@ -79,7 +79,7 @@ class OutputLayout:
         if existing is None or not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"Cannot write to the output folder {root}: {existing} is not writable. Pass a "
                               "folder you can write to with -o.")
-        previous = self._previous_settings() if self._holds_results() else settings
+        previous = _with_new_defaults(self._previous_settings()) if self._holds_results() else settings
         if previous != settings:
             if not overwrite:
                 if previous is None:
@@ -192,6 +192,16 @@ class RunRecord:
 def run_settings(base_model: str, revision: str | None, calibration: str, config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's results: a rerun into the same folder must have the same ones."""
     return {"base_model": base_model, "base_model_revision": revision, "calibration": calibration, "config": config}
+
+
+def _with_new_defaults(settings: dict | None) -> dict | None:
+    """Settings recorded by an earlier genie_hub, completed with the defaults of GenieConfig fields added since
+    (a run made before a setting existed used what is now its default)."""
+    if not settings or not isinstance(settings.get("config"), dict):
+        return settings
+    from .config import GenieConfig
+
+    return {**settings, "config": {**GenieConfig().to_dict(), **settings["config"]}}
 
 
 def _differences(old: dict, new: dict) -> str:

@@ -133,9 +133,12 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     if calibration.zero_shot:
         from .synthetic_dataset import export_synthetic_dataset
 
-        dataset_card = render_dataset_card(run, repo_id=f"{local_id}-calibration", model_repo_id=None)
+        def dataset_card(summary: dict):  # the card describes the files as written (features, sizes)
+            run.synthetic["dataset"] = summary
+            return render_dataset_card(run, repo_id=f"{local_id}-calibration", model_repo_id=None)
+
         export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir,
-                                 dataset_card)
+                                 dataset_card, storage=config.dataset_storage)
     elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
         shutil.rmtree(layout.dataset_dir)
     run.save(layout.run_file)  # last: a folder with run.json is a finished run

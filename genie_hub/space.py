@@ -1,30 +1,41 @@
 """The "genie-compare" Gradio Space: locate it, launch it locally, and prepare a copy to push to the Hub.
 
-The Space itself lives in `spaces/genie-compare/` (app.py, README.md, requirements.txt) in the source tree;
-genie_hub finds it there when installed editable (`pip install -e .`) or run from a checkout.
+The Space itself lives in `spaces/genie-compare/` (app.py, README.md, requirements.txt, examples/) in the
+source tree; genie_hub finds it there when installed editable (`pip install -e .`) or run from a checkout, and
+in the copy its wheel bundles (`genie_hub/_bundled/spaces/`) otherwise.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
 from .errors import GenieError
+from .loading import DEFAULT_MODEL_DIR, DEFAULT_QUANTIZED_DIR, EMBEDDED_HUB_NAMESPACE, embedded_folder, embedded_hub_id
+
+logger = logging.getLogger("genie_hub")
 
 SPACE_NAME = "genie-compare"
 SPACE_DIR_ENV = "GENIE_SPACE_DIR"
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
+SPACE_DIRS = ("examples",)
+"""Folders of the Space copied with it (the Fashion-MNIST example images)."""
+WHEELS_DIR = "wheels"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 SPACE_CONFIG_NAME = "space_config.json"
 """Written next to app.py by `prepare_space_folder`: {"fp32_model": id, "quantized_model": id}."""
 
-DEFAULT_FP32_HUB_ID = "genie-hub/fashion-mnist-resnet"
-"""Hub id of the published embedded default model (listed in the Space README when no id is given)."""
-DEFAULT_QUANTIZED_HUB_ID = "genie-hub/fashion-mnist-resnet-genie-w4a4"
+DEFAULT_FP32_HUB_ID = f"{EMBEDDED_HUB_NAMESPACE}/{DEFAULT_MODEL_DIR.name}"
+"""Hub id of the published embedded default model: what the app shows (and loads from the embedded copy)."""
+DEFAULT_QUANTIZED_HUB_ID = f"{EMBEDDED_HUB_NAMESPACE}/{DEFAULT_QUANTIZED_DIR.name}"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 SPACE_DIR = Path(os.environ.get(SPACE_DIR_ENV) or next(
@@ -61,6 +72,9 @@ def load_space_app(path: str | os.PathLike | None = None) -> ModuleType:
         if not app_file.is_file():
             raise GenieError(f"No Space app at {app_file}.")
     app_file = app_file.resolve()
+    if importlib.util.find_spec("gradio") is None:
+        raise GenieError("The comparison app needs gradio, an optional dependency of genie_hub: install it with "
+                         "`pip install 'genie_hub[space]'`.")
     cached = sys.modules.get(_MODULE_NAME)
     if cached is not None and getattr(cached, "__file__", None) == str(app_file):
         return cached
@@ -78,7 +92,6 @@ def load_space_app(path: str | os.PathLike | None = None) -> ModuleType:
 def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[dict]:
     """The built entries of a zoo folder as the Space's picker lists them: local folders for a local app, or
     (`published`) the Hub ids `genie_hub zoo publish` recorded, with the FP32 model's Hub id."""
-    from .loading import DEFAULT_MODEL_DIR
     from .outputs import RunRecord
 
     entries = []
@@ -91,7 +104,7 @@ def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[di
             entries.append({"name": name, "fp32": base, "quantized": str(run_file.parent / "model")})
             continue
         repo_id = ((record.push or {}).get("model") or {}).get("repo_id")
-        fp32 = DEFAULT_FP32_HUB_ID if Path(base).resolve() == DEFAULT_MODEL_DIR.resolve() else base
+        fp32 = embedded_hub_id(base) or base
         if repo_id and not Path(fp32).exists():
             entries.append({"name": name, "fp32": fp32, "quantized": repo_id})
     return entries
@@ -132,31 +145,144 @@ def _check_hub_id(model_id: str, role: str) -> str:
     return model_id
 
 
-def _set_readme_models(readme: Path, models: list[str]) -> None:
+def _set_readme_header(readme: Path, models: list[str], datasets: list[str]) -> None:
     from huggingface_hub import RepoCard
 
     card = RepoCard.load(readme)
     card.data.models = models
+    card.data.datasets = datasets or None
     card.save(readme)
 
 
+def _calibration_datasets(quantized_ids: list[str], token: str | None = None) -> list[str]:
+    """The calibration sets the quantized models' cards link (`datasets:`), for the Space header. An embedded
+    model's card is read from its installed copy; a card that cannot be read links nothing (never fatal)."""
+    from huggingface_hub import ModelCard
+
+    found: list[str] = []
+    for model_id in quantized_ids:
+        folder = embedded_folder(model_id)
+        try:
+            card = (ModelCard.load(folder / "README.md") if folder is not None and (folder / "README.md").is_file()
+                    else ModelCard.load(model_id, token=token))
+        except Exception as exc:
+            logger.warning("Cannot read the model card of %s (%s): the Space header links no calibration set for "
+                           "it.", model_id, exc)
+            continue
+        found += [d for d in (card.data.datasets or []) if isinstance(d, str) and d not in found]
+    return found
+
+
+def build_wheel(dest: str | os.PathLike) -> Path:
+    """Build the wheel of the running genie_hub into `dest` and return its path.
+
+    A Space cannot install an unreleased genie_hub from PyPI, so `push-space` uploads this wheel with it. It is
+    built with `pip wheel --no-deps --no-build-isolation` from a fresh copy of the source tree (a stale `build/`
+    folder never leaks old files into it); genie_hub installed without its source tree raises GenieError
+    (pass the wheel it was installed from instead)."""
+    from . import __version__
+
+    source = _PACKAGE_DIR.parent
+    if not (source / "pyproject.toml").is_file() or not (source / "spaces" / SPACE_NAME).is_dir():
+        raise GenieError(
+            f"Cannot build a genie_hub wheel: genie_hub is installed without its source tree ({source} has no "
+            "pyproject.toml). Pass the genie_hub wheel to upload with --wheel PATH (for example the one it was "
+            "installed from).")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="genie_hub_wheel_") as tmp:
+        copy = Path(tmp) / "src"
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+        for name in ("pyproject.toml", "README.md", "genie_hub", "model_cards", "spaces"):
+            path = source / name
+            if path.is_dir():
+                shutil.copytree(path, copy / name, symlinks=True, ignore=ignore)
+            else:
+                copy.mkdir(exist_ok=True)
+                shutil.copy2(path, copy / name)
+        built = Path(tmp) / "dist"
+        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                                 "--no-index", "-q", "-w", str(built), str(copy)],
+                                capture_output=True, text=True, timeout=600)
+        wheels = sorted(built.glob(f"genie_hub-{__version__}-*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            raise GenieError(f"Building the genie_hub wheel failed (pip wheel exited with {result.returncode}): "
+                             f"{(result.stderr or result.stdout).strip()[-1500:]}")
+        target = dest / wheels[0].name
+        shutil.copy2(wheels[0], target)
+    return target
+
+
+def space_requirements(wheel_name: str, space_repo_id: str | None = None, endpoint: str | None = None) -> str:
+    """The Space's requirements.txt: CPU torch pinned to the version running here, the genie_hub wheel the Space
+    carries, then the app's own extra requirements (the source folder's requirements.txt).
+
+    The Space build installs requirements.txt before it copies the repository, so with `space_repo_id` the
+    wheel is named by its URL in the Space repo; without, by its path (for installing from the folder)."""
+    import torch
+
+    torch_version = torch.__version__.split("+")[0]
+    if space_repo_id:
+        from huggingface_hub import constants
+
+        base = (endpoint or constants.ENDPOINT).rstrip("/")
+        wheel = f"genie_hub @ {base}/spaces/{space_repo_id}/resolve/main/{WHEELS_DIR}/{wheel_name}"
+    else:
+        wheel = f"./{WHEELS_DIR}/{wheel_name}"
+    extra = [line.strip() for line in (space_dir() / "requirements.txt").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    return "\n".join([
+        "# Written by `genie_hub push-space`. gradio is pinned by `sdk_version` in README.md.",
+        "# CPU torch: a bare `torch` would install the multi-GB CUDA build on CPU hardware.",
+        f"--extra-index-url {TORCH_CPU_INDEX}",
+        f"torch=={torch_version}",
+        f"# genie_hub (registers the genie quantization method, ships the embedded models): the wheel in {WHEELS_DIR}/.",
+        wheel,
+        *extra,
+    ]) + "\n"
+
+
 def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
-                         quantized_id: str | None = None, zoo: list[dict] | None = None) -> Path:
+                         quantized_id: str | None = None, zoo: list[dict] | None = None, *,
+                         space_repo_id: str | None = None, wheel: str | os.PathLike | None = None,
+                         token: str | None = None) -> Path:
     """Copy the Space into `dest`, pointed at the given Hub models; returns `dest` ready for `upload_folder`.
 
     The ids go into the README `models:` header (so the Hub links the Space to the models) and into
-    `space_config.json`, which app.py reads as its defaults. `None` keeps the embedded default model for that
-    side (the README then lists the published default id). Local folders are refused (GenieError).
+    `space_config.json`, which app.py reads as its defaults; the calibration sets their cards link go into
+    `datasets:`. `None` keeps the embedded default model for that side (shown by its published id). Local
+    folders are refused (GenieError). The genie_hub wheel (`wheel`, else built from this source tree) goes into
+    `dest/wheels/`, and requirements.txt installs it (see `space_requirements`).
     """
     source = space_dir()
     fp32_id = _check_hub_id(fp32_id, "FP32") if fp32_id else None
     quantized_id = _check_hub_id(quantized_id, "quantized") if quantized_id else None
+    wheel_path = Path(wheel) if wheel else None
+    if wheel_path is not None and (not wheel_path.is_file() or not wheel_path.name.startswith("genie_hub-")
+                                   or wheel_path.suffix != ".whl"):
+        raise GenieError(f"--wheel {wheel_path} is not a genie_hub wheel file (genie_hub-<version>-*.whl).")
     dest = Path(dest)
     if dest.resolve() == source.resolve():
         raise GenieError(f"Refusing to prepare the Space in its own source folder {source}; choose another dest.")
     dest.mkdir(parents=True, exist_ok=True)
     for name in SPACE_FILES:
-        shutil.copy2(source / name, dest / name)
+        if name != "requirements.txt":
+            shutil.copy2(source / name, dest / name)
+    for name in SPACE_DIRS:
+        if (dest / name).exists():
+            shutil.rmtree(dest / name)
+        if (source / name).is_dir():
+            shutil.copytree(source / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    wheels = dest / WHEELS_DIR
+    if wheels.exists():
+        shutil.rmtree(wheels)
+    if wheel_path is not None:
+        wheels.mkdir()
+        shutil.copy2(wheel_path, wheels / wheel_path.name)
+        built = wheels / wheel_path.name
+    else:
+        built = build_wheel(wheels)
+    (dest / "requirements.txt").write_text(space_requirements(built.name, space_repo_id), encoding="utf-8")
     config = {key: value for key, value in (("fp32_model", fp32_id), ("quantized_model", quantized_id),
                                             ("zoo", zoo)) if value}
     config_path = dest / SPACE_CONFIG_NAME
@@ -164,6 +290,7 @@ def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
         config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     elif config_path.exists():
         config_path.unlink()
-    _set_readme_models(dest / "README.md",
-                       [fp32_id or DEFAULT_FP32_HUB_ID, quantized_id or DEFAULT_QUANTIZED_HUB_ID])
+    quantized_models = [quantized_id or DEFAULT_QUANTIZED_HUB_ID] + [e["quantized"] for e in zoo or []]
+    _set_readme_header(dest / "README.md", [fp32_id or DEFAULT_FP32_HUB_ID, quantized_id or DEFAULT_QUANTIZED_HUB_ID],
+                       _calibration_datasets(quantized_models, token))
     return dest

@@ -1,8 +1,14 @@
-"""The synthetic calibration images as a `datasets` dataset: exact float tensors plus PNG previews."""
+"""The synthetic calibration images as a `datasets` dataset: the float tensors plus PNG previews.
+
+`storage="exact"` keeps the float32 tensors the model was calibrated on; `"fp16"` halves the size (at 224 px
+the exact tensors take ~0.6 MB per image) at the cost of rounding them to float16, which the card says.
+Either way `load_synthetic_dataset` returns float32 tensors.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,6 +17,9 @@ from .adapters import InputSpec
 from .fileio import replace_dir, staging_dir
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
+DATA_FILES_PATTERN = "data/train-*"
+"""What the card's `configs:` declares: every train shard under data/ (one today)."""
+STORAGE_DTYPES = {"exact": "float32", "fp16": "float16"}
 
 
 def preview_images(pixel_values: torch.Tensor, spec: InputSpec) -> list:
@@ -25,32 +34,52 @@ def preview_images(pixel_values: torch.Tensor, spec: InputSpec) -> list:
     return [Image.fromarray(p[0], mode="L") for p in pixels]  # other channel counts: first channel only
 
 
-def build_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_indices: list[int]):
+def build_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_indices: list[int], storage: str = "exact"):
+    """The `datasets.Dataset` of the calibration set: `image` (preview), `pixel_values` (float32, or float16
+    with storage="fp16"), `batch_index`."""
     from datasets import Array3D, Dataset, Features, Image, Value
 
-    features = Features({"image": Image(), "pixel_values": Array3D(shape=tuple(pixel_values.shape[1:]), dtype="float32"),
+    if storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
+    dtype = STORAGE_DTYPES[storage]
+    features = Features({"image": Image(), "pixel_values": Array3D(shape=tuple(pixel_values.shape[1:]), dtype=dtype),
                          "batch_index": Value("int32")})
     return Dataset.from_dict({"image": preview_images(pixel_values, spec),
-                              "pixel_values": pixel_values.float().cpu().numpy(),
+                              "pixel_values": pixel_values.float().cpu().numpy().astype(dtype),
                               "batch_index": batch_indices}, features=features)
 
 
+def dataset_summary(dataset, parquet_file: Path, storage: str) -> dict[str, Any]:
+    """What the dataset card's `dataset_info` and `configs` need (and run.json keeps for pushing later)."""
+    return {"features": dataset.features.to_dict(), "num_examples": len(dataset),
+            "num_bytes": int(dataset.data.nbytes), "download_size": parquet_file.stat().st_size,
+            "data_files": DATA_FILES_PATTERN, "storage": storage}
+
+
 def export_synthetic_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_indices: list[int],
-                             directory: str | Path, card=None) -> Path:
+                             directory: str | Path, card=None, storage: str = "exact") -> dict[str, Any]:
     """Write `directory/data/train-*.parquet` (+ README.md card): a folder ready to upload as a datasets repo.
-    The folder is built next to `directory` and renamed into place complete, replacing an earlier one."""
+
+    `card` is a card object, or a function of the dataset summary (features, sizes) that returns one, so the
+    card can describe the files exactly. The folder is built next to `directory` and renamed into place
+    complete, replacing an earlier one. Returns the summary (see `dataset_summary`)."""
     directory = Path(directory)
     with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
         (staging / "data").mkdir()
-        build_dataset(pixel_values, spec, batch_indices).to_parquet(str(staging / DATA_FILE))
+        dataset = build_dataset(pixel_values, spec, batch_indices, storage)
+        dataset.to_parquet(str(staging / DATA_FILE))
+        summary = dataset_summary(dataset, staging / DATA_FILE, storage)
+        if callable(card):
+            card = card(summary)
         if card is not None:
             card.save(staging / "README.md")
         replace_dir(staging, directory)
-    return directory
+    return summary
 
 
 def load_synthetic_dataset(directory_or_repo: str | Path, split: str = "train") -> torch.Tensor:
-    """Read back the exact calibration tensors from an exported folder or a Hub datasets repo."""
+    """Read back the calibration tensors (float32, whichever storage was used) from an exported folder or a Hub
+    datasets repo."""
     from datasets import load_dataset
 
     path = Path(directory_or_repo)
@@ -59,3 +88,8 @@ def load_synthetic_dataset(directory_or_repo: str | Path, split: str = "train") 
     else:
         dataset = load_dataset(str(directory_or_repo), split=split)
     return torch.stack(list(dataset.with_format("torch")["pixel_values"])).float()
+
+
+__all__ = ["DATA_FILE", "DATA_FILES_PATTERN", "build_dataset", "export_synthetic_dataset", "load_synthetic_dataset",
+           "preview_images"]
+

@@ -55,7 +55,8 @@ def test_quantize_writes_a_complete_hub_ready_folder(tiny_run):
     assert torch.equal(load_synthetic_dataset(out / "dataset"), shards)
     assert dataset[0]["image"].size == (IMAGE_SIZE, IMAGE_SIZE)
     dataset_card = (out / "dataset" / "README.md").read_text()
-    assert "synthetic" in dataset_card and "machine-generated" in dataset_card and "calibration only" in dataset_card
+    assert "synthetic" in dataset_card and "no-annotation" in dataset_card and "calibration only" in dataset_card
+    assert "dataset_info:" in dataset_card and "path: data/train-*" in dataset_card and "Storage: **exact**" in dataset_card
 
 
 def test_quantized_folder_loads_with_transformers(tiny_run):
@@ -147,7 +148,10 @@ def test_push_publishes_model_and_dataset_with_cards_for_the_real_ids(tiny_run, 
     assert torch.equal(load_synthetic_dataset(dataset_repo), load_synthetic_dataset(out / "dataset"))
     card = ModelCard.load(repo)
     assert card.data.datasets == [dataset_repo] and f'from_pretrained("{repo}")' in card.text
-    assert f'load_dataset("{dataset_repo}"' in DatasetCard.load(dataset_repo, repo_type="dataset").text
+    dataset_card = DatasetCard.load(dataset_repo, repo_type="dataset")
+    assert f'load_dataset("{dataset_repo}"' in dataset_card.text
+    assert dataset_card.data.dataset_info["splits"][0]["num_examples"] == len(load_synthetic_dataset(dataset_repo))
+    assert dataset_card.data.configs[0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
     assert json.loads((out / "run.json").read_text())["push"]["model"]["repo_id"] == repo
 
 

@@ -228,14 +228,44 @@ def test_example_photos_are_written(app, tmp_path, monkeypatch):
 def test_default_models_compare(fast_app, coffee, monkeypatch):
     monkeypatch.delenv(fast_app.FP32_ENV, raising=False)
     monkeypatch.delenv(fast_app.QUANTIZED_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the ids name the embedded copies: nothing is downloaded
     fp32_id, quant_id = fast_app.default_models()
-    assert Path(fp32_id) == DEFAULT_MODEL_DIR and Path(quant_id) == DEFAULT_QUANTIZED_DIR
+    assert (fp32_id, quant_id) == (DEFAULT_FP32_HUB_ID, DEFAULT_QUANTIZED_HUB_ID)  # ids, not server paths
     quant = fast_app.load_cached(quant_id)
     assert quant.quantization is not None and quant.quantization.get("quant_method") == "genie"
     assert quant.spec.channels == 1
     fp32_top, quant_top, summary = fast_app.compare(coffee, fp32_id, quant_id)
     assert len(fp32_top) == 5 and len(quant_top) == 5
     assert "grayscale" in summary and "Quantization: genie" in summary and "plain FP checkpoint" not in summary
+
+
+@pytest.mark.skipif(not DEFAULT_ASSETS, reason="embedded default models (genie_hub/assets/) not generated yet")
+def test_default_examples_are_fashion_mnist_images_the_models_classify(fast_app, monkeypatch, tmp_path):
+    monkeypatch.delenv(fast_app.FP32_ENV, raising=False)
+    monkeypatch.delenv(fast_app.QUANTIZED_ENV, raising=False)
+    monkeypatch.setenv(fast_app.EXAMPLES_ENV, str(tmp_path / "photos"))
+    fp32_id, quant_id = fast_app.default_models()
+    (label, paths), = fast_app.example_sets(fp32_id)  # only the set that fits the model
+    assert "Fashion-MNIST" in label and len(paths) == 10
+    fp32 = fast_app.load_cached(fp32_id)
+    classes = {fast_app._label_key(fp32.label(i)): fp32.label(i) for i in range(fp32.num_labels)}
+    for path in paths:
+        fp32_top, quant_top, _ = fast_app.compare(path, fp32_id, quant_id)
+        expected = classes[fast_app._label_key(Path(path).stem)]
+        assert next(iter(fp32_top)) == expected, path
+    # A photo model gets the photos, and a zoo (models of both kinds) both sets.
+    monkeypatch.setattr(fast_app, "model_kind", lambda model_id: "photos")
+    assert [label for label, _ in fast_app.example_sets("x/y")] == [
+        "Photos (for ImageNet models; shipped inside installed packages)"]
+    assert len(fast_app.example_sets("x/y", zoo=[{"name": "a", "fp32": "a/b", "quantized": "a/c"}])) == 2
+
+
+def test_demo_keeps_the_api_footer_and_labels_the_summary(app, models):
+    assert "footer" not in app.CSS
+    config = app.build_demo(models["fp32"], models["quant"]).get_config_file()
+    summary = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "genie-summary")
+    assert summary["props"]["label"] == "Comparison summary" and summary["props"]["show_label"] is True
+    assert any(d.get("api_name") == "compare" for d in config["dependencies"])
 
 
 # ------------------------------------------------------------------------------ Space files & helpers
@@ -261,14 +291,15 @@ def test_space_files_follow_spaces_conventions():
     assert "not a speed-up" in body and "KL" in body
     requirements = [line.split("#")[0].strip() for line in (SPACE_DIR / "requirements.txt").read_text().splitlines()]
     names = {re.split(r"[<>=@ \[]", line)[0].lower() for line in requirements if line}
-    assert {"genie_hub", "torch", "transformers"} <= names
-    assert "gradio" not in names
+    assert names == {"scikit-image"}  # push-space adds CPU torch and the genie_hub wheel (tests/test_packaging.py)
 
 
 def test_prepare_space_folder_points_at_the_users_models(tmp_path, monkeypatch):
     dest = prepare_space_folder(tmp_path / "space", "alice/resnet-fp32", "alice/resnet-genie-w4a4")
-    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "app.py", "requirements.txt",
-                                                       "space_config.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "app.py", "examples", "requirements.txt",
+                                                       "space_config.json", "wheels"]
+    (wheel,) = (dest / "wheels").iterdir()  # built from this source tree; requirements.txt installs it
+    assert wheel.name.startswith("genie_hub-") and f"./wheels/{wheel.name}" in (dest / "requirements.txt").read_text()
     assert _readme_header(dest / "README.md")["models"] == ["alice/resnet-fp32", "alice/resnet-genie-w4a4"]
     assert _readme_header(dest / "README.md")["sdk_version"] == gr.__version__
     assert "not a speed-up" in (dest / "README.md").read_text()
@@ -287,7 +318,7 @@ def test_prepare_space_folder_points_at_the_users_models(tmp_path, monkeypatch):
         load_space_app()  # put the source-tree app back as the cached module
 
     # Re-preparing with no ids: embedded defaults in the app, published default ids in the README.
-    prepare_space_folder(dest)
+    prepare_space_folder(dest, wheel=wheel.rename(tmp_path / wheel.name))
     assert not (dest / "space_config.json").exists()
     assert _readme_header(dest / "README.md")["models"] == [DEFAULT_FP32_HUB_ID, DEFAULT_QUANTIZED_HUB_ID]
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import REPOSITORY_URL
 from ..config import GenieConfig
 from ..errors import ConfigError, GenieError
 from ..fileio import write_bytes, write_json
@@ -229,7 +230,7 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
     repo_id = f"{namespace}/{ZOO_REPO}"
     card = ModelCard.from_template(
         ModelCardData(library_name="transformers", tags=["genie_hub", "quantized", "model-zoo"]), template_str="---\n{{ card_data }}\n---\n\n# genie_hub model zoo\n\n"
-        "Zero-shot quantized vision models made with [genie_hub](https://github.com/genie-hub/genie_hub) "
+        f"Zero-shot quantized vision models made with [genie_hub]({REPOSITORY_URL}) "
         "(Genie, CVPR 2023). Load any of them with `import genie_hub` and "
         "`AutoModelForImageClassification.from_pretrained(repo_id)`.\n\n{{ table }}\n",
         table=leaderboard_markdown(rows, link=True))

@@ -11,7 +11,11 @@ Model ids (Hub id or local folder), in order of precedence:
   1. the arguments of `build_demo(fp32, quantized)`;
   2. the environment variables GENIE_FP32_MODEL / GENIE_QUANTIZED_MODEL;
   3. `space_config.json` next to this file (written by `genie_hub.space.prepare_space_folder`);
-  4. the default models embedded in the genie_hub package (so the app runs offline).
+  4. the default models embedded in the genie_hub package (so the app runs offline), shown by their Hub ids
+     (`genie-hub/<name>`, loaded from the embedded copy): the boxes never show a folder of the server.
+
+Example images match the model: Fashion-MNIST test images (shipped in examples/) for a Fashion-MNIST model,
+real photos for any other (ImageNet) model.
 
 Run as a Space (`python app.py`; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured by gradio itself),
 or from genie_hub (`genie_hub.space.launch_space`).
@@ -42,9 +46,12 @@ import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method 
 from genie_hub.adapters import adapter_for, model_logits  # noqa: E402
 from genie_hub.errors import GenieError  # noqa: E402
 from genie_hub.fileio import atomic_path  # noqa: E402
+from genie_hub.data.fashion_mnist import FASHION_MNIST_LABELS  # noqa: E402
 from genie_hub.loading import (  # noqa: E402
     DEFAULT_MODEL_DIR,
     DEFAULT_QUANTIZED_DIR,
+    embedded_folder,
+    embedded_hub_id,
     input_spec,
     load_model,
     to_pixel_values,
@@ -55,6 +62,8 @@ CONFIG_PATH = APP_DIR / "space_config.json"
 FP32_ENV = "GENIE_FP32_MODEL"
 QUANTIZED_ENV = "GENIE_QUANTIZED_MODEL"
 EXAMPLES_ENV = "GENIE_SPACE_EXAMPLES_DIR"
+FASHION_MNIST_EXAMPLES = APP_DIR / "examples" / "fashion-mnist"
+"""One Fashion-MNIST test image per class (benchmarks/make_space_examples.py), for Fashion-MNIST models."""
 
 MIN_SIDE = 8
 """Smallest accepted image side, in pixels."""
@@ -91,8 +100,10 @@ def _read_space_config() -> dict:
 def default_models() -> tuple[str, str]:
     """The (fp32, quantized) model ids used when `build_demo` is given none: env, space_config.json, embedded."""
     config = _read_space_config()
-    fp32 = os.environ.get(FP32_ENV) or config.get("fp32_model") or str(DEFAULT_MODEL_DIR)
-    quantized = os.environ.get(QUANTIZED_ENV) or config.get("quantized_model") or str(DEFAULT_QUANTIZED_DIR)
+    fp32 = os.environ.get(FP32_ENV) or config.get("fp32_model") or embedded_hub_id(DEFAULT_MODEL_DIR) \
+        or str(DEFAULT_MODEL_DIR)
+    quantized = os.environ.get(QUANTIZED_ENV) or config.get("quantized_model") \
+        or embedded_hub_id(DEFAULT_QUANTIZED_DIR) or str(DEFAULT_QUANTIZED_DIR)
     return str(fp32), str(quantized)
 
 
@@ -134,6 +145,37 @@ def _example_images() -> dict[str, Callable[[], Image.Image]]:
     except Exception:
         pass
     return loaders
+
+
+def fashion_mnist_examples() -> list[str]:
+    """The Fashion-MNIST example images shipped next to this app (one per class)."""
+    return [str(p) for p in sorted(FASHION_MNIST_EXAMPLES.glob("*.png"))]
+
+
+def _label_key(name: str) -> str:
+    return "".join(c for c in str(name).lower() if c.isalnum())
+
+
+def model_kind(model_id: str) -> str | None:
+    """"fashion-mnist" for a model that classifies the Fashion-MNIST classes, "photos" for any other, None when
+    the model cannot be loaded (then every example set is offered)."""
+    try:
+        loaded = load_cached(model_id)
+    except Exception:
+        return None
+    labels = {_label_key(loaded.label(i)) for i in range(loaded.num_labels)}
+    return "fashion-mnist" if labels == {_label_key(name) for name in FASHION_MNIST_LABELS} else "photos"
+
+
+def example_sets(model_id: str, zoo: list[dict] | None = None) -> list[tuple[str, list[str]]]:
+    """(label, image paths) of the example sets that fit `model_id` (both sets with a zoo: its entries differ)."""
+    kind = None if zoo else model_kind(model_id)
+    sets = []
+    if kind in (None, "fashion-mnist") and fashion_mnist_examples():
+        sets.append(("Fashion-MNIST test images (for the Fashion-MNIST models)", fashion_mnist_examples()))
+    if kind in (None, "photos") and example_files():
+        sets.append(("Photos (for ImageNet models; shipped inside installed packages)", example_files()))
+    return sets
 
 
 def example_files() -> list[str]:
@@ -218,6 +260,9 @@ def load_cached(model_id: str) -> LoadedModel:
     if not model_id:
         raise GenieError("No model given: enter a Hub id (owner/name) or a local folder.")
     check_model_allowed(model_id)
+    embedded = embedded_folder(model_id)  # genie-hub/<asset>: the embedded copy of a published model
+    if embedded is not None:
+        return _load_cached(str(embedded))
     path = Path(model_id).expanduser()
     if path.resolve() in (DEFAULT_MODEL_DIR.resolve(), DEFAULT_QUANTIZED_DIR.resolve()) \
             and not (path / "config.json").is_file():
@@ -429,8 +474,8 @@ PLACEHOLDER = "Upload a photo (or pick an example) and press **Compare**."
 
 CSS = """
 #genie-summary { min-height: 6em; }
-footer { display: none !important; }
 """
+"""Gradio's footer (with its "Use via API" link to the `compare` endpoint) stays visible."""
 
 
 def zoo_entries() -> list[dict]:
@@ -446,7 +491,7 @@ def build_demo(fp32: str | None = None, quantized: str | None = None, zoo: list[
     zoo = zoo_entries() if zoo is None else zoo
     fp32 = fp32 or default_fp32
     quantized = quantized or default_quantized
-    examples = example_files()
+    examples = example_sets(fp32, zoo)
 
     with gr.Blocks(title="Genie: FP32 vs quantized") as demo:
         gr.Markdown(INTRO)
@@ -454,17 +499,17 @@ def build_demo(fp32: str | None = None, quantized: str | None = None, zoo: list[
             with gr.Column(scale=5):
                 image = gr.Image(type="filepath", image_mode=None, sources=["upload"], label="Photo", height=300,
                                  elem_id="genie-image")  # a path: the size is checked before decoding
-                if examples:
-                    gr.Examples(examples=[[path] for path in examples], inputs=[image],
-                                cache_examples=False, examples_per_page=8,
-                                label="Example photos (shipped inside installed packages)")
+                for label, paths in examples:
+                    gr.Examples(examples=[[path] for path in paths], inputs=[image], cache_examples=False,
+                                examples_per_page=10, label=label)
                 if zoo:
                     picker = gr.Dropdown(choices=[entry["name"] for entry in zoo], value=None, label="Zoo entry",
                                          info="an FP32 model and its quantized version from the genie_hub zoo",
                                          elem_id="genie-zoo")
-                fp32_box = gr.Textbox(value=fp32, label="FP32 model (Hub id or local folder)", max_lines=1,
+                accepted = "Hub id" if hub_only() else "Hub id or local folder"
+                fp32_box = gr.Textbox(value=fp32, label=f"FP32 model ({accepted})", max_lines=1,
                                       elem_id="genie-fp32-id")
-                quantized_box = gr.Textbox(value=quantized, label="Quantized model (Hub id or local folder)",
+                quantized_box = gr.Textbox(value=quantized, label=f"Quantized model ({accepted})",
                                            max_lines=1, elem_id="genie-quantized-id")
                 if zoo:
                     by_name = {entry["name"]: entry for entry in zoo}
@@ -477,7 +522,8 @@ def build_demo(fp32: str | None = None, quantized: str | None = None, zoo: list[
                     fp32_label = gr.Label(num_top_classes=TOP_K, label="FP32 top-5", elem_id="genie-fp32-top5")
                     quantized_label = gr.Label(num_top_classes=TOP_K, label="Quantized top-5",
                                                elem_id="genie-quantized-top5")
-                summary = gr.Markdown(PLACEHOLDER, elem_id="genie-summary")
+                summary = gr.Markdown(PLACEHOLDER, label="Comparison summary", show_label=True, container=True,
+                                      elem_id="genie-summary")
         button.click(compare, inputs=[image, fp32_box, quantized_box],
                      outputs=[fp32_label, quantized_label, summary], api_name="compare")
     return demo

@@ -1,0 +1,112 @@
+"""The calibration set's datasets repo: its card's metadata (parsed back field by field), the files `configs`
+declares, and both storages (exact float32, lossy fp16), written through the pipeline's own functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from genie_hub.adapters import InputSpec
+from genie_hub.cards import render_dataset_card, size_category
+from genie_hub.config import GenieConfig
+from genie_hub.errors import ConfigError
+from genie_hub.outputs import RunRecord
+from genie_hub.synthetic_dataset import export_synthetic_dataset, load_synthetic_dataset
+
+SPEC = InputSpec(3, 12, 10, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+NUM = 6
+
+
+def _export(tmp_path: Path, storage: str, license_: str | None = "mit") -> tuple[Path, RunRecord, torch.Tensor]:
+    torch.manual_seed(0)
+    pixels = torch.randn(NUM, *SPEC.shape) * 1.7
+    config = GenieConfig.from_profile("quick", num_samples=NUM, dataset_storage=storage)
+    run = RunRecord(base_model="/some/where/base-model", base_model_id="owner/base-model", config=config.to_dict(),
+                    license=license_, command="genie_hub quantize /some/where/base-model",
+                    synthetic={"num_samples": NUM, "shape": list(SPEC.shape), "prior": "bn-statistics",
+                               "loss_summary": "1.0 -> 0.1"})
+
+    def card(summary):  # as the pipeline does it
+        run.synthetic["dataset"] = summary
+        return render_dataset_card(run, "owner/base-model-genie-w4a4-calibration", "owner/base-model-genie-w4a4")
+
+    out = tmp_path / f"dataset-{storage}"
+    export_synthetic_dataset(pixels, SPEC, [0, 0, 0, 1, 1, 1], out, card, storage=storage)
+    return out, run, pixels
+
+
+@pytest.mark.parametrize("storage", ["exact", "fp16"])
+def test_dataset_card_metadata_describes_the_uploaded_files(tmp_path, monkeypatch, storage):
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    out, run, pixels = _export(tmp_path, storage)
+    card = DatasetCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "mit"
+    assert data["task_categories"] == ["other"] and "image-classification" not in str(data["task_categories"])
+    assert data["annotations_creators"] == ["no-annotation"]
+    assert data["size_categories"] == ["n<1K"]
+    assert data["pretty_name"] == "Genie synthetic calibration images for base-model"  # no local path
+    assert "/some/where" not in card.content
+    info = data["dataset_info"]
+    features = {f["name"]: f["dtype"] for f in info["features"]}
+    dtype = "float32" if storage == "exact" else "float16"
+    assert features == {"image": "image", "pixel_values": {"array3_d": {"shape": list(SPEC.shape), "dtype": dtype}},
+                        "batch_index": "int32"}
+    (split,) = info["splits"]
+    parquet = out / "data" / "train-00000-of-00001.parquet"
+    assert split["name"] == "train" and split["num_examples"] == NUM and split["num_bytes"] > 0
+    assert info["download_size"] == parquet.stat().st_size and info["dataset_size"] == split["num_bytes"]
+    assert data["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "README.md", "data/train-00000-of-00001.parquet"]
+
+    # datasets reads the folder through the card's `configs`, offline, with the declared features.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    loaded = load_dataset(str(out), split="train")
+    assert len(loaded) == NUM and loaded.features["pixel_values"].dtype == dtype
+    assert loaded[0]["image"].size == (SPEC.width, SPEC.height)  # previews kept in both storages
+
+    back = load_synthetic_dataset(out)
+    assert back.dtype == torch.float32
+    if storage == "exact":
+        assert torch.equal(back, pixels)
+        assert "exact float32 tensor" in card.text and "lossy, about 3 significant digits" not in card.text
+    else:
+        assert torch.equal(back, pixels.half().float()) and not torch.equal(back, pixels)
+        assert "fp16 (lossy)" in card.text and "lossy, about 3 significant digits" in card.text
+
+
+def test_fp16_storage_is_half_the_size(tmp_path):
+    exact, fp16 = (_export(tmp_path, storage)[0] / "data" / "train-00000-of-00001.parquet"
+                   for storage in ("exact", "fp16"))
+    assert fp16.stat().st_size < 0.75 * exact.stat().st_size
+
+
+def test_no_license_when_the_base_model_has_none(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    out, _, _ = _export(tmp_path, "exact", license_=None)
+    assert "license" not in DatasetCard.load(out / "README.md").data.to_dict()
+
+
+@pytest.mark.parametrize("n, expected", [(0, "n<1K"), (999, "n<1K"), (1000, "1K<n<10K"), (9999, "1K<n<10K"),
+                                         (10_000, "10K<n<100K"), (250_000, "100K<n<1M"), (1_000_000, "1M<n<10M")])
+def test_size_categories(n, expected):
+    assert size_category(n) == expected
+
+
+def test_dataset_storage_is_a_checked_cli_setting():
+    from genie_hub.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["quantize", "--dataset-storage", "fp16"])
+    assert config_from_args(args).dataset_storage == "fp16"
+    assert config_from_args(build_parser().parse_args(["quantize"])).dataset_storage == "exact"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["quantize", "--dataset-storage", "jpeg"])
+    with pytest.raises(ConfigError, match="dataset_storage"):
+        GenieConfig(dataset_storage="int8")
