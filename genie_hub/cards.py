@@ -135,7 +135,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         num_layer_units=sum(u["kind"] == "layer" for u in units),
         results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.results],
         results_protocol=run.results_protocol, command=public_command(run.command), versions=run.versions,
-        machine=run.machine, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
+        machine=run.machine, torch_threads=run.torch_threads, num_processes=run.num_processes, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
 
 
 def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None):
