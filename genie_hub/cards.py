@@ -141,7 +141,9 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         num_layer_units=sum(u["kind"] == "layer" for u in units),
         results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.results],
         results_protocol=run.results_protocol, command=public_command(run.command), versions=run.versions,
-        machine=run.machine, repository_url=REPOSITORY_URL, wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
+        machine=run.machine, repository_url=REPOSITORY_URL, torch_threads=run.torch_threads,
+        num_processes=run.num_processes,
+        wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
 
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),

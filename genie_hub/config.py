@@ -122,8 +122,10 @@ class GenieConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     qdrop_prob: float = 0.5  # chance that an element keeps its FP value (QDrop), at unit inputs and quantizers
-    mixed_precision: str = field(default="no", metadata=option(
+    mixed_precision: str | None = field(default=None, metadata=option(
         "--mixed-precision", "bf16 autocast for synthesis and reconstruction (GPU)", choices=MIXED_PRECISIONS))
+    """None: as accelerate is configured (`accelerate config`, `accelerate launch --mixed_precision`,
+    ACCELERATE_MIXED_PRECISION), "no" when it is not; `make_accelerator` resolves it before any compute."""
     dataset_storage: str = field(default="exact", metadata=option(
         "--dataset-storage", "how the published calibration set stores pixel_values: exact (float32, what the "
         "model was calibrated on) or fp16 (half the size, lossy); PNG previews are kept either way",
@@ -178,7 +180,8 @@ class GenieConfig:
             raise ConfigError(f"synthesis_method must be 'genie' or 'pixels', got {self.synthesis_method!r}.")
         if not isinstance(self.synthesis_prior, str) or not self.synthesis_prior:
             raise ConfigError(f"synthesis_prior must be a prior name or 'auto', got {self.synthesis_prior!r}.")
-        if self.mixed_precision not in MIXED_PRECISIONS:  # fp16 would need gradient scaling: not supported
+        if self.mixed_precision is not None and self.mixed_precision not in MIXED_PRECISIONS:
+            # fp16 would need gradient scaling: not supported
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 "
                               "needs gradient scaling, which genie_hub does not do; use bf16).")
         if self.dataset_storage not in DATASET_STORAGES:
@@ -219,6 +222,32 @@ class GenieConfig:
         """The default of field `name` as help text: per profile where the profiles differ."""
         if any(name in values for values in PROFILES.values()):
             return ", ".join(f"{profile} {values.get(name, '-')}" for profile, values in PROFILES.items())
+        if name in DEFAULT_TEXTS:
+            return DEFAULT_TEXTS[name]
         value = next(f for f in dataclasses.fields(cls) if f.name == name)
         default = value.default if value.default is not dataclasses.MISSING else value.default_factory()
         return "none" if default in ({}, None) else str(default)
+
+
+DEFAULT_TEXTS = {"mixed_precision": "as `accelerate config` / `accelerate launch --mixed_precision` set it, else no"}
+"""Help text of defaults that are not a plain value."""
+
+
+def make_accelerator(config: GenieConfig, **kwargs: Any) -> tuple[Any, GenieConfig]:
+    """An `accelerate.Accelerator` for a run, and `config` with `mixed_precision` resolved from it.
+
+    `mixed_precision` is passed only when the config sets it (the user gave --mixed-precision); otherwise the
+    Accelerator takes it from `accelerate config` / `accelerate launch --mixed_precision` (the
+    ACCELERATE_MIXED_PRECISION variable), like any accelerate program. fp16 is refused here, before compute."""
+    from accelerate import Accelerator
+
+    if config.mixed_precision is not None:
+        kwargs["mixed_precision"] = config.mixed_precision
+    accelerator = Accelerator(**kwargs)
+    resolved = str(accelerator.mixed_precision)
+    if resolved not in MIXED_PRECISIONS:
+        raise ConfigError(f"accelerate is configured for {resolved} mixed precision (by `accelerate config`, "
+                          "`accelerate launch --mixed_precision` or ACCELERATE_MIXED_PRECISION), which genie_hub does "
+                          "not support (fp16 needs gradient scaling). Pass --mixed-precision bf16 or "
+                          "--mixed-precision no, or change the accelerate setting.")
+    return accelerator, dataclasses.replace(config, mixed_precision=resolved)

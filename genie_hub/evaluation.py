@@ -116,16 +116,15 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
                         limit: int | None = None, batch_size: int = 64, progress: bool = True) -> DatasetEvaluation:
     """Top-1/top-5 of both models on a labelled dataset, their top-1 agreement and KL(p_fp32 || p_q), with a
     progress bar. Metrics are accumulated batch by batch, so a large streamed split needs no memory for logits."""
-    from tqdm.auto import tqdm
-
     from .data import fashion_mnist_pixel_values
+    from .progress import progress_bar
 
     evalset = dataset if isinstance(dataset, EvalSet) else open_evaluation(dataset, fp_model)
     adapter = adapter_for(fp_model)
     total = min(limit, evalset.num_images) if limit and evalset.num_images else (limit or evalset.num_images)
     counts = {"n": 0, "fp1": 0, "q1": 0, "fp5": 0, "q5": 0, "agree": 0, "kl": 0.0}
-    bar = tqdm(total=total, desc=f"evaluate on {evalset.source.label}", unit="img", disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=f"evaluate on {evalset.source.label}", unit="img", disable=not progress,
+                       leave=False)
     for images, labels in evalset.batches(batch_size, limit):
         if isinstance(images, torch.Tensor):
             x = fashion_mnist_pixel_values(images, processor, spec)

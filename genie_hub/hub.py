@@ -23,7 +23,8 @@ from .errors import PushError
 from .fileio import write_bytes
 from .outputs import OutputLayout, RunRecord
 
-__all__ = ["check_push_ready", "check_push_targets", "default_repo_ids", "push_output", "push_space", "space_repo_id"]
+__all__ = ["check_push_options", "check_push_ready", "check_push_targets", "default_repo_ids", "describe_push",
+           "push_output", "push_space", "space_repo_id"]
 
 _REPO_NAME_MAX = 96  # the Hub's limit on the name part of a repo id
 _CALIBRATION_SUFFIX = "-calibration"
@@ -272,9 +273,51 @@ def _push_failed(kind: str, repo_id: str, out: Path, exc: BaseException, done: l
     )
 
 
+MODEL_COMMIT_MESSAGE = "Upload Genie quantized model with genie_hub"
+DATASET_COMMIT_MESSAGE = "Upload Genie synthetic calibration set with genie_hub"
+
+
+def check_push_options(revision: str | None = None, create_pr: bool = False, commit_message: str | None = None) -> None:
+    """The options of `huggingface-cli upload` that genie_hub takes, checked before any compute or upload."""
+    if create_pr and revision not in (None, "main"):
+        raise PushError(f"--create-pr opens pull requests against main, so it cannot be combined with the revision "
+                        f"'{revision}'. Drop one of them (a branch gets the commit directly).")
+    if revision is not None and (not revision.strip() or revision.startswith("refs/pr/")):
+        raise PushError(f"Cannot push to the revision {revision!r}: give a branch name (created when missing), or "
+                        "use --create-pr to open a pull request.")
+    if commit_message is not None and not commit_message.strip():
+        raise PushError("The commit message is empty: give a non-empty --commit-message or leave it out.")
+
+
+def _ensure_branch(api, repo_id: str, repo_type: str, revision: str | None) -> None:
+    """Create the branch `revision` when it does not exist yet, as `huggingface-cli upload --revision` does."""
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    if revision in (None, "main"):
+        return
+    try:
+        api.repo_info(repo_id, repo_type=repo_type, revision=revision)
+    except RevisionNotFoundError:
+        api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+
+
+def _commit_record(info, repo_id: str, url, revision: str | None) -> dict:
+    record = {"repo_id": repo_id, "url": str(url), "commit": info.oid, "commit_url": info.commit_url}
+    if revision not in (None, "main"):
+        record["revision"] = revision
+    if getattr(info, "pr_url", None):
+        record.update(pr_url=info.pr_url, pr_revision=info.pr_revision)
+    return record
+
+
 def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, dataset_repo_id: str | None = None,
-                private: bool = False, token: str | None = None) -> dict:
+                private: bool = False, token: str | None = None, *, revision: str | None = None,
+                create_pr: bool = False, commit_message: str | None = None) -> dict:
     """Publish OUT/dataset as a datasets repo, then OUT/model as a model repo; return what was pushed.
+
+    Like `huggingface-cli upload`: `token` (default: HF_TOKEN, else the stored `hf auth login` token),
+    `revision` (a branch of both repos, created from main when missing), `create_pr` (each repo gets a pull
+    request instead of a commit on main) and `commit_message` (the title of both commits).
 
     Repo ids default to :func:`default_repo_ids` from run.json (a bare name gets the user's namespace; a given
     model id without a dataset id gets ``<model id>-calibration``). The dataset goes first so that the model
@@ -285,6 +328,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
+    check_push_options(revision, create_pr, commit_message)
     layout = OutputLayout(Path(output_dir))
     out, model_dir, dataset_dir, run_path = layout.root, layout.model_dir, layout.dataset_dir, layout.run_file
     if not out.is_dir():
@@ -324,22 +368,20 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     api = HfApi(token=token)
     done: list[str] = []
     result: dict = {"endpoint": _endpoint(), "private": bool(private), "model": None, "dataset": None}
+    target = {"revision": revision, "create_pr": create_pr}
 
     if has_dataset:
         try:
             url = api.create_repo(dataset_repo_id, repo_type="dataset", private=private, exist_ok=True)
-            if dataset_card is None:
-                info = api.upload_folder(repo_id=dataset_repo_id, repo_type="dataset", folder_path=dataset_dir,
-                                         commit_message="Upload Genie synthetic calibration set with genie_hub")
-            else:
-                info = api.create_commit(repo_id=dataset_repo_id, repo_type="dataset", operations=[
-                    CommitOperationAdd(path_in_repo=rel, path_or_fileobj=dataset_card if rel == "README.md"
-                                       else str(path)) for rel, path in dataset_files.items()],
-                    commit_message="Upload Genie synthetic calibration set with genie_hub")
+            _ensure_branch(api, dataset_repo_id, "dataset", revision)
+            info = api.create_commit(repo_id=dataset_repo_id, repo_type="dataset", operations=[
+                CommitOperationAdd(path_in_repo=rel, path_or_fileobj=dataset_card if (rel == "README.md" and
+                                                                                      dataset_card) else str(path))
+                for rel, path in dataset_files.items()],
+                commit_message=commit_message or DATASET_COMMIT_MESSAGE, **target)
         except Exception as exc:
             raise _push_failed("dataset", dataset_repo_id, out, exc, done) from exc
-        result["dataset"] = {"repo_id": dataset_repo_id, "url": str(url), "commit": info.oid,
-                             "commit_url": info.commit_url}
+        result["dataset"] = _commit_record(info, dataset_repo_id, url, revision)
         done.append(f"dataset {dataset_repo_id}")
 
     operations = [
@@ -348,11 +390,12 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     ]
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        _ensure_branch(api, repo_id, "model", revision)
         info = api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
-                                 commit_message="Upload Genie quantized model with genie_hub")
+                                 commit_message=commit_message or MODEL_COMMIT_MESSAGE, **target)
     except Exception as exc:
         raise _push_failed("model", repo_id, out, exc, done) from exc
-    result["model"] = {"repo_id": repo_id, "url": str(url), "commit": info.oid, "commit_url": info.commit_url}
+    result["model"] = _commit_record(info, repo_id, url, revision)
     result["pushed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     # Success: keep OUT consistent with what is now on the Hub.
@@ -374,6 +417,19 @@ def space_repo_id(repo_id: str, token: str | None = None) -> str:
     repo_id = _qualify(repo_id, username)
     _check_repo_id("Space", repo_id, namespaces)
     return repo_id
+
+
+def describe_push(result: dict) -> str:
+    """What a push published, one line per repo (the pull request when one was opened)."""
+    lines = []
+    for kind, label in (("model", "Model:  "), ("dataset", "Dataset:")):
+        record = result.get(kind)
+        if not record:
+            continue
+        where = (f" (pull request {record['pr_url']})" if record.get("pr_url")
+                 else f" (branch {record['revision']})" if record.get("revision") else "")
+        lines.append(f"{label} {record['url']}{where}")
+    return "\n".join(lines)
 
 
 def push_space(space_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:

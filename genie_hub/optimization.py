@@ -11,19 +11,22 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+
+from .progress import progress_bar
 
 
 def optimize(steps: int, compute_loss: Callable[[int], torch.Tensor], optimizers: Sequence[torch.optim.Optimizer],
              schedulers: Sequence = (), *, on_diverged: Callable[[int, float], Exception],
              after_step: Callable[[int, torch.Tensor], None] | None = None, check_every: int = 50,
-             desc: str = "", progress: bool = True) -> None:
+             desc: str = "", progress: bool = True, overall=None) -> None:
     """Run `steps` steps of: loss = compute_loss(step); backward; every optimizer steps; every scheduler steps.
 
     `on_diverged(step, value)` builds the exception raised when the loss was non-finite at some step up to
     `step`; `after_step(step, loss)` runs last in each step (e.g. a scheduler that needs the loss value).
+    `overall` is the stage's bar over all its steps (every batch or unit), advanced by one per step: its
+    remaining time is the ETA of the whole stage.
     """
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(range(steps), desc=desc, disable=not progress, leave=False, unit="step")
     non_finite = None
     for step in bar:
         loss = compute_loss(step)
@@ -42,3 +45,5 @@ def optimize(steps: int, compute_loss: Callable[[int], torch.Tensor], optimizers
             scheduler.step()
         if after_step is not None:
             after_step(step, loss)
+        if overall is not None:
+            overall.update(1)

@@ -150,6 +150,7 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=dict)
     machine: str = ""
     num_processes: int = 1
+    torch_threads: int | None = None  # torch.get_num_threads(): CPU results are bit-identical only at a fixed count
     wall_seconds: float | None = None
     synthetic: dict | None = None  # {"num_samples", "shape", "prior", "loss_summary"} for zero-shot runs
     settings: dict | None = None  # what decides the results (see `run_settings`); a rerun must match them

@@ -6,16 +6,20 @@ or resumed on its own; `outputs.RunRecord` (run.json) records how it was made.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import shlex
 import shutil
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from .adapters import adapter_for
 from .calibration import Calibration
-from .config import GenieConfig
+from .config import GenieConfig, make_accelerator
 from .errors import ConfigError, DataError
 from .evaluation import DatasetEvaluation, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, resolve_model_path
@@ -33,15 +37,15 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                      eval_limit: int | None = None, eval_image_column: str | None = None,
                      eval_label_column: str | None = None, eval_unlabelled: bool = False,
                      synthesis_dir: str | Path | None = None, base_model_id: str | None = None,
-                     progress: bool = True) -> Path | None:
+                     progress: bool = True, token: str | None = None, push_revision: str | None = None,
+                     create_pr: bool = False, commit_message: str | None = None) -> Path | None:
     """Run the full job; returns the output folder (on the main process; None on the others).
 
     Everything that can be checked is checked before any compute: the evaluation dataset, the output folder
     (`OutputLayout.claim`), the Hub token and repo ids when pushing, the model, the override patterns.
     `synthesis_dir` keeps the synthesis shards elsewhere than OUT/work (the zoo shares them between entries
-    that differ only in bits: shards are keyed by every setting that changes the images)."""
-    from accelerate import Accelerator
-
+    that differ only in bits: shards are keyed by every setting that changes the images).
+    `token`, `push_revision`, `create_pr` and `commit_message` are those of `hub.push_output`."""
     started = time.time()
     config = config or GenieConfig()
     if output_dir is not None and not str(output_dir).strip():
@@ -56,11 +60,16 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         except HFValidationError as exc:
             raise ConfigError(f"--base-model {base_model_id!r} is not a Hub model id (owner/name): {exc}") from None
     if push:  # fail fast: before hours of compute
-        from .hub import check_push_targets
+        from .hub import check_push_options, check_push_targets
 
+        check_push_options(push_revision, create_pr, commit_message)
         check_push_targets(base_model, config.weight_bits, config.act_bits, repo_id,
-                           dataset_repo_id if not few_shot else None)
-    accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+                           dataset_repo_id if not few_shot else None, token=token)
+    if accelerator is None:
+        accelerator, config = make_accelerator(config)
+    elif config.mixed_precision is None:
+        config = dataclasses.replace(config, mixed_precision=str(accelerator.mixed_precision))
+    check_launch(accelerator)
     layout = (OutputLayout(Path(output_dir)) if output_dir is not None
               else OutputLayout.default_for(base_model, config.weight_bits, config.act_bits))
     with accelerator.main_process_first():
@@ -83,6 +92,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         logger.info("genie_hub: %s -> W%dA%d, %s profile, output %s", base_model, config.weight_bits,
                     config.act_bits, config.profile, layout.root)
     accelerator.wait_for_everyone()
+    if config.profile == "paper" and accelerator.device.type == "cpu" and accelerator.is_main_process:
+        warn_paper_on_cpu(fp_model, spec, config, zero_shot=not few_shot)
 
     if not few_shot:
         from .synthesis import synthesize
@@ -117,6 +128,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         evaluation=evaluation.to_dict() if evaluation else None,
         command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
         versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
+        torch_threads=torch.get_num_threads(),
         wall_seconds=round(time.time() - started, 1), settings=settings)
     from .cards import base_model_id as hub_base_of
 
@@ -146,8 +158,91 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     if push:
         from .hub import push_output
 
-        push_output(layout.root, repo_id=repo_id, dataset_repo_id=dataset_repo_id, private=private)
+        from .hub import describe_push
+
+        pushed = push_output(layout.root, repo_id=repo_id, dataset_repo_id=dataset_repo_id, private=private,
+                             token=token, revision=push_revision, create_pr=create_pr, commit_message=commit_message)
+        print(describe_push(pushed), flush=True)
     return layout.root
+
+
+def seconds_per_image(model, spec, batch_size: int = 4) -> float:
+    """Seconds of one forward+backward pass of `model` per image on its device (one warm-up pass, then one timed):
+    the unit both Genie-D and Genie-M costs scale with. Leaves the model's parameters and gradients untouched."""
+    from .adapters import model_logits
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        timings = []
+        for _ in range(2):
+            x = torch.randn(batch_size, spec.channels, spec.height, spec.width, device=device, requires_grad=True)
+            begin = time.perf_counter()
+            torch.autograd.grad(model_logits(model, x).float().square().sum(), x)  # no .grad lands on the model
+            timings.append(time.perf_counter() - begin)
+    finally:
+        model.train(was_training)
+    return timings[-1] / batch_size
+
+
+def warn_paper_on_cpu(model, spec, config: GenieConfig, zero_shot: bool = True) -> float:
+    """Warn, with the projected duration, that the paper profile is starting on a CPU; returns the projection."""
+    from .progress import paper_cpu_warning, projected_seconds
+
+    projected = projected_seconds(num_samples=config.num_samples, synthesis_iterations=config.synthesis_iterations,
+                                  reconstruction_steps=config.reconstruction_steps,
+                                  reconstruction_batch_size=config.reconstruction_batch_size,
+                                  seconds_per_image=seconds_per_image(model, spec), zero_shot=zero_shot)
+    logger.warning(paper_cpu_warning(projected))
+    return projected
+
+
+def _requested_processes(parent_command: list[str]) -> int | None:
+    """The `--num_processes N` of an `accelerate launch` command line, None when it has none."""
+    for index, token in enumerate(parent_command):
+        for flag in ("--num_processes", "--num-processes"):
+            if token == flag and index + 1 < len(parent_command):
+                value = parent_command[index + 1]
+            elif token.startswith(flag + "="):
+                value = token.split("=", 1)[1]
+            else:
+                continue
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _parent_command() -> list[str]:
+    """The parent process's argv (Linux /proc; empty elsewhere)."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as handle:
+            return [part.decode(errors="replace") for part in handle.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def check_launch(accelerator, parent_command: list[str] | None = None) -> None:
+    """Refuse, before any compute, a multi-process CPU launch that accelerate turned into one process.
+
+    `accelerate launch --cpu --num_processes N` starts ONE process (its `--cpu` launcher ignores N) and tells
+    the program nothing; genie_hub sees it from the launcher's command line (the parent process) and says
+    which command runs N CPU processes (torch.distributed's launcher, `--multi_gpu`, with ACCELERATE_USE_CPU=1)."""
+    if accelerator.num_processes > 1 or os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"):
+        return
+    command = _parent_command() if parent_command is None else parent_command
+    if not any("accelerate" in part for part in command[:3]):
+        return
+    requested = _requested_processes(command)
+    if requested is not None and requested > 1:
+        raise ConfigError(
+            f"`accelerate launch --cpu --num_processes {requested}` starts a single process (accelerate's --cpu "
+            "launcher ignores --num_processes), so this run would use one process, not "
+            f"{requested}. For {requested} CPU processes run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            f"--num_processes {requested} -m genie_hub quantize ...` (torch.distributed on CPU, gloo backend), or "
+            "drop --num_processes to run one process.")
 
 
 def _open_evaluation(evaluate: str | None, model: str | None, fp_model, image_column: str | None,

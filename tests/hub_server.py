@@ -33,6 +33,11 @@ What it speaks (the endpoints the clients call; ``{prefix}`` is "" for models, "
   ``Range`` requests get 206. Missing repo / revision / file -> 404 with ``X-Error-Code`` RepoNotFound /
   RevisionNotFound / EntryNotFound.
 * ``GET  /api/{type}s/{id}/commits/{rev}``                 -> the commit history (newest first)
+* ``POST /api/{type}s/{id}/branch/{branch}``               -> a branch from ``startingPoint`` (default: main); 409 if
+  it exists. Commits, preuploads, downloads and repo info take a branch name (or ``refs/heads/<name>``) as revision.
+* Pull requests: a commit with ``?create_pr=1`` goes onto a new ``refs/pr/N`` (N = 1, 2, ...) whose parent is the
+  given revision, leaves that revision unchanged, and answers ``pullRequestUrl`` ``.../{prefix}{id}/discussions/N``;
+  ``refs/pr/N`` then works as a revision everywhere. ``branch(...)`` and ``pull_request(...)`` are test helpers.
 * ``DELETE /api/repos/delete``                             -> deletes a repo (404 RepoNotFound if absent)
 
 Test helpers: ``files(repo_id, repo_type, revision)`` -> {path: bytes}; ``commit_count(...)``; ``repo(...)``
@@ -58,8 +63,8 @@ opt-in ``tests/test_hub_live.py`` covers the real server):
 * repo names are only checked against ``[A-Za-z0-9][A-Za-z0-9._-]{0,95}`` (the Hub also forbids "--", "..",
   reserved names...); creating outside the user's namespace and ``orgs`` is 403.
 * no YAML / model-card / dataset-card validation, no gating, no disabled repos, no storage quotas, no file-size limits, no Xet (clients must set ``HF_HUB_DISABLE_XET=1``),
-  no multipart LFS, no pull requests (``create_pr`` is ignored and commits go to the branch), no branches or
-  tags other than ``main`` (commit shas work as revisions), no pagination of tree listings, no
+  no multipart LFS, no tags, no discussions API (a pull request exists only as its ``refs/pr/N`` revision: it cannot
+  be listed, commented, merged or closed), no branch deletion, no pagination of tree listings, no
   ``.gitignore`` handling, no dataset viewer / parquet conversion (``refs/convert/parquet`` is a
   RevisionNotFound), no security scans, no Space builds.
 """
@@ -150,6 +155,9 @@ class Repo:
     sdk: str | None = None
     commits: list[Commit] = field(default_factory=list)  # oldest first; commits[-1] is `main`
     created_at: str = ""
+    branches: dict[str, Commit] = field(default_factory=dict)  # other branches than main: name -> head commit
+    pull_requests: list[Commit] = field(default_factory=list)  # head of refs/pr/<index + 1>
+    side_commits: list[Commit] = field(default_factory=list)  # commits made on branches and pull requests
 
     @property
     def head(self) -> Commit:
@@ -164,7 +172,14 @@ class Repo:
         revision = unquote(revision)
         if revision in ("main", "refs/heads/main", "HEAD"):
             return self.head
-        for commit in self.commits:
+        branch = revision.removeprefix("refs/heads/")
+        if branch in self.branches:
+            return self.branches[branch]
+        pr = re.fullmatch(r"refs/pr/(\d+)", revision)
+        if pr:
+            number = int(pr.group(1))
+            return self.pull_requests[number - 1] if 1 <= number <= len(self.pull_requests) else None
+        for commit in [*self.commits, *self.side_commits]:
             if commit.sha == revision or (len(revision) >= 7 and commit.sha.startswith(revision)):
                 return commit
         return None
@@ -273,7 +288,17 @@ class HubServer:
             return {path: f.content for path, f in commit.files.items()}
 
     def commit_count(self, repo_id: str, repo_type: str = "model") -> int:
+        """Commits on main."""
         return len(self.repo(repo_id, repo_type).commits)
+
+    def branch(self, repo_id: str, name: str, repo_type: str = "model") -> Commit | None:
+        """The head commit of branch `name` (None if there is no such branch)."""
+        return self.repo(repo_id, repo_type).branches.get(name)
+
+    def pull_request(self, repo_id: str, number: int, repo_type: str = "model") -> Commit | None:
+        """The head commit of pull request `number` (refs/pr/<number>), None if there is none."""
+        prs = self.repo(repo_id, repo_type).pull_requests
+        return prs[number - 1] if 1 <= number <= len(prs) else None
 
     def create_repo(self, repo_id: str, repo_type: str = "model", private: bool = False,
                     sdk: str | None = None) -> Repo:
@@ -286,14 +311,25 @@ class HubServer:
             return repo
 
     # ------------------------------------------------------------------ internals
-    def _add_commit(self, repo: Repo, title: str, message: str, files: dict[str, StoredFile]) -> Commit:
+    def _add_commit(self, repo: Repo, title: str, message: str, files: dict[str, StoredFile],
+                    base: Commit | None = None, branch: str | None = None, create_pr: bool = False) -> Commit:
+        """A new commit on main, on `branch` (from its head `base`) or on a new pull request (from `base`)."""
         self._commit_counter += 1
-        parent = repo.head.sha if repo.commits else None
+        if branch is None and not create_pr:
+            base = repo.head if repo.commits else None
+        parent = base.sha if base is not None else None
         digest = hashlib.sha1(json.dumps(
             [parent, title, message, sorted((p, f.git_oid) for p, f in files.items()), self._commit_counter,
              repo.repo_type, repo.repo_id]).encode()).hexdigest()
         commit = Commit(sha=digest, parent=parent, title=title, message=message, files=files, date=_now())
-        repo.commits.append(commit)
+        if create_pr:
+            repo.pull_requests.append(commit)
+            repo.side_commits.append(commit)
+        elif branch is not None:
+            repo.branches[branch] = commit
+            repo.side_commits.append(commit)
+        else:
+            repo.commits.append(commit)
         return commit
 
     def _take_fault(self, route: str, repo_id: str | None) -> Fault | None:
@@ -526,6 +562,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self.paths_info(repo_type, repo_id, unquote(raw_rest[1]))
             if rest and rest[0] == "commits" and len(rest) >= 2 and method == "GET":
                 return self.list_commits(repo_type, repo_id, unquote(raw_rest[1]))
+            if rest and rest[0] == "branch" and len(rest) >= 2 and method == "POST":
+                return self.create_branch(repo_type, repo_id, unquote("/".join(raw_rest[1:])))
 
         # /{prefix}{ns}/{name}.git/info/lfs/objects/batch
         if method == "POST" and path.endswith(".git/info/lfs/objects/batch"):
@@ -720,10 +758,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not lines or lines[0].get("key") != "header":
             raise HubError(400, "Commit payload must be NDJSON starting with a header line")
         header = lines[0]["value"]
+        create_pr = self.query.get("create_pr", ["0"])[0] in ("1", "true")
+        branch = unquote(revision).removeprefix("refs/heads/")
+        branch = None if branch in ("main", "HEAD") else branch
         with self.hub.lock:
             base = self.get_commit(repo, revision)
-            if base is not repo.head:
-                raise HubError(400, "hub_server only commits on the head of main")
+            if not create_pr and base is not (repo.branches.get(branch) if branch else repo.head):
+                raise HubError(400, "hub_server commits only on the head of a branch (or with create_pr)")
             parent = header.get("parentCommit")
             if parent and not base.sha.startswith(parent):
                 raise HubError(412, f"A commit has happened since. Please refresh and try again. ({parent})")
@@ -758,12 +799,26 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     raise HubError(400, f"Unsupported commit operation {key!r}")
             new = self.hub._add_commit(repo, header.get("summary") or "", header.get("description") or "",
-                                       files)
+                                       files, base=base, branch=branch, create_pr=create_pr)
+            pr_url = (f"{self.base_url()}/{URL_PREFIX[repo_type]}{repo_id}/discussions/{len(repo.pull_requests)}"
+                      if create_pr else None)
         if fault is not None and fault.mode == "drop_after_commit":
             raise _DropConnection()
         url = f"{self.base_url()}/{URL_PREFIX[repo_type]}{repo_id}/commit/{new.sha}"
         self._json(200, {"success": True, "commitOid": new.sha, "commitUrl": url, "hookOutput": "",
-                         "pullRequestUrl": None})
+                         "pullRequestUrl": pr_url})
+
+    def create_branch(self, repo_type: str, repo_id: str, branch: str) -> None:
+        self.require_token()
+        repo = self.get_repo(repo_type, repo_id)
+        payload = self.json_body()
+        if branch in ("main", "HEAD") or branch.startswith("refs/") or not re.fullmatch(r"[\w.\-/]+", branch):
+            raise HubError(400, f"Invalid reference for a branch: {branch}")
+        with self.hub.lock:
+            if branch in repo.branches:
+                raise HubError(409, f"Reference refs/heads/{branch} already exists")
+            repo.branches[branch] = self.get_commit(repo, payload.get("startingPoint") or "main")
+        self._json(200, {})
 
     def _entries(self, files: dict[str, StoredFile], folder: str, recursive: bool) -> list[dict] | None:
         prefix = folder.strip("/") + "/" if folder.strip("/") else ""
@@ -822,7 +877,11 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.get_repo(repo_type, repo_id)
         with self.hub.lock:
             commit = self.get_commit(repo, revision)
-            history = repo.commits[: repo.commits.index(commit) + 1]
+            by_sha = {c.sha: c for c in [*repo.commits, *repo.side_commits]}
+            history = []
+            while commit is not None:  # follow the parents: branches and pull requests start from main
+                history.insert(0, commit)
+                commit = by_sha.get(commit.parent) if commit.parent else None
         self._json(200, [{"id": c.sha, "title": c.title, "message": c.message, "date": c.date,
                           "authors": [{"user": self.hub.username}]} for c in reversed(history)])
 

@@ -495,3 +495,25 @@ def test_sharded_checkpoint_round_trip(w4, tmp_path):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     assert torch.equal(logits(from_pretrained(folder), x), logits(q.model, x))
     assert torch.equal(logits(AutoModelForImageClassification.from_pretrained(folder), x), logits(q.model, x))
+
+
+# ---- the transformers integration: public hooks, compile, version ----------------------------------------
+def test_torch_compile_of_a_loaded_model_gives_identical_logits(w4):
+    _, folder = w4
+    loaded = AutoModelForImageClassification.from_pretrained(folder)
+    assert loaded.hf_quantizer.is_compileable
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    compiled = torch.compile(loaded)
+    assert torch.equal(logits(compiled, x), logits(loaded, x))
+
+
+def test_unsupported_transformers_major_version_is_refused(w4, monkeypatch):
+    import transformers
+
+    from genie_hub.errors import GenieError
+
+    _, folder = w4
+    monkeypatch.setattr(transformers, "__version__", "6.0.0")
+    with pytest.raises(GenieError, match=r"transformers>=5,<6"):
+        AutoModelForImageClassification.from_pretrained(folder)
+

@@ -186,3 +186,159 @@ def test_card_metadata_names_the_base_model_its_license_and_the_bits(hub_server,
     assert main(["quantize", str(tmp_path / "local-copy"), "-o", str(tmp_path / "x"), "--base-model", "not an id",
                  *TINY]) == 2
     assert "--base-model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------- console output and help
+def _cli_env(**extra: str) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_DISABLE_PROGRESS_BARS",
+                                                            "HF_DATASETS_DISABLE_PROGRESS_BARS")}
+    return {**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **extra}
+
+
+def _run_cli(tmp_path: Path, name: str, *flags: str, **env: str) -> str:
+    if not (tmp_path / "base").exists():
+        save_tiny_model(tmp_path / "base", "resnet-basic")
+    result = subprocess.run([sys.executable, "-m", "genie_hub", "quantize", str(tmp_path / "base"), "-o",
+                             str(tmp_path / name), *TINY, *flags], env=_cli_env(**env), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stderr
+
+
+def test_progress_bars_show_overall_eta_and_quiet_silences_every_library(tmp_path):
+    shown = _run_cli(tmp_path, "loud")
+    assert "Genie-D synthesis" in shown and "Genie-M reconstruction" in shown and "%|" in shown
+    assert "Loading weights" in shown  # transformers' own bar: what -q must silence too
+    assert "<" in shown.split("Genie-M reconstruction")[-1]  # elapsed<remaining: the ETA over all units
+    quiet = _run_cli(tmp_path, "quiet", "-q")  # after the subcommand
+    assert "%|" not in quiet and "it/s" not in quiet and "step/s" not in quiet, quiet[-2000:]
+    assert "(reconstructed)" not in quiet and "bn-statistics loss" not in quiet  # no per-unit / per-batch info
+    assert "(reconstructed)" in shown and "bn-statistics loss" in shown
+
+
+def test_hf_hub_disable_progress_bars_silences_genie_hub_bars(tmp_path):
+    from genie_hub.progress import progress_bar
+
+    stderr = _run_cli(tmp_path, "nobars", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    assert "Genie-D synthesis" not in stderr and "Genie-M reconstruction" not in stderr
+    assert "%|" not in stderr, stderr[-2000:]  # nor transformers' or datasets' bars: one switch for all
+    assert "unit regnet" in stderr or "unit resnet" in stderr  # the log lines stay
+    assert progress_bar(range(3)).disable  # this session runs with HF_HUB_DISABLE_PROGRESS_BARS=1 (conftest)
+
+
+def test_log_lines_are_written_above_the_bars(capsys):
+    import logging
+
+    from tqdm import tqdm as plain_tqdm
+
+    from genie_hub.progress import logs_above_bars
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    root.addHandler(handler)
+    try:
+        with logs_above_bars():
+            assert handler not in root.handlers  # replaced by tqdm's writer while bars may be on screen
+            bar = plain_tqdm(total=2, file=sys.stderr)
+            logging.getLogger("genie_hub.test").warning("a log line")
+            bar.close()
+        assert handler in root.handlers
+    finally:
+        root.removeHandler(handler)
+    assert "a log line\n" in capsys.readouterr().err
+
+
+def _subparsers(parser) -> list:
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((name, sub))
+                found.extend((f"{name} {n}", s) for n, s in _subparsers(sub))
+    return found
+
+
+def test_every_option_of_every_subcommand_shows_its_default():
+    import argparse
+
+    from genie_hub.cli import build_parser
+
+    parser = build_parser()
+    commands = _subparsers(parser)
+    assert {"quantize", "evaluate", "push", "space", "push-space", "zoo build", "zoo publish"} <= {n for n, _ in commands}
+    missing = [f"{name}: {action.option_strings[0]}" for name, sub in [("genie_hub", parser), *commands]
+               for action in sub._actions
+               if action.option_strings and not action.required and action.help != argparse.SUPPRESS
+               and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+               and "default" not in (action.help or "")]
+    assert not missing, missing
+    help_text = dict(commands)["quantize"].format_help()
+    for expected in ("weight bit-width of most layers (default: 4)", "(default: paper 1024, quick 128)",
+                     "(default: 0)", "--push-revision", "--create-pr", "--commit-message", "--token"):
+        assert expected in " ".join(help_text.split()), expected
+    assert "HF_TOKEN" in dict(commands)["push"].format_help()
+
+
+def test_token_is_never_recorded():
+    from genie_hub.cli import recorded_command
+
+    assert recorded_command(["quantize", "m", "--push", "--token", "hf_secret", "-w", "2"]) == \
+        "genie_hub quantize m --push -w 2"
+    assert "hf_secret" not in recorded_command(["push", "out", "--token=hf_secret"])
+
+
+def test_quantize_push_options_are_checked_before_compute(tmp_path, hub_server, capsys):
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(tmp_path / "o"), "--push", "--create-pr",
+                 "--push-revision", "dev", *TINY]) == 1
+    assert "--create-pr" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------- the paper profile on a CPU
+def test_projected_time_of_a_run():
+    from genie_hub.progress import format_duration, paper_cpu_warning, projected_seconds
+
+    # ResNet-50 on a 2-core CPU: about 1 s per image per forward+backward.
+    paper = dict(num_samples=1024, synthesis_iterations=4000, reconstruction_steps=20000, reconstruction_batch_size=32)
+    assert projected_seconds(**paper, seconds_per_image=1.0) == 1024 * 4000 + 2 * 20000 * 32
+    assert projected_seconds(**paper, seconds_per_image=1.0, zero_shot=False) == 2 * 20000 * 32
+    assert format_duration(45) == "45 s" and format_duration(720) == "12 min" and format_duration(3.4 * 3600) == "3.4 h"
+    assert format_duration(31 * 3600) == "31 h" and format_duration(100 * 3600) == "4.2 days"
+    message = paper_cpu_warning(31 * 3600)
+    assert "projected 31 h" in message and "--profile quick" in message and "GPU" in message
+
+
+def test_paper_profile_on_cpu_warns_with_the_projection(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import genie_hub.pipeline as pipeline
+
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    monkeypatch.setattr(pipeline, "seconds_per_image", lambda model, spec, batch_size=4: 100.0)  # a slow CPU
+    tiny_paper = ["--profile", "paper", "--num-samples", "8", "--batch-size", "4", "--synthesis-iterations", "2",
+                  "--reconstruction-steps", "2", "--eval-dataset", "none"]
+    with caplog.at_level(logging.WARNING, logger="genie_hub"):
+        assert main(["quantize", str(tmp_path / "base"), "-o", str(tmp_path / "paper"), "-q", *tiny_paper]) == 0
+    # 8 images x 2 iterations x 100 s + 2 x 2 steps x 32 images x 100 s = 14400 s
+    assert any("projected 4.0 h" in r.getMessage() for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="genie_hub"):
+        assert main(["quantize", str(tmp_path / "base"), "-o", str(tmp_path / "quick"), "-q", *TINY]) == 0
+    assert not any("projected" in r.getMessage() for r in caplog.records)
+
+
+def test_seconds_per_image_leaves_the_model_untouched(tmp_path):
+    from genie_hub.loading import input_spec, load_model
+    from genie_hub.pipeline import seconds_per_image
+
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    model, processor = load_model(str(tmp_path / "base"))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert seconds_per_image(model, input_spec(model, processor)) > 0
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -346,3 +346,73 @@ def test_server_keeps_history_and_answers_like_the_hub(hub_server, tmp_path):
     api.delete_file("a.txt", repo_id="tester/history")
     assert "a.txt" not in hub_server.files("tester/history")
     assert [c.commit_id for c in api.list_repo_commits("tester/history")][1:3] == [second, first]
+
+
+# --------------------------------------------------------------------------------------- huggingface-cli upload options
+def test_push_to_a_branch_with_a_commit_message(hub_server, out):
+    from huggingface_hub import HfApi
+    from transformers import AutoModelForImageClassification
+
+    result = push_output(out, revision="genie-v2", commit_message="Quantized with genie_hub")
+    assert hub_server.commit_count(MODEL_ID) == 1 and hub_server.commit_count(DATASET_ID, "dataset") == 1  # main
+    for repo_id, repo_type, kind in ((MODEL_ID, "model", "model"), (DATASET_ID, "dataset", "dataset")):
+        head = hub_server.branch(repo_id, "genie-v2", repo_type)
+        assert head is not None and head.title == "Quantized with genie_hub"
+        assert result[kind]["revision"] == "genie-v2" and result[kind]["commit"] == head.sha
+    _assert_model_repo_matches_at(hub_server, out, "genie-v2")
+    model = AutoModelForImageClassification.from_pretrained(MODEL_ID, revision="genie-v2")
+    assert model.config.quantization_config.quant_method == "genie"
+    assert HfApi().list_repo_commits(MODEL_ID, revision="genie-v2")[0].title == "Quantized with genie_hub"
+    again = push_output(out, revision="genie-v2")  # the branch exists now: nothing changed, no new commit
+    assert again["model"]["commit"] == result["model"]["commit"]
+
+
+def _assert_model_repo_matches_at(hub, out: Path, revision: str) -> None:
+    remote = hub.files(MODEL_ID, revision=revision)
+    assert {k: v for k, v in remote.items() if k != ".gitattributes"} == _expected_remote_model_files(out)
+
+
+def test_push_as_pull_requests(hub_server, out):
+    from huggingface_hub import hf_hub_download
+
+    result = push_output(out, create_pr=True)
+    assert hub_server.commit_count(MODEL_ID) == 1 and hub_server.commit_count(DATASET_ID, "dataset") == 1
+    assert result["model"]["pr_url"].endswith(f"/{MODEL_ID}/discussions/1")
+    assert result["dataset"]["pr_url"].endswith(f"/datasets/{DATASET_ID}/discussions/1")
+    assert result["model"]["pr_revision"] == "refs/pr/1"
+    assert hub_server.pull_request(MODEL_ID, 1).sha == result["model"]["commit"]
+    _assert_model_repo_matches_at(hub_server, out, "refs/pr/1")
+    config = hf_hub_download(MODEL_ID, "config.json", revision="refs/pr/1")
+    assert json.loads(Path(config).read_text())["quantization_config"]["quant_method"] == "genie"
+    assert json.loads((out / "run.json").read_text())["push"]["model"]["pr_url"] == result["model"]["pr_url"]
+
+
+def test_explicit_token_is_used_instead_of_hf_token(hub_server, out, monkeypatch):
+    import os
+
+    hub_server.rejected_tokens.add(os.environ["HF_TOKEN"])
+    try:
+        with pytest.raises(PushError, match="rejected"):
+            push_output(out)
+        assert push_output(out, token="hf_another_valid_token")["model"]["repo_id"] == MODEL_ID
+    finally:
+        hub_server.rejected_tokens.discard(os.environ["HF_TOKEN"])
+
+
+def test_push_options_are_checked_before_any_upload(hub_server, out):
+    with pytest.raises(PushError, match="--create-pr"):
+        push_output(out, create_pr=True, revision="dev")
+    with pytest.raises(PushError, match="commit message"):
+        push_output(out, commit_message="  ")
+    assert not hub_server.repos
+
+
+def test_cli_push_takes_the_upload_options(hub_server, out, capsys):
+    from genie_hub.cli import main
+
+    assert main(["push", str(out), "--create-pr", "--commit-message", "Genie W4A4", "--token", "hf_cli"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{MODEL_ID}/discussions/1" in printed and "pull request" in printed
+    assert hub_server.pull_request(MODEL_ID, 1).title == "Genie W4A4"
+    assert main(["push", str(out), "--revision", "dev", "--create-pr"]) == 1
+    assert "--create-pr" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """`GenieHfQuantizer`: lets `transformers` load Genie checkpoints (`from_pretrained`, `pipeline`).
 
-What happens in `from_pretrained` (transformers 5.x) once genie_hub has registered quant_method "genie":
-1. `update_attn_implementation(config)` (the only hook that sees the model config before the weight files are
-   resolved) removes the load guard `transformers_weights` from the config (see `save.py`).
+What happens in `from_pretrained` (transformers 5.x, the public `HfQuantizer` hooks the built-in quantizers
+use) once genie_hub has registered quant_method "genie":
+1. `validate_environment` refuses a transformers major version genie_hub was not tested with.
+   `update_attn_implementation(config)` points the config's `transformers_weights` at genie_model.safetensors
+   (see `save.py`); why that hook, and not a dedicated one, is explained at the method.
 2. The model is built from its config on the meta device; `_process_model_before_weight_loading` replaces
    each module listed in `quantization_config.layers` by the frozen Quant* module (empty buffers), so the
    model's parameter/buffer names are the checkpoint keys, then reads the safetensors *headers* and checks
@@ -11,6 +13,10 @@ What happens in `from_pretrained` (transformers 5.x) once genie_hub has register
 3. transformers loads the tensors (integer tensors keep their dtype).
 4. `_process_model_after_weight_loading` sets eval mode and checks the loaded values (`QuantizedOp.frozen_problems`:
    what `freeze()` can never produce). `model.config.quantization_config` describes every layer.
+The model is `torch.compile`-able (`is_compileable`): the Quant* forward passes are plain tensor code, and
+compiled logits equal eager ones exactly (tested).
+transformers 5 removed the `update_missing_keys` / `update_expected_keys` hooks of 4.x; the header check of
+step 2 is what replaces them here.
 `model.dequantize()` replaces every Quant* module by its plain FP32 equivalent (`to_float`, shortcuts become
 `nn.Identity`): weights are the dequantized ones, activation quantization is dropped.
 """
@@ -24,11 +30,15 @@ import torch
 from torch import nn
 from transformers.quantizers import HfQuantizer
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, GenieError
 from ..quantization import QUANTIZED_TYPES, LayerSpec, QuantizedOp, quantized_ops
 from .config import GUARD_KEY, GenieQuantizationConfig, is_guard
 from .safetensors_check import read_headers
 from .validate import Expected, metadata_problems, tensor_problems
+
+
+SUPPORTED_TRANSFORMERS = (5,)
+"""transformers major versions this quantizer is written for and tested with (its hooks changed from 4 to 5)."""
 
 
 def _prefix_mapper(model: nn.Module, names) -> callable:
@@ -80,13 +90,25 @@ class GenieHfQuantizer(HfQuantizer):
         if isinstance(quantization_config, dict):
             quantization_config = GenieQuantizationConfig.from_dict(quantization_config)
         super().__init__(quantization_config, **kwargs)
-        self.validated_files: list[str] = []
 
     # ---- environment and config -----------------------------------------------------------------------------
     def validate_environment(self, *args, **kwargs):
-        return
+        import transformers
+
+        major = int(transformers.__version__.split(".")[0])
+        if major not in SUPPORTED_TRANSFORMERS:
+            raise GenieError(
+                f"genie_hub loads Genie checkpoints with transformers {' or '.join(map(str, SUPPORTED_TRANSFORMERS))}.x, "
+                f"but transformers {transformers.__version__} is installed. Install a supported release "
+                "(pip install 'transformers>=5,<6').")
 
     def update_attn_implementation(self, config):
+        """Point `config.transformers_weights` at the Genie weights file (format 2) or drop the load guard (format 1).
+
+        Kept in this hook because it is the only one that receives the model config before transformers resolves
+        the weight files (`from_pretrained` reads `config.transformers_weights` right after `get_hf_quantizer`);
+        `validate_environment` and `update_device_map` do not see the config, and `_process_model_before_weight_loading`
+        runs after the files are resolved. transformers has no public hook for "which file holds the weights"."""
         config = super().update_attn_implementation(config)
         weights_file = self.quantization_config.weights_file
         if weights_file is not None:  # format 2: genie_model.safetensors, which plain transformers never reads
@@ -96,7 +118,16 @@ class GenieHfQuantizer(HfQuantizer):
         return config
 
     # ---- before / after weight loading -----------------------------------------------------------------------
-    def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
+    def _process_model_before_weight_loading(self, model, **kwargs):
+        # `checkpoint_files` is what `from_pretrained` passes to `preprocess_model` (transformers 5): the resolved
+        # weight files. No public hook shows them before loading, and reading their headers here is what makes a
+        # missing, unexpected or mis-shaped tensor an error instead of a silently random-initialized layer.
+        checkpoint_files = kwargs.get("checkpoint_files")
+        if not checkpoint_files:
+            raise CheckpointError(
+                "A Genie checkpoint loads from its safetensors weight files (from_pretrained of a folder or Hub id); "
+                "this load passed none (a state_dict, a distributed or GGUF checkpoint), so its tensors could not "
+                "be checked. Save the model with save_pretrained / genie_hub.save_quantized and load that folder.")
         layers = self.quantization_config.layers
         to_model = _prefix_mapper(model, layers)
         for ckpt_name, spec in layers.items():
@@ -111,9 +142,7 @@ class GenieHfQuantizer(HfQuantizer):
                     f"{type(model).__name__} built from config.json does not have. The config and the quantization "
                     "layers do not belong together: save or download the checkpoint again.") from None
             model.set_submodule(name, _frozen_module(ckpt_name, fp, spec, self.quantization_config.format_version))
-        self.validated_files = []
-        if checkpoint_files:
-            self._check_checkpoint(model, list(checkpoint_files))
+        self._check_checkpoint(model, list(checkpoint_files))
         return model
 
     def _check_checkpoint(self, model, files: list[str]) -> None:
@@ -121,6 +150,9 @@ class GenieHfQuantizer(HfQuantizer):
         found = read_headers(files)
         where = str(files[0]) if len(files) == 1 else f"{len(files)} shards in {os.path.dirname(str(files[0]))}"
         to_model = _prefix_mapper(model, found)
+        # `_keys_to_ignore_on_load_*` are the model class's declared tolerances (PreTrainedModel attributes that
+        # transformers' own loading report applies, and that quantizer_gemma reads and extends the same way):
+        # honouring them keeps this check exactly as strict as transformers, no stricter.
         ignore_missing = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_missing", None) or ())]
         ignore_unexpected = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None)
                                                      or ())]
@@ -141,7 +173,6 @@ class GenieHfQuantizer(HfQuantizer):
                 "or shape in quantization_config disagree with the stored tensors, or the file is from another "
                 "model. Loading it would leave layers with random weights, so it is refused: save or download the "
                 "checkpoint again.")
-        self.validated_files = [str(f) for f in files]
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         from .save import install_save_guard
@@ -151,9 +182,9 @@ class GenieHfQuantizer(HfQuantizer):
         for name, op in quantized_ops(model).items():
             op._weight_cache = None
             op.frozen = True
+            # Every tensor is in the files (checked before loading), so one still on the meta device was not loaded.
             not_loaded = [f"{name}.{suffix} was not loaded" for suffix, tensor in op.to_frozen().items()
-                          if tensor.is_meta or (not self.validated_files
-                                                and not getattr(tensor, "_is_hf_initialized", False))]
+                          if tensor.is_meta]
             problems.extend(not_loaded or op.frozen_problems(name))
             op.upgrade_frozen()  # an older format's dtypes -> the current ones, so it saves in the current format
         problems += _fp_tensor_problems(model)
@@ -188,3 +219,7 @@ class GenieHfQuantizer(HfQuantizer):
     @property
     def is_qat_trainable(self) -> bool:
         return False
+
+    @property
+    def is_compileable(self) -> bool:
+        return True

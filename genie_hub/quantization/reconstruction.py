@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..adapters import model_logits
 from ..config import GenieConfig
@@ -25,6 +24,7 @@ from ..errors import ConfigError, ReconstructionDivergedError
 from ..fileio import save_safetensors
 from ..hooks import TemporaryHooks
 from ..optimization import optimize
+from ..progress import progress_bar
 from ..reproducibility import RECONSTRUCTION_SEED_OFFSET, batch_seed, seed_everything
 from .blocks import Unit, _first_tensor
 from .layers import QuantizedOp
@@ -109,7 +109,8 @@ def _input_quantizers(ops: list[QuantizedOp]) -> list[ActQuantizer]:
 
 def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor, x_q: torch.Tensor,
                      y_fp: torch.Tensor, args: tuple, kwargs: dict, config: GenieConfig, name: str,
-                     autocast=contextlib.nullcontext, progress: bool = True) -> tuple[float, float, str]:
+                     autocast=contextlib.nullcontext, progress: bool = True,
+                     overall=None) -> tuple[float, float, str]:
     """Reconstruct one unit in place and freeze it; returns (round-to-nearest error, final error, what was
     kept). Reconstruction never makes a unit worse: when it ends with a larger output error on the calibration
     data than round-to-nearest (too few steps to anneal the rounding, degenerate data), the unit keeps its
@@ -163,7 +164,7 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
 
         try:
             optimize(steps, unit_loss, optimizers, schedulers, on_diverged=diverged, check_every=50,
-                     desc=f"reconstruct {name}", progress=progress)
+                     desc=f"reconstruct {name}", progress=progress, overall=overall)
         finally:
             for aq in act_quantizers:
                 aq.qdrop_prob = 0.0
@@ -248,27 +249,32 @@ def reconstruct(fp_model: nn.Module, q_model: nn.Module, units: list[Unit], cali
     q_model.eval().requires_grad_(False)
     batch = max(config.reconstruction_batch_size, 64)
     reports = []
-    outer = tqdm(units, desc="Genie-M units", disable=not progress, dynamic_ncols=True)
-    for index, unit in enumerate(outer):
+    steps = config.reconstruction_steps  # the bar counts steps over all units: its remaining time is the ETA
+    outer = progress_bar(total=len(units) * steps, desc="Genie-M reconstruction", unit="step", disable=not progress)
+    for index, unit in enumerate(units):
         ops = {name: q_model.get_submodule(name) for name in unit.ops}
         finished = state.done(unit.name)
         if finished is not None:
             state.restore(ops, device)
             reports.append(UnitReport(**{**finished, "resumed": True}))
+            outer.total -= steps  # resumed: no time spent, so not counted in the rate
+            outer.refresh()
             continue
-        started = time.perf_counter()
+        outer.set_postfix(unit=f"{index + 1}/{len(units)} {unit.name[-30:]}")
+        started, counted = time.perf_counter(), outer.n
         seed_everything(batch_seed(config.seed, RECONSTRUCTION_SEED_OFFSET + index))
         x_fp, y_fp, args, kwargs = capture(fp_model, unit.name, calibration, batch, device, True, autocast)
         x_q, _, q_args, q_kwargs = capture(q_model, unit.name, calibration, batch, device, False, autocast)
         error_rtn, error_final, kept = reconstruct_unit(
             q_model.get_submodule(unit.name), list(ops.values()), x_fp, x_q, y_fp, q_args, q_kwargs, config,
-            unit.name, autocast=autocast, progress=progress)
+            unit.name, autocast=autocast, progress=progress, overall=outer)
+        outer.update(counted + steps - outer.n)  # a unit with nothing to learn ran no steps
         report = UnitReport(unit.name, unit.kind, len(ops), config.reconstruction_steps, error_rtn, error_final,
                             time.perf_counter() - started, kept=kept)
         logger.info("unit %s: output error %.4g (round-to-nearest) -> %.4g (reconstructed)", unit.name,
                     error_rtn, error_final)
-        outer.set_postfix(unit=unit.name[-30:], err=f"{error_final:.3g}")
         state.record(report, ops)
         reports.append(report)
         del x_fp, y_fp, x_q
+    outer.close()
     return reports

@@ -9,6 +9,7 @@ and any number of processes produces the same images.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -19,11 +20,12 @@ from torch import nn
 
 from ..adapters import InputSpec, model_logits
 from ..calibration import BatchStats, Calibration
-from ..config import GenieConfig
+from ..config import GenieConfig, make_accelerator
 from ..errors import ConfigError, GenieError
 from ..fileio import save_safetensors
 from ..loading import input_spec
 from ..optimization import optimize
+from ..progress import progress_bar
 from ..reproducibility import batch_seed, model_fingerprint, seed_everything
 from .generator import image_source
 from .image_prior import input_prior_loss, pixel_target
@@ -37,7 +39,7 @@ SHARD_PATTERN = "batch_{:05d}.safetensors"
 
 def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_index: int, config: GenieConfig,
                      device: torch.device | str = "cpu", autocast: Callable | None = None, progress: bool = True,
-                     prior: SynthesisPrior | None = None) -> tuple[torch.Tensor, BatchStats]:
+                     prior: SynthesisPrior | None = None, overall=None) -> tuple[torch.Tensor, BatchStats]:
     """Optimize one batch (fresh image parameters); return the final images and their loss statistics."""
     seed_everything(batch_seed(config.seed, batch_index))
     prior = prior or select_prior(model, config.synthesis_prior)
@@ -76,7 +78,8 @@ def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_i
 
     with prior.attached(), swing_convolutions(model) if source.swing else contextlib.nullcontext():
         optimize(config.synthesis_iterations, batch_loss, optimizers, schedulers, on_diverged=diverged,
-                 after_step=after_step, check_every=10, desc=f"synthesis batch {batch_index}", progress=progress)
+                 after_step=after_step, check_every=10, desc=f"synthesis batch {batch_index}", progress=progress,
+                 overall=overall)
     images = last["images"].detach().float() if last else source.generator(source.latents).detach().float()
     stats = BatchStats(batch_index=batch_index, initial_loss=losses[0] if losses else float("nan"),
                        final_loss=losses[-1] if losses else float("nan"),
@@ -145,9 +148,9 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     spec = spec or input_spec(model, processor)
     prior = select_prior(model, config.synthesis_prior)
     if accelerator is None:
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(mixed_precision=config.mixed_precision)
+        accelerator, config = make_accelerator(config)
+    elif config.mixed_precision is None:  # the images depend on it: the shards' fingerprint names the real one
+        config = dataclasses.replace(config, mixed_precision=str(accelerator.mixed_precision))
     if accelerator.num_processes > 1 and output_dir is None:
         raise ConfigError("Synthesis on several processes needs an output_dir to exchange finished batches.")
 
@@ -166,12 +169,15 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     if store is not None and len(pending) < len(sizes):
         logger.info("Resuming synthesis: %d of %d batches already on disk.", len(sizes) - len(pending), len(sizes))
     try:
-        with accelerator.split_between_processes(pending) as mine:
+        with accelerator.split_between_processes(pending) as mine, progress_bar(
+                total=len(mine) * config.synthesis_iterations, desc="Genie-D synthesis", unit="step",
+                disable=not (progress and accelerator.is_local_main_process)) as overall:
             for batch_index in mine:
+                overall.set_postfix(batch=f"{batch_index + 1}/{len(sizes)}")
                 images, stats = synthesize_batch(
                     model, spec, sizes[batch_index], batch_index, config, device=device,
                     autocast=accelerator.autocast, progress=progress and accelerator.is_local_main_process,
-                    prior=prior)
+                    prior=prior, overall=overall)
                 logger.info("synthesis batch %d: %s loss %.4g -> %.4g", batch_index, prior.name,
                             stats.initial_prior_loss, stats.final_prior_loss)
                 if store is not None:

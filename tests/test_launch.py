@@ -1,0 +1,112 @@
+"""How a run meets accelerate and the CPU: the mixed precision accelerate is configured with, multi-process
+CPU launches, and the thread count recorded for bit-exact reproduction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from genie_hub.cli import main
+from genie_hub.errors import ConfigError
+from genie_hub.pipeline import check_launch
+from tiny_models import save_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--profile", "quick", "--num-samples", "8", "--batch-size", "4", "--synthesis-iterations", "2",
+        "--reconstruction-steps", "2", "--seed", "1", "--eval-dataset", "none"]
+RESOLVE = """
+import sys
+from genie_hub.config import GenieConfig, make_accelerator
+from genie_hub.errors import ConfigError
+flag = sys.argv[1] if len(sys.argv) > 1 else None
+try:
+    accelerator, config = make_accelerator(GenieConfig.from_profile("quick", mixed_precision=flag))
+except ConfigError as exc:
+    print("refused:", exc)
+else:
+    print(config.mixed_precision, accelerator.mixed_precision)
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **extra}
+
+
+def _resolve(*flag: str, **env: str) -> str:
+    result = subprocess.run([sys.executable, "-c", RESOLVE, *flag], env=_env(**env), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+def test_mixed_precision_comes_from_accelerate_unless_the_flag_is_given():
+    """ACCELERATE_MIXED_PRECISION is what `accelerate launch --mixed_precision` / `accelerate config` set."""
+    assert _resolve() == "no no"
+    assert _resolve(ACCELERATE_MIXED_PRECISION="bf16") == "bf16 bf16"
+    assert _resolve("no", ACCELERATE_MIXED_PRECISION="bf16") == "no no"  # the flag wins
+    assert _resolve("bf16") == "bf16 bf16"
+    refused = _resolve(ACCELERATE_MIXED_PRECISION="fp16")
+    assert refused.startswith("refused:") and "--mixed-precision bf16" in refused and "fp16" in refused
+
+
+def test_accelerate_mixed_precision_reaches_the_run_record(tmp_path):
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "genie_hub", "quantize", str(tmp_path / "base"), "-o", str(out),
+                             "-q", *TINY], env=_env(ACCELERATE_MIXED_PRECISION="bf16"), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["mixed_precision"] == "bf16"
+    assert "--mixed-precision" not in run["command"]
+
+
+def test_cpu_launch_that_would_run_one_process_is_refused_before_compute(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts a single process: genie_hub says so and what works."""
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    result = subprocess.run([*launch, "-m", "genie_hub", "quantize", str(tmp_path / "base"), "-o",
+                             str(tmp_path / "out"), *TINY], env=_env(OMP_NUM_THREADS="1"), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode != 0
+    assert "starts a single process" in result.stderr and "--multi_gpu --num_processes 2" in result.stderr
+    assert not (tmp_path / "out").exists()  # refused before the output folder was claimed
+
+
+class _OneProcess:
+    num_processes = 1
+
+
+def test_check_launch_reads_the_launcher_command(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    launcher = ["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "--cpu"]
+    with pytest.raises(ConfigError, match="--num_processes 4"):
+        check_launch(_OneProcess(), [*launcher, "--num_processes=4", "-m", "genie_hub", "quantize"])
+    check_launch(_OneProcess(), [*launcher, "--num_processes", "1", "-m", "genie_hub"])  # one process was asked for
+    check_launch(_OneProcess(), ["bash", "-c", "genie_hub quantize --num_processes 4"])  # not accelerate's launcher
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    check_launch(_OneProcess(), [*launcher, "--num_processes", "4"])  # not a --cpu launch
+
+
+def test_thread_count_is_recorded_in_run_json_and_the_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", *TINY]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((out / "run.json").read_text())["torch_threads"] == 1
+    reproduce = ModelCard.load(out / "model" / "README.md").text.split("## Reproduce")[1]
+    assert "torch used 1 CPU thread" in reproduce and "OMP_NUM_THREADS=1" in reproduce
