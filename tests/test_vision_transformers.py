@@ -139,3 +139,53 @@ def test_cli_few_shot_quantizes_saves_and_reloads(family, photos, tmp_path):
     assert run["zero_shot"] is False and len(run["unit_errors"]) == len(run["units"])
     _reload_matches(out / "model")
 
+
+# ---- zero-shot: the patch-similarity prior --------------------------------------------------------------
+def test_patch_similarity_entropy_rewards_diverse_patches():
+    from genie_hub.synthesis.patch_similarity import similarity_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    diverse = torch.randn(4, 16, 8, generator=generator)
+    collapsed = torch.ones(4, 16, 8) + 0.01 * torch.randn(4, 16, 8, generator=generator)
+    assert similarity_entropy(diverse) > similarity_entropy(collapsed) + 1
+    diverse.requires_grad_(True)
+    similarity_entropy(diverse).backward()
+    assert torch.isfinite(diverse.grad).all() and diverse.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family, blocks", [
+    ("vit", ["vit.layers.0", "vit.layers.1"]),
+    ("swin", ["swin.encoder.layers.0.blocks.0", "swin.encoder.layers.1.blocks.0"]),
+    ("convnext", ["convnext.encoder.stages.0.layers.0", "convnext.encoder.stages.1.layers.0"]),
+])
+def test_auto_picks_patch_similarity_for_models_without_batchnorm(family, blocks):
+    from genie_hub.synthesis import select_prior
+
+    prior = select_prior(tiny_model(family))
+    assert prior.name == "patch-similarity" and prior.blocks == blocks
+    assert select_prior(tiny_model("resnet-basic")).name == "bn-statistics"  # BN models keep Genie's prior
+
+
+def test_patch_similarity_synthesis_lowers_its_loss():
+    from genie_hub.synthesis import synthesize
+
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=12)
+    calibration = synthesize(tiny_model("vit"), config, progress=False)
+    stats = calibration.batch_stats[0]
+    assert calibration.prior == "patch-similarity" and calibration.pixel_values.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert stats.final_prior_loss < stats.initial_prior_loss
+
+
+@pytest.mark.parametrize("family", TRANSFORMER_FAMILIES)
+def test_cli_zero_shot_quantizes_saves_and_reloads(family, tmp_path):
+    save_tiny_model(tmp_path / "base", family)
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-w", "4", "-a", "8", "--num-samples", "4",
+                 "--batch-size", "4", "--synthesis-iterations", "3", *TINY]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["zero_shot"] is True and run["synthetic"]["prior"] == "patch-similarity"
+    for card in (out / "model" / "README.md", out / "dataset" / "README.md"):
+        text = card.read_text()
+        assert "`patch-similarity`" in text and "patch-to-patch feature similarities" in text
+        assert "BatchNorm input statistics match" not in text
+    _reload_matches(out / "model")

@@ -1,17 +1,22 @@
 """Genie-D: zero-shot calibration data distilled from the model itself.
 
 `synthesize(model, config)` -> `Calibration`. Priors (what the images must satisfy) are registered in
-`prior.py`: "bn-statistics" (`bn_stats.py`) is Genie's. Image parameterizations are in `generator.py`.
+`prior.py`, in the order "auto" tries them: "bn-statistics" (`bn_stats.py`) is Genie's, for CNNs with
+BatchNorm; "patch-similarity" (`patch_similarity.py`, PSAQ-ViT's) for models without BatchNorm (ViT, DeiT,
+Swin, ConvNeXt). Image parameterizations are in `generator.py`.
 """
 
 from .bn_stats import BatchNormPrior, batchnorm_layers, bn_statistics_loss, measure_bn_loss, require_batchnorm
 from .generator import DirectPixels, Generator, image_source
 from .loop import ShardStore, synthesize, synthesize_batch
-from .prior import SynthesisPrior, prior_names, register_prior, select_prior
+from .patch_similarity import PatchSimilarityPrior
+from .prior import SynthesisPrior, describe_prior, prior_names, register_prior, select_prior
 from .swing import swing_convolutions
 
 register_prior(BatchNormPrior)
+register_prior(PatchSimilarityPrior)
 
-__all__ = ["BatchNormPrior", "DirectPixels", "Generator", "ShardStore", "SynthesisPrior", "batchnorm_layers",
-           "bn_statistics_loss", "image_source", "measure_bn_loss", "prior_names", "register_prior",
-           "require_batchnorm", "select_prior", "swing_convolutions", "synthesize", "synthesize_batch"]
+__all__ = ["BatchNormPrior", "DirectPixels", "Generator", "PatchSimilarityPrior", "ShardStore", "SynthesisPrior",
+           "batchnorm_layers", "bn_statistics_loss", "describe_prior", "image_source", "measure_bn_loss",
+           "prior_names", "register_prior", "require_batchnorm", "select_prior", "swing_convolutions", "synthesize",
+           "synthesize_batch"]
