@@ -14,11 +14,7 @@ import torch
 from torch import nn
 
 from ..adapters import model_logits
-from ..errors import GenieError
-
-
-class UnsupportedModelError(GenieError):
-    """The model's own code does not run with genie_hub's quantized layers in place."""
+from ..errors import GenieError, UnsupportedModelError
 
 
 def quantized_forward_error(model: nn.Module, exc: Exception) -> UnsupportedModelError:
