@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import REPOSITORY_URL
 from .outputs import RunRecord
+from .synthesis.prior import describe_prior
 
 TEMPLATE_DIRS = [Path(__file__).resolve().parent / "_bundled" / "model_cards",
                  Path(__file__).resolve().parent.parent / "model_cards"]
@@ -131,6 +132,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=public_name(base), dataset_repo_id=dataset_repo_id,
         weight_bits=config["weight_bits"], act_bits=config["act_bits"], zero_shot=run.zero_shot,
         calibration_source=public_name(run.calibration_source), num_samples=config["num_samples"],
+        prior=_prior(run), prior_description=describe_prior(_prior(run)),
         synthesis_iterations=config["synthesis_iterations"], synthesis_batch_size=config["synthesis_batch_size"],
         reconstruction_steps=config["reconstruction_steps"],
         reconstruction_batch_size=config["reconstruction_batch_size"], seed=config["seed"],
@@ -171,6 +173,11 @@ def _dataset_metadata(card_data, summary: dict) -> None:
                     ).to_dataset_card_data(card_data)
 
 
+def _prior(run: RunRecord) -> str:
+    """The synthesis prior that made a zero-shot run's images (records from before priors were named: BN)."""
+    return (run.synthetic or {}).get("prior") or "bn-statistics"
+
+
 def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None):
     """The synthetic calibration set's card, for the datasets repo `repo_id` (a zero-shot run's record).
 
@@ -195,7 +202,7 @@ def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None)
         repo_id=repo_id, shape=list(shape), shape_str=", ".join(str(s) for s in shape), num_samples=num_samples,
         synthesis_batch_size=config["synthesis_batch_size"], synthesis_iterations=config["synthesis_iterations"],
         latent_dim=config["latent_dim"], lr_latent=config["lr_latent"], lr_generator=config["lr_generator"],
-        seed=config["seed"], prior=run.synthetic.get("prior") or "bn-statistics",
+        seed=config["seed"], prior=_prior(run), prior_description=describe_prior(_prior(run)),
         loss_summary=run.synthetic["loss_summary"], command=public_command(run.command),
         repository_url=REPOSITORY_URL, storage=storage,
         download_size=_size_text(summary["download_size"]) if summary else None)

@@ -95,7 +95,8 @@ class GenieConfig:
         "directly (the ZeroQ-style baseline)", choices=SYNTHESIS_METHODS))
     synthesis_prior: str = field(default="auto", metadata=option(
         "--synthesis-prior", "what synthetic images must satisfy; auto picks the first prior that applies to the "
-        "model (bn-statistics for BatchNorm models)"))
+        "model (bn-statistics for BatchNorm models, patch-similarity for models without BatchNorm: ViT, DeiT, "
+        "Swin, ConvNeXt)"))
     reconstruction_steps: int = field(default=20000, metadata=option("--reconstruction-steps",
                                                                      "Genie-M optimization steps per unit"))
     reconstruction_batch_size: int = 32

@@ -17,6 +17,11 @@ class NoBatchNormError(GenieError):
     """Zero-shot synthesis was asked of a model that has no BatchNorm statistics to match."""
 
 
+class UnsupportedModelError(GenieError):
+    """The model's own code does not run with genie_hub's quantized layers in place (it reads something a
+    quantized layer does not provide); raised before any long compute, naming what is missing."""
+
+
 class ConfigError(GenieError, ValueError):
     """An invalid setting, e.g. a bit-width outside 2..8."""
 

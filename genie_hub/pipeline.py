@@ -76,6 +76,10 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         fp_model, processor = load_model(model, revision=revision)
     check_overrides(fp_model, config)
     spec = input_spec(fp_model, processor)
+    from .quantization import check_quantizable
+
+    probe = torch.randn(2, *spec.shape, generator=torch.Generator().manual_seed(0))  # no global RNG draw
+    check_quantizable(fp_model, config, probe)  # a model genie_hub cannot quantize fails here, before compute
     evalset = _open_evaluation(evaluate, model, fp_model, eval_image_column, eval_label_column, eval_unlabelled)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import load_calibration_images

@@ -85,13 +85,16 @@ def test_unknown_model_is_one_clear_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_model_without_batchnorm_is_refused_before_any_work(tmp_path, capsys):
+def test_a_prior_that_does_not_apply_is_refused_before_any_work(tmp_path, capsys):
     from transformers import ConvNextConfig, ConvNextForImageClassification
 
     ConvNextForImageClassification(ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1],
                                                   num_labels=3)).save_pretrained(tmp_path / "convnext")
-    assert main(["quantize", str(tmp_path / "convnext"), "-o", str(tmp_path / "o"), *TINY]) == 1
-    assert "--few-shot" in capsys.readouterr().err
+    assert main(["quantize", str(tmp_path / "convnext"), "-o", str(tmp_path / "o"), "--synthesis-prior",
+                 "bn-statistics", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "does not apply" in err and "few-shot" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_push_without_token_refuses_before_synthesis(tmp_path):

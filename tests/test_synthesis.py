@@ -14,7 +14,7 @@ import torch
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
 from genie_hub.config import GenieConfig
-from genie_hub.errors import NoBatchNormError
+from genie_hub.errors import ConfigError, NoBatchNormError
 from genie_hub.loading import input_spec
 from genie_hub.adapters import InputSpec
 from genie_hub.synthesis import (Generator, PixelTarget, ShardStore, input_prior_loss, pixel_target,
@@ -121,11 +121,16 @@ def test_same_seed_same_images_other_seed_other_images():
     assert not torch.equal(first.pixel_values, other.pixel_values)
 
 
-def test_model_without_batchnorm_points_to_few_shot():
-    config = ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3, image_size=32)
-    model = ConvNextForImageClassification(config).eval()
+def test_model_without_batchnorm_or_blocks_points_to_few_shot():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    model(torch.randn(1, 3, 32, 32))
     with pytest.raises(NoBatchNormError, match="few-shot"):
         synthesize(model, GenieConfig.from_profile("quick", num_samples=2, synthesis_batch_size=2), progress=False)
+    config = ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3, image_size=32)
+    with pytest.raises(ConfigError, match="does not apply"):  # a LayerNorm CNN: BN statistics are not its prior
+        synthesize(ConvNextForImageClassification(config).eval(),
+                   GenieConfig.from_profile("quick", num_samples=2, synthesis_batch_size=2,
+                                            synthesis_prior="bn-statistics"), progress=False)
 
 
 def test_shards_are_reused_and_checked(tmp_path):
@@ -138,8 +143,6 @@ def test_shards_are_reused_and_checked(tmp_path):
     assert torch.equal(again.pixel_values, calibration.pixel_values)
     assert again.batch_stats == calibration.batch_stats  # the losses of resumed batches come from the shards
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("batch_*.safetensors")}
-    from genie_hub.errors import ConfigError
-
     with pytest.raises(ConfigError, match="different settings"):
         synthesize(model, GenieConfig.from_profile("quick", num_samples=6, synthesis_batch_size=3,
                                                    synthesis_iterations=4), output_dir=tmp_path, progress=False)

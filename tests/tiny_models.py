@@ -8,9 +8,11 @@ statistics that synthesis actually has to work for (and that real-looking inputs
 from __future__ import annotations
 
 import torch
-from transformers import (EfficientNetConfig, EfficientNetForImageClassification, MobileNetV1Config,
+from transformers import (ConvNextConfig, ConvNextForImageClassification, DeiTConfig, DeiTForImageClassification,
+                          EfficientNetConfig, EfficientNetForImageClassification, MobileNetV1Config,
                           MobileNetV1ForImageClassification, MobileNetV2Config, MobileNetV2ForImageClassification,
-                          RegNetConfig, RegNetForImageClassification, ResNetConfig, ResNetForImageClassification)
+                          RegNetConfig, RegNetForImageClassification, ResNetConfig, ResNetForImageClassification,
+                          SwinConfig, SwinForImageClassification, ViTConfig, ViTForImageClassification)
 
 IMAGE_SIZE = 32
 NUM_LABELS = 5
@@ -34,10 +36,24 @@ def _config(family: str, channels: int):
     if family == "efficientnet":
         return EfficientNetForImageClassification, EfficientNetConfig(
             width_coefficient=0.25, depth_coefficient=0.5, hidden_dim=320, **common)
+    vit_like = dict(patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    if family == "vit":
+        return ViTForImageClassification, ViTConfig(**vit_like, **common)
+    if family == "deit":
+        return DeiTForImageClassification, DeiTConfig(**vit_like, **common)
+    if family == "swin":
+        return SwinForImageClassification, SwinConfig(patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[2, 2],
+                                                      window_size=4, **common)
+    if family == "convnext":
+        return ConvNextForImageClassification, ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1],
+                                                              **common)
     raise ValueError(family)
 
 
 FAMILIES = ["resnet-basic", "resnet-bottleneck", "regnet", "mobilenet-v1", "mobilenet-v2", "efficientnet"]
+"""CNNs with BatchNorm."""
+TRANSFORMER_FAMILIES = ["vit", "deit", "swin", "convnext"]
+"""Hub classifiers without BatchNorm (LayerNorm): ViT, DeiT, Swin (attention) and ConvNeXt (a LayerNorm CNN)."""
 
 
 def structured_images(count: int, channels: int, generator: torch.Generator) -> torch.Tensor:

@@ -95,7 +95,12 @@ class TransformersAdapter(ModelAdapter):
         return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
 
     def save(self, model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
-        type(model).save_pretrained(model, directory, **kwargs)  # the class method: no instance-level wrapper
+        # The class method (no instance-level wrapper). Keys are written as the model names its modules
+        # (`save_original_format=False`): transformers would otherwise map them back to an older layout for some
+        # families (Swin's `attention.q_proj` -> `attention.self.query`), and the quantized layers' names in
+        # `quantization_config` would no longer match the file. Loading such keys needs no renaming.
+        kwargs.setdefault("save_original_format", False)
+        type(model).save_pretrained(model, directory, **kwargs)
 
     def load_error(self, name: str, exc: Exception) -> Exception:
         from huggingface_hub import is_offline_mode

@@ -20,6 +20,7 @@ from ..calibration import Calibration
 from ..config import GenieConfig
 from ..reproducibility import model_fingerprint
 from .blocks import Unit, discover_units
+from .compat import UnsupportedModelError, check_quantizable
 from .format import LayerSpec, StoredTensor, stored_tensors
 from .layers import QUANTIZED_TYPES, QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .prepare import prepare_model, quantized_ops, resolve_bits
@@ -58,6 +59,7 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
         logger.warning("The calibration images have no variance (every image is one constant value): activation "
                        "ranges and reconstruction learned from them will not fit real inputs. Check the "
                        "calibration source (synthesis losses, the few-shot folder or dataset).")
+    check_quantizable(model, config, pixel_values[:2], range_init)  # a clear message, not a traceback later
     q_model, units, op_names = prepare_model(model, config, pixel_values[:2], range_init)
     fingerprint = {"config": {k: v for k, v in config.to_dict().items() if k != "mixed_precision"},
                    "range_init": range_init, "model": model_fingerprint(model),
@@ -75,5 +77,6 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
 
 __all__ = ["ActQuantizer", "LayerSpec", "QUANTIZED_TYPES", "QuantConv2d", "QuantLinear", "QuantShortcut",
            "QuantizationResult", "QuantizedOp", "ReconstructionState", "StoredTensor", "Unit", "UnitReport",
+           "UnsupportedModelError", "check_quantizable",
            "WeightQuantizer", "discover_units", "prepare_model", "quantize", "quantized_ops", "reconstruct",
            "resolve_bits", "stored_tensors"]

@@ -167,6 +167,15 @@ class QuantizedOp(nn.Module):
             self._weight_cache = (key, weight.view(self.weight_shape_tuple))
         return self._weight_cache[1]
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized weight, read-only: model code reads `module.weight` (e.g. transformers' ViT embeddings
+        take its dtype). A plain attribute computed from the stored tensors, never a Parameter or a buffer, so it
+        is not in the state dict and a checkpoint never holds `<name>.weight`."""
+        if not self.has_weight:
+            raise AttributeError(f"{type(self).__name__} has no weight")
+        return self.quantized_weight()
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_bits is None:
             return x

@@ -51,6 +51,8 @@ class BatchNormPrior(SynthesisPrior):
     """Genie-D's prior: the input statistics of every BatchNorm2d match its running statistics."""
 
     name = "bn-statistics"
+    description = ("the model's own BatchNorm statistics (Genie-D: the input mean/std of every BatchNorm layer "
+                   "matches its running statistics)")
 
     def __init__(self, model: nn.Module):
         super().__init__(model)

@@ -24,9 +24,11 @@ def zero_non_finite(grad: torch.Tensor) -> torch.Tensor:
 
 
 class SynthesisPrior:
-    """Base class. Subclasses set `name`, implement `applies_to` and `terms_hooks`."""
+    """Base class. Subclasses set `name` and `description` (one phrase, for cards), implement `applies_to` and
+    `attached`."""
 
     name = ""
+    description = ""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -60,10 +62,11 @@ _PRIORS: dict[str, type[SynthesisPrior]] = {}
 
 def no_prior_error(model: nn.Module) -> NoBatchNormError:
     return NoBatchNormError(
-        f"{type(model).__name__} has no BatchNorm2d layers with running statistics, so zero-shot synthesis has "
-        "nothing to match (Genie-D distils images from BatchNorm statistics; models such as ViT, ConvNeXt or "
-        "Swin use LayerNorm). Use few-shot mode instead and calibrate on real images: "
-        "`genie_hub quantize MODEL --few-shot DATASET` or `quantize(model, calibration_images, config)`.")
+        f"{type(model).__name__} has no BatchNorm2d layers with running statistics and no repeated blocks "
+        "(transformer layers: elements of a ModuleList each holding two or more Conv2d/Linear layers), so no "
+        f"zero-shot synthesis prior applies (registered: {', '.join(_PRIORS) or 'none'}). Use few-shot mode "
+        "instead and calibrate on real images: `genie_hub quantize MODEL --few-shot DATASET` or "
+        "`quantize(model, calibration_images, config)`.")
 
 
 def register_prior(prior: type[SynthesisPrior]) -> type[SynthesisPrior]:
@@ -73,6 +76,12 @@ def register_prior(prior: type[SynthesisPrior]) -> type[SynthesisPrior]:
 
 def prior_names() -> list[str]:
     return list(_PRIORS)
+
+
+def describe_prior(name: str | None) -> str:
+    """The registered prior's one-phrase description (for cards); the name itself if it is unknown."""
+    prior = _PRIORS.get(name or "")
+    return prior.description if prior is not None and prior.description else str(name)
 
 
 def select_prior(model: nn.Module, name: str = "auto") -> SynthesisPrior:

@@ -1,0 +1,191 @@
+"""Hub classifiers without BatchNorm (ViT, DeiT, Swin, ConvNeXt): quantized ops stand in for the modules they
+replace, reconstruction units are the transformer layers, and the CLI quantizes, saves and reloads them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from genie_hub import GenieConfig, quantize, save_quantized
+from genie_hub.adapters import model_logits
+from genie_hub.checkpoint import from_pretrained
+from genie_hub.cli import main
+from genie_hub.quantization import QuantConv2d, QuantLinear, discover_units, quantized_ops
+from genie_hub.quantization.format import FORBIDDEN_SUFFIX
+from tiny_models import IMAGE_SIZE, TRANSFORMER_FAMILIES, save_tiny_model, structured_images, tiny_model
+
+TINY = ["--profile", "quick", "--reconstruction-steps", "3", "-q", "--eval-dataset", "none"]
+
+
+def calibration(count: int, seed: int = 0) -> torch.Tensor:
+    return structured_images(count, 3, torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.RandomState(0)
+    for i in range(8):
+        Image.fromarray(rng.randint(0, 256, (40, 36, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _reload_matches(model_dir: Path) -> None:
+    """from_pretrained and pipeline load the same model: identical logits on the same input."""
+    from transformers import AutoModelForImageClassification, pipeline
+
+    x = calibration(3, seed=5)
+    loaded = AutoModelForImageClassification.from_pretrained(model_dir)
+    classifier = pipeline("image-classification", model=str(model_dir))
+    assert isinstance(classifier.model.get_submodule(_first_quantized(loaded)), (QuantConv2d, QuantLinear))
+    with torch.no_grad():
+        a, b = loaded(pixel_values=x).logits, classifier.model(pixel_values=x).logits
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def _first_quantized(model: nn.Module) -> str:
+    return next(iter(quantized_ops(model)))
+
+
+# ---- quantized ops stand in for nn.Conv2d / nn.Linear ----------------------------------------------------
+def test_quantized_ops_expose_the_attributes_model_code_reads():
+    conv, linear = nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Linear(6, 5)
+    config = GenieConfig.from_profile("quick", reconstruction_steps=0)
+    seq = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), linear)
+    result = quantize(seq, torch.randn(4, 3, 8, 8), config, progress=False)
+    q_conv, q_linear = result.model[0], result.model[6]
+    assert isinstance(q_conv, QuantConv2d) and isinstance(q_linear, QuantLinear)
+    for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
+        assert getattr(q_conv, name) == getattr(conv, name), name
+    assert (q_linear.in_features, q_linear.out_features) == (6, 5)
+    for op in (q_conv, q_linear):
+        # .weight: the dequantized weight, a plain tensor (not a Parameter, not saved), read-only.
+        assert type(op.weight) is torch.Tensor and op.weight.dtype == torch.float32
+        assert torch.equal(op.weight, op.quantized_weight())
+        assert "weight" not in op.state_dict() and not any(k.endswith("." + FORBIDDEN_SUFFIX)
+                                                           for k in result.model.state_dict())
+        with pytest.raises(AttributeError):
+            op.weight = torch.zeros(1)
+
+
+class _ReadsLinearInternals(nn.Module):
+    """Model code that reads an attribute quantized ops do not have (`weight_g`, as weight-norm models do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)) * self.fc.weight_g)
+
+
+def test_a_model_that_reads_more_than_quantized_ops_provide_gets_one_clear_message():
+    from genie_hub.quantization import UnsupportedModelError
+
+    model = _ReadsLinearInternals()
+    model.fc.weight_g = nn.Parameter(torch.ones(()))
+    with pytest.raises(UnsupportedModelError, match=r"reads `weight_g` from a quantized layer.*QuantLinear"):
+        quantize(model, torch.randn(4, 3, 8, 8), GenieConfig.from_profile("quick", reconstruction_steps=0),
+                 progress=False)
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("vit", ["vit.embeddings.patch_embeddings.projection", "vit.layers.0", "vit.layers.1", "classifier"]),
+    ("deit", ["deit.embeddings.patch_embeddings.projection", "deit.layers.0", "deit.layers.1", "classifier"]),
+    ("swin", ["swin.embeddings.patch_embeddings.projection", "swin.encoder.layers.0.blocks.0",
+              "swin.encoder.layers.0.downsample.reduction", "swin.encoder.layers.1.blocks.0", "classifier"]),
+    ("convnext", ["convnext.embeddings.patch_embeddings", "convnext.encoder.stages.0.layers.0",
+                  "convnext.encoder.stages.1.downsampling_layer.1", "convnext.encoder.stages.1.layers.0",
+                  "classifier"]),
+])
+def test_units_are_the_transformer_layers(family, expected):
+    model = tiny_model(family)
+    units = discover_units(model, calibration(2))
+    assert [u.name for u in units] == expected
+    ops = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    covered = [op for unit in units for op in unit.ops]
+    assert sorted(covered) == sorted(ops) and len(covered) == len(set(covered))
+
+
+@pytest.mark.parametrize("family", TRANSFORMER_FAMILIES)
+def test_api_quantize_save_reload_is_exact(family, tmp_path):
+    model = tiny_model(family)
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=8, reconstruction_steps=4)
+    result = quantize(model, calibration(8), config, progress=False)
+    assert all(spec.type in ("QuantConv2d", "QuantLinear") for spec in result.layers.values())
+    assert len(result.layers) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    save_quantized(result, tmp_path / "q")
+    x = calibration(3, seed=7)
+    with torch.no_grad():
+        expected = model_logits(result.model, x)
+        assert torch.equal(model_logits(from_pretrained(tmp_path / "q"), x), expected)
+
+
+# ---- the CLI, end to end ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", TRANSFORMER_FAMILIES)
+def test_cli_few_shot_quantizes_saves_and_reloads(family, photos, tmp_path):
+    save_tiny_model(tmp_path / "base", family)
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-w", "4", "-a", "8", "--few-shot",
+                 str(photos), "--num-samples", "8", *TINY]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["zero_shot"] is False and len(run["unit_errors"]) == len(run["units"])
+    _reload_matches(out / "model")
+
+
+# ---- zero-shot: the patch-similarity prior --------------------------------------------------------------
+def test_patch_similarity_entropy_rewards_diverse_patches():
+    from genie_hub.synthesis.patch_similarity import similarity_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    diverse = torch.randn(4, 16, 8, generator=generator)
+    collapsed = torch.ones(4, 16, 8) + 0.01 * torch.randn(4, 16, 8, generator=generator)
+    assert similarity_entropy(diverse) > similarity_entropy(collapsed) + 1
+    diverse.requires_grad_(True)
+    similarity_entropy(diverse).backward()
+    assert torch.isfinite(diverse.grad).all() and diverse.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family, blocks", [
+    ("vit", ["vit.layers.0", "vit.layers.1"]),
+    ("swin", ["swin.encoder.layers.0.blocks.0", "swin.encoder.layers.1.blocks.0"]),
+    ("convnext", ["convnext.encoder.stages.0.layers.0", "convnext.encoder.stages.1.layers.0"]),
+])
+def test_auto_picks_patch_similarity_for_models_without_batchnorm(family, blocks):
+    from genie_hub.synthesis import select_prior
+
+    prior = select_prior(tiny_model(family))
+    assert prior.name == "patch-similarity" and prior.blocks == blocks
+    assert select_prior(tiny_model("resnet-basic")).name == "bn-statistics"  # BN models keep Genie's prior
+
+
+def test_patch_similarity_synthesis_lowers_its_loss():
+    from genie_hub.synthesis import synthesize
+
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=12)
+    calibration = synthesize(tiny_model("vit"), config, progress=False)
+    stats = calibration.batch_stats[0]
+    assert calibration.prior == "patch-similarity" and calibration.pixel_values.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert stats.final_prior_loss < stats.initial_prior_loss
+
+
+@pytest.mark.parametrize("family", TRANSFORMER_FAMILIES)
+def test_cli_zero_shot_quantizes_saves_and_reloads(family, tmp_path):
+    save_tiny_model(tmp_path / "base", family)
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-w", "4", "-a", "8", "--num-samples", "4",
+                 "--batch-size", "4", "--synthesis-iterations", "3", *TINY]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["zero_shot"] is True and run["synthetic"]["prior"] == "patch-similarity"
+    for card in (out / "model" / "README.md", out / "dataset" / "README.md"):
+        text = card.read_text()
+        assert "`patch-similarity`" in text and "patch-to-patch feature similarities" in text
+        assert "BatchNorm input statistics match" not in text
+    _reload_matches(out / "model")
