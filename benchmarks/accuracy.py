@@ -195,9 +195,11 @@ def render_markdown(results: dict) -> str:
         s = results.get("settings", {}).get("embedded", {})
         model = s.get("model", "embedded default model")
         lines += [f"## Fashion-MNIST: {s.get('architecture', 'ResNet')} ({model}), top-1 on the 10,000 test images", ""]
-        if s.get("ablate"):
-            lines += [f"Rows marked [reference ...] restore the reference's behaviour for: "
-                      + "; ".join(f"{name}: {ABLATIONS[name]}" for name in s["ablate"]), ""]
+        ablated = [name for name in ABLATIONS if any(name in r.get("variant", "") for r in emb)]
+        if ablated:
+            lines += ["Rows marked [reference ...] restore the reference's behaviour for: "
+                      + "; ".join(f"{name}: {ABLATIONS[name]}" for name in ablated)
+                      + " (one seed each: compare with the seed spread of the full rows).", ""]
         if s:
             lines += [f"Settings: profile `{s.get('profile')}`, {s.get('num_samples')} calibration images for "
                       f"noise/ZeroQ-style/Genie (synthesis batch {s.get('synthesis_batch_size')}, "

@@ -406,6 +406,9 @@ def test_a_run_that_failed_before_computing_anything_blocks_nothing(base, tmp_pa
 def test_push_refuses_the_format_1_layout(hub_server, tmp_path):
     out = build_output(tmp_path / "out")
     model_dir = out / "model"
+    old = Path(__file__).parent / "fixtures" / "format2-resnet-w4a4"  # uint8 zero points, as formats 1-2 stored them
+    for name in ("config.json", "genie_model.safetensors", "preprocessor_config.json"):
+        shutil.copy(old / name, model_dir / name)
     (model_dir / "genie_model.safetensors").rename(model_dir / "model.safetensors")
     config = json.loads((model_dir / "config.json").read_text())
     config["quantization_config"].update(format_version=1)

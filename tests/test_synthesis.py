@@ -60,8 +60,9 @@ def test_synthetic_pixels_live_where_the_processor_puts_real_pixels():
         for method in ("genie", "pixels"):
             images, _ = synthesize_batch(model, spec, 16, 0, dataclasses.replace(config, synthesis_method=method),
                                          progress=False)
-            std = images.transpose(0, 1).flatten(1).std(1)
-            assert torch.allclose(std, torch.tensor(target.std), rtol=0.15), (method, std, target)
+            std = images.transpose(0, 1).flatten(1).std(1)  # the generator places its output exactly; pixels
+            assert torch.allclose(std, torch.tensor(target.std), rtol=0.15 if method == "genie" else 0.25), \
+                (method, std, target)  # start there and drift a little in 3 steps of lr 0.1
     # The image prior pulls each image's statistics to the target, not to mean 0 / std 1.
     photos = torch.randn(4, 3, 8, 8) * torch.tensor(half.std).view(1, 3, 1, 1) + torch.tensor(half.mean).view(1, 3, 1, 1)
     assert input_prior_loss(photos, half) < 0.1 < input_prior_loss(photos)
