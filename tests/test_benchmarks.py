@@ -68,3 +68,18 @@ def test_merge(accuracy):
     assert len(merged["rows"]) == len(a["rows"]) + 1
     assert merged["notes"] == ["a note"]
     assert "Commands:" in accuracy.render_markdown(merged)
+
+
+def test_speed_projection_and_table():
+    spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT.with_name("speed.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    step = {"synthesis_step_s": 0.1, "reconstruction_step_s": 0.02}
+    # paper: 8 batches x 4000 iterations x 0.1 s + 20000 steps x 0.02 s
+    assert speed.projected(step, speed.PROFILES["paper"]) == pytest.approx(8 * 4000 * 0.1 + 20000 * 0.02)
+    results = {"command": "c", "machine": "m", "threads": 2, "started": "s", "baseline": "abc", "current": "def",
+               "repeats": 3, "rows": [{"model": "embedded", "version": "baseline", **step, "quick_min": 1.0,
+                                       "paper_h": 1.0}],
+               "speedups": {"embedded": {"synthesis": 2.5, "reconstruction": 1.25}}}
+    text = speed.render(results)
+    assert "| embedded | 2.50x | 1.25x |" in text and "Baseline `abc`" in text
