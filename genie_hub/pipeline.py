@@ -160,9 +160,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     run.save(layout.run_file)  # last: a folder with run.json is a finished run
     _print_summary(run, layout.root)
     if push:
-        from .hub import push_output
-
-        from .hub import describe_push
+        from .hub import describe_push, push_output
 
         pushed = push_output(layout.root, repo_id=repo_id, dataset_repo_id=dataset_repo_id, private=private,
                              token=token, revision=push_revision, create_pr=create_pr, commit_message=commit_message)

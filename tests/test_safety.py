@@ -164,7 +164,8 @@ CONV = "resnet.encoder.stages.0.layers.0.layer.1.convolution"
 
 
 @pytest.mark.parametrize("key,value", [("weight_scale", 0.0), ("weight_scale", -0.01), ("input_scale", 0.0),
-                                       ("input_scale", -1.0), ("input_scale", 1e30)])
+                                       ("input_scale", -1.0), ("input_scale", 1e30),
+                                       ("weight_zero_point", 2**24 + 1), ("weight_zero_point", -(2**30))])
 def test_scales_freeze_never_produces_are_refused(checkpoint, tmp_path, key, value):
     folder = _copy(checkpoint, tmp_path)
     edit_weights(folder, lambda t: t[f"{CONV}.{key}"].fill_(value))

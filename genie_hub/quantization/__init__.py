@@ -59,7 +59,9 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
         logger.warning("The calibration images have no variance (every image is one constant value): activation "
                        "ranges and reconstruction learned from them will not fit real inputs. Check the "
                        "calibration source (synthesis losses, the few-shot folder or dataset).")
-    check_quantizable(model, config, pixel_values[:2], range_init)  # a clear message, not a traceback later
+    # A clear message, not a traceback later. It runs a throwaway copy: a forward of the copy used below would
+    # calibrate its activation quantizers on these two probe images.
+    check_quantizable(model, config, pixel_values[:2], range_init)
     q_model, units, op_names = prepare_model(model, config, pixel_values[:2], range_init)
     fingerprint = {"config": {k: v for k, v in config.to_dict().items() if k != "mixed_precision"},
                    "range_init": range_init, "model": model_fingerprint(model),

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..adapters import logits_of
 from ..hooks import TemporaryHooks
 from .bn_stats import batchnorm_layers
 from .prior import SynthesisPrior
@@ -141,10 +142,8 @@ class PatchSimilarityPrior(SynthesisPrior):
                 self.terms.append(-similarity_entropy(tokens))
 
         def model_hook(module: nn.Module, args: tuple, output) -> None:
-            logits = getattr(output, "logits", output)
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
-            if isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] > 1:
+            logits = logits_of(output)
+            if logits.dim() == 2 and logits.shape[0] > 1:
                 self.terms.append(CONFIDENCE_WEIGHT * confidence_loss(logits))
 
         with TemporaryHooks() as hooks:
