@@ -15,6 +15,24 @@ import torch
 from .progress import progress_bar
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam over `params` (tensors, or param-group dicts as torch takes them), fused into one kernel per group
+    where torch has one for these tensors (float, CPU or CUDA).
+
+    The same update rule; the unfused version makes about ten passes over every parameter, which is most of a
+    synthesis step at 224 px (the generator's first layer alone has 100M weights) and a third of a
+    reconstruction step's elementwise work.
+    """
+    params = list(params)
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    if tensors and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors):
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        except (RuntimeError, TypeError):  # a torch without a fused kernel for this device
+            pass
+    return torch.optim.Adam(params, lr=lr)
+
+
 def optimize(steps: int, compute_loss: Callable[[int], torch.Tensor], optimizers: Sequence[torch.optim.Optimizer],
              schedulers: Sequence = (), *, on_diverged: Callable[[int, float], Exception],
              after_step: Callable[[int, torch.Tensor], None] | None = None, check_every: int = 50,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ from ..config import GenieConfig
 from ..errors import ConfigError, ReconstructionDivergedError
 from ..fileio import save_safetensors
 from ..hooks import TemporaryHooks
-from ..optimization import optimize
+from ..optimization import adam, optimize
 from ..progress import progress_bar
 from ..reproducibility import RECONSTRUCTION_SEED_OFFSET, batch_seed, seed_everything
 from .blocks import Unit, _first_tensor
@@ -128,14 +129,16 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
 
     steps = config.reconstruction_steps
     if steps > 0 and weight_quantizers + act_quantizers:
-        groups = [(p, lr) for p, lr in (([wq.step.log_step for wq in weight_quantizers], config.lr_weight_step),
-                                        ([aq.step.log_step for aq in act_quantizers], config.lr_act_step)) if p]
-        annealed = [torch.optim.Adam(params, lr=lr) for params, lr in groups]
-        schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.0) for opt in annealed]
-        rounding = torch.optim.Adam([wq.rounding for wq in weight_quantizers], lr=config.lr_rounding) \
-            if weight_quantizers else None
-        optimizers = annealed + ([rounding] if rounding else [])
-        params = [p for opt in optimizers for group in opt.param_groups for p in group["params"]]
+        # One optimizer: steps on a cosine schedule down to 0 (CosineAnnealingLR's closed form), rounding constant.
+        cosine, constant = (lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))), (lambda step: 1.0)
+        groups = [(params, lr, schedule) for params, lr, schedule in (
+            ([wq.step.log_step for wq in weight_quantizers], config.lr_weight_step, cosine),
+            ([aq.step.log_step for aq in act_quantizers], config.lr_act_step, cosine),
+            ([wq.rounding for wq in weight_quantizers], config.lr_rounding, constant)) if params]
+        optimizer = adam([{"params": params, "lr": lr} for params, lr, _ in groups], lr=groups[0][1])
+        optimizers = [optimizer]
+        schedulers = [torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule for _, _, schedule in groups])]
+        params = [p for params, _, _ in groups for p in params]
         for p in params:
             p.requires_grad_(True)
         for aq in act_quantizers:

@@ -24,7 +24,7 @@ from ..config import GenieConfig, make_accelerator
 from ..errors import ConfigError, GenieError
 from ..fileio import save_safetensors
 from ..loading import input_spec
-from ..optimization import optimize
+from ..optimization import adam, optimize
 from ..progress import progress_bar
 from ..reproducibility import batch_seed, model_fingerprint, seed_everything
 from .generator import image_source
@@ -46,11 +46,11 @@ def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_i
     target = pixel_target(spec)
     source = image_source(config.synthesis_method, batch_size, spec.channels, spec.height, spec.width,
                           config.latent_dim, device, target=target)
-    optimizers = [torch.optim.Adam(source.per_image, lr=config.lr_latent)]
+    optimizers = [adam(source.per_image, lr=config.lr_latent)]
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizers[0], factor=0.1, patience=100, min_lr=1e-4)
     schedulers = []
     if source.shared:
-        optimizers.append(torch.optim.Adam(source.shared, lr=config.lr_generator))
+        optimizers.append(adam(source.shared, lr=config.lr_generator))
         schedulers.append(torch.optim.lr_scheduler.StepLR(optimizers[1], step_size=100, gamma=0.95))
     autocast = autocast or contextlib.nullcontext
 
@@ -145,7 +145,13 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     `output_dir` is then required) and every process returns the full set.
     """
     config = config or GenieConfig()
-    spec = spec or input_spec(model, processor)
+    if spec is None:
+        spec = input_spec(model, processor)
+        if processor is None:  # the size then comes from the config alone, often its 224 px default
+            logger.warning(
+                "synthesize() got no processor and no spec, so the images are %dx%d (the model config's image_size) "
+                "and the pixel prior ignores the model's input normalization. Pass processor= (load_model returns "
+                "it) or spec= to synthesize images like the model's real inputs.", spec.height, spec.width)
     prior = select_prior(model, config.synthesis_prior)
     if accelerator is None:
         accelerator, config = make_accelerator(config)

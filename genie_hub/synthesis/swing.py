@@ -17,12 +17,49 @@ from torch.nn import functional as F
 from ..hooks import TemporaryHooks
 
 
-def swing(x: torch.Tensor, offset_h: int, offset_w: int) -> torch.Tensor:
-    """Reflect-pad by 1 and crop back to the input size at (offset_h, offset_w) in {0, 1, 2}."""
+def swing_reference(x: torch.Tensor, offset_h: int, offset_w: int) -> torch.Tensor:
+    """Reflect-pad by 1 and crop back to the input size at (offset_h, offset_w) in {0, 1, 2}: the definition."""
     height, width = x.shape[-2:]
     mode = "reflect" if min(height, width) > 1 else "replicate"
     padded = F.pad(x, (1, 1, 1, 1), mode=mode)
     return padded[..., offset_h:offset_h + height, offset_w:offset_w + width]
+
+
+class _ReflectShift(torch.autograd.Function):
+    """Shift by one along `dim` (shift -1: rows [1, 0, 1, ..., n-2]; +1: rows [1, ..., n-1, n-2]), reflecting at
+    the border; one copy forward and one backward. Autograd through pad + crop instead allocates and zero-fills
+    the padded size twice per backward, about a tenth of a 224 px synthesis step."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dim: int, shift: int) -> torch.Tensor:
+        ctx.dim, ctx.shift = dim, shift
+        n = x.shape[dim]
+        if shift < 0:
+            return torch.cat([x.narrow(dim, 1, 1), x.narrow(dim, 0, n - 1)], dim)
+        return torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 2, 1)], dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        dim, n = ctx.dim, grad.shape[ctx.dim]
+        zero = torch.zeros_like(grad.narrow(dim, 0, 1))
+        if ctx.shift < 0:  # x[0] fed out[1]; x[1] fed out[0] and out[2]; x[n-1] fed nothing
+            result = torch.cat([grad.narrow(dim, 1, n - 1), zero], dim)
+            result.narrow(dim, 1, 1).add_(grad.narrow(dim, 0, 1))
+        else:  # x[0] fed nothing; x[i] fed out[i-1]; x[n-2] also fed out[n-1]
+            result = torch.cat([zero, grad.narrow(dim, 0, n - 1)], dim)
+            result.narrow(dim, n - 2, 1).add_(grad.narrow(dim, n - 1, 1))
+        return result, None, None
+
+
+def swing(x: torch.Tensor, offset_h: int, offset_w: int) -> torch.Tensor:
+    """`swing_reference(x, offset_h, offset_w)`, computed as reflected one-pixel shifts (no padded copy; offset 1
+    on both axes is x itself). Maps one pixel high or wide (replicate padding there) take the definition."""
+    if min(x.shape[-2:]) <= 1:
+        return swing_reference(x, offset_h, offset_w)
+    for dim, offset in ((x.dim() - 2, offset_h), (x.dim() - 1, offset_w)):
+        if offset != 1:
+            x = _ReflectShift.apply(x, dim, offset - 1)
+    return x
 
 
 def strided_convs(model: nn.Module) -> list[nn.Conv2d]:
