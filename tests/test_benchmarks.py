@@ -83,3 +83,8 @@ def test_speed_projection_and_table():
                "speedups": {"embedded": {"synthesis": 2.5, "reconstruction": 1.25}}}
     text = speed.render(results)
     assert "| embedded | 2.50x | 1.25x |" in text and "Baseline `abc`" in text
+    assert "main job" not in text
+    results["main_job"] = {"runs": {"baseline": [{"wall_s": 80.0, "w4a4_top1": 92.1}],
+                                    "this checkout": [{"wall_s": 30.0, "w4a4_top1": 92.2}]}, "speedup": 80 / 30}
+    text = speed.render(results)
+    assert "| this checkout | 30.0 | 30.0 | 92.20 |" in text and "Main job speed-up (baseline / this): 2.67x" in text
