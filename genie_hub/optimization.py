@@ -15,21 +15,28 @@ import torch
 from .progress import progress_bar
 
 
+def fused_adam_supported(device: torch.device | str) -> bool:
+    """Whether this torch has a fused Adam kernel for float32 tensors on `device`."""
+    try:
+        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
 def adam(params, lr: float) -> torch.optim.Adam:
     """Adam over `params` (tensors, or param-group dicts as torch takes them), fused into one kernel per group
     where torch has one for these tensors (float, CPU or CUDA).
 
-    The same update rule; the unfused version makes about ten passes over every parameter, which is most of a
-    synthesis step at 224 px (the generator's first layer alone has 100M weights) and a third of a
-    reconstruction step's elementwise work.
+    The same update rule (up to float rounding: run.json records which kernel ran); the unfused version makes
+    about ten passes over every parameter, which is most of a synthesis step at 224 px (the generator's first
+    layer alone has 100M weights) and a third of a reconstruction step's elementwise work.
     """
     params = list(params)
     tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
-    if tensors and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors):
-        try:
-            return torch.optim.Adam(params, lr=lr, fused=True)
-        except (RuntimeError, TypeError):  # a torch without a fused kernel for this device
-            pass
+    if tensors and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors) \
+            and fused_adam_supported(tensors[0].device):
+        return torch.optim.Adam(params, lr=lr, fused=True)
     return torch.optim.Adam(params, lr=lr)
 
 

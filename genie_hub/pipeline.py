@@ -23,6 +23,7 @@ from .config import GenieConfig, make_accelerator
 from .errors import ConfigError, DataError
 from .evaluation import DatasetEvaluation, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, resolve_model_path
+from .optimization import fused_adam_supported
 from .outputs import OutputLayout, RunRecord, run_settings
 from .quantization.prepare import check_overrides
 
@@ -133,6 +134,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
         versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
         torch_threads=torch.get_num_threads(),
+        adam_fused=fused_adam_supported(accelerator.device),
         wall_seconds=round(time.time() - started, 1), settings=settings)
     from .cards import base_model_id as hub_base_of
 

@@ -201,3 +201,11 @@ def test_reconstruction_schedule_is_cosine_annealing_for_steps_and_constant_for_
         assert start[-1] == config.lr_rounding and end[-1] == config.lr_rounding  # rounding: constant
         for first, last in zip(start[:-1], end[:-1]):  # steps: annealed to 0 as CosineAnnealingLR does
             assert last == pytest.approx(first * reference.param_groups[0]["lr"], abs=1e-12)
+
+
+def test_adam_falls_back_to_the_plain_kernel_where_no_fused_one_exists(monkeypatch):
+    from genie_hub import optimization
+
+    monkeypatch.setattr(optimization, "fused_adam_supported", lambda device: False)
+    optimizer = optimization.adam([nn.Parameter(torch.zeros(3))], lr=0.1)
+    assert not optimizer.defaults.get("fused")

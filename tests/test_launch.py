@@ -107,6 +107,8 @@ def test_thread_count_is_recorded_in_run_json_and_the_card(tmp_path):
         assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", *TINY]) == 0
     finally:
         torch.set_num_threads(threads)
-    assert json.loads((out / "run.json").read_text())["torch_threads"] == 1
+    record = json.loads((out / "run.json").read_text())
+    assert record["torch_threads"] == 1
+    assert record["adam_fused"] is True  # this torch has a fused CPU Adam: the kernel that ran is recorded
     reproduce = ModelCard.load(out / "model" / "README.md").text.split("## Reproduce")[1]
     assert "torch used 1 CPU thread" in reproduce and "OMP_NUM_THREADS=1" in reproduce
