@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
