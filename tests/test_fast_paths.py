@@ -209,3 +209,28 @@ def test_adam_falls_back_to_the_plain_kernel_where_no_fused_one_exists(monkeypat
     monkeypatch.setattr(optimization, "fused_adam_supported", lambda device: False)
     optimizer = optimization.adam([nn.Parameter(torch.zeros(3))], lr=0.1)
     assert not optimizer.defaults.get("fused")
+
+
+@pytest.mark.parametrize("signed,keep_prob", [(False, 0.0), (False, 0.5), (True, 0.5), (True, 0.0)])
+def test_activation_quantizer_with_qdrop_matches_autograd_through_the_definition(signed, keep_prob):
+    from genie_hub.quantization.quantizers import ActQuantizer, qdrop_mix
+
+    torch.manual_seed(0)
+    quantizer = ActQuantizer(4, signed=signed)
+    x = torch.randn(4, 8, 5, 5) * 2
+    quantizer.calibrate(x)
+    x[0, 0, 0, 0] = quantizer.positive_step().item() * quantizer.bounds[1]  # exactly on the grid's upper bound
+    weight = torch.randn_like(x)
+    quantizer.qdrop_prob = keep_prob
+    results = []
+    for fast in (False, True):
+        quantizer.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_(True)
+        torch.manual_seed(5)  # the same QDrop mask for both
+        out = quantizer(leaf) if fast else qdrop_mix(quantizer.quantize(leaf), leaf, keep_prob)
+        (out * weight).sum().backward()
+        results.append((out.detach(), leaf.grad, quantizer.step.log_step.grad.clone()))
+    (out_ref, grad_ref, step_ref), (out, grad, step) = results
+    assert torch.equal(out, out_ref)
+    assert torch.allclose(grad, grad_ref, atol=1e-6)
+    assert torch.allclose(step, step_ref, rtol=1e-5) and step.abs() > 0

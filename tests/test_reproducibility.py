@@ -13,8 +13,8 @@ History of the pins (each change of them is deliberate and says why):
   (mean = std = 0.5), so their synthetic images move too. Benchmark rows that justify the change:
   benchmarks/results/accuracy_mobilenet_v2.md and accuracy_efficientnet.md.
 - issue 13 (speed): the generator's upsample+conv pairs run as transposed convs, the BN-statistics loss and the
-  soft-rounded weight have closed-form gradients, Adam is fused, and reconstruction uses one optimizer with
-  LambdaLR's closed-form cosine. The same functions up to float rounding (tests/test_fast_paths.py), so every
+  soft-rounded weight and the activation quantizer with QDrop have closed-form gradients, Adam is fused, and
+  reconstruction uses one optimizer with LambdaLR's closed-form cosine. The same functions up to float rounding (tests/test_fast_paths.py), so every
   byte moves; the main job's accuracy did not (92.16 % -> 92.13 % W4A4 top-1 on Fashion-MNIST, seed 0).
 
 Made with tests/pinned_run.py on this project's CPU machine with one thread. Float results depend on the
@@ -40,11 +40,11 @@ PINS = {
         "batch_00000.safetensors": "46a82e46675590a89b8ad51460aee55753f1802493fb9a9dacd1e20354d530ce",
         "batch_00001.safetensors": "5506597f005d4194c4c11ac5f91ca9f45548e795fbf8655bcf31cdb9cd3d9595"},
     ("mobilenet-v2", "4", "4", "0"): {
-        "genie_model.safetensors": "e9ec78a3cc749ee8583d72f701de440d997ea6781708b2aec38c9c17ef3e6eff",
+        "genie_model.safetensors": "3eefe56b3ee48376462743cc9b82e48dd6042806fe61d9674ee4844a64a0e3db",
         "batch_00000.safetensors": "dfda9e7bcfd407b450ba0c1ffeffa172d17bf5ea1291c2e6a992a9c24378aa46",
         "batch_00001.safetensors": "ad3ff19bf7e2772301ca4bbad5831cdb9ee7e4072b1d73421c3272f6b2bc3ae0"},
     ("regnet", "4", "8", "1"): {  # few-shot from a folder of 12 PNGs: no synthesis shards
-        "genie_model.safetensors": "de252243a78fac31216c607c248787418e3516a978748f4185c0caac4b263434"},
+        "genie_model.safetensors": "72438d84519d106b6ae5455239fc8cca19354559cdc37ac346672724e2d1f258"},
 }
 
 
