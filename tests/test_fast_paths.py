@@ -234,3 +234,19 @@ def test_activation_quantizer_with_qdrop_matches_autograd_through_the_definition
     assert torch.equal(out, out_ref)
     assert torch.allclose(grad, grad_ref, atol=1e-6)
     assert torch.allclose(step, step_ref, rtol=1e-5) and step.abs() > 0
+
+
+def test_activation_quantizer_without_grad_gives_the_same_output():
+    from genie_hub.quantization.quantizers import ActQuantizer
+
+    quantizer = ActQuantizer(4, signed=True)
+    x = torch.randn(2, 3, 4, 4)
+    quantizer.calibrate(x)
+    quantizer.qdrop_prob = 0.5
+    torch.manual_seed(1)
+    tracked = quantizer(x.clone().requires_grad_(True)).detach()
+    torch.manual_seed(1)
+    with torch.no_grad():  # evaluation path: no masks or step terms kept for a backward
+        untracked = quantizer(x)
+    assert torch.equal(tracked, untracked)
+    assert not torch.equal(untracked, x)

@@ -225,17 +225,19 @@ class _QuantizeWithQDrop(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, step, q_min: int, q_max: int, keep_prob: float):
+    def forward(ctx, x, step, q_min: int, q_max: int, keep_prob: float, grad_enabled: bool):
+        # needs_input_grad says True under torch.no_grad too: the caller's grad mode decides what to keep
         scaled = x / step
         rounded = scaled.clamp(q_min, q_max)
-        passes = rounded == scaled  # inside the grid
+        passes = (rounded == scaled) if grad_enabled else None  # inside the grid
         rounded.round_()
         out = rounded * step
-        d_step = rounded - scaled.mul_(passes) if ctx.needs_input_grad[1] else None
+        d_step = rounded - scaled.mul_(passes) if grad_enabled and ctx.needs_input_grad[1] else None
         if keep_prob > 0:
             keep = torch.rand_like(x) < keep_prob
             out = torch.where(keep, x, out)
-            passes |= keep
+            if passes is not None:
+                passes |= keep
             if d_step is not None:
                 d_step.masked_fill_(keep, 0)
         ctx.save_for_backward(passes, d_step)
@@ -250,7 +252,7 @@ class _QuantizeWithQDrop(torch.autograd.Function):
         if d_step is not None:
             grad_step = torch.dot(grad.flatten().float(), d_step.flatten().float())
             grad_step = grad_step.to(ctx.step_dtype).reshape(ctx.step_shape)
-        return grad_x, grad_step, None, None, None
+        return grad_x, grad_step, None, None, None, None
 
 
 class ActQuantizer(nn.Module):
@@ -298,7 +300,8 @@ class ActQuantizer(nn.Module):
         if self.shared and self._cache is not None and self._cache[0] is x and self._cache[1] == key:
             return self._cache[2]
         q_min, q_max = self.bounds
-        out = _QuantizeWithQDrop.apply(x, self.positive_step(), q_min, q_max, self.qdrop_prob)
+        out = _QuantizeWithQDrop.apply(x, self.positive_step(), q_min, q_max, self.qdrop_prob,
+                                       torch.is_grad_enabled())
         if self.shared:
             self._cache = (x, key, out)
         return out
