@@ -45,6 +45,10 @@ METHOD_LABELS = {
     "genie": "Genie (Genie-D + Genie-M), zero-shot",
     "fewshot": "Genie-M on real training images (few-shot)",
 }
+PRIOR_LABELS = {  # the same rows for a model without BatchNorm: its synthesis prior is patch-similarity
+    "zeroq": "Genie-M on pixels optimized for the patch-similarity prior (PSAQ-ViT-style, no generator)",
+    "genie": "Genie-D (generator + latents) with the patch-similarity prior + Genie-M, zero-shot",
+}
 EMBEDDED_ORDER = ["rtn", "noise", "zeroq", "genie", "fewshot"]
 EFFNET_ORDER = ["rtn", "genie"]
 
@@ -202,7 +206,7 @@ def render_markdown(results: dict) -> str:
                       + " (one seed each: compare with the seed spread of the full rows).", ""]
         if s:
             lines += [f"Settings: profile `{s.get('profile')}`, {s.get('num_samples')} calibration images for "
-                      f"noise/ZeroQ-style/Genie (synthesis batch {s.get('synthesis_batch_size')}, "
+                      f"noise/pixel-synthesis/Genie (synthesis batch {s.get('synthesis_batch_size')}, "
                       f"{s.get('synthesis_iterations')} synthesis iterations), {s.get('reconstruction_steps')} "
                       f"reconstruction steps per unit (batch {s.get('reconstruction_batch_size')}), few-shot row on "
                       f"{s.get('fewshot_samples')} real training images (seed-dependent subset); seeds {s.get('seeds')}; device "
@@ -213,13 +217,16 @@ def render_markdown(results: dict) -> str:
             delta = entry["delta_vs_fp32"]
             delta_s = "-" if entry["method"] == "fp32" or math.isnan(delta) else f"{delta * 100:+.2f}"
             wall = ", ".join(f"{w:.0f}" for w in entry["wall_s"])
-            label = METHOD_LABELS[entry["method"]] + (f" [{entry['variant']}]" if entry.get("variant") else "")
+            labels = PRIOR_LABELS if s.get("prior", "bn-statistics") != "bn-statistics" else {}
+            label = labels.get(entry["method"], METHOD_LABELS[entry["method"]]) + (
+                f" [{entry['variant']}]" if entry.get("variant") else "")
             lines.append(f"| {bits_tag(entry['bits'])} | {label} | {fmt_pm(entry['top1'])} "
                          f"| {delta_s} | {', '.join('-' if x is None else str(x) for x in entry['seeds'])} | {wall} |")
         synth = [r for r in results.get("synthesis", []) if r["part"] == "embedded"]
         if synth:
             lines += ["", "Synthesis (shared by all bit settings of a seed):", "",
-                      "| Seed | Method | Images | Wall time (s) | Final BN-statistics loss (per batch) |", "|---|---|---|---|---|"]
+                      f"| Seed | Method | Images | Wall time (s) | Final {s.get('prior', 'bn-statistics')} loss (per batch) |",
+                      "|---|---|---|---|---|"]
             for r in synth:
                 losses = ", ".join(f"{x:.3g}" for x in r.get("final_bn_loss", []))
                 lines.append(f"| {r['seed']} | {r['method']} | {r['num_images']} | {r['wall_s']:.0f} | {losses} |")
@@ -365,6 +372,7 @@ class Runner:
         from genie_hub.data import fashion_mnist_pixel_values, load_calibration_images, load_fashion_mnist
         from genie_hub.evaluation import evaluate_top1
         from genie_hub.loading import input_spec, load_model
+        from genie_hub.synthesis import select_prior
 
         args = self.args
         model, processor = load_model(args.fmnist_model)
@@ -387,6 +395,7 @@ class Runner:
             "seeds": args.seeds, "bits": [list(b) for b in args.bits], "device": str(self.device),
             "input_spec": spec.to_dict(), "num_test_images": int(test_x.shape[0]),
             "model": args.fmnist_model or "embedded default model", "architecture": type(model).__name__,
+            "prior": select_prior(model).name,
             "ablate": list(args.ablate),
             "config_example": probe.to_dict(),
         }

@@ -3,6 +3,9 @@
     python benchmarks/train_default_model.py [--epochs N] [--output DIR] [--threads T]
     python benchmarks/train_default_model.py --family regnet --output genie_hub/assets/fashion-mnist-regnet \
         --results benchmarks/results/fashion_mnist_regnet_training.json      # the zoo's other families
+    python benchmarks/train_default_model.py --family vit --optimizer adamw --lr 2e-3 --weight-decay 0.05 \
+        --hidden-sizes 64 --depths 4 --epochs 10 --output benchmarks/models/fashion-mnist-vit \
+        --results benchmarks/results/fashion_mnist_vit_training.json         # BN-free models for accuracy.py
 
 Writes model.safetensors + config.json + preprocessor_config.json to genie_hub/assets/fashion-mnist-resnet/
 (the folder genie_hub.loading.DEFAULT_MODEL_DIR points at) and records the command, time, test top-1 and
@@ -41,13 +44,14 @@ from genie_hub.loading import DEFAULT_MODEL_DIR, input_spec  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "default_model_training.json"
 
 
-FAMILIES = ("resnet", "regnet", "mobilenet-v2")
+FAMILIES = ("resnet", "regnet", "mobilenet-v2", "vit", "convnext")
 
 
 def build_model(embedding_size: int, hidden_sizes: list[int], depths: list[int], family: str = "resnet"):
     """A stock transformers classifier of `family` for 1-channel 28 px inputs (no custom code)."""
-    from transformers import (MobileNetV2Config, MobileNetV2ForImageClassification, RegNetConfig,
-                              RegNetForImageClassification, ResNetConfig, ResNetForImageClassification)
+    from transformers import (ConvNextConfig, ConvNextForImageClassification, MobileNetV2Config,
+                              MobileNetV2ForImageClassification, RegNetConfig, RegNetForImageClassification, ResNetConfig,
+                              ResNetForImageClassification, ViTConfig, ViTForImageClassification)
 
     labels = dict(id2label={i: name for i, name in enumerate(FASHION_MNIST_LABELS)},
                   label2id={name: i for i, name in enumerate(FASHION_MNIST_LABELS)})
@@ -58,6 +62,14 @@ def build_model(embedding_size: int, hidden_sizes: list[int], depths: list[int],
     if family == "mobilenet-v2":
         return MobileNetV2ForImageClassification(MobileNetV2Config(
             num_channels=1, image_size=28, depth_multiplier=0.5, **labels))
+    if family == "vit":  # 7x7 patches of 4 px + [CLS]; LayerNorm, no BatchNorm
+        return ViTForImageClassification(ViTConfig(
+            num_channels=1, image_size=28, patch_size=4, hidden_size=hidden_sizes[-1], num_hidden_layers=sum(depths),
+            num_attention_heads=4, intermediate_size=2 * hidden_sizes[-1], **labels))
+    if family == "convnext":  # a 2 px patchify stem, then stages at 14, 7 and 3 px
+        return ConvNextForImageClassification(ConvNextConfig(
+            num_channels=1, image_size=28, patch_size=2, num_stages=len(hidden_sizes), hidden_sizes=list(hidden_sizes),
+            depths=list(depths), **labels))
     config = ResNetConfig(
         num_channels=1,
         embedding_size=embedding_size,
@@ -119,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--family", choices=FAMILIES, default="resnet",
                         help="architecture (default resnet: the embedded model); embedding/hidden sizes and depths "
-                             "apply to resnet and regnet")
+                             "apply to resnet and regnet; hidden sizes and depths to convnext; for vit the last "
+                             "hidden size is the width and the depths sum to the number of layers")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                        help="sgd (Nesterov momentum 0.9; the CNNs) or adamw (the transformer families)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -142,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=args.lr, momentum=0.9, nesterov=True)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=args.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = math.ceil(train_x.shape[0] / args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,
@@ -256,7 +273,7 @@ classifier = pipeline("image-classification", model="{repo_id}")
 
 ## Training
 
-{args["epochs"]} epochs of SGD (batch {args["batch_size"]}, one-cycle learning rate up to {args["lr"]}, weight decay
+{args["epochs"]} epochs of {"AdamW" if args.get("optimizer") == "adamw" else "SGD"} (batch {args["batch_size"]}, one-cycle learning rate up to {args["lr"]}, weight decay
 {args["weight_decay"]}, random {args["pad"]}-pixel shifts), seed {args["seed"]}, {args["threads"]} CPU thread(s):
 {record["train_seconds"] / 60:.1f} min on {record["machine"]} with torch {record["torch"]}. Inputs are normalized
 with mean {record["input_spec"]["mean"]} and std {record["input_spec"]["std"]}.

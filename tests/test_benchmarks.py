@@ -88,3 +88,34 @@ def test_speed_projection_and_table():
                                     "this checkout": [{"wall_s": 30.0, "w4a4_top1": 92.2}]}, "speedup": 80 / 30}
     text = speed.render(results)
     assert "| this checkout | 30.0 | 30.0 | 92.20 |" in text and "Main job speed-up (baseline / this): 2.67x" in text
+
+
+def test_markdown_names_the_prior_of_a_model_without_batchnorm(accuracy):
+    def results(prior=None):
+        results = _results()
+        results["rows"].append({"part": "embedded", "method": "zeroq", "bits": [4, 4], "seed": 0, "top1": 0.9,
+                                "wall_s": 1.0})
+        if prior:
+            results["settings"]["embedded"]["prior"] = prior
+        return results
+
+    text = accuracy.render_markdown(results("patch-similarity"))
+    assert "PSAQ-ViT-style" in text and "BN-distilled" not in text and "Final patch-similarity loss" in text
+    assert "patch-similarity prior + Genie-M, zero-shot" in text
+    assert "BN-distilled" in accuracy.render_markdown(results())  # BN models keep the ZeroQ-style label
+
+
+def test_vit_base_check_runs_on_a_tiny_vit(tmp_path):
+    import subprocess
+    import sys
+
+    script = SCRIPT.parent / "vit_base_check.py"
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--steps", "1", "--unit-steps", "2", "--threads", "1",
+                           "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())
+    assert rows["synthesis_prior"] == "patch-similarity" and rows["unit"] == "vit.layers.0"
+    assert "vit.layers.0.attention.quantized_matmul" in rows["unit_ops"]
+    assert rows["synthesis_step_s"] > 0 and rows["reconstruction_step_s"] > 0 and rows["peak_rss_gib"] > 0
+    assert "| synthesis (patch-similarity prior" in out.with_suffix(".md").read_text()

@@ -15,7 +15,9 @@ from genie_hub import GenieConfig, quantize, save_quantized
 from genie_hub.adapters import model_logits
 from genie_hub.checkpoint import from_pretrained
 from genie_hub.cli import main
-from genie_hub.quantization import QuantConv2d, QuantLinear, discover_units, quantized_ops
+from genie_hub.errors import CheckpointError, ConfigError
+from genie_hub.quantization import QuantAttention, QuantConv2d, QuantLinear, discover_units, quantized_ops
+from genie_hub.quantization.attention import attention, quantize_probabilities
 from genie_hub.quantization.format import FORBIDDEN_SUFFIX
 from tiny_models import IMAGE_SIZE, TRANSFORMER_FAMILIES, save_tiny_model, structured_images, tiny_model
 
@@ -45,6 +47,10 @@ def _reload_matches(model_dir: Path) -> None:
     loaded = AutoModelForImageClassification.from_pretrained(model_dir)
     classifier = pipeline("image-classification", model=str(model_dir))
     assert isinstance(classifier.model.get_submodule(_first_quantized(loaded)), (QuantConv2d, QuantLinear))
+    attention = {n for n, m in loaded.named_modules() if isinstance(m, QuantAttention)}
+    assert attention == {n for n, m in classifier.model.named_modules() if isinstance(m, QuantAttention)}
+    if attention:  # transformers calls genie_hub's attention function, which runs the quantized matmuls
+        assert loaded.config._attn_implementation == classifier.model.config._attn_implementation == "genie_hub"
     with torch.no_grad():
         a, b = loaded(pixel_values=x).logits, classifier.model(pixel_values=x).logits
     assert torch.isfinite(a).all() and torch.equal(a, b)
@@ -119,13 +125,111 @@ def test_api_quantize_save_reload_is_exact(family, tmp_path):
     model = tiny_model(family)
     config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=8, reconstruction_steps=4)
     result = quantize(model, calibration(8), config, progress=False)
-    assert all(spec.type in ("QuantConv2d", "QuantLinear") for spec in result.layers.values())
-    assert len(result.layers) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    weighted = [name for name, spec in result.layers.items() if spec.type in ("QuantConv2d", "QuantLinear")]
+    attention = [name for name, spec in result.layers.items() if spec.type == "QuantAttention"]
+    assert len(weighted) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    attention_modules = [n for n, m in model.named_modules() if type(m).__name__.endswith("Attention")
+                         and hasattr(m, "q_proj")]
+    assert attention == [f"{n}.quantized_matmul" for n in attention_modules]  # every attention, none for ConvNeXt
+    assert len(attention) == (0 if family == "convnext" else 2)
+    assert all(result.layers[n].act_bits == 8 and result.layers[n].act_signed is True for n in attention)
     save_quantized(result, tmp_path / "q")
     x = calibration(3, seed=7)
     with torch.no_grad():
         expected = model_logits(result.model, x)
-        assert torch.equal(model_logits(from_pretrained(tmp_path / "q"), x), expected)
+        reloaded = from_pretrained(tmp_path / "q")
+        assert torch.equal(model_logits(reloaded, x), expected)
+    loaded_attention = {n for n, m in reloaded.named_modules() if type(m).__name__ == "QuantAttention"}
+    assert loaded_attention == set(attention)
+
+
+# ---- quantized attention --------------------------------------------------------------------------------
+def test_probabilities_are_quantized_to_powers_of_two():
+    probs = torch.tensor([1.0, 0.7, 0.3, 0.01, 2.0**-14, 2.0**-15, 1e-9, 0.0], requires_grad=True)
+    quantized = quantize_probabilities(probs, bits=4)  # codes 0..14 are 2^-code, code 15 is 0
+    assert quantized.tolist() == [1.0, 0.5, 0.25, 2.0**-7, 2.0**-14, 0.0, 0.0, 0.0]
+    quantized.sum().backward()
+    assert probs.grad.tolist() == [1.0] * 8  # straight through
+    assert quantize_probabilities(torch.tensor([2.0**-100]), bits=8).item() == 2.0**-100  # 8 bits: any float32
+
+
+def test_quantized_attention_follows_its_definition_and_freezes_to_the_same_numbers():
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 4, generator=generator) for _ in range(3))
+    mask = torch.zeros(1, 3, 10, 10)
+    mask[..., 7:] = float("-inf")  # masked keys get probability 0
+    op = QuantAttention.for_bits(4)
+    out, probs = op(q, k, v, mask, None, 0.0)  # the first call sets each operand's step
+    quantizers = op.act_quantizers()
+    assert list(quantizers) == ["query_scale", "key_scale", "value_scale"]
+    assert all(qz.signed and qz.bits == 4 for qz in quantizers.values())
+    definition = attention(*(qz.quantize(t) for qz, t in zip(quantizers.values(), (q, k, v))), mask, None, 0.0,
+                           False, lambda p: quantize_probabilities(p, 4))
+    assert torch.allclose(out, definition[0]) and torch.equal(probs, definition[1])
+    assert torch.all(probs[..., 7:] == 0)
+    assert not torch.allclose(out, attention(q, k, v, mask, None, 0.0, False)[0], atol=1e-2)  # it does quantize
+    op.freeze()
+    assert op.act_quantizers() == {} and sorted(op.to_frozen()) == ["key_scale", "query_scale", "value_scale"]
+    frozen_out, _ = op(q, k, v, mask, None, 0.0)
+    assert torch.allclose(frozen_out, out, atol=1e-6)
+
+
+def test_attention_act_bits_follow_overrides():
+    model, x = tiny_model("vit"), calibration(2)
+    from genie_hub.quantization import prepare_model
+
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4,
+                                      overrides={"vit.layers.0.attention.quantized_matmul": {"act": 8},
+                                                 "vit.layers.1.*.quantized_matmul": {"act": None}})
+    q_model, units, names = prepare_model(model, config, x)
+    ops = quantized_ops(q_model)
+    assert ops["vit.layers.0.attention.quantized_matmul"].act_bits == 8
+    assert "vit.layers.1.attention.quantized_matmul" not in names
+    assert "vit.layers.0.attention.quantized_matmul" in units[1].ops  # reconstructed with its transformer layer
+    with pytest.raises(ConfigError, match="match no quantizable module"):  # ConvNeXt has no attention
+        prepare_model(tiny_model("convnext"), GenieConfig.from_profile(
+            "quick", overrides={"*.quantized_matmul": {"act": 8}}), x)
+
+
+def test_checkpoint_with_attention_on_a_module_without_attention_is_refused(tmp_path):
+    model = tiny_model("vit")
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=8, reconstruction_steps=2)
+    save_quantized(quantize(model, calibration(4), config, progress=False), tmp_path / "q")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    old, new = "vit.layers.0.attention.quantized_matmul", "vit.layers.0.mlp.quantized_matmul"
+    config_path, weights = tmp_path / "q" / "config.json", tmp_path / "q" / "genie_model.safetensors"
+    config_path.write_text(config_path.read_text().replace(old, new))  # a consistent edit of all three places
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = {k: v.replace(old, new) for k, v in handle.metadata().items()}
+        tensors = {key.replace(old, new): handle.get_tensor(key) for key in handle.keys()}
+    save_file(tensors, str(weights), metadata)
+    with pytest.raises(CheckpointError, match="ViTMLP, which computes no attention"):
+        from_pretrained(tmp_path / "q")
+
+
+def test_attention_layer_spec_must_be_signed():
+    from genie_hub.quantization.format import LayerSpec
+
+    spec = {"type": "QuantAttention", "weight_bits": None, "act_bits": 4, "act_signed": True}
+    assert LayerSpec.from_dict("a.quantized_matmul", spec).act_scales == ("query_scale", "key_scale", "value_scale")
+    with pytest.raises(ValueError, match="signed grids"):
+        LayerSpec.from_dict("a.quantized_matmul", {**spec, "act_signed": False})
+    with pytest.raises(ValueError, match="no weight"):
+        LayerSpec.from_dict("a.quantized_matmul", {**spec, "weight_bits": 4})
+
+
+def test_dequantize_removes_the_attention_matmuls(tmp_path):
+    model = tiny_model("vit")
+    config = GenieConfig.from_profile("quick", weight_bits=8, act_bits=8, reconstruction_steps=2)
+    save_quantized(quantize(model, calibration(4), config, progress=False), tmp_path / "q")
+    loaded = from_pretrained(tmp_path / "q")
+    loaded.dequantize()
+    assert not quantized_ops(loaded)
+    x = calibration(2, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(model_logits(loaded, x), model_logits(model, x), atol=0.05)
 
 
 # ---- the CLI, end to end ---------------------------------------------------------------------------------

@@ -83,6 +83,16 @@ class ModelAdapter:
         channels = first_conv.in_channels if first_conv is not None else 3
         return InputSpec(channels=channels, height=224, width=224)
 
+    def route_attention(self, model: nn.Module, attention) -> bool:
+        """Make every attention of `model` run through `attention(module, query, key, value, attention_mask,
+        scaling=..., dropout=...) -> (output, probabilities)`, the library's own attention extension point (how
+        genie_hub quantizes the attention matmuls). False where there is none: attention stays in FP."""
+        return False
+
+    def calls_attention(self, module: nn.Module) -> bool:
+        """Whether `module` computes attention through the function `route_attention` installs."""
+        return False
+
     def num_labels(self, model: nn.Module) -> int | None:
         return None
 

@@ -32,6 +32,19 @@ def _size_from_processor(processor) -> tuple[int, int] | None:
     return None
 
 
+ATTENTION_IMPLEMENTATION = "genie_hub"
+"""The name genie_hub's quantized attention is registered under in transformers' `AttentionInterface`."""
+
+
+def register_attention(attention) -> str:
+    """Register `attention` with transformers (global, idempotent for one function); returns its name, the
+    value of `config._attn_implementation` that selects it."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_IMPLEMENTATION, attention)
+    return ATTENTION_IMPLEMENTATION
+
+
 class TransformersAdapter(ModelAdapter):
     name = "transformers"
 
@@ -65,6 +78,24 @@ class TransformersAdapter(ModelAdapter):
         if mean and len(mean) != channels:
             mean, std = (mean * channels)[:channels], (std * channels)[:channels]
         return InputSpec(channels=channels, height=int(hw[0]), width=int(hw[1]), mean=mean, std=std)
+
+    def route_attention(self, model: nn.Module, attention) -> bool:
+        """Models written against `AttentionInterface` (ViT, DeiT, Swin, ...) call the registered function."""
+        if not getattr(model, "_supports_attention_backend", False):
+            return False
+        model.set_attn_implementation(register_attention(attention))
+        return True
+
+    def calls_attention(self, module: nn.Module) -> bool:
+        """A module whose forward looks its attention function up in `ALL_ATTENTION_FUNCTIONS` (transformers'
+        pattern for every model written against `AttentionInterface`); read from the class's source, because a
+        checkpoint is checked before any forward can run."""
+        import inspect
+
+        try:
+            return "ALL_ATTENTION_FUNCTIONS" in inspect.getsource(type(module).forward)
+        except (OSError, TypeError):
+            return False
 
     def num_labels(self, model: nn.Module) -> int | None:
         return int(model.config.num_labels)

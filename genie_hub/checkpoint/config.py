@@ -64,6 +64,9 @@ ACT_SCHEME = {
     "quantize": "x_q = input_scale * round(clamp(x / input_scale, q_min, q_max)); [q_min, q_max] = "
                 "[-2^(a-1), 2^(a-1)-1] if act_signed else [0, 2^a-1]",
     "tensors": {"input_scale": "float32 []"},
+    "attention": "a QuantAttention module (the two matmuls of an attention layer) stores query_scale, key_scale, "
+                 "value_scale (float32 [], signed grids, quantized as above) and quantizes the softmax "
+                 "probabilities p to 2^-round(-log2 p) for codes 0 .. 2^a-2, and to 0 below that (no stored tensor)",
 }
 
 

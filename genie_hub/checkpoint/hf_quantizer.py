@@ -18,7 +18,9 @@ compiled logits equal eager ones exactly (tested).
 transformers 5 removed the `update_missing_keys` / `update_expected_keys` hooks of 4.x; the header check of
 step 2 is what replaces them here.
 `model.dequantize()` replaces every Quant* module by its plain FP32 equivalent (`to_float`, shortcuts become
-`nn.Identity`): weights are the dequantized ones, activation quantization is dropped.
+`nn.Identity`, attention matmuls are removed): weights are the dequantized ones, activation quantization is dropped.
+A checkpoint with quantized attention (`QuantAttention` layers) sets the config's attention implementation to
+genie_hub's registered attention function in `update_attn_implementation`, before the model is built.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ import torch
 from torch import nn
 from transformers.quantizers import HfQuantizer
 
+from ..adapters import adapter_for
+from ..adapters.transformers_adapter import register_attention
 from ..errors import CheckpointError, GenieError
 from ..quantization import QUANTIZED_TYPES, LayerSpec, QuantizedOp, quantized_ops
+from ..quantization.attention import ATTENTION_CHILD, attention_forward
 from .config import GUARD_KEY, GenieQuantizationConfig, is_guard
 from .safetensors_check import read_headers
 from .validate import Expected, metadata_problems, tensor_problems
@@ -54,6 +59,24 @@ def _prefix_mapper(model: nn.Module, names) -> callable:
     if ckpt_has:  # task checkpoint -> base model: strip the prefix, drop the head
         return lambda name: name[len(prefix) + 1:] if name.startswith(prefix + ".") else None
     return lambda name: f"{prefix}.{name}"  # base checkpoint -> task model
+
+
+def _attention_child(model: nn.Module, ckpt_name: str, name: str, spec: LayerSpec, format_version: int) -> QuantizedOp:
+    """The frozen `QuantAttention` of checkpoint layer `ckpt_name`, to attach at `name` (it replaces no module):
+    its parent must be a module whose attention runs through the registered attention function."""
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name)
+    except AttributeError:
+        parent = None
+    if child != ATTENTION_CHILD or parent is None or not adapter_for(model).calls_attention(parent):
+        what = (f"a {type(parent).__name__}, which computes no attention through transformers' attention interface"
+                if parent is not None and child == ATTENTION_CHILD else "not the quantized_matmul of a module of "
+                f"the {type(model).__name__} built from config.json")
+        raise CheckpointError(
+            f"The checkpoint's quantization_config lists '{ckpt_name}' as a QuantAttention, but its parent is {what}. "
+            "config.json and the quantization layers do not belong together: save or download the checkpoint again.")
+    return QUANTIZED_TYPES[spec.type].from_frozen(parent, spec, format_version)
 
 
 def _frozen_module(name: str, fp: nn.Module, spec: LayerSpec, format_version: int) -> QuantizedOp:
@@ -110,6 +133,9 @@ class GenieHfQuantizer(HfQuantizer):
         `validate_environment` and `update_device_map` do not see the config, and `_process_model_before_weight_loading`
         runs after the files are resolved. transformers has no public hook for "which file holds the weights"."""
         config = super().update_attn_implementation(config)
+        if any(spec.type == "QuantAttention" for spec in self.quantization_config.layers.values()):
+            # Quantized attention matmuls run in genie_hub's registered attention function (see quantization/attention.py).
+            config._attn_implementation = register_attention(attention_forward)
         weights_file = self.quantization_config.weights_file
         if weights_file is not None:  # format 2: genie_model.safetensors, which plain transformers never reads
             setattr(config, GUARD_KEY, weights_file)
@@ -134,6 +160,10 @@ class GenieHfQuantizer(HfQuantizer):
             name = to_model(ckpt_name)
             if name is None:
                 continue  # a head module the (base) model being loaded does not have
+            if spec.type == "QuantAttention":
+                format_version = self.quantization_config.format_version
+                model.set_submodule(name, _attention_child(model, ckpt_name, name, spec, format_version))
+                continue
             try:
                 fp = model.get_submodule(name)
             except AttributeError:
@@ -203,6 +233,10 @@ class GenieHfQuantizer(HfQuantizer):
 
         for name, op in quantized_ops(model).items():
             fp = op.to_float()
+            if fp is None:  # an attached QuantAttention: its module runs plain attention without it
+                parent, _, child = name.rpartition(".")
+                delattr(model.get_submodule(parent), child)
+                continue
             if dtype is not None and isinstance(dtype, torch.dtype):
                 fp = fp.to(dtype)
             model.set_submodule(name, fp)

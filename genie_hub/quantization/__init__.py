@@ -19,15 +19,20 @@ from torch import nn
 from ..calibration import Calibration
 from ..config import GenieConfig
 from ..reproducibility import model_fingerprint
+from .attention import QuantAttention
 from .blocks import Unit, discover_units
 from .compat import UnsupportedModelError, check_quantizable
 from .format import LayerSpec, StoredTensor, stored_tensors
-from .layers import QUANTIZED_TYPES, QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
+from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .prepare import prepare_model, quantized_ops, resolve_bits
 from .quantizers import ActQuantizer, WeightQuantizer
 from .reconstruction import ReconstructionState, UnitReport, reconstruct
 
 logger = logging.getLogger("genie_hub.quantization")
+
+QUANTIZED_TYPES: dict[str, type[QuantizedOp]] = {
+    cls.__name__: cls for cls in (QuantConv2d, QuantLinear, QuantShortcut, QuantAttention)}
+"""Op classes by `LayerSpec.type`; a new quantized layer type is one class here plus its name in format.LAYER_TYPES."""
 
 
 @dataclass
@@ -77,7 +82,7 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
                               report=reports, config=config)
 
 
-__all__ = ["ActQuantizer", "LayerSpec", "QUANTIZED_TYPES", "QuantConv2d", "QuantLinear", "QuantShortcut",
+__all__ = ["ActQuantizer", "LayerSpec", "QUANTIZED_TYPES", "QuantAttention", "QuantConv2d", "QuantLinear", "QuantShortcut",
            "QuantizationResult", "QuantizedOp", "ReconstructionState", "StoredTensor", "Unit", "UnitReport",
            "UnsupportedModelError", "check_quantizable",
            "WeightQuantizer", "discover_units", "prepare_model", "quantize", "quantized_ops", "reconstruct",

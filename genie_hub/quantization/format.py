@@ -7,7 +7,10 @@ saving, loading and header validation (`genie_hub.checkpoint`) all read this one
 stored tensor is declared here and nowhere else.
 
 Values: weight = weight_scale * (code - weight_zero_point), codes packed by `packing.py`; input
-x_q = input_scale * round(clamp(x / input_scale, q_min, q_max)).
+x_q = input_scale * round(clamp(x / input_scale, q_min, q_max)). A `QuantAttention` (the two matmuls of an
+attention module) has no weight and one such scale per quantized operand: `query_scale`, `key_scale`,
+`value_scale` (signed grids); its fourth operand, the softmax probabilities, uses a fixed power-of-two grid
+(p_q = 2^-round(-log2 p), 0 below the grid) and stores nothing.
 
 Versions: 3 stores `weight_zero_point` as int32, because a row's range is its own [min, max] and a row whose
 weights all have one sign needs a zero point outside [0, 2^b - 1]; 1 and 2 stored it as uint8 within the
@@ -29,8 +32,10 @@ FORMAT_VERSION = 3
 MAX_ZERO_POINT = 2**24
 """Largest |weight_zero_point|: codes + zero point stay exact in float32 arithmetic."""
 
-LAYER_TYPES = ("QuantConv2d", "QuantLinear", "QuantShortcut")
-WEIGHTLESS_TYPES = ("QuantShortcut",)
+LAYER_TYPES = ("QuantConv2d", "QuantLinear", "QuantShortcut", "QuantAttention")
+WEIGHTLESS_TYPES = ("QuantShortcut", "QuantAttention")
+ACT_SCALES: dict[str, tuple[str, ...]] = {"QuantAttention": ("query_scale", "key_scale", "value_scale")}
+"""The stored activation scales of each type whose input is not one tensor (default: `input_scale`)."""
 FORBIDDEN_SUFFIX = "weight"
 """No quantized op stores `<name>.weight`: no FP copy of a quantized weight, no integer codes under an FP name."""
 
@@ -53,6 +58,11 @@ class LayerSpec:
     def has_weight(self) -> bool:
         return self.type not in WEIGHTLESS_TYPES
 
+    @property
+    def act_scales(self) -> tuple[str, ...]:
+        """Suffixes of the stored activation scales (none for an FP input)."""
+        return ACT_SCALES.get(self.type, ("input_scale",)) if self.act_bits is not None else ()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -72,6 +82,9 @@ class LayerSpec:
         else:
             check_bits(f"layer '{name}' weight_bits", weight_bits, allow_none=False)
             check_bits(f"layer '{name}' act_bits", act_bits, allow_none=True)
+        if kind == "QuantAttention" and act_signed is not True:
+            raise ValueError(f"layer '{name}' is a QuantAttention, whose queries, keys and values are on signed grids, "
+                             f"but act_signed is {act_signed!r}; expected true.")
         if act_bits is not None and not isinstance(act_signed, bool):
             raise ValueError(f"layer '{name}' quantizes its input (act_bits={act_bits}) but act_signed is "
                              f"{act_signed!r}; expected true or false.")
@@ -109,8 +122,8 @@ def stored_tensors(spec: LayerSpec, weight_shape: tuple[int, ...] | None,
         zero_point_dtype = torch.int32 if format_version >= 3 else torch.uint8
         tensors["weight_zero_point"] = StoredTensor(zero_point_dtype, (rows, 1))
         tensors["weight_shape"] = StoredTensor(torch.int64, (len(weight_shape),))
-    if spec.act_bits is not None:
-        tensors["input_scale"] = StoredTensor(torch.float32, ())
+    for suffix in spec.act_scales:
+        tensors[suffix] = StoredTensor(torch.float32, ())
     return tensors
 
 
@@ -125,8 +138,8 @@ def frozen_value_problems(name: str, spec: LayerSpec, weight_shape: tuple[int, .
         if int(tensors["weight_zero_point"].abs().max()) > MAX_ZERO_POINT:
             problems.append(f"{name}.weight_zero_point exceeds {MAX_ZERO_POINT} in magnitude")
         problems += _scale_problems(f"{name}.weight_scale", tensors["weight_scale"])
-    if spec.act_bits is not None:
-        problems += _scale_problems(f"{name}.input_scale", tensors["input_scale"])
+    for suffix in spec.act_scales:
+        problems += _scale_problems(f"{name}.{suffix}", tensors[suffix])
     return problems
 
 

@@ -1,4 +1,4 @@
-"""Quantized ops: Conv2d, Linear and the parameter-free residual shortcut.
+"""Quantized ops: Conv2d, Linear and the parameter-free residual shortcut (attention matmuls: `attention.py`).
 
 Each op has two states:
 - *reconstruction*: a `WeightQuantizer` (learned step + soft rounding) and an `ActQuantizer` at its input,
@@ -99,11 +99,10 @@ class QuantizedOp(nn.Module):
             tensor = torch.zeros(stored.shape, dtype=stored.dtype, device=device)
             if suffix == "weight_shape":
                 tensor = torch.tensor(self.weight_shape_tuple, dtype=stored.dtype, device=device)
-            elif suffix in ("weight_scale", "input_scale"):
+            elif suffix == "weight_scale" or suffix in self.spec().act_scales:
                 tensor = torch.ones(stored.shape, dtype=stored.dtype, device=device)
             self.register_buffer(suffix, tensor)
-        self.weight_quantizer = None
-        self.input_quantizer = None
+        self._drop_quantizers()
         self.frozen = True
         self._weight_cache = None
 
@@ -112,16 +111,17 @@ class QuantizedOp(nn.Module):
         """Hard-round and store integer codes; drop the trainable quantizers."""
         if self.frozen:
             return
-        wq, aq = self.weight_quantizer, self.input_quantizer
-        if self.act_bits is not None:
-            self.act_signed = bool(aq.signed)
-        self._allocate_frozen(device=(wq.floor.device if wq is not None else aq.step.log_step.device))
+        wq, act_quantizers = self.weight_quantizer, self.act_quantizers()
+        if act_quantizers:
+            self.act_signed = bool(next(iter(act_quantizers.values())).signed)
+        self._allocate_frozen(device=(wq.floor.device if wq is not None
+                                      else next(iter(act_quantizers.values())).step.log_step.device))
         if self.has_weight:
             self.weight_packed.copy_(pack_codes(wq.codes().to(torch.int64), self.weight_bits))
             self.weight_scale.copy_(wq.positive_step().detach())
             self.weight_zero_point.copy_(wq.zero_point)
-        if self.act_bits is not None:
-            self.input_scale.copy_(aq.positive_step().detach().reshape(()))
+        for suffix, quantizer in act_quantizers.items():
+            getattr(self, suffix).copy_(quantizer.positive_step().detach().reshape(()))
 
     @torch.no_grad()
     def upgrade_frozen(self) -> None:
@@ -176,14 +176,28 @@ class QuantizedOp(nn.Module):
             raise AttributeError(f"{type(self).__name__} has no weight")
         return self.quantized_weight()
 
+    def act_quantizers(self) -> dict[str, ActQuantizer]:
+        """The trainable activation quantizers, by the suffix of the scale each one freezes into (what
+        reconstruction learns, besides the weight)."""
+        return {"input_scale": self.input_quantizer} if self.input_quantizer is not None else {}
+
+    def _drop_quantizers(self) -> None:
+        """Frozen ops keep stored tensors only."""
+        self.weight_quantizer = None
+        self.input_quantizer = None
+
+    def quantize_frozen(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """x on the frozen grid of `scale` (this op's bits and signedness), as a checkpoint defines it."""
+        q_min, q_max = act_range_bounds(self.act_bits, bool(self.act_signed))
+        scale = scale.to(x.dtype)
+        return torch.clamp(x / scale, q_min, q_max).round() * scale
+
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_bits is None:
             return x
         if not self.frozen:
             return self.input_quantizer(x)
-        q_min, q_max = act_range_bounds(self.act_bits, bool(self.act_signed))
-        scale = self.input_scale.to(x.dtype)
-        return torch.clamp(x / scale, q_min, q_max).round() * scale
+        return self.quantize_frozen(x, self.input_scale)
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda() invalidate the dequantized-weight cache
         self._weight_cache = None
@@ -280,6 +294,3 @@ class QuantShortcut(QuantizedOp):
     def to_float(self) -> nn.Identity:
         return nn.Identity()
 
-
-QUANTIZED_TYPES: dict[str, type[QuantizedOp]] = {cls.__name__: cls for cls in (QuantConv2d, QuantLinear, QuantShortcut)}
-"""Op classes by `LayerSpec.type`; a new quantized layer type is one class here plus its name in format.LAYER_TYPES."""

@@ -1,5 +1,9 @@
 """Turn an FP model into a quantizable copy: pick bit-widths per op, wire up (shared) input quantizers.
 
+Attention: the copy's attention is routed through `attention.attention_forward` (the adapter's
+`route_attention`); every module the trace sees calling it gets a `QuantAttention` child (`<module>.quantized_matmul`,
+act bits = the run's, overridable by that name) quantizing queries, keys, values and probabilities.
+
 Which op gets which bits: all Conv2d/Linear at the requested W/A, except the first executed op (W8, FP
 input: the image), the second (A8 input) and the last (the classifier, W8A8); then `config.overrides`
 (fnmatch patterns over module names) apply. A parameter-free `nn.Identity` that reads the same tensor as a
@@ -13,23 +17,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import logging
 
 import torch
 from torch import nn
 
-from ..adapters import model_logits
+from ..adapters import adapter_for, model_logits
 from ..config import GenieConfig, LayerBits
 from ..errors import ConfigError
 from ..hooks import TemporaryHooks
+from .attention import ATTENTION_CHILD, QuantAttention, attention_forward, check_attention_module, recording_attention
 from .blocks import QUANTIZABLE, Unit, discover_units
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .quantizers import ActQuantizer
 
+logger = logging.getLogger("genie_hub.quantization")
 
 def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Execution order of Conv2d/Linear/Identity modules and the tensor object each one read."""
+    """Execution order of Conv2d/Linear/Identity modules and the tensor object each one read; interleaved, the
+    `quantized_matmul` child names of modules whose attention runs through `attention_forward` (not in inputs)."""
     order: list[str] = []
     inputs: dict[str, torch.Tensor] = {}
+    names = {id(module): name for name, module in model.named_modules()}
 
     def hook(name):
         def record(module, args):
@@ -38,7 +47,12 @@ def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[st
                 inputs[name] = args[0]
         return record
 
-    with TemporaryHooks() as hooks, torch.no_grad():
+    def attention_called(module):
+        child = f"{names[id(module)]}.{ATTENTION_CHILD}" if names.get(id(module)) else ATTENTION_CHILD
+        if id(module) in names and child not in order:
+            order.append(child)
+
+    with TemporaryHooks() as hooks, torch.no_grad(), recording_attention(attention_called):
         for name, module in model.named_modules():
             if isinstance(module, (*QUANTIZABLE, nn.Identity)):
                 hooks.pre(module, hook(name))
@@ -62,10 +76,11 @@ def resolve_bits(op_order: list[str], config: GenieConfig) -> dict[str, LayerBit
     return bits
 
 
-def check_overrides(model: nn.Module, config: GenieConfig) -> None:
-    """Every `config.overrides` pattern must match a quantizable module (Conv2d, Linear, or an Identity
-    shortcut); a pattern that matches nothing would silently do nothing."""
+def check_overrides(model: nn.Module, config: GenieConfig, attention: list[str] = ()) -> None:
+    """Every `config.overrides` pattern must match a quantizable module (Conv2d, Linear, an Identity shortcut,
+    or the `quantized_matmul` of an attention module); a pattern that matches nothing would silently do nothing."""
     names = [name for name, module in model.named_modules() if isinstance(module, (*QUANTIZABLE, nn.Identity))]
+    names += list(attention)
     unmatched = [p for p in config.overrides if not any(fnmatch.fnmatchcase(name, p) for name in names)]
     if unmatched:
         shown = ", ".join(names[:60]) + (f", ... ({len(names) - 60} more)" if len(names) > 60 else "")
@@ -79,11 +94,16 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
                   range_init: str = "lp") -> tuple[nn.Module, list[Unit], list[str]]:
     """Return (quantizable copy of `model`, reconstruction units, quantized op names in execution order)."""
     fp_model = model.eval()
-    check_overrides(fp_model, config)
+    q_model = copy.deepcopy(fp_model)
+    adapter_for(q_model).route_attention(q_model, attention_forward)
+    traced, inputs = trace_inputs(q_model, example_input)
+    attention = [n for n in traced if n not in inputs]
+    order = [n for n in traced if n in inputs]
+    check_overrides(fp_model, config, attention)
     units = discover_units(fp_model, example_input)
-    order, inputs = trace_inputs(fp_model, example_input)
     ops = [n for n in order if isinstance(fp_model.get_submodule(n), QUANTIZABLE)]
     bits = resolve_bits(ops, config)
+    attention_bits = _attention_bits(attention, units, config)
 
     readers: dict[int, list[str]] = {}
     for name in order:
@@ -102,7 +122,6 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
         if act:
             shared_bits[tensor_id] = max(act)
 
-    q_model = copy.deepcopy(fp_model)
     quantizers: dict[tuple[int, int], ActQuantizer] = {}
 
     def input_quantizer(name: str) -> ActQuantizer | None:
@@ -121,7 +140,14 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
         return quantizers[key]
 
     quantized: list[str] = []
-    for name in order:
+    for name, act in attention_bits.items():
+        check_attention_module(name.rpartition(".")[0], q_model.get_submodule(name.rpartition(".")[0]))
+        q_model.set_submodule(name, QuantAttention.for_bits(act, range_init).to(example_input.device))
+    for name in traced:
+        if name in attention:
+            if name in attention_bits:
+                quantized.append(name)
+            continue
         module = q_model.get_submodule(name)
         if name in bits:
             cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
@@ -135,6 +161,25 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
     for unit in units:
         unit.ops = [n for n in quantized if n in unit.ops or (n not in bits and n.startswith(unit.name + "."))]
     return q_model, units, quantized
+
+
+def _attention_bits(attention: list[str], units: list[Unit], config: GenieConfig) -> dict[str, int]:
+    """Act bits of each attention's `quantized_matmul` (config.act_bits, then the overrides' act bits; an FP
+    override leaves it out). Attention outside every block unit would never be calibrated: it stays in FP."""
+    bits = {}
+    for name in attention:
+        act = config.act_bits
+        for pattern, override in config.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern) and "act" in override:
+                act = override["act"]
+        if act is None:
+            continue
+        if not any(unit.kind == "block" and name.startswith(unit.name + ".") for unit in units):
+            logger.warning("The attention of %s lies in no reconstruction block: it stays in floating point.",
+                           name.rpartition(".")[0])
+            continue
+        bits[name] = act
+    return bits
 
 
 def quantized_ops(model: nn.Module, prefix: str = "") -> dict[str, QuantizedOp]:

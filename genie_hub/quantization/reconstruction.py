@@ -101,10 +101,10 @@ def _output_error(unit, x, y, args, kwargs) -> float:
 def _input_quantizers(ops: list[QuantizedOp]) -> list[ActQuantizer]:
     seen, result = set(), []
     for op in ops:
-        q = op.input_quantizer
-        if q is not None and id(q) not in seen:
-            seen.add(id(q))
-            result.append(q)
+        for q in op.act_quantizers().values():
+            if id(q) not in seen:
+                seen.add(id(q))
+                result.append(q)
     return result
 
 

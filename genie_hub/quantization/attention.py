@@ -1,0 +1,145 @@
+"""Quantized attention: the two matmuls of an attention layer, with every operand quantized.
+
+transformers computes attention in one function picked by the model config (its `AttentionInterface`);
+genie_hub registers `attention_forward` there through the model's adapter (`ModelAdapter.route_attention`)
+and attaches a `QuantAttention` as the child `quantized_matmul` of each module that calls it. The function
+reads that child, so the model's own code (projections, head reshapes, Swin's relative position bias and
+window masks) runs unchanged; a module without the child runs plain attention.
+
+Operands: queries, keys and values get per-tensor signed grids with learned steps (the `ActQuantizer` of every
+Linear input: LSQ, QDrop during reconstruction). Scores, mask and softmax stay in floating point (FP32
+softmax). The probabilities get a power-of-two grid, p_q = 2^-round(-log2 p) for codes 0 .. 2^a-2 and 0 below
+that (FQ-ViT's Log2 quantizer): softmax outputs span orders of magnitude, mostly near 1/N with a few near 1, so
+a uniform 4-bit grid would zero almost all of them, while the log grid keeps every probability above 2^-(2^a-2)
+within a factor of sqrt(2). It has no parameter, so nothing about it is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import UnsupportedModelError
+from .format import ACT_SCALES, LayerSpec
+from .layers import QuantizedOp
+from .quantizers import ActQuantizer
+
+ATTENTION_CHILD = "quantized_matmul"
+"""The name of the `QuantAttention` child of an attention module (its tensors: `<module>.quantized_matmul.*`)."""
+
+_recorders: list[Callable[[nn.Module], None]] = []
+
+
+def quantize_probabilities(probs: torch.Tensor, bits: int) -> torch.Tensor:
+    """Probabilities on the grid {2^-k : k = 0 .. 2^bits - 2} and 0; straight-through gradient."""
+    code = torch.clamp(torch.round(-torch.log2(probs)), 0, 2**bits - 1)  # p = 0 -> inf -> the zero code
+    quantized = torch.where(code >= 2**bits - 1, torch.zeros_like(probs), torch.exp2(-code))
+    return probs + (quantized - probs).detach()
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+              scaling: float | None, dropout: float, training: bool,
+              quantize_probs: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scaling + mask) v for [batch, heads, tokens, head_dim] operands (transformers' eager
+    attention, with a hook on the probabilities); returns ([batch, tokens, heads, head_dim], probabilities)."""
+    if key.shape[1] != query.shape[1]:  # grouped key/value heads
+        repeats = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(repeats, dim=1), value.repeat_interleave(repeats, dim=1)
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=training)
+    if quantize_probs is not None:
+        probs = quantize_probs(probs)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                      **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention function genie_hub routes a model's attention through (transformers' signature)."""
+    op = module._modules.get(ATTENTION_CHILD)
+    if isinstance(op, QuantAttention):
+        return op(query, key, value, attention_mask, scaling, dropout)
+    for record in _recorders:
+        record(module)
+    return attention(query, key, value, attention_mask, scaling, dropout, module.training)
+
+
+@contextlib.contextmanager
+def recording_attention(record: Callable[[nn.Module], None]) -> Iterator[None]:
+    """Call `record(module)` for every module whose attention runs through `attention_forward` (and has no
+    quantized child yet) while the context is open: how `prepare` finds attention modules without class names."""
+    _recorders.append(record)
+    try:
+        yield
+    finally:
+        _recorders.remove(record)
+
+
+def check_attention_module(name: str, module: nn.Module) -> None:
+    """Only bidirectional attention (every vision classifier's) is computed here: refuse a causal one."""
+    if getattr(module, "is_causal", False):
+        raise UnsupportedModelError(
+            f"genie_hub cannot quantize the attention of '{name}' ({type(module).__name__}): it is causal, and "
+            "genie_hub's quantized attention handles the bidirectional attention of image classifiers only. Keep "
+            f"it in floating point with --override '{name}.{ATTENTION_CHILD}=/fp' or report the model.")
+
+
+class QuantAttention(QuantizedOp):
+    """Both matmuls of one attention module, attached as its `quantized_matmul` child (it replaces no module)."""
+
+    has_weight = False
+    float_type = None  # attached next to the module it serves, see `attention_forward`
+
+    def __init__(self, *, act_bits: int, act_signed: bool | None = True, weight_bits: None = None):
+        super().__init__(None, act_bits, True)  # queries, keys and values: signed grids
+        self.query_quantizer: ActQuantizer | None = None
+        self.key_quantizer: ActQuantizer | None = None
+        self.value_quantizer: ActQuantizer | None = None
+
+    @classmethod
+    def like(cls, module: nn.Module, spec: LayerSpec) -> "QuantAttention":
+        return cls(act_bits=spec.act_bits)
+
+    @classmethod
+    def for_bits(cls, act_bits: int, method: str = "lp") -> "QuantAttention":
+        """The reconstruction state: three trainable signed quantizers (steps from their first input)."""
+        op = cls(act_bits=act_bits)
+        op.query_quantizer, op.key_quantizer, op.value_quantizer = (
+            ActQuantizer(act_bits, signed=True, method=method) for _ in range(3))
+        return op
+
+    def act_quantizers(self) -> dict[str, ActQuantizer]:
+        quantizers = (self.query_quantizer, self.key_quantizer, self.value_quantizer)
+        if any(q is None for q in quantizers):
+            return {}
+        return dict(zip(ACT_SCALES["QuantAttention"], quantizers))
+
+    def _drop_quantizers(self) -> None:
+        super()._drop_quantizers()
+        self.query_quantizer = self.key_quantizer = self.value_quantizer = None
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, scaling: float | None, dropout: float):
+        if self.frozen:
+            query, key, value = (self.quantize_frozen(t, getattr(self, suffix))
+                                 for t, suffix in zip((query, key, value), ACT_SCALES["QuantAttention"]))
+        else:
+            query, key, value = self.query_quantizer(query), self.key_quantizer(key), self.value_quantizer(value)
+        return attention(query, key, value, attention_mask, scaling, dropout, self.training,
+                         lambda probs: quantize_probabilities(probs, self.act_bits))
+
+    def to_float(self) -> None:
+        """Nothing: dequantizing removes the child, and the module runs plain attention again."""
+        return None
