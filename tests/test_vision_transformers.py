@@ -150,7 +150,9 @@ def test_probabilities_are_quantized_to_powers_of_two():
     assert quantized.tolist() == [1.0, 0.5, 0.25, 2.0**-7, 2.0**-14, 0.0, 0.0, 0.0]
     quantized.sum().backward()
     assert probs.grad.tolist() == [1.0] * 8  # straight through
-    assert quantize_probabilities(torch.tensor([2.0**-100]), bits=8).item() == 2.0**-100  # 8 bits: any float32
+    fine = quantize_probabilities(torch.tensor([0.7, 0.3, 2.0**-16, 2.0**-17.5]), bits=8)  # 15 codes per halving
+    assert torch.allclose(fine[:2], torch.tensor([0.7, 0.3]), rtol=0.024) and fine[2] == 2.0**-16
+    assert fine[3] == 0  # 254 codes / 15 per halving: the grid ends at 2^-16.93
 
 
 def test_quantized_attention_follows_its_definition_and_freezes_to_the_same_numbers():

@@ -66,7 +66,8 @@ ACT_SCHEME = {
     "tensors": {"input_scale": "float32 []"},
     "attention": "a QuantAttention module (the two matmuls of an attention layer) stores query_scale, key_scale, "
                  "value_scale (float32 [], signed grids, quantized as above) and quantizes the softmax "
-                 "probabilities p to 2^-round(-log2 p) for codes 0 .. 2^a-2, and to 0 below that (no stored tensor)",
+                 "probabilities p to 2^(-k/r), k = round(-r * log2 p) in 0 .. 2^a-2 with r = max(1, (2^a-2) // 16), "
+                 "and to 0 below that (no stored tensor)",
 }
 
 

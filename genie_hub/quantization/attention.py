@@ -8,10 +8,13 @@ window masks) runs unchanged; a module without the child runs plain attention.
 
 Operands: queries, keys and values get per-tensor signed grids with learned steps (the `ActQuantizer` of every
 Linear input: LSQ, QDrop during reconstruction). Scores, mask and softmax stay in floating point (FP32
-softmax). The probabilities get a power-of-two grid, p_q = 2^-round(-log2 p) for codes 0 .. 2^a-2 and 0 below
-that (FQ-ViT's Log2 quantizer): softmax outputs span orders of magnitude, mostly near 1/N with a few near 1, so
-a uniform 4-bit grid would zero almost all of them, while the log grid keeps every probability above 2^-(2^a-2)
-within a factor of sqrt(2). It has no parameter, so nothing about it is stored.
+softmax). The probabilities get a logarithmic grid, p_q = 2^(-k/r) for codes k = 0 .. 2^a-2 and 0 below that:
+softmax outputs span orders of magnitude, mostly near 1/N with a few near 1, so a uniform 4-bit grid would zero
+almost all of them. At 4 bits r = 1 (FQ-ViT's Log2 quantizer: every probability above 2^-14 within a factor of
+sqrt(2)); with more bits the grid gets r codes per halving while still spanning 2^-16 .. 1 (r = 15 at 8 bits).
+Measured on the Fashion-MNIST ViT of `benchmarks/` at W8A8 (Lp ranges, no reconstruction, 5000 test images, FP32
+85.78 %): attention left in FP 85.66 %, a power-of-two grid at 8 bits 85.26 %, this grid 85.48 %. It has no
+parameter, so nothing about it is stored.
 """
 
 from __future__ import annotations
@@ -34,10 +37,22 @@ ATTENTION_CHILD = "quantized_matmul"
 _recorders: list[Callable[[nn.Module], None]] = []
 
 
+PROBABILITY_OCTAVES = 16
+"""The probability grid spans at least 2^-16 .. 1 (smaller probabilities add < 2e-5 of a value each)."""
+
+
+def codes_per_octave(bits: int) -> int:
+    """How many grid points each halving of a probability gets: 1 (a power-of-two grid) at 4-5 bits, more when
+    the bits can span PROBABILITY_OCTAVES more finely (15 at 8 bits: any probability within 2.3 %)."""
+    return max(1, (2**bits - 2) // PROBABILITY_OCTAVES)
+
+
 def quantize_probabilities(probs: torch.Tensor, bits: int) -> torch.Tensor:
-    """Probabilities on the grid {2^-k : k = 0 .. 2^bits - 2} and 0; straight-through gradient."""
-    code = torch.clamp(torch.round(-torch.log2(probs)), 0, 2**bits - 1)  # p = 0 -> inf -> the zero code
-    quantized = torch.where(code >= 2**bits - 1, torch.zeros_like(probs), torch.exp2(-code))
+    """Probabilities on the grid {2^(-k/r) : k = 0 .. 2^bits - 2} and 0, r = `codes_per_octave(bits)`;
+    straight-through gradient."""
+    per_octave = codes_per_octave(bits)
+    code = torch.clamp(torch.round(-per_octave * torch.log2(probs)), 0, 2**bits - 1)  # p = 0 -> the zero code
+    quantized = torch.where(code >= 2**bits - 1, torch.zeros_like(probs), torch.exp2(-code / per_octave))
     return probs + (quantized - probs).detach()
 
 
