@@ -124,7 +124,9 @@ def test_units_are_the_transformer_layers(family, expected):
 def test_api_quantize_save_reload_is_exact(family, tmp_path):
     model = tiny_model(family)
     config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=8, reconstruction_steps=4)
+    implementation = getattr(model.config, "_attn_implementation", None)
     result = quantize(model, calibration(8), config, progress=False)
+    assert getattr(model.config, "_attn_implementation", None) == implementation  # the FP model is left as it was
     weighted = [name for name, spec in result.layers.items() if spec.type in ("QuantConv2d", "QuantLinear")]
     attention = [name for name, spec in result.layers.items() if spec.type == "QuantAttention"]
     assert len(weighted) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
@@ -294,4 +296,6 @@ def test_cli_zero_shot_quantizes_saves_and_reloads(family, tmp_path):
         text = card.read_text()
         assert "`patch-similarity`" in text and "patch-to-patch feature similarities" in text
         assert "BatchNorm input statistics match" not in text
+    card = (out / "model" / "README.md").read_text()
+    assert ("Attention (2 modules): both matmuls quantized at A8" in card) == (family != "convnext")
     _reload_matches(out / "model")
