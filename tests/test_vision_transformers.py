@@ -213,6 +213,21 @@ def test_checkpoint_with_attention_on_a_module_without_attention_is_refused(tmp_
         from_pretrained(tmp_path / "q")
 
 
+def test_checkpoint_with_an_invalid_attention_scale_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=8, reconstruction_steps=2)
+    save_quantized(quantize(tiny_model("vit"), calibration(4), config, progress=False), tmp_path / "q")
+    weights = tmp_path / "q" / "genie_model.safetensors"
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata, tensors = handle.metadata(), {key: handle.get_tensor(key) for key in handle.keys()}
+    tensors["vit.layers.1.attention.quantized_matmul.key_scale"] = torch.tensor(-1.0)
+    save_file(tensors, str(weights), metadata)
+    with pytest.raises(CheckpointError, match=r"quantized_matmul.key_scale has values <= 0"):
+        from_pretrained(tmp_path / "q")
+
+
 def test_attention_layer_spec_must_be_signed():
     from genie_hub.quantization.format import LayerSpec
 

@@ -33,6 +33,7 @@ from .quantizers import ActQuantizer
 
 logger = logging.getLogger("genie_hub.quantization")
 
+
 def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Execution order of Conv2d/Linear/Identity modules and the tensor object each one read; interleaved, the
     `quantized_matmul` child names of modules whose attention runs through `attention_forward` (not in inputs)."""
@@ -48,9 +49,9 @@ def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[st
         return record
 
     def attention_called(module):
-        child = f"{names[id(module)]}.{ATTENTION_CHILD}" if names.get(id(module)) else ATTENTION_CHILD
-        if id(module) in names and child not in order:
-            order.append(child)
+        name = names.get(id(module))
+        if name and f"{name}.{ATTENTION_CHILD}" not in order:
+            order.append(f"{name}.{ATTENTION_CHILD}")
 
     with TemporaryHooks() as hooks, torch.no_grad(), recording_attention(attention_called):
         for name, module in model.named_modules():
