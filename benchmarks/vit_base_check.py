@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--output", default="benchmarks/results/vit_base_check")
     parser.add_argument("--tiny", action="store_true", help="a 2-layer 32 px ViT instead (tests the script)")
+    parser.add_argument("--note", default="", help="conditions worth recording (e.g. other load on the machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = InputSpec(3, size, size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # its processor's normalization
     quick = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4)
     batch = quick.synthesis_batch_size
-    rows: dict = {"model": f"ViTForImageClassification(ViTConfig({shape or ''})) random weights, {size} px",
+    rows: dict = {"note": args.note, "model": f"ViTForImageClassification(ViTConfig({shape or ''})) random weights, {size} px",
                   "parameters": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
                   "machine": f"{platform.machine()} {os.cpu_count()} cpus, "
                              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 Peak RSS is the whole process's maximum so far (model, the synthetic batch, both phases). Step times are the
 difference of two runs divided by the extra steps, so setup is not counted.
-""")
+{chr(10) + "Conditions: " + args.note + chr(10) if args.note else ""}""")
     print(f"wrote {output.with_suffix('.md')} and {output.with_suffix('.json')}")
     return 0
 
