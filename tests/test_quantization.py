@@ -250,8 +250,9 @@ def test_batches_of_the_requested_size_for_any_sample_count(monkeypatch):
     assert 7 in seen
 
 
-def test_reconstruction_resumes_after_the_last_finished_unit(tmp_path):
-    model = tiny_model("resnet-basic")
+@pytest.mark.parametrize("family", ["resnet-basic", "swin"])  # Swin: attention matmuls resume too
+def test_reconstruction_resumes_after_the_last_finished_unit(family, tmp_path):
+    model = tiny_model(family)
     config = GenieConfig.from_profile("quick", reconstruction_steps=10)
     data = calibration(32)
     state = tmp_path / "reconstruction.safetensors"
