@@ -34,9 +34,6 @@ from .quantizers import ActQuantizer
 ATTENTION_CHILD = "quantized_matmul"
 """The name of the `QuantAttention` child of an attention module (its tensors: `<module>.quantized_matmul.*`)."""
 
-_recorders: list[Callable[[nn.Module], None]] = []
-
-
 PROBABILITY_OCTAVES = 16
 """The probability grid spans at least 2^-16 .. 1 (smaller probabilities add < 2e-5 of a value each)."""
 
@@ -89,6 +86,9 @@ def attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     for record in _recorders:
         record(module)
     return attention(query, key, value, attention_mask, scaling, dropout, module.training)
+
+
+_recorders: list[Callable[[nn.Module], None]] = []
 
 
 @contextlib.contextmanager
