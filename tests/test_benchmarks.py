@@ -119,3 +119,24 @@ def test_vit_base_check_runs_on_a_tiny_vit(tmp_path):
     assert "vit.layers.0.attention.quantized_matmul" in rows["unit_ops"]
     assert rows["synthesis_step_s"] > 0 and rows["reconstruction_step_s"] > 0 and rows["peak_rss_gib"] > 0
     assert "| synthesis (patch-similarity prior" in out.with_suffix(".md").read_text()
+
+
+def test_probability_grid_compares_the_grids_on_a_small_vit(tmp_path):
+    import subprocess
+    import sys
+
+    bench = SCRIPT.parent
+    sys.path.insert(0, str(bench))
+    from train_default_model import build_model, build_processor
+
+    model = build_model(8, [16], [1], family="vit")  # untrained: the script's bookkeeping, not its numbers
+    model.save_pretrained(tmp_path / "vit")
+    build_processor(0.286, 0.353).save_pretrained(tmp_path / "vit")
+    out = tmp_path / "grid"
+    proc = subprocess.run([sys.executable, str(bench / "probability_grid.py"), "--model", str(tmp_path / "vit"),
+                           "--bits", "4", "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [r["grid"] for r in rows] == ["attention in FP", "uniform on [0, 1]", "power of two",
+                                         "genie_hub (log, r per halving)"]
+    assert all(0 <= r["top1"] <= 1 for r in rows) and "| W4A4 | power of two |" in out.with_suffix(".md").read_text()

@@ -10,8 +10,7 @@ Values: weight = weight_scale * (code - weight_zero_point), codes packed by `pac
 x_q = input_scale * round(clamp(x / input_scale, q_min, q_max)). A `QuantAttention` (the two matmuls of an
 attention module) has no weight and one such scale per quantized operand: `query_scale`, `key_scale`,
 `value_scale` (signed grids); its fourth operand, the softmax probabilities, uses a fixed logarithmic grid
-(p_q = 2^(-k/r), r = max(1, (2^a - 2) // 16), 0 below the grid; `attention.quantize_probabilities`) and stores
-nothing.
+(`attention.quantize_probabilities`) and stores nothing.
 
 Versions: 3 stores `weight_zero_point` as int32, because a row's range is its own [min, max] and a row whose
 weights all have one sign needs a zero point outside [0, 2^b - 1]; 1 and 2 stored it as uint8 within the

@@ -142,7 +142,8 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
 
     quantized: list[str] = []
     for name, act in attention_bits.items():
-        check_attention_module(name.rpartition(".")[0], q_model.get_submodule(name.rpartition(".")[0]))
+        parent = name.rpartition(".")[0]
+        check_attention_module(parent, q_model.get_submodule(parent))
         q_model.set_submodule(name, QuantAttention.for_bits(act, range_init).to(example_input.device))
     for name in traced:
         if name in attention:

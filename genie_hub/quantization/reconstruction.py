@@ -98,7 +98,7 @@ def _output_error(unit, x, y, args, kwargs) -> float:
     return total / len(x)
 
 
-def _input_quantizers(ops: list[QuantizedOp]) -> list[ActQuantizer]:
+def _act_quantizers(ops: list[QuantizedOp]) -> list[ActQuantizer]:
     seen, result = set(), []
     for op in ops:
         for q in op.act_quantizers().values():
@@ -117,7 +117,7 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
     data than round-to-nearest (too few steps to anneal the rounding, degenerate data), the unit keeps its
     round-to-nearest weights and initial steps instead."""
     weight_quantizers = [op.weight_quantizer for op in ops if op.weight_quantizer is not None]
-    act_quantizers = _input_quantizers(ops)
+    act_quantizers = _act_quantizers(ops)
     with torch.no_grad():  # activation steps: Lp search on the quantized model's own inputs
         _unit_forward(unit, x_q[:ACT_INIT_SAMPLES], args, kwargs)
     for wq in weight_quantizers:
