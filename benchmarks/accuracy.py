@@ -56,14 +56,18 @@ ABLATIONS = {
     "log-step": "weight and activation steps learned directly with the reference's absolute Adam lrs (1e-4, 4e-5)",
     "through-zero": "weight ranges widened to include 0 (zero point inside the grid)",
     "pixel-target": "synthetic images pulled to mean 0 / std 1 whatever the processor's normalization",
+    "fp-skip": "a block that adds its input back with no module on the skip (MobileNetV2, EfficientNet, ConvNeXt) "
+               "adds the FP input (no quantizer at the block's entry)",
 }
-"""Each fix of issue #10 that can be switched back to the reference's behaviour, for one benchmark row each.
+"""Each fix of issue #10 that can be switched back to genie_hub 0.1's behaviour, for one benchmark row each (0.1
+followed the reference in log-step and pixel-target; in through-zero and fp-skip the reference already did what
+the fix does).
 The shared A8 shortcut quantizer is ablated with an override instead (`--override` of the CLI), and the QDrop
 meaning is the same distribution at the default qdrop_prob 0.5, so it has no row."""
 
 
 def apply_ablations(names: list[str]) -> None:
-    """Patch genie_hub in this process back to the reference's behaviour for `names` (benchmark use only)."""
+    """Patch genie_hub in this process back to genie_hub 0.1's behaviour for `names` (benchmark use only)."""
     import torch
     from torch import nn
 
@@ -114,6 +118,10 @@ def apply_ablations(names: list[str]) -> None:
         quantizers.init_weight_range = through_zero
     if "pixel-target" in names:
         loop.pixel_target = lambda spec: image_prior.PixelTarget.standard(spec.channels)
+    if "fp-skip" in names:
+        from genie_hub.quantization import prepare
+
+        prepare._quantize_skip = lambda *args, **kwargs: None
 
 
 # Reduced CPU setting for EfficientNet-Lite0 at 224 px (the generator at 224 px is expensive on CPU).
@@ -153,7 +161,7 @@ def fmt_pm(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
 
 
 def variant_name(ablate: list[str]) -> str:
-    return "reference " + "+".join(sorted(ablate)) if ablate else ""
+    return "ablated " + "+".join(sorted(ablate)) if ablate else ""
 
 
 def embedded_summary(rows: list[dict]) -> list[dict]:
@@ -201,7 +209,7 @@ def render_markdown(results: dict) -> str:
         lines += [f"## Fashion-MNIST: {s.get('architecture', 'ResNet')} ({model}), top-1 on the 10,000 test images", ""]
         ablated = [name for name in ABLATIONS if any(name in r.get("variant", "") for r in emb)]
         if ablated:
-            lines += ["Rows marked [reference ...] restore the reference's behaviour for: "
+            lines += ["Rows marked [ablated ...] undo one fix of issue #10, back to genie_hub 0.1's behaviour: "
                       + "; ".join(f"{name}: {ABLATIONS[name]}" for name in ablated)
                       + " (one seed each: compare with the seed spread of the full rows).", ""]
         if s:
@@ -556,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Fashion-MNIST classifier of the 'embedded' part (default: the embedded ResNet; e.g. "
                         "benchmarks/models/fashion-mnist-mobilenet-v2 from train_default_model.py --family ...)")
     p.add_argument("--ablate", nargs="+", default=[], choices=sorted(ABLATIONS),
-                   help="restore the reference's behaviour for these fixes (ablation rows; see ABLATIONS)")
+                   help="undo these fixes of issue #10, back to genie_hub 0.1's behaviour (ablation rows; see ABLATIONS)")
     p.add_argument("--effnet-bits", type=parse_bits, nargs="+", default=[(8, 8), (4, 4)])
     p.add_argument("--effnet-num-samples", type=int)
     p.add_argument("--effnet-synthesis-batch-size", type=int)

@@ -17,8 +17,9 @@ class TemporaryHooks:
     def __init__(self) -> None:
         self._handles: list = []
 
-    def pre(self, module: nn.Module, hook: Callable, *, with_kwargs: bool = False) -> None:
-        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
+    def pre(self, module: nn.Module, hook: Callable, *, with_kwargs: bool = False, prepend: bool = False) -> None:
+        """`prepend=True`: run before the module's own pre-hooks (see the input they are given)."""
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs, prepend=prepend))
 
     def post(self, module: nn.Module, hook: Callable, *, with_kwargs: bool = False) -> None:
         self._handles.append(module.register_forward_hook(hook, with_kwargs=with_kwargs))

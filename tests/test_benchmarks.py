@@ -140,3 +140,23 @@ def test_probability_grid_compares_the_grids_on_a_small_vit(tmp_path):
     assert [r["grid"] for r in rows] == ["attention in FP", "uniform on [0, 1]", "power of two",
                                          "genie_hub (log, r per halving)"]
     assert all(0 <= r["top1"] <= 1 for r in rows) and "| W4A4 | power of two |" in out.with_suffix(".md").read_text()
+
+
+def test_the_fp_skip_ablation_restores_the_fp_skip(accuracy, monkeypatch):
+    # The row that measures issue #10's fix 5 must really run without the block-entry quantizer.
+    import torch
+
+    from genie_hub import GenieConfig
+    from genie_hub.quantization import prepare, prepare_model, quantized_ops
+    from tiny_models import tiny_model
+
+    monkeypatch.setattr(prepare, "_quantize_skip", prepare._quantize_skip)  # restored after the test
+    model, x = tiny_model("mobilenet-v2"), torch.rand(2, 3, 32, 32)
+
+    def hooked_blocks():
+        q_model, _, _ = prepare_model(model, GenieConfig(weight_bits=4, act_bits=4), x)
+        return [op.quantizes_input_of for op in quantized_ops(q_model).values() if op.quantizes_input_of]
+
+    assert hooked_blocks()
+    accuracy.apply_ablations(["fp-skip"])
+    assert not hooked_blocks()

@@ -26,7 +26,7 @@ from transformers.pipelines.image_classification import softmax
 
 from genie_hub.checkpoint import (GenieQuantizationConfig, from_pretrained, is_registered, register, save_quantized,
                                   verify_checkpoint)
-from genie_hub.checkpoint.config import GUARD_KEY, is_guard
+from genie_hub.checkpoint.config import FORMAT_VERSION, GUARD_KEY, is_guard
 from genie_hub.config import GenieConfig
 from genie_hub.errors import CheckpointError, ModelLoadError
 from genie_hub import quantize
@@ -117,7 +117,7 @@ def test_saved_layout(w4):
     tensors = load_file(folder / "genie_model.safetensors")
     config = json.loads((folder / "config.json").read_text())
     block = config["quantization_config"]
-    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == 3
+    assert block["quant_method"] == "genie" and block["format"] == "genie-packed" and block["format_version"] == FORMAT_VERSION
     assert block["weights_file"] == "genie_model.safetensors"
     assert (block["weight_bits"], block["act_bits"]) == (4, 4)
     assert block["layers"] == layer_dicts(q) and block["genie_config"]["weight_bits"] == 4
@@ -157,14 +157,14 @@ def test_quantization_config_validation():
         with pytest.raises(CheckpointError):
             GenieQuantizationConfig.from_dict({"layers": layers})
     with pytest.raises(CheckpointError, match="Upgrade genie_hub"):
-        GenieQuantizationConfig.from_dict({**good, "format_version": 4})
+        GenieQuantizationConfig.from_dict({**good, "format_version": FORMAT_VERSION + 1})
     with pytest.raises(CheckpointError):
         GenieQuantizationConfig.from_dict({**good, "format": "compressed-tensors"})
 
 
-def test_a_format_2_checkpoint_loads_and_resaves_as_format_3(tmp_path):
+def test_a_format_2_checkpoint_loads_and_resaves_in_the_current_format(tmp_path):
     # A checkpoint genie_hub wrote in format 2 (uint8 zero points) still loads, exactly, and saving the loaded
-    # model writes format 3 with the same values.
+    # model writes the current format (int32 zero points) with the same values.
     old = Path(__file__).parent / "fixtures" / "format2-resnet-w4a4"
     assert json.loads((old / "config.json").read_text())["quantization_config"]["format_version"] == 2
     stored = load_file(old / "genie_model.safetensors")
@@ -176,7 +176,7 @@ def test_a_format_2_checkpoint_loads_and_resaves_as_format_3(tmp_path):
     assert torch.equal(ops[name].weight_zero_point, stored[f"{name}.weight_zero_point"].to(torch.int32))
     x = torch.randn(2, 1, 28, 28)
     save_quantized(model, tmp_path / "v3")
-    assert json.loads((tmp_path / "v3" / "config.json").read_text())["quantization_config"]["format_version"] == 3
+    assert json.loads((tmp_path / "v3" / "config.json").read_text())["quantization_config"]["format_version"] == FORMAT_VERSION
     resaved = from_pretrained(tmp_path / "v3")
     assert torch.equal(model_logits(model, x), model_logits(resaved, x))
 

@@ -16,6 +16,10 @@ History of the pins (each change of them is deliberate and says why):
   soft-rounded weight and the activation quantizer with QDrop have closed-form gradients, Adam is fused, and
   reconstruction uses one optimizer with LambdaLR's closed-form cosine. The same functions up to float rounding (tests/test_fast_paths.py), so every
   byte moves; the main job's accuracy did not (92.16 % -> 92.13 % W4A4 top-1 on Fashion-MNIST, seed 0).
+- issue 10 fix 5: a block that adds its input back with no module on the skip (MobileNetV2's inverted
+  residuals) quantizes that input at its entry with its first conv's grid (quantization/block_input.py), so
+  its skip adds the quantized tensor. The MobileNetV2 weights move; ResNet and RegNet (identity shortcut
+  modules) and every synthetic image do not. Benchmark rows: benchmarks/results/accuracy_mobilenet_v2.md.
 
 Made with tests/pinned_run.py on this project's CPU machine with one thread. Float results depend on the
 thread count and the CPU's kernels, so the runs use one thread; a machine of another CPU family may need its
@@ -40,7 +44,7 @@ PINS = {
         "batch_00000.safetensors": "46a82e46675590a89b8ad51460aee55753f1802493fb9a9dacd1e20354d530ce",
         "batch_00001.safetensors": "5506597f005d4194c4c11ac5f91ca9f45548e795fbf8655bcf31cdb9cd3d9595"},
     ("mobilenet-v2", "4", "4", "0"): {
-        "genie_model.safetensors": "3eefe56b3ee48376462743cc9b82e48dd6042806fe61d9674ee4844a64a0e3db",
+        "genie_model.safetensors": "1cdf237707fa176ec8b6193fef2108f891486b30d78d7f761784a6c44163c2de",
         "batch_00000.safetensors": "dfda9e7bcfd407b450ba0c1ffeffa172d17bf5ea1291c2e6a992a9c24378aa46",
         "batch_00001.safetensors": "ad3ff19bf7e2772301ca4bbad5831cdb9ee7e4072b1d73421c3272f6b2bc3ae0"},
     ("regnet", "4", "8", "1"): {  # few-shot from a folder of 12 PNGs: no synthesis shards

@@ -1,12 +1,12 @@
 """`GenieQuantizationConfig`: the `quantization_config` block a Genie checkpoint carries in its config.json.
 
-Layout (format "genie-packed", format_version 3; version 2 stored weight_zero_point as uint8, version 1 also had no
-`weights_file` and used model.safetensors; both still load)::
+Layout (format "genie-packed", format_version 4; version 3 had no `quantizes_input_of`, version 2 also stored
+weight_zero_point as uint8, version 1 also had no `weights_file` and used model.safetensors; all still load)::
 
     "quantization_config": {
       "quant_method": "genie",
       "format": "genie-packed",
-      "format_version": 3,
+      "format_version": 4,
       "weights_file": "genie_model.safetensors",   # or genie_model.safetensors.index.json when sharded
       "weight_bits": 4,                       # headline bits of the run (most layers)
       "act_bits": 4,
@@ -15,6 +15,8 @@ Layout (format "genie-packed", format_version 3; version 2 stored weight_zero_po
                                                  "act_signed": null},
         "resnet.encoder.stages.0.layers.0.shortcut": {"type": "QuantShortcut", "weight_bits": null,
                                                       "act_bits": 8, "act_signed": false},
+        "mobilenet_v2.layer.1.expand_1x1.convolution": {..., "quantizes_input_of": "mobilenet_v2.layer.1"},
+                                              # also quantizes the input of its residual block, at the block's entry
         ...
       },
       "overrides": {...},                     # the user's fnmatch overrides, as given
@@ -124,6 +126,12 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
         self.format = FORMAT
         self.format_version = format_version
         self.layers = validate_layers(layers if layers is not None else {})
+        blocks = [spec.quantizes_input_of for spec in self.layers.values() if spec.quantizes_input_of is not None]
+        if blocks and format_version < 4:
+            raise _bad(f"format_version {format_version} has no `quantizes_input_of` (it came with version 4).")
+        if len(blocks) != len(set(blocks)):
+            raise _bad("two layers quantize the input of the same block (`quantizes_input_of`); a block's input is "
+                       "quantized once, by its first layer.")
         _check_bits("weight_bits", weight_bits, allow_none=True)
         _check_bits("act_bits", act_bits, allow_none=True)
         self.weight_bits = weight_bits

@@ -19,6 +19,7 @@ transformers 5 removed the `update_missing_keys` / `update_expected_keys` hooks 
 step 2 is what replaces them here.
 `model.dequantize()` replaces every Quant* module by its plain FP32 equivalent (`to_float`, shortcuts become
 `nn.Identity`, attention matmuls are removed): weights are the dequantized ones, activation quantization is dropped.
+A layer with `quantizes_input_of` gets its residual block's entry hook back (`quantization/block_input.py`).
 A checkpoint with quantized attention (`QuantAttention` layers) sets the config's attention implementation to
 genie_hub's registered attention function in `update_attn_implementation`, before the model is built.
 """
@@ -37,6 +38,7 @@ from ..adapters.transformers_adapter import register_attention
 from ..errors import CheckpointError, GenieError
 from ..quantization import QUANTIZED_TYPES, LayerSpec, QuantizedOp, quantized_ops
 from ..quantization.attention import ATTENTION_CHILD, attention_forward
+from ..quantization.block_input import quantize_block_input, release_block_input
 from .config import GUARD_KEY, GenieQuantizationConfig, is_guard
 from .safetensors_check import read_headers
 from .validate import Expected, metadata_problems, tensor_problems
@@ -171,7 +173,11 @@ class GenieHfQuantizer(HfQuantizer):
                     f"The checkpoint's quantization_config lists the layer '{ckpt_name}', which the "
                     f"{type(model).__name__} built from config.json does not have. The config and the quantization "
                     "layers do not belong together: save or download the checkpoint again.") from None
-            model.set_submodule(name, _frozen_module(ckpt_name, fp, spec, self.quantization_config.format_version))
+            op = _frozen_module(ckpt_name, fp, spec, self.quantization_config.format_version)
+            model.set_submodule(name, op)
+            if spec.quantizes_input_of is not None:  # a residual block's input, quantized at its entry
+                block = to_model(spec.quantizes_input_of)  # contains the op (checked in LayerSpec.from_dict)
+                quantize_block_input(model.get_submodule(block), block, op)
         self._check_checkpoint(model, list(checkpoint_files))
         return model
 
@@ -232,6 +238,8 @@ class GenieHfQuantizer(HfQuantizer):
         from .save import remove_save_guard
 
         for name, op in quantized_ops(model).items():
+            if op.quantizes_input_of is not None:
+                release_block_input(op, model.get_submodule(op.quantizes_input_of))
             fp = op.to_float()
             if fp is None:  # an attached QuantAttention: its module runs plain attention without it
                 parent, _, child = name.rpartition(".")

@@ -6,7 +6,8 @@ How a unit is chosen, without looking at class names:
 2. A module is a *residual block* when its output graph contains an addition whose two operands both depend
    on the module's input (the input fans out and is added back: ResNet basic/bottleneck, RegNet X/Y,
    MobileNetV2 / EfficientNet / MnasNet inverted residuals with a skip). Squeeze-excite multiplies, so it
-   does not count. The innermost residual blocks become units.
+   does not count. The innermost residual blocks become units; one whose addition takes its input itself
+   (`x + f(x)`, no module on the skip path) is marked `adds_input` (see `block_input.py`).
 3. Repeated blocks without a skip become units too: the elements of an `nn.ModuleList`/`nn.Sequential`
    whose elements all hold two or more ops (e.g. the strided first block of a MobileNetV2 or EfficientNet
    stage), unless they contain or lie inside a unit already chosen.
@@ -33,6 +34,7 @@ class Unit:
     name: str
     kind: str  # "block" (residual or sibling of one) or "layer"
     ops: list[str] = field(default_factory=list)
+    adds_input: bool = False  # a residual block whose skip connection is its input itself (no module on it)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "ops": list(self.ops)}
@@ -75,6 +77,22 @@ def _has_residual_add(output_node, input_node) -> bool:
         reaches[node] = hits > 0
         if hits >= 2 and "Add" in type(node).__name__:
             return True
+    return False
+
+
+def _adds_input(output_node, input_node) -> bool:
+    """True if some Add node in the graph of `output_node` takes `input_node` itself as an operand: the block
+    adds its own input back (`x + f(x)`; also through an `nn.Identity`, which returns its input)."""
+    seen, stack = set(), [output_node]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node is input_node:
+            continue
+        seen.add(node)
+        children = [child for child, _ in getattr(node, "next_functions", ()) if child is not None]
+        if "Add" in type(node).__name__ and input_node in children:
+            return True
+        stack.extend(children)
     return False
 
 
@@ -134,6 +152,7 @@ def discover_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
     innermost = [n for n in residual if not any(o != n and o.startswith(n + ".") for o in residual)]
 
     units = {n: "block" for n in innermost}
+    adds_input = {n for n in innermost if _adds_input(records[n]["output"], records[n]["input"])}
     for name, container in model.named_modules():
         if not isinstance(container, (nn.ModuleList, nn.Sequential)):
             continue
@@ -154,7 +173,7 @@ def discover_units(model: nn.Module, example_input: torch.Tensor) -> list[Unit]:
     for name, kind in units.items():
         ops = [o for o in (ops_under(name) if kind == "block" else [name]) if o in position]
         if ops:
-            result.append(Unit(name=name, kind=kind, ops=sorted(ops, key=position.get)))
+            result.append(Unit(name=name, kind=kind, ops=sorted(ops, key=position.get), adds_input=name in adds_input))
     result.sort(key=lambda unit: position[unit.ops[0]])
     assert all(o in op_set for unit in result for o in unit.ops)
     return result

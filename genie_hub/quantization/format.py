@@ -12,7 +12,9 @@ attention module) has no weight and one such scale per quantized operand: `query
 `value_scale` (signed grids); its fourth operand, the softmax probabilities, uses a fixed logarithmic grid
 (`attention.quantize_probabilities`) and stores nothing.
 
-Versions: 3 stores `weight_zero_point` as int32, because a row's range is its own [min, max] and a row whose
+Versions: 4 adds `quantizes_input_of` (a residual block's input quantized at its entry, `block_input.py`): a
+reader of version 3 would ignore it and run that skip in FP, so it must refuse the file. 3 stores
+`weight_zero_point` as int32, because a row's range is its own [min, max] and a row whose
 weights all have one sign needs a zero point outside [0, 2^b - 1]; 1 and 2 stored it as uint8 within the
 grid. Older versions still load (`stored_tensors(..., format_version)` describes them).
 """
@@ -28,7 +30,7 @@ import torch
 from ..config import MAX_BITS, MIN_BITS
 from .packing import packed_width
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MAX_ZERO_POINT = 2**24
 """Largest |weight_zero_point|: codes + zero point stay exact in float32 arithmetic."""
 
@@ -36,6 +38,8 @@ LAYER_TYPES = ("QuantConv2d", "QuantLinear", "QuantShortcut", "QuantAttention")
 WEIGHTLESS_TYPES = ("QuantShortcut", "QuantAttention")
 ACT_SCALES: dict[str, tuple[str, ...]] = {"QuantAttention": ("query_scale", "key_scale", "value_scale")}
 """The stored activation scales of each type whose input is not one tensor (default: `input_scale`)."""
+INPUT_SCALE_TYPES = ("QuantConv2d", "QuantLinear")
+"""Types with a weight and one `input_scale`: the ops that may quantize their residual block's input."""
 FORBIDDEN_SUFFIX = "weight"
 """No quantized op stores `<name>.weight`: no FP copy of a quantized weight, no integer codes under an FP name."""
 
@@ -53,6 +57,10 @@ class LayerSpec:
     weight_bits: int | None
     act_bits: int | None
     act_signed: bool | None = None
+    quantizes_input_of: str | None = None
+    """A residual block (module name) whose input this op's input grid quantizes once, at the block's entry, so
+    the block's skip connection adds the quantized tensor its first op reads (`block_input.py`). Absent from the
+    stored dict when None."""
 
     @property
     def has_weight(self) -> bool:
@@ -64,7 +72,10 @@ class LayerSpec:
         return ACT_SCALES.get(self.type, ("input_scale",)) if self.act_bits is not None else ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["quantizes_input_of"] is None:
+            del data["quantizes_input_of"]
+        return data
 
     @classmethod
     def from_dict(cls, name: str, data: Any) -> "LayerSpec":
@@ -88,7 +99,13 @@ class LayerSpec:
         if act_bits is not None and not isinstance(act_signed, bool):
             raise ValueError(f"layer '{name}' quantizes its input (act_bits={act_bits}) but act_signed is "
                              f"{act_signed!r}; expected true or false.")
-        return cls(kind, weight_bits, act_bits, act_signed if act_bits is not None else None)
+        block = data.get("quantizes_input_of")
+        if block is not None and (kind not in INPUT_SCALE_TYPES or act_bits is None or not isinstance(block, str)
+                                  or not block or not name.startswith(block + ".")):
+            raise ValueError(
+                f"layer '{name}' has quantizes_input_of={block!r}; expected the name of a module that contains it, "
+                f"on a {' or '.join(INPUT_SCALE_TYPES)} that quantizes its input.")
+        return cls(kind, weight_bits, act_bits, act_signed if act_bits is not None else None, block)
 
 
 def check_bits(where: str, value: Any, allow_none: bool) -> None:

@@ -39,6 +39,7 @@ class QuantizedOp(nn.Module):
         self.weight_shape_tuple = tuple(weight_shape) if weight_shape is not None else None
         self.weight_quantizer: WeightQuantizer | None = None
         self.input_quantizer: ActQuantizer | None = None
+        self.quantizes_input_of: str | None = None  # set by block_input.quantize_block_input
         self.frozen = False
         self._weight_cache: tuple | None = None
 
@@ -88,7 +89,7 @@ class QuantizedOp(nn.Module):
 
     # ---- frozen representation -------------------------------------------------------------------------
     def spec(self) -> LayerSpec:
-        return LayerSpec(type(self).__name__, self.weight_bits, self.act_bits, self.act_signed)
+        return LayerSpec(type(self).__name__, self.weight_bits, self.act_bits, self.act_signed, self.quantizes_input_of)
 
     def stored_tensors(self, format_version: int = FORMAT_VERSION):
         return stored_tensors(self.spec(), self.weight_shape_tuple, format_version)

@@ -27,6 +27,7 @@ from ..config import GenieConfig, LayerBits
 from ..errors import ConfigError
 from ..hooks import TemporaryHooks
 from .attention import ATTENTION_CHILD, QuantAttention, attention_forward, check_attention_module, recording_attention
+from .block_input import quantize_block_input
 from .blocks import QUANTIZABLE, Unit, discover_units
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .quantizers import ActQuantizer
@@ -34,17 +35,20 @@ from .quantizers import ActQuantizer
 logger = logging.getLogger("genie_hub.quantization")
 
 
-def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Execution order of Conv2d/Linear/Identity modules and the tensor object each one read; interleaved, the
-    `quantized_matmul` child names of modules whose attention runs through `attention_forward` (not in inputs)."""
+def trace_inputs(model: nn.Module, example_input: torch.Tensor,
+                 blocks: tuple[str, ...] = ()) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Execution order of Conv2d/Linear/Identity modules and the tensor object each one read (the input of each
+    of `blocks` too, which are not in the order); interleaved, the `quantized_matmul` child names of modules
+    whose attention runs through `attention_forward` (not in inputs)."""
     order: list[str] = []
     inputs: dict[str, torch.Tensor] = {}
     names = {id(module): name for name, module in model.named_modules()}
 
-    def hook(name):
+    def hook(name, ordered=True):
         def record(module, args):
             if args and isinstance(args[0], torch.Tensor) and name not in inputs:
-                order.append(name)
+                if ordered:
+                    order.append(name)
                 inputs[name] = args[0]
         return record
 
@@ -57,6 +61,8 @@ def trace_inputs(model: nn.Module, example_input: torch.Tensor) -> tuple[list[st
         for name, module in model.named_modules():
             if isinstance(module, (*QUANTIZABLE, nn.Identity)):
                 hooks.pre(module, hook(name))
+            elif name in blocks:
+                hooks.pre(module, hook(name, ordered=False))
         model_logits(model, example_input)
     return order, inputs
 
@@ -97,11 +103,11 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
     fp_model = model.eval()
     q_model = copy.deepcopy(fp_model)
     adapter_for(q_model).route_attention(q_model, attention_forward)
-    traced, inputs = trace_inputs(q_model, example_input)
+    units = discover_units(fp_model, example_input)
+    traced, inputs = trace_inputs(q_model, example_input, tuple(u.name for u in units if u.adds_input))
     attention = [n for n in traced if n not in inputs]
     order = [n for n in traced if n in inputs]
     check_overrides(fp_model, config, attention)
-    units = discover_units(fp_model, example_input)
     ops = [n for n in order if isinstance(fp_model.get_submodule(n), QUANTIZABLE)]
     bits = resolve_bits(ops, config)
     attention_bits = _attention_bits(attention, units, config)
@@ -162,7 +168,27 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
         quantized.append(name)
     for unit in units:
         unit.ops = [n for n in quantized if n in unit.ops or (n not in bits and n.startswith(unit.name + "."))]
+        if unit.adds_input:
+            _quantize_skip(q_model, unit, inputs, readers)
     return q_model, units, quantized
+
+
+def _quantize_skip(q_model: nn.Module, unit: Unit, inputs: dict[str, torch.Tensor],
+                   readers: dict[int, list[str]]) -> None:
+    """Quantize the input of a block that adds it back (`block_input.py`) with the grid of the block's first op,
+    when that op reads the block input itself (or a same-sized copy: TF-style zero padding) and no shortcut
+    module already quantizes the skip. Otherwise the skip stays as it is (e.g. a transformer layer, whose
+    first op reads a LayerNorm of the residual stream)."""
+    block_input = inputs.get(unit.name)
+    if block_input is None or any(isinstance(q_model.get_submodule(n), (nn.Identity, QuantShortcut))
+                                  for n in readers.get(id(block_input), ())):
+        return
+    first = next((n for n in unit.ops if isinstance(q_model.get_submodule(n), (QuantConv2d, QuantLinear))), None)
+    op = q_model.get_submodule(first) if first is not None else None
+    if op is None or op.act_bits is None or inputs[first].shape != block_input.shape \
+            or not torch.equal(inputs[first], block_input):
+        return
+    quantize_block_input(q_model.get_submodule(unit.name), unit.name, op)
 
 
 def _attention_bits(attention: list[str], units: list[Unit], config: GenieConfig) -> dict[str, int]:

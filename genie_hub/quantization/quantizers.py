@@ -260,7 +260,8 @@ class ActQuantizer(nn.Module):
 
     Signed iff its calibration input had negatives (ReLU outputs use the whole unsigned grid). One instance
     may be shared by several ops that read the same tensor (a conv and its residual shortcut): it then
-    quantizes that tensor once per forward and hands every reader the same result, QDrop mask included.
+    quantizes that tensor once per forward and hands every reader the same result, QDrop mask included; given
+    its own output back, it returns it unchanged.
     """
 
     def __init__(self, bits: int, signed: bool | None = None, method: str = "lp"):
@@ -296,14 +297,17 @@ class ActQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
             self.calibrate(x)
-        key = (x._version, self.step.log_step._version, self.qdrop_prob, torch.is_grad_enabled())
-        if self.shared and self._cache is not None and self._cache[0] is x and self._cache[1] == key:
-            return self._cache[2]
+        state = (self.step.log_step._version, self.qdrop_prob, torch.is_grad_enabled())
+        if self.shared and self._cache is not None:
+            source, source_version, out, out_version, cached_state = self._cache
+            if cached_state == state and ((x is source and x._version == source_version)
+                                          or (x is out and x._version == out_version)):
+                return out  # the same tensor again, or this quantizer's own output (a block input: block_input.py)
         q_min, q_max = self.bounds
         out = _QuantizeWithQDrop.apply(x, self.positive_step(), q_min, q_max, self.qdrop_prob,
                                        torch.is_grad_enabled())
         if self.shared:
-            self._cache = (x, key, out)
+            self._cache = (x, x._version, out, out._version, state)
         return out
 
     def clear_cache(self) -> None:

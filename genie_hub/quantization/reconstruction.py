@@ -73,7 +73,7 @@ def capture(model: nn.Module, module_name: str, data: torch.Tensor, batch_size: 
         raise _StopForward
 
     with TemporaryHooks() as hooks:
-        hooks.pre(module, pre_hook, with_kwargs=True)
+        hooks.pre(module, pre_hook, with_kwargs=True, prepend=True)  # the block's input before block_input.py's hook
         if with_output:
             hooks.post(module, post_hook, with_kwargs=True)
         for chunk in data.split(batch_size):
