@@ -50,7 +50,7 @@ PRIOR_LABELS = {  # the same rows for a model without BatchNorm: its synthesis p
     "genie": "Genie-D (generator + latents) with the patch-similarity prior + Genie-M, zero-shot",
 }
 EMBEDDED_ORDER = ["rtn", "noise", "zeroq", "genie", "fewshot"]
-EFFNET_ORDER = ["rtn", "genie"]
+EFFNET_ORDER = ["rtn", "noise", "zeroq", "genie"]
 
 ABLATIONS = {
     "log-step": "weight and activation steps learned directly with the reference's absolute Adam lrs (1e-4, 4e-5)",
@@ -431,9 +431,7 @@ class Runner:
                         info["calibration"] = f"{genie_images.shape[0]} Genie synthetic images (activation ranges)"
                     elif method == "noise":
                         cfg = self.config(bits, seed, base)
-                        gen = torch.Generator().manual_seed(10_000 + seed)
-                        noise = torch.randn((cfg.num_samples, *spec.shape), generator=gen)
-                        q = self.quantize(model, noise, cfg)
+                        q = self.quantize(model, noise_images(cfg.num_samples, spec, seed), cfg)
                         info["calibration"] = f"{cfg.num_samples} N(0,1) noise images"
                     elif method == "zeroq":
                         cfg = self.config(bits, seed, base)
@@ -531,17 +529,28 @@ class Runner:
         images = self.synth("efficientnet", model, spec, probe, "genie")
         rec = self.results["synthesis"][-1]
         self.results["settings"]["efficientnet"].update(synthesis_wall_s=rec["wall_s"], final_bn_loss=rec["final_bn_loss"])
+        calibration = {"rtn": images, "genie": images}
+        if "zeroq" in args.effnet_methods:
+            calibration["zeroq"] = self.synth("efficientnet", model, spec,
+                                              self.config((4, 4), seed, values, synthesis_method="pixels"), "zeroq (pixels)")
+        if "noise" in args.effnet_methods:
+            calibration["noise"] = noise_images(probe.num_samples, spec, seed)
         for bits in args.effnet_bits:
-            for method in EFFNET_ORDER:
+            for method in (m for m in EFFNET_ORDER if m in args.effnet_methods):
                 t0 = time.perf_counter()
                 if method == "rtn":
                     q = self.quantize(model, images, self.config(bits, seed, values, reconstruction_steps=0), "minmax")
                 else:
-                    q = self.quantize(model, images, self.config(bits, seed, values))
+                    q = self.quantize(model, calibration[method], self.config(bits, seed, values))
                 q_logits = predict_logits(q, x, batch_size=16)
                 self.add_row({"part": "efficientnet", "method": method, "bits": list(bits), "seed": seed,
                               "agreement": agreement(fp_logits, q_logits), "wall_s": time.perf_counter() - t0})
                 del q
+
+
+def noise_images(count: int, spec, seed: int) -> torch.Tensor:
+    """The noise row's calibration set: N(0, 1) in the normalized input space, seeded apart from synthesis."""
+    return torch.randn((count, *spec.shape), generator=torch.Generator().manual_seed(10_000 + seed))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -566,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablate", nargs="+", default=[], choices=sorted(ABLATIONS),
                    help="undo these fixes of issue #10, back to genie_hub 0.1's behaviour (ablation rows; see ABLATIONS)")
     p.add_argument("--effnet-bits", type=parse_bits, nargs="+", default=[(8, 8), (4, 4)])
+    p.add_argument("--effnet-methods", nargs="+", default=["rtn", "genie"], choices=EFFNET_ORDER,
+                   help="EfficientNet-Lite0 rows (noise and zeroq each add a Genie-M run per bit setting; zeroq "
+                        "also a pixel synthesis)")
     p.add_argument("--effnet-num-samples", type=int)
     p.add_argument("--effnet-synthesis-batch-size", type=int)
     p.add_argument("--effnet-synthesis-iterations", type=int)
