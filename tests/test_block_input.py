@@ -129,3 +129,18 @@ def test_a_block_input_outside_the_op_or_in_an_old_format_is_refused():
             **layer, "quantizes_input_of": "net.block"}}})
     with pytest.raises(CheckpointError, match="version 4"):
         GenieQuantizationConfig.from_dict({**good, "format_version": 3})
+
+
+def test_a_state_file_reconstructed_with_fp_skips_does_not_resume(tmp_path, monkeypatch):
+    # A run killed under a genie_hub that left these skips in FP: its finished units were learned for FP skips,
+    # so rerunning with quantized skips starts over instead of mixing the two.
+    from genie_hub.errors import ConfigError
+    from genie_hub.quantization import prepare
+
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4, reconstruction_steps=2)
+    state = tmp_path / "reconstruction.safetensors"
+    with monkeypatch.context() as patch:
+        patch.setattr(prepare, "_quantize_skip", lambda *args, **kwargs: None)
+        quantize(tiny_model("mobilenet-v2"), calibration(16), config, state_path=state, progress=False)
+    with pytest.raises(ConfigError, match="different settings"):
+        quantize(tiny_model("mobilenet-v2"), calibration(16), config, state_path=state, progress=False)

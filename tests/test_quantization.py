@@ -250,7 +250,8 @@ def test_batches_of_the_requested_size_for_any_sample_count(monkeypatch):
     assert 7 in seen
 
 
-@pytest.mark.parametrize("family", ["resnet-basic", "swin"])  # Swin: attention matmuls resume too
+@pytest.mark.parametrize("family", ["resnet-basic", "swin", "mobilenet-v2"])  # attention matmuls and
+# block-entry quantizers (block_input.py) resume too
 def test_reconstruction_resumes_after_the_last_finished_unit(family, tmp_path):
     model = tiny_model(family)
     config = GenieConfig.from_profile("quick", reconstruction_steps=10)

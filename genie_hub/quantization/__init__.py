@@ -72,6 +72,9 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
                    "range_init": range_init, "model": model_fingerprint(model),
                    "calibration": [list(pixel_values.shape), float(pixel_values.double().sum()),
                                    float(pixel_values.double().abs().sum())]}
+    block_inputs = sorted(op.quantizes_input_of for op in quantized_ops(q_model).values() if op.quantizes_input_of)
+    if block_inputs:  # units reconstructed with FP skips (older genie_hub) must not resume as quantized-skip ones;
+        fingerprint["block_inputs"] = block_inputs  # absent when empty, so other models' state files stay valid
     state = ReconstructionState(state_path, json.loads(json.dumps(fingerprint)))
     reports = reconstruct(model, q_model, units, pixel_values, config, device=device, autocast=autocast,
                           state=state, progress=progress)

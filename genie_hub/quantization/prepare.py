@@ -185,8 +185,7 @@ def _quantize_skip(q_model: nn.Module, unit: Unit, inputs: dict[str, torch.Tenso
         return
     first = next((n for n in unit.ops if isinstance(q_model.get_submodule(n), (QuantConv2d, QuantLinear))), None)
     op = q_model.get_submodule(first) if first is not None else None
-    if op is None or op.act_bits is None or inputs[first].shape != block_input.shape \
-            or not torch.equal(inputs[first], block_input):
+    if op is None or op.act_bits is None or not torch.equal(inputs[first], block_input):
         return
     quantize_block_input(q_model.get_submodule(unit.name), unit.name, op)
 
