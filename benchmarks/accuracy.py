@@ -251,23 +251,37 @@ def render_markdown(results: dict) -> str:
     eff_info = results.get("settings", {}).get("efficientnet")
     if eff or eff_info:
         lines += ["## EfficientNet-Lite0 (ImageNet): agreement with the FP32 model on real photos", ""]
+        seeds = sorted({r["seed"] for r in eff})
         if eff_info:
             lines += [f"Setting: **{eff_info.get('label')}** — {eff_info.get('num_samples')} synthetic images "
                       f"(batch {eff_info.get('synthesis_batch_size')}, {eff_info.get('synthesis_iterations')} synthesis "
                       f"iterations), {eff_info.get('reconstruction_steps')} reconstruction steps per unit (batch "
-                      f"{eff_info.get('reconstruction_batch_size')}); seed {eff_info.get('seed')}; device "
+                      f"{eff_info.get('reconstruction_batch_size')}); seeds {', '.join(map(str, seeds))}; device "
                       f"{eff_info.get('device')}. Evaluation set: {eff_info.get('num_eval')} views "
                       f"({eff_info.get('views_note')}) of the photos {', '.join(eff_info.get('photos', []))}.", ""]
-            if eff_info.get("synthesis_wall_s") is not None:
-                lines += [f"Genie-D synthesis wall time: {eff_info['synthesis_wall_s']:.0f} s "
-                          f"(final BN-statistics loss per batch: "
-                          f"{', '.join(f'{x:.3g}' for x in eff_info.get('final_bn_loss', []))}).", ""]
-        lines += ["| Bits | Method | Top-1 agreement (%) | Top-5 overlap (%) | Mean KL(FP‖Q) (nats) | Wall time (s) |",
-                  "|---|---|---|---|---|---|"]
+        genie_synth = [r for r in results.get("synthesis", []) if r["part"] == "efficientnet" and r["method"] == "genie"]
+        if genie_synth:
+            lines += ["Genie-D synthesis per run: " + "; ".join(
+                f"seed {r['seed']}: {r['wall_s']:.0f} s, final BN-statistics loss "
+                f"{', '.join(f'{x:.3g}' for x in r['final_bn_loss'])}" for r in genie_synth) + ".", ""]
+        if len(seeds) > 1:
+            lines += ["Mean ± sample std over the seeds (n = how many); one view is "
+                      f"{100 / max(1, eff[0]['agreement']['num_samples']):.1f} points of agreement.", ""]
+        lines += ["| Bits | Method | Top-1 agreement (%) | Top-5 overlap (%) | Mean KL(FP‖Q) (nats) | Seeds | "
+                  "Wall time per run (s) |", "|---|---|---|---|---|---|---|"]
+        groups: dict[tuple, list[dict]] = {}
         for r in eff:
-            a = r["agreement"]
-            lines.append(f"| {bits_tag(r['bits'])} | {METHOD_LABELS[r['method']]} | {a['top1_agreement'] * 100:.1f} "
-                         f"| {a['top5_overlap'] * 100:.1f} | {a['kl_fp_q']:.4f} | {r['wall_s']:.0f} |")
+            groups.setdefault((tuple(r["bits"]), r["method"]), []).append(r)
+        ordered = sorted(groups, key=lambda key: ([tuple(r["bits"]) for r in eff].index(key[0]),
+                                                  EFFNET_ORDER.index(key[1])))
+        for bits, method in ordered:
+            sel = sorted(groups[(bits, method)], key=lambda r: r["seed"])
+            cells = [fmt_pm([r["agreement"][k] for r in sel], scale, digits)
+                     for k, scale, digits in (("top1_agreement", 100, 1), ("top5_overlap", 100, 1), ("kl_fp_q", 1, 4))]
+            seeds_cell = ", ".join(str(r["seed"]) for r in sel)
+            walls = ", ".join(f"{r['wall_s']:.0f}" for r in sel)
+            lines.append(f"| {bits_tag(list(bits))} | {METHOD_LABELS[method]} | {' | '.join(cells)} | {seeds_cell} | "
+                         f"{walls} |")
         lines += [""]
     for note in results.get("notes", []):
         lines.append(f"- {note}")
@@ -513,39 +527,40 @@ class Runner:
             v = getattr(args, f"effnet_{key}")
             if v is not None:
                 values[key] = v
-        seed = args.seeds[0]
         label = ("reduced CPU setting (NOT the paper profile)" if reduced else f"profile {args.profile}")
-        probe = self.config((4, 4), seed, values)
+        probe = self.config((4, 4), args.seeds[0], values)
         self.results["parts"].append("efficientnet")
         self.results["settings"]["efficientnet"] = {
             "label": label, "num_samples": probe.num_samples, "synthesis_batch_size": probe.synthesis_batch_size,
             "synthesis_iterations": probe.synthesis_iterations, "reconstruction_steps": probe.reconstruction_steps,
-            "reconstruction_batch_size": probe.reconstruction_batch_size, "seed": seed, "device": str(self.device),
-            "photos": list(photos), "num_eval": int(x.shape[0]), "views_note": views_note, "model_dir": str(cache),
-            "fp32_top1_classes": [model.config.id2label[int(i)] for i in fp_logits.argmax(-1)[::7]],
+            "reconstruction_batch_size": probe.reconstruction_batch_size, "seeds": list(args.seeds),
+            "device": str(self.device), "photos": list(photos), "num_eval": int(x.shape[0]), "views_note": views_note,
+            "model_dir": str(cache), "fp32_top1_classes": [model.config.id2label[int(i)] for i in fp_logits.argmax(-1)[::7]],
             "bits": [list(b) for b in args.effnet_bits],
         }
         self.save()
-        images = self.synth("efficientnet", model, spec, probe, "genie")
-        rec = self.results["synthesis"][-1]
-        self.results["settings"]["efficientnet"].update(synthesis_wall_s=rec["wall_s"], final_bn_loss=rec["final_bn_loss"])
-        calibration = {"rtn": images, "genie": images}
-        if "zeroq" in args.effnet_methods:
-            calibration["zeroq"] = self.synth("efficientnet", model, spec,
-                                              self.config((4, 4), seed, values, synthesis_method="pixels"), "zeroq (pixels)")
-        if "noise" in args.effnet_methods:
-            calibration["noise"] = noise_images(probe.num_samples, spec, seed)
-        for bits in args.effnet_bits:
-            for method in (m for m in EFFNET_ORDER if m in args.effnet_methods):
-                t0 = time.perf_counter()
-                if method == "rtn":
-                    q = self.quantize(model, images, self.config(bits, seed, values, reconstruction_steps=0), "minmax")
-                else:
-                    q = self.quantize(model, calibration[method], self.config(bits, seed, values))
-                q_logits = predict_logits(q, x, batch_size=16)
-                self.add_row({"part": "efficientnet", "method": method, "bits": list(bits), "seed": seed,
-                              "agreement": agreement(fp_logits, q_logits), "wall_s": time.perf_counter() - t0})
-                del q
+        for seed in args.seeds:
+            config = self.config((4, 4), seed, values)
+            images = self.synth("efficientnet", model, spec, config, "genie")
+            calibration = {"rtn": images, "genie": images}
+            if "zeroq" in args.effnet_methods:
+                calibration["zeroq"] = self.synth("efficientnet", model, spec,
+                                                  self.config((4, 4), seed, values, synthesis_method="pixels"),
+                                                  "zeroq (pixels)")
+            if "noise" in args.effnet_methods:
+                calibration["noise"] = noise_images(config.num_samples, spec, seed)
+            for bits in args.effnet_bits:
+                for method in (m for m in EFFNET_ORDER if m in args.effnet_methods):
+                    t0 = time.perf_counter()
+                    if method == "rtn":
+                        q = self.quantize(model, images, self.config(bits, seed, values, reconstruction_steps=0),
+                                          "minmax")
+                    else:
+                        q = self.quantize(model, calibration[method], self.config(bits, seed, values))
+                    q_logits = predict_logits(q, x, batch_size=16)
+                    self.add_row({"part": "efficientnet", "method": method, "bits": list(bits), "seed": seed,
+                                  "agreement": agreement(fp_logits, q_logits), "wall_s": time.perf_counter() - t0})
+                    del q
 
 
 def noise_images(count: int, spec, seed: int) -> torch.Tensor:

@@ -53,10 +53,21 @@ def test_markdown_and_json_written(accuracy, tmp_path):
     text = md_path.read_text()
     assert "| W4A4 | Genie (Genie-D + Genie-M), zero-shot | 92.14 ± 0.08 (n=2) | -0.10 |" in text
     assert "Round-to-nearest W4A4 loss vs FP32: **0.23 points**" in text
-    assert "| W4A4 | Genie (Genie-D + Genie-M), zero-shot | 50.0 | 60.0 | 1.2500 |" in text
+    assert "| W4A4 | Genie (Genie-D + Genie-M), zero-shot | 50.0 (n=1) | 60.0 (n=1) | 1.2500 (n=1) | 0 | 100 |" in text
     assert "- a note" in text
     assert json.loads(json_path.read_text())["rows"][0]["method"] == "fp32"
     assert not list(tmp_path.glob("sub/*.tmp"))
+
+
+def test_efficientnet_rows_aggregate_over_seeds(accuracy):
+    """Seeds of one (bits, method) row, from one run or merged runs, become one mean ± std row."""
+    a, b = _results(), _results()
+    b["rows"] = [{**r, "seed": 1, "agreement": {**r["agreement"], "top1_agreement": 0.75}}
+                 for r in b["rows"] if r["part"] == "efficientnet"]
+    text = accuracy.render_markdown(accuracy.merge_results([a, b]))
+    assert "| W4A4 | Genie (Genie-D + Genie-M), zero-shot | 62.5 ± 17.7 (n=2) | 60.0 ± 0.0 (n=2) | " \
+           "1.2500 ± 0.0000 (n=2) | 0, 1 | 100, 100 |" in text
+    assert "seeds 0, 1;" in text
 
 
 def test_merge(accuracy):
