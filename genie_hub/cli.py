@@ -89,7 +89,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         flags = [meta["flag"]] + ([meta["short"]] if meta["short"] else [])
         kwargs = dict(dest=field.name, help=f"{meta['help']} (default: {GenieConfig.default_text(field.name)})",
                       metavar=meta["metavar"])
-        if meta["choices"]:
+        if field.type in (bool, "bool"):  # a switch: given -> True, absent -> the config's default
+            kwargs = dict(dest=field.name, action="store_true", default=None, help=meta["help"] + " (default: off)")
+        elif meta["choices"]:
             kwargs["choices"] = meta["choices"]
         else:
             kwargs["type"] = _config_type(field)

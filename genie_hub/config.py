@@ -18,6 +18,8 @@ from .errors import ConfigError
 MIN_BITS, MAX_BITS = 2, 8
 SYNTHESIS_METHODS = ("genie", "pixels")
 MIXED_PRECISIONS = ("no", "bf16")
+SPEED_ONLY_FIELDS = ("compile",)
+"""GenieConfig fields that change how fast a run goes, not its results (beyond float rounding)."""
 DATASET_STORAGES = ("exact", "fp16")
 """How OUT/dataset stores the synthetic tensors: exact float32, or float16 (half the size, lossy)."""
 
@@ -127,6 +129,10 @@ class GenieConfig:
         "--mixed-precision", "bf16 autocast for synthesis and reconstruction (GPU)", choices=MIXED_PRECISIONS))
     """None: as accelerate is configured (`accelerate config`, `accelerate launch --mixed_precision`,
     ACCELERATE_MIXED_PRECISION), "no" when it is not; `make_accelerator` resolves it before any compute."""
+    compile: bool = field(default=False, metadata=option(
+        "--compile", "compile each reconstruction unit's training step with torch.compile: for GPUs, where the "
+        "launch overhead of many small kernels dominates a unit's step; on CPU the eager kernels were faster in "
+        "benchmarks/speed.py. The same function up to float rounding; run.json records which units ran compiled"))
     dataset_storage: str = field(default="exact", metadata=option(
         "--dataset-storage", "how the published calibration set stores pixel_values: exact (float32, what the "
         "model was calibrated on) or fp16 (half the size, lossy); PNG previews are kept either way",
@@ -185,6 +191,8 @@ class GenieConfig:
             # fp16 would need gradient scaling: not supported
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 "
                               "needs gradient scaling, which genie_hub does not do; use bf16).")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}.")
         if self.dataset_storage not in DATASET_STORAGES:
             raise ConfigError(f"dataset_storage must be one of {', '.join(DATASET_STORAGES)}, got "
                               f"{self.dataset_storage!r}.")
@@ -199,6 +207,11 @@ class GenieConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def results_dict(self) -> dict[str, Any]:
+        """`to_dict()` without the settings that change only how fast a run goes (not its results beyond float
+        rounding): a run may resume with them changed."""
+        return {k: v for k, v in self.to_dict().items() if k not in SPEED_ONLY_FIELDS}
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -203,7 +203,7 @@ def _with_new_defaults(settings: dict | None) -> dict | None:
         return settings
     from .config import GenieConfig
 
-    return {**settings, "config": {**GenieConfig().to_dict(), **settings["config"]}}
+    return {**settings, "config": {**GenieConfig().results_dict(), **settings["config"]}}
 
 
 def _differences(old: dict, new: dict) -> str:

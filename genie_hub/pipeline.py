@@ -91,7 +91,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         from .synthesis import select_prior
 
         select_prior(fp_model, config.synthesis_prior)  # a model no prior applies to fails here
-    settings = run_settings(base_model, revision, few_shot or "synthetic", config.to_dict())
+    settings = run_settings(base_model, revision, few_shot or "synthetic", config.results_dict())
     if accelerator.is_main_process:
         layout.claim(settings, overwrite=overwrite)
         logger.info("genie_hub: %s -> W%dA%d, %s profile, output %s", base_model, config.weight_bits,

@@ -68,7 +68,7 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
     # calibrate its activation quantizers on these two probe images.
     check_quantizable(model, config, pixel_values[:2], range_init)
     q_model, units, op_names = prepare_model(model, config, pixel_values[:2], range_init)
-    fingerprint = {"config": {k: v for k, v in config.to_dict().items() if k != "mixed_precision"},
+    fingerprint = {"config": {k: v for k, v in config.results_dict().items() if k != "mixed_precision"},
                    "range_init": range_init, "model": model_fingerprint(model),
                    "calibration": [list(pixel_values.shape), float(pixel_values.double().sum()),
                                    float(pixel_values.double().abs().sum())]}

@@ -189,9 +189,16 @@ class WeightQuantizer(nn.Module):
 
     def soft_bits(self) -> torch.Tensor:
         """h(V), from this step's soft forward when V has not changed since (one computation per step)."""
-        if self._soft is not None and self._soft[0] == self.rounding._version:
+        if not torch.compiler.is_compiling() and self._soft is not None and self._soft[0] == self.rounding._version:
             return self._soft[1]
         return torch.clamp(torch.sigmoid(self.rounding) * (self.ZETA - self.GAMMA) + self.GAMMA, 0, 1)
+
+    def soft_weight(self) -> torch.Tensor:
+        """The soft forward by its definition, for autograd to differentiate: what torch.compile traces (it
+        cannot trace the version check of the shared soft bits). `forward` runs `_SoftRoundedWeight`, the same
+        function with its gradient in closed form."""
+        codes = torch.clamp(self.floor + self.zero_point + self.soft_bits(), 0, 2**self.bits - 1)
+        return (self.positive_step() * (codes - self.zero_point)).view(self.shape)
 
     def codes(self) -> torch.Tensor:
         """Integer codes with hard rounding, in [0, 2^b - 1]."""
@@ -206,12 +213,16 @@ class WeightQuantizer(nn.Module):
             bits = (self.rounding >= 0).to(self.floor.dtype)
             codes = torch.clamp(self.floor + bits + self.zero_point, 0, 2**self.bits - 1)
             return (self.positive_step() * (codes - self.zero_point)).view(self.shape)
+        if torch.compiler.is_compiling():
+            return self.soft_weight()
         weight, soft = _SoftRoundedWeight.apply(self.rounding, self.positive_step(), self.floor + self.zero_point,
                                                 self.zero_point, 2**self.bits - 1)
         self._soft = (self.rounding._version, soft) if torch.is_grad_enabled() else None
         return weight.view(self.shape)
 
-    def rounding_regularizer(self, beta: float) -> torch.Tensor:
+    def rounding_regularizer(self, beta: float | torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # the definition (beta may be a tensor there, so it is not a constant)
+            return (1 - (self.soft_bits() * 2 - 1).abs().pow(beta)).sum()
         return _RoundingRegularizer.apply(self.soft_bits(), beta)
 
 
@@ -274,6 +285,7 @@ class ActQuantizer(nn.Module):
         self.qdrop_prob = 0.0  # chance that an element keeps its FP value; set > 0 during reconstruction only
         self.shared = False  # set when several ops read the same tensor through this quantizer
         self._cache: tuple | None = None
+        self._traced: tuple | None = None  # the cache under torch.compile: see `traced_forward`
 
     def calibrate(self, x: torch.Tensor) -> None:
         if self.signed is None:
@@ -297,6 +309,8 @@ class ActQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
             self.calibrate(x)
+        if torch.compiler.is_compiling():
+            return self.traced_forward(x)
         state = (self.step.log_step._version, self.qdrop_prob, torch.is_grad_enabled())
         if self.shared and self._cache is not None:
             source, source_version, out, out_version, cached_state = self._cache
@@ -310,8 +324,21 @@ class ActQuantizer(nn.Module):
             self._cache = (x, x._version, out, out._version, state)
         return out
 
+    def traced_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` as torch.compile traces it: the definition and QDrop, differentiated by autograd (dynamo can
+        trace neither `_QuantizeWithQDrop`'s saved state nor tensor versions). A shared quantizer still hands
+        every reader one result: within a traced call the same tensor is the same object, so identity suffices,
+        and the caller clears the cache around each call (`clear_cache`)."""
+        if self.shared and self._traced is not None and (x is self._traced[0] or x is self._traced[1]):
+            return self._traced[1]
+        out = qdrop_mix(self.quantize(x), x, self.qdrop_prob)
+        if self.shared:
+            self._traced = (x, out)
+        return out
+
     def clear_cache(self) -> None:
         self._cache = None
+        self._traced = None
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"

@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ from .quantizers import ActQuantizer, qdrop_mix
 
 logger = logging.getLogger("genie_hub.reconstruction")
 ACT_INIT_SAMPLES = 256  # samples used to initialize activation steps of a unit
+COMPILE_BACKEND = "inductor"  # what GenieConfig.compile compiles with (tests use "aot_eager": the same trace)
 EVAL_CHUNK = 64
 
 
@@ -53,6 +55,16 @@ class UnitReport:
     seconds: float
     resumed: bool = False
     kept: str = "reconstructed"  # or "round-to-nearest", when reconstruction ended with a larger output error
+    compiled: bool = False  # its training step ran under torch.compile (GenieConfig.compile)
+
+
+class UnitOutcome(NamedTuple):
+    """What `reconstruct_unit` returns."""
+
+    error_round_to_nearest: float
+    error_reconstructed: float
+    kept: str
+    compiled: bool
 
 
 @torch.no_grad()
@@ -98,6 +110,56 @@ def _output_error(unit, x, y, args, kwargs) -> float:
     return total / len(x)
 
 
+def unit_training_loss(unit: nn.Module, x: torch.Tensor, target: torch.Tensor, args: tuple, kwargs: dict,
+                       weight_quantizers: list, beta: float | torch.Tensor,
+                       rounding_weight: float | torch.Tensor | None) -> torch.Tensor:
+    """||unit(x) - target||^2 (summed over channels, averaged over samples) + rounding_weight * the rounding
+    regularizer at `beta` (left out when `rounding_weight` is None: the warm-up steps)."""
+    loss = (_unit_forward(unit, x, args, kwargs) - target).pow(2).sum(1).mean()
+    if rounding_weight is not None and weight_quantizers:
+        loss = loss + rounding_weight * sum(wq.rounding_regularizer(beta) for wq in weight_quantizers)
+    return loss
+
+
+class CompiledUnitLoss:
+    """A unit's training loss (`unit_training_loss`) under torch.compile (`GenieConfig.compile`).
+
+    beta and the rounding weight enter as tensors (0 during warm-up), so one graph serves every step; the
+    quantizers trace their plain definitions (`ActQuantizer.traced_forward`, `WeightQuantizer.soft_weight`).
+    If compiling fails, the unit runs eager with a warning, and `compiled` says which way it ran.
+    """
+
+    def __init__(self, eager: Callable, act_quantizers: list[ActQuantizer], name: str):
+        self.eager, self.act_quantizers, self.name = eager, act_quantizers, name
+        self.compiled = True
+
+        def traced(x, target, beta, rounding_weight):
+            self._clear()
+            loss = eager(x, target, beta, rounding_weight)
+            self._clear()  # nothing traced stays cached on a quantizer
+            return loss
+
+        self._compiled_function = torch.compile(traced, backend=COMPILE_BACKEND)
+
+    def _clear(self) -> None:
+        for aq in self.act_quantizers:
+            aq.clear_cache()
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor, beta: float, rounding_weight: float | None):
+        if not self.compiled:
+            return self.eager(x, target, beta, rounding_weight)
+        as_tensor = lambda value: torch.tensor(value, dtype=torch.float32, device=x.device)
+        try:
+            return self._compiled_function(x, target, as_tensor(beta), as_tensor(rounding_weight or 0.0))
+        except Exception as exc:  # noqa: BLE001 - whatever the compiler raises, the eager path computes the same
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            logger.warning("unit %s: torch.compile failed (%s: %s); this unit runs eager.", self.name,
+                           type(exc).__name__, message)
+            self.compiled = False
+            self._clear()
+            return self.eager(x, target, beta, rounding_weight)
+
+
 def _act_quantizers(ops: list[QuantizedOp]) -> list[ActQuantizer]:
     seen, result = set(), []
     for op in ops:
@@ -111,11 +173,10 @@ def _act_quantizers(ops: list[QuantizedOp]) -> list[ActQuantizer]:
 def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor, x_q: torch.Tensor,
                      y_fp: torch.Tensor, args: tuple, kwargs: dict, config: GenieConfig, name: str,
                      autocast=contextlib.nullcontext, progress: bool = True,
-                     overall=None) -> tuple[float, float, str]:
-    """Reconstruct one unit in place and freeze it; returns (round-to-nearest error, final error, what was
-    kept). Reconstruction never makes a unit worse: when it ends with a larger output error on the calibration
-    data than round-to-nearest (too few steps to anneal the rounding, degenerate data), the unit keeps its
-    round-to-nearest weights and initial steps instead."""
+                     overall=None) -> UnitOutcome:
+    """Reconstruct one unit in place and freeze it. Reconstruction never makes a unit worse: when it ends with
+    a larger output error on the calibration data than round-to-nearest (too few steps to anneal the rounding,
+    degenerate data), the unit keeps its round-to-nearest weights and initial steps instead."""
     weight_quantizers = [op.weight_quantizer for op in ops if op.weight_quantizer is not None]
     act_quantizers = _act_quantizers(ops)
     with torch.no_grad():  # activation steps: Lp search on the quantized model's own inputs
@@ -127,7 +188,7 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
         wq.hard = False
     initial = [p.detach().clone() for p in _learned(weight_quantizers, act_quantizers)]
 
-    steps = config.reconstruction_steps
+    steps, compiled = config.reconstruction_steps, False
     if steps > 0 and weight_quantizers + act_quantizers:
         # One optimizer: steps on a cosine schedule down to 0 (CosineAnnealingLR's closed form), rounding constant.
         cosine, constant = (lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))), (lambda step: 1.0)
@@ -146,18 +207,19 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
         warmup = int(config.warmup * steps)
         count, batch = len(x_fp), min(config.reconstruction_batch_size, len(x_fp))
 
+        def eager_loss(x, target, beta, rounding_weight):
+            return unit_training_loss(unit, x, target, args, kwargs, weight_quantizers, beta, rounding_weight)
+
+        loss_function = CompiledUnitLoss(eager_loss, act_quantizers, name) if config.compile else eager_loss
+
         def unit_loss(step: int) -> torch.Tensor:
             idx = torch.randperm(count, device=x_fp.device)[:batch]
             xq, xf = x_q[idx], x_fp[idx]
             mixed = qdrop_mix(xq, xf, config.qdrop_prob)
+            progress_frac = (step - warmup) / max(1, steps - warmup)
+            beta = config.beta_start + (config.beta_end - config.beta_start) * progress_frac
             with autocast():
-                out = _unit_forward(unit, mixed, args, kwargs)
-            loss = (out - y_fp[idx]).pow(2).sum(1).mean()
-            if step >= warmup and weight_quantizers:
-                progress_frac = (step - warmup) / max(1, steps - warmup)
-                beta = config.beta_start + (config.beta_end - config.beta_start) * progress_frac
-                loss = loss + config.rounding_weight * sum(wq.rounding_regularizer(beta) for wq in weight_quantizers)
-            return loss
+                return loss_function(mixed, y_fp[idx], beta, config.rounding_weight if step >= warmup else None)
 
         def diverged(step: int, value: float) -> ReconstructionDivergedError:
             return ReconstructionDivergedError(
@@ -168,6 +230,7 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
         try:
             optimize(steps, unit_loss, optimizers, schedulers, on_diverged=diverged, check_every=50,
                      desc=f"reconstruct {name}", progress=progress, overall=overall)
+            compiled = isinstance(loss_function, CompiledUnitLoss) and loss_function.compiled
         finally:
             for aq in act_quantizers:
                 aq.qdrop_prob = 0.0
@@ -186,7 +249,7 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
         error_final, kept = _output_error(unit, x_q, y_fp, args, kwargs), "round-to-nearest"
     for op in ops:
         op.freeze()
-    return error_rtn, error_final, kept
+    return UnitOutcome(error_rtn, error_final, kept, compiled)
 
 
 def _learned(weight_quantizers: list, act_quantizers: list[ActQuantizer]) -> list[torch.Tensor]:
@@ -243,6 +306,14 @@ class ReconstructionState:
                 "finished": json.dumps(self.finished), "signed": json.dumps(self.signed)})
 
 
+def _compile_limits(units: int):
+    """Every unit compiles its own graph of the one loss function: dynamo would stop compiling (and run eager)
+    after 8 graphs of one function, its default limit."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(recompile_limit=units + 8)
+
+
 def reconstruct(fp_model: nn.Module, q_model: nn.Module, units: list[Unit], calibration: torch.Tensor,
                 config: GenieConfig, *, device="cpu", autocast=contextlib.nullcontext,
                 state: ReconstructionState | None = None, progress: bool = True) -> list[UnitReport]:
@@ -268,12 +339,14 @@ def reconstruct(fp_model: nn.Module, q_model: nn.Module, units: list[Unit], cali
         seed_everything(batch_seed(config.seed, RECONSTRUCTION_SEED_OFFSET + index))
         x_fp, y_fp, args, kwargs = capture(fp_model, unit.name, calibration, batch, device, True, autocast)
         x_q, _, q_args, q_kwargs = capture(q_model, unit.name, calibration, batch, device, False, autocast)
-        error_rtn, error_final, kept = reconstruct_unit(
-            q_model.get_submodule(unit.name), list(ops.values()), x_fp, x_q, y_fp, q_args, q_kwargs, config,
-            unit.name, autocast=autocast, progress=progress, overall=outer)
+        with _compile_limits(len(units)) if config.compile else contextlib.nullcontext():
+            outcome = reconstruct_unit(
+                q_model.get_submodule(unit.name), list(ops.values()), x_fp, x_q, y_fp, q_args, q_kwargs, config,
+                unit.name, autocast=autocast, progress=progress, overall=outer)
+        error_rtn, error_final = outcome.error_round_to_nearest, outcome.error_reconstructed
         outer.update(counted + steps - outer.n)  # a unit with nothing to learn ran no steps
         report = UnitReport(unit.name, unit.kind, len(ops), config.reconstruction_steps, error_rtn, error_final,
-                            time.perf_counter() - started, kept=kept)
+                            time.perf_counter() - started, kept=outcome.kept, compiled=outcome.compiled)
         logger.info("unit %s: output error %.4g (round-to-nearest) -> %.4g (reconstructed)", unit.name,
                     error_rtn, error_final)
         state.record(report, ops)

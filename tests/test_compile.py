@@ -1,0 +1,169 @@
+"""`GenieConfig.compile`: a unit's training loss under torch.compile computes what the eager path computes.
+
+The quantizers trace their plain definitions under torch.compile (no custom autograd Functions, no tensor-version
+caches); these tests hold the traced loss and its gradients to the eager ones on units with a shared input
+quantizer (ResNet's shortcut), a block-input quantizer (MobileNetV2) and attention quantizers (ViT). Most use
+the "aot_eager" backend: the same dynamo trace and autograd graph as inductor, without compiling C++; one
+end-to-end test compiles with inductor, as users run it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from genie_hub import GenieConfig, quantize
+from genie_hub.quantization import reconstruction
+from genie_hub.quantization.prepare import prepare_model, quantized_ops
+from genie_hub.quantization.quantizers import ActQuantizer
+from genie_hub.quantization.reconstruction import (CompiledUnitLoss, _act_quantizers, capture,
+                                                   unit_training_loss)
+from tiny_models import IMAGE_SIZE, tiny_model
+
+
+@pytest.fixture
+def aot_eager(monkeypatch):
+    monkeypatch.setattr(reconstruction, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _unit_setup(family: str, pick):
+    """A prepared tiny model's unit chosen by `pick(unit, ops)`, its calibrated quantizers in training mode."""
+    torch.manual_seed(0)
+    model = tiny_model(family).eval()
+    pixels = torch.randn(16, 3, IMAGE_SIZE, IMAGE_SIZE)
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4)
+    q_model, units, _ = prepare_model(model, config, pixels[:2], "lp")
+    q_model.requires_grad_(False)
+    ops_by_name = quantized_ops(q_model)
+    unit = next(u for u in units if pick(u, [ops_by_name[n] for n in u.ops]))
+    ops = [ops_by_name[n] for n in unit.ops]
+    x, _, args, kwargs = capture(q_model, unit.name, pixels, 16, "cpu", False)
+    module = q_model.get_submodule(unit.name)
+    with torch.no_grad():
+        module(x, *args, **kwargs)  # calibrates the activation steps
+    weight_quantizers = [op.weight_quantizer for op in ops if op.weight_quantizer is not None]
+    act_quantizers = _act_quantizers(ops)
+    params = [p for wq in weight_quantizers for p in (wq.step.log_step, wq.rounding)]
+    params += [aq.step.log_step for aq in act_quantizers]
+    for p in params:
+        p.requires_grad_(True)
+    with torch.no_grad():
+        out = module(x, *args, **kwargs)
+    out = (out[0] if isinstance(out, tuple) else out).float()
+    target = out + 0.1 * out.std() * torch.randn_like(out)  # a teacher the unit does not already match
+    return module, x, target, args, kwargs, weight_quantizers, act_quantizers, params
+
+
+def _shares_a_quantizer(unit, ops) -> bool:
+    quantizers = [q for op in ops for q in op.act_quantizers().values()]
+    return len({id(q) for q in quantizers}) < len(quantizers)
+
+
+def _has_block_input(unit, ops) -> bool:
+    return any(op.quantizes_input_of for op in ops)
+
+
+@pytest.mark.parametrize("family,pick", [
+    ("resnet-basic", _shares_a_quantizer),  # a conv and its shortcut read one quantized tensor
+    ("mobilenet-v2", _has_block_input),  # the block's skip adds the quantized input
+    ("vit", lambda unit, ops: unit.kind != "op"),  # attention: quantized Q, K, V and softmax inputs
+])
+@pytest.mark.parametrize("rounding_weight", [None, 1.0])  # warm-up (no regularizer), then with it
+def test_compiled_unit_loss_matches_eager_values_and_gradients(aot_eager, family, pick, rounding_weight):
+    module, x, target, args, kwargs, wqs, aqs, params = _unit_setup(family, pick)
+
+    def eager(x, target, beta, weight):
+        return unit_training_loss(module, x, target, args, kwargs, wqs, beta, weight)
+
+    compiled = CompiledUnitLoss(eager, aqs, "unit")
+    results = []
+    for loss_function in (eager, compiled):
+        for p in params:
+            p.grad = None
+        loss = loss_function(x, target, 7.5, rounding_weight)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in params]))
+    assert compiled.compiled  # it really ran the traced graph, not the eager fallback
+    (loss_ref, grads_ref), (loss, grads) = results
+    assert torch.allclose(loss, loss_ref, rtol=1e-5)
+    for grad, ref in zip(grads, grads_ref):  # relative to the whole tensor: a step's gradient is a sum that cancels
+        assert ref.abs().max() > 0 and (grad - ref).norm() <= 1e-3 * ref.norm()
+    assert all(aq._traced is None for aq in aqs)  # nothing traced stays cached
+
+
+def test_traced_shared_quantizer_hands_every_reader_one_qdrop_mask(aot_eager):
+    quantizer = ActQuantizer(4, signed=True)
+    quantizer.calibrate(torch.randn(64))
+    quantizer.qdrop_prob = 0.5
+    x = torch.randn(4, 256, requires_grad=True)
+
+    def two_readers_and_a_block_input(x):
+        once = quantizer(x)
+        return quantizer(x) - once, quantizer(once) - once  # a second reader; its own output back
+
+    for shared in (True, False):
+        quantizer.shared = shared
+        quantizer.clear_cache()
+        torch._dynamo.reset()
+        again, own = torch.compile(two_readers_and_a_block_input, backend="aot_eager")(x)
+        assert (again.abs().sum() == 0) == shared and (own.abs().sum() == 0) == shared
+
+
+def test_quantize_with_compile_runs_inductor_and_records_it():
+    torch.manual_seed(0)
+    model = tiny_model("resnet-basic").eval()
+    pixels = torch.randn(8, 3, IMAGE_SIZE, IMAGE_SIZE)
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4, reconstruction_steps=3,
+                                      reconstruction_batch_size=4)
+    torch._dynamo.reset()
+    result = quantize(model, pixels, GenieConfig(**{**config.to_dict(), "compile": True}), progress=False)
+    plain = quantize(model, pixels, config, progress=False)
+    assert len(result.report) == len(plain.report) > 1
+    assert all(report.compiled for report in result.report)
+    assert not any(report.compiled for report in plain.report)
+    for compiled, eager in zip(result.report, plain.report):  # 3 steps: the same function, nearly the same units
+        assert compiled.error_reconstructed == pytest.approx(eager.error_reconstructed, rel=0.05, abs=1e-6)
+
+
+def test_a_unit_whose_compilation_fails_runs_eager_with_a_warning(monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler here\nsecond line")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    model = tiny_model("resnet-basic").eval()
+    pixels = torch.randn(8, 3, IMAGE_SIZE, IMAGE_SIZE)
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4, reconstruction_steps=4,
+                                      reconstruction_batch_size=4)
+    with caplog.at_level(logging.WARNING, logger="genie_hub.reconstruction"):
+        fallback = quantize(model, pixels, GenieConfig(**{**config.to_dict(), "compile": True}), progress=False)
+    assert not any(report.compiled for report in fallback.report)
+    assert "torch.compile failed (RuntimeError: no C++ compiler here); this unit runs eager" in caplog.text
+    plain = quantize(model, pixels, config, progress=False)
+    for a, b in zip(fallback.report, plain.report):  # the eager fallback is the plain run, bit for bit
+        assert a.error_reconstructed == b.error_reconstructed
+
+
+def test_compile_is_a_speed_setting_not_a_result_setting():
+    config = GenieConfig.from_profile("quick", compile=True)
+    assert config.to_dict()["compile"] is True
+    assert "compile" not in config.results_dict()
+    assert GenieConfig.from_profile("quick").results_dict() == config.results_dict()
+    with pytest.raises(Exception, match="compile must be true or false"):
+        GenieConfig.from_profile("quick", compile="yes")
+
+
+def test_compile_is_a_command_line_switch():
+    from genie_hub.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["quantize", "--compile"])).compile is True
+    assert config_from_args(parser.parse_args(["quantize"])).compile is False
+    assert "--compile" in parser._subparsers._group_actions[0].choices["quantize"].format_help()
