@@ -122,6 +122,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                                          progress=progress)
 
     from .cards import base_license, library_versions, machine_description, render_dataset_card, render_model_card
+    from .synthesis.loop import prefers_channels_last
 
     run = RunRecord(
         base_model=base_model, base_model_revision=revision, base_model_id=base_model_id,
@@ -135,6 +136,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
         torch_threads=torch.get_num_threads(),
         adam_fused=fused_adam_supported(accelerator.device),
+        synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
         wall_seconds=round(time.time() - started, 1), settings=settings)
     from .cards import base_model_id as hub_base_of
 

@@ -110,6 +110,31 @@ def test_synthesize_leaves_the_model_unchanged():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_channels_last_synthesis_makes_the_same_images_and_restores_the_layout(monkeypatch):
+    """The CUDA layout (`prefers_channels_last`), forced on CPU: the same images up to float rounding, and the
+    caller's model back in the default layout afterwards."""
+    from genie_hub.synthesis import loop
+
+    assert not loop.prefers_channels_last("cpu") and loop.prefers_channels_last("cuda")
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=4)
+    model = tiny_model("resnet-basic")
+    plain = synthesize(model, config, progress=False).pixel_values
+    seen = []
+    real_batch = loop.synthesize_batch
+
+    def spy(model, *args, **kwargs):
+        seen.append(next(p for p in model.parameters() if p.dim() == 4).is_contiguous(
+            memory_format=torch.channels_last))
+        return real_batch(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "prefers_channels_last", lambda device: True)
+    monkeypatch.setattr(loop, "synthesize_batch", spy)
+    fast = synthesize(model, config, progress=False).pixel_values
+    assert seen == [True]  # the model computed channels_last
+    assert fast.is_contiguous() and torch.allclose(fast, plain, atol=1e-3, rtol=1e-3)
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_synthesize_without_processor_or_spec_warns_about_the_size(caplog, tmp_path):
     save_tiny_model(tmp_path, "resnet-basic")
     model, processor = load_model(tmp_path)
