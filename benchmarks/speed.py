@@ -216,6 +216,8 @@ def render(results: dict) -> str:
             top1 = ", ".join(f"{r['w4a4_top1']:.2f}" for r in runs)
             lines.append(f"| {version} | {statistics.median(r['wall_s'] for r in runs):.1f} | {walls} | {top1} |")
         lines.append(f"\nMain job speed-up (baseline / this): {job['speedup']:.2f}x")
+    if results.get("notes"):
+        lines += [""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the timed runs compute (default: cuda when this machine has one)")
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default=None,
                         help="GenieConfig.mixed_precision of both versions (bf16 autocast on GPU)")
+    parser.add_argument("--note", action="append", default=[], help="free-text note copied into the results")
     parser.add_argument("--compile", action="store_true",
                         help="this checkout reconstructs with --compile (the baseline cannot); each of its timed "
                              "runs follows one untimed quantize call, so both timed calls find warm compiler caches")
@@ -246,9 +249,11 @@ def main(argv: list[str] | None = None) -> int:
 
     current = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                              text=True).stdout.strip()
+    baseline = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline], capture_output=True,
+                              text=True).stdout.strip() or args.baseline
     results = {"command": "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in argv),
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.machine()}, "
-               f"{os.cpu_count()} cpus", "threads": args.threads, "baseline": args.baseline,
+               f"{os.cpu_count()} cpus", "threads": args.threads, "baseline": baseline, "notes": args.note,
                "current": current + (" (+ uncommitted changes)" if subprocess.run(
                    ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                    text=True).stdout.strip() else ""),

@@ -99,6 +99,11 @@ def test_speed_projection_and_table():
                                     "this checkout": [{"wall_s": 30.0, "w4a4_top1": 92.2}]}, "speedup": 80 / 30}
     text = speed.render(results)
     assert "| this checkout | 30.0 | 30.0 | 92.20 |" in text and "Main job speed-up (baseline / this): 2.67x" in text
+    assert "--compile" not in text and "device cpu" in text
+    results.update(this_checkout_compile=True, device="cuda", mixed_precision="bf16", notes=["a note"])
+    text = speed.render(results)
+    assert "This checkout reconstructs with `--compile`" in text and "device cuda; mixed precision bf16" in text
+    assert text.rstrip().endswith("- a note")
 
 
 def test_markdown_names_the_prior_of_a_model_without_batchnorm(accuracy):
