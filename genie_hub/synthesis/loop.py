@@ -39,7 +39,8 @@ SHARD_PATTERN = "batch_{:05d}.safetensors"
 
 def prefers_channels_last(device: torch.device | str) -> bool:
     """Whether synthesis runs the model and the generator channels_last: on CUDA, where cuDNN's NHWC kernels
-    (and bf16 tensor cores) are fastest. On CPU the default layout measured as fast or faster (issue #13)."""
+    (and bf16 tensor cores) are fastest. On CPU the default layout was as fast or faster (a synthesis step of
+    the embedded model, 37 vs 39 ms, and of EfficientNet-Lite0 at 224 px, 2.8-3.6 vs 3.2-3.6 s)."""
     return torch.device(device).type == "cuda"
 
 
@@ -177,8 +178,6 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     model.eval().requires_grad_(False)
     model.to(device)
     channels_last = prefers_channels_last(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
     sizes = config.synthesis_batch_sizes()
     fingerprint = {**config.synthesis_fingerprint(), "prior": prior.name, "input": spec.to_dict(),
                    "pixel_target": pixel_target(spec).to_dict(),
@@ -189,6 +188,8 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     if store is not None and len(pending) < len(sizes):
         logger.info("Resuming synthesis: %d of %d batches already on disk.", len(sizes) - len(pending), len(sizes))
     try:
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         with accelerator.split_between_processes(pending) as mine, progress_bar(
                 total=len(mine) * config.synthesis_iterations, desc="Genie-D synthesis", unit="step",
                 disable=not (progress and accelerator.is_local_main_process)) as overall:
