@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,9 @@ def test_vit_base_check_runs_on_a_tiny_vit(tmp_path):
     rows = json.loads(out.with_suffix(".json").read_text())
     assert rows["synthesis_prior"] == "patch-similarity" and rows["unit"] == "vit.layers.0"
     assert "vit.layers.0.attention.quantized_matmul" in rows["unit_ops"]
-    assert rows["synthesis_step_s"] > 0 and rows["reconstruction_step_s"] > 0 and rows["peak_rss_gib"] > 0
+    # step times are differences of two timed runs: finite, but on a loaded machine not even surely positive
+    assert all(math.isfinite(rows[key]) for key in ("synthesis_step_s", "reconstruction_step_s"))
+    assert rows["peak_rss_gib"] > 0
     assert "| synthesis (patch-similarity prior" in out.with_suffix(".md").read_text()
 
 
