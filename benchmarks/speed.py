@@ -68,8 +68,6 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 warm, n = setting["warmup"], setting["steps"]
-device = "cuda" if torch.cuda.is_available() else "cpu"
-model.to(device)
 t1, _ = timed(lambda: call(synthesize, model, config(synthesis_iterations=warm), processor=processor, progress=False))
 t2, calibration = timed(lambda: call(synthesize, model, config(synthesis_iterations=warm + n), processor=processor,
                                      progress=False))

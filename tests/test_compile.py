@@ -18,7 +18,7 @@ from genie_hub import GenieConfig, quantize
 from genie_hub.quantization import reconstruction
 from genie_hub.quantization.prepare import prepare_model, quantized_ops
 from genie_hub.quantization.quantizers import ActQuantizer
-from genie_hub.quantization.reconstruction import (CompiledUnitLoss, _act_quantizers, capture,
+from genie_hub.quantization.reconstruction import (CompiledUnitLoss, _act_quantizers, _learned, capture,
                                                    unit_training_loss)
 from tiny_models import IMAGE_SIZE, tiny_model
 
@@ -48,8 +48,7 @@ def _unit_setup(family: str, pick):
         module(x, *args, **kwargs)  # calibrates the activation steps
     weight_quantizers = [op.weight_quantizer for op in ops if op.weight_quantizer is not None]
     act_quantizers = _act_quantizers(ops)
-    params = [p for wq in weight_quantizers for p in (wq.step.log_step, wq.rounding)]
-    params += [aq.step.log_step for aq in act_quantizers]
+    params = _learned(weight_quantizers, act_quantizers)
     for p in params:
         p.requires_grad_(True)
     with torch.no_grad():
