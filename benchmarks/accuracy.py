@@ -14,8 +14,8 @@ noise/zeroq/genie use the profile's num_samples calibration images; the syntheti
 by all bit settings (synthesis does not depend on bits).
 
 Part "efficientnet" (EfficientNet-Lite0, ImageNet, converted by genie_hub.recipes): agreement with the FP32 model on
-the real photos shipped with scikit-image (plus matplotlib's grace_hopper when matplotlib is installed), for
-round-to-nearest and Genie. On CPU a reduced setting is used unless --profile paper (see --effnet-* options).
+the real photos shipped with scikit-image and gradio (plus matplotlib's grace_hopper when matplotlib is
+installed), 7 views each, for round-to-nearest, noise, ZeroQ-style and Genie. On CPU a reduced setting is used unless --profile paper (see --effnet-* options).
 
 Results are written after every row to <output>.md and <output>.json, so a killed run keeps what finished.
 """
@@ -127,6 +127,8 @@ def apply_ablations(names: list[str]) -> None:
 # Reduced CPU setting for EfficientNet-Lite0 at 224 px (the generator at 224 px is expensive on CPU).
 EFFNET_CPU_DEFAULTS = dict(num_samples=32, synthesis_batch_size=16, synthesis_iterations=120,
                            reconstruction_steps=150, reconstruction_batch_size=16)
+# The photographs among the images in gradio's wheel (the others are logos and a 61 px icon).
+GRADIO_PHOTOS = ("cheetah.jpg", "cheetah1.jpg", "lion.jpg", "tower.jpg", "groot.jpeg")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,6 +291,11 @@ def render_markdown(results: dict) -> str:
 
 
 def merge_results(parts: list[dict]) -> dict:
+    eval_sets = {json.dumps([p.get("settings", {}).get("efficientnet", {}).get(k) for k in ("photos", "views_note")])
+                 for p in parts if "efficientnet" in p.get("settings", {})}
+    if len(eval_sets) > 1:
+        raise SystemExit("These results score EfficientNet-Lite0 on different photo sets; their rows cannot be "
+                         "merged. Rerun the older seeds with this checkout.")
     """Combine the results of separate runs (e.g. the embedded and the efficientnet part) into one."""
     merged: dict[str, Any] = {"commands": [], "started": None, "status": None, "machine": None,
                               "library_versions": {}, "parts": [], "settings": {}, "rows": [], "synthesis": [],
@@ -483,12 +490,25 @@ class Runner:
             if arr.ndim == 3 and arr.shape[-1] == 3:
                 photos[f"skimage.{name}"] = Image.fromarray(np.ascontiguousarray(arr))
         try:
+            photos["skimage.stereo_motorcycle"] = Image.fromarray(np.ascontiguousarray(skdata.stereo_motorcycle()[0]))
+        except Exception as exc:
+            print(f"skipping skimage.data.stereo_motorcycle: {type(exc).__name__}", flush=True)
+        try:
             import matplotlib.cbook as cbook
 
             with cbook.get_sample_data("grace_hopper.jpg") as fh:
                 photos["matplotlib.grace_hopper"] = Image.open(fh).convert("RGB").copy()
         except Exception:
             pass
+        import gradio
+
+        media = Path(gradio.__file__).parent / "media_assets" / "images"
+        for name in GRADIO_PHOTOS:
+            if (media / name).is_file():
+                with Image.open(media / name) as img:
+                    photos[f"gradio.{name}"] = img.convert("RGB")
+            else:
+                print(f"skipping gradio media_assets/images/{name}: not in this gradio version", flush=True)
         return photos
 
     def efficientnet_views(self, photos: dict) -> tuple[list, str]:

@@ -179,3 +179,10 @@ def test_the_fp_skip_ablation_restores_the_fp_skip(accuracy, monkeypatch):
     assert hooked_blocks()
     accuracy.apply_ablations(["fp-skip"])
     assert not hooked_blocks()
+
+
+def test_merge_refuses_lite0_rows_scored_on_other_photos(accuracy):
+    a, b = _results(), _results()
+    b["settings"]["efficientnet"]["photos"] = ["a", "b", "c"]
+    with pytest.raises(SystemExit, match="different photo sets"):
+        accuracy.merge_results([a, b])
