@@ -23,7 +23,8 @@ profile, whose projected hours are the GPU target):
     python benchmarks/speed.py --baseline 32c80bc --models resnet18-224 resnet50-224 --device cuda \
         --mixed-precision bf16 --compile --repeats 3 --warmup 20 --steps 100 --output benchmarks/results/speed_gpu
 
-`--compile` times this checkout with `genie_hub quantize --compile`; `--device cpu` keeps the runs off a GPU.
+`--compile` times this checkout with `genie_hub quantize --compile`, `--synthesis-batches-per-step K` with K
+batches synthesized in each step (reported per batch); `--device cpu` keeps the runs off a GPU.
 Results: <output>.md and <output>.json.
 """
 
@@ -77,7 +78,8 @@ if setting.get("warm_compile"):  # compiling once first, so both timed calls fin
 r1, _ = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm), progress=False))
 r2, result = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm + n), progress=False))
 report = getattr(result, "report", None) or []
-print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n, "reconstruction_step_s": (r2 - r1) / n,
+per_step = setting["base"].get("synthesis_batches_per_step", 1)  # a step then synthesizes that many batches
+print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n / per_step, "reconstruction_step_s": (r2 - r1) / n,
                             "units": len(report), "genie_hub": genie_hub.__file__}))
 '''
 
@@ -193,7 +195,10 @@ def render(results: dict) -> str:
              f"{results.get('mixed_precision') or 'no'}; torch threads {results['threads']}; started "
              f"{results['started']}. "
              + ("This checkout reconstructs with `--compile` (torch.compile, inductor; compile time not in the step "
-                "times). " if results.get("this_checkout_compile") else "") +
+                "times). " if results.get("this_checkout_compile") else "")
+             + (f"This checkout synthesizes {results['this_checkout_batches_per_step']} batches per step; its "
+                "synthesis step is the step time divided by that (per batch). "
+                if results.get("this_checkout_batches_per_step", 1) > 1 else "") +
              f"Baseline `{results['baseline']}` vs this checkout `{results['current']}`; median of "
              f"{results['repeats']} alternating runs per version (step times at each model's batch; projections at "
              "the profile's batch scale linearly, a rough estimate).", "",
@@ -239,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="this checkout reconstructs with --compile (the baseline cannot); each of its timed "
                              "runs follows one untimed quantize call, so both timed calls find warm compiler caches")
+    parser.add_argument("--synthesis-batches-per-step", type=int, default=1, metavar="K",
+                        help="this checkout synthesizes K batches in each step (the baseline cannot); its synthesis "
+                             "step is reported per batch (step time / K), comparable with the baseline's")
     args = parser.parse_args(argv)
     if args.device is None:
         import torch
@@ -256,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                    ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                    text=True).stdout.strip() else ""),
                "repeats": args.repeats, "device": args.device, "mixed_precision": args.mixed_precision,
-               "this_checkout_compile": args.compile, "rows": [], "speedups": {}}
+               "this_checkout_compile": args.compile,
+               "this_checkout_batches_per_step": args.synthesis_batches_per_step, "rows": [], "speedups": {}}
     with tempfile.TemporaryDirectory(prefix="genie-speed-") as tmp:
         tmp = Path(tmp)
         base_dir = checkout(args.baseline, tmp / "baseline")
@@ -270,8 +279,14 @@ def main(argv: list[str] | None = None) -> int:
                 if args.mixed_precision:
                     base["mixed_precision"] = args.mixed_precision
                 settings = {"baseline": {"base": base, "warmup": args.warmup, "steps": args.steps}}
-                settings["this checkout"] = ({**settings["baseline"], "base": {**base, "compile": True},
-                                              "warm_compile": True} if args.compile else settings["baseline"])
+                current_base = dict(base)
+                if args.compile:
+                    current_base["compile"] = True
+                if args.synthesis_batches_per_step > 1:  # as many batches of the same size, synthesized together
+                    current_base.update(synthesis_batches_per_step=args.synthesis_batches_per_step,
+                                        num_samples=spec["samples"] * args.synthesis_batches_per_step)
+                settings["this checkout"] = {**settings["baseline"], "base": current_base,
+                                             "warm_compile": args.compile}
                 timings = {"baseline": [], "this checkout": []}
                 for repeat in range(args.repeats):
                     for version, code in (("baseline", base_dir), ("this checkout", REPO)):

@@ -18,7 +18,7 @@ from .errors import ConfigError
 MIN_BITS, MAX_BITS = 2, 8
 SYNTHESIS_METHODS = ("genie", "pixels")
 MIXED_PRECISIONS = ("no", "bf16")
-SPEED_ONLY_FIELDS = ("compile",)
+SPEED_ONLY_FIELDS = ("compile", "synthesis_batches_per_step")
 """GenieConfig fields that change how fast a run goes, not its results (beyond float rounding)."""
 DATASET_STORAGES = ("exact", "fp16")
 """How OUT/dataset stores the synthetic tensors: exact float32, or float16 (half the size, lossy)."""
@@ -91,6 +91,11 @@ class GenieConfig:
     synthesis_batch_size: int = field(default=128, metadata=option("--batch-size", "synthesis batch size"))
     synthesis_iterations: int = field(default=4000, metadata=option("--synthesis-iterations",
                                                                     "optimization steps per synthesis batch"))
+    synthesis_batches_per_step: int = field(default=1, metadata=option(
+        "--synthesis-batches-per-step", "synthesize this many batches together, in one forward and backward of "
+        "the model per step: for GPUs that one batch leaves underused (memory grows with it). Each batch keeps "
+        "its own generator, latents, optimizers, swing offsets and BatchNorm statistics, so the images are "
+        "those of one batch at a time, up to float rounding"))
     latent_dim: int = 256
     synthesis_method: str = field(default="genie", metadata=option(
         "--synthesis-method", "genie: generator + latents + swing convolution; pixels: optimize the pixels "
@@ -179,7 +184,7 @@ class GenieConfig:
             if "act" in bits:
                 check_bits(f"override '{pattern}' act", bits["act"], allow_none=True)
         for name in ("num_samples", "synthesis_batch_size", "synthesis_iterations", "reconstruction_batch_size",
-                     "latent_dim"):
+                     "latent_dim", "synthesis_batches_per_step"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
         if self.reconstruction_steps < 0:

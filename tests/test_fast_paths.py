@@ -250,3 +250,18 @@ def test_activation_quantizer_without_grad_gives_the_same_output():
         untracked = quantizer(x)
     assert torch.equal(tracked, untracked)
     assert not torch.equal(untracked, x)
+
+
+def test_grouped_bn_statistics_loss_is_each_batch_on_its_own_statistics():
+    """Several synthesis batches in one forward: one loss per batch, and gradients as if each were alone."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(5)
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    x = torch.cat([torch.randn(3, 5, 4, 4) * 2 + 1, torch.randn(3, 5, 4, 4) * 0.5 - 1])  # two different batches
+    weights = torch.tensor([1.7, -0.3])
+    out, (grad,) = _values_and_grads(lambda t: (weights * bn_statistics_loss(t, bn, groups=2)).sum(), x)
+    parts = [_values_and_grads(lambda t: w * _bn_loss_by_autograd(t, bn), part) for w, part in zip(weights, x.chunk(2))]
+    assert torch.allclose(out, sum(value for value, _ in parts), rtol=1e-5)
+    assert torch.allclose(grad, torch.cat([g for _, (g,) in parts]), atol=1e-6, rtol=1e-4)
+    assert bn_statistics_loss(x, bn, groups=2).shape == (2,) and bn_statistics_loss(x, bn).shape == ()

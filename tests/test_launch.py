@@ -104,11 +104,13 @@ def test_thread_count_is_recorded_in_run_json_and_the_card(tmp_path):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", *TINY]) == 0
+        assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", *TINY,
+                     "--synthesis-batches-per-step", "2"]) == 0
     finally:
         torch.set_num_threads(threads)
     record = json.loads((out / "run.json").read_text())
     assert record["torch_threads"] == 1
+    assert record["config"]["synthesis_batches_per_step"] == 2  # the speed settings that ran
     assert record["adam_fused"] is True  # this torch has a fused CPU Adam: the kernel that ran is recorded
     assert record["synthesis_channels_last"] is False  # the CPU layout (channels_last is CUDA's)
     assert [unit["compiled"] for unit in record["unit_errors"]] == [False] * len(record["unit_errors"])

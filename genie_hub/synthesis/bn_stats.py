@@ -30,21 +30,22 @@ def require_batchnorm(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 class _BatchStatisticsLoss(torch.autograd.Function):
-    """The loss of `bn_statistics_loss` with its gradient in closed form.
+    """The loss of `bn_statistics_loss` with its gradient in closed form, for `groups` batches at once.
 
     d(loss)/dx is affine in x per channel: 2(mu - mu_run)/(C n) + 2(sigma - sigma_run)/(C (n - 1) sigma) * (x - mu).
     One fused pass computes it, where autograd through mean and std makes about ten passes over the BN input;
-    with one BN per conv, that was about a third of a synthesis step at 224 px.
+    with one BN per conv, that was about a third of a synthesis step at 224 px. `x` is [groups, batch, C, H, W]
+    (several synthesis batches in one forward, each matched on its own statistics); the loss is one per group.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, running_mean: torch.Tensor, target_std: torch.Tensor) -> torch.Tensor:
-        count = x.numel() // x.shape[1]
+        count = x[0].numel() // x.shape[2]
         correction = 1 if count > 1 else 0  # one value per channel: std 0, not 0/0
-        var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=correction)
+        var, mean = torch.var_mean(x.float(), dim=(1, 3, 4), correction=correction)  # [groups, C]
         std = var.sqrt()
-        channels = x.shape[1]
-        loss = ((mean - running_mean).pow(2).sum() + (std - target_std).pow(2).sum()) / channels
+        channels = x.shape[2]
+        loss = ((mean - running_mean).pow(2).sum(dim=1) + (std - target_std).pow(2).sum(dim=1)) / channels
         slope = torch.where(std > 0, 2 * (std - target_std) / (channels * (count - correction) * std),
                             torch.zeros_like(std))  # all values equal: no gradient through std
         offset = 2 * (mean - running_mean) / (channels * count) - slope * mean
@@ -54,20 +55,24 @@ class _BatchStatisticsLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, offset, slope = ctx.saved_tensors
-        shape = (1, -1, 1, 1)
-        grad_x = torch.addcmul((offset * grad).view(shape), x.float(), (slope * grad).view(shape))
+        shape = (x.shape[0], 1, -1, 1, 1)
+        grad_x = torch.addcmul((offset * grad[:, None]).view(shape), x.float(), (slope * grad[:, None]).view(shape))
         return grad_x.to(x.dtype), None, None
 
 
-def bn_statistics_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+def bn_statistics_loss(x: torch.Tensor, bn: nn.BatchNorm2d, groups: int | None = None) -> torch.Tensor:
     """||mu_batch - mu_run||^2 / C + ||sigma_batch - sqrt(var_run + 1e-6)||^2 / C (sigma: unbiased std).
+
+    With `groups`, `x` holds that many equal batches one after another, and the result is one loss per batch
+    (shape [groups]), each on its own batch statistics; without, one loss for all of `x`.
 
     Two degenerate cases stay finite: a channel that holds one value per batch (a batch of one image on a 1x1
     map) has std 0 instead of the unbiased 0/0, and a channel whose values are all equal (a dead channel, or
     activations that vanished in a badly scaled model) contributes no gradient through its std instead of the
     0/0 of d(std)/dx, which would turn every image into NaN."""
     target_std = torch.sqrt(bn.running_var.float() + 1e-6)
-    return _BatchStatisticsLoss.apply(x, bn.running_mean.float(), target_std)
+    losses = _BatchStatisticsLoss.apply(x.unflatten(0, (groups or 1, -1)), bn.running_mean.float(), target_std)
+    return losses if groups else losses[0]
 
 
 class BatchNormPrior(SynthesisPrior):
@@ -86,9 +91,9 @@ class BatchNormPrior(SynthesisPrior):
         return bool(batchnorm_layers(model))
 
     @contextlib.contextmanager
-    def attached(self) -> Iterator["BatchNormPrior"]:
+    def attached(self, groups: int = 1) -> Iterator["BatchNormPrior"]:
         def hook(module: nn.BatchNorm2d, args: tuple) -> None:
-            self.terms.append(bn_statistics_loss(args[0], module))
+            self.terms.append(bn_statistics_loss(args[0], module, groups))
 
         with TemporaryHooks() as hooks:
             for bn in self.layers:
@@ -99,4 +104,4 @@ class BatchNormPrior(SynthesisPrior):
 def measure_bn_loss(model: nn.Module, images: torch.Tensor) -> float:
     """The BN-statistics loss (without the image prior) of a batch of images, for diagnostics and tests."""
     require_batchnorm(model)
-    return BatchNormPrior(model).measure(images)
+    return BatchNormPrior(model).measure(images)[0]

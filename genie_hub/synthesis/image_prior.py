@@ -67,8 +67,12 @@ def pixel_target(spec: InputSpec) -> PixelTarget:
                        tuple(n / s for n, s in zip(natural_std, spec.std)))
 
 
-def input_prior_loss(images: torch.Tensor, target: PixelTarget | None = None) -> torch.Tensor:
-    """Each image's per-channel spatial mean -> target mean and std -> target std (squared L2 / batch size)."""
+def input_prior_loss(images: torch.Tensor, target: PixelTarget | None = None, groups: int | None = None
+                     ) -> torch.Tensor:
+    """Each image's per-channel spatial mean -> target mean and std -> target std (squared L2 / batch size).
+    With `groups`, `images` holds that many equal batches and the result is one loss per batch."""
+    if groups:
+        return torch.stack([input_prior_loss(part, target) for part in images.chunk(groups)])
     target = target or PixelTarget.standard(images.shape[1])
     flat = images.float().flatten(2)
     if flat.requires_grad:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -44,59 +44,121 @@ def prefers_channels_last(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_index: int, config: GenieConfig,
-                     device: torch.device | str = "cpu", autocast: Callable | None = None, progress: bool = True,
-                     prior: SynthesisPrior | None = None, overall=None,
-                     channels_last: bool = False) -> tuple[torch.Tensor, BatchStats]:
-    """Optimize one batch (fresh image parameters); return the final images and their loss statistics.
-    With `channels_last`, the generator computes in that layout (the model is the caller's to convert)."""
-    seed_everything(batch_seed(config.seed, batch_index))
+class _BatchRun:
+    """What one synthesis batch owns when it shares a step with others: its image parameters (fresh, from its
+    own seed), its optimizers and learning-rate schedules, the RNG of its swing offsets and its losses."""
+
+    def __init__(self, batch_index: int, batch_size: int, spec: InputSpec, config: GenieConfig,
+                 device: torch.device | str, channels_last: bool):
+        self.batch_index = batch_index
+        seed_everything(batch_seed(config.seed, batch_index))
+        self.source = image_source(config.synthesis_method, batch_size, spec.channels, spec.height, spec.width,
+                                   config.latent_dim, device, target=pixel_target(spec))
+        if channels_last:
+            self.source.generator.to(memory_format=torch.channels_last)
+        # Swing offsets continue the batch's seeded stream, so they are the draws it would make alone.
+        self.swing_rng = torch.Generator()
+        self.swing_rng.set_state(torch.get_rng_state())
+        self.optimizers = [adam(self.source.per_image, lr=config.lr_latent)]
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizers[0], factor=0.1, patience=100,
+                                                                  min_lr=1e-4)
+        self.schedulers = []
+        if self.source.shared:
+            self.optimizers.append(adam(self.source.shared, lr=config.lr_generator))
+            self.schedulers.append(torch.optim.lr_scheduler.StepLR(self.optimizers[1], step_size=100, gamma=0.95))
+        self.losses: list[float] = []
+
+    def images(self) -> torch.Tensor:
+        return self.source.generator(self.source.latents)
+
+    def record(self, value: float) -> None:
+        """The step's loss: ReduceLROnPlateau decides on it (on the host, every step); first and last kept."""
+        self.plateau.step(value)
+        if not self.losses:
+            self.losses.append(value)
+        self.losses[1:] = [value]
+
+
+def _batch_names(indices: Sequence[int]) -> str:
+    return f"batch {indices[0]}" if len(indices) == 1 else f"batches {indices[0]}-{indices[-1]}"
+
+
+def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch_indices: Sequence[int],
+                       config: GenieConfig, device: torch.device | str = "cpu", autocast: Callable | None = None,
+                       progress: bool = True, prior: SynthesisPrior | None = None, overall=None,
+                       channels_last: bool = False) -> list[tuple[torch.Tensor, BatchStats]]:
+    """Optimize the batches `batch_indices` (each `batch_size` images, fresh image parameters) together, in one
+    forward and backward of the model per step; return each batch's final images and loss statistics.
+
+    Each batch keeps its own generator and latents, optimizers, schedules, swing offsets and statistics (the
+    prior matches each batch's statistics alone), so the images are those of synthesizing it alone, up to
+    float rounding; one larger forward only uses a GPU better. With `channels_last`, the generators compute in
+    that layout (the model is the caller's to convert)."""
     prior = prior or select_prior(model, config.synthesis_prior)
     target = pixel_target(spec)
-    source = image_source(config.synthesis_method, batch_size, spec.channels, spec.height, spec.width,
-                          config.latent_dim, device, target=target)
-    if channels_last:
-        source.generator.to(memory_format=torch.channels_last)
-    optimizers = [adam(source.per_image, lr=config.lr_latent)]
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizers[0], factor=0.1, patience=100, min_lr=1e-4)
-    schedulers = []
-    if source.shared:
-        optimizers.append(adam(source.shared, lr=config.lr_generator))
-        schedulers.append(torch.optim.lr_scheduler.StepLR(optimizers[1], step_size=100, gamma=0.95))
+    runs = [_BatchRun(b, batch_size, spec, config, device, channels_last) for b in batch_indices]
+    groups = len(runs)
     autocast = autocast or contextlib.nullcontext
 
-    with torch.no_grad():
-        initial_prior_loss = prior.measure(source.generator(source.latents))
-    losses: list[float] = []
-    last: dict[str, torch.Tensor] = {}
+    def joined(parts: list[torch.Tensor]) -> torch.Tensor:
+        return parts[0] if groups == 1 else torch.cat(parts)
 
-    def batch_loss(step: int) -> torch.Tensor:
+    with torch.no_grad():
+        initial_prior_losses = prior.measure(joined([run.images() for run in runs]), groups)
+    last: dict[str, Any] = {}
+
+    def step_loss(step: int) -> torch.Tensor:
         with autocast():
-            last["images"] = source.generator(source.latents)
-            model_logits(model, last["images"])
-        return prior.pop() + input_prior_loss(last["images"], target)
+            last["parts"] = [run.images() for run in runs]
+            images = joined(last["parts"])
+            model_logits(model, images)
+        last["per_batch"] = prior.pop() + input_prior_loss(images, target, groups)
+        return last["per_batch"].sum()  # each batch's parameters get the gradient of its own loss only
 
     def after_step(step: int, loss: torch.Tensor) -> None:
-        value = loss.item()  # ReduceLROnPlateau decides on the host, every step
-        plateau.step(value)
-        if not losses:
-            losses.append(value)
-        losses[1:] = [value]
+        for run, value in zip(runs, last["per_batch"].tolist()):
+            run.record(value)
 
     def diverged(step: int, value: float) -> GenieError:
-        return GenieError(f"Synthesis loss became {value} in batch {batch_index} (by iteration {step}); finished "
-                          "batches are kept on disk. Try --mixed-precision no or a different --seed.")
+        return GenieError(f"Synthesis loss became {value} in {_batch_names(batch_indices)} (by iteration {step}); "
+                          "finished batches are kept on disk. Try --mixed-precision no or a different --seed.")
 
-    with prior.attached(), swing_convolutions(model) if source.swing else contextlib.nullcontext():
-        optimize(config.synthesis_iterations, batch_loss, optimizers, schedulers, on_diverged=diverged,
-                 after_step=after_step, check_every=10, desc=f"synthesis batch {batch_index}", progress=progress,
+    swing = swing_convolutions(model, [run.swing_rng for run in runs]) if runs[0].source.swing \
+        else contextlib.nullcontext()
+    with prior.attached(groups), swing:
+        optimize(config.synthesis_iterations, step_loss, [o for run in runs for o in run.optimizers],
+                 [s for run in runs for s in run.schedulers], on_diverged=diverged, after_step=after_step,
+                 check_every=10, desc=f"synthesis {_batch_names(batch_indices)}", progress=progress,
                  overall=overall)
-    images = last["images"] if last else source.generator(source.latents)
-    images = images.detach().float().contiguous()
-    stats = BatchStats(batch_index=batch_index, initial_loss=losses[0] if losses else float("nan"),
-                       final_loss=losses[-1] if losses else float("nan"),
-                       initial_prior_loss=initial_prior_loss, final_prior_loss=prior.measure(images))
-    return images, stats
+    # The images of the last step (the pixels method's are its parameters, so they include the last update).
+    images = joined(last["parts"] if last else [run.images() for run in runs]).detach().float().contiguous()
+    final_prior_losses = prior.measure(images, groups)
+    results = []
+    for i, (run, part) in enumerate(zip(runs, images.chunk(groups))):
+        stats = BatchStats(batch_index=run.batch_index, initial_loss=run.losses[0] if run.losses else float("nan"),
+                           final_loss=run.losses[-1] if run.losses else float("nan"),
+                           initial_prior_loss=initial_prior_losses[i], final_prior_loss=final_prior_losses[i])
+        results.append((part.clone() if groups > 1 else part, stats))
+    return results
+
+
+def synthesize_batch(model: nn.Module, spec: InputSpec, batch_size: int, batch_index: int, config: GenieConfig,
+                     **kwargs) -> tuple[torch.Tensor, BatchStats]:
+    """Optimize one batch (fresh image parameters); return the final images and their loss statistics.
+    Keyword arguments as `synthesize_batches`."""
+    return synthesize_batches(model, spec, batch_size, [batch_index], config, **kwargs)[0]
+
+
+def step_groups(batch_indices: Sequence[int], sizes: Sequence[int], per_step: int) -> list[list[int]]:
+    """`batch_indices` in order, in groups of up to `per_step` consecutive batches of equal size: the batches
+    that share a synthesis step (a remainder batch of another size goes alone)."""
+    groups: list[list[int]] = []
+    for b in batch_indices:
+        if groups and len(groups[-1]) < per_step and sizes[groups[-1][-1]] == sizes[b]:
+            groups[-1].append(b)
+        else:
+            groups.append([b])
+    return groups
 
 
 class ShardStore:
@@ -190,21 +252,24 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     try:
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        with accelerator.split_between_processes(pending) as mine, progress_bar(
-                total=len(mine) * config.synthesis_iterations, desc="Genie-D synthesis", unit="step",
-                disable=not (progress and accelerator.is_local_main_process)) as overall:
-            for batch_index in mine:
-                overall.set_postfix(batch=f"{batch_index + 1}/{len(sizes)}")
-                images, stats = synthesize_batch(
-                    model, spec, sizes[batch_index], batch_index, config, device=device,
-                    autocast=accelerator.autocast, progress=progress and accelerator.is_local_main_process,
-                    prior=prior, overall=overall, channels_last=channels_last)
-                logger.info("synthesis batch %d: %s loss %.4g -> %.4g", batch_index, prior.name,
-                            stats.initial_prior_loss, stats.final_prior_loss)
-                if store is not None:
-                    store.save(batch_index, images, stats)
-                else:
-                    in_memory[batch_index] = (images.cpu(), stats)
+        with accelerator.split_between_processes(pending) as mine:
+            groups = step_groups(mine, sizes, config.synthesis_batches_per_step)
+            with progress_bar(total=len(groups) * config.synthesis_iterations, desc="Genie-D synthesis",
+                              unit="step", disable=not (progress and accelerator.is_local_main_process)) as overall:
+                for group in groups:
+                    overall.set_postfix(batch=f"{group[0] + 1}" + (f"-{group[-1] + 1}" if len(group) > 1 else "")
+                                        + f"/{len(sizes)}")
+                    finished = synthesize_batches(
+                        model, spec, sizes[group[0]], group, config, device=device, autocast=accelerator.autocast,
+                        progress=progress and accelerator.is_local_main_process, prior=prior, overall=overall,
+                        channels_last=channels_last)
+                    for batch_index, (images, stats) in zip(group, finished):
+                        logger.info("synthesis batch %d: %s loss %.4g -> %.4g", batch_index, prior.name,
+                                    stats.initial_prior_loss, stats.final_prior_loss)
+                        if store is not None:
+                            store.save(batch_index, images, stats)
+                        else:
+                            in_memory[batch_index] = (images.cpu(), stats)
         accelerator.wait_for_everyone()
     finally:
         if channels_last:  # the caller's model goes back to the default layout

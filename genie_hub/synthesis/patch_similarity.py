@@ -135,16 +135,17 @@ class PatchSimilarityPrior(SynthesisPrior):
         return not batchnorm_layers(model) and bool(repeated_blocks(model))
 
     @contextlib.contextmanager
-    def attached(self) -> Iterator["PatchSimilarityPrior"]:
+    def attached(self, groups: int = 1) -> Iterator["PatchSimilarityPrior"]:
         def block_hook(module: nn.Module, args: tuple, output) -> None:
             tokens = _tokens(output)
             if tokens is not None and tokens.shape[1] >= 2:
-                self.terms.append(-similarity_entropy(tokens))
+                self.terms.append(torch.stack([-similarity_entropy(part) for part in tokens.chunk(groups)]))
 
         def model_hook(module: nn.Module, args: tuple, output) -> None:
             logits = logits_of(output)
-            if logits.dim() == 2 and logits.shape[0] > 1:
-                self.terms.append(CONFIDENCE_WEIGHT * confidence_loss(logits))
+            if logits.dim() == 2 and logits.shape[0] > groups:  # a batch of one image has no batch entropy
+                self.terms.append(torch.stack([CONFIDENCE_WEIGHT * confidence_loss(part)
+                                               for part in logits.chunk(groups)]))
 
         with TemporaryHooks() as hooks:
             for name in self.blocks:

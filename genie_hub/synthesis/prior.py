@@ -38,23 +38,26 @@ class SynthesisPrior:
     def applies_to(cls, model: nn.Module) -> bool:
         raise NotImplementedError
 
-    def attached(self) -> contextlib.AbstractContextManager["SynthesisPrior"]:
+    def attached(self, groups: int = 1) -> contextlib.AbstractContextManager["SynthesisPrior"]:
         """A context within which every forward pass of the model appends this prior's loss terms (subclasses
-        implement it with `contextlib.contextmanager` and forward hooks)."""
+        implement it with `contextlib.contextmanager` and forward hooks). The batch is `groups` equal
+        synthesis batches one after another; each term holds one loss per batch (shape [groups]), computed on
+        that batch alone, as if it were the only one in the forward."""
         raise NotImplementedError
 
     def pop(self) -> torch.Tensor:
-        """Sum of the terms collected since the last call."""
-        total = torch.stack(self.terms).sum() if self.terms else torch.zeros(())
+        """The loss of each group (shape [groups]): the sum of the terms collected since the last call."""
+        total = torch.stack(self.terms, dim=1).sum(dim=1) if self.terms else torch.zeros(1)
         self.terms = []
         return total
 
     @torch.no_grad()
-    def measure(self, images: torch.Tensor) -> float:
-        """The prior's loss for a batch of images (no swing, no image prior): diagnostics and tests."""
-        with self.attached():
+    def measure(self, images: torch.Tensor, groups: int = 1) -> list[float]:
+        """The prior's loss of each of `groups` equal batches in `images` (no swing, no image prior):
+        diagnostics and tests."""
+        with self.attached(groups):
             model_logits(self.model, images)
-        return float(self.pop())
+        return self.pop().tolist()
 
 
 _PRIORS: dict[str, type[SynthesisPrior]] = {}

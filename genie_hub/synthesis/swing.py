@@ -8,7 +8,7 @@ never modified: leaving the context removes every hook.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -67,15 +67,24 @@ def strided_convs(model: nn.Module) -> list[nn.Conv2d]:
 
 
 @contextlib.contextmanager
-def swing_convolutions(model: nn.Module) -> Iterator[list[nn.Conv2d]]:
+def swing_convolutions(model: nn.Module, rngs: Sequence[torch.Generator] = ()) -> Iterator[list[nn.Conv2d]]:
     """Within the context, every strided Conv2d of `model` swings its input (one offset per forward).
 
-    Offsets come from torch's global RNG, which the synthesis loop seeds per batch.
+    Offsets come from torch's global RNG, which the synthesis loop seeds per batch, or with `rngs` from one
+    generator per synthesis batch in the forward (the batch is that many equal parts, each swung by its own
+    offsets: the draws of each batch are those it would make alone).
     """
 
+    def draw(rng: torch.Generator | None) -> list[int]:
+        return torch.randint(0, 3, (2,), generator=rng).tolist()
+
     def hook(module: nn.Module, args: tuple) -> tuple:
-        offset_h, offset_w = torch.randint(0, 3, (2,)).tolist()
-        return (swing(args[0], offset_h, offset_w), *args[1:])
+        x = args[0]
+        if len(rngs) > 1:
+            x = torch.cat([swing(part, *draw(rng)) for part, rng in zip(x.chunk(len(rngs)), rngs)])
+        else:
+            x = swing(x, *draw(rngs[0] if rngs else None))
+        return (x, *args[1:])
 
     convs = strided_convs(model)
     with TemporaryHooks() as hooks:
