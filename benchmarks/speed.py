@@ -21,7 +21,8 @@ Models: `embedded` (the embedded 28 px Fashion-MNIST ResNet), `resnet18-32` (Res
 profile, whose projected hours are the GPU target):
 
     python benchmarks/speed.py --baseline 32c80bc --models resnet18-224 resnet50-224 --device cuda \
-        --mixed-precision bf16 --compile --repeats 3 --warmup 20 --steps 100 --output benchmarks/results/speed_gpu
+        --mixed-precision bf16 --compile --synthesis-batches-per-step 4 --repeats 3 --warmup 20 --steps 100 \
+        --output benchmarks/results/speed_gpu
 
 `--compile` times this checkout with `genie_hub quantize --compile`, `--synthesis-batches-per-step K` with K
 batches synthesized in each step (reported per batch); `--device cpu` keeps the runs off a GPU.

@@ -328,3 +328,19 @@ def test_a_prior_attached_to_several_batches_gives_each_its_own_loss_and_gradien
         alone.sum().backward()
         assert alone.shape == (1,) and loss.item() == pytest.approx(alone.item(), rel=1e-5)
         assert torch.allclose(grad, part.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_running_out_of_memory_names_the_settings_that_lower_it(monkeypatch, tmp_path):
+    from genie_hub.errors import GenieError
+    from genie_hub.synthesis import loop
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "synthesize_batches", out_of_memory)
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=4, synthesis_iterations=2,
+                                      synthesis_batches_per_step=2)
+    with pytest.raises(GenieError, match=r"batches 0-1 \(2 x 4 images per step\).*--synthesis-batches-per-step "
+                                         r"\(now 2.*resumes"):
+        synthesize(model, config, spec=input_spec(model), output_dir=tmp_path, progress=False)

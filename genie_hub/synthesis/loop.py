@@ -259,10 +259,18 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
                 for group in groups:
                     overall.set_postfix(batch=f"{group[0] + 1}" + (f"-{group[-1] + 1}" if len(group) > 1 else "")
                                         + f"/{len(sizes)}")
-                    finished = synthesize_batches(
-                        model, spec, sizes[group[0]], group, config, device=device, autocast=accelerator.autocast,
-                        progress=progress and accelerator.is_local_main_process, prior=prior, overall=overall,
-                        channels_last=channels_last)
+                    try:
+                        finished = synthesize_batches(
+                            model, spec, sizes[group[0]], group, config, device=device,
+                            autocast=accelerator.autocast, progress=progress and accelerator.is_local_main_process,
+                            prior=prior, overall=overall, channels_last=channels_last)
+                    except torch.OutOfMemoryError as exc:
+                        raise GenieError(
+                            f"Synthesis ran out of memory on {device} in {_batch_names(group)} "
+                            f"({len(group)} x {sizes[group[0]]} images per step). Lower --synthesis-batches-per-step "
+                            f"(now {config.synthesis_batches_per_step}; it changes only the speed) or --batch-size, "
+                            "or use --mixed-precision bf16; finished batches are kept on disk and a rerun of the "
+                            "same command resumes from them.") from exc
                     for batch_index, (images, stats) in zip(group, finished):
                         logger.info("synthesis batch %d: %s loss %.4g -> %.4g", batch_index, prior.name,
                                     stats.initial_prior_loss, stats.final_prior_loss)
