@@ -45,8 +45,9 @@ def prefers_channels_last(device: torch.device | str) -> bool:
 
 
 class _BatchRun:
-    """What one synthesis batch owns when it shares a step with others: its image parameters (fresh, from its
-    own seed), its optimizers and learning-rate schedules, the RNG of its swing offsets and its losses."""
+    """What one synthesis batch owns, also when it shares its steps with other batches: its image parameters
+    (fresh, from its own seed), its optimizers and learning-rate schedules, the RNG of its swing offsets and
+    its losses."""
 
     def __init__(self, batch_index: int, batch_size: int, spec: InputSpec, config: GenieConfig,
                  device: torch.device | str, channels_last: bool):
