@@ -40,6 +40,41 @@ def adam(params, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr)
 
 
+def tensor_lr(value: float, device: torch.device | str) -> torch.Tensor:
+    """A learning rate that fused Adam reads on the device, so that a schedule can change it without a host
+    round trip: float64 on CPU (the same update as the Python float), float32 elsewhere (CUDA's kernel reads
+    float32; the rate then differs from the float in the 8th digit)."""
+    device = torch.device(device)
+    return torch.tensor(value, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+
+
+class PlateauOnDevice:
+    """torch's `ReduceLROnPlateau` (mode "min", relative threshold, no cooldown) for an optimizer whose lr is the
+    tensor `lr` (`tensor_lr`), decided on the device from a loss tensor: no `.item()` per step, which on a GPU
+    stalls the launch of the next step until the last one has finished. The same decisions as torch's, in
+    float64 as its Python floats are (`tests/test_fast_paths.py` runs both on one loss sequence)."""
+
+    def __init__(self, lr: torch.Tensor, factor: float, patience: int, min_lr: float, threshold: float = 1e-4,
+                 eps: float = 1e-8):
+        self.lr = lr
+        self.master = lr if lr.dtype == torch.float64 else lr.double()
+        self.factor, self.patience, self.min_lr, self.threshold, self.eps = factor, patience, min_lr, threshold, eps
+        self.best = torch.full((), float("inf"), dtype=torch.float64, device=lr.device)
+        self.bad_steps = torch.zeros((), dtype=torch.int64, device=lr.device)
+
+    def step(self, loss: torch.Tensor) -> None:
+        value = loss.detach().double()
+        better = value < self.best * (1.0 - self.threshold)
+        self.best = torch.where(better, value, self.best)
+        self.bad_steps = torch.where(better, 0, self.bad_steps + 1)
+        reduce = self.bad_steps > self.patience
+        reduced = torch.clamp(self.master * self.factor, min=self.min_lr)
+        self.master.copy_(torch.where(reduce & (self.master - reduced > self.eps), reduced, self.master))
+        if self.lr is not self.master:
+            self.lr.copy_(self.master)
+        self.bad_steps = torch.where(reduce, 0, self.bad_steps)
+
+
 def optimize(steps: int, compute_loss: Callable[[int], torch.Tensor], optimizers: Sequence[torch.optim.Optimizer],
              schedulers: Sequence = (), *, on_diverged: Callable[[int, float], Exception],
              after_step: Callable[[int, torch.Tensor], None] | None = None, check_every: int = 50,

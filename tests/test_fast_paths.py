@@ -265,3 +265,41 @@ def test_grouped_bn_statistics_loss_is_each_batch_on_its_own_statistics():
     assert torch.allclose(out, sum(value for value, _ in parts), rtol=1e-5)
     assert torch.allclose(grad, torch.cat([g for _, (g,) in parts]), atol=1e-6, rtol=1e-4)
     assert bn_statistics_loss(x, bn, groups=2).shape == (2,) and bn_statistics_loss(x, bn).shape == ()
+
+
+def test_plateau_on_device_takes_torch_schedulers_decisions():
+    """The synthesis latents' schedule without a host read per step: the same learning rate as torch's
+    ReduceLROnPlateau after every step of a loss with improvements, plateaus, negative values and a NaN."""
+    from genie_hub.optimization import PlateauOnDevice, tensor_lr
+
+    generator = torch.Generator().manual_seed(0)
+    losses = torch.cat([torch.linspace(3, 1, 20), torch.full((9,), 1.0), torch.linspace(1, -2, 10),
+                        -2 + 1e-5 * torch.rand(25, generator=generator), torch.tensor([float("nan")]),
+                        torch.full((30,), -2.5)]).float()
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    torch_plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(reference, factor=0.1, patience=4, min_lr=1e-4)
+    lr = tensor_lr(0.1, "cpu")
+    plateau = PlateauOnDevice(lr, factor=0.1, patience=4, min_lr=1e-4)
+    seen = []
+    for loss in losses:
+        torch_plateau.step(float(loss))
+        plateau.step(loss)
+        assert lr.item() == reference.param_groups[0]["lr"]
+        seen.append(lr.item())
+    assert len(set(seen)) >= 3  # the sequence made it reduce twice or more
+
+
+def test_fused_adam_with_a_float64_tensor_lr_is_the_float_lr_update():
+    """tensor_lr on CPU: the device-side schedule leaves the synthesis updates (and the pinned images) as they were."""
+    from genie_hub.optimization import adam, tensor_lr
+
+    torch.manual_seed(0)
+    plain = torch.randn(257, requires_grad=True)
+    tensor = plain.detach().clone().requires_grad_(True)
+    by_float, by_tensor = adam([plain], lr=0.1), adam([tensor], lr=tensor_lr(0.1, "cpu"))
+    for _ in range(5):
+        grad = torch.randn(257)
+        plain.grad, tensor.grad = grad.clone(), grad.clone()
+        by_float.step()
+        by_tensor.step()
+    assert torch.equal(plain, tensor)

@@ -344,3 +344,17 @@ def test_running_out_of_memory_names_the_settings_that_lower_it(monkeypatch, tmp
     with pytest.raises(GenieError, match=r"batches 0-1 \(2 x 4 images per step\).*--synthesis-batches-per-step "
                                          r"\(now 2.*resumes"):
         synthesize(model, config, spec=input_spec(model), output_dir=tmp_path, progress=False)
+
+
+def test_the_host_plateau_schedule_makes_the_same_images(monkeypatch):
+    """Where Adam is not fused (so takes no tensor lr), torch's ReduceLROnPlateau reads each step's loss on the
+    host instead of PlateauOnDevice; the images are the same."""
+    from genie_hub.synthesis import loop
+
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=4, synthesis_iterations=5)
+    on_device = synthesize(model, config, spec=input_spec(model), progress=False)
+    monkeypatch.setattr(loop, "fused_adam_supported", lambda device: False)
+    on_host = synthesize(model, config, spec=input_spec(model), progress=False)
+    assert torch.equal(on_host.pixel_values, on_device.pixel_values)
+    assert [s.final_loss for s in on_host.batch_stats] == [s.final_loss for s in on_device.batch_stats]

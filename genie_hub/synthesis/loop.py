@@ -24,7 +24,7 @@ from ..config import GenieConfig, make_accelerator
 from ..errors import ConfigError, GenieError
 from ..fileio import save_safetensors
 from ..loading import input_spec
-from ..optimization import adam, optimize
+from ..optimization import PlateauOnDevice, adam, fused_adam_supported, optimize, tensor_lr
 from ..progress import progress_bar
 from ..reproducibility import batch_seed, model_fingerprint, seed_everything
 from .generator import image_source
@@ -60,24 +60,39 @@ class _BatchRun:
         # Swing offsets continue the batch's seeded stream, so they are the draws it would make alone.
         self.swing_rng = torch.Generator()
         self.swing_rng.set_state(torch.get_rng_state())
-        self.optimizers = [adam(self.source.per_image, lr=config.lr_latent)]
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizers[0], factor=0.1, patience=100,
-                                                                  min_lr=1e-4)
+        # The latents' lr drops on a plateau of the loss; with fused Adam the decision is made on the device.
+        plateau = dict(factor=0.1, patience=100, min_lr=1e-4)
+        if fused_adam_supported(device):
+            lr = tensor_lr(config.lr_latent, device)
+            self.optimizers = [adam(self.source.per_image, lr=lr)]
+            self.plateau = PlateauOnDevice(lr, **plateau)
+        else:  # Adam takes a tensor lr only fused: torch's scheduler, which reads the loss on the host
+            self.optimizers = [adam(self.source.per_image, lr=config.lr_latent)]
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizers[0], **plateau)
         self.schedulers = []
         if self.source.shared:
             self.optimizers.append(adam(self.source.shared, lr=config.lr_generator))
             self.schedulers.append(torch.optim.lr_scheduler.StepLR(self.optimizers[1], step_size=100, gamma=0.95))
-        self.losses: list[float] = []
+        self.first_loss: torch.Tensor | None = None
+        self.last_loss: torch.Tensor | None = None
 
     def images(self) -> torch.Tensor:
         return self.source.generator(self.source.latents)
 
-    def record(self, value: float) -> None:
-        """The step's loss: ReduceLROnPlateau decides on it (on the host, every step); first and last kept."""
-        self.plateau.step(value)
-        if not self.losses:
-            self.losses.append(value)
-        self.losses[1:] = [value]
+    def record(self, loss: torch.Tensor) -> None:
+        """The step's loss (a scalar tensor, not read on the host): the plateau schedule steps on it; the first
+        and the last are kept for the batch's statistics."""
+        loss = loss.detach()
+        self.plateau.step(loss if isinstance(self.plateau, PlateauOnDevice) else float(loss))
+        if self.first_loss is None:
+            self.first_loss = loss
+        self.last_loss = loss
+
+    def loss_summary(self) -> tuple[float, float]:
+        """(first, last) step loss; NaN without steps."""
+        if self.first_loss is None:
+            return float("nan"), float("nan")
+        return float(self.first_loss), float(self.last_loss)
 
 
 def _batch_names(indices: Sequence[int]) -> str:
@@ -117,8 +132,8 @@ def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch
         return last["per_batch"].sum()  # each batch's parameters get the gradient of its own loss only
 
     def after_step(step: int, loss: torch.Tensor) -> None:
-        for run, value in zip(runs, last["per_batch"].tolist()):
-            run.record(value)
+        for run, batch_loss in zip(runs, last["per_batch"].detach().unbind()):
+            run.record(batch_loss)
 
     def diverged(step: int, value: float) -> GenieError:
         return GenieError(f"Synthesis loss became {value} in {_batch_names(batch_indices)} (by iteration {step}); "
@@ -136,8 +151,8 @@ def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch
     final_prior_losses = prior.measure(images, groups)
     results = []
     for i, (run, part) in enumerate(zip(runs, images.chunk(groups))):
-        stats = BatchStats(batch_index=run.batch_index, initial_loss=run.losses[0] if run.losses else float("nan"),
-                           final_loss=run.losses[-1] if run.losses else float("nan"),
+        initial_loss, final_loss = run.loss_summary()
+        stats = BatchStats(batch_index=run.batch_index, initial_loss=initial_loss, final_loss=final_loss,
                            initial_prior_loss=initial_prior_losses[i], final_prior_loss=final_prior_losses[i])
         results.append((part.clone() if groups > 1 else part, stats))
     return results
