@@ -10,7 +10,7 @@ prior, from the model's input normalization) in `image_prior.py`.
 from .bn_stats import BatchNormPrior, batchnorm_layers, bn_statistics_loss, measure_bn_loss, require_batchnorm
 from .generator import DirectPixels, Generator, image_source
 from .image_prior import PixelTarget, input_prior_loss, pixel_target
-from .loop import ShardStore, synthesize, synthesize_batch
+from .loop import ShardStore, synthesize, synthesize_batch, synthesize_batches
 from .patch_similarity import PatchSimilarityPrior
 from .prior import SynthesisPrior, describe_prior, prior_names, register_prior, select_prior
 from .swing import swing_convolutions
@@ -21,4 +21,5 @@ register_prior(PatchSimilarityPrior)
 __all__ = ["BatchNormPrior", "DirectPixels", "Generator", "PatchSimilarityPrior", "PixelTarget", "ShardStore",
            "SynthesisPrior", "batchnorm_layers", "bn_statistics_loss", "describe_prior", "image_source",
            "input_prior_loss", "measure_bn_loss", "pixel_target", "prior_names", "register_prior",
-           "require_batchnorm", "select_prior", "swing_convolutions", "synthesize", "synthesize_batch"]
+           "require_batchnorm", "select_prior", "swing_convolutions", "synthesize", "synthesize_batch",
+           "synthesize_batches"]
