@@ -58,9 +58,11 @@ ABLATIONS = {
     "pixel-target": "synthetic images pulled to mean 0 / std 1 whatever the processor's normalization",
     "fp-skip": "a block that adds its input back with no module on the skip (MobileNetV2, EfficientNet, ConvNeXt) "
                "adds the FP input (no quantizer at the block's entry)",
+    "swing-all": "every strided conv swings during synthesis, however small its input map (the reference; now "
+                 "maps under 14 px do not)",
 }
 """Each fix of issue #10 that can be switched back to genie_hub 0.1's behaviour, for one benchmark row each (0.1
-followed the reference in log-step and pixel-target; in through-zero and fp-skip the reference already did what
+followed the reference in log-step, pixel-target and swing-all; in through-zero and fp-skip the reference already did what
 the fix does).
 The shared A8 shortcut quantizer is ablated with an override instead (`--override` of the CLI), and the QDrop
 meaning is the same distribution at the default qdrop_prob 0.5, so it has no row."""
@@ -118,6 +120,10 @@ def apply_ablations(names: list[str]) -> None:
         quantizers.init_weight_range = through_zero
     if "pixel-target" in names:
         loop.pixel_target = lambda spec: image_prior.PixelTarget.standard(spec.channels)
+    if "swing-all" in names:
+        from genie_hub.synthesis import swing
+
+        swing.SWING_MIN_SIZE = 0
     if "fp-skip" in names:
         from genie_hub.quantization import prepare
 

@@ -81,6 +81,24 @@ def test_input_spec_comes_from_config_and_processor(tmp_path):
     assert spec.shape == (1, IMAGE_SIZE, IMAGE_SIZE) and spec.mean == (0.5,)
 
 
+def test_only_strided_convs_reading_maps_of_14_px_or_more_swing():
+    """Swing shifts inputs of SWING_MIN_SIZE (14) px and up, as every strided conv of the paper's 224 px models
+    reads; smaller maps (a low-resolution model's deep stages) are read unshifted."""
+    from torch import nn
+
+    from genie_hub.synthesis.swing import SWING_MIN_SIZE
+
+    assert SWING_MIN_SIZE == 14
+    conv = nn.Conv2d(2, 2, 3, stride=2, padding=1).requires_grad_(False)
+    for size, swings in ((13, False), (14, True), (28, True)):
+        x = torch.randn(1, 2, size, size)
+        torch.manual_seed(0)
+        with swing_convolutions(conv):
+            outputs = [conv(x) for _ in range(8)]
+        assert any(not torch.equal(outputs[0], o) for o in outputs[1:]) == swings, size
+        assert all(torch.equal(o, conv(x)) for o in outputs) == (not swings), size
+
+
 def test_swing_convolution_is_active_only_inside_the_context():
     model = tiny_model("resnet-basic").requires_grad_(False)
     x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
