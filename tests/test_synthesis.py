@@ -210,6 +210,19 @@ def test_shards_are_reused_and_checked(tmp_path):
                                                    synthesis_iterations=4), output_dir=tmp_path, progress=False)
 
 
+def test_shards_swung_on_other_map_sizes_are_not_resumed(tmp_path, monkeypatch):
+    """Shards of a version that swung strided convs on every map size are other images: refused, not mixed in."""
+    from genie_hub.synthesis import swing
+
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=3, synthesis_batch_size=3, synthesis_iterations=2)
+    monkeypatch.setattr(swing, "SWING_MIN_SIZE", 0)
+    synthesize(model, config, output_dir=tmp_path, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="different settings"):
+        synthesize(model, config, output_dir=tmp_path, progress=False)
+
+
 WORKER = """
 import sys, logging, torch
 sys.path.insert(0, {tests!r})

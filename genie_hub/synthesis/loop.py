@@ -29,6 +29,7 @@ from ..progress import progress_bar
 from ..reproducibility import batch_seed, model_fingerprint, seed_everything
 from .generator import image_source
 from .image_prior import input_prior_loss, pixel_target
+from . import swing
 from .prior import SynthesisPrior, select_prior
 from .swing import swing_convolutions
 
@@ -139,9 +140,9 @@ def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch
         return GenieError(f"Synthesis loss became {value} in {_batch_names(batch_indices)} (by iteration {step}); "
                           "finished batches are kept on disk. Try --mixed-precision no or a different --seed.")
 
-    swing = swing_convolutions(model, [run.swing_rng for run in runs]) if runs[0].source.swing \
+    swinging = swing_convolutions(model, [run.swing_rng for run in runs]) if runs[0].source.swing \
         else contextlib.nullcontext()
-    with prior.attached(groups), swing:
+    with prior.attached(groups), swinging:
         optimize(config.synthesis_iterations, step_loss, [o for run in runs for o in run.optimizers],
                  [s for run in runs for s in run.schedulers], on_diverged=diverged, after_step=after_step,
                  check_every=10, desc=f"synthesis {_batch_names(batch_indices)}", progress=progress,
@@ -260,6 +261,8 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     fingerprint = {**config.synthesis_fingerprint(), "prior": prior.name, "input": spec.to_dict(),
                    "pixel_target": pixel_target(spec).to_dict(),
                    "model": model_fingerprint(model), "batch_sizes": sizes}
+    if config.synthesis_method == "genie":  # earlier versions swung maps of every size: their shards are other images
+        fingerprint["swing_min_size"] = swing.SWING_MIN_SIZE
     store = ShardStore(output_dir, fingerprint) if output_dir is not None else None
     in_memory: dict[int, tuple[torch.Tensor, BatchStats]] = {}
     pending = [b for b in range(len(sizes)) if store is None or not store.is_finished(b)]
