@@ -1,4 +1,5 @@
-"""Swing convolution: a random +-1 px shift before every strided conv, during synthesis only.
+"""Swing convolution: a random +-1 px shift before every strided conv (that reads a map of `SWING_MIN_SIZE` px
+or more), during synthesis only.
 
 Strided convs see only one phase of their input grid; shifting it each iteration keeps the synthesized
 images from locking onto that aliasing pattern. Implemented as temporary forward pre-hooks, so the model is
@@ -89,7 +90,7 @@ def swing_convolutions(model: nn.Module, rngs: Sequence[torch.Generator] = ()) -
     def draw(rng: torch.Generator | None) -> list[int]:
         return torch.randint(0, 3, (2,), generator=rng).tolist()
 
-    def hook(module: nn.Module, args: tuple) -> tuple:
+    def hook(module: nn.Module, args: tuple) -> tuple | None:
         x = args[0]
         if min(x.shape[-2:]) < SWING_MIN_SIZE:
             return None
