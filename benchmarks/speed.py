@@ -52,6 +52,11 @@ import torch
 torch.set_num_threads(int(sys.argv[3]))
 import genie_hub
 from genie_hub import GenieConfig, load_model, quantize, synthesize
+try:  # what the command line does first (genie_hub.runtime); versions before it have no such module
+    from genie_hub.runtime import reuse_freed_memory
+    malloc_reuse = reuse_freed_memory()
+except ImportError:
+    malloc_reuse = None
 
 model_dir, setting = sys.argv[1], json.loads(sys.argv[2])
 model, processor = load_model(None if model_dir == "embedded" else model_dir)
@@ -81,7 +86,7 @@ r2, result = timed(lambda: call(quantize, model, pixels, config(reconstruction_s
 report = getattr(result, "report", None) or []
 per_step = setting["base"].get("synthesis_batches_per_step", 1)  # a step then synthesizes that many batches
 print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n / per_step, "reconstruction_step_s": (r2 - r1) / n,
-                            "units": len(report), "genie_hub": genie_hub.__file__}))
+                            "units": len(report), "genie_hub": genie_hub.__file__, "malloc_reuse": malloc_reuse}))
 '''
 
 MODELS = {  # batch: synthesis batch (= images) of the timed runs
@@ -191,6 +196,10 @@ def projected(step: dict, profile: dict) -> float:
 
 
 def render(results: dict) -> str:
+    reusing = dict.fromkeys(row["version"] for row in results["rows"]
+                            if any(run.get("malloc_reuse") for run in row.get("runs", [])))
+    reuse_note = "".join(f"The timed processes of {'the ' * (version == 'baseline')}{version} keep freed memory "
+                         "for reuse, as its command line does (`genie_hub.runtime`). " for version in reusing)
     lines = ["# genie_hub speed benchmark", "", f"Command: `{results['command']}`", "",
              f"Machine: {results['machine']}; device {results.get('device', 'cpu')}; mixed precision "
              f"{results.get('mixed_precision') or 'no'}; torch threads {results['threads']}; started "
@@ -199,7 +208,8 @@ def render(results: dict) -> str:
                 "times). " if results.get("this_checkout_compile") else "")
              + (f"This checkout synthesizes {results['this_checkout_batches_per_step']} batches per step; its "
                 "synthesis step is the step time divided by that (per batch). "
-                if results.get("this_checkout_batches_per_step", 1) > 1 else "") +
+                if results.get("this_checkout_batches_per_step", 1) > 1 else "")
+             + reuse_note +
              f"Baseline `{results['baseline']}` vs this checkout `{results['current']}`; median of "
              f"{results['repeats']} alternating runs per version (step times at each model's batch; projections at "
              "the profile's batch scale linearly, a rough estimate).", "",

@@ -346,6 +346,7 @@ def recorded_command(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from .progress import bars_enabled, disable_all_bars, logs_above_bars, quiet
+    from .runtime import reuse_freed_memory
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("genie_hub").warning(
             "--token leaves your token in your shell history and in process listings; export HF_TOKEN or run "
             "`hf auth login` once instead. (genie_hub never records it in run.json or the card.)")
+    reuse_freed_memory()  # large CPU tensors reuse freed memory instead of fresh, page-faulting maps
     try:
         with logs_above_bars():
             COMMANDS[args.command](args)

@@ -303,3 +303,35 @@ def test_fused_adam_with_a_float64_tensor_lr_is_the_float_lr_update():
         by_float.step()
         by_tensor.step()
     assert torch.equal(plain, tensor)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_qdrop_mask_is_bernoulli_in_the_inputs_layout(layout):
+    """The 16-bit masks (four per 64-bit draw): the asked probability, independent elements, the input's
+    layout and dtype, and 1 exactly at prob 1."""
+    from genie_hub.quantization.quantizers import qdrop_keep
+
+    torch.manual_seed(0)
+    like = torch.empty(64, 8, 15, 15).contiguous(memory_format=layout)  # 115,200 elements
+    for prob in (0.1, 0.5, 0.9):
+        keep = qdrop_keep(like, prob)
+        assert keep.dtype == like.dtype and keep.stride() == like.stride()
+        assert set(keep.unique().tolist()) == {0.0, 1.0}
+        assert abs(float(keep.mean()) - prob) < 0.006  # 4 binomial std at n = 115,200
+        flat = keep.flatten()
+        both = float((flat[:-1] * flat[1:]).mean())  # neighbours (also the four lanes of one draw) independent
+        assert abs(both - prob * prob) < 0.006
+    assert torch.equal(qdrop_keep(like, 1.0), torch.ones_like(like))
+    torch.manual_seed(3)
+    first = qdrop_keep(like, 0.5)
+    torch.manual_seed(3)
+    assert torch.equal(qdrop_keep(like, 0.5), first)  # drawn from torch's global generator: seeded runs repeat
+
+
+def test_branch_free_select_is_torch_where_exactly():
+    from genie_hub.quantization.quantizers import keep_where
+
+    torch.manual_seed(0)
+    fp, quantized = torch.randn(10000) * 1e3, torch.randn(10000) * 1e-3
+    keep = (torch.rand(10000) < 0.5).float()
+    assert torch.equal(keep_where(keep, fp, quantized), torch.where(keep.bool(), fp, quantized))
