@@ -47,16 +47,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r'''
-import inspect, json, sys, time
+import inspect, json, os, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 import genie_hub
 from genie_hub import GenieConfig, load_model, quantize, synthesize
-try:  # what the command line does first (genie_hub.runtime); versions before it have no such module
+# What the command line does first (genie_hub.runtime), where this version has it: checked by file, since an
+# editable install of another checkout would hand an older version that checkout's module.
+malloc_reuse = None
+if os.path.exists(os.path.join(os.path.dirname(genie_hub.__file__), "runtime.py")):
     from genie_hub.runtime import reuse_freed_memory
     malloc_reuse = reuse_freed_memory()
-except ImportError:
-    malloc_reuse = None
 
 model_dir, setting = sys.argv[1], json.loads(sys.argv[2])
 model, processor = load_model(None if model_dir == "embedded" else model_dir)
@@ -199,7 +200,8 @@ def render(results: dict) -> str:
     reusing = dict.fromkeys(row["version"] for row in results["rows"]
                             if any(run.get("malloc_reuse") for run in row.get("runs", [])))
     reuse_note = "".join(f"The timed processes of {'the ' * (version == 'baseline')}{version} keep freed memory "
-                         "for reuse, as its command line does (`genie_hub.runtime`). " for version in reusing)
+                         "for reuse (`genie_hub.runtime`, which this checkout's command line applies first). "
+                         for version in reusing)
     lines = ["# genie_hub speed benchmark", "", f"Command: `{results['command']}`", "",
              f"Machine: {results['machine']}; device {results.get('device', 'cpu')}; mixed precision "
              f"{results.get('mixed_precision') or 'no'}; torch threads {results['threads']}; started "

@@ -98,7 +98,7 @@ def test_speed_projection_and_table():
     assert "main job" not in text and "keep freed memory" not in text
     results["rows"].append({"model": "embedded", "version": "this checkout", **step, "quick_min": 1.0,
                             "paper_h": 1.0, "runs": [{"malloc_reuse": True}]})
-    assert "The timed processes of this checkout keep freed memory for reuse" in speed.render(results)
+    assert "The timed processes of this checkout keep freed memory for reuse (`genie_hub.runtime`" in speed.render(results)
     results["rows"].pop()
     results["main_job"] = {"runs": {"baseline": [{"wall_s": 80.0, "w4a4_top1": 92.1}],
                                     "this checkout": [{"wall_s": 30.0, "w4a4_top1": 92.2}]}, "speedup": 80 / 30}

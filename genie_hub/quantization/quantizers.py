@@ -54,9 +54,10 @@ def qdrop_keep(like: torch.Tensor, prob: float) -> torch.Tensor:
     """A Bernoulli(`prob`) mask shaped and typed like `like`: 1 where an element keeps its FP value, else 0.
 
     Drawn as 16-bit uniform integers, four from each 64-bit draw of torch's global generator (`prob` is thereby
-    a multiple of 1/65536, exact for 0.5): on CPU `torch.rand_like` makes one draw per element, and these masks
-    were a fifth of a 224 px reconstruction step. A 0/1 float mask, because on CPU torch.where and masked_fill_
-    over a random bool mask run ~7x slower than arithmetic (mispredicted branches).
+    a multiple of 1/65536, exact for 0.5), where `torch.rand_like` makes one draw per element; and a 0/1 float
+    mask, because on CPU torch.where and masked_fill_ over a random bool mask run ~7x slower than arithmetic
+    (a mispredicted branch per element). Drawing and applying the masks the old way was 40 % of a 224 px
+    reconstruction step (EfficientNet-Lite0, batch 16, one thread).
     """
     if prob >= 1:
         return torch.ones_like(like)
