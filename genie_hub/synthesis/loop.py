@@ -29,9 +29,8 @@ from ..progress import progress_bar
 from ..reproducibility import batch_seed, model_fingerprint, seed_everything
 from .generator import image_source
 from .image_prior import input_prior_loss, pixel_target
-from . import swing
+from . import swing  # the module: SWING_MIN_SIZE is read at run time (benchmarks ablate it)
 from .prior import SynthesisPrior, select_prior
-from .swing import swing_convolutions
 
 logger = logging.getLogger("genie_hub.synthesis")
 
@@ -140,7 +139,7 @@ def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch
         return GenieError(f"Synthesis loss became {value} in {_batch_names(batch_indices)} (by iteration {step}); "
                           "finished batches are kept on disk. Try --mixed-precision no or a different --seed.")
 
-    swinging = swing_convolutions(model, [run.swing_rng for run in runs]) if runs[0].source.swing \
+    swinging = swing.swing_convolutions(model, [run.swing_rng for run in runs]) if runs[0].source.swing \
         else contextlib.nullcontext()
     with prior.attached(groups), swinging:
         optimize(config.synthesis_iterations, step_loss, [o for run in runs for o in run.optimizers],
