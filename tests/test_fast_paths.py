@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genie_hub.optimization import adam
-from genie_hub.synthesis.bn_stats import bn_statistics_loss
+from genie_hub.synthesis.bn_stats import bn_statistics_loss, channel_statistics
 from genie_hub.synthesis.generator import Generator, upsample_conv
 from genie_hub.synthesis.swing import swing, swing_reference
 
@@ -105,6 +105,22 @@ def test_bn_statistics_loss_gradient_in_closed_form(shape, constant_channel):
     assert torch.allclose(out, ref, rtol=1e-5)
     assert torch.isfinite(grad).all()
     assert torch.allclose(grad, ref_grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 6, 5, 7), (2, 3, 5, 2, 2), (1, 1, 5, 1, 1), (3, 2, 4, 9, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_statistics_are_the_mean_and_biased_variance(shape, channels_last):
+    """The BatchNorm kernel's statistics (the CPU path) equal var_mean's in float64, per group, also far from
+    zero mean (two-pass: no cancellation) and in channels_last memory."""
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 0.01 + 300.0
+    if channels_last:
+        x = torch.stack([g.contiguous(memory_format=torch.channels_last) for g in x.unbind(0)])
+    mean, var = channel_statistics(x)
+    ref_var, ref_mean = torch.var_mean(x.double(), dim=(1, 3, 4), correction=0)
+    assert mean.shape == var.shape == shape[:1] + shape[2:3]
+    assert torch.allclose(mean.double(), ref_mean, rtol=1e-6, atol=0)
+    assert torch.allclose(var.double(), ref_var, rtol=1e-4, atol=1e-12)
 
 
 def test_bn_statistics_loss_under_bf16_autocast_returns_a_bf16_gradient():

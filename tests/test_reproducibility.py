@@ -29,6 +29,11 @@ History of the pins (each change of them is deliberate and says why):
   draws, so every reconstructed weight moves; the synthetic images do not. Benchmark rows:
   benchmarks/results/speed_accuracy_check.md (the README main job at seeds 0-2, and MobileNetV2 W3A3 at
   seeds 0-2, before and after).
+- issue 13, the BN-statistics loss reads each channel's mean and variance from the BatchNorm kernel's
+  statistics pass on CPU (synthesis/bn_stats.py, channel_statistics) instead of torch.var_mean, whose serial
+  Welford reduction was 4-20x slower: the same statistics up to float rounding, so every synthetic image and
+  the weights after them move; the few-shot RegNet run does not. Benchmark rows:
+  benchmarks/results/speed_accuracy_check.md.
 
 Made with tests/pinned_run.py on this project's CPU machine with one thread. Float results depend on the
 thread count and the CPU's kernels, so the runs use one thread; a machine of another CPU family may need its
@@ -49,13 +54,13 @@ SCRIPT = Path(__file__).resolve().parent / "pinned_run.py"
 
 PINS = {
     ("resnet-basic", "2", "4", "0"): {
-        "genie_model.safetensors": "9a3bd947e585362a475f4c1f2da7622f54741b360850c4afd1fa11890527b580",
-        "batch_00000.safetensors": "5b5373faa4ff64fd143c52266925d80461f820eb78cdf50dfc330fe9c9e8cb93",
-        "batch_00001.safetensors": "b845a982f6a6c1d2087a15cc62e56088ccb95e041ae79e4f5ea32a4ae39838a2"},
+        "genie_model.safetensors": "454b878ddb36fe7b54cb7128ea6d4390631fa6af63794d477b0049d2d65c2942",
+        "batch_00000.safetensors": "9c993697deb8dfa65d046c0cc4db500d72f797d78575f9a9b43539086edb47c8",
+        "batch_00001.safetensors": "d109f165d11d62d614f410a32153671851e4402f0f19c08f6bae7ee83ce0f987"},
     ("mobilenet-v2", "4", "4", "0"): {
-        "genie_model.safetensors": "522ddd733c6199dfced8d59debf221b7bf88bcd9d30052596bc401fdb82c03eb",
-        "batch_00000.safetensors": "496611b04913ee704daa442375b785fa4927b2c7ba775907e67510c4b66ea2ad",
-        "batch_00001.safetensors": "6a389c146ae2ed83bda7810dd49906e6b2d4735ec1313e6668aa27986bf5852d"},
+        "genie_model.safetensors": "e4c676cabb3c64fc7141c55f01bafc982429a24d4800825dc316e63338f39e80",
+        "batch_00000.safetensors": "2c96b0f1d1d66511b62791b004e999c8c390fc894c56fd397eb0719d00bb1b59",
+        "batch_00001.safetensors": "dd0bda7fab5989821357c99f800611fb213c5f679ba2a7a30f0c77ac1419a2ee"},
     ("regnet", "4", "8", "1"): {  # few-shot from a folder of 12 PNGs: no synthesis shards
         "genie_model.safetensors": "13c66dcea941c675b0e23abae80f482be182ccb167bf7bc529ed80f9383c7379"},
 }
