@@ -143,7 +143,10 @@ def test_channels_last_synthesis_makes_the_same_images_and_restores_the_layout(m
     from genie_hub.synthesis import loop
 
     assert not loop.prefers_channels_last("cpu") and loop.prefers_channels_last("cuda")
-    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=4)
+    # Two iterations: Adam's first updates are about lr x sign(gradient), so a rounding difference in a
+    # near-zero gradient grows into a whole step within a few iterations (with 4, the two layouts' images once
+    # differed by 1e-2, after 4.9e-5 at 3): the test compares the computation, not that chaos.
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=2)
     model = tiny_model("resnet-basic")
     plain = synthesize(model, config, progress=False).pixel_values
     seen = []
