@@ -199,8 +199,9 @@ def projected(step: dict, profile: dict) -> float:
 def render(results: dict) -> str:
     reusing = dict.fromkeys(row["version"] for row in results["rows"]
                             if any(run.get("malloc_reuse") for run in row.get("runs", [])))
-    reuse_note = "".join(f"The timed processes of {'the ' * (version == 'baseline')}{version} keep freed memory "
-                         "for reuse (`genie_hub.runtime`, which this checkout's command line applies first). "
+    names = {"baseline": "the baseline"}
+    reuse_note = "".join(f"The timed processes of {names.get(version, version)} keep freed memory for reuse "
+                         "(`genie_hub.runtime`, which this checkout's command line applies first). "
                          for version in reusing)
     lines = ["# genie_hub speed benchmark", "", f"Command: `{results['command']}`", "",
              f"Machine: {results['machine']}; device {results.get('device', 'cpu')}; mixed precision "
