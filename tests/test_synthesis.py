@@ -90,6 +90,56 @@ def test_input_spec_comes_from_config_and_processor(tmp_path):
     assert spec.shape == (1, IMAGE_SIZE, IMAGE_SIZE) and spec.mean == (0.5,)
 
 
+def test_input_spec_says_where_the_processor_puts_pixels_whatever_its_rescale_factor():
+    """InputSpec.mean/std map [0, 1] pixels to pixel_values as the processor does. EfficientNet-Lite0's
+    (x - 127) / 128 rescales by 1/128, so its image_mean 127/128 and image_std 1 are not that map: read as if
+    rescaled by 1/255, they put synthetic images at half the std of real photos and half a std below their mean."""
+    import numpy as np
+    from PIL import Image
+    from transformers import EfficientNetImageProcessor, ViTImageProcessor
+
+    from genie_hub.adapters.transformers_adapter import TransformersAdapter
+    from genie_hub.recipes import efficientnet_lite0_processor
+
+    adapter = TransformersAdapter()
+    size = {"height": 16, "width": 16}
+    processors = {
+        "lite0": efficientnet_lite0_processor(),
+        "include_top": EfficientNetImageProcessor(size=size, do_center_crop=False, image_mean=[0.4] * 3,
+                                                  image_std=[0.3] * 3),  # normalizes by the std twice
+        "imagenet": ViTImageProcessor(size=size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+        "no_normalize": ViTImageProcessor(size=size, do_normalize=False),
+    }
+    photos = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (20, 20, 3), dtype=np.uint8)) for i in range(2)]
+    for name, processor in processors.items():
+        height, width = (224, 224) if name == "lite0" else (16, 16)
+        mean, std = adapter.pixel_normalization(processor, 3, height, width)
+        x = adapter.to_pixel_values(photos, processor, InputSpec(3, height, width))
+        pixels = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)  # back to [0, 1]
+        codes = pixels * 255
+        assert torch.allclose(codes, codes.round(), atol=2e-3) and codes.min() > -0.01 and codes.max() < 255.01, name
+    assert adapter.pixel_normalization(processors["imagenet"], 3, 16, 16) == ((0.485, 0.456, 0.406),
+                                                                            (0.229, 0.224, 0.225))
+    assert adapter.pixel_normalization(processors["no_normalize"], 3, 16, 16) == ((0.0,) * 3, (1.0,) * 3)
+    lite0 = pixel_target(InputSpec(3, 224, 224, *adapter.pixel_normalization(processors["lite0"], 3, 224, 224)))
+    assert all(0.44 < s < 0.47 for s in lite0.std) and all(-0.2 < m < 0 for m in lite0.mean)  # photos: 2p - 1
+
+
+def test_input_spec_reads_the_rescale_factor_where_the_processor_cannot_run():
+    """A processor that fails on the black and white probe images still gives its normalization, with the
+    rescale factor applied (Lite0-style 1/128 here)."""
+    from genie_hub.adapters.transformers_adapter import TransformersAdapter
+
+    class Broken:
+        do_rescale, rescale_factor, do_normalize, image_mean, image_std = True, 1 / 128, True, [127 / 128], [1.0]
+
+        def __call__(self, **kwargs):
+            raise ValueError("cannot process")
+
+    mean, std = TransformersAdapter().pixel_normalization(Broken(), 1, 8, 8)
+    assert mean == pytest.approx((127 / 255,)) and std == pytest.approx((128 / 255,))
+
+
 def test_only_strided_convs_reading_maps_of_14_px_or_more_swing():
     """Swing shifts inputs of SWING_MIN_SIZE (14) px and up, as every strided conv of the paper's 224 px models
     reads; smaller maps (a low-resolution model's deep stages) are read unshifted."""

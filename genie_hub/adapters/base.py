@@ -22,7 +22,12 @@ from torch import nn
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model expects as `pixel_values`: shape and the normalization applied by its processor."""
+    """What the model expects as `pixel_values`: shape and the normalization applied by its processor.
+
+    `mean` and `std` say where the processor puts a pixel p in [0, 1] (black 0, white 1) of each channel:
+    `pixel_values = (p - mean) / std`. They are the processor's `image_mean` / `image_std` only when it first
+    rescales by 1/255; a processor that rescales by 1/128 (EfficientNet-Lite0's (x - 127) / 128) or normalizes
+    twice has other values (`TransformersAdapter.input_spec` reads them off the processor's output)."""
 
     channels: int
     height: int

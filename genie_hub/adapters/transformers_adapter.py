@@ -71,13 +71,44 @@ class TransformersAdapter(ModelAdapter):
         if hw is None:
             image_size = getattr(config, "image_size", None) or 224
             hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        height, width = int(hw[0]), int(hw[1])
+        mean, std = self.pixel_normalization(processor, channels, height, width) if processor is not None else ((), ())
+        return InputSpec(channels=channels, height=height, width=width, mean=mean, std=std)
+
+    def pixel_normalization(self, processor, channels: int, height: int, width: int
+                            ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """`InputSpec.mean` / `.std`: where `processor` puts black and white pixels of each channel.
+
+        Read off its output for an all-black and an all-white image: whatever it does in between (rescale by
+        1/255 or 1/128, normalize once or twice, subtract an offset), a per-channel affine map p -> a p + b is
+        fixed by those two, std = 1 / a and mean = -b / a. Reading `image_mean` / `image_std` alone misses the
+        rescale factor: EfficientNet-Lite0's (x - 127) / 128 has image_mean 127/128 and image_std 1 for pixels
+        rescaled to [0, 2), i.e. mean 0.498 / std 0.502 for pixels in [0, 1]. Rounded to 7 significant digits, so
+        a 1/255 rescale gives back image_mean / image_std exactly. A processor that cannot run on such images falls
+        back to its attributes with its rescale factor."""
+        from PIL import Image
+
+        mode = "L" if channels == 1 else "RGB"
+        images = [Image.new(mode, (width, height), value if mode == "L" else (value,) * 3) for value in (0, 255)]
+        try:
+            x = self.to_pixel_values(images, processor, InputSpec(channels, height, width)).double()
+        except Exception:  # noqa: BLE001 - any processor failure: the attribute route below
+            x = None
+        if x is not None and x.dim() == 4 and x.shape[:2] == (2, channels):
+            black, white = x[0, :, x.shape[2] // 2, x.shape[3] // 2], x[1, :, x.shape[2] // 2, x.shape[3] // 2]
+            scale = white - black  # constant images stay constant through resizing and cropping: read the centre
+            if bool(torch.isfinite(scale).all() and torch.isfinite(black).all() and (scale > 0).all()):
+                significant = lambda values: tuple(float(f"{float(v):.7g}") + 0.0 for v in values)  # no -0.0
+                return significant(-black / scale), significant(1 / scale)
         mean = tuple(float(v) for v in (getattr(processor, "image_mean", None) or ()))
         std = tuple(float(v) for v in (getattr(processor, "image_std", None) or ()))
-        if processor is not None and not getattr(processor, "do_normalize", True):
-            mean, std = (), ()
-        if mean and len(mean) != channels:
+        if not getattr(processor, "do_normalize", True) or not mean or not std:
+            return (), ()
+        if len(mean) != channels:
             mean, std = (mean * channels)[:channels], (std * channels)[:channels]
-        return InputSpec(channels=channels, height=int(hw[0]), width=int(hw[1]), mean=mean, std=std)
+        pixel_range = 255 * float(getattr(processor, "rescale_factor", 1 / 255)) \
+            if getattr(processor, "do_rescale", True) else 255.0  # what a [0, 1] pixel spans before normalizing
+        return tuple(m / pixel_range for m in mean), tuple(s / pixel_range for s in std)
 
     def route_attention(self, model: nn.Module, attention) -> bool:
         """Models written against `AttentionInterface` (ViT, DeiT, Swin, ...) call the registered function."""
