@@ -6,10 +6,11 @@ standardizes with its training data's statistics (ImageNet mean/std, or Fashion-
 processors instead map the pixel range onto a fixed interval, e.g. (x - 127.5) / 127.5 (mean = std = 0.5):
 there real photos have std ~0.5, and a std-1 synthetic image is about twice too large for every layer.
 
-The rule: a processor std >= 0.45 cannot be a pixel statistic of data in [0, 1] (that needs half the pixels at
-0 and half at 1), so such a processor maps a range; the targets are then natural-image statistics (ImageNet's
-per-channel mean and std, the standard estimate for photos) carried through that mapping. Otherwise (data
-statistics, or no normalization known) the targets are mean 0, std 1, as in the reference.
+The rule: a processor std >= 0.45 (`InputSpec.std`: its normalization of pixels in [0, 1], whatever its rescale
+factor) cannot be a pixel statistic of data in [0, 1] (that needs half the pixels at 0 and half at 1), so such
+a processor maps a range; the targets are then natural-image statistics (ImageNet's per-channel mean and std,
+the standard estimate for photos) carried through that mapping. Otherwise (data statistics, or no
+normalization known) the targets are mean 0, std 1, as in the reference.
 """
 
 from __future__ import annotations
