@@ -298,12 +298,12 @@ def render_markdown(results: dict) -> str:
 
 
 def merge_results(parts: list[dict]) -> dict:
+    """Combine the results of separate runs (e.g. the embedded and the efficientnet part) into one."""
     eval_sets = {json.dumps([p.get("settings", {}).get("efficientnet", {}).get(k) for k in ("photos", "views_note")])
                  for p in parts if "efficientnet" in p.get("settings", {})}
     if len(eval_sets) > 1:
         raise SystemExit("These results score EfficientNet-Lite0 on different photo sets; their rows cannot be "
                          "merged. Rerun the older seeds with this checkout.")
-    """Combine the results of separate runs (e.g. the embedded and the efficientnet part) into one."""
     merged: dict[str, Any] = {"commands": [], "started": None, "status": None, "machine": None,
                               "library_versions": {}, "parts": [], "settings": {}, "rows": [], "synthesis": [],
                               "notes": [], "runs": []}

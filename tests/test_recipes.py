@@ -145,7 +145,8 @@ def test_saved_as_stock_transformers_model(converted):
     assert processor.include_top is False
     spec = input_spec(model, processor)
     assert spec.shape == (3, 224, 224)
-    assert spec.mean == pytest.approx((127 / 128,) * 3) and spec.std == pytest.approx((1.0,) * 3)
+    # (x - 127) / 128 for x = 255 p: pixels in [0, 1] are normalized with mean 127/255 and std 128/255
+    assert spec.mean == pytest.approx((127 / 255,) * 3) and spec.std == pytest.approx((128 / 255,) * 3)
     assert len(model.config.id2label) == 1000
     if imagenet_labels()[0] != "class_0":
         assert model.config.id2label[967] == "espresso"
