@@ -95,8 +95,8 @@ class TransformersAdapter(ModelAdapter):
         except Exception:  # noqa: BLE001 - any processor failure: the attribute route below
             x = None
         if x is not None and x.dim() == 4 and x.shape[:2] == (2, channels):
-            black, white = x[0, :, x.shape[2] // 2, x.shape[3] // 2], x[1, :, x.shape[2] // 2, x.shape[3] // 2]
-            scale = white - black  # constant images stay constant through resizing and cropping: read the centre
+            black, white = x[:, :, x.shape[2] // 2, x.shape[3] // 2]  # constant images stay constant: the centre
+            scale = white - black
             if bool(torch.isfinite(scale).all() and torch.isfinite(black).all() and (scale > 0).all()):
                 significant = lambda values: tuple(float(f"{float(v):.7g}") + 0.0 for v in values)  # no -0.0
                 return significant(-black / scale), significant(1 / scale)
