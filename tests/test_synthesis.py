@@ -267,9 +267,10 @@ def test_shards_are_reused_and_checked(tmp_path):
     assert torch.equal(again.pixel_values, calibration.pixel_values)
     assert again.batch_stats == calibration.batch_stats  # the losses of resumed batches come from the shards
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("batch_*.safetensors")}
-    with pytest.raises(ConfigError, match="different settings"):
+    with pytest.raises(ConfigError, match="different settings") as refused:
         synthesize(model, GenieConfig.from_profile("quick", num_samples=6, synthesis_batch_size=3,
                                                    synthesis_iterations=4), output_dir=tmp_path, progress=False)
+    assert "synthesis_iterations: 3 vs now 4" in str(refused.value) and "seed" not in str(refused.value)
 
 
 def test_shards_swung_on_other_map_sizes_are_not_resumed(tmp_path, monkeypatch):

@@ -198,10 +198,12 @@ class ShardStore:
             return False
         saved = json.loads(meta.get("fingerprint", "{}"))
         if saved != self.fingerprint:
+            differing = "; ".join(f"{key}: {saved.get(key)} vs now {self.fingerprint.get(key)}"
+                                  for key in sorted(set(saved) | set(self.fingerprint))
+                                  if saved.get(key) != self.fingerprint.get(key))
             raise ConfigError(
                 f"{self.directory} already holds synthetic images made with different settings or another "
-                f"model ({path.name}: {saved} vs now {self.fingerprint}). Use a new --output-dir, or delete "
-                "that folder to start over.")
+                f"model ({path.name}, {differing}). Use a new --output-dir, or delete that folder to start over.")
         return True
 
     def save(self, batch_index: int, images: torch.Tensor, stats: BatchStats) -> None:
