@@ -3,10 +3,10 @@
 glibc's malloc serves large allocations (above a threshold that rises to at most 32 MB) with a fresh mmap,
 unmaps them when freed and trims the heap's freed top, so a large tensor (a 224 px activation of a batch of
 16 is 20-80 MB) often costs a page fault per 4 KiB page when first written: on this project's CPU machine an
-elementwise op over 20M floats took 29 ms into a fresh tensor and 3.4 ms into a reused one, and a
-reconstruction step of EfficientNet-Lite0 ran 1.5x slower. Serving large
-blocks from the heap and keeping freed ones there (the effect of jemalloc or tcmalloc, which PyTorch's CPU
-performance guides recommend) removes that cost; peak memory stayed the same (2.07 vs 2.09 GB, Lite0).
+elementwise op over 20M floats took 29 ms into a fresh tensor and 3.4 ms into a reused one, and a reconstruction
+step of EfficientNet-Lite0 ran 1.5x slower. Serving large blocks from the heap and keeping freed ones there (the
+effect of jemalloc or tcmalloc, which PyTorch's CPU performance guides recommend) removes that cost; peak memory
+stayed the same (2.07 vs 2.09 GB, Lite0).
 
 Only the command line calls `reuse_freed_memory`: a library should not change its host process's allocator.
 Python users can call it themselves. It does nothing when the user already chose: any MALLOC_* variable or

@@ -32,6 +32,11 @@ def _size_from_processor(processor) -> tuple[int, int] | None:
     return None
 
 
+def _seven_digits(values: torch.Tensor) -> tuple[float, ...]:
+    """Each value to 7 significant digits (the float32 noise of reading a processor's output goes), never -0.0."""
+    return tuple(float(f"{v:.7g}") + 0.0 for v in values.tolist())
+
+
 ATTENTION_IMPLEMENTATION = "genie_hub"
 """The name genie_hub's quantized attention is registered under in transformers' `AttentionInterface`."""
 
@@ -98,8 +103,7 @@ class TransformersAdapter(ModelAdapter):
             black, white = x[:, :, x.shape[2] // 2, x.shape[3] // 2]  # constant images stay constant: the centre
             scale = white - black
             if bool(torch.isfinite(scale).all() and torch.isfinite(black).all() and (scale > 0).all()):
-                significant = lambda values: tuple(float(f"{float(v):.7g}") + 0.0 for v in values)  # no -0.0
-                return significant(-black / scale), significant(1 / scale)
+                return _seven_digits(-black / scale), _seven_digits(1 / scale)
         mean = tuple(float(v) for v in (getattr(processor, "image_mean", None) or ()))
         std = tuple(float(v) for v in (getattr(processor, "image_std", None) or ()))
         if not getattr(processor, "do_normalize", True) or not mean or not std:
