@@ -140,6 +140,18 @@ def test_input_spec_reads_the_rescale_factor_where_the_processor_cannot_run():
     assert mean == pytest.approx((127 / 255,)) and std == pytest.approx((128 / 255,))
 
 
+def test_a_processor_that_divides_by_a_zero_std_is_refused():
+    """image_std 0 makes every pixel inf: refused at loading, naming the values, not synthesized around."""
+    from transformers import ViTImageProcessor
+
+    from genie_hub.adapters.transformers_adapter import TransformersAdapter
+    from genie_hub.errors import ModelLoadError
+
+    processor = ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.5] * 3, image_std=[0.0] * 3)
+    with pytest.raises(ModelLoadError, match=r"image_std \[0.0, 0.0, 0.0\]"):
+        TransformersAdapter().pixel_normalization(processor, 3, 8, 8)
+
+
 def test_only_strided_convs_reading_maps_of_14_px_or_more_swing():
     """Swing shifts inputs of SWING_MIN_SIZE (14) px and up, as every strided conv of the paper's 224 px models
     reads; smaller maps (a low-resolution model's deep stages) are read unshifted."""

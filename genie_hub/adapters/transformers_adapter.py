@@ -6,6 +6,7 @@ The only module of genie_hub that calls transformers model APIs (`from_pretraine
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,14 @@ class TransformersAdapter(ModelAdapter):
         rescaled to [0, 2), i.e. mean 0.498 / std 0.502 for pixels in [0, 1]. Rounded to 7 significant digits, so
         a 1/255 rescale gives back image_mean / image_std exactly. A processor that cannot run on such images falls
         back to its attributes with its rescale factor."""
+        import numpy as np
         from PIL import Image
 
         mode = "L" if channels == 1 else "RGB"
         images = [Image.new(mode, (width, height), value if mode == "L" else (value,) * 3) for value in (0, 255)]
         try:
-            x = self.to_pixel_values(images, processor, InputSpec(channels, height, width)).double()
+            with np.errstate(all="ignore"):  # a broken normalization is reported below, not as numpy warnings
+                x = self.to_pixel_values(images, processor, InputSpec(channels, height, width)).double()
         except Exception:  # noqa: BLE001 - any processor failure: the attribute route below
             x = None
         if x is not None and x.dim() == 4 and x.shape[:2] == (2, channels):
@@ -110,6 +113,13 @@ class TransformersAdapter(ModelAdapter):
             return (), ()
         if len(mean) != channels:
             mean, std = (mean * channels)[:channels], (std * channels)[:channels]
+        if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(s) and s != 0 for s in std):
+            from ..errors import ModelLoadError
+
+            raise ModelLoadError(
+                f"The image processor's normalization cannot be used: image_mean {list(mean)}, image_std "
+                f"{list(std)} (a std of 0 or a value that is not finite turns every pixel into inf or NaN). "
+                "Fix image_mean / image_std in the model's preprocessor_config.json.")
         pixel_range = 255 * float(getattr(processor, "rescale_factor", 1 / 255)) \
             if getattr(processor, "do_rescale", True) else 255.0  # what a [0, 1] pixel spans before normalizing
         return tuple(m / pixel_range for m in mean), tuple(s / pixel_range for s in std)
