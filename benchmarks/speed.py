@@ -85,8 +85,10 @@ if setting.get("warm_compile"):  # compiling once first, so both timed calls fin
 r1, _ = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm), progress=False))
 r2, result = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm + n), progress=False))
 report = getattr(result, "report", None) or []
-per_step = setting["base"].get("synthesis_batches_per_step", 1)  # a step then synthesizes that many batches
-print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n / per_step, "reconstruction_step_s": (r2 - r1) / n,
+# Per batch: a step synthesizes batches_per_step batches at once; with --synthesis-batches B, B batches are made
+# (serially, together, or by parallel workers, as the version does it) in each timed call.
+per_batch = setting.get("batches", 1) * setting["base"].get("synthesis_batches_per_step", 1)
+print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n / per_batch, "reconstruction_step_s": (r2 - r1) / n,
                             "units": len(report), "genie_hub": genie_hub.__file__, "malloc_reuse": malloc_reuse}))
 '''
 
@@ -212,6 +214,9 @@ def render(results: dict) -> str:
              + (f"This checkout synthesizes {results['this_checkout_batches_per_step']} batches per step; its "
                 "synthesis step is the step time divided by that (per batch). "
                 if results.get("this_checkout_batches_per_step", 1) > 1 else "")
+             + (f"Both versions synthesize {results['synthesis_batches']} batches in each timed call, as a profile "
+                "with that many batches does (in parallel worker processes where the version has them); the "
+                "synthesis step is per batch. " if results.get("synthesis_batches", 1) > 1 else "")
              + reuse_note +
              f"Baseline `{results['baseline']}` vs this checkout `{results['current']}`; median of "
              f"{results['repeats']} alternating runs per version (step times at each model's batch; projections at "
@@ -258,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="this checkout reconstructs with --compile (the baseline cannot); each of its timed "
                              "runs follows one untimed quantize call, so both timed calls find warm compiler caches")
+    parser.add_argument("--synthesis-batches", type=int, default=1, metavar="B",
+                        help="both versions synthesize B batches in each timed call (as a profile with B batches "
+                             "does: serially, or in parallel workers where the version has them, "
+                             "--synthesis-workers); the synthesis step is reported per batch")
     parser.add_argument("--synthesis-batches-per-step", type=int, default=1, metavar="K",
                         help="this checkout synthesizes K batches in each step (the baseline cannot); its synthesis "
                              "step is reported per batch (step time / K), comparable with the baseline's")
@@ -279,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                    text=True).stdout.strip() else ""),
                "repeats": args.repeats, "device": args.device, "mixed_precision": args.mixed_precision,
                "this_checkout_compile": args.compile,
-               "this_checkout_batches_per_step": args.synthesis_batches_per_step, "rows": [], "speedups": {}}
+               "this_checkout_batches_per_step": args.synthesis_batches_per_step,
+               "synthesis_batches": args.synthesis_batches, "rows": [], "speedups": {}}
     with tempfile.TemporaryDirectory(prefix="genie-speed-") as tmp:
         tmp = Path(tmp)
         base_dir = checkout(args.baseline, tmp / "baseline")
@@ -288,17 +298,18 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.models:
                 model = build_model(name, cache)
                 spec = MODELS[name]
-                base = {"num_samples": spec["samples"], "synthesis_batch_size": spec["batch"],
+                base = {"num_samples": spec["samples"] * args.synthesis_batches, "synthesis_batch_size": spec["batch"],
                         "reconstruction_batch_size": 32}
                 if args.mixed_precision:
                     base["mixed_precision"] = args.mixed_precision
-                settings = {"baseline": {"base": base, "warmup": args.warmup, "steps": args.steps}}
+                settings = {"baseline": {"base": base, "warmup": args.warmup, "steps": args.steps,
+                                         "batches": args.synthesis_batches}}
                 current_base = dict(base)
                 if args.compile:
                     current_base["compile"] = True
                 if args.synthesis_batches_per_step > 1:  # as many batches of the same size, synthesized together
                     current_base.update(synthesis_batches_per_step=args.synthesis_batches_per_step,
-                                        num_samples=spec["samples"] * args.synthesis_batches_per_step)
+                                        num_samples=base["num_samples"] * args.synthesis_batches_per_step)
                 settings["this checkout"] = {**settings["baseline"], "base": current_base,
                                              "warm_compile": args.compile}
                 timings = {"baseline": [], "this checkout": []}

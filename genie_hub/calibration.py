@@ -27,7 +27,9 @@ class Calibration:
     """Calibration images as the model's normalized `pixel_values` [N, C, H, W], and where they came from.
 
     `source` is "synthetic" for Genie-D images, else the few-shot source as given; `prior` names the synthesis
-    prior (None for real images); `batch_indices[i]` is the synthesis batch of image i (0 for real images).
+    prior (None for real images); `batch_indices[i]` is the synthesis batch of image i (0 for real images);
+    `synthesis_workers` is how many one-thread processes synthesized the batches of this call in parallel
+    (`synthesis/workers.py`; 1: the serial loop, on every thread).
     """
 
     pixel_values: torch.Tensor
@@ -35,6 +37,7 @@ class Calibration:
     prior: str | None = None
     batch_indices: list[int] = field(default_factory=list)
     batch_stats: list[BatchStats] = field(default_factory=list)
+    synthesis_workers: int = 1
 
     def __post_init__(self) -> None:
         if not self.batch_indices:

@@ -18,7 +18,7 @@ from .errors import ConfigError
 MIN_BITS, MAX_BITS = 2, 8
 SYNTHESIS_METHODS = ("genie", "pixels")
 MIXED_PRECISIONS = ("no", "bf16")
-SPEED_ONLY_FIELDS = ("compile", "synthesis_batches_per_step")
+SPEED_ONLY_FIELDS = ("compile", "synthesis_batches_per_step", "synthesis_workers")
 """GenieConfig fields that change how fast a run goes, not its results (beyond float rounding)."""
 DATASET_STORAGES = ("exact", "fp16")
 """How OUT/dataset stores the synthetic tensors: exact float32, or float16 (half the size, lossy)."""
@@ -96,6 +96,11 @@ class GenieConfig:
         "the model per step: for GPUs that one batch leaves underused (memory grows with it). Each batch keeps "
         "its own generator, latents, optimizers, swing offsets and BatchNorm statistics, so the images are "
         "those of one batch at a time, up to float rounding"))
+    synthesis_workers: int = field(default=0, metadata=option(
+        "--synthesis-workers", "synthesize batches in this many one-thread worker processes at once, on a CPU "
+        "(0: as many as torch has threads when there is a batch for each, else 1; a GPU, or an accelerate launch "
+        "of several processes, always synthesizes in its own process). The images are those of one process up "
+        "to float rounding"))
     latent_dim: int = 256
     synthesis_method: str = field(default="genie", metadata=option(
         "--synthesis-method", "genie: generator + latents + swing convolution; pixels: optimize the pixels "
@@ -187,6 +192,9 @@ class GenieConfig:
                      "latent_dim", "synthesis_batches_per_step"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if int(self.synthesis_workers) < 0:
+            raise ConfigError(f"synthesis_workers must be 0 (automatic) or a positive number of processes, got "
+                              f"{self.synthesis_workers!r}.")
         if self.reconstruction_steps < 0:
             raise ConfigError(f"reconstruction_steps must be >= 0, got {self.reconstruction_steps}.")
         if self.synthesis_method not in SYNTHESIS_METHODS:

@@ -86,16 +86,19 @@ def optimize(steps: int, compute_loss: Callable[[int], torch.Tensor], optimizers
     `overall` is the stage's bar over all its steps (every batch or unit), advanced by one per step: its
     remaining time is the ETA of the whole stage.
     """
-    bar = progress_bar(range(steps), desc=desc, disable=not progress, leave=False, unit="step")
+    # No bar object at all when none is shown: a forked synthesis worker (`synthesis/workers.py`) must not take
+    # tqdm's lock, which a thread of its parent may have held at the fork.
+    bar = progress_bar(range(steps), desc=desc, leave=False, unit="step") if progress else None
     non_finite = None
-    for step in bar:
+    for step in bar if bar is not None else range(steps):
         loss = compute_loss(step)
         bad = ~torch.isfinite(loss.detach())
         non_finite = bad if non_finite is None else non_finite | bad
         if step % check_every == 0 or step == steps - 1:
             if bool(non_finite):
                 raise on_diverged(step, float(loss.detach()))
-            bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            if bar is not None:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -137,6 +137,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         torch_threads=torch.get_num_threads(),
         adam_fused=fused_adam_supported(accelerator.device),
         synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
+        synthesis_workers=None if few_shot else calibration.synthesis_workers,
         wall_seconds=round(time.time() - started, 1), settings=settings)
     from .cards import base_model_id as hub_base_of
 

@@ -37,3 +37,19 @@ def model_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()[:32]
+
+
+def fingerprint_differences(saved: dict, now: dict, limit: int = 4) -> str:
+    """'key: saved vs now X' for every (nested, dotted) setting where two fingerprints differ, at most `limit`
+    of them: what a refusal to resume names, so the user sees which setting changed."""
+
+    def flat(value, prefix: str = "") -> dict:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    old, new = flat(saved), flat(now)
+    differing = [f"{key}: {old.get(key)} vs now {new.get(key)}" for key in sorted(set(old) | set(new))
+                 if old.get(key) != new.get(key)]
+    more = f"; and {len(differing) - limit} more" if len(differing) > limit else ""
+    return "; ".join(differing[:limit]) + more

@@ -95,7 +95,9 @@ def test_speed_projection_and_table():
                "speedups": {"embedded": {"synthesis": 2.5, "reconstruction": 1.25}}}
     text = speed.render(results)
     assert "| embedded | 2.50x | 1.25x |" in text and "Baseline `abc`" in text
-    assert "main job" not in text and "keep freed memory" not in text
+    assert "main job" not in text and "keep freed memory" not in text and "batches in each timed call" not in text
+    results["synthesis_batches"] = 2
+    assert "Both versions synthesize 2 batches in each timed call" in speed.render(results)
     results["rows"].append({"model": "embedded", "version": "this checkout", **step, "quick_min": 1.0,
                             "paper_h": 1.0, "runs": [{"malloc_reuse": True}]})
     assert "The timed processes of this checkout keep freed memory for reuse (`genie_hub.runtime`" in speed.render(results)

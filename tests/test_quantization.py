@@ -263,9 +263,10 @@ def test_reconstruction_resumes_after_the_last_finished_unit(family, tmp_path):
     assert again.layers == first.layers  # signedness of every input restored too
     x = calibration(4, seed=3)
     assert torch.equal(model_logits(first.model, x), model_logits(again.model, x))
-    with pytest.raises(ConfigError, match="different settings"):
+    with pytest.raises(ConfigError, match="different settings") as refused:
         quantize(model, data, GenieConfig.from_profile("quick", reconstruction_steps=11), state_path=state,
                  progress=False)
+    assert "(config.reconstruction_steps: 10 vs now 11)" in str(refused.value)  # the setting that changed
 
 
 def test_divergence_names_the_unit_and_keeps_finished_units(tmp_path):

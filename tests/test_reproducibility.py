@@ -74,3 +74,13 @@ def test_same_command_same_bytes(case, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = json.loads(proc.stdout.split("PIN", 1)[1])
     assert digests == PINS[case]
+
+
+def test_fingerprint_differences_name_the_nested_settings_that_changed():
+    from genie_hub.reproducibility import fingerprint_differences
+
+    saved = {"config": {"seed": 0, "bits": {"weight": 4}}, "model": "abc", "gone": 1}
+    now = {"config": {"seed": 1, "bits": {"weight": 4}}, "model": "abc", "new": 2}
+    assert fingerprint_differences(saved, now) == "config.seed: 0 vs now 1; gone: 1 vs now None; new: None vs now 2"
+    many = {f"k{i}": i for i in range(6)}
+    assert fingerprint_differences(many, {}, limit=2) == "k0: 0 vs now None; k1: 1 vs now None; and 4 more"

@@ -27,7 +27,7 @@ from ..fileio import save_safetensors
 from ..hooks import TemporaryHooks
 from ..optimization import adam, optimize
 from ..progress import progress_bar
-from ..reproducibility import RECONSTRUCTION_SEED_OFFSET, batch_seed, seed_everything
+from ..reproducibility import RECONSTRUCTION_SEED_OFFSET, batch_seed, fingerprint_differences, seed_everything
 from .blocks import Unit, _first_tensor
 from .layers import QuantizedOp
 from .quantizers import ActQuantizer, qdrop_mix
@@ -272,10 +272,12 @@ class ReconstructionState:
 
             with safe_open(str(self.path), framework="pt") as handle:
                 meta = handle.metadata() or {}
-                if json.loads(meta.get("fingerprint", "{}")) != fingerprint:
+                saved = json.loads(meta.get("fingerprint", "{}"))
+                if saved != fingerprint:
                     raise ConfigError(
                         f"{self.path} holds a reconstruction made with different settings, calibration data or "
-                        "model. Use a new --output-dir, or delete that file to start the reconstruction over.")
+                        f"model ({fingerprint_differences(saved, fingerprint)}). Use a new --output-dir, or delete "
+                        "that file to start the reconstruction over.")
                 self.tensors = {k: handle.get_tensor(k) for k in handle.keys()}
             self.finished = json.loads(meta["finished"])
             self.signed = json.loads(meta["signed"])

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,11 +27,12 @@ from ..fileio import save_safetensors
 from ..loading import input_spec
 from ..optimization import PlateauOnDevice, adam, fused_adam_supported, optimize, tensor_lr
 from ..progress import progress_bar
-from ..reproducibility import batch_seed, model_fingerprint, seed_everything
+from ..reproducibility import batch_seed, fingerprint_differences, model_fingerprint, seed_everything
 from .generator import image_source
 from .image_prior import input_prior_loss, pixel_target
 from . import swing  # the module: SWING_MIN_SIZE is read at run time (benchmarks ablate it)
 from .prior import SynthesisPrior, select_prior
+from .workers import plan_workers, run_in_workers
 
 logger = logging.getLogger("genie_hub.synthesis")
 
@@ -198,9 +200,7 @@ class ShardStore:
             return False
         saved = json.loads(meta.get("fingerprint", "{}"))
         if saved != self.fingerprint:
-            differing = "; ".join(f"{key}: {saved.get(key)} vs now {self.fingerprint.get(key)}"
-                                  for key in sorted(set(saved) | set(self.fingerprint))
-                                  if saved.get(key) != self.fingerprint.get(key))
+            differing = fingerprint_differences(saved, self.fingerprint)
             raise ConfigError(
                 f"{self.directory} already holds synthetic images made with different settings or another "
                 f"model ({path.name}, {differing}). Use a new --output-dir, or delete that folder to start over.")
@@ -269,46 +269,65 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     pending = [b for b in range(len(sizes)) if store is None or not store.is_finished(b)]
     if store is not None and len(pending) < len(sizes):
         logger.info("Resuming synthesis: %d of %d batches already on disk.", len(sizes) - len(pending), len(sizes))
+    scratch, workers = contextlib.ExitStack(), 1
     try:
         if channels_last:
             model.to(memory_format=torch.channels_last)
         with accelerator.split_between_processes(pending) as mine:
             groups = step_groups(mine, sizes, config.synthesis_batches_per_step)
+            workers = plan_workers(config.synthesis_workers, len(groups), device, accelerator.num_processes)
+            if workers > 1 and store is None:  # workers hand their batches over on disk
+                store = ShardStore(scratch.enter_context(tempfile.TemporaryDirectory(prefix="genie_hub-")),
+                                   fingerprint)
+
+            def synthesize_group(group: list[int], overall, progress: bool) -> list[tuple[int, BatchStats]]:
+                try:
+                    finished = synthesize_batches(model, spec, sizes[group[0]], group, config, device=device,
+                                                  autocast=accelerator.autocast, progress=progress, prior=prior,
+                                                  overall=overall, channels_last=channels_last)
+                except torch.OutOfMemoryError as exc:
+                    raise GenieError(
+                        f"Synthesis ran out of memory on {device} in {_batch_names(group)} "
+                        f"({len(group)} x {sizes[group[0]]} images per step). Lower --synthesis-batches-per-step "
+                        f"(now {config.synthesis_batches_per_step}; it changes only the speed) or --batch-size, "
+                        "or use --mixed-precision bf16; finished batches are kept on disk and a rerun of the "
+                        "same command resumes from them.") from exc
+                for batch_index, (images, stats) in zip(group, finished):
+                    if store is not None:
+                        store.save(batch_index, images, stats)
+                    else:
+                        in_memory[batch_index] = (images.cpu(), stats)
+                return [(batch_index, stats) for batch_index, (_, stats) in zip(group, finished)]
+
+            def log_finished(finished: list[tuple[int, BatchStats]]) -> None:
+                for batch_index, stats in finished:
+                    logger.info("synthesis batch %d: %s loss %.4g -> %.4g", batch_index, prior.name,
+                                stats.initial_prior_loss, stats.final_prior_loss)
+
+            show = progress and accelerator.is_local_main_process
             with progress_bar(total=len(groups) * config.synthesis_iterations, desc="Genie-D synthesis",
-                              unit="step", disable=not (progress and accelerator.is_local_main_process)) as overall:
-                for group in groups:
-                    overall.set_postfix(batch=f"{group[0] + 1}" + (f"-{group[-1] + 1}" if len(group) > 1 else "")
-                                        + f"/{len(sizes)}")
-                    try:
-                        finished = synthesize_batches(
-                            model, spec, sizes[group[0]], group, config, device=device,
-                            autocast=accelerator.autocast, progress=progress and accelerator.is_local_main_process,
-                            prior=prior, overall=overall, channels_last=channels_last)
-                    except torch.OutOfMemoryError as exc:
-                        raise GenieError(
-                            f"Synthesis ran out of memory on {device} in {_batch_names(group)} "
-                            f"({len(group)} x {sizes[group[0]]} images per step). Lower --synthesis-batches-per-step "
-                            f"(now {config.synthesis_batches_per_step}; it changes only the speed) or --batch-size, "
-                            "or use --mixed-precision bf16; finished batches are kept on disk and a rerun of the "
-                            "same command resumes from them.") from exc
-                    for batch_index, (images, stats) in zip(group, finished):
-                        logger.info("synthesis batch %d: %s loss %.4g -> %.4g", batch_index, prior.name,
-                                    stats.initial_prior_loss, stats.final_prior_loss)
-                        if store is not None:
-                            store.save(batch_index, images, stats)
-                        else:
-                            in_memory[batch_index] = (images.cpu(), stats)
+                              unit="step", disable=not show) as overall:
+                if workers > 1:
+                    overall.set_postfix(batches=len(mine), workers=workers)
+                    run_in_workers(lambda group, bar: synthesize_group(group, bar, False), groups, workers,
+                                   overall=overall, on_result=log_finished)
+                else:
+                    for group in groups:
+                        overall.set_postfix(batch=f"{group[0] + 1}" + (f"-{group[-1] + 1}" if len(group) > 1 else "")
+                                            + f"/{len(sizes)}")
+                        log_finished(synthesize_group(group, overall, show))
         accelerator.wait_for_everyone()
+        if store is not None:
+            batches = [(store.load(b), store.stats(b)) for b in range(len(sizes))]
+        else:
+            batches = [in_memory[b] for b in range(len(sizes))]
     finally:
+        scratch.close()
         if channels_last:  # the caller's model goes back to the default layout
             model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
         for param, flag in zip(model.parameters(), grad_flags):
             param.requires_grad_(flag)
-    if store is not None:
-        batches = [(store.load(b), store.stats(b)) for b in range(len(sizes))]
-    else:
-        batches = [in_memory[b] for b in range(len(sizes))]
     return Calibration(pixel_values=torch.cat([images for images, _ in batches]), source="synthetic",
                        prior=prior.name, batch_indices=[b for b, size in enumerate(sizes) for _ in range(size)],
-                       batch_stats=[stats for _, stats in batches])
+                       batch_stats=[stats for _, stats in batches], synthesis_workers=workers)
