@@ -98,9 +98,9 @@ class GenieConfig:
         "those of one batch at a time, up to float rounding"))
     synthesis_workers: int = field(default=0, metadata=option(
         "--synthesis-workers", "synthesize batches in this many one-thread worker processes at once, on a CPU "
-        "(0: as many as torch has threads when there is a batch for each, else 1; a GPU, or an accelerate launch "
-        "of several processes, always synthesizes in its own process). The images are those of one process up "
-        "to float rounding"))
+        "(0: as many as torch has threads when there is a batch and the memory for each, else 1; a GPU, or an "
+        "accelerate launch of several processes, always synthesizes in its own process). The images are those "
+        "of one process up to float rounding"))
     latent_dim: int = 256
     synthesis_method: str = field(default="genie", metadata=option(
         "--synthesis-method", "genie: generator + latents + swing convolution; pixels: optimize the pixels "

@@ -16,7 +16,9 @@ from genie_hub.errors import ConfigError, GenieError
 from genie_hub.loading import input_spec
 from genie_hub.synthesis import synthesize
 from genie_hub.synthesis import loop
-from genie_hub.synthesis.workers import fork_available, plan_workers, run_in_workers
+from genie_hub.synthesis.loop import step_memory_bytes
+from genie_hub.synthesis.prior import select_prior
+from genie_hub.synthesis.workers import fit_in_memory, fork_available, plan_workers, run_in_workers
 from tiny_models import save_tiny_model, tiny_model
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="worker processes are forked (Linux)")
@@ -48,6 +50,29 @@ def test_automatic_workers_take_one_thread_each_when_there_is_a_batch_for_every_
 def test_workers_cannot_be_planned_without_fork(monkeypatch):
     monkeypatch.setattr("genie_hub.synthesis.workers.fork_available", lambda: False)
     assert plan_workers(2, groups=4, device="cpu", num_processes=1, threads=2) == 1
+
+
+def test_workers_that_would_not_fit_in_memory_are_fewer_unless_asked_for(caplog):
+    gib = 2**30
+    assert fit_in_memory(4, 1 * gib, available=10 * gib) == 4
+    assert fit_in_memory(4, 3 * gib, available=10 * gib) == 2  # 80 % of 10 GiB holds two
+    assert fit_in_memory(4, 9 * gib, available=10 * gib) == 1  # not even two: the serial loop
+    assert fit_in_memory(4, 3 * gib, available=None) == 4  # unknown: as planned
+    assert fit_in_memory(4, 3 * gib, available=10 * gib, requested=4) == 4  # asked for: followed, with a warning
+    assert "may be killed for memory" in caplog.text
+
+
+def test_step_memory_grows_with_the_batch_and_leaves_the_rng_alone():
+    model = tiny_model("resnet-basic").requires_grad_(False)
+    config, prior = GenieConfig.from_profile("quick"), select_prior(model, "auto")
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    small, large = (step_memory_bytes(model, input_spec(model), b, config, prior) for b in (4, 40))
+    assert torch.equal(torch.get_rng_state(), state)
+    parameters = 4 * sum(p.numel() * 4 for p in loop.image_source("genie", 2, 3, 32, 32, config.latent_dim).generator
+                         .parameters())
+    assert small > parameters and large - parameters == pytest.approx(10 * (small - parameters), rel=0.01)
+    assert prior.terms == []  # the probe's loss terms are not left for the first step
 
 
 def test_a_negative_worker_count_is_refused():
@@ -139,3 +164,16 @@ def test_the_worker_count_is_recorded_in_run_json_and_the_card(tmp_path, one_thr
     assert record["synthesis_workers"] == 2 and record["config"]["synthesis_workers"] == 2
     card = ModelCard.load(out / "model" / "README.md").text
     assert "made by 2 worker processes of one thread each" in card
+
+
+def test_synthesis_runs_serially_when_workers_would_not_fit_in_memory(monkeypatch):
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=4, synthesis_iterations=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # automatic: 2 workers for the 2 batches, where memory allows
+    try:
+        assert synthesize(model, config, spec=input_spec(model), progress=False).synthesis_workers == 2
+        monkeypatch.setattr(loop, "available_memory_bytes", lambda: 1)
+        assert synthesize(model, config, spec=input_spec(model), progress=False).synthesis_workers == 1
+    finally:
+        torch.set_num_threads(threads)

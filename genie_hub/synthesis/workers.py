@@ -15,6 +15,7 @@ the shard store, as a run on several accelerate processes does, so that a killed
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import sys
@@ -26,6 +27,7 @@ import torch
 
 from ..errors import GenieError
 
+logger = logging.getLogger("genie_hub.synthesis")
 REPORT_SECONDS = 0.5  # how often a worker reports its steps to the parent's progress bar
 
 
@@ -47,6 +49,38 @@ def plan_workers(requested: int, groups: int, device: torch.device | str, num_pr
     if requested >= 1:
         return min(requested, groups)
     return threads if threads >= 2 and groups >= threads else 1
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (what can be allocated without swapping), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def fit_in_memory(workers: int, bytes_per_worker: int, available: int | None, requested: int = 0) -> int:
+    """`workers`, fewer where that many would not fit in 80 % of `available` memory (each holds its own
+    activations and image parameters; the serial loop needs one such share too). An explicit request
+    (`requested` >= 1) is followed, with a warning, as asked."""
+    if available is None or workers <= 1:
+        return workers
+    fitting = max(1, int(0.8 * available // max(bytes_per_worker, 1)))
+    if fitting >= workers:
+        return workers
+    gib = 2**30
+    if requested >= 1:
+        logger.warning("%d synthesis workers need about %.1f GiB of memory and %.1f GiB are available; they may be "
+                       "killed for memory (lower --synthesis-workers).", workers, workers * bytes_per_worker / gib,
+                       available / gib)
+        return workers
+    logger.info("Synthesis: %d workers at about %.1f GiB each would not fit in the %.1f GiB available; using %d.",
+                workers, bytes_per_worker / gib, available / gib, fitting)
+    return fitting
 
 
 class _StepReporter:
