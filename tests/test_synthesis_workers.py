@@ -177,3 +177,19 @@ def test_synthesis_runs_serially_when_workers_would_not_fit_in_memory(monkeypatc
         assert synthesize(model, config, spec=input_spec(model), progress=False).synthesis_workers == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_no_workers_where_posix_semaphores_are_missing(monkeypatch):
+    """Some sandboxes have no /dev/shm: multiprocessing.synchronize cannot be imported there."""
+    import importlib
+
+    real = importlib.import_module
+
+    def no_semaphores(name, *args):
+        if name == "multiprocessing.synchronize":
+            raise ImportError("This platform lacks a functioning sem_open implementation")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_semaphores)
+    assert not fork_available()
+    assert plan_workers(2, groups=4, device="cpu", num_processes=1, threads=2) == 1

@@ -15,6 +15,7 @@ the shard store, as a run on several accelerate processes does, so that a killed
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import os
@@ -32,7 +33,15 @@ REPORT_SECONDS = 0.5  # how often a worker reports its steps to the parent's pro
 
 
 def fork_available() -> bool:
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    """Linux with fork and working POSIX semaphores (the workers' stop event and group counter need them; some
+    sandboxes have no /dev/shm, where multiprocessing.synchronize cannot be imported)."""
+    if not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    try:
+        importlib.import_module("multiprocessing.synchronize")
+    except ImportError:
+        return False
+    return True
 
 
 def plan_workers(requested: int, groups: int, device: torch.device | str, num_processes: int,
