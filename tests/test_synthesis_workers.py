@@ -16,6 +16,7 @@ from genie_hub.errors import ConfigError, GenieError
 from genie_hub.loading import input_spec
 from genie_hub.synthesis import synthesize
 from genie_hub.synthesis import loop
+from genie_hub.synthesis.generator import image_source
 from genie_hub.synthesis.loop import step_memory_bytes
 from genie_hub.synthesis.prior import select_prior
 from genie_hub.synthesis.workers import fit_in_memory, fork_available, plan_workers, run_in_workers
@@ -69,8 +70,8 @@ def test_step_memory_grows_with_the_batch_and_leaves_the_rng_alone():
     state = torch.get_rng_state()
     small, large = (step_memory_bytes(model, input_spec(model), b, config, prior) for b in (4, 40))
     assert torch.equal(torch.get_rng_state(), state)
-    parameters = 4 * sum(p.numel() * 4 for p in loop.image_source("genie", 2, 3, 32, 32, config.latent_dim).generator
-                         .parameters())
+    generator = image_source("genie", 2, 3, 32, 32, config.latent_dim).generator
+    parameters = 4 * sum(p.numel() * 4 for p in generator.parameters())
     assert small > parameters and large - parameters == pytest.approx(10 * (small - parameters), rel=0.01)
     assert prior.terms == []  # the probe's loss terms are not left for the first step
 
