@@ -358,7 +358,8 @@ class Runner:
     def add_row(self, row: dict) -> None:
         lrs = [f"{name} {value:g}" for name, value in (("lr_weight_step", self.args.lr_weight_step),
                                                         ("lr_act_step", self.args.lr_act_step)) if value is not None]
-        row = {**row, "variant": ", ".join(filter(None, [variant_name(self.args.ablate), *lrs]))}
+        precision = [f"synthesis {self.args.synthesis_precision}"] if self.args.synthesis_precision else []
+        row = {**row, "variant": ", ".join(filter(None, [variant_name(self.args.ablate), *lrs, *precision]))}
         self.results["rows"].append(row)
         self.save()
         if row["part"] == "embedded":
@@ -378,7 +379,9 @@ class Runner:
         from genie_hub import GenieConfig
 
         w, a = bits if bits is not None else (4, 4)
-        return GenieConfig.from_profile(self.args.profile, weight_bits=w, act_bits=a, seed=seed, **{**base, **extra})
+        chosen = {"synthesis_precision": self.args.synthesis_precision} if self.args.synthesis_precision else {}
+        return GenieConfig.from_profile(self.args.profile, weight_bits=w, act_bits=a, seed=seed,
+                                        **{**chosen, **base, **extra})
 
     def synth(self, part: str, model, spec, config, method: str) -> torch.Tensor:
         from genie_hub import synthesize
@@ -608,6 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fewshot-samples", type=int, default=1024)
     p.add_argument("--lr-weight-step", type=float, help="override GenieConfig.lr_weight_step (an lr sweep)")
     p.add_argument("--lr-act-step", type=float, help="override GenieConfig.lr_act_step (an lr sweep)")
+    p.add_argument("--synthesis-precision", choices=["auto", "fp32", "bf16"],
+                   help="GenieConfig.synthesis_precision for every run (default: the config's, auto); labels the rows")
     p.add_argument("--methods", nargs="+", default=EMBEDDED_ORDER, choices=EMBEDDED_ORDER,
                    help="embedded-part methods to run (default: all)")
     p.add_argument("--part", choices=["embedded", "efficientnet", "all"], default="all")

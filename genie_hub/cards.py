@@ -147,6 +147,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         results_protocol=run.results_protocol, command=public_command(run.command), versions=run.versions,
         machine=run.machine, repository_url=REPOSITORY_URL, torch_threads=run.torch_threads,
         num_processes=run.num_processes, synthesis_workers=run.synthesis_workers,
+        synthesis_precision=config.get("synthesis_precision"), mixed_precision=config.get("mixed_precision"),
         wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ from .errors import ConfigError
 MIN_BITS, MAX_BITS = 2, 8
 SYNTHESIS_METHODS = ("genie", "pixels")
 MIXED_PRECISIONS = ("no", "bf16")
+SYNTHESIS_PRECISIONS = ("auto", "fp32", "bf16")
 SPEED_ONLY_FIELDS = ("compile", "synthesis_batches_per_step", "synthesis_workers")
 """GenieConfig fields that change how fast a run goes, not its results (beyond float rounding)."""
 DATASET_STORAGES = ("exact", "fp16")
@@ -139,6 +141,15 @@ class GenieConfig:
         "--mixed-precision", "bf16 autocast for synthesis and reconstruction (GPU)", choices=MIXED_PRECISIONS))
     """None: as accelerate is configured (`accelerate config`, `accelerate launch --mixed_precision`,
     ACCELERATE_MIXED_PRECISION), "no" when it is not; `make_accelerator` resolves it before any compute."""
+    synthesis_precision: str = field(default="auto", metadata=option(
+        "--synthesis-precision", "precision of Genie-D synthesis: bf16 autocast or fp32; auto follows "
+        "--mixed-precision (or accelerate's setting) when one is given, else bf16 where the device computes it "
+        "natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs from Ampere on), fp32 elsewhere. Reconstruction "
+        "follows --mixed-precision alone", choices=SYNTHESIS_PRECISIONS))
+    """The synthesis step is convolution arithmetic, which native bf16 runs about twice as fast; the images'
+    BN statistics and the accuracy they calibrate to stayed within seed noise (docs/results.md). Reconstruction
+    is elementwise work on small tensors, where bf16 gained nothing, so it keeps fp32 unless asked.
+    `resolve_precision` turns "auto" into the precision used, before any compute; run.json records it."""
     compile: bool = field(default=False, metadata=option(
         "--compile", "compile each reconstruction unit's training step with torch.compile: for GPUs, where the "
         "launch overhead of many small kernels dominates a unit's step; on CPU the eager kernels were faster in "
@@ -205,6 +216,9 @@ class GenieConfig:
             # fp16 would need gradient scaling: not supported
             raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r} (fp16 "
                               "needs gradient scaling, which genie_hub does not do; use bf16).")
+        if self.synthesis_precision not in SYNTHESIS_PRECISIONS:
+            raise ConfigError(f"synthesis_precision must be one of {', '.join(SYNTHESIS_PRECISIONS)}, got "
+                              f"{self.synthesis_precision!r}.")
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be true or false, got {self.compile!r}.")
         if self.dataset_storage not in DATASET_STORAGES:
@@ -238,7 +252,7 @@ class GenieConfig:
     def synthesis_fingerprint(self) -> dict[str, Any]:
         """The settings that determine the synthetic images: a resumed run must match them."""
         return {k: getattr(self, k) for k in ("seed", "synthesis_batch_size", "synthesis_iterations", "synthesis_method",
-                                              "latent_dim", "lr_latent", "lr_generator", "mixed_precision")}
+                                              "latent_dim", "lr_latent", "lr_generator", "synthesis_precision")}
 
     @classmethod
     def cli_fields(cls) -> list[dataclasses.Field]:
@@ -272,10 +286,38 @@ def make_accelerator(config: GenieConfig, **kwargs: Any) -> tuple[Any, GenieConf
     if config.mixed_precision is not None:
         kwargs["mixed_precision"] = config.mixed_precision
     accelerator = Accelerator(**kwargs)
-    resolved = str(accelerator.mixed_precision)
-    if resolved not in MIXED_PRECISIONS:
-        raise ConfigError(f"accelerate is configured for {resolved} mixed precision (by `accelerate config`, "
-                          "`accelerate launch --mixed_precision` or ACCELERATE_MIXED_PRECISION), which genie_hub does "
-                          "not support (fp16 needs gradient scaling). Pass --mixed-precision bf16 or "
+    if str(accelerator.mixed_precision) not in MIXED_PRECISIONS:
+        raise ConfigError(f"accelerate is configured for {accelerator.mixed_precision} mixed precision (by `accelerate "
+                          "config`, `accelerate launch --mixed_precision` or ACCELERATE_MIXED_PRECISION), which "
+                          "genie_hub does not support (fp16 needs gradient scaling). Pass --mixed-precision bf16 or "
                           "--mixed-precision no, or change the accelerate setting.")
-    return accelerator, dataclasses.replace(config, mixed_precision=resolved)
+    return accelerator, resolve_precision(config, accelerator)
+
+
+def native_bf16(device: Any) -> bool:
+    """Whether `device` computes bf16 in hardware, where bf16 convolutions run about twice as fast as fp32: CUDA
+    GPUs from Ampere on, CPUs with AVX512-BF16 or AMX (elsewhere bf16 is emulated, and slower)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(check() for check in checks if check is not None)
+    return False
+
+
+def resolve_precision(config: GenieConfig, accelerator: Any) -> GenieConfig:
+    """`config` with `mixed_precision` taken from `accelerator` where unset, and `synthesis_precision` "auto"
+    made concrete: a mixed precision the user chose (--mixed-precision, or accelerate's
+    ACCELERATE_MIXED_PRECISION) decides synthesis too; without one, bf16 where the device computes it natively."""
+    mixed = config.mixed_precision or str(accelerator.mixed_precision)
+    synthesis = config.synthesis_precision
+    if synthesis == "auto":
+        chosen = config.mixed_precision is not None or "ACCELERATE_MIXED_PRECISION" in os.environ or mixed != "no"
+        if chosen:
+            synthesis = "bf16" if mixed == "bf16" else "fp32"
+        else:
+            synthesis = "bf16" if native_bf16(accelerator.device) else "fp32"
+    return dataclasses.replace(config, mixed_precision=mixed, synthesis_precision=synthesis)

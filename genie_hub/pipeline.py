@@ -6,7 +6,6 @@ or resumed on its own; `outputs.RunRecord` (run.json) records how it was made.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shlex
@@ -19,7 +18,7 @@ import torch
 
 from .adapters import adapter_for
 from .calibration import Calibration
-from .config import GenieConfig, make_accelerator
+from .config import GenieConfig, make_accelerator, resolve_precision
 from .errors import ConfigError, DataError
 from .evaluation import DatasetEvaluation, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, resolve_model_path
@@ -68,8 +67,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                            dataset_repo_id if not few_shot else None, token=token)
     if accelerator is None:
         accelerator, config = make_accelerator(config)
-    elif config.mixed_precision is None:
-        config = dataclasses.replace(config, mixed_precision=str(accelerator.mixed_precision))
+    else:
+        config = resolve_precision(config, accelerator)
     check_launch(accelerator)
     layout = (OutputLayout(Path(output_dir)) if output_dir is not None
               else OutputLayout.default_for(base_model, config.weight_bits, config.act_bits))

@@ -25,7 +25,7 @@ def run(root: Path, family: str, weight_bits: str, act_bits: str, few_shot: bool
     save_tiny_model(root / "fp", family)
     args = ["-q", "quantize", str(root / "fp"), "-o", str(root / "out"), "--profile", "quick", "--num-samples", "12",
             "--batch-size", "8", "--synthesis-iterations", "10", "--reconstruction-steps", "10", "-w", weight_bits,
-            "-a", act_bits]
+            "-a", act_bits, "--synthesis-precision", "fp32"]  # fp32: auto would follow the CPU's bf16 support
     if few_shot:
         from PIL import Image
 

@@ -9,7 +9,6 @@ and any number of processes produces the same images.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import tempfile
@@ -21,7 +20,7 @@ from torch import nn
 
 from ..adapters import InputSpec, model_logits
 from ..calibration import BatchStats, Calibration
-from ..config import GenieConfig, make_accelerator
+from ..config import GenieConfig, make_accelerator, resolve_precision
 from ..errors import ConfigError, GenieError
 from ..fileio import save_safetensors
 from ..loading import input_spec
@@ -44,6 +43,13 @@ def prefers_channels_last(device: torch.device | str) -> bool:
     (and bf16 tensor cores) are fastest. On CPU the default layout was as fast or faster (a synthesis step of
     the embedded model, 37 vs 39 ms, and of EfficientNet-Lite0 at 224 px, 2.8-3.6 vs 3.2-3.6 s)."""
     return torch.device(device).type == "cuda"
+
+
+def synthesis_autocast(config: GenieConfig, device: torch.device | str) -> Callable:
+    """The autocast context of synthesis steps, from `config.synthesis_precision` as `resolve_precision` set it."""
+    if config.synthesis_precision == "bf16":
+        return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 class _BatchRun:
@@ -274,8 +280,8 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     prior = select_prior(model, config.synthesis_prior)
     if accelerator is None:
         accelerator, config = make_accelerator(config)
-    elif config.mixed_precision is None:  # the images depend on it: the shards' fingerprint names the real one
-        config = dataclasses.replace(config, mixed_precision=str(accelerator.mixed_precision))
+    else:  # the images depend on it: the shards' fingerprint names the precision used
+        config = resolve_precision(config, accelerator)
     if accelerator.num_processes > 1 and output_dir is None:
         raise ConfigError("Synthesis on several processes needs an output_dir to exchange finished batches.")
 
@@ -314,7 +320,7 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
             def synthesize_group(group: list[int], overall, progress: bool) -> list[tuple[int, BatchStats]]:
                 try:
                     finished = synthesize_batches(model, spec, sizes[group[0]], group, config, device=device,
-                                                  autocast=accelerator.autocast, progress=progress, prior=prior,
+                                                  autocast=synthesis_autocast(config, device), progress=progress, prior=prior,
                                                   overall=overall, channels_last=channels_last)
                 except torch.OutOfMemoryError as exc:
                     raise GenieError(
