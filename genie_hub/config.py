@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+
+logger = logging.getLogger("genie_hub.config")
 
 MIN_BITS, MAX_BITS = 2, 8
 SYNTHESIS_METHODS = ("genie", "pixels")
@@ -320,4 +323,7 @@ def resolve_precision(config: GenieConfig, accelerator: Any) -> GenieConfig:
             synthesis = "bf16" if mixed == "bf16" else "fp32"
         else:
             synthesis = "bf16" if native_bf16(accelerator.device) else "fp32"
+    elif synthesis == "bf16" and not native_bf16(accelerator.device):
+        logger.warning("Synthesis in bf16 was asked for, but %s computes bf16 without hardware support, where it is "
+                       "usually slower than fp32 (--synthesis-precision fp32).", accelerator.device)
     return dataclasses.replace(config, mixed_precision=mixed, synthesis_precision=synthesis)

@@ -46,8 +46,10 @@ def test_a_chosen_mixed_precision_decides_synthesis_too(monkeypatch):
     assert (config.synthesis_precision, config.mixed_precision) == ("fp32", "no")
 
 
-def test_an_explicit_synthesis_precision_is_kept(monkeypatch):
-    assert _resolved(monkeypatch, native=False, synthesis_precision="bf16") == ("bf16", "no")
+def test_an_explicit_synthesis_precision_is_kept(monkeypatch, caplog):
+    with caplog.at_level("WARNING", logger="genie_hub.config"):
+        assert _resolved(monkeypatch, native=False, synthesis_precision="bf16") == ("bf16", "no")
+    assert "without hardware support" in caplog.text  # emulated bf16: slower, said so
     assert _resolved(monkeypatch, native=True, synthesis_precision="fp32", mixed_precision="bf16") == ("fp32", "bf16")
 
 

@@ -280,8 +280,8 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     prior = select_prior(model, config.synthesis_prior)
     if accelerator is None:
         accelerator, config = make_accelerator(config)
-    else:  # the images depend on it: the shards' fingerprint names the precision used
-        config = resolve_precision(config, accelerator)
+    elif config.mixed_precision is None or config.synthesis_precision == "auto":  # (once: the pipeline resolved it)
+        config = resolve_precision(config, accelerator)  # the images depend on it: the shards' fingerprint names it
     if accelerator.num_processes > 1 and output_dir is None:
         raise ConfigError("Synthesis on several processes needs an output_dir to exchange finished batches.")
 
