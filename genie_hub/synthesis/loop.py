@@ -320,8 +320,8 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
             def synthesize_group(group: list[int], overall, progress: bool) -> list[tuple[int, BatchStats]]:
                 try:
                     finished = synthesize_batches(model, spec, sizes[group[0]], group, config, device=device,
-                                                  autocast=synthesis_autocast(config, device), progress=progress, prior=prior,
-                                                  overall=overall, channels_last=channels_last)
+                                                  autocast=synthesis_autocast(config, device), progress=progress,
+                                                  prior=prior, overall=overall, channels_last=channels_last)
                 except torch.OutOfMemoryError as exc:
                     raise GenieError(
                         f"Synthesis ran out of memory on {device} in {_batch_names(group)} "
