@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,7 +145,7 @@ class GenieConfig:
     ACCELERATE_MIXED_PRECISION), "no" when it is not; `make_accelerator` resolves it before any compute."""
     synthesis_precision: str = field(default="auto", metadata=option(
         "--synthesis-precision", "precision of Genie-D synthesis: bf16 autocast or fp32; auto follows "
-        "--mixed-precision (or accelerate's setting) when one is given, else bf16 where the device computes it "
+        "--mixed-precision when it is given (and accelerate's bf16), else bf16 where the device computes it "
         "natively (CPUs with AVX512-BF16 or AMX, CUDA GPUs from Ampere on), fp32 elsewhere. Reconstruction "
         "follows --mixed-precision alone", choices=SYNTHESIS_PRECISIONS))
     """A synthesis step is mostly convolutions, which native bf16 ran 1.8x faster on the CPU machine (a whole
@@ -315,14 +314,16 @@ def native_bf16(device: Any) -> bool:
 
 def resolve_precision(config: GenieConfig, accelerator: Any) -> GenieConfig:
     """`config` with `mixed_precision` taken from `accelerator` where unset, and `synthesis_precision` "auto"
-    made concrete: a mixed precision the user chose (--mixed-precision, or accelerate's
-    ACCELERATE_MIXED_PRECISION) decides synthesis too; without one, bf16 where the device computes it natively."""
+    made concrete: bf16 when the run's mixed precision is bf16 (from --mixed-precision or accelerate), fp32 when
+    --mixed-precision no was given, else bf16 where the device computes it natively. accelerate's own "no" is not
+    read as a choice: `accelerate launch` always sets one, so a launched run makes the images a plain one makes."""
     mixed = config.mixed_precision or str(accelerator.mixed_precision)
     synthesis = config.synthesis_precision
     if synthesis == "auto":
-        chosen = config.mixed_precision is not None or "ACCELERATE_MIXED_PRECISION" in os.environ or mixed != "no"
-        if chosen:
-            synthesis = "bf16" if mixed == "bf16" else "fp32"
+        if mixed == "bf16":
+            synthesis = "bf16"
+        elif config.mixed_precision == "no":
+            synthesis = "fp32"
         else:
             synthesis = "bf16" if native_bf16(accelerator.device) else "fp32"
     elif synthesis == "bf16" and not native_bf16(accelerator.device):

@@ -40,10 +40,15 @@ def test_a_chosen_mixed_precision_decides_synthesis_too(monkeypatch):
     assert _resolved(monkeypatch, native=True, mixed_precision="no") == ("fp32", "no")
     assert _resolved(monkeypatch, native=False, mixed_precision="bf16") == ("bf16", "bf16")
     assert _resolved(monkeypatch, native=False, accelerator=_accelerator("bf16")) == ("bf16", "bf16")
+
+
+def test_accelerates_own_no_is_not_a_choice(monkeypatch):
+    """`accelerate launch` always sets a mixed precision ("no" by default): a launched run must make the images a
+    plain run makes (tests/test_synthesis.py compares one process with two)."""
     monkeypatch.setattr(config_module, "native_bf16", lambda device: True)
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch --mixed_precision no`
-    config = resolve_precision(GenieConfig.from_profile("quick"), _accelerator())
-    assert (config.synthesis_precision, config.mixed_precision) == ("fp32", "no")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    config = resolve_precision(GenieConfig.from_profile("quick"), _accelerator("no"))
+    assert (config.synthesis_precision, config.mixed_precision) == ("bf16", "no")
 
 
 def test_an_explicit_synthesis_precision_is_kept(monkeypatch, caplog):
