@@ -279,18 +279,18 @@ def render_markdown(results: dict) -> str:
         lines += ["| Bits | Method | Top-1 agreement (%) | Top-5 overlap (%) | Mean KL(FP‖Q) (nats) | Seeds | "
                   "Wall time per run (s) |", "|---|---|---|---|---|---|---|"]
         groups: dict[tuple, list[dict]] = {}
-        for r in eff:
-            groups.setdefault((tuple(r["bits"]), r["method"]), []).append(r)
+        for r in eff:  # one row per (bits, method, variant), as in the embedded part
+            groups.setdefault((tuple(r["bits"]), r["method"], r.get("variant", "")), []).append(r)
         ordered = sorted(groups, key=lambda key: ([tuple(r["bits"]) for r in eff].index(key[0]),
-                                                  EFFNET_ORDER.index(key[1])))
-        for bits, method in ordered:
-            sel = sorted(groups[(bits, method)], key=lambda r: r["seed"])
+                                                  EFFNET_ORDER.index(key[1]), key[2]))
+        for bits, method, variant in ordered:
+            sel = sorted(groups[(bits, method, variant)], key=lambda r: r["seed"])
             cells = [fmt_pm([r["agreement"][k] for r in sel], scale, digits)
                      for k, scale, digits in (("top1_agreement", 100, 1), ("top5_overlap", 100, 1), ("kl_fp_q", 1, 4))]
             seeds_cell = ", ".join(str(r["seed"]) for r in sel)
             walls = ", ".join(f"{r['wall_s']:.0f}" for r in sel)
-            lines.append(f"| {bits_tag(list(bits))} | {METHOD_LABELS[method]} | {' | '.join(cells)} | {seeds_cell} | "
-                         f"{walls} |")
+            label = METHOD_LABELS[method] + (f" [{variant}]" if variant else "")
+            lines.append(f"| {bits_tag(list(bits))} | {label} | {' | '.join(cells)} | {seeds_cell} | {walls} |")
         lines += [""]
     for note in results.get("notes", []):
         lines.append(f"- {note}")

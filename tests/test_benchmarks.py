@@ -71,6 +71,16 @@ def test_efficientnet_rows_aggregate_over_seeds(accuracy):
     assert "seeds 0, 1;" in text
 
 
+def test_efficientnet_rows_of_another_variant_stay_apart(accuracy):
+    """Runs labelled with a variant (an ablation, --synthesis-precision) get their own row, not pooled seeds."""
+    a, b = _results(), _results()
+    b["rows"] = [{**r, "variant": "synthesis bf16", "agreement": {**r["agreement"], "top1_agreement": 0.75}}
+                 for r in b["rows"] if r["part"] == "efficientnet"]
+    text = accuracy.render_markdown(accuracy.merge_results([a, b]))
+    assert "| W4A4 | Genie (Genie-D + Genie-M), zero-shot | 50.0 (n=1) |" in text
+    assert "| W4A4 | Genie (Genie-D + Genie-M), zero-shot [synthesis bf16] | 75.0 (n=1) |" in text
+
+
 def test_merge(accuracy):
     a, b = _results(), _results()
     b["rows"] = [r for r in b["rows"] if r["part"] == "efficientnet"]
