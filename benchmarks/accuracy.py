@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genie_hub.runtime import reuse_freed_memory  # noqa: E402 - this checkout's genie_hub, just put first
+from genie_hub.config import SYNTHESIS_PRECISIONS  # noqa: E402
 
 METHOD_LABELS = {
     "fp32": "FP32 (no quantization)",
@@ -611,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fewshot-samples", type=int, default=1024)
     p.add_argument("--lr-weight-step", type=float, help="override GenieConfig.lr_weight_step (an lr sweep)")
     p.add_argument("--lr-act-step", type=float, help="override GenieConfig.lr_act_step (an lr sweep)")
-    p.add_argument("--synthesis-precision", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--synthesis-precision", choices=SYNTHESIS_PRECISIONS,
                    help="GenieConfig.synthesis_precision for every run (default: the config's, auto); labels the rows")
     p.add_argument("--methods", nargs="+", default=EMBEDDED_ORDER, choices=EMBEDDED_ORDER,
                    help="embedded-part methods to run (default: all)")

@@ -89,8 +89,8 @@ def test_bf16_synthesis_runs_the_convolutions_in_bf16_and_returns_float32_images
     model = tiny_model("resnet-basic")
     seen_bf16, images_bf16 = _conv_dtypes(model, "bf16")
     seen_fp32, images_fp32 = _conv_dtypes(model, "fp32")
-    assert torch.bfloat16 in seen_bf16 and seen_fp32 == {torch.float32}  # (bf16: the steps; the loss before them
-    # is measured in fp32)
+    # bf16 in the steps (the loss before the first step is measured in fp32)
+    assert torch.bfloat16 in seen_bf16 and seen_fp32 == {torch.float32}
     assert images_bf16.dtype == images_fp32.dtype == torch.float32
     assert not torch.equal(images_bf16, images_fp32)  # other images: the shards must not be mixed
 

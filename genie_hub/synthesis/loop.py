@@ -317,17 +317,19 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
                 store = ShardStore(scratch.enter_context(tempfile.TemporaryDirectory(prefix="genie_hub-")),
                                    fingerprint)
 
+            autocast = synthesis_autocast(config, device)
+
             def synthesize_group(group: list[int], overall, progress: bool) -> list[tuple[int, BatchStats]]:
                 try:
                     finished = synthesize_batches(model, spec, sizes[group[0]], group, config, device=device,
-                                                  autocast=synthesis_autocast(config, device), progress=progress,
-                                                  prior=prior, overall=overall, channels_last=channels_last)
+                                                  autocast=autocast, progress=progress, prior=prior,
+                                                  overall=overall, channels_last=channels_last)
                 except torch.OutOfMemoryError as exc:
                     raise GenieError(
                         f"Synthesis ran out of memory on {device} in {_batch_names(group)} "
                         f"({len(group)} x {sizes[group[0]]} images per step). Lower --synthesis-batches-per-step "
                         f"(now {config.synthesis_batches_per_step}; it changes only the speed) or --batch-size, "
-                        "or use --mixed-precision bf16; finished batches are kept on disk and a rerun of the "
+                        "or use --synthesis-precision bf16; finished batches are kept on disk and a rerun of the "
                         "same command resumes from them.") from exc
                 for batch_index, (images, stats) in zip(group, finished):
                     if store is not None:
