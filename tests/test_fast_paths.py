@@ -323,13 +323,15 @@ def test_fused_adam_with_a_float64_tensor_lr_is_the_float_lr_update():
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_qdrop_mask_is_bernoulli_in_the_inputs_layout(layout):
-    """The 16-bit masks (four per 64-bit draw): the asked probability, independent elements, the input's
-    layout and dtype, and 1 exactly at prob 1."""
-    from genie_hub.quantization.quantizers import qdrop_keep
+    """Every way of drawing the mask (1, 2, 4 or 8 bits per element from a table, 16-bit integers otherwise):
+    the asked probability, independent elements, the input's layout and dtype, and 1 exactly at prob 1."""
+    from genie_hub.quantization.quantizers import _mask_bits, qdrop_keep
 
     torch.manual_seed(0)
     like = torch.empty(64, 8, 15, 15).contiguous(memory_format=layout)  # 115,200 elements
-    for prob in (0.1, 0.5, 0.9):
+    probs = {0.5: 1, 0.75: 2, 0.0625: 4, 0.90625: 8, 3 / 256: 8, 0.1: 16, 0.9: 16}
+    assert {prob: _mask_bits(prob) for prob in probs} == probs
+    for prob in probs:
         keep = qdrop_keep(like, prob)
         assert keep.dtype == like.dtype and keep.stride() == like.stride()
         assert set(keep.unique().tolist()) == {0.0, 1.0}

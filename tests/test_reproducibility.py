@@ -34,6 +34,11 @@ History of the pins (each change of them is deliberate and says why):
   Welford reduction was 4-20x slower: the same statistics up to float rounding, so every synthetic image and
   the weights after them move; the few-shot RegNet run does not. Benchmark rows:
   benchmarks/results/speed_accuracy_check.md.
+- issue 13, QDrop masks made from as few random bits as the probability needs: one bit per element at QDrop's
+  0.5, eight elements per random byte through a 256-row table (quantization/quantizers.py, qdrop_keep),
+  instead of a 16-bit integer per element: the same Bernoulli(0.5) masks in distribution, other draws, so every
+  reconstructed weight moves; the synthetic images do not. Benchmark rows: benchmarks/results/
+  speed_accuracy_check.md (the README main job and the embedded RegNet at seeds 0-2, before and after).
 
 Made with tests/pinned_run.py on this project's CPU machine with one thread. Float results depend on the
 thread count and the CPU's kernels, so the runs use one thread; a machine of another CPU family may need its
@@ -54,15 +59,15 @@ SCRIPT = Path(__file__).resolve().parent / "pinned_run.py"
 
 PINS = {
     ("resnet-basic", "2", "4", "0"): {
-        "genie_model.safetensors": "454b878ddb36fe7b54cb7128ea6d4390631fa6af63794d477b0049d2d65c2942",
+        "genie_model.safetensors": "dc001228768480b2c6d24e15efe4c93ca842a5ac43b9ef45575916d2ac00234b",
         "batch_00000.safetensors": "9c993697deb8dfa65d046c0cc4db500d72f797d78575f9a9b43539086edb47c8",
         "batch_00001.safetensors": "d109f165d11d62d614f410a32153671851e4402f0f19c08f6bae7ee83ce0f987"},
     ("mobilenet-v2", "4", "4", "0"): {
-        "genie_model.safetensors": "e4c676cabb3c64fc7141c55f01bafc982429a24d4800825dc316e63338f39e80",
+        "genie_model.safetensors": "df1804dc43f29f669a378f43c2b924cd08ff17a10c58e16d2f3ddd80303d1776",
         "batch_00000.safetensors": "2c96b0f1d1d66511b62791b004e999c8c390fc894c56fd397eb0719d00bb1b59",
         "batch_00001.safetensors": "dd0bda7fab5989821357c99f800611fb213c5f679ba2a7a30f0c77ac1419a2ee"},
     ("regnet", "4", "8", "1"): {  # few-shot from a folder of 12 PNGs: no synthesis shards
-        "genie_model.safetensors": "13c66dcea941c675b0e23abae80f482be182ccb167bf7bc529ed80f9383c7379"},
+        "genie_model.safetensors": "26d1403155e5a4b76ddf8fc2ae39ec71678e7a5f5610fa01d86eff74f21caaca"},
 }
 
 

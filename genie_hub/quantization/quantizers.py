@@ -6,6 +6,8 @@ which is less sensitive to outliers than min/max and closer to what matters afte
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -50,22 +52,45 @@ def init_weight_range(weight: torch.Tensor, bits: int, method: str = "lp") -> tu
     return best_step, best_zero
 
 
+def _mask_bits(prob: float) -> int:
+    """Bits of randomness per mask element: the fewest (1, 2, 4 or 8) in which `prob` is exact, else 16."""
+    return next((bits for bits in (1, 2, 4, 8) if (prob * 2**bits).is_integer()), 16)
+
+
+@functools.lru_cache(maxsize=32)
+def _mask_table(prob: float, bits: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[256, 8 // bits]: the keep mask (0/1) of the 8 // bits elements one random byte decides, its fields read
+    from the low bits up: a field v of `bits` bits keeps its element when v < prob * 2^bits."""
+    fields = (torch.arange(256)[:, None] >> (torch.arange(8 // bits) * bits)) & (2**bits - 1)
+    return (fields < round(prob * 2**bits)).to(dtype=dtype, device=device)
+
+
 def qdrop_keep(like: torch.Tensor, prob: float) -> torch.Tensor:
     """A Bernoulli(`prob`) mask shaped and typed like `like`: 1 where an element keeps its FP value, else 0.
 
-    Drawn as 16-bit uniform integers, four from each 64-bit draw of torch's global generator (`prob` is thereby
-    a multiple of 1/65536, exact for 0.5), where `torch.rand_like` makes one draw per element; and a 0/1 float
-    mask, because on CPU torch.where and masked_fill_ over a random bool mask run ~7x slower than arithmetic
-    (a mispredicted branch per element). Drawing and applying the masks the old way was 40 % of a 224 px
-    reconstruction step (EfficientNet-Lite0, batch 16, one thread).
+    Made from as few random bits as `prob` needs: where it is a multiple of 1/256 (QDrop's 0.5 needs one bit),
+    each random byte of torch's global generator decides 8, 4, 2 or 1 elements through a 256-row table;
+    otherwise each element takes a 16-bit uniform integer (`prob` rounded to a multiple of 1/65536). One float
+    draw per element (`torch.rand_like`) made the masks 40 % of a 224 px reconstruction step (EfficientNet-Lite0,
+    batch 16, one thread); 16-bit draws 5-8 % of it, one bit per element a third of that. The mask is a 0/1 float
+    tensor, because on CPU torch.where and masked_fill_ over a random bool mask run ~7x slower than arithmetic
+    (a mispredicted branch per element).
     """
     if prob >= 1:
         return torch.ones_like(like)
-    count = like.numel()
+    count, bits = like.numel(), _mask_bits(prob)
+    layout = torch.empty_like(like).stride()  # like's layout (channels_last too), or contiguous where not dense
+    if bits <= 8:
+        per_byte = 8 // bits
+        num_bytes = -(-count // per_byte)
+        words = torch.empty(-(-num_bytes // 8), dtype=torch.int64, device=like.device).random_(-(2**63), 2**63 - 1)
+        table = _mask_table(prob, bits, like.dtype, like.device)
+        flat = table.index_select(0, words.view(torch.uint8)[:num_bytes].int()).view(-1)
+        return flat[:count].as_strided(like.shape, layout)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=like.device).random_(-(2**63), 2**63 - 1)
     threshold = round(prob * 65536) - 32768  # P(uniform int16 < threshold) = prob
-    keep = torch.empty_like(like)  # like's layout (channels_last too), or contiguous where like is not dense
-    uniform = words.view(torch.int16)[:count].as_strided(like.shape, keep.stride())  # the same layout
+    keep = torch.empty_strided(like.shape, layout, dtype=like.dtype, device=like.device)
+    uniform = words.view(torch.int16)[:count].as_strided(like.shape, layout)  # the same layout
     return torch.lt(uniform, threshold, out=keep)
 
 
@@ -265,17 +290,19 @@ class _QuantizeWithQDrop(torch.autograd.Function):
         # needs_input_grad says True under torch.no_grad too: the caller's grad mode decides what to keep
         scaled = x / step
         rounded = scaled.clamp(q_min, q_max)
-        passes = (rounded == scaled) if grad_enabled else None  # inside the grid
+        # 0/1 float masks: on CPU every use of a bool mask with a float tensor first copies it to float
+        passes = (rounded == scaled).to(scaled.dtype) if grad_enabled else None  # inside the grid
         rounded.round_()
         out = rounded * step
-        d_step = rounded - scaled.mul_(passes) if grad_enabled and ctx.needs_input_grad[1] else None
+        d_step = torch.addcmul(rounded, scaled, passes, value=-1) if grad_enabled and ctx.needs_input_grad[1] \
+            else None
         if keep_prob > 0:
             keep = qdrop_keep(x, keep_prob)
             out = keep_where(keep, x, out)
             if passes is not None:
-                passes.logical_or_(keep)
+                passes = torch.maximum(passes, keep)
             if d_step is not None:
-                d_step.addcmul_(d_step, keep, value=-1)  # 0 where kept, unchanged elsewhere (exact)
+                d_step = keep_where(keep, d_step.new_zeros(()), d_step)  # 0 where kept, unchanged elsewhere
         ctx.save_for_backward(passes, d_step)
         ctx.step_shape, ctx.step_dtype = step.shape, step.dtype
         return out
