@@ -6,6 +6,9 @@
     python benchmarks/train_default_model.py --family vit --optimizer adamw --lr 2e-3 --weight-decay 0.05 \
         --hidden-sizes 64 --depths 4 --epochs 10 --output benchmarks/models/fashion-mnist-vit \
         --results benchmarks/results/fashion_mnist_vit_training.json         # BN-free models for accuracy.py
+    python benchmarks/train_default_model.py --family efficientnet --epochs 6 --lr 0.02 \
+        --output benchmarks/models/fashion-mnist-efficientnet \
+        --results benchmarks/results/fashion_mnist_efficientnet_training.json  # depthwise, squeeze-excite (#10)
 
 Writes model.safetensors + config.json + preprocessor_config.json to genie_hub/assets/fashion-mnist-resnet/
 (the folder genie_hub.loading.DEFAULT_MODEL_DIR points at) and records the command, time, test top-1 and
@@ -44,14 +47,15 @@ from genie_hub.loading import DEFAULT_MODEL_DIR, input_spec  # noqa: E402
 RESULTS = REPO / "benchmarks" / "results" / "default_model_training.json"
 
 
-FAMILIES = ("resnet", "regnet", "mobilenet-v2", "vit", "convnext")
+FAMILIES = ("resnet", "regnet", "mobilenet-v2", "efficientnet", "vit", "convnext")
 
 
 def build_model(embedding_size: int, hidden_sizes: list[int], depths: list[int], family: str = "resnet"):
     """A stock transformers classifier of `family` for 1-channel 28 px inputs (no custom code)."""
-    from transformers import (ConvNextConfig, ConvNextForImageClassification, MobileNetV2Config,
-                              MobileNetV2ForImageClassification, RegNetConfig, RegNetForImageClassification, ResNetConfig,
-                              ResNetForImageClassification, ViTConfig, ViTForImageClassification)
+    from transformers import (ConvNextConfig, ConvNextForImageClassification, EfficientNetConfig,
+                              EfficientNetForImageClassification, MobileNetV2Config, MobileNetV2ForImageClassification,
+                              RegNetConfig, RegNetForImageClassification, ResNetConfig, ResNetForImageClassification,
+                              ViTConfig, ViTForImageClassification)
 
     labels = dict(id2label={i: name for i, name in enumerate(FASHION_MNIST_LABELS)},
                   label2id={name: i for i, name in enumerate(FASHION_MNIST_LABELS)})
@@ -62,6 +66,20 @@ def build_model(embedding_size: int, hidden_sizes: list[int], depths: list[int],
     if family == "mobilenet-v2":
         return MobileNetV2ForImageClassification(MobileNetV2Config(
             num_channels=1, image_size=28, depth_multiplier=0.5, **labels))
+    if family == "efficientnet":  # B0's first four stages (MBConv, squeeze-excite, swish): 14, 14, 7, 4, 4 px
+        model = EfficientNetForImageClassification(EfficientNetConfig(
+            num_channels=1, image_size=28, width_coefficient=1.0, depth_coefficient=1.0, kernel_sizes=[3, 3, 5, 3],
+            in_channels=[32, 16, 24, 40], out_channels=[16, 24, 40, 80], strides=[1, 2, 2, 1],
+            num_block_repeats=[1, 2, 2, 2], expand_ratios=[1, 6, 6, 6], hidden_dim=1280, dropout_rate=0.2,
+            drop_connect_rate=0.1, batch_norm_momentum=0.1, **labels))  # torch's momentum: the new batch's weight
+        # transformers draws BatchNorm scales from N(0, 0.02) (its classes are made for loading weights): the
+        # signal then shrinks ~50x per layer and nothing trains. Train from torchvision's EfficientNet init.
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(module.weight)
+            elif isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight, mode="fan_out")
+        return model
     if family == "vit":  # 7x7 patches of 4 px + [CLS]; LayerNorm, no BatchNorm
         return ViTForImageClassification(ViTConfig(
             num_channels=1, image_size=28, patch_size=4, hidden_size=hidden_sizes[-1], num_hidden_layers=sum(depths),
