@@ -298,6 +298,10 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+EMBEDDED_SETUP_KEYS = ("model", "architecture", "profile", "num_samples", "synthesis_batch_size", "synthesis_iterations",
+                       "reconstruction_steps", "reconstruction_batch_size", "device", "prior")
+
+
 def merge_results(parts: list[dict]) -> dict:
     """Combine the results of separate runs (e.g. the embedded and the efficientnet part) into one."""
     eval_sets = {json.dumps([p.get("settings", {}).get("efficientnet", {}).get(k) for k in ("photos", "views_note")])
@@ -305,6 +309,13 @@ def merge_results(parts: list[dict]) -> dict:
     if len(eval_sets) > 1:
         raise SystemExit("These results score EfficientNet-Lite0 on different photo sets; their rows cannot be "
                          "merged. Rerun the older seeds with this checkout.")
+    # Fashion-MNIST rows carry no model or budget of their own: the part's settings say it, and one is shown.
+    setups = {json.dumps({k: v for k, v in p["settings"]["embedded"].items() if k in EMBEDDED_SETUP_KEYS},
+                         sort_keys=True) for p in parts if "embedded" in p.get("settings", {})}
+    if len(setups) > 1:
+        raise SystemExit("These results hold Fashion-MNIST rows of different models or settings ("
+                         + " vs ".join(sorted(setups)) + "); their rows would be pooled under one model. Merge the "
+                         "runs of each model and setting separately.")
     merged: dict[str, Any] = {"commands": [], "started": None, "status": None, "machine": None,
                               "library_versions": {}, "parts": [], "settings": {}, "rows": [], "synthesis": [],
                               "notes": [], "runs": []}

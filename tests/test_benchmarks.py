@@ -202,3 +202,15 @@ def test_merge_refuses_lite0_rows_scored_on_other_photos(accuracy):
     b["settings"]["efficientnet"]["photos"] = ["a", "b", "c"]
     with pytest.raises(SystemExit, match="different photo sets"):
         accuracy.merge_results([a, b])
+
+
+@pytest.mark.parametrize("key,value", [("model", "benchmarks/models/fashion-mnist-efficientnet"),
+                                       ("synthesis_iterations", 800)])
+def test_merge_refuses_fashion_mnist_rows_of_another_model_or_budget(accuracy, key, value):
+    """The rows name no model: merged runs of two models (or budgets) would be pooled under the last one's name."""
+    a, b = _results(), _results()
+    b["settings"]["embedded"][key] = value
+    with pytest.raises(SystemExit, match="different models or settings"):
+        accuracy.merge_results([a, b])
+    b["settings"]["embedded"] = {**a["settings"]["embedded"], "seeds": [2]}  # other seeds of one setup: merged
+    assert len(accuracy.merge_results([a, b])["rows"]) == 2 * len(a["rows"])
