@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +212,15 @@ class GenieConfig:
                               f"{self.synthesis_workers!r}.")
         if self.reconstruction_steps < 0:
             raise ConfigError(f"reconstruction_steps must be >= 0, got {self.reconstruction_steps}.")
+        # Checked here, not where they are used: a bad value would surface only after synthesis, minutes in.
+        for name, low, high in (("lr_latent", 0, math.inf), ("lr_generator", 0, math.inf),
+                                ("lr_weight_step", 0, math.inf), ("lr_act_step", 0, math.inf),
+                                ("lr_rounding", 0, math.inf), ("rounding_weight", 0, math.inf), ("warmup", 0, 1),
+                                ("qdrop_prob", 0, 1), ("beta_start", 1, math.inf), ("beta_end", 1, math.inf)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+                bound = f"between {low} and {high}" if high != math.inf else f"a finite number >= {low}"
+                raise ConfigError(f"{name} must be {bound}, got {value!r}.")
         if self.synthesis_method not in SYNTHESIS_METHODS:
             raise ConfigError(f"synthesis_method must be 'genie' or 'pixels', got {self.synthesis_method!r}.")
         if not isinstance(self.synthesis_prior, str) or not self.synthesis_prior:

@@ -132,6 +132,18 @@ def test_invalid_bit_widths_are_refused(bits):
         GenieConfig(last_layer=LayerBits(weight=bits, act=8))
 
 
+@pytest.mark.parametrize("name,value,message", [
+    ("qdrop_prob", float("nan"), "between 0 and 1"), ("qdrop_prob", 1.5, "between 0 and 1"),
+    ("warmup", -0.1, "between 0 and 1"), ("lr_rounding", float("inf"), "a finite number >= 0"),
+    ("lr_weight_step", -1e-3, "a finite number >= 0"), ("beta_end", 0.5, "a finite number >= 1"),
+    ("rounding_weight", "1", "a finite number >= 0")])
+def test_out_of_range_optimizer_settings_are_refused_before_compute(name, value, message):
+    """They would otherwise fail (or silently misbehave) only in reconstruction, after synthesis."""
+    with pytest.raises(ConfigError, match=f"{name} must be {message}"):
+        GenieConfig.from_profile("quick", **{name: value})
+    GenieConfig.from_profile("quick", qdrop_prob=0.0, warmup=1.0, lr_weight_step=0.0, beta_end=1.0)  # the bounds
+
+
 def test_cli_reports_invalid_bits_in_one_line(capsys):
     from genie_hub.cli import main
 
