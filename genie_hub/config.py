@@ -299,7 +299,16 @@ def make_accelerator(config: GenieConfig, **kwargs: Any) -> tuple[Any, GenieConf
 
     if config.mixed_precision is not None:
         kwargs["mixed_precision"] = config.mixed_precision
-    accelerator = Accelerator(**kwargs)
+    try:
+        accelerator = Accelerator(**kwargs)
+    except ValueError as exc:  # accelerate keeps one state per process and refuses to change it
+        if "already been initialized" not in str(exc):
+            raise
+        raise ConfigError(
+            f"This Python process already set up accelerate with another mixed precision, and accelerate allows "
+            f"one per process, so a run with mixed_precision={config.mixed_precision!r} cannot start here. Run it "
+            "in a new process (each `genie_hub` command is one), or keep the first run's setting; "
+            "`genie_hub.quantize` without an accelerator is not affected.") from None
     if str(accelerator.mixed_precision) not in MIXED_PRECISIONS:
         raise ConfigError(f"accelerate is configured for {accelerator.mixed_precision} mixed precision (by `accelerate "
                           "config`, `accelerate launch --mixed_precision` or ACCELERATE_MIXED_PRECISION), which "

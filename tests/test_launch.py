@@ -56,6 +56,29 @@ def test_mixed_precision_comes_from_accelerate_unless_the_flag_is_given():
     assert refused.startswith("refused:") and "--mixed-precision bf16" in refused and "fp16" in refused
 
 
+TWICE = """
+from genie_hub.config import GenieConfig, make_accelerator
+from genie_hub.errors import ConfigError
+for flag in ("no", "no", "bf16"):
+    try:
+        make_accelerator(GenieConfig.from_profile("quick", mixed_precision=flag))
+    except ConfigError as exc:
+        print("refused:", exc)
+    else:
+        print("ok", flag)
+"""
+
+
+def test_a_second_mixed_precision_in_one_process_is_refused_clearly():
+    """accelerate keeps one state per process: a second run with another mixed precision gets genie_hub's error
+    (what to do), not accelerate's ValueError; the same setting again is fine."""
+    result = subprocess.run([sys.executable, "-c", TWICE], env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second, third = result.stdout.strip().splitlines()
+    assert (first, second) == ("ok no", "ok no")
+    assert third.startswith("refused:") and "mixed_precision='bf16'" in third and "new process" in third
+
+
 def test_accelerate_mixed_precision_reaches_the_run_record(tmp_path):
     save_tiny_model(tmp_path / "base", "resnet-basic")
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ from genie_hub.config import GenieConfig, native_bf16, resolve_precision
 from genie_hub.errors import ConfigError
 from genie_hub.loading import input_spec
 from genie_hub.synthesis import synthesize
-from tiny_models import save_tiny_model, tiny_model
+from tiny_models import IMAGE_SIZE, save_tiny_model, tiny_model
 
 
 def _accelerator(mixed_precision: str = "no", device: str = "cpu") -> SimpleNamespace:
@@ -116,3 +116,28 @@ def test_the_synthesis_precision_is_recorded_in_run_json_and_the_card(tmp_path):
     card = ModelCard.load(out / "model" / "README.md").text
     assert "Synthesis computed in bf16 (autocast), reconstruction in\nfp32." in card
     assert "pass `--synthesis-precision bf16` to make the same images elsewhere" in card
+
+
+@pytest.mark.parametrize("mixed_precision", ["bf16", "no"])
+def test_quantize_without_an_accelerator_honours_the_configs_mixed_precision(mixed_precision):
+    """The library call `quantize(model, images, config)` reconstructs under bf16 autocast exactly when the config
+    (and so its result and run.json) says bf16."""
+    from genie_hub import quantize
+    from genie_hub.quantization import QuantConv2d
+
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=4, reconstruction_steps=2, mixed_precision=mixed_precision)
+    seen = []
+
+    def record(module, args, output):
+        if isinstance(module, QuantConv2d) and torch.is_grad_enabled():  # a reconstruction training step
+            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        result = quantize(model, torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0)), config,
+                          progress=False)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {mixed_precision == "bf16"}
+    assert result.config.mixed_precision == mixed_precision

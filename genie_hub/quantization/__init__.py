@@ -46,6 +46,16 @@ class QuantizationResult:
     config: GenieConfig
 
 
+def reconstruction_autocast(config: GenieConfig, device: torch.device | str):
+    """The autocast context of reconstruction: bf16 when `config.mixed_precision` says so, fp32 otherwise.
+
+    From the config, not from an accelerator: `quantize` called without one must still honour the setting its
+    result and run.json report, and the pipeline resolves the config from its accelerator before this point."""
+    if config.mixed_precision == "bf16":
+        return lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: GenieConfig | None = None, *,
              accelerator=None, state_path: str | Path | None = None, range_init: str = "lp",
              progress: bool = True) -> QuantizationResult:
@@ -53,11 +63,12 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
 
     `range_init="minmax"` with `reconstruction_steps=0` gives the plain round-to-nearest baseline.
     With `state_path`, finished units are saved there and an interrupted call resumes after them.
+    It runs on `accelerator.device` (else the model's device), in `config.mixed_precision`.
     """
     config = config or GenieConfig()
     pixel_values = calibration.pixel_values if isinstance(calibration, Calibration) else calibration
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    autocast = reconstruction_autocast(config, device)
     model = model.to(device).eval()
     pixel_values = pixel_values.to(device)
     if len(pixel_values) < 2 or not bool((pixel_values.flatten(1).std(dim=1) > 0).any()):
