@@ -135,6 +135,7 @@ class RunRecord:
     method: str = "genie"
     zero_shot: bool = True
     calibration_source: str | None = None
+    num_calibration_images: int | None = None  # what calibrated it: a few-shot source may hold fewer than num_samples
     weight_bits: int | None = None
     act_bits: int | None = None
     config: dict[str, Any] = field(default_factory=dict)  # GenieConfig.to_dict()

@@ -126,8 +126,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     run = RunRecord(
         base_model=base_model, base_model_revision=revision, base_model_id=base_model_id,
         zero_shot=calibration.zero_shot,
-        calibration_source=few_shot or "synthetic (Genie-D)", weight_bits=config.weight_bits,
-        act_bits=config.act_bits, config=config.to_dict(), input_spec=spec.to_dict(),
+        calibration_source=few_shot or "synthetic (Genie-D)", num_calibration_images=len(calibration),
+        weight_bits=config.weight_bits, act_bits=config.act_bits, config=config.to_dict(), input_spec=spec.to_dict(),
         layers={name: layer.to_dict() for name, layer in result.layers.items()},
         units=[unit.to_dict() for unit in result.units], unit_errors=[vars(r) for r in result.report],
         evaluation=evaluation.to_dict() if evaluation else None,
@@ -162,7 +162,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
         shutil.rmtree(layout.dataset_dir)
     run.save(layout.run_file)  # last: a folder with run.json is a finished run
-    _print_summary(run, layout.root)
+    _print_summary(run, layout.root,
+                   fashion_mnist_missing=evaluate == "auto" and is_default_model(model) and evalset is None)
     if push:
         from .hub import describe_push, push_output
 
@@ -293,7 +294,9 @@ def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:
     return rows, protocol
 
 
-def _print_summary(run: RunRecord, out: Path) -> None:
+def _print_summary(run: RunRecord, out: Path, fashion_mnist_missing: bool = False) -> None:
+    """The closing lines of `genie_hub quantize`; `fashion_mnist_missing`: the automatic evaluation of the embedded
+    model was skipped because the test data is not installed (not when the user chose --eval-dataset none)."""
     lines = [f"Done in {run.wall_seconds / 60:.1f} min. Output: {out}"]
     if run.unit_errors:
         better = sum(e["error_reconstructed"] < e["error_round_to_nearest"] for e in run.unit_errors)
@@ -309,7 +312,7 @@ def _print_summary(run: RunRecord, out: Path) -> None:
         lines.append(f"{ev['dataset']} {ev['split']} top-1 on {ev['num_images']} images: FP32 {100 * ev['fp32_top1']:.2f} % | "
                      f"W{run.weight_bits}A{run.act_bits} {100 * ev['quantized_top1']:.2f} % "
                      f"(agreement {100 * ev['top1_agreement']:.2f} %)")
-    elif run.base_model and is_default_model(run.base_model):
+    elif fashion_mnist_missing:
         lines.append("Fashion-MNIST test data not found, so no accuracy was measured: install it with "
                      "`apt-get install dataset-fashion-mnist` (or set GENIE_HUB_FASHION_MNIST_DIR) and run "
                      f"`genie_hub evaluate {out / 'model'} --dataset fashion-mnist`.")

@@ -135,6 +135,34 @@ def test_few_shot_calibrates_on_real_images(tmp_path):
     assert "Few-shot calibration" in (out / "model" / "README.md").read_text()
 
 
+def test_a_few_shot_folder_with_fewer_images_than_asked_is_reported_as_it_was_used(tmp_path):
+    """Five photos and --num-samples 16: calibration uses the five (with a warning), and run.json and the card say
+    five, not sixteen."""
+    import numpy as np
+    from PIL import Image
+
+    save_tiny_model(tmp_path / "fp", "resnet-basic")
+    (tmp_path / "photos").mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(5):
+        Image.fromarray(rng.randint(0, 256, (40, 36, 3), dtype=np.uint8)).save(tmp_path / "photos" / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["-q", "quantize", str(tmp_path / "fp"), "-o", str(out), "--few-shot", str(tmp_path / "photos"),
+                 "--profile", "quick", "--num-samples", "16", "--reconstruction-steps", "2"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["num_calibration_images"] == 5 and run["config"]["num_samples"] == 16
+    card = (out / "model" / "README.md").read_text()
+    assert "Few-shot calibration: 5 real images" in card and "Calibration: 5 real images" in card
+    assert "16 real images" not in card
+
+
+def test_the_default_model_with_no_evaluation_asked_does_not_claim_missing_test_data(tmp_path, capsys):
+    out = tmp_path / "default"
+    assert main(["quantize", "-o", str(out), "--eval-dataset", "none", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "Done in" in printed and "test data not found" not in printed
+
+
 def test_push_publishes_model_and_dataset_with_cards_for_the_real_ids(tiny_run, hub_server):
     from huggingface_hub import DatasetCard, ModelCard
     from transformers import AutoModelForImageClassification
