@@ -146,6 +146,17 @@ def test_bad_evaluation_data_is_refused_before_compute(hub_server, model_dir, tm
     assert not out.exists()
 
 
+def test_a_folder_of_photos_without_labels_gets_the_evaluate_flags_in_its_error(model_dir, tmp_path, capsys):
+    """`genie_hub evaluate` on unlabelled photos: the error names evaluate's own flags (--label-column,
+    --unlabelled), not only quantize's --eval-* spellings."""
+    (tmp_path / "photos").mkdir()
+    for i, image in enumerate(_images(3, 0)):
+        image.save(tmp_path / "photos" / f"{i}.png")
+    assert main(["evaluate", str(model_dir), "--dataset", str(tmp_path / "photos")]) == 1
+    err = capsys.readouterr().err
+    assert "no label column" in err and "--label-column" in err and "--unlabelled" in err and "Traceback" not in err
+
+
 def _unmappable(tmp: Path) -> str:
     for name in ("cat", "zebra"):
         (tmp / "unmappable" / name).mkdir(parents=True)

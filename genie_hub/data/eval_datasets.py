@@ -198,8 +198,8 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     where = f"'{source.label}' (split {split})"
     image_column = image_column or next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
     if image_column is None or image_column not in features:
-        raise DataError(f"{where} has no image column (columns: {', '.join(features)}). Pass the column name with "
-                        "--eval-image-column.")
+        raise DataError(f"{where} has no image column (columns: {', '.join(features)}). Name it with --image-column "
+                        "(`genie_hub evaluate`) or --eval-image-column (`genie_hub quantize`).")
     if unlabelled:
         try:
             next(iter(dataset))
@@ -209,8 +209,10 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     label_column = label_column or next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)),
                                         next((c for c in ("label", "labels") if c in features), None))
     if label_column is None or label_column not in features:
-        raise DataError(f"{where} has no label column (columns: {', '.join(features)}). Pass the column name with "
-                        "--eval-label-column.")
+        raise DataError(f"{where} has no label column (columns: {', '.join(features)}). Name it with --label-column "
+                        "(`genie_hub evaluate`; --eval-label-column for `genie_hub quantize`), or, for images without "
+                        "labels such as a folder of photos, pass --unlabelled (--eval-unlabelled) to measure agreement "
+                        "with FP32 only.")
     feature = features[label_column]
     if isinstance(feature, datasets.ClassLabel):
         mapping = map_labels(list(feature.names), model_labels, where)
