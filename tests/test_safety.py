@@ -3,6 +3,7 @@ safe publishing. Each test is one case a hostile or unlucky user hit."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -209,6 +210,10 @@ def test_degenerate_calibration_is_reported_and_never_worse_than_round_to_neares
     with caplog.at_level("WARNING", logger="genie_hub"):
         result = quantize(model, torch.zeros(8, 3, IMAGE_SIZE, IMAGE_SIZE), config, progress=False)
     assert "no variance" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        quantize(model, torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE), dataclasses.replace(config, reconstruction_steps=1), progress=False)
+    assert "Only 1 calibration image" in caplog.text and "no variance" not in caplog.text  # one image is not constant
     for unit in result.report:
         assert unit.error_reconstructed <= unit.error_round_to_nearest, unit
         assert unit.kept in ("reconstructed", "round-to-nearest")

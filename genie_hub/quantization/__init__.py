@@ -71,7 +71,11 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
     autocast = reconstruction_autocast(config, device)
     model = model.to(device).eval()
     pixel_values = pixel_values.to(device)
-    if len(pixel_values) < 2 or not bool((pixel_values.flatten(1).std(dim=1) > 0).any()):
+    if len(pixel_values) < 2:
+        logger.warning("Only %d calibration image: activation ranges and reconstruction will fit that one image, "
+                       "not the model's inputs. Calibrate on more images (--num-samples; the paper uses 1024).",
+                       len(pixel_values))
+    elif not bool((pixel_values.flatten(1).std(dim=1) > 0).any()):
         logger.warning("The calibration images have no variance (every image is one constant value): activation "
                        "ranges and reconstruction learned from them will not fit real inputs. Check the "
                        "calibration source (synthesis losses, the few-shot folder or dataset).")
