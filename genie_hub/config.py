@@ -164,6 +164,12 @@ class GenieConfig:
         "model was calibrated on) or fp16 (half the size, lossy); PNG previews are kept either way",
         choices=DATASET_STORAGES))
 
+    @classmethod
+    def _named(cls, name: str) -> str:
+        """A setting as an error names it: the field, and the `genie_hub quantize` flag that sets it, if any."""
+        flag = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("cli", {}).get("flag")
+        return f"{name} ({flag})" if flag else name
+
     def __post_init__(self) -> None:
         if isinstance(self.first_layer, dict):
             self.first_layer = LayerBits(**self.first_layer)
@@ -206,12 +212,12 @@ class GenieConfig:
         for name in ("num_samples", "synthesis_batch_size", "synthesis_iterations", "reconstruction_batch_size",
                      "latent_dim", "synthesis_batches_per_step"):
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+                raise ConfigError(f"{self._named(name)} must be a positive integer, got {getattr(self, name)!r}.")
         if int(self.synthesis_workers) < 0:
-            raise ConfigError(f"synthesis_workers must be 0 (automatic) or a positive number of processes, got "
-                              f"{self.synthesis_workers!r}.")
+            raise ConfigError(f"{self._named('synthesis_workers')} must be 0 (automatic) or a positive number of "
+                              f"processes, got {self.synthesis_workers!r}.")
         if self.reconstruction_steps < 0:
-            raise ConfigError(f"reconstruction_steps must be >= 0, got {self.reconstruction_steps}.")
+            raise ConfigError(f"{self._named('reconstruction_steps')} must be >= 0, got {self.reconstruction_steps}.")
         # Checked here, not where they are used: a bad value would surface only after synthesis, minutes in.
         for name, low, high in (("lr_latent", 0, math.inf), ("lr_generator", 0, math.inf),
                                 ("lr_weight_step", 0, math.inf), ("lr_act_step", 0, math.inf),
@@ -220,7 +226,7 @@ class GenieConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
                 bound = f"between {low} and {high}" if high != math.inf else f"a finite number >= {low}"
-                raise ConfigError(f"{name} must be {bound}, got {value!r}.")
+                raise ConfigError(f"{self._named(name)} must be {bound}, got {value!r}.")
         if self.synthesis_method not in SYNTHESIS_METHODS:
             raise ConfigError(f"synthesis_method must be 'genie' or 'pixels', got {self.synthesis_method!r}.")
         if not isinstance(self.synthesis_prior, str) or not self.synthesis_prior:

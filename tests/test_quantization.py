@@ -150,6 +150,9 @@ def test_cli_reports_invalid_bits_in_one_line(capsys):
     assert main(["quantize", "--weight-bits", "1", "--profile", "quick"]) == 2
     err = capsys.readouterr().err
     assert "Invalid bit-width 1" in err and "Traceback" not in err
+    assert main(["quantize", "--batch-size", "0", "--profile", "quick"]) == 2
+    err = capsys.readouterr().err  # the flag the user typed, not only the field behind it
+    assert "synthesis_batch_size (--batch-size) must be a positive integer, got 0" in err and "Traceback" not in err
 
 
 EXPECTED_UNITS = {
