@@ -283,11 +283,17 @@ float32 weights) trained from scratch on Fashion-MNIST (28x28 grayscale, 10 clas
 as an FP32 model to quantize offline; `genie_hub quantize` without a model quantizes the embedded ResNet.
 
 ```python
-from transformers import AutoModelForImageClassification, pipeline
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 model = AutoModelForImageClassification.from_pretrained("{repo_id}")
-classifier = pipeline("image-classification", model="{repo_id}")
+processor = AutoImageProcessor.from_pretrained("{repo_id}")
+inputs = processor(images=Image.open("image.png").convert("L"), return_tensors="pt")
+print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])
 ```
+
+The model reads one-channel (grayscale) images. transformers' `pipeline("image-classification")` converts
+every image to RGB, which this model cannot read, so call the processor and the model as above.
 
 ## Training
 

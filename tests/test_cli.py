@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -138,7 +139,6 @@ def test_few_shot_calibrates_on_real_images(tmp_path):
 def test_a_few_shot_folder_with_fewer_images_than_asked_is_reported_as_it_was_used(tmp_path):
     """Five photos and --num-samples 16: calibration uses the five (with a warning), and run.json and the card say
     five, not sixteen."""
-    import numpy as np
     from PIL import Image
 
     save_tiny_model(tmp_path / "fp", "resnet-basic")
@@ -161,6 +161,33 @@ def test_the_default_model_with_no_evaluation_asked_does_not_claim_missing_test_
     assert main(["quantize", "-o", str(out), "--eval-dataset", "none", *TINY]) == 0
     printed = capsys.readouterr().out
     assert "Done in" in printed and "test data not found" not in printed
+
+
+def test_the_load_snippet_of_a_grayscale_models_card_runs(tmp_path, monkeypatch, capsys):
+    """transformers' pipeline converts images to RGB, which a one-channel model cannot read: the card of the
+    embedded (grayscale) model shows the processor + model call instead, and that code runs as written."""
+    import re
+
+    from PIL import Image
+
+    from genie_hub.cards import render_model_card
+    from genie_hub.outputs import RunRecord
+
+    out = tmp_path / "out"
+    assert main(["-q", "quantize", "-o", str(out), "--eval-dataset", "none", *TINY]) == 0
+    run = RunRecord.load(out / "run.json")
+    assert run.input_spec["channels"] == 1
+    card = str(render_model_card(run, repo_id=str(out / "model")))
+    snippet = re.search(r"## How to load\n\n```python\n(.*?)```", card, re.S).group(1)
+    assert "pipeline(" not in snippet and "pipeline" in card  # said why, not offered
+    Image.fromarray(np.random.RandomState(0).randint(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "image.png")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    exec(compile(snippet, "card snippet", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    assert printed in json.loads((out / "model" / "config.json").read_text())["id2label"].values()
+    run.input_spec["channels"] = 3
+    assert 'pipeline("image-classification"' in str(render_model_card(run, repo_id="user/rgb"))
 
 
 def test_push_publishes_model_and_dataset_with_cards_for_the_real_ids(tiny_run, hub_server):
