@@ -175,6 +175,24 @@ def test_soft_rounded_weight_and_regularizer_match_autograd_through_the_definiti
     assert gv.abs().sum() > 0 and gs.abs().sum() > 0
 
 
+@pytest.mark.parametrize("beta", [1.0, 1.5, 3.0, 20.0])
+def test_regularizer_gradient_is_the_product_form_bit_for_bit(beta):
+    """The closed-form gradient -2 beta |c|^(beta-1) sign(c) (c = 2h - 1), written with copysign, equals the
+    product form exactly, at the bits' bounds and at h = 0.5 (c = 0) too, where beta = 1 needs the product's 0."""
+    from genie_hub.quantization.quantizers import _RoundingRegularizer
+
+    soft = torch.cat([torch.tensor([0.0, 0.5, 1.0, 0.25, 0.75]),
+                      torch.rand(1000, generator=torch.Generator().manual_seed(0))])
+    leaf = soft.clone().requires_grad_(True)
+    value = _RoundingRegularizer.apply(leaf, beta)
+    (grad,) = torch.autograd.grad(0.7 * value, leaf)
+    centered = soft * 2 - 1
+    power = centered.abs().pow(beta - 1)
+    assert torch.equal(grad, power.mul(centered.sign()).mul_(-2 * beta * torch.tensor(0.7)))
+    assert torch.equal(value, soft.numel() - torch.dot(power, centered.abs()))
+    assert grad[1] == 0  # h = 0.5
+
+
 def test_regularizer_reuses_the_soft_bits_only_while_the_rounding_is_unchanged():
     from genie_hub.quantization.quantizers import WeightQuantizer
 

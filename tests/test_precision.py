@@ -135,8 +135,8 @@ def test_quantize_without_an_accelerator_honours_the_configs_mixed_precision(mix
 
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        result = quantize(model, torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0)), config,
-                          progress=False)
+        images = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+        result = quantize(model, images, config, progress=False)
     finally:
         handle.remove()
     assert seen and set(seen) == {mixed_precision == "bf16"}

@@ -202,20 +202,25 @@ class _SoftRoundedWeight(torch.autograd.Function):
 
 
 class _RoundingRegularizer(torch.autograd.Function):
-    """sum(1 - |2h - 1|^beta) with its gradient -2 beta |2h - 1|^(beta - 1) sign(2h - 1) in closed form."""
+    """sum(1 - |2h - 1|^beta) with its gradient -2 beta |2h - 1|^(beta - 1) sign(2h - 1) in closed form.
+
+    |2h - 1| is computed once, and sign(c) * p as copysign(p, c): the same values in one pass, since p >= 0 and,
+    for beta > 1, p = 0 where c = 0 (at beta = 1, p = 1 there and the product form's 0 is kept)."""
 
     @staticmethod
     def forward(ctx, soft, beta: float):
         centered = soft * 2 - 1
-        power = centered.abs().pow_(beta - 1)
+        magnitude = centered.abs()
+        power = magnitude.pow(beta - 1)
         ctx.save_for_backward(power, centered)
         ctx.beta = beta
-        return soft.numel() - torch.dot(power.flatten(), centered.abs().flatten())
+        return soft.numel() - torch.dot(power.flatten(), magnitude.flatten())
 
     @staticmethod
     def backward(ctx, grad):
         power, centered = ctx.saved_tensors
-        return power.mul(centered.sign()).mul_(-2 * ctx.beta * grad), None
+        signed = torch.copysign(power, centered) if ctx.beta > 1 else power.mul(centered.sign())
+        return signed.mul_(-2 * ctx.beta * grad), None
 
 
 class WeightQuantizer(nn.Module):
@@ -241,6 +246,8 @@ class WeightQuantizer(nn.Module):
         p = ((rest - self.GAMMA) / (self.ZETA - self.GAMMA)).clamp(1e-6, 1 - 1e-6)
         self.register_buffer("floor", floor)
         self.register_buffer("zero_point", zero)
+        # B + zp, read by every soft forward: made once, not once per step (an integer sum, so exact)
+        self.register_buffer("floor_plus_zero", floor + zero, persistent=False)
         self.step = LogStep(step)
         self.rounding = nn.Parameter(torch.log(p / (1 - p)))
         self.hard = False
@@ -274,7 +281,7 @@ class WeightQuantizer(nn.Module):
             return (self.positive_step() * (codes - self.zero_point)).view(self.shape)
         if torch.compiler.is_compiling():
             return self.soft_weight()
-        weight, soft = _SoftRoundedWeight.apply(self.rounding, self.positive_step(), self.floor + self.zero_point,
+        weight, soft = _SoftRoundedWeight.apply(self.rounding, self.positive_step(), self.floor_plus_zero,
                                                 self.zero_point, 2**self.bits - 1)
         self._soft = (self.rounding._version, soft) if torch.is_grad_enabled() else None
         return weight.view(self.shape)
