@@ -213,7 +213,7 @@ def test_degenerate_calibration_is_reported_and_never_worse_than_round_to_neares
     caplog.clear()
     with caplog.at_level("WARNING", logger="genie_hub"):
         quantize(model, torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE), dataclasses.replace(config, reconstruction_steps=1), progress=False)
-    assert "Only 1 calibration image" in caplog.text and "no variance" not in caplog.text  # one image is not constant
+    assert "Only 1 calibration image(s)" in caplog.text and "no variance" not in caplog.text  # one image is not constant
     for unit in result.report:
         assert unit.error_reconstructed <= unit.error_round_to_nearest, unit
         assert unit.kept in ("reconstructed", "round-to-nearest")

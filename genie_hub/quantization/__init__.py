@@ -72,8 +72,8 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
     model = model.to(device).eval()
     pixel_values = pixel_values.to(device)
     if len(pixel_values) < 2:
-        logger.warning("Only %d calibration image: activation ranges and reconstruction will fit that one image, "
-                       "not the model's inputs. Calibrate on more images (--num-samples; the paper uses 1024).",
+        logger.warning("Only %d calibration image(s): activation ranges and reconstruction will fit them, not the "
+                       "model's inputs. Calibrate on more images (--num-samples; the paper uses 1024).",
                        len(pixel_values))
     elif not bool((pixel_values.flatten(1).std(dim=1) > 0).any()):
         logger.warning("The calibration images have no variance (every image is one constant value): activation "
