@@ -77,7 +77,7 @@ def test_step_memory_grows_with_the_batch_and_leaves_the_rng_alone():
 
 
 def test_a_negative_worker_count_is_refused():
-    with pytest.raises(ConfigError, match="synthesis_workers must be 0"):
+    with pytest.raises(ConfigError, match=r"synthesis_workers \(--synthesis-workers\) must be 0"):
         GenieConfig.from_profile("quick", synthesis_workers=-1)
 
 
