@@ -246,7 +246,7 @@ class WeightQuantizer(nn.Module):
         p = ((rest - self.GAMMA) / (self.ZETA - self.GAMMA)).clamp(1e-6, 1 - 1e-6)
         self.register_buffer("floor", floor)
         self.register_buffer("zero_point", zero)
-        # B + zp, read by every soft forward: made once, not once per step (an integer sum, so exact)
+        # B + zp, read by every forward: made once, not once per step (an integer sum, so exact)
         self.register_buffer("floor_plus_zero", floor + zero, persistent=False)
         self.step = LogStep(step)
         self.rounding = nn.Parameter(torch.log(p / (1 - p)))
@@ -263,22 +263,20 @@ class WeightQuantizer(nn.Module):
         """The soft forward by its definition, for autograd to differentiate: what torch.compile traces (it
         cannot trace the version check of the shared soft bits). `forward` runs `_SoftRoundedWeight`, the same
         function with its gradient in closed form."""
-        codes = torch.clamp(self.floor + self.zero_point + self.soft_bits(), 0, 2**self.bits - 1)
+        codes = torch.clamp(self.floor_plus_zero + self.soft_bits(), 0, 2**self.bits - 1)
         return (self.positive_step() * (codes - self.zero_point)).view(self.shape)
 
     def codes(self) -> torch.Tensor:
         """Integer codes with hard rounding, in [0, 2^b - 1]."""
         bits = (self.rounding >= 0).to(self.floor.dtype)
-        return torch.clamp(self.floor + bits + self.zero_point, 0, 2**self.bits - 1)
+        return torch.clamp(self.floor_plus_zero + bits, 0, 2**self.bits - 1)
 
     def positive_step(self) -> torch.Tensor:
         return self.step()
 
     def forward(self) -> torch.Tensor:
         if self.hard:
-            bits = (self.rounding >= 0).to(self.floor.dtype)
-            codes = torch.clamp(self.floor + bits + self.zero_point, 0, 2**self.bits - 1)
-            return (self.positive_step() * (codes - self.zero_point)).view(self.shape)
+            return (self.positive_step() * (self.codes() - self.zero_point)).view(self.shape)
         if torch.compiler.is_compiling():
             return self.soft_weight()
         weight, soft = _SoftRoundedWeight.apply(self.rounding, self.positive_step(), self.floor_plus_zero,
