@@ -295,6 +295,19 @@ DEFAULT_TEXTS = {"mixed_precision": "as `accelerate config` / `accelerate launch
 """Help text of defaults that are not a plain value."""
 
 
+def warn_paper_default(call: str, config: GenieConfig, device: Any) -> None:
+    """A library call given no config runs the paper profile, like the command line's default. That is a GPU
+    job (hours or days elsewhere); the command line warns with a measured projection before it starts, so a
+    library call off a CUDA device says so too, instead of only in its progress bar's ETA."""
+    if getattr(device, "type", str(device).split(":")[0]) != "cuda":
+        logger.warning(
+            "%s() got no config, so it runs the paper profile (%d images x %d synthesis iterations, %d "
+            "reconstruction steps per unit): a GPU job, which takes hours or days on %s. For a quick run pass "
+            "config=GenieConfig.from_profile('quick') (or set num_samples, synthesis_iterations and "
+            "reconstruction_steps yourself).", call, config.num_samples, config.synthesis_iterations,
+            config.reconstruction_steps, device)
+
+
 def make_accelerator(config: GenieConfig, **kwargs: Any) -> tuple[Any, GenieConfig]:
     """An `accelerate.Accelerator` for a run, and `config` with `mixed_precision` resolved from it.
 

@@ -241,6 +241,37 @@ def test_synthesize_without_processor_or_spec_warns_about_the_size(caplog, tmp_p
     assert any(f"{size}x{size}" in r.getMessage() and "processor=" in r.getMessage() for r in caplog.records)
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("call", ["synthesize", "quantize"])
+def test_a_library_call_without_a_config_warns_that_the_paper_profile_is_a_gpu_job(call, caplog, monkeypatch):
+    """Without a config both library calls run the paper profile (hours on a CPU): they say so before any
+    compute. The run is stopped right after the point where the warning is due."""
+    import genie_hub.quantization as quantization
+    from genie_hub.synthesis import loop
+
+    model = tiny_model("resnet-basic")
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(loop, "model_fingerprint", stop)  # the first step after synthesize's warning
+    monkeypatch.setattr(quantization, "check_quantizable", stop)  # the first step after quantize's warning
+    run = {"synthesize": lambda config: synthesize(model, config, spec=input_spec(model), progress=False),
+           "quantize": lambda config: quantization.quantize(model, torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE), config,
+                                                            progress=False)}[call]
+    with caplog.at_level("WARNING"), pytest.raises(_Stop):
+        run(GenieConfig.from_profile("quick"))
+    assert not [r for r in caplog.records if "paper profile" in r.getMessage()]
+    with caplog.at_level("WARNING"), pytest.raises(_Stop):
+        run(None)
+    messages = [r.getMessage() for r in caplog.records if "paper profile" in r.getMessage()]
+    assert len(messages) == 1 and messages[0].startswith(f"{call}() got no config")
+    assert "1024 images x 4000 synthesis iterations, 20000 reconstruction steps" in messages[0]
+    assert "GenieConfig.from_profile('quick')" in messages[0]
+
+
 def test_same_seed_same_images_other_seed_other_images():
     model = tiny_model("mobilenet-v2")
     config = GenieConfig.from_profile("quick", num_samples=10, synthesis_batch_size=4, synthesis_iterations=5)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..calibration import Calibration
-from ..config import GenieConfig
+from ..config import GenieConfig, warn_paper_default
 from ..reproducibility import model_fingerprint
 from .attention import QuantAttention
 from .blocks import Unit, discover_units
@@ -65,9 +65,11 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
     With `state_path`, finished units are saved there and an interrupted call resumes after them.
     It runs on `accelerator.device` (else the model's device), in `config.mixed_precision`.
     """
-    config = config or GenieConfig()
     pixel_values = calibration.pixel_values if isinstance(calibration, Calibration) else calibration
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    if config is None:
+        config = GenieConfig()
+        warn_paper_default("quantize", config, device)
     autocast = reconstruction_autocast(config, device)
     model = model.to(device).eval()
     pixel_values = pixel_values.to(device)

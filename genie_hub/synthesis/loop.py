@@ -20,7 +20,7 @@ from torch import nn
 
 from ..adapters import InputSpec, model_logits
 from ..calibration import BatchStats, Calibration
-from ..config import GenieConfig, make_accelerator, resolve_precision
+from ..config import GenieConfig, make_accelerator, resolve_precision, warn_paper_default
 from ..errors import ConfigError, GenieError
 from ..fileio import save_safetensors
 from ..loading import input_spec
@@ -269,6 +269,7 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     `accelerate.Accelerator` running several processes, the pending batches are split between them (an
     `output_dir` is then required) and every process returns the full set.
     """
+    paper_default = config is None
     config = config or GenieConfig()
     if spec is None:
         spec = input_spec(model, processor)
@@ -286,6 +287,8 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
         raise ConfigError("Synthesis on several processes needs an output_dir to exchange finished batches.")
 
     device = accelerator.device
+    if paper_default:
+        warn_paper_default("synthesize", config, device)
     was_training = model.training
     grad_flags = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
