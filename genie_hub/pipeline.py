@@ -20,7 +20,7 @@ from .adapters import adapter_for
 from .calibration import Calibration
 from .config import GenieConfig, make_accelerator, resolve_precision
 from .errors import ConfigError, DataError
-from .evaluation import DatasetEvaluation, evaluate_on_dataset
+from .evaluation import DatasetEvaluation, EvalSet, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, resolve_model_path
 from .optimization import fused_adam_supported
 from .outputs import OutputLayout, RunRecord, run_settings
@@ -80,7 +80,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
 
     probe = torch.randn(2, *spec.shape, generator=torch.Generator().manual_seed(0))  # no global RNG draw
     check_quantizable(fp_model, config, probe)  # a model genie_hub cannot quantize fails here, before compute
-    evalset = _open_evaluation(evaluate, model, fp_model, eval_image_column, eval_label_column, eval_unlabelled)
+    evalset, fashion_mnist_missing = _open_evaluation(evaluate, model, fp_model, eval_image_column,
+                                                      eval_label_column, eval_unlabelled)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import load_calibration_images
 
@@ -162,8 +163,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
         shutil.rmtree(layout.dataset_dir)
     run.save(layout.run_file)  # last: a folder with run.json is a finished run
-    _print_summary(run, layout.root,
-                   fashion_mnist_missing=evaluate == "auto" and is_default_model(model) and evalset is None)
+    _print_summary(run, layout.root, fashion_mnist_missing=fashion_mnist_missing)
     if push:
         from .hub import describe_push, push_output
 
@@ -253,23 +253,24 @@ def check_launch(accelerator, parent_command: list[str] | None = None) -> None:
 
 
 def _open_evaluation(evaluate: str | None, model: str | None, fp_model, image_column: str | None,
-                     label_column: str | None, unlabelled: bool = False):
-    """The checked evaluation set (before any compute), or None. "auto": Fashion-MNIST for the embedded model,
-    skipped with a warning when its files are not installed; nothing for other models."""
+                     label_column: str | None, unlabelled: bool = False) -> tuple[EvalSet | None, bool]:
+    """(the checked evaluation set or None, whether the automatic Fashion-MNIST evaluation was skipped), before
+    any compute. "auto": Fashion-MNIST for the embedded model, skipped with a warning when its files are not
+    installed; nothing for other models."""
     from .evaluation import open_evaluation
 
     if evaluate in (None, "", "none"):
-        return None
+        return None, False
     if evaluate == "auto":
         if not is_default_model(model):
-            return None
+            return None, False
         try:
-            return open_evaluation("fashion-mnist", fp_model)
+            return open_evaluation("fashion-mnist", fp_model), False
         except DataError as exc:
             logger.warning("Skipping the evaluation: %s", exc)
-            return None
+            return None, True
     return open_evaluation(evaluate, fp_model, image_column=image_column, label_column=label_column,
-                           unlabelled=unlabelled)
+                           unlabelled=unlabelled), False
 
 
 def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:

@@ -163,6 +163,14 @@ def test_the_default_model_with_no_evaluation_asked_does_not_claim_missing_test_
     assert "Done in" in printed and "test data not found" not in printed
 
 
+def test_the_default_model_without_its_test_data_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GENIE_HUB_FASHION_MNIST_DIR", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    assert main(["quantize", "-o", str(tmp_path / "default"), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "Fashion-MNIST test data not found" in printed and "genie_hub evaluate" in printed
+
+
 def test_the_load_snippet_of_a_grayscale_models_card_runs(tmp_path, monkeypatch, capsys):
     """transformers' pipeline converts images to RGB, which a one-channel model cannot read: the card of the
     embedded (grayscale) model shows the processor + model call instead, and that code runs as written."""
