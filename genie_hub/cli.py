@@ -223,12 +223,14 @@ def _quantize(args) -> None:
 
 def _evaluate(args) -> None:
     from .evaluation import evaluate_on_dataset, open_evaluation
-    from .loading import input_spec, load_model
+    from .loading import input_spec, load_model, require_processor
 
     model, processor = load_model(args.model)
+    require_processor(processor, args.model, "`genie_hub evaluate`")
     fp_model = model
     if args.fp32:
         fp_model, fp_processor = load_model(args.fp32)
+        require_processor(fp_processor, args.fp32, "the --fp32 comparison")
         _check_comparable(args.fp32, fp_model, fp_processor, args.model, model, processor)
     evalset = open_evaluation(args.dataset, fp_model, image_column=args.image_column, label_column=args.label_column,
                               unlabelled=args.unlabelled)

@@ -21,7 +21,7 @@ from .calibration import Calibration
 from .config import GenieConfig, make_accelerator, resolve_precision
 from .errors import ConfigError, DataError
 from .evaluation import DatasetEvaluation, EvalSet, evaluate_on_dataset
-from .loading import input_spec, is_default_model, load_model, resolve_model_path
+from .loading import input_spec, is_default_model, load_model, require_processor, resolve_model_path
 from .optimization import fused_adam_supported
 from .outputs import OutputLayout, RunRecord, run_settings
 from .quantization.prepare import check_overrides
@@ -82,6 +82,16 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     check_quantizable(fp_model, config, probe)  # a model genie_hub cannot quantize fails here, before compute
     evalset, fashion_mnist_missing = _open_evaluation(evaluate, model, fp_model, eval_image_column,
                                                       eval_label_column, eval_unlabelled)
+    if evalset is not None:
+        require_processor(processor, base_model, "the evaluation (--eval-dataset)")
+    if few_shot:
+        require_processor(processor, base_model, "few-shot calibration (--few-shot)")
+    if processor is None:
+        logger.warning(
+            "%s has no image processor (preprocessor_config.json): its input is taken to be %dx%d with no known "
+            "normalization, from the model config, and the synthetic images are made for that. If the model "
+            "takes other inputs, add the processor of the model it came from to the folder.",
+            base_model, spec.height, spec.width)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import load_calibration_images
 

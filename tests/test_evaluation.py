@@ -157,6 +157,41 @@ def test_a_folder_of_photos_without_labels_gets_the_evaluate_flags_in_its_error(
     assert "no label column" in err and "--label-column" in err and "--unlabelled" in err and "Traceback" not in err
 
 
+def _without_processor(model_dir: Path, tmp_path: Path, broken: bool) -> Path:
+    folder = tmp_path / ("broken" if broken else "bare")
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (folder / name).write_bytes((model_dir / name).read_bytes())
+    if broken:
+        (folder / "preprocessor_config.json").write_text("{not json")
+    return folder
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["no-processor", "unreadable-processor"])
+def test_real_images_are_never_prepared_for_a_model_without_its_processor(model_dir, imagefolder, tmp_path, capsys,
+                                                                          broken):
+    """Without preprocessor_config.json the input size and normalization would be guessed (224 px, none), and
+    evaluate printed a near-chance accuracy as if it were the model's. Both commands refuse before any compute,
+    naming the file; an unreadable one is refused even where nothing needs it."""
+    folder = _without_processor(model_dir, tmp_path, broken)
+    assert main(["evaluate", str(folder), "--dataset", str(imagefolder)]) == 1
+    err = capsys.readouterr().err
+    assert "preprocessor_config.json" in err and "Traceback" not in err
+    out = tmp_path / "out"
+    assert main(["quantize", str(folder), "-o", str(out), "--eval-dataset", str(imagefolder), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "preprocessor_config.json" in err and "Traceback" not in err
+    assert not out.exists()
+    if broken:
+        with pytest.raises(Exception, match="cannot be loaded by transformers"):
+            load_model(folder)
+    else:  # the model itself loads, and quantizing it without real images says what it assumes
+        assert load_model(folder)[1] is None
+        assert main(["quantize", str(folder), "-o", str(out), "--eval-dataset", "none", *TINY]) == 0
+        assert "has no image processor (preprocessor_config.json): its input is taken to be 32x32" in \
+            capsys.readouterr().err
+
+
 def _unmappable(tmp: Path) -> str:
     for name in ("cat", "zebra"):
         (tmp / "unmappable" / name).mkdir(parents=True)

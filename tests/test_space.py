@@ -209,6 +209,15 @@ def test_different_class_counts_is_an_error(fast_app, models, coffee):
         fast_app.compare(coffee, models["fp32"], models["seven"])
 
 
+def test_a_model_without_its_processor_is_refused_not_guessed(fast_app, models, coffee, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (bare / name).write_bytes((Path(models["fp32"]) / name).read_bytes())
+    with pytest.raises(gr.Error, match="has no image processor"):
+        fast_app.compare(coffee, str(bare), models["quant"])
+
+
 def test_models_are_cached_by_id(app, models):
     assert app.load_cached(models["fp32"]) is app.load_cached(models["fp32"] + " ")
 

@@ -160,7 +160,16 @@ class TransformersAdapter(ModelAdapter):
             raise self.load_error(name_or_path, exc) from exc
         try:
             processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, token=token)
-        except Exception:
+        except Exception as exc:  # none in the repo: the caller decides (`loading.require_processor`)
+            processor_file = Path(name_or_path) / "preprocessor_config.json"
+            if processor_file.is_file():  # one that is there but unreadable must not be guessed around
+                from ..errors import ModelLoadError
+
+                raise ModelLoadError(
+                    f"{processor_file} cannot be loaded by transformers ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}), so the model's input size and normalization "
+                    "are unknown. Restore the file from the model it came from (or delete it to load the model "
+                    "without an image processor).") from None
             processor = None
         model.eval()
         return model, processor

@@ -54,6 +54,7 @@ from genie_hub.loading import (  # noqa: E402
     embedded_hub_id,
     input_spec,
     load_model,
+    require_processor,
     to_pixel_values,
 )
 
@@ -232,6 +233,7 @@ def _looks_like_path(model_id: str) -> bool:
 @lru_cache(maxsize=4)
 def _load_cached(model_id: str) -> LoadedModel:
     model, processor = load_model(model_id)
+    require_processor(processor, model_id, "this app")  # a guessed input size would show wrong predictions
     return LoadedModel(model_id, model, processor, input_spec(model, processor))
 
 
