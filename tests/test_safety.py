@@ -143,11 +143,60 @@ def test_an_old_transformers_release_refuses_too(checkpoint, tmp_path):
     assert all(outcome != "LOADED" for key, outcome in results.items() if not key.startswith(str(v1))), results
 
 
-def test_stray_plain_weights_next_to_a_checkpoint_are_refused(checkpoint, tmp_path):
+def _auto_load(folder: Path):
+    from transformers import AutoModelForImageClassification
+
+    return AutoModelForImageClassification.from_pretrained(folder)
+
+
+LOADERS = {"genie_hub": from_pretrained, "transformers": _auto_load}
+"""Both ways a user loads a checkpoint (genie_hub's `from_pretrained` checks the folder first; transformers' goes
+through the quantizer's hooks alone): each refusal below must hold for both."""
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_stray_plain_weights_next_to_a_checkpoint_are_refused(checkpoint, tmp_path, loader):
     folder = _copy(checkpoint, tmp_path)
     shutil.copy(folder / "genie_model.safetensors", folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match="model.safetensors"):
-        from_pretrained(folder)
+    with pytest.raises(CheckpointError, match="model.safetensors next to its Genie weights"):
+        LOADERS[loader](folder)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_scale_stored_in_another_float_type_is_refused(checkpoint, tmp_path, loader):
+    """The format stores scales as float32; a float16 one is an edit (and loses the values' low bits)."""
+    folder = _copy(checkpoint, tmp_path)
+    edit_weights(folder, lambda t: t.__setitem__(f"{CONV}.weight_scale", t[f"{CONV}.weight_scale"].half()))
+    with pytest.raises(CheckpointError, match=f"'{CONV}.weight_scale' has dtype F16, expected F32"):
+        LOADERS[loader](folder)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_shard_index_pointing_outside_the_folder_is_refused(checkpoint, tmp_path, loader):
+    folder = _copy(checkpoint, tmp_path)
+    (tmp_path / "outside.safetensors").write_bytes((folder / "genie_model.safetensors").read_bytes())
+    (folder / "genie_model.safetensors").unlink()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "outside.safetensors"), framework="pt") as handle:
+        keys = list(handle.keys())
+    index = {"metadata": {}, "weight_map": {key: "../outside.safetensors" for key in keys}}
+    (folder / "genie_model.safetensors.index.json").write_text(json.dumps(index))
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"]["weights_file"] = "genie_model.safetensors.index.json"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="outside its folder"):
+        LOADERS[loader](folder)
+
+
+def test_a_model_cast_to_float16_is_refused_before_anything_is_written(checkpoint, tmp_path):
+    model = from_pretrained(checkpoint).to(torch.float16)
+    with pytest.raises(CheckpointError, match=r"float16 .*model.to\(torch.float32\).save_pretrained"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    model.to(torch.float32).save_pretrained(tmp_path / "out")  # what the message says works, exactly
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.equal(from_pretrained(tmp_path / "out")(x).logits, model(x).logits)
 
 
 def test_model_fingerprint_sees_every_weight(tmp_path):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ from ..quantization.attention import ATTENTION_CHILD, attention_forward
 from ..quantization.block_input import quantize_block_input, release_block_input
 from .config import GUARD_KEY, GenieQuantizationConfig, is_guard
 from .safetensors_check import read_headers
-from .validate import Expected, metadata_problems, tensor_problems
+from .validate import Expected, layer_expectations, metadata_problems, refuse_plain_weights, tensor_problems
 
 
 SUPPORTED_TRANSFORMERS = (5,)
@@ -182,7 +183,19 @@ class GenieHfQuantizer(HfQuantizer):
         return model
 
     def _check_checkpoint(self, model, files: list[str]) -> None:
-        """Compare the safetensors headers with what the (swapped) model expects: names, shapes, int dtypes."""
+        """Compare the safetensors headers with what the (swapped) model expects: names, shapes, and dtypes (the
+        quantized layers' exactly, as the frozen format stores them; any float for the rest); refuse shards
+        outside the checkpoint's folder and plain weights next to it, as `verify_checkpoint` does."""
+        folder = os.path.dirname(os.path.normpath(str(files[0])))
+        weights_file = self.quantization_config.weights_file  # the file, or the shards' index, in the folder
+        outside = [str(f) for f in files if os.path.dirname(os.path.normpath(str(f))) != folder
+                   or (weights_file is not None and not os.path.exists(os.path.join(folder, weights_file)))]
+        if outside:
+            raise CheckpointError(
+                f"The Genie checkpoint's shard index names weight files outside its folder {folder} (e.g. "
+                f"{outside[0]}): a shard is a plain file name next to the index. The index is corrupt or was "
+                "edited: save or download the checkpoint again.")
+        refuse_plain_weights(Path(folder), weights_file)
         found = read_headers(files)
         where = str(files[0]) if len(files) == 1 else f"{len(files)} shards in {os.path.dirname(str(files[0]))}"
         to_model = _prefix_mapper(model, found)
@@ -194,6 +207,12 @@ class GenieHfQuantizer(HfQuantizer):
                                                      or ())]
         tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
         expected = {name: Expected.like(tensor) for name, tensor in model.state_dict().items()}
+        stored, _ = layer_expectations(self.quantization_config.layers, lambda name: None,
+                                       self.quantization_config.format_version)  # dtypes; shapes come from the model
+        for key, want in stored.items():
+            name = to_model(key)
+            if name in expected:
+                expected[name] = Expected(want.dtype, expected[name].shape)
         present = {}
         for key, (info, _) in found.items():
             name = to_model(key)

@@ -12,8 +12,7 @@ from ..adapters import loader_for
 from ..errors import CheckpointError, GenieError
 from .config import QUANT_METHOD, WEIGHTS_NAME, GenieQuantizationConfig
 from .safetensors_check import read_headers, weight_files
-from .save import PLAIN_WEIGHT_NAMES
-from .validate import forbidden_keys, layer_expectations, metadata_problems, tensor_problems
+from .validate import forbidden_keys, layer_expectations, metadata_problems, refuse_plain_weights, tensor_problems
 
 
 def _read_config(directory: Path) -> dict:
@@ -54,13 +53,7 @@ def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
     files = weight_files(directory, name)
     if not files:
         _refuse_missing_weights(directory, name)
-    if config.weights_file is not None:
-        plain = [plain for plain in PLAIN_WEIGHT_NAMES if (directory / plain).exists()]
-        if plain:
-            raise CheckpointError(
-                f"{directory} holds {', '.join(plain)} next to its Genie weights ({config.weights_file}): plain "
-                "transformers would load that file as this model's weights. It does not belong to the checkpoint; "
-                "delete it, or save or download the checkpoint again.")
+    refuse_plain_weights(directory, config.weights_file)
     found = read_headers(files)
 
     def weight_shape_of(name: str) -> tuple[int, ...] | None:

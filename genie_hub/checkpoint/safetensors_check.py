@@ -109,7 +109,13 @@ def weight_files(directory: str | os.PathLike, name: str = "model.safetensors") 
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"The shard index {index} is unreadable or malformed ({exc}). Save or download "
                                   "the checkpoint again.") from None
-        return [directory / name for name in sorted(set(weight_map.values()))]
+        names = sorted({str(name) for name in weight_map.values()})
+        outside = [name for name in names if Path(name).name != name or name in ("", ".", "..")]
+        if outside:
+            raise CheckpointError(f"The shard index {index} names weight files outside its folder (e.g. "
+                                  f"{outside[0]!r}): a shard is a plain file name next to the index. The index is "
+                                  "corrupt or was edited: save or download the checkpoint again.")
+        return [directory / name for name in names]
     return []
 
 

@@ -38,10 +38,8 @@ from ..fileio import replace_dir, save_safetensors, staging_dir, write_bytes, wr
 from ..quantization import QuantizationResult, QuantizedOp, quantized_ops
 from .config import GUARD_KEY, GUARD_MESSAGE, LAYERS_METADATA_KEY, WEIGHTS_NAME, GenieQuantizationConfig
 from .safetensors_check import read_metadata, weight_files
+from .validate import PLAIN_WEIGHT_NAMES
 
-PLAIN_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                      "pytorch_model.bin.index.json")
-"""What plain transformers would load: never present in a Genie checkpoint folder."""
 
 
 def is_genie_quantized(model) -> bool:
@@ -100,6 +98,7 @@ def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kw
     files that would contradict it. `push_to_hub` saves through here too."""
     if not is_genie_quantized(self):  # e.g. after model.dequantize(): a plain FP model again
         return _class_save_pretrained(self)(save_directory, *args, push_to_hub=push_to_hub, **kwargs)
+    check_savable(self)
     config = GenieQuantizationConfig.from_model(self)
     hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private") if k in kwargs}
     target = Path(save_directory)
@@ -153,17 +152,7 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
                               f"{type(q_model).__name__}.")
     config = (GenieQuantizationConfig.from_result(quantized) if isinstance(quantized, QuantizationResult)
               else GenieQuantizationConfig.from_model(q_model))
-    ops = quantized_ops(q_model)
-    stray = [name for name, m in ops.items() if "weight" in dict(m.named_parameters(recurse=False))]
-    if stray:
-        raise CheckpointError(f"Quantized layer '{stray[0]}' still holds an FP `weight`; refusing to save it.")
-    broken = [f"{name}.{suffix}" for name, m in ops.items() if m.frozen for suffix, tensor in m.to_frozen().items()
-              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-    if broken:
-        raise CheckpointError(
-            f"Refusing to save: {len(broken)} quantization scale(s) are NaN/inf (e.g. {', '.join(broken[:3])}), so the "
-            "model outputs NaN. The calibration activations of those layers were probably all (near) zero; "
-            "quantize again with other calibration data, or keep those layers in FP via overrides.")
+    check_savable(q_model)
     directory = Path(save_directory)
     check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +161,30 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
         replace_dir(staging, directory)
     install_save_guard(q_model)
     return directory
+
+
+def check_savable(q_model) -> None:
+    """Refuse, before any file is written, a model whose quantized layers cannot be stored as they are: an FP
+    weight left in a quantized layer, NaN/inf scales, or scales in another float type than the format's float32
+    (a model cast with `.to(torch.float16)`; loading with `dtype=` keeps them float32)."""
+    ops = quantized_ops(q_model)
+    stray = [name for name, m in ops.items() if "weight" in dict(m.named_parameters(recurse=False))]
+    if stray:
+        raise CheckpointError(f"Quantized layer '{stray[0]}' still holds an FP `weight`; refusing to save it.")
+    frozen = {f"{name}.{suffix}": tensor for name, m in ops.items() if m.frozen
+              for suffix, tensor in m.to_frozen().items() if tensor.is_floating_point()}
+    broken = [key for key, tensor in frozen.items() if not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise CheckpointError(
+            f"Refusing to save: {len(broken)} quantization scale(s) are NaN/inf (e.g. {', '.join(broken[:3])}), so the "
+            "model outputs NaN. The calibration activations of those layers were probably all (near) zero; "
+            "quantize again with other calibration data, or keep those layers in FP via overrides.")
+    cast = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in frozen.values()} - {"float32"})
+    if cast:
+        raise CheckpointError(
+            f"The model's quantization scales are {', '.join(cast)} (the model was cast, e.g. with "
+            ".to(torch.float16)), but a Genie checkpoint stores them in float32. Cast it back first: "
+            "model.to(torch.float32).save_pretrained(folder) (float16/bfloat16 values convert to float32 exactly).")
 
 
 def check_replaceable(directory: Path) -> None:
@@ -190,5 +203,5 @@ def check_replaceable(directory: Path) -> None:
                 "saving would replace files genie_hub did not write. Choose a new or empty folder, or delete it.")
 
 
-__all__ = ["bind", "check_replaceable", "install_save_guard", "is_genie_quantized", "remove_save_guard",
+__all__ = ["bind", "check_replaceable", "check_savable", "install_save_guard", "is_genie_quantized", "remove_save_guard",
            "save_quantized"]

@@ -9,12 +9,18 @@ from the model itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
 from ..quantization.format import FORBIDDEN_SUFFIX, FORMAT_VERSION, SAFETENSORS_DTYPES, LayerSpec, stored_tensors
+from ..errors import CheckpointError
 from .safetensors_check import FLOAT_DTYPES
+
+PLAIN_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
+"""What plain transformers would load: never present in a Genie checkpoint folder."""
 
 
 @dataclass(frozen=True)
@@ -111,3 +117,14 @@ def metadata_problems(files: Iterable, layers: dict[str, LayerSpec], required: b
                             f"{getattr(file, 'name', file)} was saved with (e.g. '{names[0]}': config.json "
                             f"{expected.get(names[0])}, weights {recorded.get(names[0])})")
     return problems
+
+
+def refuse_plain_weights(directory: Path, weights_file: str | None) -> None:
+    """A Genie checkpoint that names its weights file (format 2 on) never sits next to plain weights: plain
+    transformers would load those as the model, so such a folder is refused by every loader, not only one."""
+    plain = [name for name in PLAIN_WEIGHT_NAMES if (directory / name).exists()] if weights_file else []
+    if plain:
+        raise CheckpointError(
+            f"{directory} holds {', '.join(plain)} next to its Genie weights ({weights_file}): plain transformers "
+            "would load that file as this model's weights. It does not belong to the checkpoint; delete it, or "
+            "save or download the checkpoint again.")
