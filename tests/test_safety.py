@@ -246,6 +246,21 @@ def test_config_json_edits_are_cross_checked_with_the_weights(checkpoint, tmp_pa
         AutoModelForImageClassification.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("edit", ["removed", "renamed"])
+def test_an_edited_quantization_config_is_named_as_the_cause_with_genie_hub_imported(checkpoint, tmp_path, edit):
+    """Without a usable quantization_config transformers falls back to the load guard, whose first sentence says
+    to import genie_hub: with genie_hub imported, it also names the edited config as the cause."""
+    folder = _copy(checkpoint, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    if edit == "removed":
+        del config["quantization_config"]
+    else:
+        config["quantization_config"]["quant_method"] = "GENIE"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="quantization_config was removed or edited"):
+        _auto_load(folder)
+
+
 def test_override_matching_nothing_is_refused_before_compute(base, tmp_path, capsys):
     assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--override", "classifier=8/8", *TINY]) == 2
     err = capsys.readouterr().err

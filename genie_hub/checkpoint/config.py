@@ -246,7 +246,9 @@ ValueError quoting it when it is not a `*.safetensors` name; a loaded genie quan
 GUARD_MESSAGE = (
     "GENIE-QUANTIZED CHECKPOINT (quant_method 'genie', packed integer weights): this folder must be loaded with "
     "genie_hub. Run `pip install genie_hub` and `import genie_hub` before from_pretrained() or pipeline(). "
-    "Without it transformers would build plain layers with RANDOM weights, so this guard refuses to load"
+    "Without it transformers would build plain layers with RANDOM weights, so this guard refuses to load. (If "
+    "genie_hub is imported and you still see this, config.json's quantization_config was removed or edited: it "
+    "must be the one saved with the weights, quant_method 'genie'. Save or download the checkpoint again.)"
 )
 
 
