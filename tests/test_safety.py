@@ -261,6 +261,29 @@ def test_an_edited_quantization_config_is_named_as_the_cause_with_genie_hub_impo
         _auto_load(folder)
 
 
+@pytest.mark.parametrize("case,needle", [
+    ("a file", "it is a file. Pass the model's folder"),
+    ("empty", "No model given"),
+    ("missing path", "There is no such folder"),
+    ("folder without config", "it has no config.json"),
+    ("tampered checkpoint", "has non-finite values"),
+])
+def test_evaluate_says_what_is_wrong_with_the_model_it_was_given(checkpoint, tmp_path, capsys, case, needle):
+    """Each slip gets its own cause; a Genie checkpoint's own refusal is shown as it is, without a generic
+    "the folder exists but..." in front of it."""
+    if case == "tampered checkpoint":
+        name = str(_copy(checkpoint, tmp_path))
+        edit_weights(Path(name), lambda t: t[f"{CONV}.weight_scale"].fill_(float("nan")))
+    else:
+        (tmp_path / "empty-folder").mkdir()
+        name = {"a file": str(checkpoint / "config.json"), "empty": " ", "missing path": str(tmp_path / "nope"),
+                "folder without config": str(tmp_path / "empty-folder")}[case]
+    assert main(["evaluate", name, "--limit", "2"]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert "The folder exists" not in err or case == "folder without config"
+
+
 def test_override_matching_nothing_is_refused_before_compute(base, tmp_path, capsys):
     assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--override", "classifier=8/8", *TINY]) == 2
     err = capsys.readouterr().err

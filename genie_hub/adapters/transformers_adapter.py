@@ -51,6 +51,15 @@ def register_attention(attention) -> str:
     return ATTENTION_IMPLEMENTATION
 
 
+def _refuse_file(name_or_path: str) -> None:
+    """A model is a folder or a Hub id; a file (its config.json, its weights) is a common slip, said plainly."""
+    if Path(str(name_or_path)).expanduser().is_file():
+        from ..errors import ModelLoadError
+
+        raise ModelLoadError(f"Could not load model '{name_or_path}': it is a file. Pass the model's folder (the one "
+                             "holding config.json), or a Hub id (owner/name).")
+
+
 class TransformersAdapter(ModelAdapter):
     name = "transformers"
 
@@ -153,6 +162,7 @@ class TransformersAdapter(ModelAdapter):
     def load(self, name_or_path: str, *, revision: str | None = None, token: str | None = None):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+        _refuse_file(name_or_path)
         try:
             model = AutoModelForImageClassification.from_pretrained(
                 name_or_path, revision=revision, token=token, use_safetensors=True, dtype=torch.float32)
@@ -177,6 +187,7 @@ class TransformersAdapter(ModelAdapter):
     def load_quantized(self, name_or_path: str, **kwargs) -> nn.Module:
         from transformers import AutoModelForImageClassification
 
+        _refuse_file(name_or_path)
         return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
 
     def save(self, model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
@@ -190,12 +201,20 @@ class TransformersAdapter(ModelAdapter):
     def load_error(self, name: str, exc: Exception) -> Exception:
         from huggingface_hub import is_offline_mode
 
-        from ..errors import ModelLoadError
+        from ..errors import GenieError, ModelLoadError
 
+        if isinstance(exc, GenieError):  # genie_hub's own checks (a Genie checkpoint's): already say what to do
+            return exc
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        if Path(name).exists():
-            hint = ("The folder exists but does not hold a loadable transformers image classifier "
-                    "(it needs config.json and model.safetensors).")
+        path = Path(name).expanduser()
+        if not name.strip():
+            return ModelLoadError("No model given (the name is empty): pass a Hub id (owner/name) or a local folder.")
+        if path.is_dir():
+            hint = ("The folder exists but does not hold a loadable transformers image classifier ("
+                    + ("it has no config.json)." if not (path / "config.json").is_file()
+                       else "it needs config.json and model.safetensors)."))
+        elif path.is_absolute() or name.startswith(("./", "../", "~", ".\\")) or "\\" in name or name.count("/") > 1:
+            hint = "There is no such folder (and it is not a Hub id, owner/name)."
         elif is_offline_mode():
             hint = "HF_HUB_OFFLINE is set and the model is not in the local cache; unset it or pass a local folder."
         else:
