@@ -477,6 +477,16 @@ def test_pickled_weights_are_never_loaded(w4, tmp_path):
         AutoModelForImageClassification.from_pretrained(with_config)
     with pytest.raises(CheckpointError, match="use_safetensors=False"):
         from_pretrained(w4[1], use_safetensors=False)
+    # A pickle or a torch.save zip renamed to the Genie weights' name is named for what it is, and not opened.
+    for kind, write in (("pickle", lambda f: pickle.dump(_Payload(marker), f)),
+                        ("zip", lambda f: torch.save({"x": _Payload(marker)}, f))):
+        renamed = tmp_path / f"renamed_{kind}"
+        shutil.copytree(w4[1], renamed)
+        with open(renamed / "genie_model.safetensors", "wb") as handle:
+            write(handle)
+        for load in (from_pretrained, AutoModelForImageClassification.from_pretrained):
+            with pytest.raises(CheckpointError, match="starts like a torch.save \\(zip\\) or pickle file"):
+                load(renamed)
     assert not marker.exists()
 
 

@@ -162,6 +162,11 @@ def test_stray_plain_weights_next_to_a_checkpoint_are_refused(checkpoint, tmp_pa
         LOADERS[loader](folder)
 
 
+def test_a_load_onto_the_meta_device_is_refused_with_its_reason(checkpoint):
+    with pytest.raises(CheckpointError, match="device_map='meta'"):
+        from_pretrained(checkpoint, device_map="meta")
+
+
 @pytest.mark.parametrize("loader", LOADERS)
 def test_a_scale_stored_in_another_float_type_is_refused(checkpoint, tmp_path, loader):
     """The format stores scales as float32; a float16 one is an edit (and loses the values' low bits)."""

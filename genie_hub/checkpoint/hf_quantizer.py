@@ -101,7 +101,7 @@ def _fp_tensor_problems(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         running_var = getattr(module, "running_var", None)
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and running_var is not None \
-                and bool((running_var < 0).any()):
+                and not running_var.is_meta and bool((running_var < 0).any()):
             problems.append(f"{name}.running_var is negative")
     return problems
 
@@ -233,6 +233,11 @@ class GenieHfQuantizer(HfQuantizer):
         from .save import install_save_guard
 
         model.eval()
+        if all(tensor.is_meta for tensor in model.state_dict().values()):
+            raise CheckpointError(
+                "This load put every weight on the meta device (device_map='meta'), but a Genie model is defined by "
+                "its stored quantized tensors, which are checked as they load. Load it on a real device "
+                "(device_map='cpu' or 'auto').")
         problems = []
         for name, op in quantized_ops(model).items():
             op._weight_cache = None
@@ -242,11 +247,11 @@ class GenieHfQuantizer(HfQuantizer):
                           if tensor.is_meta]
             problems.extend(not_loaded or op.frozen_problems(name))
             op.upgrade_frozen()  # an older format's dtypes -> the current ones, so it saves in the current format
-        problems += _fp_tensor_problems(model)
+        problems = list(dict.fromkeys(problems + _fp_tensor_problems(model)))  # a scale is also a float tensor
         if problems:
             raise CheckpointError(
                 f"The Genie checkpoint of {getattr(model, 'name_or_path', '') or 'this model'} holds invalid "
-                f"quantized tensors: {'; '.join(problems[:5])}"
+                f"tensors: {'; '.join(problems[:5])}"
                 + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
                 + ". The file is corrupt or was edited: save or download the checkpoint again.")
         install_save_guard(model)

@@ -51,6 +51,11 @@ def _parse(path: Path) -> tuple[dict[str, dict], dict[str, str]]:
                 raise _corrupt(path, f"the file has only {size} bytes, less than the 8-byte header length")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+                if prefix.startswith(b"PK\x03\x04") or prefix[:1] == b"\x80" and prefix[1:2] in b"\x02\x03\x04\x05":
+                    raise CheckpointError(
+                        f"The checkpoint file {path} is not a safetensors file: it starts like a torch.save (zip) or "
+                        "pickle file renamed to .safetensors, which genie_hub never opens (unpickling can run "
+                        "arbitrary code). Save the model with save_pretrained (safetensors) and load that.")
                 raise _corrupt(path, f"the header claims {header_len} bytes but the file has {size} bytes")
             raw = handle.read(header_len)
     except OSError as exc:
