@@ -226,8 +226,9 @@ class GenieHfQuantizer(HfQuantizer):
             raise CheckpointError(
                 f"The Genie checkpoint {where} does not match its config.json: {'; '.join(problems)}. A layer's bits "
                 "or shape in quantization_config disagree with the stored tensors, or the file is from another "
-                "model. Loading it would leave layers with random weights, so it is refused: save or download the "
-                "checkpoint again.")
+                "model, or from_pretrained was given an argument that reshapes the model (num_labels=..., "
+                "ignore_mismatched_sizes: a quantized model keeps the shapes it was saved with). Loading it would "
+                "leave layers with random weights, so it is refused: save or download the checkpoint again.")
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         from .save import install_save_guard
