@@ -84,9 +84,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                                                       eval_label_column, eval_unlabelled)
     if evalset is not None:
         require_processor(processor, base_model, "the evaluation (--eval-dataset)")
-    if few_shot:
-        require_processor(processor, base_model, "few-shot calibration (--few-shot)")
-    if processor is None:
+    if processor is None and not few_shot:
         logger.warning(
             "%s has no image processor (preprocessor_config.json): its input is taken to be %dx%d with no known "
             "normalization, from the model config, and the synthetic images are made for that. If the model "
@@ -95,6 +93,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import load_calibration_images
 
+        require_processor(processor, base_model, "few-shot calibration (--few-shot)")
         calibration = Calibration(load_calibration_images(few_shot, processor, spec, config.num_samples, config.seed),
                                   source=few_shot)
     else:

@@ -178,10 +178,11 @@ def test_real_images_are_never_prepared_for_a_model_without_its_processor(model_
     err = capsys.readouterr().err
     assert "preprocessor_config.json" in err and "Traceback" not in err
     out = tmp_path / "out"
-    assert main(["quantize", str(folder), "-o", str(out), "--eval-dataset", str(imagefolder), *TINY]) == 1
-    err = capsys.readouterr().err
-    assert "preprocessor_config.json" in err and "Traceback" not in err
-    assert not out.exists()
+    for flag in ("--eval-dataset", "--few-shot"):
+        assert main(["quantize", str(folder), "-o", str(out), flag, str(imagefolder), *TINY]) == 1
+        err = capsys.readouterr().err
+        assert "preprocessor_config.json" in err and "Traceback" not in err
+        assert not out.exists()
     if broken:
         with pytest.raises(Exception, match="cannot be loaded by transformers"):
             load_model(folder)

@@ -41,7 +41,6 @@ from .safetensors_check import read_metadata, weight_files
 from .validate import PLAIN_WEIGHT_NAMES
 
 
-
 def is_genie_quantized(model) -> bool:
     return any(isinstance(m, QuantizedOp) for m in model.modules())
 
@@ -203,5 +202,5 @@ def check_replaceable(directory: Path) -> None:
                 "saving would replace files genie_hub did not write. Choose a new or empty folder, or delete it.")
 
 
-__all__ = ["bind", "check_replaceable", "check_savable", "install_save_guard", "is_genie_quantized", "remove_save_guard",
-           "save_quantized"]
+__all__ = ["bind", "check_replaceable", "check_savable", "install_save_guard", "is_genie_quantized",
+           "remove_save_guard", "save_quantized"]

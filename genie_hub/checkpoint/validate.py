@@ -14,8 +14,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..quantization.format import FORBIDDEN_SUFFIX, FORMAT_VERSION, SAFETENSORS_DTYPES, LayerSpec, stored_tensors
 from ..errors import CheckpointError
+from ..quantization.format import FORBIDDEN_SUFFIX, FORMAT_VERSION, SAFETENSORS_DTYPES, LayerSpec, stored_tensors
 from .safetensors_check import FLOAT_DTYPES
 
 PLAIN_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
