@@ -127,8 +127,15 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
 
     evaluation = None
     if evalset is not None:
-        evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, evalset, limit=eval_limit,
-                                         progress=progress)
+        try:
+            evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, evalset, limit=eval_limit,
+                                             progress=progress)
+        except Exception as exc:  # noqa: BLE001 - a stream that drops, a bad file: the model must not be lost
+            logger.error(
+                "The evaluation on %s failed after quantization (%s: %s). The quantized model is saved without "
+                "results; evaluate it once the dataset reads: `genie_hub evaluate %s --dataset %s`.",
+                evalset.source.label, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                shlex.quote(str(layout.model_dir)), shlex.quote(evalset.source.name))
 
     from .cards import base_license, library_versions, machine_description, render_dataset_card, render_model_card
     from .synthesis.loop import prefers_channels_last

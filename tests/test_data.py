@@ -179,7 +179,7 @@ def _image_folder(root: Path, count: int) -> Path:
     return root
 
 
-def test_calibration_from_folder(tmp_path):
+def test_calibration_from_folder(tmp_path, caplog):
     folder = _image_folder(tmp_path / "calib", 9)
     processor, spec = vit_processor(), InputSpec(1, 28, 28, (0.286,), (0.353,))
     a = load_calibration_images(str(folder), processor, spec, num_samples=4, seed=0)
@@ -187,8 +187,9 @@ def test_calibration_from_folder(tmp_path):
     c = load_calibration_images(str(folder), processor, spec, num_samples=4, seed=1)
     assert a.shape == (4, 1, 28, 28) and a.dtype == torch.float32
     assert torch.equal(a, b) and not torch.equal(a, c)
-    with pytest.warns(UserWarning, match="only 9"):
+    with caplog.at_level("WARNING", logger="genie_hub.data"):
         everything = load_calibration_images(str(folder), processor, spec, num_samples=50, seed=0)
+    assert any("has only 9 image(s)" in r.getMessage() for r in caplog.records)
     assert everything.shape == (9, 1, 28, 28)
     from transformers import ViTImageProcessor
 
@@ -217,6 +218,21 @@ def test_calibration_errors(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(DataError, match="could be read"):
             load_calibration_images(str(broken), processor, spec, 4, 0)
+
+
+def test_a_decompression_bomb_in_a_few_shot_folder_is_skipped_like_any_unreadable_file(tmp_path, monkeypatch,
+                                                                                        caplog):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (10, 10), (200, 10, 10)).save(folder / "good.png")
+    Image.new("RGB", (100, 100)).save(folder / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 100 x 100 is then over twice the limit: a bomb
+    with caplog.at_level("WARNING", logger="genie_hub.data"):
+        x = load_calibration_images(str(folder), vit_processor(), InputSpec(1, 28, 28), 4, 0)
+    assert x.shape[0] == 1
+    assert any("bomb.png (DecompressionBombError)" in r.getMessage() for r in caplog.records)
 
 
 def test_calibration_from_fashion_mnist(fake_fmnist, monkeypatch):

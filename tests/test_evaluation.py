@@ -193,6 +193,37 @@ def test_real_images_are_never_prepared_for_a_model_without_its_processor(model_
             capsys.readouterr().err
 
 
+def test_an_unreadable_image_is_skipped_and_a_failed_evaluation_loses_no_model(model_dir, imagefolder, tmp_path,
+                                                                              caplog, monkeypatch):
+    """One broken file in an evaluation folder is skipped with a warning (it crashed the run after all its
+    compute); and if the evaluation fails anyway (a stream that drops), the model is still saved."""
+    import shutil
+
+    import genie_hub.pipeline as pipeline
+
+    photos = Path(shutil.copytree(imagefolder, tmp_path / "photos"))
+    (photos / "CAT" / "zz_broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", str(photos), *TINY]) == 0
+    assert any("Skipped 1 unreadable image(s)" in r.getMessage() and "zz_broken.png" in r.getMessage()
+               for r in caplog.records)
+    assert json.loads((out / "run.json").read_text())["evaluation"]["num_images"] == 15
+
+    def drop(*args, **kwargs):
+        raise ConnectionError("the stream dropped")
+
+    monkeypatch.setattr(pipeline, "evaluate_on_dataset", drop)
+    caplog.clear()
+    out = tmp_path / "out2"
+    with caplog.at_level("ERROR"):
+        assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", str(photos), *TINY]) == 0
+    assert (out / "model" / "genie_model.safetensors").is_file() and (out / "run.json").is_file()
+    assert json.loads((out / "run.json").read_text())["evaluation"] is None
+    assert any("the stream dropped" in r.getMessage() and "genie_hub evaluate" in r.getMessage()
+               for r in caplog.records)
+
+
 def _unmappable(tmp: Path) -> str:
     for name in ("cat", "zebra"):
         (tmp / "unmappable" / name).mkdir(parents=True)

@@ -6,8 +6,8 @@ HF_HUB_OFFLINE / HF_ENDPOINT / HF_TOKEN like the rest of genie_hub).
 
 from __future__ import annotations
 
+import logging
 import re
-import warnings
 from pathlib import Path
 
 import torch
@@ -17,6 +17,8 @@ from ..errors import ConfigError, DataError
 from ..loading import to_pixel_values
 from .fashion_mnist import FASHION_MNIST_SOURCE, load_fashion_mnist
 from .pixels import _fast_normalize, _to_pil
+
+logger = logging.getLogger("genie_hub.data")
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 # ----------------------------------------------------------------------------------------------------------
@@ -35,7 +37,7 @@ def _list_image_files(folder: Path) -> list[Path]:
 
 
 def _folder_images(folder: Path, num_samples: int, seed: int) -> list:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     files = _list_image_files(folder)
     if not files:
@@ -49,11 +51,11 @@ def _folder_images(folder: Path, num_samples: int, seed: int) -> list:
             with Image.open(path) as im:
                 im.load()
                 images.append(im.copy())
-        except (UnidentifiedImageError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
             bad.append(f"{path.name} ({type(exc).__name__})")
     if bad:
-        warnings.warn(f"Skipped {len(bad)} unreadable image file(s) in {folder}: {', '.join(bad[:5])}"
-                      + (" ..." if len(bad) > 5 else ""), stacklevel=3)
+        logger.warning("Skipped %d unreadable image file(s) in %s: %s%s", len(bad), folder, ", ".join(bad[:5]),
+                       " ..." if len(bad) > 5 else "")
     if not images:
         raise DataError(f"None of the image files in {folder} could be read. Check that they are valid images.")
     return images
@@ -126,6 +128,6 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
                         "'fashion-mnist', and not a Hub dataset id. Use a local folder of images, 'fashion-mnist', "
                         "or owner/name[:split].")
     if len(pil_images) < num_samples:
-        warnings.warn(f"Calibration source '{source}' has only {len(pil_images)} image(s); "
-                      f"using all of them instead of {num_samples}.", stacklevel=2)
+        logger.warning("Calibration source '%s' has only %d image(s); using all of them instead of %d.", source,
+                       len(pil_images), num_samples)
     return to_pixel_values(pil_images, processor, spec)

@@ -13,6 +13,7 @@ anything that would fail later. It returns an `EvalSet` that yields (PIL images,
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 
 from ..errors import DataError
 from .fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
+
+logger = logging.getLogger("genie_hub.data")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DATA_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
@@ -84,12 +87,18 @@ class EvalSet:
                 stop = min(start + batch_size, count)
                 yield images[start:stop], labels[start:stop].clone()
             return
-        images, labels, seen = [], [], 0
+        images, labels, seen, unreadable = [], [], 0, []
         for row in self.dataset:
             if limit is not None and seen >= limit:
                 break
+            image = row[self.image_column]
+            if isinstance(image, dict) and ("bytes" in image or "path" in image):  # stored undecoded (see open)
+                image = decode_image(image)
+                if isinstance(image, str):
+                    unreadable.append(image)
+                    continue
             seen += 1
-            images.append(row[self.image_column])
+            images.append(image)
             if self.labelled:
                 label = int(row[self.label_column])
                 labels.append(self.label_map[label] if self.label_map is not None else label)
@@ -98,6 +107,26 @@ class EvalSet:
                 images, labels = [], []
         if images:
             yield images, torch.tensor(labels) if self.labelled else None
+        if unreadable:
+            logger.warning("Skipped %d unreadable image(s) of %s, evaluated the other %d: %s%s", len(unreadable),
+                           self.source.label, seen, ", ".join(unreadable[:5]), " ..." if len(unreadable) > 5 else "")
+
+
+def decode_image(value: dict):
+    """A datasets Image value stored undecoded ({"bytes", "path"}) as a PIL image, or, when it cannot be read
+    (not an image, truncated, a decompression bomb), a short description of why: one bad file in a folder of
+    thousands is skipped, not a crash after the whole quantization."""
+    import io
+
+    from PIL import Image
+
+    where = Path(value.get("path") or "image").name
+    try:
+        with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
+            image.load()
+            return image.copy()
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
+        return f"{where} ({type(exc).__name__})"
 
 
 def _normalize(name: str) -> str:
@@ -200,6 +229,8 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     if image_column is None or image_column not in features:
         raise DataError(f"{where} has no image column (columns: {', '.join(features)}). Name it with --image-column "
                         "(`genie_hub evaluate`) or --eval-image-column (`genie_hub quantize`).")
+    if isinstance(features[image_column], datasets.Image):  # decoded in `batches`, where an unreadable one is skipped
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     if unlabelled:
         try:
             next(iter(dataset))
