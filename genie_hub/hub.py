@@ -337,6 +337,10 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
         raise PushError(f"Cannot push: {model_dir} is missing or has no config.json, so {out} is not a finished "
                         "`genie_hub quantize` output. Re-run the quantization (or point to the right folder).")
+    if not run_path.is_file():  # written last: without it the run stopped after the model, before the dataset
+        raise PushError(f"Cannot push: {out} has no run.json, so its `genie_hub quantize` run did not finish (it "
+                        "writes run.json last, after the model and the calibration set). Rerun the same quantize "
+                        "command: it resumes from the finished work and completes the folder.")
     model_files = _folder_files(model_dir)
     has_dataset = dataset_dir.is_dir()
     dataset_files = _folder_files(dataset_dir) if has_dataset else {}

@@ -9,6 +9,7 @@ covered by the opt-in tests/test_hub_live.py.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -207,6 +208,10 @@ def test_missing_or_incomplete_output_raises_push_error(hub_server, out, tmp_pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(PushError, match="config.json"):
         push_output(tmp_path / "empty")
+    unfinished = tmp_path / "unfinished"  # a run stopped after writing the model (run.json comes last)
+    shutil.copytree(out / "model", unfinished / "model")
+    with pytest.raises(PushError, match="has no run.json, so its `genie_hub quantize` run did not finish"):
+        push_output(unfinished, repo_id="tester/unfinished")
     (out / "dataset" / "data" / "train-00000-of-00001.parquet").unlink()
     with pytest.raises(PushError, match="no parquet"):
         push_output(out)
