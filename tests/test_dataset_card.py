@@ -71,6 +71,15 @@ def test_dataset_card_metadata_describes_the_uploaded_files(tmp_path, monkeypatc
     assert len(loaded) == NUM and loaded.features["pixel_values"].dtype == dtype
     assert loaded[0]["image"].size == (SPEC.width, SPEC.height)  # previews kept in both storages
 
+    # The card's own snippet runs as written (its repo id pointed at the folder) and gives the tensors.
+    import re
+
+    snippet = re.search(r"```python\n(.*?)```", card.text, re.S).group(1)
+    snippet = re.sub(r'load_dataset\("[^"]+"', f"load_dataset({str(out)!r}", snippet)
+    scope: dict = {}
+    exec(compile(snippet, "dataset card snippet", "exec"), scope)
+    assert torch.equal(scope["calibration"], pixels if storage == "exact" else pixels.half().float())
+
     back = load_synthetic_dataset(out)
     assert back.dtype == torch.float32
     if storage == "exact":
