@@ -289,6 +289,21 @@ def test_evaluate_says_what_is_wrong_with_the_model_it_was_given(checkpoint, tmp
     assert "The folder exists" not in err or case == "folder without config"
 
 
+def test_a_processor_of_another_size_is_named_as_the_cause_not_reported_as_a_bug(tmp_path, capsys):
+    """A ViT whose preprocessor_config.json gives 2x its config's image_size: its forward fails as it is, so the
+    error is about the inputs, before any compute, not "genie_hub cannot quantize ... please report it"."""
+    from transformers import ViTImageProcessor
+
+    folder = tmp_path / "vit"
+    save_tiny_model(folder, "vit")
+    ViTImageProcessor(size={"height": 2 * IMAGE_SIZE, "width": 2 * IMAGE_SIZE}).save_pretrained(folder)
+    out = tmp_path / "out"
+    assert main(["quantize", str(folder), "-o", str(out), *TINY]) == 2  # a settings/input error, as ConfigError
+    err = capsys.readouterr().err
+    assert "does not run on inputs of shape [3, 64, 64] even before quantization" in err
+    assert "preprocessor_config.json" in err and "report" not in err and not out.exists()
+
+
 def test_override_matching_nothing_is_refused_before_compute(base, tmp_path, capsys):
     assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--override", "classifier=8/8", *TINY]) == 2
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..adapters import model_logits
-from ..errors import GenieError, UnsupportedModelError
+from ..errors import ConfigError, GenieError, UnsupportedModelError
 
 
 def quantized_forward_error(model: nn.Module, exc: Exception) -> UnsupportedModelError:
@@ -47,6 +47,16 @@ def check_quantizable(model: nn.Module, config, example_input: torch.Tensor, ran
     reconstruction): `UnsupportedModelError` before any long compute if the model cannot be quantized."""
     from .prepare import prepare_model
 
+    try:  # the model as it is first: a failure there is about the inputs, not about quantized layers
+        with torch.no_grad():
+            model_logits(model, example_input)
+    except Exception as exc:  # noqa: BLE001 - the model's own code raises anything
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{type(model).__name__} does not run on inputs of shape {list(example_input.shape[1:])} even before "
+            f"quantization ({type(exc).__name__}: {text}). `genie_hub quantize` takes the input size from the "
+            "model's image processor (preprocessor_config.json), else from its config's image_size: check that the "
+            "processor belongs to this model; library calls take it from the calibration images.") from exc
     try:
         q_model, _, _ = prepare_model(model, config, example_input, range_init)
     except GenieError:
