@@ -80,7 +80,7 @@ class OutputLayout:
             raise ConfigError(f"Cannot write to the output folder {root}: {existing} is not writable. Pass a "
                               "folder you can write to with -o.")
         previous = _with_new_defaults(self._previous_settings()) if self._holds_results() else settings
-        if previous != settings:
+        if _comparable(previous) != _comparable(settings):
             if not overwrite:
                 if previous is None:
                     what = ("holds a run of an older genie_hub that did not record its settings" if
@@ -197,6 +197,20 @@ class RunRecord:
 def run_settings(base_model: str, revision: str | None, calibration: str, config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's results: a rerun into the same folder must have the same ones."""
     return {"base_model": base_model, "base_model_revision": revision, "calibration": calibration, "config": config}
+
+
+def _comparable(settings: dict | None) -> dict | None:
+    """`settings` with local folders named by their resolved path, so that `models/x`, `models/x/` (a shell's tab
+    completion) and `./models/x` are one model and a rerun resumes (different weights under one path are
+    caught by the synthesis and reconstruction fingerprints)."""
+    if not settings:
+        return settings
+    comparable = dict(settings)
+    for key in ("base_model", "calibration"):
+        value = comparable.get(key)
+        if isinstance(value, str) and value.strip() and Path(value).expanduser().exists():
+            comparable[key] = str(Path(value).expanduser().resolve())
+    return comparable
 
 
 def _with_new_defaults(settings: dict | None) -> dict | None:

@@ -390,8 +390,9 @@ def test_a_run_with_other_settings_never_replaces_a_finished_one(base, tmp_path,
     assert main(["quantize", str(base), "-o", str(out), "--few-shot", str(photos), *TINY]) == 2
     assert main(["quantize", str(base), "-o", str(out), "--few-shot", str(photos), "--overwrite", *TINY]) == 0
     assert not (out / "dataset").exists() and json.loads((out / "run.json").read_text())["zero_shot"] is False
-    # The same settings again: allowed (resumes).
+    # The same settings again: allowed (resumes), also when a folder is written another way (tab completion's /).
     assert main(["quantize", str(base), "-o", str(out), "--few-shot", str(photos), *TINY]) == 0
+    assert main(["quantize", f"{base}/", "-o", str(out), "--few-shot", f"{photos}/", *TINY]) == 0
 
 
 def test_unknown_eval_dataset_is_refused_before_compute(base, tmp_path, capsys):
