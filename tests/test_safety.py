@@ -272,13 +272,21 @@ def test_an_edited_quantization_config_is_named_as_the_cause_with_genie_hub_impo
     ("missing path", "There is no such folder"),
     ("folder without config", "it has no config.json"),
     ("tampered checkpoint", "has non-finite values"),
+    ("labels removed from config.json", "another number of classes than config.json's id2label"),
 ])
-def test_evaluate_says_what_is_wrong_with_the_model_it_was_given(checkpoint, tmp_path, capsys, case, needle):
+def test_evaluate_says_what_is_wrong_with_the_model_it_was_given(checkpoint, base, tmp_path, capsys, case,
+                                                                  needle):
     """Each slip gets its own cause; a Genie checkpoint's own refusal is shown as it is, without a generic
     "the folder exists but..." in front of it."""
     if case == "tampered checkpoint":
         name = str(_copy(checkpoint, tmp_path))
         edit_weights(Path(name), lambda t: t[f"{CONV}.weight_scale"].fill_(float("nan")))
+    elif case.startswith("labels"):  # transformers then builds its default 2-class head for 5-class weights
+        name = str(_copy(base, tmp_path))
+        config = json.loads((Path(name) / "config.json").read_text())
+        for key in ("id2label", "label2id"):
+            config.pop(key, None)
+        (Path(name) / "config.json").write_text(json.dumps(config))
     else:
         (tmp_path / "empty-folder").mkdir()
         name = {"a file": str(checkpoint / "config.json"), "empty": " ", "missing path": str(tmp_path / "nope"),

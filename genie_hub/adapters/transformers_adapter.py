@@ -209,7 +209,11 @@ class TransformersAdapter(ModelAdapter):
         path = Path(name).expanduser()
         if not name.strip():
             return ModelLoadError("No model given (the name is empty): pass a Hub id (owner/name) or a local folder.")
-        if path.is_dir():
+        if "ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc):
+            hint = ("Its weights do not have the shapes its config.json describes, e.g. a classifier for another "
+                    "number of classes than config.json's id2label / num_labels: restore the config.json saved with "
+                    "these weights.")
+        elif path.is_dir():
             hint = ("The folder exists but does not hold a loadable transformers image classifier ("
                     + ("it has no config.json)." if not (path / "config.json").is_file()
                        else "it needs config.json and model.safetensors)."))
