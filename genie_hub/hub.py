@@ -74,15 +74,15 @@ def _whoami(token: str | None) -> tuple[str, set[str]]:
     if is_offline_mode():
         raise PushError(
             "Cannot push to the Hugging Face Hub: offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is "
-            "set), so every Hub request would fail. Unset it and run again, or run without --push and publish "
-            "later with `genie_hub push OUT`."
+            "set), so every Hub request would fail. Unset it and run again (a `genie_hub quantize` run can also "
+            "go without --push and be published later with `genie_hub push OUT`)."
         )
     token = token or get_token()
     if not token:
         raise PushError(
             "Cannot push to the Hugging Face Hub: no access token found. Set HF_TOKEN to a token with write "
             "access (https://huggingface.co/settings/tokens) or run `hf auth login`, then run again. Nothing was "
-            "computed yet."
+            "computed or uploaded yet."
         )
     endpoint = _endpoint()
     try:

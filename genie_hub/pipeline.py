@@ -332,7 +332,7 @@ def _print_summary(run: RunRecord, out: Path, fashion_mnist_missing: bool = Fals
     elif fashion_mnist_missing:
         lines.append("Fashion-MNIST test data not found, so no accuracy was measured: install it with "
                      "`apt-get install dataset-fashion-mnist` (or set GENIE_HUB_FASHION_MNIST_DIR) and run "
-                     f"`genie_hub evaluate {out / 'model'} --dataset fashion-mnist`.")
-    lines.append(f"Load it: AutoModelForImageClassification.from_pretrained('{out / 'model'}') after `import genie_hub`; "
-                 f"publish it: genie_hub push {out}")
+                     f"`genie_hub evaluate {shlex.quote(str(out / 'model'))} --dataset fashion-mnist`.")
+    lines.append(f"Load it: AutoModelForImageClassification.from_pretrained({str(out / 'model')!r}) after "
+                 f"`import genie_hub`; publish it: genie_hub push {shlex.quote(str(out))}")
     print("\n".join(lines), flush=True)

@@ -79,6 +79,24 @@ def test_rerun_resumes_without_redoing_work(tiny_run, capsys):
     assert all(u["resumed"] for u in run["unit_errors"])
 
 
+def test_the_closing_lines_quote_the_output_folder_so_they_paste_safely(capsys):
+    import ast
+    import shlex
+
+    from genie_hub.outputs import RunRecord
+    from genie_hub.pipeline import _print_summary
+
+    out = Path("runs") / "o'ut $(touch x) dir"
+    _print_summary(RunRecord(wall_seconds=1.0), out, fashion_mnist_missing=True)
+    printed = capsys.readouterr().out
+    push = printed.rsplit("publish it: ", 1)[1].strip()
+    assert shlex.split(push) == ["genie_hub", "push", str(out)]
+    evaluate = printed.split("`genie_hub evaluate ", 1)[1].split(" --dataset", 1)[0]
+    assert shlex.split(evaluate) == [str(out / "model")]
+    load = printed.split("from_pretrained(", 1)[1].split(") after", 1)[0]
+    assert ast.literal_eval(load) == str(out / "model")
+
+
 def test_unknown_model_is_one_clear_line(tmp_path, capsys):
     assert main(["quantize", "nobody/no-such-model", "-o", str(tmp_path / "o"), *TINY]) == 1
     err = capsys.readouterr().err
