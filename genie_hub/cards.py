@@ -149,7 +149,8 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         machine=run.machine, repository_url=REPOSITORY_URL, torch_threads=run.torch_threads,
         num_processes=run.num_processes, synthesis_workers=run.synthesis_workers,
         synthesis_precision=config.get("synthesis_precision"), mixed_precision=config.get("mixed_precision"),
-        wall_time=f"total wall time {run.wall_seconds / 60:.1f} min" if run.wall_seconds else "")
+        wall_time=(f"wall time {run.wall_seconds / 60:.1f} min (of the command that finished the run; work it "
+                   "resumed from an interrupted one is not counted)" if run.wall_seconds else ""))
 
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),

@@ -44,6 +44,7 @@ def test_quantize_writes_a_complete_hub_ready_folder(tiny_run):
     assert "base_model" not in metadata and str(root) not in metadata  # a local base: no Hub relation, no path
     assert "pipeline_tag: image-classification" in card and "genie" in card and "No real data was used" in card
     assert "--override classifier.1=8/8" in card  # the exact command
+    assert "min (of the command that finished the run;" in card  # a resumed run's earlier time is not in it
     run = json.loads((out / "run.json").read_text())
     assert run["zero_shot"] and run["weight_bits"] == 3 and len(run["unit_errors"]) == len(run["units"])
     # The dataset folder holds exactly the synthesized tensors, with previews.
