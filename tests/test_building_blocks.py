@@ -91,6 +91,19 @@ def test_every_cli_option_maps_to_a_config_field_with_its_default_in_the_help():
     assert config_from_args(build_parser().parse_args(["quantize"])) == GenieConfig.from_profile("paper")
 
 
+def test_every_argument_of_every_subcommand_has_help():
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield path, action
+
+    missing = [f"{path}: {action.dest}" for path, action in walk(build_parser(), "genie_hub") if not action.help]
+    assert not missing, missing
+
+
 def test_bad_override_syntax_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["quantize", "--override", "classifier"])
