@@ -136,7 +136,9 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         prior=_prior(run), prior_description=describe_prior(_prior(run)),
         synthesis_iterations=config["synthesis_iterations"], synthesis_batch_size=config["synthesis_batch_size"],
         reconstruction_steps=config["reconstruction_steps"],
-        reconstruction_batch_size=config["reconstruction_batch_size"], seed=config["seed"],
+        reconstruction_batch_size=min(config["reconstruction_batch_size"],  # as reconstruction draws its batches
+                                      run.num_calibration_images or config["reconstruction_batch_size"]),
+        seed=config["seed"],
         first_layer_weight=config["first_layer"]["weight"], second_layer_act=config["second_layer_act_bits"],
         last_layer_weight=config["last_layer"]["weight"], last_layer_act=config["last_layer"]["act"],
         overrides=config.get("overrides") or None, layers=layers, num_units=len(units),

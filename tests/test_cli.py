@@ -45,6 +45,7 @@ def test_quantize_writes_a_complete_hub_ready_folder(tiny_run):
     assert "pipeline_tag: image-classification" in card and "genie" in card and "No real data was used" in card
     assert "--override classifier.1=8/8" in card  # the exact command
     assert "min (of the command that finished the run;" in card  # a resumed run's earlier time is not in it
+    assert "steps per unit, batch 8)" in card  # 8 images: reconstruction's batches of 32 hold all 8
     run = json.loads((out / "run.json").read_text())
     assert run["zero_shot"] and run["weight_bits"] == 3 and len(run["unit_errors"]) == len(run["units"])
     # The dataset folder holds exactly the synthesized tensors, with previews.
