@@ -133,6 +133,8 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         weight_bits=config["weight_bits"], act_bits=config["act_bits"], zero_shot=run.zero_shot,
         calibration_source=public_name(run.calibration_source),
         num_samples=run.num_calibration_images or config["num_samples"], channels=run.input_spec.get("channels", 3),
+        height=run.input_spec.get("height"), width=run.input_spec.get("width"),
+        has_image_processor=run.has_image_processor is not False,
         prior=_prior(run), prior_description=describe_prior(_prior(run)),
         synthesis_iterations=config["synthesis_iterations"], synthesis_batch_size=config["synthesis_batch_size"],
         reconstruction_steps=config["reconstruction_steps"],

@@ -136,6 +136,7 @@ class RunRecord:
     zero_shot: bool = True
     calibration_source: str | None = None
     num_calibration_images: int | None = None  # what calibrated it: a few-shot source may hold fewer than num_samples
+    has_image_processor: bool | None = None  # False: the base model had none (None: an older record, which had one)
     weight_bits: int | None = None
     act_bits: int | None = None
     config: dict[str, Any] = field(default_factory=dict)  # GenieConfig.to_dict()

@@ -144,6 +144,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         base_model=base_model, base_model_revision=revision, base_model_id=base_model_id,
         zero_shot=calibration.zero_shot,
         calibration_source=few_shot or "synthetic (Genie-D)", num_calibration_images=len(calibration),
+        has_image_processor=processor is not None,
         weight_bits=config.weight_bits, act_bits=config.act_bits, config=config.to_dict(), input_spec=spec.to_dict(),
         layers={name: layer.to_dict() for name, layer in result.layers.items()},
         units=[unit.to_dict() for unit in result.units], unit_errors=[vars(r) for r in result.report],

@@ -191,6 +191,17 @@ def test_real_images_are_never_prepared_for_a_model_without_its_processor(model_
         assert main(["quantize", str(folder), "-o", str(out), "--eval-dataset", "none", *TINY]) == 0
         assert "has no image processor (preprocessor_config.json): its input is taken to be 32x32" in \
             capsys.readouterr().err
+        # Its card shows a snippet that works without a processor (pipeline() cannot), and it runs as written.
+        import re
+
+        from genie_hub.cards import render_model_card
+        from genie_hub.outputs import RunRecord
+
+        card = str(render_model_card(RunRecord.load(out / "run.json"), repo_id=str(out / "model")))
+        snippet = re.search(r"## How to load\n\n```python\n(.*?)```", card, re.S).group(1)
+        assert "pipeline(" not in snippet and "torch.rand(1, 3, 32, 32)" in snippet
+        exec(compile(snippet, "card snippet", "exec"), {})
+        assert capsys.readouterr().out.strip() in LABELS
 
 
 def test_an_unreadable_image_is_skipped_and_a_failed_evaluation_loses_no_model(model_dir, imagefolder, tmp_path,
