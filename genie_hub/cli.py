@@ -314,9 +314,12 @@ def _zoo(args) -> None:
         for name, result in outcome.items():
             print(f"{name}: {result}")
         print(f"Leaderboard: {os.path.join(args.output_dir, zoo.LEADERBOARD + '.md')}")
-        if any(result.startswith("failed") for result in outcome.values()):
-            raise GenieError(f"{sum(r.startswith('failed') for r in outcome.values())} zoo entr(y/ies) failed; the "
-                             "others were built. Fix the cause and run the same command again.")
+        failed = sum(result.startswith("failed") for result in outcome.values())
+        if failed:
+            rest = len(outcome) - failed
+            raise GenieError(f"{failed} of {len(outcome)} zoo entr{'y' if len(outcome) == 1 else 'ies'} failed"
+                             + (f"; the other {rest} were built or already there" if rest else "")
+                             + ". Fix the cause and run the same command again.")
     else:
         result = zoo.publish(args.output_dir, args.namespace, registry=args.registry, private=args.private,
                              token=args.token)

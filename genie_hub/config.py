@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from .errors import ConfigError
 logger = logging.getLogger("genie_hub.config")
 
 MIN_BITS, MAX_BITS = 2, 8
+MAX_SAMPLES = 10_000_000
+"""More calibration images than anyone calibrates with (the paper: 1024): a typo, refused before planning batches."""
 SYNTHESIS_METHODS = ("genie", "pixels")
 MIXED_PRECISIONS = ("no", "bf16")
 SYNTHESIS_PRECISIONS = ("auto", "fp32", "bf16")
@@ -171,10 +174,12 @@ class GenieConfig:
         return f"{name} ({flag})" if flag else name
 
     def __post_init__(self) -> None:
-        if isinstance(self.first_layer, dict):
-            self.first_layer = LayerBits(**self.first_layer)
-        if isinstance(self.last_layer, dict):
-            self.last_layer = LayerBits(**self.last_layer)
+        for name in ("first_layer", "last_layer"):
+            value = getattr(self, name)
+            if isinstance(value, dict) and set(value) == {"weight", "act"}:
+                setattr(self, name, LayerBits(**value))
+            elif not isinstance(value, LayerBits):
+                raise ConfigError(f"{name} must be {{'weight': bits, 'act': bits or None}}, got {value!r}.")
         self.validate()
 
     @classmethod
@@ -194,6 +199,8 @@ class GenieConfig:
                     f"{MIN_BITS} to {MAX_BITS} (e.g. --weight-bits 4 --act-bits 4)."
                     + (" Use null to keep this input in floating point." if allow_none else ""))
 
+        if self.profile not in PROFILES:
+            raise ConfigError(f"Unknown profile {self.profile!r}. Choose one of: {', '.join(PROFILES)}.")
         check_bits("weight_bits", self.weight_bits)
         check_bits("act_bits", self.act_bits)
         check_bits("first_layer.weight", self.first_layer.weight)
@@ -201,6 +208,11 @@ class GenieConfig:
         check_bits("second_layer_act_bits", self.second_layer_act_bits, allow_none=True)
         check_bits("last_layer.weight", self.last_layer.weight)
         check_bits("last_layer.act", self.last_layer.act, allow_none=True)
+        if not isinstance(self.overrides, dict) or not all(
+                isinstance(pattern, str) and pattern.strip() and isinstance(bits, dict)
+                for pattern, bits in self.overrides.items()):
+            raise ConfigError(f"overrides (--override) must map module-name patterns to {{'weight': bits, 'act': "
+                              f"bits}}, e.g. {{'classifier*': {{'weight': 8, 'act': 8}}}}; got {self.overrides!r}.")
         for pattern, bits in self.overrides.items():
             unknown = set(bits) - {"weight", "act"}
             if unknown:
@@ -209,22 +221,33 @@ class GenieConfig:
                 check_bits(f"override '{pattern}' weight", bits["weight"])
             if "act" in bits:
                 check_bits(f"override '{pattern}' act", bits["act"], allow_none=True)
+        def integer(name: str) -> bool:  # a real integer: not a bool, a float, a string or NaN
+            value = getattr(self, name)
+            return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
         for name in ("num_samples", "synthesis_batch_size", "synthesis_iterations", "reconstruction_batch_size",
                      "latent_dim", "synthesis_batches_per_step"):
-            if int(getattr(self, name)) < 1:
+            if not integer(name) or getattr(self, name) < 1:
                 raise ConfigError(f"{self._named(name)} must be a positive integer, got {getattr(self, name)!r}.")
-        if int(self.synthesis_workers) < 0:
+        if self.num_samples > MAX_SAMPLES:
+            raise ConfigError(f"{self._named('num_samples')} is {self.num_samples}, more than {MAX_SAMPLES:,} "
+                              "images (the paper calibrates with 1024).")
+        if not integer("synthesis_workers") or self.synthesis_workers < 0:
             raise ConfigError(f"{self._named('synthesis_workers')} must be 0 (automatic) or a positive number of "
                               f"processes, got {self.synthesis_workers!r}.")
-        if self.reconstruction_steps < 0:
-            raise ConfigError(f"{self._named('reconstruction_steps')} must be >= 0, got {self.reconstruction_steps}.")
+        if not integer("reconstruction_steps") or self.reconstruction_steps < 0:
+            raise ConfigError(f"{self._named('reconstruction_steps')} must be an integer >= 0, got "
+                              f"{self.reconstruction_steps!r}.")
+        if not integer("seed") or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"{self._named('seed')} must be an integer from 0 to 2^63 - 1, got {self.seed!r}.")
         # Checked here, not where they are used: a bad value would surface only after synthesis, minutes in.
         for name, low, high in (("lr_latent", 0, math.inf), ("lr_generator", 0, math.inf),
                                 ("lr_weight_step", 0, math.inf), ("lr_act_step", 0, math.inf),
                                 ("lr_rounding", 0, math.inf), ("rounding_weight", 0, math.inf), ("warmup", 0, 1),
                                 ("qdrop_prob", 0, 1), ("beta_start", 1, math.inf), ("beta_end", 1, math.inf)):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value)
+                                               and low <= value <= high):
                 bound = f"between {low} and {high}" if high != math.inf else f"a finite number >= {low}"
                 raise ConfigError(f"{self._named(name)} must be {bound}, got {value!r}.")
         if self.synthesis_method not in SYNTHESIS_METHODS:

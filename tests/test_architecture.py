@@ -49,7 +49,8 @@ def test_quantization_does_not_import_synthesis_and_base_modules_import_no_stage
     for path in _modules(PACKAGE / "quantization"):
         assert "synthesis" not in _imported(path), path
     stages = {"adapters", "loading", "synthesis", "quantization", *HIGHER_THAN_ENGINE}
-    for name in ("config", "errors", "fileio", "hooks", "reproducibility", "optimization", "calibration", "progress"):
+    for name in ("config", "errors", "fileio", "hooks", "reproducibility", "optimization", "calibration", "progress",
+                 "arguments"):
         assert not _imported(PACKAGE / f"{name}.py") & stages, name
 
 

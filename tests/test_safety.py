@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -310,6 +311,99 @@ def test_a_processor_of_another_size_is_named_as_the_cause_not_reported_as_a_bug
     err = capsys.readouterr().err
     assert "does not run on inputs of shape [3, 64, 64] even before quantization" in err
     assert "preprocessor_config.json" in err and "report" not in err and not out.exists()
+
+
+def test_library_calls_give_the_callers_model_back_as_it_came():
+    """quantize left the model in eval mode with every parameter frozen, and synthesize turned a submodule the
+    caller had put in eval mode back to training: each module's mode and each requires_grad are restored."""
+    from transformers import ViTImageProcessor
+
+    model = tiny_model("resnet-basic").train()
+    model.classifier.eval()
+    model.resnet.embedder.requires_grad_(False)
+    before = ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=2,
+                                      reconstruction_steps=2)
+    processor = ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    calibration = genie_hub.synthesize(model, config, processor=processor, progress=False)
+    assert ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]) == before
+    quantize(model, calibration, config, progress=False)
+    assert ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]) == before
+
+
+def _quantized_tiny():
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", reconstruction_steps=0)
+    return quantize(model, structured_images(4, 3, torch.Generator().manual_seed(0)), config, progress=False).model
+
+
+@pytest.mark.parametrize("case,error,needle", [
+    ("range_init 'mse'", ConfigError, "range_init must be one of 'lp', 'minmax'"),
+    ("a NaN pixel", genie_hub.errors.DataError, "1 of the 4 calibration images hold NaN"),
+    ("no images", ConfigError, "shaped [N, C, H, W] with N >= 1"),
+    ("uint8 images", ConfigError, "as floats"),
+    ("a list of images", TypeError, "as a torch.Tensor"),
+    ("a float64 model", ConfigError, "needs a float32 model"),
+    ("a config changed after it was made", ConfigError, "Invalid bit-width 99"),
+    ("a config as a dict", TypeError, "takes a GenieConfig"),
+    ("an already quantized model", ConfigError, "already quantized"),
+    ("nothing to quantize", genie_hub.errors.UnsupportedModelError, "no nn.Conv2d or nn.Linear"),
+])
+def test_quantize_refuses_what_it_cannot_use_before_any_compute(case, error, needle):
+    from torch import nn
+
+    model = tiny_model("resnet-basic")
+    images = structured_images(4, 3, torch.Generator().manual_seed(0))
+    config = GenieConfig.from_profile("quick", reconstruction_steps=2)
+    kwargs = {}
+    if case.startswith("range_init"):
+        kwargs["range_init"] = "mse"
+    elif case == "a NaN pixel":
+        images[2, 0, 1, 1] = float("nan")
+    elif case == "no images":
+        images = images[:0]
+    elif case == "uint8 images":
+        images = (images * 50).clamp(0, 255).to(torch.uint8)
+    elif case == "a list of images":
+        images = list(images)
+    elif case == "a float64 model":
+        model = model.double()
+    elif case.startswith("a config changed"):
+        config.weight_bits = 99
+    elif case == "a config as a dict":
+        config = config.to_dict()
+    elif case == "an already quantized model":
+        model = _quantized_tiny()
+    else:
+        model = nn.Sequential(nn.BatchNorm2d(3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(error, match=re.escape(needle)):
+        quantize(model, images, config, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("output_dir", ["", "a file"])
+def test_synthesize_refuses_an_output_dir_it_cannot_use_before_any_compute(tmp_path, output_dir, monkeypatch):
+    from genie_hub.synthesis import loop
+
+    monkeypatch.chdir(tmp_path)
+    if output_dir:
+        (tmp_path / output_dir).write_text("x")
+    monkeypatch.setattr(loop, "synthesize_batches", lambda *a, **k: pytest.fail("computed before refusing"))
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=2)
+    with pytest.raises(ConfigError, match="output_dir"):
+        genie_hub.synthesize(tiny_model("resnet-basic"), config, spec=genie_hub.input_spec(tiny_model("resnet-basic")),
+                             output_dir=output_dir, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([output_dir] if output_dir else [])
+
+
+@pytest.mark.parametrize("field,value", [("num_samples", "8"), ("num_samples", 8.5), ("synthesis_batch_size", True),
+                                         ("reconstruction_steps", float("nan")), ("synthesis_iterations", None),
+                                         ("num_samples", 10**30), ("seed", "abc"), ("seed", -1), ("profile", "bogus"),
+                                         ("overrides", {5: {"weight": 8}}), ("overrides", ["x"]),
+                                         ("first_layer", "w8"), ("lr_rounding", True)])
+def test_config_values_of_the_wrong_type_are_refused_with_the_field_named(field, value):
+    values = {**dataclasses.asdict(GenieConfig.from_profile("quick")), field: value}
+    with pytest.raises(ConfigError, match=field if field != "overrides" else "overrides"):
+        GenieConfig(**values)
 
 
 def test_override_matching_nothing_is_refused_before_compute(base, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,17 @@ def test_bad_registries_are_refused(tmp_path):
                                             "colour": "red"}]}))
     with pytest.raises(ConfigError, match="malformed"):
         zoo.load_registry(bad)
+    # Names become ZOO_DIR/<name>: one plain folder name only; values of the wrong type are named, not crashed on.
+    for entry, needle in (({"name": "../escape"}, "one folder name"), ({"name": "a/b"}, "one folder name"),
+                          ({"name": ""}, "one folder name"), ({"name": 5}, "one folder name"),
+                          ({"model": 5}, "model must be a non-empty string"),
+                          ({"settings": {"bogus": 1}}, "unknown GenieConfig field(s) bogus"),
+                          ({"settings": [1]}, "settings must be an object"),
+                          ({"built_here": "no"}, "built_here must be true or false")):
+        bad.write_text(json.dumps({"entries": [{"name": "a", "model": "x", "weight_bits": 4, "act_bits": 4,
+                                                **entry}]}))
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            zoo.load_registry(bad)
 
 
 def test_build_skips_finished_entries_and_reports_a_broken_one(registry, tmp_path, capsys):
@@ -62,7 +74,7 @@ def test_build_skips_finished_entries_and_reports_a_broken_one(registry, tmp_pat
     assert main(["zoo", "build", "-o", str(out), "--registry", str(registry), "-q"]) == 1  # one entry failed
     printed = capsys.readouterr()
     assert "tiny-resnet-genie-w4a4: built" in printed.out and "tiny-mobilenet-genie-w2a4: built" in printed.out
-    assert "broken-genie-w4a4: failed" in printed.out and "1 zoo entr" in printed.err
+    assert "broken-genie-w4a4: failed" in printed.out and "1 of 3 zoo entries failed" in printed.err
     assert "gpu-only" not in printed.out  # not built here
     board = json.loads((out / "leaderboard.json").read_text())["entries"]
     assert [row["name"] for row in board] == ["tiny-resnet-genie-w4a4", "tiny-mobilenet-genie-w2a4"]
@@ -74,6 +86,20 @@ def test_build_skips_finished_entries_and_reports_a_broken_one(registry, tmp_pat
     assert (out / "tiny-resnet-genie-w4a4" / "model" / "genie_model.safetensors").stat().st_mtime_ns == mtime
     assert main(["zoo", "build", "nope", "-o", str(out), "--registry", str(registry)]) == 2
     assert "Unknown zoo entry nope" in capsys.readouterr().err
+    # The registry entry changed after it was built: the old folder is neither skipped as it nor listed as it.
+    changed = json.loads(registry.read_text())
+    changed["entries"][0]["weight_bits"] = 8
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    assert main(["zoo", "build", "tiny-resnet-genie-w4a4", "-o", str(out), "--registry",
+                 str(tmp_path / "changed.json"), "-q"]) == 1
+    printed = capsys.readouterr()
+    assert "tiny-resnet-genie-w4a4: failed: it was built as W4A4" in printed.out and "1 of 1 zoo entry" in printed.err
+    board = json.loads((out / "leaderboard.json").read_text())["entries"]
+    assert "tiny-resnet-genie-w4a4" not in [row["name"] for row in board]
+    assert main(["zoo", "build", "-o", str(out / "tiny-resnet-genie-w4a4" / "run.json"), "--registry",
+                 str(registry)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    zoo.write_leaderboard(out, zoo.load_registry(registry))  # the registry as built, for the checks below
 
     # publish: every built entry, then the leaderboard repo; a second publish updates, never duplicates
     assert main(["zoo", "list", "-o", str(out), "--registry", str(registry)]) == 0

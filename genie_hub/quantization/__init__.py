@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..arguments import check_calibration, check_config, check_model, preserved_state
 from ..calibration import Calibration
 from ..config import GenieConfig, warn_paper_default
+from ..errors import ConfigError
 from ..reproducibility import model_fingerprint
 from .attention import QuantAttention
 from .blocks import Unit, discover_units
@@ -25,7 +27,7 @@ from .compat import UnsupportedModelError, check_quantizable
 from .format import LayerSpec, StoredTensor, stored_tensors
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .prepare import prepare_model, quantized_ops, resolve_bits
-from .quantizers import ActQuantizer, WeightQuantizer
+from .quantizers import RANGE_INITS, ActQuantizer, WeightQuantizer
 from .reconstruction import ReconstructionState, UnitReport, reconstruct
 
 logger = logging.getLogger("genie_hub.quantization")
@@ -65,11 +67,30 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
     With `state_path`, finished units are saved there and an interrupted call resumes after them.
     It runs on `accelerator.device` (else the model's device), in `config.mixed_precision`.
     """
-    pixel_values = calibration.pixel_values if isinstance(calibration, Calibration) else calibration
+    check_model(model, "quantize")
+    if any(isinstance(module, QuantizedOp) for module in model.modules()):
+        raise ConfigError("quantize() got a model that genie_hub has already quantized. Pass the original FP32 "
+                          "model; to change bits, quantize that again with another config.")
+    if not any(isinstance(module, (nn.Conv2d, nn.Linear)) for module in model.modules()):
+        raise UnsupportedModelError(f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer, so genie_hub has "
+                                    "nothing to quantize in it.")
+    if config is not None:
+        check_config(config, "quantize")
+    if range_init not in RANGE_INITS:
+        raise ConfigError(f"range_init must be one of {', '.join(map(repr, RANGE_INITS))} (lp: the clipping that "
+                          f"minimizes the Lp error, minmax: the full range), got {range_init!r}.")
+    pixel_values = check_calibration(calibration.pixel_values if isinstance(calibration, Calibration) else calibration,
+                                     "quantize")
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     if config is None:
         config = GenieConfig()
         warn_paper_default("quantize", config, device)
+    with preserved_state(model):
+        return _quantize(model, pixel_values, config, device, state_path, range_init, progress)
+
+
+def _quantize(model: nn.Module, pixel_values: torch.Tensor, config: GenieConfig, device, state_path,
+              range_init: str, progress: bool) -> QuantizationResult:
     autocast = reconstruction_autocast(config, device)
     model = model.to(device).eval()
     pixel_values = pixel_values.to(device)

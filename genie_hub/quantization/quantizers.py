@@ -15,6 +15,8 @@ from .format import MAX_ZERO_POINT  # only a row (almost) constant far from 0 wo
 
 LP_NORM = 2.4
 CLIP_RATIOS = torch.linspace(1.0, 0.01, 100).tolist()
+RANGE_INITS = ("lp", "minmax")
+"""How a quantizer's range starts: the clipping ratio with the least Lp error, or the full min/max range."""
 MIN_STEP = 1e-8  # the initial step of an all-zero channel (e.g. identity squeeze-excite convs), never 0
 
 

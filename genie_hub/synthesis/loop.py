@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..adapters import InputSpec, model_logits
+from ..arguments import check_config, check_model, preserved_state
 from ..calibration import BatchStats, Calibration
 from ..config import GenieConfig, make_accelerator, resolve_precision, warn_paper_default
 from ..errors import ConfigError, GenieError
@@ -269,8 +270,14 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     `accelerate.Accelerator` running several processes, the pending batches are split between them (an
     `output_dir` is then required) and every process returns the full set.
     """
+    check_model(model, "synthesize")
     paper_default = config is None
     config = config or GenieConfig()
+    check_config(config, "synthesize")
+    if output_dir is not None and (not str(output_dir).strip() or Path(output_dir).is_file()):
+        raise ConfigError(f"output_dir {str(output_dir)!r} is {'a file' if str(output_dir).strip() else 'empty'}: "
+                          "pass a folder for the finished batches (created if missing), or None to keep them in "
+                          "memory only.")
     if spec is None:
         spec = input_spec(model, processor)
         if processor is None:  # the size then comes from the config alone, often its 224 px default
@@ -289,8 +296,14 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     device = accelerator.device
     if paper_default:
         warn_paper_default("synthesize", config, device)
-    was_training = model.training
-    grad_flags = [p.requires_grad for p in model.parameters()]
+    with preserved_state(model):  # the caller's model comes back in its own modes, also after an error
+        return _synthesize_all(model, spec, config, accelerator, prior, output_dir, progress)
+
+
+def _synthesize_all(model: nn.Module, spec: InputSpec, config: GenieConfig, accelerator, prior: SynthesisPrior,
+                    output_dir: str | Path | None, progress: bool) -> Calibration:
+    """`synthesize` after its checks: every pending batch, stored in `output_dir` (or memory) and returned."""
+    device = accelerator.device
     model.eval().requires_grad_(False)
     model.to(device)
     channels_last = prefers_channels_last(device)
@@ -367,9 +380,6 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
         scratch.close()
         if channels_last:  # the caller's model goes back to the default layout
             model.to(memory_format=torch.contiguous_format)
-        model.train(was_training)
-        for param, flag in zip(model.parameters(), grad_flags):
-            param.requires_grad_(flag)
     return Calibration(pixel_values=torch.cat([images for images, _ in batches]), source="synthetic",
                        prior=prior.name, batch_indices=[b for b, size in enumerate(sizes) for _ in range(size)],
                        batch_stats=[stats for _, stats in batches], synthesis_workers=workers)

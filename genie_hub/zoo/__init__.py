@@ -11,9 +11,11 @@ publishes like any other); `ZOO_DIR/leaderboard.md|json` summarize every built e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,33 @@ class ZooEntry:
         return GenieConfig.from_profile(self.profile, weight_bits=self.weight_bits, act_bits=self.act_bits,
                                         synthesis_prior=self.prior, **self.settings)
 
+    def problems(self) -> list[str]:
+        """What makes this entry unusable before its settings are even read: a name that is not one plain folder
+        name (it becomes ZOO_DIR/<name>, and `..` or `/` would write outside the zoo folder), values of the wrong
+        type, or settings that are not GenieConfig fields."""
+        found = []
+        name = self.name
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+            found.append(f"name {name!r} must be one folder name of letters, digits, '.', '_' and '-' (no '/' or "
+                         "'..')")
+        for key in ("model", "profile", "prior"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                found.append(f"{key} must be a non-empty string, got {getattr(self, key)!r}")
+        for key in ("eval_dataset", "few_shot"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                found.append(f"{key} must be a string or null, got {getattr(self, key)!r}")
+        for key in ("eval_unlabelled", "built_here"):
+            if not isinstance(getattr(self, key), bool):
+                found.append(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.settings, dict):
+            found.append(f"settings must be an object of GenieConfig fields, got {self.settings!r}")
+        else:
+            known = {f.name for f in dataclasses.fields(GenieConfig)}
+            unknown = sorted(set(self.settings) - known)
+            if unknown:
+                found.append(f"settings has unknown GenieConfig field(s) {', '.join(map(str, unknown))}")
+        return found
+
 
 def load_registry(path: str | os.PathLike | None = None) -> list[ZooEntry]:
     """The entries of a registry file, checked: unique names, known keys, valid settings."""
@@ -61,6 +90,10 @@ def load_registry(path: str | os.PathLike | None = None) -> list[ZooEntry]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"The zoo registry {path} is unreadable or malformed ({type(exc).__name__}: {exc}). Each "
                           "entry needs name, model, weight_bits and act_bits.") from None
+    for entry in entries:
+        problems = entry.problems()
+        if problems:
+            raise ConfigError(f"The zoo registry {path} has an invalid entry {entry.name!r}: {'; '.join(problems)}.")
     names = [entry.name for entry in entries]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -86,6 +119,16 @@ def _record(zoo_dir: Path, entry: ZooEntry) -> RunRecord | None:
     except (OSError, ValueError):
         return None
     return record if record is not None and record.complete else None
+
+
+def _stale(record: RunRecord, entry: ZooEntry) -> str | None:
+    """How a built folder differs from its registry entry now (bits, profile), or None."""
+    built = (record.weight_bits, record.act_bits, (record.config or {}).get("profile"))
+    wanted = (entry.weight_bits, entry.act_bits, entry.profile)
+    if built == wanted:
+        return None
+    return (f"it was built as W{built[0]}A{built[1]} with the {built[2]} profile, the registry now asks for "
+            f"W{wanted[0]}A{wanted[1]} with the {wanted[2]} profile")
 
 
 def _model_source(entry: ZooEntry, zoo_dir: Path) -> str | None:
@@ -135,10 +178,19 @@ def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registr
     from ..pipeline import run_quantization
 
     zoo_dir = Path(zoo_dir)
+    if zoo_dir.exists() and not zoo_dir.is_dir():
+        raise ConfigError(f"The zoo folder {zoo_dir} is a file. Pass a folder with -o.")
     entries = load_registry(registry)
     outcome: dict[str, str] = {}
     for entry in select(entries, names, built_here_only=True):
-        if _record(zoo_dir, entry) is not None:
+        record = _record(zoo_dir, entry)
+        stale = _stale(record, entry) if record is not None else None
+        if stale:
+            logger.error("zoo: %s was not rebuilt: %s. Delete %s to rebuild it.", entry.name, stale,
+                         zoo_dir / entry.name)
+            outcome[entry.name] = f"failed: {stale}"
+            continue
+        if record is not None:
             outcome[entry.name] = "skipped (already built)"
             continue
         logger.info("zoo: building %s", entry.name)
@@ -162,7 +214,7 @@ def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, A
     rows = []
     for entry in entries:
         record = _record(zoo_dir, entry)
-        if record is None:
+        if record is None or _stale(record, entry):  # a folder built for other settings: not this entry's row
             continue
         evaluation = record.evaluation or {}
         weights = zoo_dir / entry.name / "model" / "genie_model.safetensors"

@@ -1,0 +1,71 @@
+"""What the library calls `synthesize` and `quantize` are given, checked before any compute.
+
+The command line hands these stages well-formed objects; a library user can hand them anything. Each check
+turns a mistake into one message that says what to pass, where it would otherwise surface as a traceback deep
+in torch, or not at all (a NaN image, a half-precision model). `preserved_state` gives the caller's model back
+as it came: both stages switch it to eval mode and freeze its parameters while they work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .config import GenieConfig
+from .errors import ConfigError, DataError
+
+
+def check_model(model: nn.Module, call: str) -> None:
+    """An `nn.Module` with float32 parameters."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{call}() takes the model as a torch nn.Module, got {type(model).__name__}. Load one with "
+                        "genie_hub.load_model('owner/name' or a folder), which returns (model, processor).")
+    other = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()}
+                   - {"float32"})
+    if other:
+        raise ConfigError(f"{call}() needs a float32 model, got {', '.join(other)} parameters. Call model.float() "
+                          "first (mixed precision is a setting: GenieConfig(mixed_precision='bf16')).")
+
+
+def check_config(config: GenieConfig, call: str) -> None:
+    """A `GenieConfig` whose values are still valid (its fields can be set after it was made)."""
+    if not isinstance(config, GenieConfig):
+        raise TypeError(f"{call}() takes a GenieConfig, got {type(config).__name__}. Make one with "
+                        "GenieConfig.from_profile('quick' or 'paper', **settings) (GenieConfig.from_dict for a dict).")
+    config.validate()
+
+
+def check_calibration(pixel_values: torch.Tensor, call: str) -> torch.Tensor:
+    """Calibration images as a float32 [N, C, H, W] tensor with N >= 1 and finite values."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"{call}() takes calibration images as a torch.Tensor [N, C, H, W] of pixel_values (or the "
+                        f"Calibration that synthesize returns), got {type(pixel_values).__name__}.")
+    if pixel_values.dim() != 4 or pixel_values.shape[0] < 1:
+        raise ConfigError(f"{call}() needs calibration images shaped [N, C, H, W] with N >= 1, got "
+                          f"{list(pixel_values.shape)}.")
+    if not pixel_values.is_floating_point():
+        raise ConfigError(f"{call}() needs calibration pixel_values as floats, normalized as the model's processor "
+                          f"makes them, got {pixel_values.dtype}: prepare the images with the processor (or "
+                          "genie_hub.data.uint8_to_pixel_values).")
+    bad = int((~torch.isfinite(pixel_values.flatten(1))).any(dim=1).sum())
+    if bad:
+        raise DataError(f"{bad} of the {len(pixel_values)} calibration images hold NaN or infinite values. Check "
+                        "where they come from (the synthesis losses, the image files).")
+    return pixel_values.float()
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Each module's train/eval mode and each parameter's requires_grad, restored on exit (also on error)."""
+    modes = [(module, module.training) for module in model.modules()]
+    grads = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for param, flag in grads:
+            param.requires_grad_(flag)
