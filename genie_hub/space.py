@@ -264,6 +264,12 @@ def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
     dest = Path(dest)
     if dest.resolve() == source.resolve():
         raise GenieError(f"Refusing to prepare the Space in its own source folder {source}; choose another dest.")
+    links = [str(path.relative_to(source)) for name in (*SPACE_FILES, *SPACE_DIRS) if (source / name).exists()
+             for path in [source / name, *((source / name).rglob("*") if (source / name).is_dir() else [])]
+             if path.is_symlink()]
+    if links:  # a copy would follow them and publish whatever they point to
+        raise GenieError(f"The Space sources in {source} hold symbolic links ({', '.join(links[:3])}); a public Space "
+                         "gets only regular files from that folder. Replace the links with the files themselves.")
     dest.mkdir(parents=True, exist_ok=True)
     for name in SPACE_FILES:
         if name != "requirements.txt":

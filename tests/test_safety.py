@@ -600,6 +600,19 @@ def test_space_accepts_hub_ids_only_when_public(tmp_path, monkeypatch):
             app.load_cached(bad)
     fp32, quantized = app.default_models()  # the app's own defaults stay usable
     assert app.load_cached(fp32).num_labels == app.load_cached(quantized).num_labels
+    # An owner/name that is also a folder relative to the app is not read from disk, and every failure reads the
+    # same: which paths exist on the server stays unknown. (HF_HUB_OFFLINE: the Hub lookup fails at once.)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    save_tiny_model(tmp_path / "models" / "rgb", "resnet-basic")
+    (tmp_path / "models" / "empty").mkdir()
+    messages = set()
+    for typed in ("models/rgb", "models/empty", "models/nothere"):
+        with pytest.raises(GenieError) as refused:
+            app.load_cached(typed)
+        messages.add(str(refused.value).replace(typed, "ID"))
+    assert len(messages) == 1 and "local" not in messages.pop()
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("GENIE_SPACE_ALLOWED_MODELS", "owner/allowed")
     with pytest.raises(GenieError, match="only these models"):
         app.load_cached("owner/other")

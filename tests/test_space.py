@@ -339,6 +339,23 @@ def test_prepare_space_folder_refuses_local_folders(tmp_path, models):
         prepare_space_folder(tmp_path / "space", "alice/fp32", "not-an-owner-slash-name")
 
 
+def test_a_symlink_in_the_space_sources_is_never_followed_into_a_published_space(monkeypatch, tmp_path):
+    import shutil
+
+    import genie_hub.space as space
+
+    sources = Path(shutil.copytree(space.SPACE_DIR, tmp_path / "sources"))
+    (tmp_path / "secret.txt").write_text("not for the Space")
+    examples = next(p for p in sources.rglob("*") if p.is_dir())
+    (examples / "link.png").symlink_to(tmp_path / "secret.txt")
+    monkeypatch.setattr(space, "SPACE_DIR", sources)
+    wheel = tmp_path / "genie_hub-0.1.0-py3-none-any.whl"  # never reached: the links are refused first
+    wheel.write_bytes(b"")
+    with pytest.raises(GenieError, match="symbolic links"):
+        space.prepare_space_folder(tmp_path / "out", wheel=wheel)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_space_sources_raise_a_clear_error(monkeypatch, tmp_path):
     import genie_hub.space as space
 

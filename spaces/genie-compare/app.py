@@ -260,11 +260,13 @@ def load_cached(model_id: str) -> LoadedModel:
     """Load a model once per id (lru-cached). Raises GenieError (ModelLoadError) with a clear message."""
     model_id = (model_id or "").strip()
     if not model_id:
-        raise GenieError("No model given: enter a Hub id (owner/name) or a local folder.")
+        raise GenieError("No model given: enter a Hub id (owner/name)" + ("." if hub_only() else " or a local folder."))
     check_model_allowed(model_id)
     embedded = embedded_folder(model_id)  # genie-hub/<asset>: the embedded copy of a published model
     if embedded is not None:
         return _load_cached(str(embedded))
+    if hub_only() and model_id not in default_models():
+        return _load_from_hub_only(model_id)
     path = Path(model_id).expanduser()
     if path.resolve() in (DEFAULT_MODEL_DIR.resolve(), DEFAULT_QUANTIZED_DIR.resolve()) \
             and not (path / "config.json").is_file():
@@ -274,6 +276,20 @@ def load_cached(model_id: str) -> LoadedModel:
         raise GenieError(f"The local folder '{model_id}' does not exist. Enter an existing folder or a Hub id "
                          "(owner/name).")
     return _load_cached(str(path) if path.exists() else model_id)
+
+
+def _load_from_hub_only(model_id: str) -> LoadedModel:
+    """A typed id on a public app: from the Hub, never from this server's disk, even where `owner/name` also
+    names a folder relative to the app; every failure reads the same, so messages reveal nothing about which
+    paths exist here."""
+    unavailable = GenieError(f"Could not load '{model_id}' from the Hub: check the id (owner/name), that the model "
+                             "is public, and that it is an image classifier.")
+    if Path(model_id).expanduser().exists():
+        raise unavailable
+    try:
+        return _load_cached(model_id)
+    except GenieError:
+        raise unavailable from None
 
 
 def _load_for_ui(model_id: str, role: str) -> LoadedModel:
