@@ -107,6 +107,9 @@ def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[di
         fp32 = embedded_hub_id(base) or base
         if repo_id and not Path(fp32).exists():
             entries.append({"name": name, "fp32": fp32, "quantized": repo_id})
+    if not entries:  # asked for a picker: an empty one would be silently missing
+        what = "published entries (run `genie_hub zoo publish` first)" if published else "built entries"
+        raise GenieError(f"--zoo-dir {zoo_dir} holds no {what}: pass the -o folder of `genie_hub zoo build`.")
     return entries
 
 
@@ -297,6 +300,8 @@ def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
     elif config_path.exists():
         config_path.unlink()
     quantized_models = [quantized_id or DEFAULT_QUANTIZED_HUB_ID] + [e["quantized"] for e in zoo or []]
-    _set_readme_header(dest / "README.md", [fp32_id or DEFAULT_FP32_HUB_ID, quantized_id or DEFAULT_QUANTIZED_HUB_ID],
-                       _calibration_datasets(quantized_models, token))
+    models = [fp32_id or DEFAULT_FP32_HUB_ID, *quantized_models[:1]]
+    for entry in zoo or []:  # the picker's models are the Space's models too: the Hub links them to it
+        models += [entry[key] for key in ("fp32", "quantized") if entry[key] not in models]
+    _set_readme_header(dest / "README.md", models, _calibration_datasets(quantized_models, token))
     return dest

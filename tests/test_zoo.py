@@ -136,8 +136,16 @@ def test_the_space_offers_zoo_entries(registry, tmp_path):
     local = zoo_space_entries(out, published=False)
     assert local == [{"name": "tiny-resnet-genie-w4a4", "fp32": str(registry.parent / "tiny-resnet"),
                       "quantized": str(out / "tiny-resnet-genie-w4a4" / "model")}]
-    assert zoo_space_entries(out, published=True) == []  # nothing published yet
+    from genie_hub.errors import GenieError
+
+    with pytest.raises(GenieError, match="holds no published entries"):  # nothing published yet: said, not ignored
+        zoo_space_entries(out, published=True)
+    with pytest.raises(GenieError, match="holds no built entries"):
+        zoo_space_entries(tmp_path / "no-zoo-here", published=False)
     folder = prepare_space_folder(tmp_path / "space", zoo=[{"name": "e", "fp32": "o/fp", "quantized": "o/q"}])
+    from huggingface_hub import ModelCard
+
+    assert {"o/fp", "o/q"} <= set(ModelCard.load(folder / "README.md").data.models)  # linked from the Space
     app = load_space_app(folder)
     assert app.zoo_entries() == [{"name": "e", "fp32": "o/fp", "quantized": "o/q"}]
     demo = app.build_demo(zoo=local)
