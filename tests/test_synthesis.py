@@ -241,6 +241,17 @@ def test_synthesize_without_processor_or_spec_warns_about_the_size(caplog, tmp_p
     assert any(f"{size}x{size}" in r.getMessage() and "processor=" in r.getMessage() for r in caplog.records)
 
 
+def test_a_processor_given_for_a_plain_module_is_said_to_be_unread(caplog):
+    from torch import nn
+    from transformers import ViTImageProcessor
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with caplog.at_level("WARNING"):
+        spec = input_spec(model, ViTImageProcessor(size={"height": 32, "width": 32}))
+    assert (spec.height, spec.width, spec.mean) == (224, 224, ())
+    assert any("is not read" in r.getMessage() and "spec=InputSpec" in r.getMessage() for r in caplog.records)
+
+
 class _Stop(Exception):
     pass
 

@@ -12,6 +12,7 @@ object with a `.logits` attribute); it cannot load or save.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -84,8 +85,15 @@ class ModelAdapter:
         return logits_of(model(pixel_values))
 
     def input_spec(self, model: nn.Module, processor=None) -> InputSpec:
+        """A plain module says nothing about its input: 224 px, the first conv's channels, no normalization.
+        A processor given for it is not read (its attributes differ by library), so that is said, not ignored."""
         first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         channels = first_conv.in_channels if first_conv is not None else 3
+        if processor is not None:
+            logging.getLogger("genie_hub").warning(
+                "The processor given for %s is not read (no genie_hub adapter handles this model type): its input "
+                "is taken to be %dx%d with %d channel(s) and no normalization. Pass spec=InputSpec(channels, height, "
+                "width, mean, std) to say what it takes.", type(model).__name__, 224, 224, channels)
         return InputSpec(channels=channels, height=224, width=224)
 
     def route_attention(self, model: nn.Module, attention) -> bool:
