@@ -16,7 +16,7 @@ from ..adapters import InputSpec
 from ..errors import ConfigError, DataError
 from ..loading import to_pixel_values
 from .fashion_mnist import FASHION_MNIST_SOURCE, load_fashion_mnist
-from .pixels import _fast_normalize, _to_pil
+from .pixels import _fast_normalize, _to_pil, decode_image
 
 logger = logging.getLogger("genie_hub.data")
 
@@ -37,8 +37,6 @@ def _list_image_files(folder: Path) -> list[Path]:
 
 
 def _folder_images(folder: Path, num_samples: int, seed: int) -> list:
-    from PIL import Image
-
     files = _list_image_files(folder)
     if not files:
         raise DataError(f"No image files found in {folder} (searched recursively for "
@@ -47,12 +45,8 @@ def _folder_images(folder: Path, num_samples: int, seed: int) -> list:
     chosen = [files[i] for i in _subset(len(files), num_samples, seed)]
     images, bad = [], []
     for path in chosen:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                images.append(im.copy())
-        except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
-            bad.append(f"{path.name} ({type(exc).__name__})")
+        image = decode_image({"path": str(path)})
+        (bad if isinstance(image, str) else images).append(image)
     if bad:
         logger.warning("Skipped %d unreadable image file(s) in %s: %s%s", len(bad), folder, ", ".join(bad[:5]),
                        " ..." if len(bad) > 5 else "")

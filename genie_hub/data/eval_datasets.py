@@ -23,6 +23,7 @@ import torch
 
 from ..errors import DataError
 from .fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
+from .pixels import decode_image
 
 logger = logging.getLogger("genie_hub.data")
 
@@ -111,22 +112,6 @@ class EvalSet:
             logger.warning("Skipped %d unreadable image(s) of %s, evaluated the other %d: %s%s", len(unreadable),
                            self.source.label, seen, ", ".join(unreadable[:5]), " ..." if len(unreadable) > 5 else "")
 
-
-def decode_image(value: dict):
-    """A datasets Image value stored undecoded ({"bytes", "path"}) as a PIL image, or, when it cannot be read
-    (not an image, truncated, a decompression bomb), a short description of why: one bad file in a folder of
-    thousands is skipped, not a crash after the whole quantization."""
-    import io
-
-    from PIL import Image
-
-    where = Path(value.get("path") or "image").name
-    try:
-        with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
-            image.load()
-            return image.copy()
-    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
-        return f"{where} ({type(exc).__name__})"
 
 
 def _normalize(name: str) -> str:

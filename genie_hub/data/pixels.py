@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -104,3 +106,19 @@ def fashion_mnist_pixel_values(images_uint8: torch.Tensor, processor, spec: Inpu
     return uint8_to_pixel_values(images_uint8, processor, spec)
 
 
+def decode_image(value: dict):
+    """An image given as {"path"} or as a datasets Image value stored undecoded ({"bytes", "path"}), as a PIL
+    image; or, when it cannot be read (not an image, truncated, a decompression bomb), a short description of
+    why. Evaluation sets and few-shot folders both read through it: one bad file among thousands is skipped with
+    its name, not a crash after the whole quantization."""
+    import io
+
+    from PIL import Image
+
+    where = Path(value.get("path") or "image").name
+    try:
+        with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
+            image.load()
+            return image.copy()
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
+        return f"{where} ({type(exc).__name__})"
