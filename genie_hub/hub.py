@@ -323,7 +323,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     model id without a dataset id gets ``<model id>-calibration``). The dataset goes first so that the model
     card's ``datasets:`` link points to an existing repo. The model is uploaded in one commit with the updated
     card taken from memory, so a failed push leaves OUT byte-identical. After success the published card is
-    saved to OUT/model/README.md and the result is recorded under ``"push"`` in run.json (when it exists).
+    saved to OUT/model/README.md and the result is recorded under ``"push"`` in run.json.
     Raises PushError for any problem, naming the repo that failed.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
@@ -350,7 +350,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     if dataset_repo_id is not None and not has_dataset:
         raise PushError(f"Cannot push the dataset repo '{dataset_repo_id}': {out} has no dataset folder (runs "
                         "calibrated on real images publish the model only). Drop the dataset repo id.")
-    run = _read_run(run_path) or RunRecord()
+    run = _read_run(run_path)  # there: checked above
     _verify_model_folder(model_dir)
 
     username, namespaces = _whoami(token)
