@@ -176,13 +176,70 @@ def _calibration_datasets(quantized_ids: list[str], token: str | None = None) ->
     return found
 
 
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "genie_hub", "model_cards", "spaces")
+"""What the wheel is built from, relative to the source tree."""
+
+
+def _git_tracked_sources(source: Path) -> list[str] | None:
+    """The files under WHEEL_SOURCES that git tracks, when `source` is the top of a git checkout; else None.
+
+    The wheel goes into a public Space, so only committed work may ship: a file kept untracked (notes, a token)
+    or ignored (a local config) inside genie_hub/ must not be published. An untracked, unignored file there is
+    refused rather than left out, since a module added but not yet committed would be missing in the Space."""
+    def git(*args: str) -> list[str]:
+        out = subprocess.run(["git", "-C", str(source), *args], capture_output=True, check=True, timeout=60).stdout
+        return [name for name in os.fsdecode(out).split("\0") if name]
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top[0].strip()).resolve() != source.resolve():
+            return None
+        tracked = git("ls-files", "-z", "--", *WHEEL_SOURCES)
+        untracked = git("ls-files", "-z", "--others", "--exclude-standard", "--", *WHEEL_SOURCES)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    untracked = [name for name in untracked if "__pycache__" not in name.split("/")]
+    if untracked:
+        raise GenieError(
+            f"{len(untracked)} file(s) in the genie_hub source tree are not tracked by git "
+            f"({', '.join(untracked[:5])}{', ...' if len(untracked) > 5 else ''}), and the Space's genie_hub wheel "
+            "is built from tracked files only, since it is published. Commit them to ship them, or move them out "
+            f"of {source}, then rerun; or pass a genie_hub wheel with --wheel PATH.")
+    return tracked
+
+
+def _copy_sources(source: Path, copy: Path) -> None:
+    """Copy WHEEL_SOURCES of `source` to `copy`: the files git tracks (`_git_tracked_sources`), or, outside a
+    git checkout, everything but build leftovers; symbolic links stay links (_bundled/ links the cards)."""
+    tracked = _git_tracked_sources(source)
+    if tracked is None:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+        for name in WHEEL_SOURCES:
+            path = source / name
+            if path.is_dir():
+                shutil.copytree(path, copy / name, symlinks=True, ignore=ignore)
+            else:
+                copy.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, copy / name)
+        return
+    for name in tracked:
+        path, target = source / name, copy / name
+        if not os.path.lexists(path):  # deleted in the working tree, not yet committed
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            os.symlink(os.readlink(path), target)
+        else:
+            shutil.copy2(path, target)
+
+
 def build_wheel(dest: str | os.PathLike) -> Path:
     """Build the wheel of the running genie_hub into `dest` and return its path.
 
     A Space cannot install an unreleased genie_hub from PyPI, so `push-space` uploads this wheel with it. It is
-    built with `pip wheel --no-deps --no-build-isolation` from a fresh copy of the source tree (a stale `build/`
-    folder never leaks old files into it); genie_hub installed without its source tree raises GenieError
-    (pass the wheel it was installed from instead)."""
+    built with `pip wheel --no-deps --no-build-isolation` from a fresh copy of the source tree's committed files
+    (`_copy_sources`: a stale `build/` folder or an uncommitted file never leaks into it); genie_hub installed
+    without its source tree raises GenieError (pass the wheel it was installed from instead)."""
     from . import __version__
 
     source = _PACKAGE_DIR.parent
@@ -195,14 +252,7 @@ def build_wheel(dest: str | os.PathLike) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="genie_hub_wheel_") as tmp:
         copy = Path(tmp) / "src"
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
-        for name in ("pyproject.toml", "README.md", "genie_hub", "model_cards", "spaces"):
-            path = source / name
-            if path.is_dir():
-                shutil.copytree(path, copy / name, symlinks=True, ignore=ignore)
-            else:
-                copy.mkdir(exist_ok=True)
-                shutil.copy2(path, copy / name)
+        _copy_sources(source, copy)
         built = Path(tmp) / "dist"
         result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                                  "--no-index", "-q", "-w", str(built), str(copy)],

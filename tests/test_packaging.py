@@ -152,3 +152,42 @@ def test_example_asset_cards_name_hub_ids_never_paths(monkeypatch):
     assert "asset_run" not in str(quantized.data) and "# asset_run" not in quantized.text  # named by its Hub id
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert base_license(DEFAULT_FP32_HUB_ID) == "apache-2.0"  # read from the embedded copy, offline
+
+
+def _git_source(tmp_path: Path) -> Path:
+    import subprocess
+
+    source = tmp_path / "src"
+    (source / "genie_hub").mkdir(parents=True)
+    (source / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (source / "genie_hub" / "__init__.py").write_text("")
+    (source / ".gitignore").write_text("local.json\n")
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", "-C", str(source), *args], check=True, capture_output=True)
+    return source
+
+
+def test_the_space_wheel_is_built_from_committed_files_only(tmp_path):
+    """push-space publishes the wheel: an ignored file inside genie_hub/ stays out, an untracked one is refused
+    (it may be a secret, or a module the Space would miss), and a tree outside git is copied whole."""
+    from genie_hub.errors import GenieError
+    from genie_hub.space import _copy_sources, _git_tracked_sources
+
+    source = _git_source(tmp_path)
+    (source / "genie_hub" / "local.json").write_text('{"token": "hf_secret"}')
+    (source / "genie_hub" / "__pycache__").mkdir()
+    (source / "genie_hub" / "__pycache__" / "x.pyc").write_bytes(b"")
+    assert _git_tracked_sources(source) == ["genie_hub/__init__.py", "pyproject.toml"]
+    _copy_sources(source, tmp_path / "copy")
+    copied = {p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file()}
+    assert copied == {"genie_hub/__init__.py", "pyproject.toml"}
+
+    (source / "genie_hub" / "notes.py").write_text("TOKEN = 'hf_secret'")
+    with pytest.raises(GenieError, match=r"not tracked by git \(genie_hub/notes.py\).*--wheel"):
+        _copy_sources(source, tmp_path / "copy2")
+
+    plain = tmp_path / "plain"
+    (plain / "genie_hub").mkdir(parents=True)
+    (plain / "pyproject.toml").write_text("")
+    (plain / "genie_hub" / "a.py").write_text("")
+    assert _git_tracked_sources(plain) is None
