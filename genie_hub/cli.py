@@ -77,8 +77,15 @@ def _add_push_options(parser: argparse.ArgumentParser, revision_flag: str = "--r
     _add_token_option(parser)
 
 
+def _token(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("the token is empty: give a token, or leave --token out to use HF_TOKEN "
+                                         "or the token stored by `hf auth login`")
+    return value
+
+
 def _add_token_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--token", default=None, help="Hugging Face access token with write access (default: "
+    parser.add_argument("--token", type=_token, default=None, help="Hugging Face access token with write access (default: "
                         "HF_TOKEN, else the token stored by `hf auth login`)")
 
 
@@ -111,14 +118,23 @@ def config_from_args(args: argparse.Namespace) -> GenieConfig:
     return GenieConfig.from_profile(values.pop("profile"), **values)
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated options: argparse would take `--tok hf_...` for `--token hf_...`, and a command line is
+    recorded (run.json, the cards) with the exact spellings of its secrets left out (`recorded_command`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genie_hub", description="Zero-shot quantization of Hub vision "
+    parser = _Parser(prog="genie_hub", description="Zero-shot quantization of Hub vision "
                                      "models with Genie (CVPR 2023).")
     quiet_help = ("no progress bars (genie_hub's, transformers', datasets', huggingface_hub's) and warnings only "
                   "(default: off; HF_HUB_DISABLE_PROGRESS_BARS=1 hides the bars alone)")
     parser.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
     parser.add_argument("--version", action="version", version=f"genie_hub {__version__}")
-    quiet = argparse.ArgumentParser(add_help=False)  # -q is accepted after the subcommand too
+    quiet = _Parser(add_help=False)  # -q is accepted after the subcommand too
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -188,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("zoo", parents=[quiet], help="the model zoo: list, build and publish registered models")
     zoo = z.add_subparsers(dest="zoo_command", required=True)
-    zoo_common = argparse.ArgumentParser(add_help=False)
+    zoo_common = _Parser(add_help=False)
     zoo_common.add_argument("--output-dir", "-o", default="zoo_output", help="where entries are built "
                             "(default: zoo_output)")
     zoo_common.add_argument("--registry", default=None, help="registry JSON file (default: the one shipped with "
@@ -338,16 +354,17 @@ COMMANDS = {"quantize": _quantize, "evaluate": _evaluate, "push": _push, "space"
             "push-space": _push_space, "zoo": _zoo, "convert-efficientnet-lite0": _convert}
 
 
-def recorded_command(argv: list[str]) -> str:
-    """The command line as run.json and the card record it: a `--token` and its value are left out."""
+def recorded_command(argv: list[str], token: str | None = None) -> str:
+    """The command line as run.json and the card record it: a `--token` and its value are left out, and so is
+    any word that holds the token's value (however it was passed)."""
     kept, skip = [], False
-    for token in argv:
+    for word in argv:
         if skip:
             skip = False
-        elif token == "--token":
+        elif word == "--token":
             skip = True
-        elif not token.startswith("--token="):
-            kept.append(token)
+        elif not word.startswith("--token=") and not (token and token in word):
+            kept.append(word)
     return shlex.join(["genie_hub", *kept])
 
 
@@ -357,9 +374,9 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.command_line = recorded_command(argv)
+    args.command_line = recorded_command(argv, getattr(args, "token", None))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "urllib3", "filelock"):  # huggingface_hub 2 uses httpx2
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.quiet:
         quiet()

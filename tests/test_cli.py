@@ -375,6 +375,19 @@ def test_token_is_never_recorded():
     assert recorded_command(["quantize", "m", "--push", "--token", "hf_secret", "-w", "2"]) == \
         "genie_hub quantize m --push -w 2"
     assert "hf_secret" not in recorded_command(["push", "out", "--token=hf_secret"])
+    assert "hf_secret" not in recorded_command(["push", "out", "--commit-message", "x hf_secret"], "hf_secret")
+
+
+def test_abbreviated_options_are_refused_so_a_token_cannot_be_recorded(capsys):
+    """argparse would read `--tok` as `--token` and the recorded command would keep it: no abbreviations."""
+    with pytest.raises(SystemExit):
+        main(["push", "out", "--tok", "hf_secret"])
+    assert "unrecognized arguments: --tok" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["quantize", "--num-sample", "8"])
+    with pytest.raises(SystemExit):
+        main(["push", "out", "--token", " "])
+    assert "the token is empty" in capsys.readouterr().err
 
 
 def test_quantize_push_options_are_checked_before_compute(tmp_path, hub_server, capsys):
