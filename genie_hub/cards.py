@@ -6,6 +6,7 @@ import os
 import platform
 import shlex
 from pathlib import Path
+from typing import NamedTuple
 
 from . import REPOSITORY_URL
 from .outputs import RunRecord
@@ -63,21 +64,43 @@ def public_name(value: str | None) -> str | None:
 
 
 def public_command(command: str) -> str:
-    """The command line with every local path reduced to its last component."""
+    """The command line with every local path reduced to its last component (`--flag=PATH` too)."""
     try:
-        tokens = shlex.split(command)
+        words = shlex.split(command)
     except ValueError:
         return command
-    return shlex.join(public_name(token) if _is_local(token) else token for token in tokens)
+
+    def public_word(word: str) -> str:
+        flag, equals, value = word.partition("=")
+        if word.startswith("-") and equals:
+            return f"{flag}={public_word(value)}" if value else word
+        return public_name(word) if _is_local(word) else word
+
+    return shlex.join(public_word(word) for word in words)
 
 
-def base_model_id(run: RunRecord) -> str | None:
-    """The Hub id of the base model for the card's `base_model`: the one given with --base-model, else the base
-    model itself when it is a Hub id (a local folder has none to link)."""
-    if run.base_model_id:
-        return run.base_model_id
-    base = run.base_model or ""
+def _hub_base(base_model: str | None) -> str | None:
+    base = base_model or ""
     return base if not _is_local(base) and base.count("/") == 1 else None
+
+
+class PublicNames(NamedTuple):
+    """What the cards may say about where a run's model, data and command came from. Decided when the run is
+    recorded (`public_names`), where relative paths resolve: a later `push` from another folder could not tell
+    the local folder `models/x` from the Hub id `models/x`."""
+
+    base_model: str | None  # a Hub id as is, a local folder as its name
+    base_model_hub_id: str | None  # the card's `base_model:` link: --base-model, else the base when a Hub id
+    calibration_source: str | None
+    command: str
+
+
+def public_names(run: RunRecord) -> PublicNames:
+    """`run.public` when the run recorded it; else (records of older versions) decided now."""
+    if run.public:
+        return PublicNames(**run.public)
+    return PublicNames(public_name(run.base_model), run.base_model_id or _hub_base(run.base_model),
+                       public_name(run.calibration_source), public_command(run.command))
 
 
 def base_license(model_id: str | None, revision: str | None = None) -> str | None:
@@ -114,8 +137,8 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
                                metric_name=f"{r.get('metric', 'top-1')} accuracy", metric_value=r["quantized_value"],
                                verified=False)
                     for r in run.results if r.get("dataset_type")]
-    base = run.base_model
-    hub_base = base_model_id(run)
+    names = public_names(run)
+    hub_base = names.base_model_hub_id
     card_data = ModelCardData(
         base_model=hub_base, base_model_relation="quantized" if hub_base else None,
         library_name="transformers", pipeline_tag="image-classification", license=run.license,
@@ -129,9 +152,10 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
     units = run.units
     return ModelCard.from_template(
         card_data, template_path=str(template_path("genie_model_card.md")),
-        model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=public_name(base), dataset_repo_id=dataset_repo_id,
+        model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=names.base_model,
+        dataset_repo_id=dataset_repo_id,
         weight_bits=config["weight_bits"], act_bits=config["act_bits"], zero_shot=run.zero_shot,
-        calibration_source=public_name(run.calibration_source),
+        calibration_source=names.calibration_source,
         num_samples=run.num_calibration_images or config["num_samples"], channels=run.input_spec.get("channels", 3),
         height=run.input_spec.get("height"), width=run.input_spec.get("width"),
         has_image_processor=run.has_image_processor is not False,
@@ -149,7 +173,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         num_block_units=sum(u["kind"] == "block" for u in units),
         num_layer_units=sum(u["kind"] == "layer" for u in units),
         results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.results],
-        results_protocol=run.results_protocol, command=public_command(run.command), versions=run.versions,
+        results_protocol=run.results_protocol, command=names.command, versions=run.versions,
         machine=run.machine, repository_url=REPOSITORY_URL, torch_threads=run.torch_threads,
         num_processes=run.num_processes, synthesis_workers=run.synthesis_workers,
         synthesis_precision=config.get("synthesis_precision"), mixed_precision=config.get("mixed_precision"),
@@ -194,12 +218,12 @@ def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None)
     from huggingface_hub import DatasetCard, DatasetCardData
 
     config = run.config
-    base = run.base_model
+    names = public_names(run)
     num_samples, shape = run.synthetic["num_samples"], run.synthetic["shape"]
     summary = run.synthetic.get("dataset")  # written with the files (absent in records of older versions)
     storage = (summary or {}).get("storage") or config.get("dataset_storage", "exact")
     card_data = DatasetCardData(
-        pretty_name=f"Genie synthetic calibration images for {public_name(base)}", license=run.license,
+        pretty_name=f"Genie synthetic calibration images for {names.base_model}", license=run.license,
         task_categories=["other"], annotations_creators=["no-annotation"],
         tags=["synthetic", "genie", "zero-shot-quantization", "calibration", "quantization", "genie_hub"],
         size_categories=[size_category(num_samples)])
@@ -207,12 +231,12 @@ def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None)
         _dataset_metadata(card_data, summary)
     return DatasetCard.from_template(
         card_data, template_path=str(template_path("genie_dataset_card.md")), pretty_name=card_data.pretty_name,
-        base_model=public_name(base), base_model_revision=run.base_model_revision, model_repo_id=model_repo_id,
+        base_model=names.base_model, base_model_revision=run.base_model_revision, model_repo_id=model_repo_id,
         repo_id=repo_id, shape=list(shape), shape_str=", ".join(str(s) for s in shape), num_samples=num_samples,
         synthesis_batch_size=config["synthesis_batch_size"], synthesis_iterations=config["synthesis_iterations"],
         latent_dim=config["latent_dim"], lr_latent=config["lr_latent"], lr_generator=config["lr_generator"],
         seed=config["seed"], prior=_prior(run), prior_description=describe_prior(_prior(run)),
-        loss_summary=run.synthetic["loss_summary"], command=public_command(run.command),
+        loss_summary=run.synthetic["loss_summary"], command=names.command,
         repository_url=REPOSITORY_URL, storage=storage,
         download_size=_size_text(summary["download_size"]) if summary else None)
 

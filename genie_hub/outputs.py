@@ -160,6 +160,7 @@ class RunRecord:
     synthetic: dict | None = None  # {"num_samples", "shape", "prior", "loss_summary"} for zero-shot runs
     settings: dict | None = None  # what decides the results (see `run_settings`); a rerun must match them
     push: dict | None = None  # what `genie_hub push` published
+    public: dict | None = None  # cards.PublicNames, decided when the run was recorded (where its paths resolve)
     extra: dict[str, Any] = field(default_factory=dict)  # keys written by another genie_hub version, kept
 
     @property
@@ -169,7 +170,7 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for optional in ("synthetic", "push"):
+        for optional in ("synthetic", "push", "public"):
             if data[optional] is None:
                 del data[optional]
         return {**self.extra, **data}

@@ -156,10 +156,11 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
         synthesis_workers=None if few_shot else calibration.synthesis_workers,
         wall_seconds=round(time.time() - started, 1), settings=settings)
-    from .cards import base_model_id as hub_base_of
+    from .cards import public_names
 
-    run.license = adapter_for(fp_model).card_metadata(fp_model).get("license") or base_license(hub_base_of(run),
-                                                                                              revision)
+    run.public = public_names(run)._asdict()  # here, where the run's relative paths resolve
+    run.license = adapter_for(fp_model).card_metadata(fp_model).get("license") or base_license(
+        run.public["base_model_hub_id"], revision)
     if evaluation is not None:
         run.results, run.results_protocol = _results_table(evaluation)
     if calibration.zero_shot:

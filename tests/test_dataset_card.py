@@ -119,3 +119,25 @@ def test_dataset_storage_is_a_checked_cli_setting():
         build_parser().parse_args(["quantize", "--dataset-storage", "jpeg"])
     with pytest.raises(ConfigError, match="dataset_storage"):
         GenieConfig(dataset_storage="int8")
+
+
+def test_public_names_are_decided_where_the_run_is_recorded(tmp_path, monkeypatch):
+    """A card never shows a local path, `--flag=PATH` included, and a relative local folder (`models/x`) stays
+    local when `push` runs from another folder, where it would read as the Hub id `models/x`."""
+    from genie_hub.cards import public_names
+
+    (tmp_path / "work" / "models" / "tinyres").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    secret = str(tmp_path / "home" / "alice")
+    run = RunRecord(base_model="models/tinyres", calibration_source=f"{secret}/photos",
+                    command=f"genie_hub quantize models/tinyres --output-dir={secret}/out --few-shot={secret}/photos")
+    run.public = public_names(run)._asdict()
+    assert public_names(run) == ("tinyres", None, "photos",
+                                 "genie_hub quantize tinyres --output-dir=out --few-shot=photos")
+
+    monkeypatch.chdir(tmp_path / "elsewhere")  # as `genie_hub push` from another folder reads run.json
+    reread = RunRecord.from_dict(run.to_dict())
+    assert public_names(reread).base_model_hub_id is None and public_names(reread).base_model == "tinyres"
+    assert public_names(RunRecord(base_model="models/tinyres")).base_model_hub_id == "models/tinyres"  # undecided
+    assert public_names(RunRecord(base_model="owner/name", base_model_id=None)).base_model_hub_id == "owner/name"

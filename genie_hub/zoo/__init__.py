@@ -209,7 +209,7 @@ def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registr
 
 
 def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, Any]]:
-    from ..cards import public_name
+    from ..cards import public_names
 
     rows = []
     for entry in entries:
@@ -220,7 +220,7 @@ def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, A
         weights = zoo_dir / entry.name / "model" / "genie_model.safetensors"
         fp32, quantized = evaluation.get("fp32_top1"), evaluation.get("quantized_top1")
         rows.append({
-            "name": entry.name, "model": public_name(record.base_model) if entry.model != "embedded"
+            "name": entry.name, "model": public_names(record).base_model if entry.model != "embedded"
             else "fashion-mnist-resnet", "bits": f"W{entry.weight_bits}A{entry.act_bits}",
             "profile": entry.profile, "eval_dataset": evaluation.get("dataset"), "eval_split": evaluation.get("split"),
             "num_images": evaluation.get("num_images"), "fp32_top1": fp32, "quantized_top1": quantized,
