@@ -314,3 +314,57 @@ def test_cli_zero_shot_quantizes_saves_and_reloads(family, tmp_path):
     card = (out / "model" / "README.md").read_text()
     assert ("Attention (2 modules): both matmuls quantized at A8" in card) == (family != "convnext")
     _reload_matches(out / "model")
+
+
+def test_every_head_of_a_distilled_deit_gets_the_classifier_bits():
+    """A distilled DeiT's logits average a class head and a distillation head: both are the classifier, both W8A8
+    (the last executed op alone left the class head at the run's 4 bits)."""
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+
+    torch.manual_seed(0)
+    model = DeiTForImageClassificationWithTeacher(DeiTConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=3)).eval()
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4, reconstruction_steps=0)
+    result = quantize(model, torch.randn(4, 3, 16, 16), config, progress=False)
+    heads = {name: (spec.weight_bits, spec.act_bits) for name, spec in result.layers.items() if "classifier" in name}
+    assert heads == {"cls_classifier": (8, 8), "distillation_classifier": (8, 8)}
+    assert result.layers["deit.layers.0.attention.q_proj"].weight_bits == 4
+
+
+def test_a_conv_subclass_with_its_own_forward_is_refused_not_replaced():
+    """BiT's weight-standardized convs subclass nn.Conv2d: a QuantConv2d in their place would compute a plain conv
+    (agreement with FP32 at W8A8 was 17 %), so such a model is refused; a subclass that keeps the forward is not."""
+    from transformers import BitConfig, BitForImageClassification
+
+    from genie_hub.quantization import UnsupportedModelError
+
+    bit = BitForImageClassification(BitConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_groups=4,
+                                              num_labels=3)).eval()
+    config = GenieConfig.from_profile("quick", reconstruction_steps=0)
+    with pytest.raises(UnsupportedModelError, match=r"bit.embedder.convolution \(WeightStandardizedConv2d\)"):
+        quantize(bit, torch.randn(2, 3, 32, 32), config, progress=False)
+
+    class NamedConv(nn.Conv2d):  # only a constructor of its own
+        def __init__(self):
+            super().__init__(3, 4, 3)
+
+    model = nn.Sequential(NamedConv(), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 30 * 30, 3))
+    assert "0" in quantize(model, torch.randn(4, 3, 32, 32), config, progress=False).layers
+
+
+def test_attention_that_genie_hub_cannot_reach_is_reported_in_floating_point(caplog):
+    """Swinv2 computes attention in its own code (no AttentionInterface): its linear layers are quantized, its
+    matmuls are not, and the result says which modules (the card and a warning say it too); Swin's are quantized."""
+    from transformers import SwinConfig, SwinForImageClassification, Swinv2Config, Swinv2ForImageClassification
+
+    geometry = dict(image_size=16, patch_size=4, embed_dim=8, depths=[1], num_heads=[2], window_size=4, num_labels=3)
+    config = GenieConfig.from_profile("quick", reconstruction_steps=0)
+    v2 = quantize(Swinv2ForImageClassification(Swinv2Config(**geometry)).eval(), torch.randn(4, 3, 16, 16), config,
+                  progress=False)
+    assert v2.float_attention == ["swinv2.encoder.layers.0.blocks.0.attention"]
+    assert not any(spec.type == "QuantAttention" for spec in v2.layers.values())
+    assert "stay in floating point" in caplog.text
+    v1 = quantize(SwinForImageClassification(SwinConfig(**geometry)).eval(), torch.randn(4, 3, 16, 16), config,
+                  progress=False)
+    assert v1.float_attention == [] and any(spec.type == "QuantAttention" for spec in v1.layers.values())

@@ -27,6 +27,30 @@ from ..adapters import model_logits
 from ..hooks import TemporaryHooks
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
+_FORWARD_METHODS = ("forward", "_conv_forward")
+
+
+def attention_modules(model: nn.Module) -> list[str]:
+    """The outermost modules that compute attention, by their class (`...Attention`, nn.MultiheadAttention)."""
+    found: list[str] = []
+    for name, module in model.named_modules():
+        if name and (type(module).__name__.endswith("Attention") or isinstance(module, nn.MultiheadAttention)) \
+                and not any(name.startswith(outer + ".") for outer in found):
+            found.append(name)
+    return found
+
+
+def custom_forward_layers(model: nn.Module) -> dict[str, str]:
+    """{module name: class name} of the Conv2d/Linear subclasses that compute their own forward (BiT's
+    weight-standardized conv, a conv with "same" padding): a quantized layer computes the plain conv or linear
+    map, so it would silently change what they compute."""
+    found = {}
+    for name, module in model.named_modules():
+        base = next((b for b in QUANTIZABLE if isinstance(module, b)), None)
+        if base is not None and any(getattr(type(module), method, None) is not getattr(base, method, None)
+                                    for method in _FORWARD_METHODS):
+            found[name] = type(module).__name__
+    return found
 
 
 @dataclass

@@ -5,7 +5,9 @@ Attention: the copy's attention is routed through `attention.attention_forward` 
 act bits = the run's, overridable by that name) quantizing queries, keys, values and probabilities.
 
 Which op gets which bits: all Conv2d/Linear at the requested W/A, except the first executed op (W8, FP
-input: the image), the second (A8 input) and the last (the classifier, W8A8); then `config.overrides`
+input: the image), the second (A8 input) and the classifier (W8A8): every op whose output reaches the logits
+through no other op (`head_ops`; two for a distilled DeiT, whose logits average a class and a distillation
+head), else the last executed one; then `config.overrides`
 (fnmatch patterns over module names) apply. A parameter-free `nn.Identity` that reads the same tensor as a
 conv is a residual shortcut: it gets wrapped too. All ops reading one tensor share one input quantizer at the
 finest bits any of them has (the reference's sharing: the projection shortcut of a first block reads the A8
@@ -24,11 +26,11 @@ from torch import nn
 
 from ..adapters import adapter_for, model_logits
 from ..config import GenieConfig, LayerBits
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsupportedModelError
 from ..hooks import TemporaryHooks
 from .attention import ATTENTION_CHILD, QuantAttention, attention_forward, check_attention_module, recording_attention
 from .block_input import quantize_block_input
-from .blocks import QUANTIZABLE, Unit, discover_units
+from .blocks import QUANTIZABLE, Unit, custom_forward_layers, discover_units
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .quantizers import ActQuantizer
 
@@ -67,15 +69,46 @@ def trace_inputs(model: nn.Module, example_input: torch.Tensor,
     return order, inputs
 
 
-def resolve_bits(op_order: list[str], config: GenieConfig) -> dict[str, LayerBits]:
-    """Bits per Conv2d/Linear op name, after the standard exceptions and the user's overrides."""
+def head_ops(model: nn.Module, example_input: torch.Tensor, ops: list[str]) -> list[str]:
+    """The ops among `ops` whose outputs reach the logits through no other op, in `ops` order: found by walking
+    the logits' autograd graph back until it meets an op's output. Usually the classifier alone; both heads of a
+    model whose logits combine several (DeiT's distilled models average a class and a distillation head)."""
+    produced: dict[object, str] = {}
+
+    def hook(name):
+        def record(module, args, output):
+            if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+                produced.setdefault(output.grad_fn, name)
+        return record
+
+    with TemporaryHooks() as hooks, torch.enable_grad():
+        for name in ops:
+            hooks.post(model.get_submodule(name), hook(name))
+        logits = model_logits(model, example_input.detach().clone().requires_grad_(True))
+    found, seen, stack = set(), set(), [logits.grad_fn] if logits.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in produced:
+            found.add(produced[node])
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return [name for name in ops if name in found]
+
+
+def resolve_bits(op_order: list[str], config: GenieConfig, heads: list[str] | None = None) -> dict[str, LayerBits]:
+    """Bits per Conv2d/Linear op name, after the standard exceptions and the user's overrides. `heads`: the ops
+    that get the last layer's bits (`head_ops`); default, the last op."""
     bits = {name: LayerBits(weight=config.weight_bits, act=config.act_bits) for name in op_order}
     if op_order:
         bits[op_order[0]] = config.first_layer
     if len(op_order) > 1:
         bits[op_order[1]] = dataclasses.replace(bits[op_order[1]], act=config.second_layer_act_bits)
     if len(op_order) > 2:
-        bits[op_order[-1]] = config.last_layer
+        for name in [n for n in heads or () if n in op_order[2:]] or op_order[-1:]:
+            bits[name] = config.last_layer
     for name in op_order:
         for pattern, override in config.overrides.items():
             if fnmatch.fnmatchcase(name, pattern):
@@ -101,6 +134,15 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
                   range_init: str = "lp") -> tuple[nn.Module, list[Unit], list[str]]:
     """Return (quantizable copy of `model`, reconstruction units, quantized op names in execution order)."""
     fp_model = model.eval()
+    custom = custom_forward_layers(fp_model)
+    if custom:
+        shown = ", ".join(f"{name} ({cls})" for name, cls in list(custom.items())[:5])
+        raise UnsupportedModelError(
+            f"genie_hub cannot quantize {type(fp_model).__name__} yet: {len(custom)} of its layers subclass "
+            f"nn.Conv2d/nn.Linear with a forward of their own ({shown}{', ...' if len(custom) > 5 else ''}), e.g. "
+            "weight standardization or padding, which a quantized layer (the plain conv or linear map) would "
+            "silently drop. Please report it with the model id; models of the supported families (ResNet, RegNet, "
+            "MobileNet, EfficientNet, ViT, DeiT, Swin, ConvNeXt) work.")
     q_model = copy.deepcopy(fp_model)
     adapter_for(q_model).route_attention(q_model, attention_forward)
     units = discover_units(fp_model, example_input)
@@ -109,7 +151,7 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
     order = [n for n in traced if n in inputs]
     check_overrides(fp_model, config, attention)
     ops = [n for n in order if isinstance(fp_model.get_submodule(n), QUANTIZABLE)]
-    bits = resolve_bits(ops, config)
+    bits = resolve_bits(ops, config, head_ops(fp_model, example_input, ops))
     attention_bits = _attention_bits(attention, units, config)
 
     readers: dict[int, list[str]] = {}
