@@ -170,6 +170,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         overrides=config.get("overrides") or None, layers=layers, num_units=len(units),
         attention_bits=sorted({l["act_bits"] for l in layers.values() if l["type"] == "QuantAttention"}),
         num_attention=sum(l["type"] == "QuantAttention" for l in layers.values()),
+        num_float_attention=len(run.float_attention),
         num_block_units=sum(u["kind"] == "block" for u in units),
         num_layer_units=sum(u["kind"] == "layer" for u in units),
         results=[{"name": r["name"], "fp32": r["fp32"], "quantized": r["quantized"]} for r in run.results],

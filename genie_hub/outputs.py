@@ -144,6 +144,7 @@ class RunRecord:
     layers: dict[str, dict] = field(default_factory=dict)  # LayerSpec.to_dict() per quantized op
     units: list[dict] = field(default_factory=list)
     unit_errors: list[dict] = field(default_factory=list)  # UnitReport fields per unit
+    float_attention: list[str] = field(default_factory=list)  # attention modules whose matmuls stayed in FP
     evaluation: dict | None = None
     results: list[dict] = field(default_factory=list)  # rows of the card's results table / model-index
     results_protocol: str = ""

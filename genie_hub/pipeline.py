@@ -148,6 +148,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         weight_bits=config.weight_bits, act_bits=config.act_bits, config=config.to_dict(), input_spec=spec.to_dict(),
         layers={name: layer.to_dict() for name, layer in result.layers.items()},
         units=[unit.to_dict() for unit in result.units], unit_errors=[vars(r) for r in result.report],
+        float_attention=result.float_attention,
         evaluation=evaluation.to_dict() if evaluation else None,
         command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
         versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,

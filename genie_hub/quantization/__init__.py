@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,8 +21,8 @@ from ..calibration import Calibration
 from ..config import GenieConfig, warn_paper_default
 from ..errors import ConfigError
 from ..reproducibility import model_fingerprint
-from .attention import QuantAttention
-from .blocks import Unit, discover_units
+from .attention import ATTENTION_CHILD, QuantAttention
+from .blocks import Unit, attention_modules, discover_units
 from .compat import UnsupportedModelError, check_quantizable
 from .format import LayerSpec, StoredTensor, stored_tensors
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
@@ -46,6 +46,7 @@ class QuantizationResult:
     units: list[Unit]
     report: list[UnitReport]
     config: GenieConfig
+    float_attention: list[str] = field(default_factory=list)  # attention modules whose matmuls stayed in FP
 
 
 def reconstruction_autocast(config: GenieConfig, device: torch.device | str):
@@ -106,6 +107,12 @@ def _quantize(model: nn.Module, pixel_values: torch.Tensor, config: GenieConfig,
     # calibrate its activation quantizers on these two probe images.
     check_quantizable(model, config, pixel_values[:2], range_init)
     q_model, units, op_names = prepare_model(model, config, pixel_values[:2], range_init)
+    float_attention = _float_attention(model, op_names)
+    if float_attention:
+        logger.warning("%s computes attention in code genie_hub cannot reach (not through transformers' "
+                       "AttentionInterface), so the matmuls of its %d attention module(s) stay in floating point "
+                       "(e.g. %s); their linear layers are quantized. The card of a `genie_hub quantize` run says so.",
+                       type(model).__name__, len(float_attention), float_attention[0])
     fingerprint = {"config": {k: v for k, v in config.results_dict().items() if k != "mixed_precision"},
                    "range_init": range_init, "model": model_fingerprint(model),
                    "calibration": [list(pixel_values.shape), float(pixel_values.double().sum()),
@@ -120,7 +127,16 @@ def _quantize(model: nn.Module, pixel_values: torch.Tensor, config: GenieConfig,
     for op in ops.values():
         op.freeze()  # ops outside every unit (none expected) still end frozen
     return QuantizationResult(model=q_model, layers={name: ops[name].spec() for name in op_names}, units=units,
-                              report=reports, config=config)
+                              report=reports, config=config, float_attention=float_attention)
+
+
+def _float_attention(model: nn.Module, op_names: list[str]) -> list[str]:
+    """The attention modules of `model` whose matmuls no `QuantAttention` quantizes: the model's attention does
+    not run through the function the adapter installs (`route_attention`), so its linear layers are quantized
+    and its matmuls stay in FP. Said in a warning, run.json and the card, so "W4A4" does not overstate it."""
+    routed = [name[: -len(ATTENTION_CHILD) - 1] for name in op_names if name.endswith("." + ATTENTION_CHILD)]
+    return [name for name in attention_modules(model)
+            if not any(r == name or r.startswith(name + ".") for r in routed)]
 
 
 __all__ = ["ActQuantizer", "LayerSpec", "QUANTIZED_TYPES", "QuantAttention", "QuantConv2d", "QuantLinear", "QuantShortcut",
