@@ -393,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     except GenieError as exc:
         print(f"genie_hub: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    except OSError as exc:  # a full disk, a folder made read-only: the system's words, and what is kept
+        print(f"genie_hub: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} "
+              f"({type(exc).__name__}). Finished work is kept in the output folder: make room or fix the "
+              "permissions, then run the same command again to resume.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("genie_hub: interrupted. Finished work is kept in the output folder; run the same command again "
               "to resume.", file=sys.stderr)

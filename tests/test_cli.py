@@ -444,3 +444,18 @@ def test_seconds_per_image_leaves_the_model_untouched(tmp_path):
     assert seconds_per_image(model, input_spec(model, processor)) > 0
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_full_disk_is_one_clear_error_that_says_the_work_is_kept(monkeypatch, capsys):
+    import errno
+
+    from genie_hub import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "out/work/synthetic/batch_00001.safetensors")
+
+    monkeypatch.setitem(cli.COMMANDS, "quantize", full)
+    assert main(["quantize", "-o", "out"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device: out/work/synthetic/batch_00001.safetensors" in err
+    assert "run the same command again to resume" in err and "Traceback" not in err

@@ -194,3 +194,46 @@ def test_no_workers_where_posix_semaphores_are_missing(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", no_semaphores)
     assert not fork_available()
     assert plan_workers(2, groups=4, device="cpu", num_processes=1, threads=2) == 1
+
+
+def test_workers_die_with_a_parent_killed_outright(tmp_path):
+    """SIGKILL (the out-of-memory killer) runs no cleanup in the parent: the kernel must end its workers, or
+    they go on synthesizing, and writing batches, with nobody to use them."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from genie_hub.synthesis.workers import run_in_workers\n"
+        "def work(group, bar):\n"
+        f"    open(os.path.join({str(tmp_path)!r}, f'worker{{group}}.pid'), 'w').write(str(os.getpid()))\n"
+        "    time.sleep(120)\n"
+        "run_in_workers(work, [0, 1], 2)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path.parent), *sys.path]))}
+    parent = subprocess.Popen([sys.executable, str(script)], env=env)
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("worker*.pid"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        pids = [int(p.read_text()) for p in tmp_path.glob("worker*.pid")]
+        assert len(pids) == 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 10
+        alive = pids
+        while alive and time.time() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in pids if _running(pid)]
+        assert alive == []
+    finally:
+        parent.kill()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False

@@ -113,7 +113,20 @@ class _StepReporter:
         pass
 
 
-def _worker(work: Callable, groups: Sequence, next_group, stop, messages) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have Linux kill this worker when its parent dies: a parent killed with SIGKILL (the out-of-memory killer)
+    runs no cleanup, and an orphaned worker would go on computing, and writing batches, for hours."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)  # noqa: SLF001
+
+
+def _worker(work: Callable, groups: Sequence, next_group, stop, messages, parent: int) -> None:
+    _die_with_parent(parent)
     torch.set_num_threads(1)
     reporter = _StepReporter(messages)
     try:
@@ -147,7 +160,8 @@ def run_in_workers(work: Callable, groups: Sequence, workers: int, overall=None,
     memory, say) raises a GenieError. An interrupt (Ctrl-C) stops every worker at once."""
     context = multiprocessing.get_context("fork")
     messages, stop, next_group = context.SimpleQueue(), context.Event(), context.Value("i", 0)
-    processes = [context.Process(target=_worker, args=(work, groups, next_group, stop, messages), daemon=True)
+    processes = [context.Process(target=_worker, args=(work, groups, next_group, stop, messages, os.getpid()),
+                                 daemon=True)
                  for _ in range(workers)]
     with warnings.catch_warnings():  # Python 3.12+ warns about fork in a process with threads (torch's own)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -172,7 +186,7 @@ def run_in_workers(work: Callable, groups: Sequence, workers: int, overall=None,
                 stop.set()
         finished = True
     finally:
-        if not finished:  # interrupted here: no worker outlives the call
+        if not finished:  # interrupted here: no worker outlives the call (nor a parent killed outright)
             stop.set()
             for process in processes:
                 with contextlib.suppress(Exception):
