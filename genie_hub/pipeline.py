@@ -250,25 +250,49 @@ def _parent_command() -> list[str]:
         return []
 
 
-def check_launch(accelerator, parent_command: list[str] | None = None) -> None:
-    """Refuse, before any compute, a multi-process CPU launch that accelerate turned into one process.
+def _configured_processes(parent_command: list[str]) -> int | None:
+    """`num_processes` of the accelerate config file the launcher reads (--config_file, else the default one)."""
+    try:
+        from accelerate.commands.config.config_args import default_config_file, load_config_from_file
 
-    `accelerate launch --cpu --num_processes N` starts ONE process (its `--cpu` launcher ignores N) and tells
-    the program nothing; genie_hub sees it from the launcher's command line (the parent process) and says
-    which command runs N CPU processes (torch.distributed's launcher, `--multi_gpu`, with ACCELERATE_USE_CPU=1)."""
-    if accelerator.num_processes > 1 or os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"):
+        path = next((parent_command[i + 1] for i, word in enumerate(parent_command[:-1])
+                     if word in ("--config_file", "--config-file")), None)
+        path = path or next((w.split("=", 1)[1] for w in parent_command if w.startswith("--config_file=")), None)
+        if path is None and not os.path.isfile(default_config_file):
+            return None
+        return int(load_config_from_file(path).num_processes)
+    except Exception:  # noqa: BLE001 - no config, an unreadable one: nothing was asked for
+        return None
+
+
+def check_launch(accelerator, parent_command: list[str] | None = None) -> None:
+    """Refuse, before any compute, a multi-process launch that accelerate turned into one process.
+
+    On a machine without GPUs `accelerate launch --num_processes N` (with --cpu, or from a config file, or with
+    neither) starts ONE process and tells the program nothing; genie_hub sees it from the launcher's command line
+    (the parent process) or its config file, and says which command runs N CPU processes (torch.distributed's
+    launcher, `--multi_gpu`, with ACCELERATE_USE_CPU=1). And `--multi_gpu` without ACCELERATE_USE_CPU=1 there
+    starts N processes that each see one: every one would run the whole job into the same folder."""
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > accelerator.num_processes:
+        raise ConfigError(
+            f"This is one of {world} processes that torch.distributed's launcher started (WORLD_SIZE={world}), but "
+            f"accelerate runs each as a single process (no GPU per process), so every one would run the whole job "
+            "into the same output folder. On CPU run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            f"--num_processes {world} -m genie_hub quantize ...` (gloo backend), or launch one process.")
+    if accelerator.num_processes > 1:
         return
     command = _parent_command() if parent_command is None else parent_command
     if not any("accelerate" in part for part in command[:3]):
         return
-    requested = _requested_processes(command)
+    requested = _requested_processes(command) or _configured_processes(command)
     if requested is not None and requested > 1:
         raise ConfigError(
-            f"`accelerate launch --cpu --num_processes {requested}` starts a single process (accelerate's --cpu "
-            "launcher ignores --num_processes), so this run would use one process, not "
-            f"{requested}. For {requested} CPU processes run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
-            f"--num_processes {requested} -m genie_hub quantize ...` (torch.distributed on CPU, gloo backend), or "
-            "drop --num_processes to run one process.")
+            f"`accelerate launch` with {requested} processes (--num_processes or its config file) starts a single "
+            "process on this machine (without GPUs, accelerate's --cpu and default launchers ignore "
+            f"--num_processes), so this run would use one process, not {requested}. For {requested} CPU processes "
+            f"run `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {requested} -m genie_hub "
+            "quantize ...` (torch.distributed on CPU, gloo backend), or drop --num_processes to run one process.")
 
 
 def _open_evaluation(evaluate: str | None, model: str | None, fp_model, image_column: str | None,

@@ -116,7 +116,24 @@ def test_check_launch_reads_the_launcher_command(monkeypatch):
     check_launch(_OneProcess(), [*launcher, "--num_processes", "1", "-m", "genie_hub"])  # one process was asked for
     check_launch(_OneProcess(), ["bash", "-c", "genie_hub quantize --num_processes 4"])  # not accelerate's launcher
     monkeypatch.delenv("ACCELERATE_USE_CPU")
-    check_launch(_OneProcess(), [*launcher, "--num_processes", "4"])  # not a --cpu launch
+    with pytest.raises(ConfigError, match="single process"):  # the default launcher on a machine without GPUs
+        check_launch(_OneProcess(), launcher[:3] + ["--num_processes", "4"])
+
+
+def test_check_launch_reads_the_config_file_and_the_world_size(monkeypatch, tmp_path):
+    """A MULTI_CPU config that `accelerate config` writes starts one process without --multi_gpu; torchrun's
+    processes that accelerate each runs as a single one would all write the same folder."""
+    config = tmp_path / "cfg.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\n"
+                      "use_cpu: true\nmixed_precision: 'no'\nmachine_rank: 0\nnum_machines: 1\n")
+    launcher = ["/usr/bin/python3", "/usr/local/bin/accelerate", "launch", "--config_file", str(config)]
+    with pytest.raises(ConfigError, match="2 processes"):
+        check_launch(_OneProcess(), [*launcher, "-m", "genie_hub", "quantize"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2.*ACCELERATE_USE_CPU=1"):
+        check_launch(_OneProcess(), [])
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_launch(_OneProcess(), [])
 
 
 def test_thread_count_is_recorded_in_run_json_and_the_card(tmp_path):

@@ -315,6 +315,8 @@ def _synthesize_all(model: nn.Module, spec: InputSpec, config: GenieConfig, acce
         fingerprint["swing_min_size"] = swing.SWING_MIN_SIZE
     store = ShardStore(output_dir, fingerprint) if output_dir is not None else None
     in_memory: dict[int, tuple[torch.Tensor, BatchStats]] = {}
+    if accelerator.num_processes > 1:  # every process lists the finished batches before any starts a new one:
+        accelerator.wait_for_everyone()  # a late one would see fewer pending, and the shares would not line up
     pending = [b for b in range(len(sizes)) if store is None or not store.is_finished(b)]
     if store is not None and len(pending) < len(sizes):
         logger.info("Resuming synthesis: %d of %d batches already on disk.", len(sizes) - len(pending), len(sizes))
