@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: all)")
     _add_eval_options(q, "eval-")
     q.add_argument("--overwrite", action="store_true",
-                   help="start over in an output folder that holds another run (or other files): its model/, "
-                        "dataset/, work/ and run.json are deleted first (default: off)")
+                   help="start over in the output folder, whatever run it holds (even this one's, finished or "
+                        "interrupted): its model/, dataset/, work/ and run.json are deleted first (default: off)")
     q.add_argument("--push", action="store_true", help="publish the model and the synthetic dataset to the Hub "
                    "(default: off; `genie_hub push OUT` publishes later)")
     _add_push_options(q, revision_flag="--push-revision")

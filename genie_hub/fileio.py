@@ -8,6 +8,7 @@ file that a resumed run, a loader or an upload could mistake for a finished one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 from pathlib import Path
@@ -64,13 +65,39 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
+def process_running(pid: int) -> bool:
+    """Whether a process with this id exists (a killed run's id is not, unless the system reused it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _leftovers(parent: Path, prefix: str, suffix: str = "") -> list[Path]:
+    """`<prefix><pid><suffix>` entries in `parent` whose process is no longer running (a killed run's)."""
+    found = []
+    for path in parent.glob(f"{glob.escape(prefix)}*{suffix}") if parent.is_dir() else ():
+        pid = path.name[len(prefix):len(path.name) - len(suffix)]
+        if pid.isdigit() and not process_running(int(pid)):
+            found.append(path)
+    return found
+
+
 @contextlib.contextmanager
 def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """A fresh, empty folder at `path` (a leftover from a killed run is cleared first), removed on exit unless
-    it was renamed away (e.g. by `replace_dir`)."""
+    """A fresh, empty folder `<path>.<pid>`, removed on exit unless it was renamed away (e.g. by `replace_dir`).
+
+    Named per process, so two processes saving to one place (a library call under `accelerate launch`, two
+    runs into one folder) never delete each other's files; a killed process's leftover is removed here."""
     import shutil
 
     path = Path(path)
+    for leftover in _leftovers(path.parent, f"{path.name}."):
+        shutil.rmtree(leftover, ignore_errors=True)
+    path = path.with_name(f"{path.name}.{os.getpid()}")
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
@@ -79,6 +106,23 @@ def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if path.exists():
             shutil.rmtree(path)
+
+
+def recover_interrupted_swaps(folder: str | os.PathLike) -> None:
+    """Finish what a `replace_dir` killed between its two renames left in `folder`: the old copy `.<name>.<pid>.old`
+    goes back to `<name>` when nothing took its place, and is removed when something did."""
+    import shutil
+
+    folder = Path(folder)
+    for old in folder.glob(".*.old") if folder.is_dir() else ():
+        stem, _, pid = old.name[1:-len(".old")].rpartition(".")
+        if not stem or not pid.isdigit() or process_running(int(pid)):
+            continue
+        target = folder / stem
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
 
 
 def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:

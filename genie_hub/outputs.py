@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .fileio import write_json
+from .fileio import process_running, recover_interrupted_swaps, write_json
 
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
 """Written to OUT/work/ before any compute: the settings a run in this folder was started with."""
+LOCK_FILE = ".lock"
+"""OUT/work/.lock: the process id of the run writing the folder (`OutputLayout.lock`)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,37 @@ class OutputLayout:
     def settings_file(self) -> Path:
         return self.work_dir / SETTINGS_FILE
 
+    @property
+    def lock_file(self) -> Path:
+        return self.work_dir / LOCK_FILE
+
+    def lock(self) -> None:
+        """Hold this folder for this process until it exits: a second run started into it (another shell, the
+        same command twice) would overwrite the first one's settings and calibrate it on its own images."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                handle = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.lock_file.read_text(encoding="utf-8").strip() if self.lock_file.exists() else ""
+                if holder.isdigit() and int(holder) != os.getpid() and process_running(int(holder)):
+                    raise ConfigError(
+                        f"Another genie_hub run (process {holder}) is writing to {self.root}. Wait for it to "
+                        "finish (run the same command afterwards to reuse its work), or use another -o.") from None
+                self.lock_file.unlink(missing_ok=True)  # left by a run that was killed
+                continue
+            with os.fdopen(handle, "w", encoding="utf-8") as lock:
+                lock.write(str(os.getpid()))
+            break
+        lock_file, pid = self.lock_file, str(os.getpid())
+
+        def release() -> None:
+            with contextlib.suppress(OSError):
+                if lock_file.read_text(encoding="utf-8").strip() == pid:
+                    lock_file.unlink()
+
+        atexit.register(release)
+
     def claim(self, settings: dict[str, Any], overwrite: bool = False) -> None:
         """Check, before any compute, that a run with `settings` may write here, and record them.
 
@@ -79,8 +114,10 @@ class OutputLayout:
         if existing is None or not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"Cannot write to the output folder {root}: {existing} is not writable. Pass a "
                               "folder you can write to with -o.")
+        self.lock()
+        recover_interrupted_swaps(root)  # a run killed while it swapped in model/ or dataset/
         previous = _with_new_defaults(self._previous_settings()) if self._holds_results() else settings
-        if _comparable(previous) != _comparable(settings):
+        if overwrite or _comparable(previous) != _comparable(settings):
             if not overwrite:
                 if previous is None:
                     what = ("holds a run of an older genie_hub that did not record its settings" if
@@ -94,17 +131,20 @@ class OutputLayout:
                     "be replaced or mixed with this run's. Use another -o, or pass --overwrite to start over there.")
             import shutil
 
-            for path in (self.model_dir, self.dataset_dir, self.work_dir):
-                if path.exists():
+            doomed = [self.model_dir, self.dataset_dir, self.run_file]
+            doomed += [p for p in self.work_dir.iterdir() if p != self.lock_file] if self.work_dir.is_dir() else []
+            for path in doomed:
+                if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
-            self.run_file.unlink(missing_ok=True)
+                else:
+                    path.unlink(missing_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.settings_file, settings)
 
     def _holds_results(self) -> bool:
         """Anything in the folder besides the settings a run that computed nothing yet left."""
-        return self.root.is_dir() and any(p != self.settings_file and (p.is_file() or p.is_symlink())
-                                          for p in self.root.rglob("*"))
+        return self.root.is_dir() and any(p not in (self.settings_file, self.lock_file)
+                                          and (p.is_file() or p.is_symlink()) for p in self.root.rglob("*"))
 
     def _previous_settings(self) -> dict[str, Any] | None:
         try:

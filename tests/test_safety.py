@@ -647,3 +647,56 @@ def test_push_refuses_the_format_1_layout(hub_server, tmp_path):
     with pytest.raises(PushError, match="format 1"):
         push_output(out)
     assert not hub_server.repos
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused(base, tmp_path, capsys):
+    """Two runs into one folder: the second would rewrite the first's settings and calibrate it on its own images.
+    The folder is held (work/.lock) by a running process; a killed run's lock is taken over."""
+    out = tmp_path / "out"
+    (out / "work").mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / "work" / ".lock").write_text(str(holder.pid))
+        assert main(["quantize", str(base), "-o", str(out), *TINY]) == 2
+        assert f"Another genie_hub run (process {holder.pid}) is writing to" in capsys.readouterr().err
+        assert not (out / "work" / "settings.json").exists()
+    finally:
+        holder.kill()
+    (out / "work" / ".lock").write_text(str(_dead_pid()))
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+
+
+def test_overwrite_starts_over_even_on_the_same_settings(base, tmp_path):
+    out = tmp_path / "out"
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    (out / "work" / "synthetic" / "stale.txt").write_text("from a run with another model under this path")
+    (out / "keep.txt").write_text("not genie_hub's")
+    assert main(["quantize", str(base), "-o", str(out), "--overwrite", *TINY]) == 0
+    assert not (out / "work" / "synthetic" / "stale.txt").exists() and (out / "keep.txt").exists()
+    assert (out / "run.json").exists()
+
+
+def test_what_killed_runs_leave_is_recovered_or_removed(tmp_path):
+    """A run killed between replace_dir's two renames leaves the old folder under a hidden name: put back when
+    nothing took its place, removed when something did; a killed process's staging folder is removed too."""
+    from genie_hub.fileio import recover_interrupted_swaps, staging_dir
+
+    dead = _dead_pid()
+    (tmp_path / f".dataset.{dead}.old").mkdir()
+    (tmp_path / f".dataset.{dead}.old" / "README.md").write_text("card")
+    (tmp_path / "model").mkdir()
+    (tmp_path / f".model.{dead}.old").mkdir()
+    recover_interrupted_swaps(tmp_path)
+    assert (tmp_path / "dataset" / "README.md").read_text() == "card"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "model"]
+
+    (tmp_path / f".model.staging.{dead}").mkdir()
+    with staging_dir(tmp_path / ".model.staging") as staging:
+        assert staging.name == f".model.staging.{os.getpid()}"  # per process: two savers never share one
+        assert not (tmp_path / f".model.staging.{dead}").exists()
