@@ -167,15 +167,17 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     if calibration.zero_shot:
         run.synthetic = {"num_samples": len(calibration), "shape": list(calibration.pixel_values.shape[1:]),
                          "prior": calibration.prior, "loss_summary": calibration.loss_summary()}
-    local_id = layout.root.resolve().name
-    card = str(render_model_card(run, repo_id=local_id)).encode("utf-8")
+    run.push, model_id, dataset_id = _previous_push(layout)
+    model_id = model_id or layout.root.resolve().name
+    dataset_id = dataset_id or f"{model_id}-calibration"
+    card = str(render_model_card(run, repo_id=model_id)).encode("utf-8")
     save_quantized(result, layout.model_dir, processor=processor, extra_files={"README.md": card})
     if calibration.zero_shot:
         from .synthetic_dataset import export_synthetic_dataset
 
         def dataset_card(summary: dict):  # the card describes the files as written (features, sizes)
             run.synthetic["dataset"] = summary
-            return render_dataset_card(run, repo_id=f"{local_id}-calibration", model_repo_id=None)
+            return render_dataset_card(run, repo_id=dataset_id, model_repo_id=model_id if run.push else None)
 
         export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir,
                                  dataset_card, storage=config.dataset_storage)
@@ -190,6 +192,20 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                              token=token, revision=push_revision, create_pr=create_pr, commit_message=commit_message)
         print(describe_push(pushed), flush=True)
     return layout.root
+
+
+def _previous_push(layout: OutputLayout) -> tuple[dict | None, str | None, str | None]:
+    """(the push record, model repo id, dataset repo id) of the run this one resumes or repeats: rerunning a
+    published folder keeps what `genie_hub push` recorded, and its cards keep naming the published repos."""
+    try:
+        previous = RunRecord.load(layout.run_file)  # None after --overwrite: claim() deleted it
+    except (OSError, ValueError):
+        previous = None
+    push = previous.push if previous is not None and isinstance(previous.push, dict) else None
+    if not push:
+        return None, None, None
+    repo = lambda kind: (push.get(kind) or {}).get("repo_id") if isinstance(push.get(kind), dict) else None
+    return push, repo("model"), repo("dataset")
 
 
 def seconds_per_image(model, spec, batch_size: int = 4) -> float:

@@ -243,6 +243,14 @@ def test_push_publishes_model_and_dataset_with_cards_for_the_real_ids(tiny_run, 
     assert dataset_card.data.configs[0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
     assert json.loads((out / "run.json").read_text())["push"]["model"]["repo_id"] == repo
 
+    # The same quantize command again (it finds the run finished) keeps the push record and the published ids.
+    root = out.parent
+    assert main(["quantize", str(root / "base"), "-o", str(out), "-w", "3", "-a", "4", "--override",
+                 "classifier.1=8/8", *TINY]) == 0
+    assert json.loads((out / "run.json").read_text())["push"]["model"]["repo_id"] == repo
+    assert f'from_pretrained("{repo}")' in (out / "model" / "README.md").read_text()
+    assert f'load_dataset("{dataset_repo}"' in (out / "dataset" / "README.md").read_text()
+
 
 def test_push_space_publishes_the_app_pointing_at_the_given_models(hub_server, capsys):
     from huggingface_hub import HfApi
