@@ -65,11 +65,14 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         check_push_options(push_revision, create_pr, commit_message)
         check_push_targets(base_model, config.weight_bits, config.act_bits, repo_id,
                            dataset_repo_id if not few_shot else None, token=token)
+    given_precision = config.mixed_precision
     if accelerator is None:
         accelerator, config = make_accelerator(config)
     else:
         config = resolve_precision(config, accelerator)
     check_launch(accelerator)
+    if command and given_precision is None and config.mixed_precision not in (None, "no"):
+        command += f" --mixed-precision {config.mixed_precision}"  # from accelerate: the card's command must redo it
     layout = (OutputLayout(Path(output_dir)) if output_dir is not None
               else OutputLayout.default_for(base_model, config.weight_bits, config.act_bits))
     with accelerator.main_process_first():

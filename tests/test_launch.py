@@ -88,7 +88,8 @@ def test_accelerate_mixed_precision_reaches_the_run_record(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["mixed_precision"] == "bf16"
-    assert "--mixed-precision" not in run["command"]
+    assert run["command"].endswith(" --mixed-precision bf16")  # the card's command redoes it without accelerate's
+    assert run["command"].count("--mixed-precision") == 1
 
 
 def test_cpu_launch_that_would_run_one_process_is_refused_before_compute(tmp_path):
