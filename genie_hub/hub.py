@@ -565,10 +565,16 @@ def describe_push(result: dict) -> str:
     return "\n".join(lines)
 
 
+SPACE_OWNED_PATTERNS = ("space_config.json", "wheels/*")
+"""The Space files genie_hub writes and replaces as a whole: a re-push deletes the remote ones the new folder
+lacks (the models of an earlier push, older wheels); other files in the Space stay."""
+
+
 def push_space(space_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Create (or reuse) a Gradio Space and upload `space_dir` to it; return the Space URL.
 
     A bare name gets the user's namespace. The folder must hold the Space's README.md (YAML header) and its app.
+    The commit deletes the remote files matching SPACE_OWNED_PATTERNS that the folder does not hold.
     """
     from huggingface_hub import HfApi
 
@@ -583,10 +589,11 @@ def push_space(space_dir: str | os.PathLike, repo_id: str, private: bool = False
     try:
         url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder,
-                          commit_message="Upload Genie demo Space with genie_hub")
+                          commit_message="Upload Genie demo Space with genie_hub",
+                          delete_patterns=list(SPACE_OWNED_PATTERNS))
     except Exception as exc:
         raise PushError(
-            f"Pushing the Space '{repo_id}' to {_endpoint()} failed ({_reason(exc)}). The local folder {folder} is "
-            "intact; run the same command again to retry (files already uploaded are skipped)."
+            f"Pushing the Space '{repo_id}' to {_endpoint()} failed ({_reason(exc)}). Nothing on this machine was "
+            "changed; run the same command again to retry (files already uploaded are skipped)."
         ) from exc
     return str(url)

@@ -321,7 +321,7 @@ def test_push_space(hub_server, tmp_path):
 
     hub_server.inject_failure("commit", mode="500", repo_id="tester/genie-demo")
     (space / "app.py").write_text("print('v3')\n")
-    with pytest.raises(PushError, match="Space 'tester/genie-demo'"):
+    with pytest.raises(PushError, match="Space 'tester/genie-demo'.*Nothing on this machine was changed"):
         push_space(space, "genie-demo")
     with pytest.raises(PushError, match="README.md"):
         push_space(tmp_path / "missing", "genie-demo")
@@ -545,3 +545,48 @@ def test_a_symlinked_model_or_dataset_folder_is_refused(hub_server, out, tmp_pat
     with pytest.raises(PushError, match="symbolic link"):
         push_output(out)
     assert not hub_server.repos
+
+
+def test_a_space_re_push_deletes_the_files_genie_hub_owns_and_no_others(hub_server, tmp_path):
+    from huggingface_hub import HfApi
+
+    space = tmp_path / "space"
+    (space / "wheels").mkdir(parents=True)
+    (space / "README.md").write_text("---\nsdk: gradio\napp_file: app.py\n---\n")
+    (space / "app.py").write_text("print('app')\n")
+    (space / "space_config.json").write_text('{"quantized_model": "tester/old"}\n')
+    (space / "wheels" / "genie_hub-0.1.0-py3-none-any.whl").write_bytes(b"old wheel")
+    push_space(space, "genie-demo")
+    HfApi().upload_file(path_or_fileobj=b"mine", path_in_repo="NOTES.md", repo_id="tester/genie-demo",
+                        repo_type="space")
+    (space / "space_config.json").unlink()  # defaults now
+    (space / "wheels" / "genie_hub-0.1.0-py3-none-any.whl").unlink()
+    (space / "wheels" / "genie_hub-0.2.0-py3-none-any.whl").write_bytes(b"new wheel")
+    push_space(space, "genie-demo")
+    remote = set(hub_server.files("tester/genie-demo", "space"))
+    assert "space_config.json" not in remote and "wheels/genie_hub-0.1.0-py3-none-any.whl" not in remote
+    assert {"wheels/genie_hub-0.2.0-py3-none-any.whl", "NOTES.md", "app.py"} <= remote
+
+
+def test_cli_push_space_checks_the_models_exist_and_passes_the_token(hub_server, monkeypatch, capsys, caplog):
+    import genie_hub.space as space
+    from genie_hub.cli import main
+    from huggingface_hub import HfApi
+
+    assert main(["push-space", "tester/cmp", "--fp32", "genie-hub/fashion-mnist-resnet", "--quantized",
+                 "tester/typo"]) == 1
+    assert "tester/typo is not a model on the Hub" in capsys.readouterr().err
+    assert ("space", "tester/cmp") not in hub_server.repos  # refused before any upload
+
+    HfApi().create_repo("tester/q")
+    seen = {}
+
+    def prepared(*args, **kwargs):
+        seen.update(kwargs)
+        raise space.GenieError("stop here")
+
+    monkeypatch.setattr(space, "prepare_space_folder", prepared)
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        assert main(["push-space", "tester/cmp", "--quantized", "tester/q", "--private", "--token", "hf_cli"]) == 1
+    assert seen["token"] == "hf_cli"
+    assert "private Space cannot download its own genie_hub wheel" in caplog.text
