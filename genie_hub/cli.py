@@ -346,6 +346,8 @@ def _zoo(args) -> None:
                              token=args.token)
         for name, repo_id in result["entries"].items():
             print(f"{name}: {repo_id}")
+        for name, reason in result.get("skipped", {}).items():
+            print(f"{name}: {reason}")
         print(f"Leaderboard: {result['leaderboard']}")
 
 
