@@ -590,3 +590,14 @@ def test_cli_push_space_checks_the_models_exist_and_passes_the_token(hub_server,
         assert main(["push-space", "tester/cmp", "--quantized", "tester/q", "--private", "--token", "hf_cli"]) == 1
     assert seen["token"] == "hf_cli"
     assert "private Space cannot download its own genie_hub wheel" in caplog.text
+
+
+def test_cards_of_a_record_without_digests_are_recognized_by_rendering_them_again(hub_server, genie_out):
+    """run.json of an older genie_hub has no "cards": its unedited cards are still updated for the pushed ids."""
+    _edit_run(genie_out, lambda d: d.pop("cards"))
+    dataset_readme = genie_out / "dataset" / "README.md"
+    dataset_readme.write_text(dataset_readme.read_text() + "\nUSER EDIT\n")
+    push_output(genie_out)
+    assert f'from_pretrained("{MODEL_ID}")'.encode() in hub_server.files(MODEL_ID)["README.md"]
+    assert b"USER EDIT" in hub_server.files(DATASET_ID, "dataset")["README.md"]
+    assert b"USER EDIT" in dataset_readme.read_bytes()
