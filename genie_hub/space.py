@@ -89,6 +89,16 @@ def load_space_app(path: str | os.PathLike | None = None) -> ModuleType:
     return module
 
 
+def _embedded_id(base: str) -> str | None:
+    """The Hub id of an embedded model named by its folder: in this install's assets, or in another install's
+    (`.../genie_hub/assets/<name>`, a zoo built elsewhere) when this genie_hub ships that same model."""
+    folder = Path(base)
+    if embedded_hub_id(folder):
+        return embedded_hub_id(folder)
+    model_id = f"{EMBEDDED_HUB_NAMESPACE}/{folder.name}"
+    return model_id if folder.parent.name == "assets" and embedded_folder(model_id) is not None else None
+
+
 def _published_fp32_id(record) -> str | None:
     """The Hub id of a zoo entry's base model a public Space may name: the one the run record decided for its
     cards (`--base-model`, or a base that was a Hub id), or the embedded model's; never a local path."""
@@ -97,7 +107,7 @@ def _published_fp32_id(record) -> str | None:
     from .cards import public_names
 
     try:
-        fp32 = public_names(record).base_model_hub_id or embedded_hub_id(str(record.base_model))
+        fp32 = public_names(record).base_model_hub_id or _embedded_id(str(record.base_model))
     except (TypeError, ValueError):
         return None
     if not isinstance(fp32, str) or os.path.isabs(fp32) or fp32.count("/") != 1:

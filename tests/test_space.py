@@ -523,13 +523,16 @@ def test_a_published_space_names_zoo_entries_by_hub_ids_only(tmp_path, caplog):
     _zoo_record(zoo, "local-no-id", str(base))
     _zoo_record(zoo, "moved-away", str(tmp_path / "gone" / "tinyres"))  # the folder is not on this machine
     _zoo_record(zoo, "not-pushed", "alice/resnet", pushed=False)
+    _zoo_record(zoo, "embedded", str(tmp_path / "other-install" / "genie_hub" / "assets" / DEFAULT_MODEL_DIR.name))
     with caplog.at_level("WARNING", logger="genie_hub"):
         entries = zoo_space_entries(zoo, published=True)
-    assert entries == [{"name": "from-hub", "fp32": "alice/resnet", "quantized": "alice/from-hub"},
+    assert entries == [{"name": "embedded", "fp32": DEFAULT_FP32_HUB_ID, "quantized": "alice/embedded"},
+                       {"name": "from-hub", "fp32": "alice/resnet", "quantized": "alice/from-hub"},
                        {"name": "local-with-id", "fp32": "alice/tinyres", "quantized": "alice/local-with-id"}]
     assert str(tmp_path) not in json.dumps(entries)
     for name in ("local-no-id", "moved-away", "not-pushed"):
         assert name in caplog.text
+    shutil.rmtree(zoo / "embedded")
     shutil.rmtree(zoo / "from-hub")
     shutil.rmtree(zoo / "local-with-id")
     with pytest.raises(GenieError, match="entries a published Space can show"):
