@@ -121,12 +121,18 @@ def base_license(model_id: str | None, revision: str | None = None) -> str | Non
     return license_ if isinstance(license_, str) and license_ else None
 
 
+def _branch(revision: str | None) -> str | None:
+    """The revision a card's snippets must name: none for main (the default of every loader)."""
+    return None if revision in (None, "main") else revision
+
+
 def bits_tag(bits: int) -> str:
     return f"{bits}-bit"
 
 
-def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None = None):
-    """The quantized model's card, for the model repo `repo_id` (linked to the calibration set's repo)."""
+def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None = None, revision: str | None = None):
+    """The quantized model's card, for the model repo `repo_id` (linked to the calibration set's repo); its load
+    snippets name `revision` when the model is pushed to a branch (main may be empty there)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     config = run.config
@@ -152,7 +158,7 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
     units = run.units
     return ModelCard.from_template(
         card_data, template_path=str(template_path("genie_model_card.md")),
-        model_name=repo_id.split("/")[-1], repo_id=repo_id, base_model=names.base_model,
+        model_name=repo_id.split("/")[-1], repo_id=repo_id, revision=_branch(revision), base_model=names.base_model,
         dataset_repo_id=dataset_repo_id,
         weight_bits=config["weight_bits"], act_bits=config["act_bits"], zero_shot=run.zero_shot,
         calibration_source=names.calibration_source,
@@ -212,8 +218,9 @@ def _prior(run: RunRecord) -> str:
     return (run.synthetic or {}).get("prior") or "bn-statistics"
 
 
-def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None):
-    """The synthetic calibration set's card, for the datasets repo `repo_id` (a zero-shot run's record).
+def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None, revision: str | None = None):
+    """The synthetic calibration set's card, for the datasets repo `repo_id` (a zero-shot run's record); its
+    `load_dataset` snippet names `revision` when the set is pushed to a branch.
 
     The images have no labels: the task category is `other` (not image-classification), annotations none."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -233,7 +240,7 @@ def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None)
     return DatasetCard.from_template(
         card_data, template_path=str(template_path("genie_dataset_card.md")), pretty_name=card_data.pretty_name,
         base_model=names.base_model, base_model_revision=run.base_model_revision, model_repo_id=model_repo_id,
-        repo_id=repo_id, shape=list(shape), shape_str=", ".join(str(s) for s in shape), num_samples=num_samples,
+        repo_id=repo_id, revision=_branch(revision), shape=list(shape), shape_str=", ".join(str(s) for s in shape), num_samples=num_samples,
         synthesis_batch_size=config["synthesis_batch_size"], synthesis_iterations=config["synthesis_iterations"],
         latent_dim=config["latent_dim"], lr_latent=config["lr_latent"], lr_generator=config["lr_generator"],
         seed=config["seed"], prior=_prior(run), prior_description=describe_prior(_prior(run)),

@@ -304,14 +304,19 @@ def _push_space(args) -> None:
     import tempfile
 
     from .hub import check_push_ready, push_space, space_repo_id
-    from .space import prepare_space_folder, zoo_space_entries
+    from .space import check_space_models, prepare_space_folder, zoo_space_entries
 
     check_push_ready(args.token)
     repo_id = space_repo_id(args.repo_id, args.token)
+    if args.private:
+        logging.getLogger("genie_hub").warning(
+            "--private: a private Space cannot download its own genie_hub wheel (requirements.txt names it by its "
+            "URL in the Space, which then needs a token), so its build may fail. Publish the Space public.")
+    check_space_models([model_id for model_id in (args.fp32, args.quantized) if model_id], args.token)
     with tempfile.TemporaryDirectory() as tmp:
         zoo = zoo_space_entries(args.zoo_dir, published=True) if args.zoo_dir else None
         folder = prepare_space_folder(os.path.join(tmp, "space"), args.fp32, args.quantized, zoo=zoo,
-                                      space_repo_id=repo_id, wheel=args.wheel)
+                                      space_repo_id=repo_id, wheel=args.wheel, token=args.token)
         print(f"Space: {push_space(folder, repo_id, private=args.private, token=args.token)}")
 
 
@@ -341,6 +346,8 @@ def _zoo(args) -> None:
                              token=args.token)
         for name, repo_id in result["entries"].items():
             print(f"{name}: {repo_id}")
+        for name, reason in result.get("skipped", {}).items():
+            print(f"{name}: {reason}")
         print(f"Leaderboard: {result['leaderboard']}")
 
 

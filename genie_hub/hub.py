@@ -9,19 +9,25 @@ Everything goes through ``huggingface_hub.HfApi``, so ``HF_ENDPOINT``, ``HF_TOKE
 ``HF_HUB_OFFLINE`` behave exactly as in the rest of the Hugging Face stack. Uploads are idempotent (the Hub
 is asked which files it already has), so re-running ``genie_hub push OUT`` after an interrupted push completes
 it. Nothing in OUT is touched by a failed push; a successful one records the repo ids in ``run.json`` and
-saves the published model card back to ``OUT/model/README.md``.
+saves the cards genie_hub rendered back to OUT (a card the user edited is published as is and left alone).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+import logging
 import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import PushError
 from .fileio import write_bytes
-from .outputs import OutputLayout, RunRecord
+from .outputs import OutputLayout, RunRecord, card_sha256
+
+logger = logging.getLogger("genie_hub")
 
 __all__ = ["check_push_options", "check_push_ready", "check_push_targets", "default_repo_ids", "describe_push",
            "push_output", "push_space", "space_repo_id"]
@@ -191,6 +197,9 @@ def _folder_files(folder: Path) -> dict[str, Path]:
     skipped). A symbolic link is refused: it could make the upload read a file from anywhere on the machine."""
     from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
 
+    if folder.is_symlink():  # resolving it would publish whatever folder it points to, outside OUT
+        raise PushError(f"Cannot push: {folder} is a symbolic link. genie_hub uploads only files inside the output "
+                        "folder; replace the link by the folder itself (move it into place) and run again.")
     root = folder.resolve()
     files = {}
     for path in sorted(folder.rglob("*")):
@@ -224,6 +233,26 @@ def _verify_model_folder(model_dir: Path) -> None:
             "current format first: `genie_hub.save_quantized(genie_hub.from_pretrained(OLD), NEW)`.")
 
 
+def _check_model_matches_run(model_dir: Path, run: RunRecord, run_path: Path) -> None:
+    """The checkpoint is the one run.json describes (bits, quantized layers): its cards are rendered from run.json,
+    so a model folder swapped for another checkpoint would be published under a card that misdescribes it."""
+    import json
+
+    try:
+        quant = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))["quantization_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # loading it (`_verify_model_folder`) said what is wrong
+    recorded = {"weight_bits": run.weight_bits, "act_bits": run.act_bits, "layers": run.layers or None}
+    differ = [key for key, value in recorded.items() if value is not None and quant.get(key) != value]
+    if differ:
+        found = "; ".join(f"{key} {quant.get(key)!r} in its config.json, {recorded[key]!r} in run.json"
+                          if key != "layers" else "other quantized layers" for key in differ)
+        raise PushError(
+            f"Cannot push: the checkpoint in {model_dir} is not the one {run_path} describes ({found}), so its "
+            "card would misdescribe it. Put back the model folder that run wrote, or rerun the quantize command "
+            "to regenerate the folder. Nothing was uploaded.")
+
+
 def _model_card_bytes(readme: Path, dataset_repo_id: str | None) -> bytes | None:
     """The README to publish: the local card with ``datasets: [dataset_repo_id]``; None if unchanged/absent."""
     if dataset_repo_id is None or not readme.is_file():
@@ -244,20 +273,151 @@ def _model_card_bytes(readme: Path, dataset_repo_id: str | None) -> bytes | None
     return None if updated == original else updated
 
 
-def _rendered_cards(run: RunRecord, model_readme: Path, dataset_readme: Path, repo_id: str,
-                    dataset_repo_id: str | None) -> tuple[bytes | None, bytes | None]:
-    """Both cards rendered from run.json for the ids being pushed (None where the local file already matches)."""
+class _Card(NamedTuple):
+    """What to publish as one repo's README.md: `data` (None: the local file as it is), and whether it is
+    genie_hub's own card (`save`): once published it is saved over the local file and its sha256 recorded."""
+
+    data: bytes | None
+    save: bool
+
+
+def _rendered_cards(run: RunRecord, run_path: Path, repo_id: str, dataset_repo_id: str | None,
+                    revision: str | None) -> tuple[bytes, bytes | None]:
+    """Both cards rendered from run.json for the ids (and branch) being pushed; a run.json this genie_hub cannot
+    render (hand-edited, or written by an older version) is a PushError, before any upload."""
     from .cards import render_dataset_card, render_model_card
 
-    def changed(text: str, path: Path) -> bytes | None:
-        data = text.encode("utf-8")
-        return None if path.is_file() and path.read_bytes() == data else data
-
-    model_card = changed(str(render_model_card(run, repo_id, dataset_repo_id)), model_readme)
-    dataset_card = None
-    if dataset_repo_id and run.synthetic:
-        dataset_card = changed(str(render_dataset_card(run, dataset_repo_id, repo_id)), dataset_readme)
+    try:
+        model_card = str(render_model_card(run, repo_id, dataset_repo_id, revision=revision)).encode("utf-8")
+        dataset_card = None
+        if dataset_repo_id and run.synthetic:
+            dataset_card = str(render_dataset_card(run, dataset_repo_id, repo_id, revision=revision)).encode("utf-8")
+    except Exception as exc:  # noqa: BLE001 - any missing key or wrong type in a hand-edited record
+        raise PushError(
+            f"Cannot push: the cards could not be rendered from {run_path} ({_reason(exc)}); it lacks a key or holds "
+            "a value of the wrong type (edited by hand, or written by another genie_hub version). Rerun the "
+            "quantize command that made this folder to regenerate run.json (it resumes from the finished work). "
+            "Nothing was uploaded.") from exc
     return model_card, dataset_card
+
+
+def _genie_card_digests(run: RunRecord, readme: Path, kind: str) -> set[str]:
+    """The sha256 of the cards genie_hub wrote for `kind`: recorded in run.json. Records of older versions
+    recorded none: there, the card genie_hub would have written for the ids the local card's load snippet names
+    (its quantize run's folder name, or the repos of an earlier push)."""
+    import hashlib
+
+    from .cards import render_dataset_card, render_model_card
+
+    if run.cards is not None:
+        return {digest for digest in [run.cards.get(kind)] if isinstance(digest, str)}
+    if not readme.is_file():
+        return set()
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    found = re.search(r'(?:from_pretrained|load_dataset)\("([^"]+)"', text)
+    if not found:
+        return set()
+    repo_id, pushed = found.group(1), ((run.push or {}).get("model") or {}).get("repo_id")
+    linked = re.search(r"^datasets:\n- (\S+)$", text, re.MULTILINE)
+    try:
+        if kind == "dataset":  # quantize wrote the features in the file's order; run.json keeps them sorted
+            records = (run, _features_in_file_order(run, readme.parent))
+            cards = [render_dataset_card(record, repo_id, model) for record in records
+                     for model in dict.fromkeys([None, pushed])]
+        else:  # quantize wrote its layer table in model order; run.json keeps the layers sorted by name
+            in_model_order = dataclasses.replace(run, layers=_layers_in_unit_order(run))
+            cards = [render_model_card(record, repo_id, linked.group(1) if linked else None)
+                     for record in (run, in_model_order)]
+    except Exception:  # noqa: BLE001 - unrenderable: `_rendered_cards` already said so
+        return set()
+    return {hashlib.sha256(str(card).encode("utf-8")).hexdigest() for card in cards}
+
+
+def _layers_in_unit_order(run: RunRecord) -> dict[str, dict]:
+    """run.layers ordered as the reconstruction units list their ops (the model's order)."""
+    order = [op for unit in run.units if isinstance(unit, dict) for op in unit.get("ops") or []]
+    ranked = {name: index for index, name in enumerate(dict.fromkeys(order))}
+    return dict(sorted(run.layers.items(), key=lambda item: ranked.get(item[0], len(ranked))))
+
+
+def _features_in_file_order(run: RunRecord, dataset_dir: Path) -> RunRecord:
+    """run with its dataset summary's features in the column order of the local parquet file."""
+    import copy
+
+    import pyarrow.parquet as pq
+
+    summary = (run.synthetic or {}).get("dataset") or {}
+    files = sorted((dataset_dir / "data").glob("*.parquet"))
+    if not files or not isinstance(summary.get("features"), dict):
+        return run
+    names = pq.read_schema(files[0]).names
+    features = summary["features"]
+    ordered = {name: features[name] for name in [*names, *features] if name in features}
+    synthetic = copy.deepcopy(run.synthetic)
+    synthetic["dataset"]["features"] = ordered
+    return dataclasses.replace(run, synthetic=synthetic)
+
+
+def _plan_card(kind: str, readme: Path, rendered: bytes | None, genie_digests: set[str],
+               dataset_repo_id: str | None) -> _Card:
+    """The card genie_hub rendered, unless the local card is the user's (bytes genie_hub never wrote): then the
+    user's card is published (a model card with its `datasets:` link set) and the local file is left alone."""
+    if not readme.is_file():
+        return _Card(rendered, rendered is not None)
+    local = readme.read_bytes()
+    if rendered is not None and (local == rendered or card_sha256(readme) in genie_digests):
+        return _Card(None if local == rendered else rendered, True)
+    if rendered is not None:
+        logger.info("%s was edited (it is not the card genie_hub wrote): publishing it as it is%s, not the card "
+                    "rendered from run.json, and leaving the file unchanged. Delete it to publish genie_hub's card.",
+                    readme, " with its datasets: link set" if kind == "model" and dataset_repo_id else "")
+    return _Card(_model_card_bytes(readme, dataset_repo_id) if kind == "model" else None, False)
+
+
+def _card_plans(run: RunRecord, layout: OutputLayout, repo_id: str, dataset_repo_id: str | None,
+                revision: str | None) -> tuple[_Card, _Card]:
+    """(model card, dataset card) to publish: rendered from run.json for a genie_hub run, else the local ones."""
+    model_readme, dataset_readme = layout.model_dir / "README.md", layout.dataset_dir / "README.md"
+    if not run.complete:  # not a genie_hub run record: the folder's own cards
+        return (_plan_card("model", model_readme, None, set(), dataset_repo_id),
+                _plan_card("dataset", dataset_readme, None, set(), None))
+    model_card, dataset_card = _rendered_cards(run, layout.run_file, repo_id, dataset_repo_id, revision)
+    return (_plan_card("model", model_readme, model_card, _genie_card_digests(run, model_readme, "model"),
+                       dataset_repo_id),
+            _plan_card("dataset", dataset_readme, dataset_card, _genie_card_digests(run, dataset_readme, "dataset"),
+                       None))
+
+
+MODEL_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+"""Remote files of a model repo that a push replaces as a whole: weights beside the Genie ones would be loaded."""
+DATASET_DATA_PATTERNS = ("data/*",)
+"""Remote files of a datasets repo that a push replaces as a whole: another shard would join the train split."""
+
+
+def _stale_remote_files(api, repo_id: str, repo_type: str, revision: str | None, local: set[str],
+                        patterns: tuple[str, ...]) -> list[str]:
+    """Files matching `patterns` in the repo (at the branch the commit goes to) that the local folder lacks: they
+    are deleted in the same commit, as `Dataset.push_to_hub` deletes the shards it does not rewrite."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        remote = api.list_repo_files(repo_id, repo_type=repo_type, revision=revision or "main")
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return []
+    return sorted(name for name in remote
+                  if name not in local and any(fnmatch.fnmatch(name, pattern) for pattern in patterns))
+
+
+def _commit_operations(files: dict[str, Path], card: _Card, stale: list[str]) -> list:
+    """Add every local file (README.md from `card` when it says so, also when there is no local README), delete
+    the stale remote ones."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    sources: dict[str, bytes | str] = {rel: str(path) for rel, path in files.items()}
+    if card.data is not None:
+        sources["README.md"] = card.data
+    return ([CommitOperationAdd(path_in_repo=rel, path_or_fileobj=source) for rel, source in sources.items()]
+            + [CommitOperationDelete(path_in_repo=rel) for rel in stale])
 
 
 def _push_failed(kind: str, repo_id: str, out: Path, exc: BaseException, done: list[str]) -> PushError:
@@ -321,12 +481,17 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
 
     Repo ids default to :func:`default_repo_ids` from run.json (a bare name gets the user's namespace; a given
     model id without a dataset id gets ``<model id>-calibration``). The dataset goes first so that the model
-    card's ``datasets:`` link points to an existing repo. The model is uploaded in one commit with the updated
-    card taken from memory, so a failed push leaves OUT byte-identical. After success the published card is
-    saved to OUT/model/README.md and the result is recorded under ``"push"`` in run.json.
-    Raises PushError for any problem, naming the repo that failed.
+    card's ``datasets:`` link points to an existing repo. Each repo gets one commit, which also deletes the remote
+    files the folder replaces as a whole (other ``data/`` shards, other weight files). A genie_hub run's cards are
+    rendered from run.json for the ids and branch pushed; a card the user edited (bytes genie_hub never wrote,
+    see ``run.json["cards"]``) is published as it is, with the model card's ``datasets:`` link set. Cards are
+    taken from memory, so a failed push leaves OUT byte-identical; after success genie_hub's own cards are
+    saved to OUT (a user's card is left alone) and the result is recorded under ``"push"`` in run.json.
+    The folder is checked first (a checkpoint that is not the one run.json describes, a zero-shot run without
+    its dataset folder, a symbolic link, an unrenderable run.json): PushError for any problem, naming the repo
+    that failed.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import HfApi
 
     check_push_options(revision, create_pr, commit_message)
     layout = OutputLayout(Path(output_dir))
@@ -342,7 +507,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
                         "writes run.json last, after the model and the calibration set). Rerun the same quantize "
                         "command: it resumes from the finished work and completes the folder.")
     model_files = _folder_files(model_dir)
-    has_dataset = dataset_dir.is_dir()
+    has_dataset = dataset_dir.is_dir() or dataset_dir.is_symlink()
     dataset_files = _folder_files(dataset_dir) if has_dataset else {}
     if has_dataset and not any(p.endswith(".parquet") for p in dataset_files):
         raise PushError(f"Cannot push: {dataset_dir} exists but holds no parquet data file; the calibration set "
@@ -351,7 +516,13 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
         raise PushError(f"Cannot push the dataset repo '{dataset_repo_id}': {out} has no dataset folder (runs "
                         "calibrated on real images publish the model only). Drop the dataset repo id.")
     run = _read_run(run_path)  # there: checked above
+    if run.synthetic and not has_dataset:
+        raise PushError(f"Cannot push: {run_path} records a zero-shot run, calibrated on synthetic images, but "
+                        f"{dataset_dir} is missing, so the model would be published without its calibration set "
+                        "(as if it were a few-shot run). Put the dataset folder back, or rerun the quantize command "
+                        "to complete the folder. Nothing was uploaded.")
     _verify_model_folder(model_dir)
+    _check_model_matches_run(model_dir, run, run_path)
 
     username, namespaces = _whoami(token)
     if repo_id is None:
@@ -364,53 +535,51 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     if has_dataset:
         _check_repo_id("dataset", dataset_repo_id, namespaces)
     _check_repo_id("model", repo_id, namespaces)
-    card = _model_card_bytes(model_dir / "README.md", dataset_repo_id if has_dataset else None)  # before I/O
-    dataset_card = None
-    if run.complete:  # a genie_hub run record: render both cards for the real ids
-        card, dataset_card = _rendered_cards(run, model_dir / "README.md", dataset_dir / "README.md", repo_id,
-                                             dataset_repo_id if has_dataset else None)
+    card, dataset_card = _card_plans(run, layout, repo_id, dataset_repo_id, revision)  # before any upload
     api = HfApi(token=token)
     done: list[str] = []
     result: dict = {"endpoint": _endpoint(), "private": bool(private), "model": None, "dataset": None}
     target = {"revision": revision, "create_pr": create_pr}
+    branch = None if create_pr else revision  # a pull request is opened against main
 
     if has_dataset:
         try:
             url = api.create_repo(dataset_repo_id, repo_type="dataset", private=private, exist_ok=True)
             _ensure_branch(api, dataset_repo_id, "dataset", revision)
-            info = api.create_commit(repo_id=dataset_repo_id, repo_type="dataset", operations=[
-                CommitOperationAdd(path_in_repo=rel, path_or_fileobj=dataset_card if (rel == "README.md" and
-                                                                                      dataset_card) else str(path))
-                for rel, path in dataset_files.items()],
-                commit_message=commit_message or DATASET_COMMIT_MESSAGE, **target)
+            stale = _stale_remote_files(api, dataset_repo_id, "dataset", branch, set(dataset_files),
+                                        DATASET_DATA_PATTERNS)
+            info = api.create_commit(repo_id=dataset_repo_id, repo_type="dataset",
+                                     operations=_commit_operations(dataset_files, dataset_card, stale),
+                                     commit_message=commit_message or DATASET_COMMIT_MESSAGE, **target)
         except Exception as exc:
             raise _push_failed("dataset", dataset_repo_id, out, exc, done) from exc
         result["dataset"] = _commit_record(info, dataset_repo_id, url, revision)
         done.append(f"dataset {dataset_repo_id}")
 
-    operations = [
-        CommitOperationAdd(path_in_repo=rel, path_or_fileobj=card if (rel == "README.md" and card) else str(path))
-        for rel, path in model_files.items()
-    ]
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         _ensure_branch(api, repo_id, "model", revision)
-        info = api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
+        stale = _stale_remote_files(api, repo_id, "model", branch, set(model_files), MODEL_WEIGHT_PATTERNS)
+        info = api.create_commit(repo_id=repo_id, repo_type="model",
+                                 operations=_commit_operations(model_files, card, stale),
                                  commit_message=commit_message or MODEL_COMMIT_MESSAGE, **target)
     except Exception as exc:
         raise _push_failed("model", repo_id, out, exc, done) from exc
     result["model"] = _commit_record(info, repo_id, url, revision)
     result["pushed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-    # Success: keep OUT consistent with what is now on the Hub.
-    if card is not None:
-        write_bytes(model_dir / "README.md", card)
-    if dataset_card is not None:
-        write_bytes(dataset_dir / "README.md", dataset_card)
+    # Success: keep OUT consistent with what is now on the Hub (genie_hub's own cards only: a user's stays as is).
     run = _read_run(run_path)
-    if run is not None:
-        run.push = result
-        run.save(run_path)
+    cards = dict(run.cards or {})
+    for plan, readme, kind in ((card, model_dir / "README.md", "model"),
+                               (dataset_card, dataset_dir / "README.md", "dataset")):
+        if plan.save:
+            if plan.data is not None:
+                write_bytes(readme, plan.data)
+            cards[kind] = card_sha256(readme)
+    run.push = result
+    run.cards = cards or run.cards
+    run.save(run_path)
     return result
 
 
@@ -436,10 +605,16 @@ def describe_push(result: dict) -> str:
     return "\n".join(lines)
 
 
+SPACE_OWNED_PATTERNS = ("space_config.json", "wheels/*")
+"""The Space files genie_hub writes and replaces as a whole: a re-push deletes the remote ones the new folder
+lacks (the models of an earlier push, older wheels); other files in the Space stay."""
+
+
 def push_space(space_dir: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
     """Create (or reuse) a Gradio Space and upload `space_dir` to it; return the Space URL.
 
     A bare name gets the user's namespace. The folder must hold the Space's README.md (YAML header) and its app.
+    The commit deletes the remote files matching SPACE_OWNED_PATTERNS that the folder does not hold.
     """
     from huggingface_hub import HfApi
 
@@ -454,10 +629,11 @@ def push_space(space_dir: str | os.PathLike, repo_id: str, private: bool = False
     try:
         url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder,
-                          commit_message="Upload Genie demo Space with genie_hub")
+                          commit_message="Upload Genie demo Space with genie_hub",
+                          delete_patterns=list(SPACE_OWNED_PATTERNS))
     except Exception as exc:
         raise PushError(
-            f"Pushing the Space '{repo_id}' to {_endpoint()} failed ({_reason(exc)}). The local folder {folder} is "
-            "intact; run the same command again to retry (files already uploaded are skipped)."
+            f"Pushing the Space '{repo_id}' to {_endpoint()} failed ({_reason(exc)}). Nothing on this machine was "
+            "changed; run the same command again to retry (files already uploaded are skipped)."
         ) from exc
     return str(url)

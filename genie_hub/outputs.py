@@ -202,6 +202,7 @@ class RunRecord:
     settings: dict | None = None  # what decides the results (see `run_settings`); a rerun must match them
     push: dict | None = None  # what `genie_hub push` published
     public: dict | None = None  # cards.PublicNames, decided when the run was recorded (where its paths resolve)
+    cards: dict | None = None  # {"model"|"dataset": sha256 of the card genie_hub last wrote}: others are the user's
     extra: dict[str, Any] = field(default_factory=dict)  # keys written by another genie_hub version, kept
 
     @property
@@ -211,7 +212,7 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for optional in ("synthetic", "push", "public"):
+        for optional in ("synthetic", "push", "public", "cards"):
             if data[optional] is None:
                 del data[optional]
         return {**self.extra, **data}
@@ -235,6 +236,15 @@ class RunRecord:
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
+
+
+def card_sha256(path: str | os.PathLike) -> str | None:
+    """The sha256 of a card file (None when absent): run.json keeps it, so that a later push can tell the card
+    genie_hub wrote from one the user edited."""
+    import hashlib
+
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def run_settings(base_model: str, revision: str | None, calibration: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from .errors import ConfigError, DataError
 from .evaluation import DatasetEvaluation, EvalSet, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, require_processor, resolve_model_path
 from .optimization import fused_adam_supported
-from .outputs import OutputLayout, RunRecord, run_settings
+from .outputs import OutputLayout, RunRecord, card_sha256, run_settings
 from .quantization.prepare import check_overrides
 
 logger = logging.getLogger("genie_hub")
@@ -186,6 +186,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                                  dataset_card, storage=config.dataset_storage)
     elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
         shutil.rmtree(layout.dataset_dir)
+    run.cards = {kind: digest for kind, digest in (("model", card_sha256(layout.model_dir / "README.md")),
+                                                   ("dataset", card_sha256(layout.dataset_dir / "README.md"))) if digest}
     run.save(layout.run_file)  # last: a folder with run.json is a finished run
     _print_summary(run, layout.root, fashion_mnist_missing=fashion_mnist_missing)
     if push:

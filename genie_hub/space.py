@@ -89,12 +89,44 @@ def load_space_app(path: str | os.PathLike | None = None) -> ModuleType:
     return module
 
 
+def _embedded_id(base: str) -> str | None:
+    """The Hub id of an embedded model named by its folder: in this install's assets, or in another install's
+    (`.../genie_hub/assets/<name>`, a zoo built elsewhere) when this genie_hub ships that same model."""
+    folder = Path(base)
+    if embedded_hub_id(folder):
+        return embedded_hub_id(folder)
+    model_id = f"{EMBEDDED_HUB_NAMESPACE}/{folder.name}"
+    return model_id if folder.parent.name == "assets" and embedded_folder(model_id) is not None else None
+
+
+def _published_fp32_id(record) -> str | None:
+    """The Hub id of a zoo entry's base model a public Space may name: the one the run record decided for its
+    cards (`--base-model`, or a base that was a Hub id), or the embedded model's; never a local path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .cards import public_names
+
+    try:
+        fp32 = public_names(record).base_model_hub_id or _embedded_id(str(record.base_model))
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(fp32, str) or os.path.isabs(fp32) or fp32.count("/") != 1:
+        return None
+    try:
+        validate_repo_id(fp32)
+    except HFValidationError:
+        return None
+    return fp32
+
+
 def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[dict]:
     """The built entries of a zoo folder as the Space's picker lists them: local folders for a local app, or
-    (`published`) the Hub ids `genie_hub zoo publish` recorded, with the FP32 model's Hub id."""
+    (`published`) the Hub ids `genie_hub zoo publish` recorded, with the FP32 model's Hub id. A published Space
+    gets Hub ids only: an entry that is not published, or whose base model has no Hub id (a local folder
+    quantized without --base-model), is left out with a warning naming it."""
     from .outputs import RunRecord
 
-    entries = []
+    entries, left_out, unpublished = [], [], 0
     for run_file in sorted(Path(zoo_dir).glob("*/run.json")):
         record = RunRecord.load(run_file)
         if record is None or not record.complete:
@@ -104,11 +136,22 @@ def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[di
             entries.append({"name": name, "fp32": base, "quantized": str(run_file.parent / "model")})
             continue
         repo_id = ((record.push or {}).get("model") or {}).get("repo_id")
-        fp32 = embedded_hub_id(base) or base
-        if repo_id and not Path(fp32).exists():
+        fp32 = _published_fp32_id(record)
+        if not repo_id:
+            unpublished += 1
+            left_out.append(f"{name} (not published: run `genie_hub zoo publish`)")
+        elif not fp32:
+            left_out.append(f"{name} (its base model is a local folder with no Hub id: quantize it with "
+                            "--base-model OWNER/NAME)")
+        else:
             entries.append({"name": name, "fp32": fp32, "quantized": repo_id})
+    if left_out:
+        logger.warning("The Space's zoo picker leaves out %s: a public Space can name Hub models only.",
+                       "; ".join(left_out))
     if not entries:  # asked for a picker: an empty one would be silently missing
-        what = "published entries (run `genie_hub zoo publish` first)" if published else "built entries"
+        what = ("built entries" if not published
+                else "entries a published Space can show (see the warning above)" if len(left_out) > unpublished
+                else "published entries (run `genie_hub zoo publish` first)")
         raise GenieError(f"--zoo-dir {zoo_dir} holds no {what}: pass the -o folder of `genie_hub zoo build`.")
     return entries
 
@@ -146,6 +189,35 @@ def _check_hub_id(model_id: str, role: str) -> str:
             f"The {role} model for a Space must be a Hub id 'owner/name', not '{model_id}': a Space cannot read "
             "your local folders. Push the model first (`genie_hub push ...`) and pass its Hub id.")
     return model_id
+
+
+def check_space_models(model_ids: list[str], token: str | None = None) -> None:
+    """Every model a Space will name exists on the Hub (`model_info` with the token), so that no Space is
+    published for a typo; the embedded `genie-hub/` models genie_hub ships are loaded from their copy."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    from .errors import PushError
+
+    api, missing = HfApi(token=token), []
+    for model_id in dict.fromkeys(_check_hub_id(model_id, "given") for model_id in model_ids):
+        if embedded_folder(model_id) is not None:
+            continue
+        try:
+            api.model_info(model_id)
+        except GatedRepoError:  # it exists; the Space's visitors need access, as on the Hub
+            continue
+        except RepositoryNotFoundError:
+            missing.append(model_id)
+        except Exception as exc:  # noqa: BLE001 - network, server: say so, upload nothing
+            raise PushError(f"Cannot push the Space: checking that the model '{model_id}' exists on the Hub failed "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}). Check your network "
+                            "connection and HF_ENDPOINT, then run again. Nothing was uploaded.") from exc
+    if missing:
+        raise PushError(f"Cannot push the Space: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a "
+                        "model on the Hub (or not visible with this token), so the Space could not load "
+                        f"{'it' if len(missing) == 1 else 'them'}. Check the ids (push the model first with "
+                        "`genie_hub push OUT`) and run again. Nothing was uploaded.")
 
 
 def _set_readme_header(readme: Path, models: list[str], datasets: list[str]) -> None:

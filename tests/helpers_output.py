@@ -113,3 +113,43 @@ def edit_weights(folder: Path, edit) -> None:
     tensors = load_file(path)
     edit(tensors)
     save_file(tensors, path, metadata=metadata)
+
+
+def make_genie_run(out: Path, synthetic: bool = True) -> Path:
+    """Turn a `build_output` folder into what `genie_hub quantize` leaves: a complete run.json (read from the
+    checkpoint it describes) and both cards rendered from it, their sha256 recorded as the pipeline does."""
+    from genie_hub import GenieConfig
+    from genie_hub.cards import public_names, render_dataset_card, render_model_card
+    from genie_hub.outputs import RunRecord, card_sha256
+
+    out = Path(out)
+    quant = json.loads((out / "model" / "config.json").read_text())["quantization_config"]
+    layers = quant["layers"]
+    run = RunRecord(base_model=BASE_MODEL, weight_bits=quant["weight_bits"], act_bits=quant["act_bits"],
+                    config=GenieConfig.from_profile("quick", reconstruction_steps=0).to_dict(),
+                    input_spec={"channels": 3, "height": IMAGE_SIZE, "width": IMAGE_SIZE, "mean": [0.5] * 3,
+                                "std": [0.5] * 3},
+                    layers=layers, units=[{"kind": "layer", "name": name, "ops": [name]} for name in layers],
+                    calibration_source="synthetic (Genie-D)", num_calibration_images=NUM_IMAGES,
+                    has_image_processor=True, license="apache-2.0", command="genie_hub quantize microsoft/resnet-50",
+                    machine="CPU", versions={"genie_hub": "test"})
+    if synthetic:
+        parquet = out / "dataset" / "data" / "train-00000-of-00001.parquet"
+        run.synthetic = {"num_samples": NUM_IMAGES, "shape": [3, IMAGE_SIZE, IMAGE_SIZE], "prior": "bn-statistics",
+                         "loss_summary": "1.0 -> 0.5", "dataset": {
+                             "data_files": "data/train-*", "download_size": parquet.stat().st_size,
+                             "num_bytes": parquet.stat().st_size, "num_examples": NUM_IMAGES, "storage": "exact",
+                             "features": {"image": {"_type": "Image"}, "pixel_values": {
+                                 "_type": "Array3D", "dtype": "float32", "shape": [3, IMAGE_SIZE, IMAGE_SIZE]},
+                                 "batch_index": {"_type": "Value", "dtype": "int32"}}}}
+    else:
+        run.zero_shot, run.calibration_source = False, "my-photos"
+    run.public = public_names(run)._asdict()
+    local_id = out.resolve().name
+    (out / "model" / "README.md").write_text(str(render_model_card(run, local_id)))
+    if synthetic:
+        (out / "dataset" / "README.md").write_text(str(render_dataset_card(run, f"{local_id}-calibration", None)))
+    run.cards = {kind: digest for kind, digest in (("model", card_sha256(out / "model" / "README.md")),
+                                                   ("dataset", card_sha256(out / "dataset" / "README.md"))) if digest}
+    run.save(out / "run.json")
+    return out

@@ -18,7 +18,7 @@ import pytest
 
 from genie_hub.errors import PushError
 from genie_hub.hub import check_push_ready, default_repo_ids, push_output, push_space
-from helpers_output import BASE_MODEL, build_output, fixed_input, tree_hashes
+from helpers_output import BASE_MODEL, NUM_IMAGES, build_output, fixed_input, make_genie_run, tree_hashes
 
 MODEL_ID = "tester/resnet-50-genie-w4a4"
 DATASET_ID = "tester/resnet-50-genie-w4a4-calibration"
@@ -38,9 +38,14 @@ def out(built_output, tmp_path) -> Path:
     return Path(shutil.copytree(built_output, tmp_path / "out"))
 
 
-def _expected_remote_model_files(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out / "model").as_posix(): p.read_bytes()
-            for p in sorted((out / "model").rglob("*")) if p.is_file()}
+def _expected_remote_model_files(out: Path, dataset_repo_id: str | None = DATASET_ID) -> dict[str, bytes]:
+    """The local model files; README.md as published: the user's card with its `datasets:` link set."""
+    from genie_hub.hub import _model_card_bytes
+
+    files = {p.relative_to(out / "model").as_posix(): p.read_bytes()
+             for p in sorted((out / "model").rglob("*")) if p.is_file()}
+    linked = _model_card_bytes(out / "model" / "README.md", dataset_repo_id if (out / "dataset").is_dir() else None)
+    return {**files, "README.md": linked} if linked else files
 
 
 def _assert_model_repo_matches(hub, out: Path, repo_id: str = MODEL_ID) -> None:
@@ -76,6 +81,7 @@ def test_push_then_load_with_transformers_and_datasets(hub_server, out):
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     local_model = AutoModelForImageClassification.from_pretrained(out / "model").eval()
+    card_before = (out / "model" / "README.md").read_bytes()
     result = push_output(out)
 
     assert result["model"]["repo_id"] == MODEL_ID and result["dataset"]["repo_id"] == DATASET_ID
@@ -83,12 +89,13 @@ def test_push_then_load_with_transformers_and_datasets(hub_server, out):
     assert result["dataset"]["url"] == f"{hub_server.url}/datasets/{DATASET_ID}"
     assert not hub_server.repo(MODEL_ID).private
 
-    # The published card links the calibration set and keeps the rest; OUT now holds that same card.
+    # The published card (the user's: no genie_hub run record) links the calibration set and keeps the rest; the
+    # local card is the user's, so it is left as it was.
     card = ModelCard.load(MODEL_ID)
     assert card.data.datasets == [DATASET_ID]
     assert card.data.base_model == BASE_MODEL and card.data.base_model_relation == "quantized"
     assert "Test fixture card." in card.text
-    assert (out / "model" / "README.md").read_text() == str(card)
+    assert (out / "model" / "README.md").read_bytes() == card_before
     _assert_model_repo_matches(hub_server, out)
     _assert_dataset_repo_matches(hub_server, out)
     assert hub_server.repo(MODEL_ID).files_lfs() >= {"genie_model.safetensors"}
@@ -189,7 +196,7 @@ def test_push_without_dataset_folder_pushes_model_only(hub_server, built_output,
     assert [key for key in hub_server.repos] == [("model", "tester/my-tiny-w4a4")]
     assert hub_server.repo("tester/my-tiny-w4a4").private
     assert (out / "model" / "README.md").read_bytes() == card_before  # no dataset: card untouched
-    _assert_model_repo_matches(hub_server, out, "tester/my-tiny-w4a4")
+    _assert_model_repo_matches(hub_server, out, "tester/my-tiny-w4a4")  # no dataset: the card as it is
     with pytest.raises(PushError, match="no dataset folder"):
         push_output(out, dataset_repo_id="tester/some-calibration")
 
@@ -314,7 +321,7 @@ def test_push_space(hub_server, tmp_path):
 
     hub_server.inject_failure("commit", mode="500", repo_id="tester/genie-demo")
     (space / "app.py").write_text("print('v3')\n")
-    with pytest.raises(PushError, match="Space 'tester/genie-demo'"):
+    with pytest.raises(PushError, match="Space 'tester/genie-demo'.*Nothing on this machine was changed"):
         push_space(space, "genie-demo")
     with pytest.raises(PushError, match="README.md"):
         push_space(tmp_path / "missing", "genie-demo")
@@ -421,3 +428,176 @@ def test_cli_push_takes_the_upload_options(hub_server, out, capsys):
     assert hub_server.pull_request(MODEL_ID, 1).title == "Genie W4A4"
     assert main(["push", str(out), "--revision", "dev", "--create-pr"]) == 1
     assert "--create-pr" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------- a genie_hub run's cards and checks
+@pytest.fixture
+def genie_out(out) -> Path:
+    """`out` with what `genie_hub quantize` leaves: a complete run.json and the cards rendered from it."""
+    return make_genie_run(out)
+
+
+def test_genie_cards_are_rendered_for_the_pushed_ids_and_recorded(hub_server, genie_out):
+    push_output(genie_out)
+    card = hub_server.files(MODEL_ID)["README.md"]
+    assert f'from_pretrained("{MODEL_ID}")'.encode() in card and f"- {DATASET_ID}".encode() in card
+    assert (genie_out / "model" / "README.md").read_bytes() == card  # genie_hub's own card: saved
+    run = json.loads((genie_out / "run.json").read_text())
+    assert run["cards"]["model"] == __import__("hashlib").sha256(card).hexdigest()
+
+
+def test_a_deleted_card_is_published_rendered_from_run_json(hub_server, genie_out):
+    (genie_out / "model" / "README.md").unlink()
+    (genie_out / "dataset" / "README.md").unlink()
+    push_output(genie_out)
+    card = hub_server.files(MODEL_ID)["README.md"]
+    assert f'from_pretrained("{MODEL_ID}")'.encode() in card
+    assert f'load_dataset("{DATASET_ID}"'.encode() in hub_server.files(DATASET_ID, "dataset")["README.md"]
+    assert (genie_out / "model" / "README.md").read_bytes() == card
+
+
+def test_an_edited_card_is_published_as_it_is_and_left_alone(hub_server, genie_out, caplog):
+    readme, dataset_readme = genie_out / "model" / "README.md", genie_out / "dataset" / "README.md"
+    readme.write_text(readme.read_text() + "\n## My notes\n\nUSER EDIT\n")
+    dataset_readme.write_text(dataset_readme.read_text() + "\nDATASET USER EDIT\n")
+    before = tree_hashes(genie_out)
+    with caplog.at_level("INFO", logger="genie_hub"):
+        push_output(genie_out)
+    card = hub_server.files(MODEL_ID)["README.md"].decode()
+    assert "USER EDIT" in card and f"- {DATASET_ID}" in card  # the user's card, linked to the calibration set
+    assert hub_server.files(DATASET_ID, "dataset")["README.md"] == dataset_readme.read_bytes()
+    after = tree_hashes(genie_out)
+    assert {k: v for k, v in after.items() if k != "run.json"} == {k: v for k, v in before.items() if k != "run.json"}
+    assert "edited" in caplog.text and str(readme) in caplog.text
+
+
+def test_stale_remote_shards_and_weights_are_deleted_in_the_same_commit(hub_server, genie_out):
+    from datasets import load_dataset
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(MODEL_ID)
+    api.upload_file(path_or_fileobj=b"stale weights" * 10, path_in_repo="model.safetensors", repo_id=MODEL_ID)
+    api.upload_file(path_or_fileobj=b"notes", path_in_repo="NOTES.md", repo_id=MODEL_ID)
+    api.create_repo(DATASET_ID, repo_type="dataset")
+    shard = (genie_out / "dataset" / "data" / "train-00000-of-00001.parquet").read_bytes()
+    api.upload_file(path_or_fileobj=shard, path_in_repo="data/train-00000-of-00002.parquet", repo_id=DATASET_ID,
+                    repo_type="dataset")
+    commits = hub_server.commit_count(MODEL_ID), hub_server.commit_count(DATASET_ID, "dataset")
+    push_output(genie_out)
+    assert (hub_server.commit_count(MODEL_ID), hub_server.commit_count(DATASET_ID, "dataset")) == (
+        commits[0] + 1, commits[1] + 1)
+    model_files = set(hub_server.files(MODEL_ID))
+    assert "model.safetensors" not in model_files and "NOTES.md" in model_files  # only weights are replaced
+    assert [f for f in hub_server.files(DATASET_ID, "dataset") if f.startswith("data/")] == [
+        "data/train-00000-of-00001.parquet"]
+    assert load_dataset(DATASET_ID, split="train").num_rows == NUM_IMAGES
+
+
+def _edit_run(out: Path, edit) -> None:
+    data = json.loads((out / "run.json").read_text())
+    edit(data)
+    (out / "run.json").write_text(json.dumps(data))
+
+
+def test_a_checkpoint_other_than_the_recorded_one_is_refused(hub_server, genie_out):
+    _edit_run(genie_out, lambda d: d.update(weight_bits=8))
+    with pytest.raises(PushError, match="weight_bits 4 in its config.json, 8 in run.json"):
+        push_output(genie_out)
+    _edit_run(genie_out, lambda d: (d.update(weight_bits=4), d["layers"].popitem()))
+    with pytest.raises(PushError, match="other quantized layers"):
+        push_output(genie_out)
+    assert not hub_server.repos
+
+
+def test_a_zero_shot_run_without_its_dataset_folder_is_refused(hub_server, genie_out):
+    shutil.rmtree(genie_out / "dataset")
+    with pytest.raises(PushError, match="zero-shot run.*dataset"):
+        push_output(genie_out)
+    assert not hub_server.repos
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: [d["config"].pop(k) for k in ("second_layer_act_bits", "first_layer")],
+    lambda d: d["synthetic"].pop("loss_summary"),
+    lambda d: d.update(config="oops"),
+], ids=["old-config", "no-loss-summary", "wrong-type"])
+def test_a_run_json_the_cards_cannot_be_rendered_from_is_a_push_error(hub_server, genie_out, edit):
+    _edit_run(genie_out, edit)
+    with pytest.raises(PushError, match="run.json.*Rerun the quantize command"):
+        push_output(genie_out)
+    assert not hub_server.repos
+
+
+def test_a_branch_push_names_the_branch_in_both_cards(hub_server, genie_out):
+    push_output(genie_out, revision="exp")
+    card = hub_server.files(MODEL_ID, revision="exp")["README.md"].decode()
+    assert f'from_pretrained("{MODEL_ID}", revision="exp")' in card
+    dataset_card = hub_server.files(DATASET_ID, "dataset", revision="exp")["README.md"].decode()
+    assert f'load_dataset("{DATASET_ID}", revision="exp", split="train")' in dataset_card
+
+
+@pytest.mark.parametrize("folder", ["model", "dataset"])
+def test_a_symlinked_model_or_dataset_folder_is_refused(hub_server, out, tmp_path, folder):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(str(out / folder), elsewhere)
+    (out / folder).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(PushError, match="symbolic link"):
+        push_output(out)
+    assert not hub_server.repos
+
+
+def test_a_space_re_push_deletes_the_files_genie_hub_owns_and_no_others(hub_server, tmp_path):
+    from huggingface_hub import HfApi
+
+    space = tmp_path / "space"
+    (space / "wheels").mkdir(parents=True)
+    (space / "README.md").write_text("---\nsdk: gradio\napp_file: app.py\n---\n")
+    (space / "app.py").write_text("print('app')\n")
+    (space / "space_config.json").write_text('{"quantized_model": "tester/old"}\n')
+    (space / "wheels" / "genie_hub-0.1.0-py3-none-any.whl").write_bytes(b"old wheel")
+    push_space(space, "genie-demo")
+    HfApi().upload_file(path_or_fileobj=b"mine", path_in_repo="NOTES.md", repo_id="tester/genie-demo",
+                        repo_type="space")
+    (space / "space_config.json").unlink()  # defaults now
+    (space / "wheels" / "genie_hub-0.1.0-py3-none-any.whl").unlink()
+    (space / "wheels" / "genie_hub-0.2.0-py3-none-any.whl").write_bytes(b"new wheel")
+    push_space(space, "genie-demo")
+    remote = set(hub_server.files("tester/genie-demo", "space"))
+    assert "space_config.json" not in remote and "wheels/genie_hub-0.1.0-py3-none-any.whl" not in remote
+    assert {"wheels/genie_hub-0.2.0-py3-none-any.whl", "NOTES.md", "app.py"} <= remote
+
+
+def test_cli_push_space_checks_the_models_exist_and_passes_the_token(hub_server, monkeypatch, capsys, caplog):
+    import genie_hub.space as space
+    from genie_hub.cli import main
+    from huggingface_hub import HfApi
+
+    assert main(["push-space", "tester/cmp", "--fp32", "genie-hub/fashion-mnist-resnet", "--quantized",
+                 "tester/typo"]) == 1
+    assert "tester/typo is not a model on the Hub" in capsys.readouterr().err
+    assert ("space", "tester/cmp") not in hub_server.repos  # refused before any upload
+
+    HfApi().create_repo("tester/q")
+    seen = {}
+
+    def prepared(*args, **kwargs):
+        seen.update(kwargs)
+        raise space.GenieError("stop here")
+
+    monkeypatch.setattr(space, "prepare_space_folder", prepared)
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        assert main(["push-space", "tester/cmp", "--quantized", "tester/q", "--private", "--token", "hf_cli"]) == 1
+    assert seen["token"] == "hf_cli"
+    assert "private Space cannot download its own genie_hub wheel" in caplog.text
+
+
+def test_cards_of_a_record_without_digests_are_recognized_by_rendering_them_again(hub_server, genie_out):
+    """run.json of an older genie_hub has no "cards": its unedited cards are still updated for the pushed ids."""
+    _edit_run(genie_out, lambda d: d.pop("cards"))
+    dataset_readme = genie_out / "dataset" / "README.md"
+    dataset_readme.write_text(dataset_readme.read_text() + "\nUSER EDIT\n")
+    push_output(genie_out)
+    assert f'from_pretrained("{MODEL_ID}")'.encode() in hub_server.files(MODEL_ID)["README.md"]
+    assert b"USER EDIT" in hub_server.files(DATASET_ID, "dataset")["README.md"]
+    assert b"USER EDIT" in dataset_readme.read_bytes()

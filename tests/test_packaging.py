@@ -87,6 +87,7 @@ def test_pushed_space_installs_from_the_wheel_it_carries(hub_server, tmp_path, w
     from genie_hub.cli import main
 
     api = HfApi()
+    api.create_repo("tester/base")  # push-space checks that both models exist
     api.create_repo("tester/base-genie-w4a4")
     card = ModelCard(f"---\n{ModelCardData(datasets=['tester/base-genie-w4a4-calibration']).to_yaml()}\n---\n# q\n")
     api.upload_file(path_or_fileobj=str(card).encode(), path_in_repo="README.md", repo_id="tester/base-genie-w4a4")

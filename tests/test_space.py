@@ -495,3 +495,45 @@ def test_browser_upload_and_compare(models, coffee_png, coffee, tmp_path, app):
     if os.environ.get("GENIE_HUB_UPDATE_SCREENSHOT"):  # refresh the committed copy only on request
         SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT_COPY)
+
+
+def _zoo_record(zoo: Path, name: str, base: str, *, base_model_id: str | None = None, pushed: bool = True) -> None:
+    """A finished, published zoo entry's run.json, as `zoo build` + `zoo publish` leave it."""
+    from genie_hub.cards import public_names
+    from genie_hub.outputs import RunRecord
+
+    record = RunRecord(base_model=base, base_model_id=base_model_id, weight_bits=4, act_bits=4,
+                       config={"weight_bits": 4}, layers={"fc": {"type": "QuantLinear"}})
+    record.public = public_names(record)._asdict()
+    if pushed:
+        record.push = {"model": {"repo_id": f"alice/{name}"}}
+    (zoo / name).mkdir(parents=True)
+    record.save(zoo / name / "run.json")
+
+
+def test_a_published_space_names_zoo_entries_by_hub_ids_only(tmp_path, caplog):
+    from genie_hub.space import zoo_space_entries
+
+    base = tmp_path / "secret_user" / "models" / "tinyres"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    zoo = tmp_path / "zoo"
+    _zoo_record(zoo, "from-hub", "alice/resnet")
+    _zoo_record(zoo, "local-with-id", str(base), base_model_id="alice/tinyres")
+    _zoo_record(zoo, "local-no-id", str(base))
+    _zoo_record(zoo, "moved-away", str(tmp_path / "gone" / "tinyres"))  # the folder is not on this machine
+    _zoo_record(zoo, "not-pushed", "alice/resnet", pushed=False)
+    _zoo_record(zoo, "embedded", str(tmp_path / "other-install" / "genie_hub" / "assets" / DEFAULT_MODEL_DIR.name))
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        entries = zoo_space_entries(zoo, published=True)
+    assert entries == [{"name": "embedded", "fp32": DEFAULT_FP32_HUB_ID, "quantized": "alice/embedded"},
+                       {"name": "from-hub", "fp32": "alice/resnet", "quantized": "alice/from-hub"},
+                       {"name": "local-with-id", "fp32": "alice/tinyres", "quantized": "alice/local-with-id"}]
+    assert str(tmp_path) not in json.dumps(entries)
+    for name in ("local-no-id", "moved-away", "not-pushed"):
+        assert name in caplog.text
+    shutil.rmtree(zoo / "embedded")
+    shutil.rmtree(zoo / "from-hub")
+    shutil.rmtree(zoo / "local-with-id")
+    with pytest.raises(GenieError, match="entries a published Space can show"):
+        zoo_space_entries(zoo, published=True)

@@ -165,3 +165,27 @@ def test_entries_that_differ_only_in_bits_share_their_synthetic_images(registry,
         "tiny-resnet-genie-w8a8": "built"}
     assert sorted((out / "_synthetic").glob("*/batch_*.safetensors")) == shards  # reused, not made again
     assert shards[0].stat().st_mtime_ns == mtime
+
+
+def test_publish_skips_stale_entries_and_a_leaderboard_failure_is_a_push_error(registry, tmp_path, hub_server,
+                                                                               caplog):
+    from genie_hub.errors import PushError
+
+    out = tmp_path / "zoo"
+    zoo.build(out, ["tiny-resnet-genie-w4a4"], registry=registry, progress=False)
+    hub_server.inject_failure("commit", mode="500", repo_id="genie-org/genie-hub-zoo")
+    with pytest.raises(PushError, match="leaderboard repo 'genie-org/genie-hub-zoo'.*Already published: "
+                                        "genie-org/tiny-resnet-genie-w4a4.*again"):
+        zoo.publish(out, "genie-org", registry=registry)
+
+    hub_server.reset()
+    data = json.loads(registry.read_text())  # the registry now asks for other bits than the folder was built with
+    for entry in data["entries"]:
+        if entry["name"] == "tiny-resnet-genie-w4a4":
+            entry["act_bits"] = 8
+    changed = tmp_path / "registry.json"
+    changed.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="genie_hub.zoo"), pytest.raises(ConfigError, match="Nothing to publish"):
+        zoo.publish(out, "genie-org", registry=changed)
+    assert "tiny-resnet-genie-w4a4 is not published" in caplog.text and "W4A4" in caplog.text
+    assert not hub_server.repos

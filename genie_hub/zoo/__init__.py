@@ -263,23 +263,46 @@ def write_leaderboard(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, 
 def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.PathLike | None = None,
             private: bool = False, token: str | None = None) -> dict[str, Any]:
     """Push every built entry as NS/<name> (+ NS/<name>-calibration), then the leaderboard repo NS/genie-hub-zoo,
-    whose card links every entry. Re-running updates the same repos in place."""
-    from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
-
+    whose card links every entry. Re-running updates the same repos in place. A folder built for other settings
+    than its registry entry now asks for (`_stale`) is not published (under `skipped`), as the leaderboard
+    leaves it out; a failure to push the leaderboard repo is a PushError."""
     from ..hub import check_push_ready, push_output
 
     check_push_ready(token)
     zoo_dir = Path(zoo_dir)
     entries = load_registry(registry)
-    built = [entry for entry in entries if _record(zoo_dir, entry) is not None]
+    built, skipped = [], {}
+    for entry in entries:
+        record = _record(zoo_dir, entry)
+        stale = _stale(record, entry) if record is not None else None
+        if stale:
+            logger.warning("zoo: %s is not published: %s. Delete %s and run `genie_hub zoo build` to rebuild it.",
+                           entry.name, stale, zoo_dir / entry.name)
+            skipped[entry.name] = f"skipped: {stale}"
+        elif record is not None:
+            built.append(entry)
     if not built:
-        raise ConfigError(f"Nothing to publish: no zoo entry is built in {zoo_dir}. Run `genie_hub zoo build` first.")
+        raise ConfigError(f"Nothing to publish: no zoo entry is built in {zoo_dir} for its current registry settings"
+                          f"{' (see the warnings above)' if skipped else ''}. Run `genie_hub zoo build` first.")
     pushed = {}
     for entry in built:
         result = push_output(zoo_dir / entry.name, repo_id=f"{namespace}/{entry.name}", private=private, token=token)
         pushed[entry.name] = result["model"]["repo_id"]
     rows = write_leaderboard(zoo_dir, entries)
     repo_id = f"{namespace}/{ZOO_REPO}"
+    _push_leaderboard(repo_id, rows, list(pushed.values()), private=private, token=token)
+    return {"entries": pushed, "skipped": skipped, "leaderboard": repo_id}
+
+
+def _push_leaderboard(repo_id: str, rows: list[dict[str, Any]], published: list[str], *, private: bool,
+                      token: str | None) -> None:
+    """The leaderboard repo's card and leaderboard.json, in one commit; a Hub failure is a PushError saying what
+    is already published and that rerunning `zoo publish` completes it."""
+    from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+
+    from ..errors import PushError
+    from ..hub import _endpoint, _reason
+
     card = ModelCard.from_template(
         ModelCardData(library_name="transformers", tags=["genie_hub", "quantized", "model-zoo"]), template_str="---\n{{ card_data }}\n---\n\n# genie_hub model zoo\n\n"
         f"Zero-shot quantized vision models made with [genie_hub]({REPOSITORY_URL}) "
@@ -287,12 +310,18 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
         "`AutoModelForImageClassification.from_pretrained(repo_id)`.\n\n{{ table }}\n",
         table=leaderboard_markdown(rows, link=True))
     api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    api.create_commit(repo_id, operations=[
-        CommitOperationAdd("README.md", str(card).encode("utf-8")),
-        CommitOperationAdd(f"{LEADERBOARD}.json", (json.dumps({"entries": rows}, indent=2) + "\n").encode("utf-8"))],
-        commit_message="Update the genie_hub zoo leaderboard")
-    return {"entries": pushed, "leaderboard": repo_id}
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.create_commit(repo_id, operations=[
+            CommitOperationAdd("README.md", str(card).encode("utf-8")),
+            CommitOperationAdd(f"{LEADERBOARD}.json",
+                               (json.dumps({"entries": rows}, indent=2) + "\n").encode("utf-8"))],
+            commit_message="Update the genie_hub zoo leaderboard")
+    except Exception as exc:
+        raise PushError(
+            f"Pushing the zoo leaderboard repo '{repo_id}' to {_endpoint()} failed ({_reason(exc)}). Already "
+            f"published: {', '.join(published)}. Run the same `genie_hub zoo publish` command again to retry: files "
+            "already on the Hub are not uploaded again.") from exc
 
 
 def status(zoo_dir: str | os.PathLike, *, registry: str | os.PathLike | None = None) -> list[dict[str, Any]]:
