@@ -14,7 +14,6 @@ saves the cards genie_hub rendered back to OUT (a card the user edited is publis
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import logging
 import os
@@ -301,71 +300,16 @@ def _rendered_cards(run: RunRecord, run_path: Path, repo_id: str, dataset_repo_i
     return model_card, dataset_card
 
 
-def _genie_card_digests(run: RunRecord, readme: Path, kind: str) -> set[str]:
-    """The sha256 of the cards genie_hub wrote for `kind`: recorded in run.json. Records of older versions
-    recorded none: there, the card genie_hub would have written for the ids the local card's load snippet names
-    (its quantize run's folder name, or the repos of an earlier push)."""
-    import hashlib
-
-    from .cards import render_dataset_card, render_model_card
-
-    if run.cards is not None:
-        return {digest for digest in [run.cards.get(kind)] if isinstance(digest, str)}
-    if not readme.is_file():
-        return set()
-    text = readme.read_text(encoding="utf-8", errors="replace")
-    found = re.search(r'(?:from_pretrained|load_dataset)\("([^"]+)"', text)
-    if not found:
-        return set()
-    repo_id, pushed = found.group(1), ((run.push or {}).get("model") or {}).get("repo_id")
-    linked = re.search(r"^datasets:\n- (\S+)$", text, re.MULTILINE)
-    try:
-        if kind == "dataset":  # quantize wrote the features in the file's order; run.json keeps them sorted
-            records = (run, _features_in_file_order(run, readme.parent))
-            cards = [render_dataset_card(record, repo_id, model) for record in records
-                     for model in dict.fromkeys([None, pushed])]
-        else:  # quantize wrote its layer table in model order; run.json keeps the layers sorted by name
-            in_model_order = dataclasses.replace(run, layers=_layers_in_unit_order(run))
-            cards = [render_model_card(record, repo_id, linked.group(1) if linked else None)
-                     for record in (run, in_model_order)]
-    except Exception:  # noqa: BLE001 - unrenderable: `_rendered_cards` already said so
-        return set()
-    return {hashlib.sha256(str(card).encode("utf-8")).hexdigest() for card in cards}
-
-
-def _layers_in_unit_order(run: RunRecord) -> dict[str, dict]:
-    """run.layers ordered as the reconstruction units list their ops (the model's order)."""
-    order = [op for unit in run.units if isinstance(unit, dict) for op in unit.get("ops") or []]
-    ranked = {name: index for index, name in enumerate(dict.fromkeys(order))}
-    return dict(sorted(run.layers.items(), key=lambda item: ranked.get(item[0], len(ranked))))
-
-
-def _features_in_file_order(run: RunRecord, dataset_dir: Path) -> RunRecord:
-    """run with its dataset summary's features in the column order of the local parquet file."""
-    import copy
-
-    import pyarrow.parquet as pq
-
-    summary = (run.synthetic or {}).get("dataset") or {}
-    files = sorted((dataset_dir / "data").glob("*.parquet"))
-    if not files or not isinstance(summary.get("features"), dict):
-        return run
-    names = pq.read_schema(files[0]).names
-    features = summary["features"]
-    ordered = {name: features[name] for name in [*names, *features] if name in features}
-    synthetic = copy.deepcopy(run.synthetic)
-    synthetic["dataset"]["features"] = ordered
-    return dataclasses.replace(run, synthetic=synthetic)
-
-
-def _plan_card(kind: str, readme: Path, rendered: bytes | None, genie_digests: set[str],
+def _plan_card(kind: str, readme: Path, rendered: bytes | None, genie_digest: str | None,
                dataset_repo_id: str | None) -> _Card:
-    """The card genie_hub rendered, unless the local card is the user's (bytes genie_hub never wrote): then the
-    user's card is published (a model card with its `datasets:` link set) and the local file is left alone."""
+    """The card genie_hub rendered, unless the local card is the user's (not the bytes genie_hub wrote, whose
+    sha256 run.json records; records of older versions recorded none: their cards count as genie_hub's): then
+    the user's card is published (a model card with its `datasets:` link set) and the local file is left alone."""
     if not readme.is_file():
         return _Card(rendered, rendered is not None)
     local = readme.read_bytes()
-    if rendered is not None and (local == rendered or card_sha256(readme) in genie_digests):
+    ours = genie_digest is None or card_sha256(readme) == genie_digest
+    if rendered is not None and (local == rendered or ours):
         return _Card(None if local == rendered else rendered, True)
     if rendered is not None:
         logger.info("%s was edited (it is not the card genie_hub wrote): publishing it as it is%s, not the card "
@@ -379,13 +323,12 @@ def _card_plans(run: RunRecord, layout: OutputLayout, repo_id: str, dataset_repo
     """(model card, dataset card) to publish: rendered from run.json for a genie_hub run, else the local ones."""
     model_readme, dataset_readme = layout.model_dir / "README.md", layout.dataset_dir / "README.md"
     if not run.complete:  # not a genie_hub run record: the folder's own cards
-        return (_plan_card("model", model_readme, None, set(), dataset_repo_id),
-                _plan_card("dataset", dataset_readme, None, set(), None))
+        return (_plan_card("model", model_readme, None, "", dataset_repo_id),
+                _plan_card("dataset", dataset_readme, None, "", None))
     model_card, dataset_card = _rendered_cards(run, layout.run_file, repo_id, dataset_repo_id, revision)
-    return (_plan_card("model", model_readme, model_card, _genie_card_digests(run, model_readme, "model"),
-                       dataset_repo_id),
-            _plan_card("dataset", dataset_readme, dataset_card, _genie_card_digests(run, dataset_readme, "dataset"),
-                       None))
+    digests = run.cards if run.cards is not None else {"model": None, "dataset": None}
+    return (_plan_card("model", model_readme, model_card, digests.get("model", ""), dataset_repo_id),
+            _plan_card("dataset", dataset_readme, dataset_card, digests.get("dataset", ""), None))
 
 
 MODEL_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
