@@ -216,7 +216,7 @@ def test_the_load_snippet_of_a_grayscale_models_card_runs(tmp_path, monkeypatch,
     assert printed in json.loads((out / "model" / "config.json").read_text())["id2label"].values()
     run.input_spec["channels"] = 3
     assert 'pipeline("image-classification"' in str(render_model_card(run, repo_id="user/rgb"))
-    assert "in floating point" not in card
+    assert "matmuls in floating point" not in card
     run.float_attention = ["encoder.layer.0.attention"]
     assert "Attention (1 modules): **matmuls in floating point**" in str(render_model_card(run, repo_id="user/x"))
 
