@@ -26,6 +26,8 @@ from .fileio import process_running, recover_interrupted_swaps, write_json
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
 """Written to OUT/work/ before any compute: the settings a run in this folder was started with."""
+THREADS_FILE = "threads.json"
+"""OUT/work/threads.json: the torch thread counts of the runs that computed in the folder (`record_threads`)."""
 LOCK_FILE = ".lock"
 """OUT/work/.lock: the process id of the run writing the folder (`OutputLayout.lock`)."""
 
@@ -65,6 +67,20 @@ class OutputLayout:
     @property
     def lock_file(self) -> Path:
         return self.work_dir / LOCK_FILE
+
+    def record_threads(self, threads: int) -> list[int]:
+        """Add `threads` (torch's CPU thread count) to the counts the runs computing in this folder used, and
+        return them all: CPU results are bit-identical only at one count, so a run resumed under another one is
+        a mix of two roundings, which its record must not present as reproducible at either."""
+        path = self.work_dir / THREADS_FILE
+        try:
+            seen = [int(n) for n in json.loads(path.read_text(encoding="utf-8"))]
+        except (OSError, ValueError, TypeError):
+            seen = []
+        counts = sorted({*seen, int(threads)})
+        if counts != seen:
+            write_json(path, counts)
+        return counts
 
     def lock(self) -> None:
         """Hold this folder for this process until it exits: a second run started into it (another shell, the
@@ -143,8 +159,9 @@ class OutputLayout:
 
     def _holds_results(self) -> bool:
         """Anything in the folder besides the settings a run that computed nothing yet left."""
-        return self.root.is_dir() and any(p not in (self.settings_file, self.lock_file)
-                                          and (p.is_file() or p.is_symlink()) for p in self.root.rglob("*"))
+        bookkeeping = (self.settings_file, self.lock_file, self.work_dir / THREADS_FILE)
+        return self.root.is_dir() and any(p not in bookkeeping and (p.is_file() or p.is_symlink())
+                                          for p in self.root.rglob("*"))
 
     def _previous_settings(self) -> dict[str, Any] | None:
         try:

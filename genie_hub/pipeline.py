@@ -104,8 +104,16 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
 
         select_prior(fp_model, config.synthesis_prior)  # a model no prior applies to fails here
     settings = run_settings(base_model, revision, few_shot or "synthetic", config.results_dict())
+    thread_counts = [torch.get_num_threads()]
     if accelerator.is_main_process:
         layout.claim(settings, overwrite=overwrite)
+        thread_counts = layout.record_threads(torch.get_num_threads())
+        if len(thread_counts) > 1:
+            logger.warning(
+                "This run continues work made at another torch thread count (%s; now %d). The parts already "
+                "finished keep that count's float rounding, so the result matches an uninterrupted run at neither "
+                "count; run.json and the card then give no thread count to reproduce it with.",
+                ", ".join(map(str, thread_counts)), torch.get_num_threads())
         logger.info("genie_hub: %s -> W%dA%d, %s profile, output %s", base_model, config.weight_bits,
                     config.act_bits, config.profile, layout.root)
     accelerator.wait_for_everyone()
@@ -155,7 +163,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         evaluation=evaluation.to_dict() if evaluation else None,
         command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
         versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
-        torch_threads=torch.get_num_threads(),
+        torch_threads=thread_counts[0] if len(thread_counts) == 1 else None,  # None: mixed, not reproducible
         adam_fused=fused_adam_supported(accelerator.device),
         synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
         synthesis_workers=None if few_shot else calibration.synthesis_workers,

@@ -157,3 +157,15 @@ def test_thread_count_is_recorded_in_run_json_and_the_card(tmp_path):
     assert [unit["compiled"] for unit in record["unit_errors"]] == [False] * len(record["unit_errors"])
     reproduce = ModelCard.load(out / "model" / "README.md").text.split("## Reproduce")[1]
     assert "torch used 1 CPU thread" in reproduce and "OMP_NUM_THREADS=1" in reproduce
+
+    # Rerun (or resumed) at another thread count: the finished work keeps 1 thread's rounding, so the record
+    # no longer names a count that would reproduce it.
+    try:
+        torch.set_num_threads(2)
+        assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", *TINY,
+                     "--synthesis-batches-per-step", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((out / "run.json").read_text())["torch_threads"] is None
+    assert json.loads((out / "work" / "threads.json").read_text()) == [1, 2]
+    assert "OMP_NUM_THREADS" not in ModelCard.load(out / "model" / "README.md").text
