@@ -173,12 +173,18 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     run.public = public_names(run)._asdict()  # here, where the run's relative paths resolve
     run.license = adapter_for(fp_model).card_metadata(fp_model).get("license") or base_license(
         run.public["base_model_hub_id"], revision)
+    previous = _previous_record(layout)
     if evaluation is not None:
         run.results, run.results_protocol = _results_table(evaluation)
+    elif previous is not None and previous.evaluation:  # the same model: its results still hold
+        run.evaluation, run.results, run.results_protocol = (previous.evaluation, previous.results,
+                                                            previous.results_protocol)
+        logger.info("No evaluation in this run: the results of the earlier run in %s (the same settings, so the "
+                    "same model) are kept.", layout.root)
     if calibration.zero_shot:
         run.synthetic = {"num_samples": len(calibration), "shape": list(calibration.pixel_values.shape[1:]),
                          "prior": calibration.prior, "loss_summary": calibration.loss_summary()}
-    run.push, model_id, dataset_id = _previous_push(layout)
+    run.push, model_id, dataset_id = _pushed_ids(previous)
     model_id = model_id or layout.root.resolve().name
     dataset_id = dataset_id or f"{model_id}-calibration"
     card = str(render_model_card(run, repo_id=model_id)).encode("utf-8")
@@ -207,13 +213,17 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     return layout.root
 
 
-def _previous_push(layout: OutputLayout) -> tuple[dict | None, str | None, str | None]:
-    """(the push record, model repo id, dataset repo id) of the run this one resumes or repeats: rerunning a
-    published folder keeps what `genie_hub push` recorded, and its cards keep naming the published repos."""
+def _previous_record(layout: OutputLayout) -> RunRecord | None:
+    """The record of the finished run this one repeats (same settings, so the same model), if any."""
     try:
-        previous = RunRecord.load(layout.run_file)  # None after --overwrite: claim() deleted it
+        return RunRecord.load(layout.run_file)  # None after --overwrite: claim() deleted it
     except (OSError, ValueError):
-        previous = None
+        return None
+
+
+def _pushed_ids(previous: RunRecord | None) -> tuple[dict | None, str | None, str | None]:
+    """(the push record, model repo id, dataset repo id) of `previous`: rerunning a published folder keeps what
+    `genie_hub push` recorded, and its cards keep naming the published repos."""
     push = previous.push if previous is not None and isinstance(previous.push, dict) else None
     if not push:
         return None, None, None

@@ -469,3 +469,20 @@ def test_a_full_disk_is_one_clear_error_that_says_the_work_is_kept(monkeypatch, 
     err = capsys.readouterr().err
     assert "No space left on device: out/work/synthetic/batch_00001.safetensors" in err
     assert "run the same command again to resume" in err and "Traceback" not in err
+
+
+def test_rerunning_a_finished_folder_without_evaluation_keeps_its_results(tmp_path):
+    """The same settings rebuild the same model: a rerun that evaluates nothing (another --eval-dataset, missing
+    test data) keeps the earlier run's results instead of erasing them from run.json and the card."""
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    out = tmp_path / "out"
+    command = ["quantize", str(tmp_path / "base"), "-o", str(out), *TINY]
+    assert main(command) == 0
+    record = json.loads((out / "run.json").read_text())
+    record["evaluation"] = {"dataset": "photos", "split": "test", "num_images": 10, "fp32_top1": 0.9,
+                            "quantized_top1": 0.8, "top1_agreement": 0.85}
+    record["results"] = [{"name": "photos top-1", "fp32": 90.0, "quantized": 80.0}]
+    (out / "run.json").write_text(json.dumps(record))
+    assert main(command) == 0
+    kept = json.loads((out / "run.json").read_text())
+    assert kept["evaluation"] == record["evaluation"] and kept["results"] == record["results"]
