@@ -252,6 +252,25 @@ def _check_model_matches_run(model_dir: Path, run: RunRecord, run_path: Path) ->
             "to regenerate the folder. Nothing was uploaded.")
 
 
+def _check_dataset_matches_run(files: dict[str, Path], run: RunRecord, run_path: Path) -> None:
+    """The parquet files hold as many images as the run made: a shard added to or removed from OUT/dataset/data
+    would be published as part of the calibration set, and `load_dataset` would refuse the split sizes."""
+    import pyarrow.parquet as pq
+
+    expected = run.synthetic.get("num_samples") if isinstance(run.synthetic, dict) else None
+    shards = [path for rel, path in files.items() if rel.endswith(".parquet")]
+    try:
+        rows = sum(pq.ParquetFile(path).metadata.num_rows for path in shards)
+    except Exception as exc:  # noqa: BLE001 - not parquet, truncated: what pyarrow says
+        raise PushError(f"Cannot push: a data file of the calibration set does not read as parquet ({_reason(exc)}). "
+                        "Rerun the quantize command to regenerate the folder. Nothing was uploaded.") from exc
+    if isinstance(expected, int) and rows != expected:
+        raise PushError(
+            f"Cannot push: the calibration set's data files ({', '.join(sorted(p.name for p in shards))}) hold {rows} "
+            f"images, but {run_path} records {expected}: a shard was added or removed by hand. Put back the files "
+            "the run wrote, or rerun the quantize command to regenerate them. Nothing was uploaded.")
+
+
 def _model_card_bytes(readme: Path, dataset_repo_id: str | None) -> bytes | None:
     """The README to publish: the local card with ``datasets: [dataset_repo_id]``; None if unchanged/absent."""
     if dataset_repo_id is None or not readme.is_file():
@@ -464,6 +483,8 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
                         f"{dataset_dir} is missing, so the model would be published without its calibration set "
                         "(as if it were a few-shot run). Put the dataset folder back, or rerun the quantize command "
                         "to complete the folder. Nothing was uploaded.")
+    if run.synthetic and has_dataset:
+        _check_dataset_matches_run(dataset_files, run, run_path)
     _verify_model_folder(model_dir)
     _check_model_matches_run(model_dir, run, run_path)
 

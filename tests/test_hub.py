@@ -599,3 +599,13 @@ def test_cards_of_a_record_without_digests_are_genie_hubs(hub_server, genie_out)
     push_output(genie_out)
     assert f'from_pretrained("{MODEL_ID}")'.encode() in hub_server.files(MODEL_ID)["README.md"]
     assert f'load_dataset("{DATASET_ID}"'.encode() in hub_server.files(DATASET_ID, "dataset")["README.md"]
+
+
+def test_a_shard_added_to_the_calibration_set_by_hand_is_refused(hub_server, genie_out):
+    """Every parquet file in OUT/dataset/data is published as the train split: one more than the run wrote would
+    join it (and `load_dataset` would refuse the card's split size)."""
+    data = genie_out / "dataset" / "data"
+    shutil.copy(data / "train-00000-of-00001.parquet", data / "train-extra.parquet")
+    with pytest.raises(PushError, match=r"hold \d+ images, but .* records \d+: a shard was added or removed"):
+        push_output(genie_out)
+    assert not hub_server.repos
