@@ -368,3 +368,33 @@ def test_attention_that_genie_hub_cannot_reach_is_reported_in_floating_point(cap
     v1 = quantize(SwinForImageClassification(SwinConfig(**geometry)).eval(), torch.randn(4, 3, 16, 16), config,
                   progress=False)
     assert v1.float_attention == [] and any(spec.type == "QuantAttention" for spec in v1.layers.values())
+
+
+def test_patch_similarity_reads_the_patch_tokens_only():
+    """Class, distillation and register tokens are not patches: the prior drops the tokens beyond the patch
+    grid of the model's first conv (a non-square ViT's 24 patches + 1 is not one more than a square; Dinov2's
+    class + 4 register tokens are more than two)."""
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    from genie_hub.synthesis.patch_similarity import PatchSimilarityPrior, _tokens
+
+    tokens = torch.arange(25.0).view(1, 25, 1)
+    assert _tokens(tokens, patches=24)[0, :, 0].tolist() == list(range(1, 25))
+    assert _tokens(tokens, patches=25).shape[1] == 25 and _tokens(tokens).shape[1] == 25  # no patch count: kept
+    assert _tokens(torch.zeros(1, 6, 1), patches=24).shape[1] == 6  # merged patches (Swin's later stages)
+
+    model = Dinov2ForImageClassification(Dinov2Config(
+        image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        num_register_tokens=4, num_labels=3)).eval()
+    prior = PatchSimilarityPrior(model)
+    seen = []
+    with prior.attached():
+        import genie_hub.synthesis.patch_similarity as patch_similarity
+
+        original = patch_similarity.similarity_entropy
+        patch_similarity.similarity_entropy = lambda t: seen.append(t.shape[1]) or original(t)
+        try:
+            model_logits(model, torch.randn(2, 3, 16, 16))
+        finally:
+            patch_similarity.similarity_entropy = original
+    assert seen == [16]  # the 4 x 4 patches, without the class and register tokens

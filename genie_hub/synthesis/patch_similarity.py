@@ -66,8 +66,16 @@ def repeated_blocks(model: nn.Module) -> list[str]:
     return [child for _, kids in innermost for child in kids]
 
 
-def _tokens(output) -> torch.Tensor | None:
-    """The block's output as [B, N, D] tokens, or None if it is not a feature map or token sequence."""
+MAX_EXTRA_TOKENS = 8
+"""At most this many tokens besides the patches (class, distillation, register tokens) are dropped."""
+
+
+def _tokens(output, patches: int | None = None) -> torch.Tensor | None:
+    """The block's output as [B, N, D] patch tokens, or None if it is not a feature map or token sequence.
+
+    A sequence with up to MAX_EXTRA_TOKENS more tokens than the model has patches (`patches`, the grid of its
+    first conv, the patch embedding) leads with its class, distillation or register tokens: they are dropped.
+    Without a patch count, a sequence one or two longer than a square is taken to lead with them."""
     while isinstance(output, (tuple, list)) and output:
         output = output[0]
     if hasattr(output, "last_hidden_state"):
@@ -78,6 +86,9 @@ def _tokens(output) -> torch.Tensor | None:
         return output.flatten(2).transpose(1, 2)
     if output.dim() == 3:
         count = output.shape[1]
+        if patches is not None:
+            extra = count - patches
+            return output[:, extra:] if 0 < extra <= MAX_EXTRA_TOKENS else output
         for extra in (1, 2):  # ViT's class token, DeiT's class + distillation tokens: keep the patch tokens
             if not math.isqrt(count) ** 2 == count and math.isqrt(count - extra) ** 2 == count - extra:
                 return output[:, extra:]
@@ -136,8 +147,14 @@ class PatchSimilarityPrior(SynthesisPrior):
 
     @contextlib.contextmanager
     def attached(self, groups: int = 1) -> Iterator["PatchSimilarityPrior"]:
+        patches: list[int] = []  # the patch grid of this forward, from the first conv's output
+
+        def embedding_hook(module: nn.Module, args: tuple, output) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                patches[:] = [output.shape[-2] * output.shape[-1]]
+
         def block_hook(module: nn.Module, args: tuple, output) -> None:
-            tokens = _tokens(output)
+            tokens = _tokens(output, patches[0] if patches else None)
             if tokens is not None and tokens.shape[1] >= 2:
                 self.terms.append(torch.stack([-similarity_entropy(part) for part in tokens.chunk(groups)]))
 
@@ -148,6 +165,9 @@ class PatchSimilarityPrior(SynthesisPrior):
                                                for part in logits.chunk(groups)]))
 
         with TemporaryHooks() as hooks:
+            embedding = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
+            if embedding is not None:
+                hooks.post(embedding, embedding_hook)
             for name in self.blocks:
                 hooks.post(self.model.get_submodule(name), block_hook)
             hooks.post(self.model, model_hook)
