@@ -108,21 +108,19 @@ def staging_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(path)
 
 
-def recover_interrupted_swaps(folder: str | os.PathLike) -> None:
-    """Finish what a `replace_dir` killed between its two renames left in `folder`: the old copy `.<name>.<pid>.old`
-    goes back to `<name>` when nothing took its place, and is removed when something did."""
+def recover_interrupted_swaps(folder: str | os.PathLike, names: tuple[str, ...]) -> None:
+    """Finish what a `replace_dir` of `folder/<name>` (for each of `names`) killed between its two renames left:
+    the old copy `.<name>.<pid>.old` goes back to `<name>` when nothing took its place, and is removed when
+    something did. Only those names: anything else in the folder is not genie_hub's to touch."""
     import shutil
 
     folder = Path(folder)
-    for old in folder.glob(".*.old") if folder.is_dir() else ():
-        stem, _, pid = old.name[1:-len(".old")].rpartition(".")
-        if not stem or not pid.isdigit() or process_running(int(pid)):
-            continue
-        target = folder / stem
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, target)
+    for name in names:
+        for old in _leftovers(folder, f".{name}.", ".old"):
+            if (folder / name).exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, folder / name)
 
 
 def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -130,21 +130,22 @@ class OutputLayout:
         if existing is None or not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"Cannot write to the output folder {root}: {existing} is not writable. Pass a "
                               "folder you can write to with -o.")
-        self.lock()
-        recover_interrupted_swaps(root)  # a run killed while it swapped in model/ or dataset/
         previous = _with_new_defaults(self._previous_settings()) if self._holds_results() else settings
-        if overwrite or _comparable(previous) != _comparable(settings):
-            if not overwrite:
-                if previous is None:
-                    what = ("holds a run of an older genie_hub that did not record its settings" if
-                            self.run_file.exists() else "is not empty and is not a genie_hub output folder")
-                    raise ConfigError(
-                        f"The output folder {root} {what}, so its files could be overwritten. Use a new or empty "
-                        "folder with -o, or pass --overwrite to replace its model/, dataset/, work/ and run.json.")
-                changed = _differences(previous, settings)
+        start_over = overwrite or _comparable(previous) != _comparable(settings)
+        if start_over and not overwrite:
+            if previous is None:
+                what = ("holds a run of an older genie_hub that did not record its settings" if
+                        self.run_file.exists() else "is not empty and is not a genie_hub output folder")
                 raise ConfigError(
-                    f"The output folder {root} holds a run with other settings ({changed}); its results would "
-                    "be replaced or mixed with this run's. Use another -o, or pass --overwrite to start over there.")
+                    f"The output folder {root} {what}, so its files could be overwritten. Use a new or empty "
+                    "folder with -o, or pass --overwrite to replace its model/, dataset/, work/ and run.json.")
+            changed = _differences(previous, settings)
+            raise ConfigError(
+                f"The output folder {root} holds a run with other settings ({changed}); its results would "
+                "be replaced or mixed with this run's. Use another -o, or pass --overwrite to start over there.")
+        self.lock()  # checked first: a folder this run may not write gets no lock either
+        recover_interrupted_swaps(root, (self.model_dir.name, self.dataset_dir.name))  # a run killed mid-swap
+        if start_over:
             import shutil
 
             doomed = [self.model_dir, self.dataset_dir, self.run_file]

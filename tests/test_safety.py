@@ -692,11 +692,21 @@ def test_what_killed_runs_leave_is_recovered_or_removed(tmp_path):
     (tmp_path / f".dataset.{dead}.old" / "README.md").write_text("card")
     (tmp_path / "model").mkdir()
     (tmp_path / f".model.{dead}.old").mkdir()
-    recover_interrupted_swaps(tmp_path)
+    (tmp_path / f".notes.{dead}.old").mkdir()  # not genie_hub's: left alone
+    recover_interrupted_swaps(tmp_path, ("model", "dataset"))
     assert (tmp_path / "dataset" / "README.md").read_text() == "card"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".notes.{dead}.old", "dataset", "model"]
 
     (tmp_path / f".model.staging.{dead}").mkdir()
     with staging_dir(tmp_path / ".model.staging") as staging:
         assert staging.name == f".model.staging.{os.getpid()}"  # per process: two savers never share one
         assert not (tmp_path / f".model.staging.{dead}").exists()
+
+
+def test_a_refused_folder_gets_no_lock_and_nothing_else(base, tmp_path, capsys):
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("mine")
+    assert main(["quantize", str(base), "-o", str(folder), *TINY]) == 2
+    assert "is not empty and is not a genie_hub output folder" in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["thesis.txt"]
