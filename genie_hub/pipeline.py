@@ -200,8 +200,9 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                                  dataset_card, storage=config.dataset_storage)
     elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
         shutil.rmtree(layout.dataset_dir)
-    run.cards = {kind: digest for kind, digest in (("model", card_sha256(layout.model_dir / "README.md")),
-                                                   ("dataset", card_sha256(layout.dataset_dir / "README.md"))) if digest}
+    digests = {"model": card_sha256(layout.model_dir / "README.md"),
+               "dataset": card_sha256(layout.dataset_dir / "README.md")}
+    run.cards = {kind: digest for kind, digest in digests.items() if digest}  # `push` tells the user's edits by them
     run.save(layout.run_file)  # last: a folder with run.json is a finished run
     _print_summary(run, layout.root, fashion_mnist_missing=fashion_mnist_missing)
     if push:
