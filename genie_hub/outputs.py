@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import dataclasses
 import json
 import os
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .fileio import process_running, recover_interrupted_swaps, write_json
+from .fileio import recover_interrupted_swaps, write_json
 
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
@@ -29,7 +27,8 @@ SETTINGS_FILE = "settings.json"
 THREADS_FILE = "threads.json"
 """OUT/work/threads.json: the torch thread counts of the runs that computed in the folder (`record_threads`)."""
 LOCK_FILE = ".lock"
-"""OUT/work/.lock: the process id of the run writing the folder (`OutputLayout.lock`)."""
+"""OUT/work/.lock: flock-ed by the run writing the folder, and holding its process id (`OutputLayout.lock`)."""
+_HELD_LOCKS: dict[str, int] = {}  # lock file -> open descriptor, for the folders this process holds
 
 
 @dataclass(frozen=True)
@@ -83,31 +82,39 @@ class OutputLayout:
         return counts
 
     def lock(self) -> None:
-        """Hold this folder for this process until it exits: a second run started into it (another shell, the
-        same command twice) would overwrite the first one's settings and calibrate it on its own images."""
+        """Hold this folder for this process until `unlock` (or the process's end, a kill included): a second run
+        started into it (another shell, the same command twice) would overwrite the first one's settings and
+        calibrate it on its own images. An advisory lock (flock) on `work/.lock`, which holds the holder's pid for
+        the message; where the system has none (Windows), the folder is not locked."""
+        try:
+            import fcntl
+        except ImportError:
+            return
+        if str(self.lock_file.resolve()) in _HELD_LOCKS:  # this process holds it already
+            return
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                handle = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self.lock_file.read_text(encoding="utf-8").strip() if self.lock_file.exists() else ""
-                if holder.isdigit() and int(holder) != os.getpid() and process_running(int(holder)):
-                    raise ConfigError(
-                        f"Another genie_hub run (process {holder}) is writing to {self.root}. Wait for it to "
-                        "finish (run the same command afterwards to reuse its work), or use another -o.") from None
-                self.lock_file.unlink(missing_ok=True)  # left by a run that was killed
-                continue
-            with os.fdopen(handle, "w", encoding="utf-8") as lock:
-                lock.write(str(os.getpid()))
-            break
-        lock_file, pid = self.lock_file, str(os.getpid())
+        try:
+            handle = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"Cannot open the lock file {self.lock_file} ({exc.strerror or exc}). Remove it (it "
+                              "is genie_hub's, and only marks a running run) and run the command again.") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(handle, 32).decode("ascii", errors="replace").strip() or "unknown"
+            os.close(handle)
+            raise ConfigError(
+                f"Another genie_hub run (process {holder}) is writing to {self.root}. Wait for it to finish (run "
+                "the same command afterwards to reuse its work), or use another -o.") from None
+        os.ftruncate(handle, 0)
+        os.write(handle, str(os.getpid()).encode("ascii"))
+        _HELD_LOCKS[str(self.lock_file.resolve())] = handle
 
-        def release() -> None:
-            with contextlib.suppress(OSError):
-                if lock_file.read_text(encoding="utf-8").strip() == pid:
-                    lock_file.unlink()
-
-        atexit.register(release)
+    def unlock(self) -> None:
+        """Let other runs write this folder again (a no-op when this process does not hold it)."""
+        handle = _HELD_LOCKS.pop(str(self.lock_file.resolve()), None)
+        if handle is not None:
+            os.close(handle)  # closing the descriptor releases the flock
 
     def claim(self, settings: dict[str, Any], overwrite: bool = False) -> None:
         """Check, before any compute, that a run with `settings` may write here, and record them.

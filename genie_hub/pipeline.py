@@ -105,113 +105,118 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         select_prior(fp_model, config.synthesis_prior)  # a model no prior applies to fails here
     settings = run_settings(base_model, revision, few_shot or "synthetic", config.results_dict())
     thread_counts = [torch.get_num_threads()]
-    if accelerator.is_main_process:
-        layout.claim(settings, overwrite=overwrite)
-        thread_counts = layout.record_threads(torch.get_num_threads())
-        if len(thread_counts) > 1:
-            logger.warning(
-                "This run continues work made at another torch thread count (%s; now %d). The parts already "
-                "finished keep that count's float rounding, so the result matches an uninterrupted run at neither "
-                "count; run.json and the card then give no thread count to reproduce it with.",
-                ", ".join(map(str, thread_counts)), torch.get_num_threads())
-        logger.info("genie_hub: %s -> W%dA%d, %s profile, output %s", base_model, config.weight_bits,
-                    config.act_bits, config.profile, layout.root)
-    accelerator.wait_for_everyone()
-    if config.profile == "paper" and accelerator.device.type == "cpu" and accelerator.is_main_process:
-        warn_paper_on_cpu(fp_model, spec, config, zero_shot=not few_shot)
+    try:  # the folder is held from its claim until this run ends, however it ends
+        if accelerator.is_main_process:
+            layout.claim(settings, overwrite=overwrite)
+            thread_counts = layout.record_threads(torch.get_num_threads())
+            if len(thread_counts) > 1:
+                logger.warning(
+                    "This run continues work made at another torch thread count (%s; now %d). The parts already "
+                    "finished keep that count's float rounding, so the result matches an uninterrupted run at neither "
+                    "count; run.json and the card then give no thread count to reproduce it with.",
+                    ", ".join(map(str, thread_counts)), torch.get_num_threads())
+            logger.info("genie_hub: %s -> W%dA%d, %s profile, output %s", base_model, config.weight_bits,
+                        config.act_bits, config.profile, layout.root)
+        accelerator.wait_for_everyone()
+        if config.profile == "paper" and accelerator.device.type == "cpu" and accelerator.is_main_process:
+            warn_paper_on_cpu(fp_model, spec, config, zero_shot=not few_shot)
 
-    if not few_shot:
-        from .synthesis import synthesize
+        if not few_shot:
+            from .synthesis import synthesize
 
-        calibration = synthesize(fp_model, config, spec=spec, output_dir=synthesis_dir or layout.synthetic_dir,
-                                 accelerator=accelerator, progress=progress)
-    if not accelerator.is_main_process:
-        return None  # reconstruction, saving and publishing run on the main process only
+            calibration = synthesize(fp_model, config, spec=spec, output_dir=synthesis_dir or layout.synthetic_dir,
+                                     accelerator=accelerator, progress=progress)
+        if not accelerator.is_main_process:
+            return None  # reconstruction, saving and publishing run on the main process only
 
-    from .checkpoint import save_quantized
-    from .quantization import quantize
+        from .checkpoint import save_quantized
+        from .quantization import quantize
 
-    result = quantize(fp_model, calibration, config, accelerator=accelerator,
-                      state_path=layout.reconstruction_state, progress=progress)
-    result.model.to("cpu")
-    fp_model.to("cpu")
+        result = quantize(fp_model, calibration, config, accelerator=accelerator,
+                          state_path=layout.reconstruction_state, progress=progress)
+        result.model.to("cpu")
+        fp_model.to("cpu")
 
-    evaluation = None
-    if evalset is not None:
-        try:
-            evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, evalset, limit=eval_limit,
-                                             progress=progress)
-        except Exception as exc:  # noqa: BLE001 - a stream that drops, a bad file: the model must not be lost
-            logger.error(
-                "The evaluation on %s failed after quantization (%s: %s). The quantized model is saved without "
-                "results; evaluate it once the dataset reads: `genie_hub evaluate %s --dataset %s`.",
-                evalset.source.label, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-                shlex.quote(str(layout.model_dir)), shlex.quote(evalset.source.name))
+        evaluation = None
+        if evalset is not None:
+            try:
+                evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, evalset, limit=eval_limit,
+                                                 progress=progress)
+            except Exception as exc:  # noqa: BLE001 - a stream that drops, a bad file: the model must not be lost
+                logger.error(
+                    "The evaluation on %s failed after quantization (%s: %s). The quantized model is saved without "
+                    "results; evaluate it once the dataset reads: `genie_hub evaluate %s --dataset %s`.",
+                    evalset.source.label, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                    shlex.quote(str(layout.model_dir)), shlex.quote(evalset.source.name))
 
-    from .cards import base_license, library_versions, machine_description, render_dataset_card, render_model_card
-    from .synthesis.loop import prefers_channels_last
+        from .cards import base_license, library_versions, machine_description, render_dataset_card, render_model_card
+        from .synthesis.loop import prefers_channels_last
 
-    run = RunRecord(
-        base_model=base_model, base_model_revision=revision, base_model_id=base_model_id,
-        zero_shot=calibration.zero_shot,
-        calibration_source=few_shot or "synthetic (Genie-D)", num_calibration_images=len(calibration),
-        has_image_processor=processor is not None,
-        weight_bits=config.weight_bits, act_bits=config.act_bits, config=config.to_dict(), input_spec=spec.to_dict(),
-        layers={name: layer.to_dict() for name, layer in result.layers.items()},
-        units=[unit.to_dict() for unit in result.units], unit_errors=[vars(r) for r in result.report],
-        float_attention=result.float_attention,
-        evaluation=evaluation.to_dict() if evaluation else None,
-        command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
-        versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
-        torch_threads=thread_counts[0] if len(thread_counts) == 1 else None,  # None: mixed, not reproducible
-        adam_fused=fused_adam_supported(accelerator.device),
-        synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
-        synthesis_workers=None if few_shot else calibration.synthesis_workers,
-        wall_seconds=round(time.time() - started, 1), settings=settings)
-    from .cards import public_names
+        run = RunRecord(
+            base_model=base_model, base_model_revision=revision, base_model_id=base_model_id,
+            zero_shot=calibration.zero_shot,
+            calibration_source=few_shot or "synthetic (Genie-D)", num_calibration_images=len(calibration),
+            has_image_processor=processor is not None,
+            weight_bits=config.weight_bits, act_bits=config.act_bits, config=config.to_dict(),
+            input_spec=spec.to_dict(),
+            layers={name: layer.to_dict() for name, layer in result.layers.items()},
+            units=[unit.to_dict() for unit in result.units], unit_errors=[vars(r) for r in result.report],
+            float_attention=result.float_attention,
+            evaluation=evaluation.to_dict() if evaluation else None,
+            command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
+            versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
+            torch_threads=thread_counts[0] if len(thread_counts) == 1 else None,  # None: mixed, not reproducible
+            adam_fused=fused_adam_supported(accelerator.device),
+            synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
+            synthesis_workers=None if few_shot else calibration.synthesis_workers,
+            wall_seconds=round(time.time() - started, 1), settings=settings)
+        from .cards import public_names
 
-    run.public = public_names(run)._asdict()  # here, where the run's relative paths resolve
-    run.license = adapter_for(fp_model).card_metadata(fp_model).get("license") or base_license(
-        run.public["base_model_hub_id"], revision)
-    previous = _previous_record(layout)
-    if evaluation is not None:
-        run.results, run.results_protocol = _results_table(evaluation)
-    elif previous is not None and previous.evaluation:  # the same model: its results still hold
-        run.evaluation, run.results, run.results_protocol = (previous.evaluation, previous.results,
-                                                            previous.results_protocol)
-        logger.info("No evaluation in this run: the results of the earlier run in %s (the same settings, so the "
-                    "same model) are kept.", layout.root)
-    if calibration.zero_shot:
-        run.synthetic = {"num_samples": len(calibration), "shape": list(calibration.pixel_values.shape[1:]),
-                         "prior": calibration.prior, "loss_summary": calibration.loss_summary()}
-    run.push, model_id, dataset_id = _pushed_ids(previous)
-    model_id = model_id or layout.root.resolve().name
-    dataset_id = dataset_id or f"{model_id}-calibration"
-    card = str(render_model_card(run, repo_id=model_id)).encode("utf-8")
-    save_quantized(result, layout.model_dir, processor=processor, extra_files={"README.md": card})
-    if calibration.zero_shot:
-        from .synthetic_dataset import export_synthetic_dataset
+        run.public = public_names(run)._asdict()  # here, where the run's relative paths resolve
+        run.license = adapter_for(fp_model).card_metadata(fp_model).get("license") or base_license(
+            run.public["base_model_hub_id"], revision)
+        previous = _previous_record(layout)
+        if evaluation is not None:
+            run.results, run.results_protocol = _results_table(evaluation)
+        elif previous is not None and previous.evaluation:  # the same model: its results still hold
+            run.evaluation, run.results, run.results_protocol = (previous.evaluation, previous.results,
+                                                                previous.results_protocol)
+            logger.info("No evaluation in this run: the results of the earlier run in %s (the same settings, so the "
+                        "same model) are kept.", layout.root)
+        if calibration.zero_shot:
+            run.synthetic = {"num_samples": len(calibration), "shape": list(calibration.pixel_values.shape[1:]),
+                             "prior": calibration.prior, "loss_summary": calibration.loss_summary()}
+        run.push, model_id, dataset_id = _pushed_ids(previous)
+        model_id = model_id or layout.root.resolve().name
+        dataset_id = dataset_id or f"{model_id}-calibration"
+        card = str(render_model_card(run, repo_id=model_id)).encode("utf-8")
+        save_quantized(result, layout.model_dir, processor=processor, extra_files={"README.md": card})
+        if calibration.zero_shot:
+            from .synthetic_dataset import export_synthetic_dataset
 
-        def dataset_card(summary: dict):  # the card describes the files as written (features, sizes)
-            run.synthetic["dataset"] = summary
-            return render_dataset_card(run, repo_id=dataset_id, model_repo_id=model_id if run.push else None)
+            def dataset_card(summary: dict):  # the card describes the files as written (features, sizes)
+                run.synthetic["dataset"] = summary
+                return render_dataset_card(run, repo_id=dataset_id, model_repo_id=model_id if run.push else None)
 
-        export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir,
-                                 dataset_card, storage=config.dataset_storage)
-    elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
-        shutil.rmtree(layout.dataset_dir)
-    digests = {"model": card_sha256(layout.model_dir / "README.md"),
-               "dataset": card_sha256(layout.dataset_dir / "README.md")}
-    run.cards = {kind: digest for kind, digest in digests.items() if digest}  # `push` tells the user's edits by them
-    run.save(layout.run_file)  # last: a folder with run.json is a finished run
-    _print_summary(run, layout.root, fashion_mnist_missing=fashion_mnist_missing)
-    if push:
-        from .hub import describe_push, push_output
+            export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir,
+                                     dataset_card, storage=config.dataset_storage)
+        elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
+            shutil.rmtree(layout.dataset_dir)
+        digests = {"model": card_sha256(layout.model_dir / "README.md"),
+                   "dataset": card_sha256(layout.dataset_dir / "README.md")}
+        run.cards = {kind: digest for kind, digest in digests.items() if digest}  # how `push` tells edited cards
+        run.save(layout.run_file)  # last: a folder with run.json is a finished run
+        _print_summary(run, layout.root, fashion_mnist_missing=fashion_mnist_missing)
+        if push:
+            from .hub import describe_push, push_output
 
-        pushed = push_output(layout.root, repo_id=repo_id, dataset_repo_id=dataset_repo_id, private=private,
-                             token=token, revision=push_revision, create_pr=create_pr, commit_message=commit_message)
-        print(describe_push(pushed), flush=True)
-    return layout.root
+            pushed = push_output(layout.root, repo_id=repo_id, dataset_repo_id=dataset_repo_id, private=private,
+                                 token=token, revision=push_revision, create_pr=create_pr,
+                                 commit_message=commit_message)
+            print(describe_push(pushed), flush=True)
+        return layout.root
+    finally:
+        layout.unlock()
 
 
 def _previous_record(layout: OutputLayout) -> RunRecord | None:

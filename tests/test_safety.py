@@ -655,21 +655,40 @@ def _dead_pid() -> int:
     return process.pid
 
 
+HOLD_LOCK = """
+import os, sys, fcntl, time
+handle = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.write(handle, str(os.getpid()).encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def _lock_is_free(lock: Path) -> bool:
+    probe = "import fcntl, os, sys; fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)"
+    return subprocess.run([sys.executable, "-c", probe, str(lock)], capture_output=True).returncode == 0
+
+
 def test_a_second_run_into_a_folder_in_use_is_refused(base, tmp_path, capsys):
     """Two runs into one folder: the second would rewrite the first's settings and calibrate it on its own images.
-    The folder is held (work/.lock) by a running process; a killed run's lock is taken over."""
+    The folder is held (a flock on work/.lock) while a run is going; a killed or finished run holds nothing, and
+    what the lock file holds does not matter."""
     out = tmp_path / "out"
     (out / "work").mkdir(parents=True)
-    holder = subprocess.Popen(["sleep", "60"])
+    lock = out / "work" / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / "work" / ".lock").write_text(str(holder.pid))
+        assert holder.stdout.readline().strip() == "held"
         assert main(["quantize", str(base), "-o", str(out), *TINY]) == 2
         assert f"Another genie_hub run (process {holder.pid}) is writing to" in capsys.readouterr().err
         assert not (out / "work" / "settings.json").exists()
     finally:
         holder.kill()
-    (out / "work" / ".lock").write_text(str(_dead_pid()))
+        holder.wait()
+    lock.write_bytes(b"\xff\xfe garbage")  # left by a killed run: no flock, so no holder
     assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    assert _lock_is_free(lock)  # released when the run returned, also in a long-lived process (a notebook)
 
 
 def test_overwrite_starts_over_even_on_the_same_settings(base, tmp_path):
