@@ -350,24 +350,32 @@ def _card_plans(run: RunRecord, layout: OutputLayout, repo_id: str, dataset_repo
             _plan_card("dataset", dataset_readme, dataset_card, digests.get("dataset", ""), None))
 
 
-MODEL_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
-"""Remote files of a model repo that a push replaces as a whole: weights beside the Genie ones would be loaded."""
-DATASET_DATA_PATTERNS = ("data/*",)
-"""Remote files of a datasets repo that a push replaces as a whole: another shard would join the train split."""
+MODEL_WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                         "pytorch_model.bin.index.json", "genie_model*.safetensors", "genie_model.safetensors.index.json")
+"""Remote weight files at a model repo's top level that a push replaces as a whole: weights that transformers or
+genie_hub would load beside the ones pushed (shards included). Nothing in a subfolder, nothing else."""
+DATASET_DATA_PATTERNS = ("data/train-*",)
+"""Remote shards of the train split that a push replaces as a whole: another would join the split. Other splits
+and files in data/ stay."""
 
 
 def _stale_remote_files(api, repo_id: str, repo_type: str, revision: str | None, local: set[str],
                         patterns: tuple[str, ...]) -> list[str]:
     """Files matching `patterns` in the repo (at the branch the commit goes to) that the local folder lacks: they
-    are deleted in the same commit, as `Dataset.push_to_hub` deletes the shards it does not rewrite."""
+    are deleted in the same commit, as `Dataset.push_to_hub` deletes the shards it does not rewrite. A pattern
+    matches at its own folder depth only (fnmatch's `*` would cross `/`)."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         remote = api.list_repo_files(repo_id, repo_type=repo_type, revision=revision or "main")
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return []
-    return sorted(name for name in remote
-                  if name not in local and any(fnmatch.fnmatch(name, pattern) for pattern in patterns))
+    stale = sorted(name for name in remote if name not in local and any(
+        name.count("/") == pattern.count("/") and fnmatch.fnmatchcase(name, pattern) for pattern in patterns))
+    for name in stale:
+        logger.info("Deleting %s from %s: the pushed folder replaces it (%s).", name, repo_id,
+                    "another shard of the train split" if repo_type == "dataset" else "weights beside the new ones")
+    return stale
 
 
 def _commit_operations(files: dict[str, Path], card: _Card, stale: list[str]) -> list:

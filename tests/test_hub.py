@@ -479,7 +479,11 @@ def test_stale_remote_shards_and_weights_are_deleted_in_the_same_commit(hub_serv
     api.create_repo(MODEL_ID)
     api.upload_file(path_or_fileobj=b"stale weights" * 10, path_in_repo="model.safetensors", repo_id=MODEL_ID)
     api.upload_file(path_or_fileobj=b"notes", path_in_repo="NOTES.md", repo_id=MODEL_ID)
+    for name in ("fp32/model.safetensors", "training_args.bin"):  # not the repo's weights: left alone
+        api.upload_file(path_or_fileobj=b"mine", path_in_repo=name, repo_id=MODEL_ID)
     api.create_repo(DATASET_ID, repo_type="dataset")
+    for name in ("data/test-00000-of-00001.parquet", "data/LICENSE.txt"):  # another split, another file: kept
+        api.upload_file(path_or_fileobj=b"mine", path_in_repo=name, repo_id=DATASET_ID, repo_type="dataset")
     shard = (genie_out / "dataset" / "data" / "train-00000-of-00001.parquet").read_bytes()
     api.upload_file(path_or_fileobj=shard, path_in_repo="data/train-00000-of-00002.parquet", repo_id=DATASET_ID,
                     repo_type="dataset")
@@ -488,10 +492,11 @@ def test_stale_remote_shards_and_weights_are_deleted_in_the_same_commit(hub_serv
     assert (hub_server.commit_count(MODEL_ID), hub_server.commit_count(DATASET_ID, "dataset")) == (
         commits[0] + 1, commits[1] + 1)
     model_files = set(hub_server.files(MODEL_ID))
-    assert "model.safetensors" not in model_files and "NOTES.md" in model_files  # only weights are replaced
-    assert [f for f in hub_server.files(DATASET_ID, "dataset") if f.startswith("data/")] == [
-        "data/train-00000-of-00001.parquet"]
-    assert load_dataset(DATASET_ID, split="train").num_rows == NUM_IMAGES
+    assert "model.safetensors" not in model_files  # only the top-level weights are replaced
+    assert {"NOTES.md", "fp32/model.safetensors", "training_args.bin"} <= model_files
+    assert sorted(f for f in hub_server.files(DATASET_ID, "dataset") if f.startswith("data/")) == [
+        "data/LICENSE.txt", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
+    assert load_dataset(DATASET_ID, split="train").num_rows == NUM_IMAGES  # the card's configs read train-* only
 
 
 def _edit_run(out: Path, edit) -> None:
