@@ -253,7 +253,8 @@ WHEEL_SOURCES = ("pyproject.toml", "README.md", "genie_hub", "model_cards", "spa
 
 
 def _git_tracked_sources(source: Path) -> list[str] | None:
-    """The files under WHEEL_SOURCES that git tracks, when `source` is the top of a git checkout; else None.
+    """The files under WHEEL_SOURCES that git tracks, when `source` is a git checkout (it has `.git`, a folder
+    or a worktree's file); else None. A checkout whose files git cannot list is an error, not a full copy.
 
     The wheel goes into a public Space, so only committed work may ship: a file kept untracked (notes, a token)
     or ignored (a local config) inside genie_hub/ must not be published. An untracked, unignored file there is
@@ -262,14 +263,19 @@ def _git_tracked_sources(source: Path) -> list[str] | None:
         out = subprocess.run(["git", "-C", str(source), *args], capture_output=True, check=True, timeout=60).stdout
         return [name for name in os.fsdecode(out).split("\0") if name]
 
+    if not (source / ".git").exists():  # an unpacked sdist, a copy: no git to ask
+        return None
     try:
-        top = git("rev-parse", "--show-toplevel")
-        if not top or Path(top[0].strip()).resolve() != source.resolve():
-            return None
         tracked = git("ls-files", "-z", "--", *WHEEL_SOURCES)
         untracked = git("ls-files", "-z", "--others", "--exclude-standard", "--", *WHEEL_SOURCES)
-    except (OSError, subprocess.SubprocessError):
-        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        said = os.fsdecode(getattr(exc, "stderr", None) or b"").strip().splitlines()
+        detail = said[-1] if said else str(exc)
+        raise GenieError(
+            f"{source} is a git checkout, but git cannot list its files ({detail}), so genie_hub cannot tell which "
+            "of them are committed, and the Space's wheel must not publish the others. Fix git for this folder "
+            "(e.g. `git config --global --add safe.directory` for a checkout owned by another user), or pass a "
+            "genie_hub wheel with --wheel PATH.") from exc
     untracked = [name for name in untracked if "__pycache__" not in name.split("/")]
     if untracked:
         raise GenieError(

@@ -168,7 +168,7 @@ def _git_source(tmp_path: Path) -> Path:
     return source
 
 
-def test_the_space_wheel_is_built_from_committed_files_only(tmp_path):
+def test_the_space_wheel_is_built_from_committed_files_only(tmp_path, monkeypatch):
     """push-space publishes the wheel: an ignored file inside genie_hub/ stays out, an untracked one is refused
     (it may be a secret, or a module the Space would miss), and a tree outside git is copied whole."""
     from genie_hub.errors import GenieError
@@ -186,6 +186,12 @@ def test_the_space_wheel_is_built_from_committed_files_only(tmp_path):
     (source / "genie_hub" / "notes.py").write_text("TOKEN = 'hf_secret'")
     with pytest.raises(GenieError, match=r"not tracked by git \(genie_hub/notes.py\).*--wheel"):
         _copy_sources(source, tmp_path / "copy2")
+
+    (source / "genie_hub" / "notes.py").unlink()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))  # a checkout git cannot list: never a full copy
+    with pytest.raises(GenieError, match="git cannot list its files.*--wheel"):
+        _copy_sources(source, tmp_path / "copy3")
+    monkeypatch.undo()
 
     plain = tmp_path / "plain"
     (plain / "genie_hub").mkdir(parents=True)

@@ -31,10 +31,11 @@ _FORWARD_METHODS = ("forward", "_conv_forward")
 
 
 def attention_modules(model: nn.Module) -> list[str]:
-    """The outermost modules that compute attention, by their class (`...Attention`, nn.MultiheadAttention)."""
+    """The outermost modules that compute attention, by their class (its name holds `Attention`, as LeViT's
+    `LevitAttentionSubsample` does; nn.MultiheadAttention)."""
     found: list[str] = []
     for name, module in model.named_modules():
-        if name and (type(module).__name__.endswith("Attention") or isinstance(module, nn.MultiheadAttention)) \
+        if name and ("Attention" in type(module).__name__ or isinstance(module, nn.MultiheadAttention)) \
                 and not any(name.startswith(outer + ".") for outer in found):
             found.append(name)
     return found
