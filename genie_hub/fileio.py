@@ -123,6 +123,17 @@ def recover_interrupted_swaps(folder: str | os.PathLike, names: tuple[str, ...])
                 os.replace(old, folder / name)
 
 
+def remove_dead_temporaries(folder: str | os.PathLike, recursive: bool = True) -> None:
+    """Delete the `.<name>.<pid>.tmp` files (`atomic_path`'s) that a killed process left under `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for tmp in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        pid = tmp.name[:-len(".tmp")].rpartition(".")[2]
+        if tmp.is_file() and pid.isdigit() and not process_running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Move the complete folder `source` to `target`, replacing a folder there. Each step is a rename, so at
     any moment `target` is either the old complete folder or the new one (or, for an instant between the two

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .fileio import recover_interrupted_swaps, write_json
+from .fileio import recover_interrupted_swaps, remove_dead_temporaries, write_json
 
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
@@ -152,6 +152,9 @@ class OutputLayout:
                 "be replaced or mixed with this run's. Use another -o, or pass --overwrite to start over there.")
         self.lock()  # checked first: a folder this run may not write gets no lock either
         recover_interrupted_swaps(root, (self.model_dir.name, self.dataset_dir.name))  # a run killed mid-swap
+        remove_dead_temporaries(root, recursive=False)  # and the half-written files of a killed run
+        for folder in (self.model_dir, self.dataset_dir, self.work_dir):
+            remove_dead_temporaries(folder)
         if start_over:
             import shutil
 

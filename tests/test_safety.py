@@ -694,6 +694,11 @@ def test_a_second_run_into_a_folder_in_use_is_refused(base, tmp_path, capsys):
 def test_overwrite_starts_over_even_on_the_same_settings(base, tmp_path):
     out = tmp_path / "out"
     assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    dead = _dead_pid()
+    half_written = out / "work" / "synthetic" / f".batch_00009.safetensors.{dead}.tmp"  # a kill -9's leftover
+    half_written.write_bytes(b"half")
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0  # the same settings: resumes, and sweeps
+    assert not half_written.exists()
     (out / "work" / "synthetic" / "stale.txt").write_text("from a run with another model under this path")
     (out / "keep.txt").write_text("not genie_hub's")
     assert main(["quantize", str(base), "-o", str(out), "--overwrite", *TINY]) == 0
