@@ -319,15 +319,16 @@ def _rendered_cards(run: RunRecord, run_path: Path, repo_id: str, dataset_repo_i
     return model_card, dataset_card
 
 
-def _plan_card(kind: str, readme: Path, rendered: bytes | None, genie_digest: str | None,
+def _plan_card(kind: str, readme: Path, rendered: bytes | None, digests: dict | None,
                dataset_repo_id: str | None) -> _Card:
     """The card genie_hub rendered, unless the local card is the user's (not the bytes genie_hub wrote, whose
-    sha256 run.json records; records of older versions recorded none: their cards count as genie_hub's): then
-    the user's card is published (a model card with its `datasets:` link set) and the local file is left alone."""
+    sha256 `digests`, run.json's `cards`, records; None, from an older genie_hub: the cards count as
+    genie_hub's): then the user's card is published (a model card with its `datasets:` link set) and the local
+    file is left alone."""
     if not readme.is_file():
         return _Card(rendered, rendered is not None)
     local = readme.read_bytes()
-    ours = genie_digest is None or card_sha256(readme) == genie_digest
+    ours = digests is None or card_sha256(readme) == digests.get(kind)
     if rendered is not None and (local == rendered or ours):
         return _Card(None if local == rendered else rendered, True)
     if rendered is not None:
@@ -342,12 +343,11 @@ def _card_plans(run: RunRecord, layout: OutputLayout, repo_id: str, dataset_repo
     """(model card, dataset card) to publish: rendered from run.json for a genie_hub run, else the local ones."""
     model_readme, dataset_readme = layout.model_dir / "README.md", layout.dataset_dir / "README.md"
     if not run.complete:  # not a genie_hub run record: the folder's own cards
-        return (_plan_card("model", model_readme, None, "", dataset_repo_id),
-                _plan_card("dataset", dataset_readme, None, "", None))
+        return (_plan_card("model", model_readme, None, {}, dataset_repo_id),
+                _plan_card("dataset", dataset_readme, None, {}, None))
     model_card, dataset_card = _rendered_cards(run, layout.run_file, repo_id, dataset_repo_id, revision)
-    digests = run.cards if run.cards is not None else {"model": None, "dataset": None}
-    return (_plan_card("model", model_readme, model_card, digests.get("model", ""), dataset_repo_id),
-            _plan_card("dataset", dataset_readme, dataset_card, digests.get("dataset", ""), None))
+    return (_plan_card("model", model_readme, model_card, run.cards, dataset_repo_id),
+            _plan_card("dataset", dataset_readme, dataset_card, run.cards, None))
 
 
 MODEL_WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",

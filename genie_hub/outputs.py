@@ -67,11 +67,15 @@ class OutputLayout:
     def lock_file(self) -> Path:
         return self.work_dir / LOCK_FILE
 
+    @property
+    def threads_file(self) -> Path:
+        return self.work_dir / THREADS_FILE
+
     def record_threads(self, threads: int) -> list[int]:
         """Add `threads` (torch's CPU thread count) to the counts the runs computing in this folder used, and
         return them all: CPU results are bit-identical only at one count, so a run resumed under another one is
         a mix of two roundings, which its record must not present as reproducible at either."""
-        path = self.work_dir / THREADS_FILE
+        path = self.threads_file
         try:
             seen = [int(n) for n in json.loads(path.read_text(encoding="utf-8"))]
         except (OSError, ValueError, TypeError):
@@ -170,7 +174,7 @@ class OutputLayout:
 
     def _holds_results(self) -> bool:
         """Anything in the folder besides the settings a run that computed nothing yet left."""
-        bookkeeping = (self.settings_file, self.lock_file, self.work_dir / THREADS_FILE)
+        bookkeeping = (self.settings_file, self.lock_file, self.threads_file)
         return self.root.is_dir() and any(p not in bookkeeping and (p.is_file() or p.is_symlink())
                                           for p in self.root.rglob("*"))
 

@@ -142,13 +142,17 @@ def test_thread_count_is_recorded_in_run_json_and_the_card(tmp_path):
 
     save_tiny_model(tmp_path / "base", "resnet-basic")
     out = tmp_path / "out"
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", *TINY,
-                     "--synthesis-batches-per-step", "2"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+
+    def quantize_at(threads: int) -> None:
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", *TINY,
+                         "--synthesis-batches-per-step", "2"]) == 0
+        finally:
+            torch.set_num_threads(before)
+
+    quantize_at(1)
     record = json.loads((out / "run.json").read_text())
     assert record["torch_threads"] == 1
     assert record["config"]["synthesis_batches_per_step"] == 2  # the speed settings that ran
@@ -160,12 +164,7 @@ def test_thread_count_is_recorded_in_run_json_and_the_card(tmp_path):
 
     # Rerun (or resumed) at another thread count: the finished work keeps 1 thread's rounding, so the record
     # no longer names a count that would reproduce it.
-    try:
-        torch.set_num_threads(2)
-        assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", *TINY,
-                     "--synthesis-batches-per-step", "2"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    quantize_at(2)
     assert json.loads((out / "run.json").read_text())["torch_threads"] is None
     assert json.loads((out / "work" / "threads.json").read_text()) == [1, 2]
     assert "OMP_NUM_THREADS" not in ModelCard.load(out / "model" / "README.md").text
