@@ -69,7 +69,7 @@ def process_running(pid: int) -> bool:
     """Whether a process with this id exists (a killed run's id is not, unless the system reused it)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # none, or a number no process id can be
         return False
     except OSError:  # exists, owned by someone else
         return True

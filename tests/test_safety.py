@@ -717,6 +717,7 @@ def test_what_killed_runs_leave_is_recovered_or_removed(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / f".model.{dead}.old").mkdir()
     (tmp_path / f".notes.{dead}.old").mkdir()  # not genie_hub's: left alone
+    (tmp_path / f".model.{10 ** 20}.old").mkdir()  # no process id is that large: a leftover, not an OverflowError
     recover_interrupted_swaps(tmp_path, ("model", "dataset"))
     assert (tmp_path / "dataset" / "README.md").read_text() == "card"
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".notes.{dead}.old", "dataset", "model"]
