@@ -182,10 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_push_options(p)
 
     s = sub.add_parser("space", parents=[quiet], help="launch the FP32-vs-quantized comparison app locally")
-    s.add_argument("--fp32", default=None, help="FP32 model, Hub id or folder (default: $GENIE_FP32_MODEL, else the "
-                   "app's default model)")
+    s.add_argument("--fp32", default=None, help="FP32 model, Hub id or folder (default: with --quantized OUT/model, "
+                   "the base model OUT/run.json records; else $GENIE_FP32_MODEL; with neither option, the embedded "
+                   "default model)")
     s.add_argument("--quantized", default=None, help="quantized model, Hub id or folder (default: "
-                   "$GENIE_QUANTIZED_MODEL, else the app's default quantized model)")
+                   "$GENIE_QUANTIZED_MODEL; with neither option, the embedded default quantized model)")
     s.add_argument("--zoo-dir", default=None, help="a `genie_hub zoo build` folder: its entries can be picked "
                    "(default: none)")
 

@@ -46,7 +46,9 @@ def embedded_folder(model_id: str) -> Path | None:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
-    """`None` means the embedded default model; an existing folder is used as-is; anything else is a Hub id."""
+    """`None` means the embedded default model; an existing folder becomes its absolute path (what a run records
+    must name the same folder from any directory: the Space and the zoo read it later, from elsewhere); anything
+    else is a Hub id."""
     if name_or_path is None:
         if not (DEFAULT_MODEL_DIR / "config.json").exists():
             raise ModelLoadError(
@@ -54,7 +56,8 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
                 "regenerate it with `python benchmarks/train_default_model.py`."
             )
         return str(DEFAULT_MODEL_DIR)
-    return str(name_or_path)
+    folder = Path(str(name_or_path)).expanduser()
+    return os.path.abspath(folder) if str(name_or_path).strip() and folder.is_dir() else str(name_or_path)
 
 
 def is_default_model(name_or_path: str | os.PathLike | None) -> bool:

@@ -128,11 +128,20 @@ def zoo_space_entries(zoo_dir: str | os.PathLike, *, published: bool) -> list[di
 
     entries, left_out, unpublished = [], [], 0
     for run_file in sorted(Path(zoo_dir).glob("*/run.json")):
-        record = RunRecord.load(run_file)
+        name = run_file.parent.name
+        try:
+            record = RunRecord.load(run_file)
+        except (OSError, ValueError) as exc:  # one damaged entry must not take the whole app down
+            logger.warning("The zoo picker leaves out %s: its run.json is unreadable (%s).", name, exc)
+            continue
         if record is None or not record.complete:
             continue
-        name, base = run_file.parent.name, str(record.base_model)
+        base = str(record.base_model)
         if not published:
+            if not (run_file.parent / "model" / "config.json").is_file():
+                logger.warning("The zoo picker leaves out %s: its model/ folder is missing or incomplete (rebuild "
+                               "it with `genie_hub zoo build %s`).", name, name)
+                continue
             entries.append({"name": name, "fp32": base, "quantized": str(run_file.parent / "model")})
             continue
         repo_id = ((record.push or {}).get("model") or {}).get("repo_id")
@@ -160,25 +169,61 @@ def launch_space(fp32: str | None = None, quantized: str | None = None, *, zoo: 
                  preload: bool = True, **launch_kwargs):
     """Build the Space UI for these models and launch it (gradio's `launch(**launch_kwargs)`).
 
-    `None` uses $GENIE_FP32_MODEL / $GENIE_QUANTIZED_MODEL, else the embedded default models. With
+    `None` for both uses $GENIE_FP32_MODEL / $GENIE_QUANTIZED_MODEL, else the embedded default models; with one
+    given, the other is found as `_model_pair` says, never the embedded default. With
     `preload` both models are loaded first, so a bad id fails here with a ModelLoadError/GenieError
     instead of in the browser. Returns the `gr.Blocks` (useful with `prevent_thread_lock=True`).
     Blocks until the server stops unless `prevent_thread_lock=True`.
     """
     app = load_space_app()
-    default_fp32, default_quantized = app.default_models()
-    fp32, quantized = fp32 or default_fp32, quantized or default_quantized
+    fp32, quantized = _model_pair(app, fp32, quantized)
     if preload:
         fp32_model = app.load_cached(fp32)
         quantized_model = app.load_cached(quantized)
         if fp32_model.num_labels != quantized_model.num_labels:
             raise GenieError(f"The two models must classify the same classes: {fp32} has "
                              f"{fp32_model.num_labels} classes, {quantized} has {quantized_model.num_labels}.")
+        problems = app.pair_problems(fp32_model, quantized_model)
+        if problems:
+            raise GenieError(f"{quantized} does not look like a quantized version of {fp32}: "
+                             f"{'; '.join(problems)}. Pass as --fp32 the model it was quantized from (its output "
+                             "folder's run.json names it as base_model).")
     demo = app.build_demo(fp32, quantized, zoo=zoo)
     launch_kwargs.setdefault("css", app.CSS)
     launch_kwargs.setdefault("max_file_size", app.MAX_FILE_SIZE)
     demo.launch(**launch_kwargs)
     return demo
+
+
+def _recorded_base(quantized: str) -> str | None:
+    """The base model recorded in run.json beside a `genie_hub quantize` output's model/ folder, if any."""
+    from .outputs import RUN_FILE, RunRecord
+
+    try:
+        record = RunRecord.load(Path(quantized).expanduser().parent / RUN_FILE)
+    except (OSError, ValueError):
+        return None
+    return str(record.base_model) if record is not None and record.base_model else None
+
+
+def _model_pair(app: ModuleType, fp32: str | None, quantized: str | None) -> tuple[str, str]:
+    """The two models to compare. With neither given: $GENIE_FP32_MODEL / $GENIE_QUANTIZED_MODEL, else the
+    embedded pair. With one given, the other is never the embedded default (the user would compare their model
+    with an unrelated one): a quantized output's FP32 model is the base its run.json records, else the
+    environment variable's; otherwise an error."""
+    default_fp32, default_quantized = app.default_models()
+    if fp32 is None and quantized is not None:
+        fp32 = _recorded_base(quantized) or os.environ.get(app.FP32_ENV)
+        if not fp32:
+            raise GenieError(f"--quantized {quantized} needs --fp32 too: pass the model it was quantized from (a "
+                             "genie_hub output's model/ folder finds it by itself, from the run.json beside it).")
+        logger.info("Comparing %s with its base model %s.", quantized, fp32)
+    if quantized is None and fp32 is not None:
+        quantized = os.environ.get(app.QUANTIZED_ENV)
+        if not quantized:
+            raise GenieError(f"--fp32 {fp32} needs --quantized too: pass the quantized model (OUT/model of "
+                             "`genie_hub quantize`, or its Hub id).")
+    return fp32 or default_fp32, quantized or default_quantized
 
 
 def _check_hub_id(model_id: str, role: str) -> str:

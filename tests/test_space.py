@@ -218,6 +218,110 @@ def test_a_model_without_its_processor_is_refused_not_guessed(fast_app, models, 
         fast_app.compare(coffee, str(bare), models["quant"])
 
 
+def test_a_phone_photo_is_fed_upright_as_its_exif_orientation_says(fast_app, tmp_path):
+    """A browser shows a photo by its EXIF orientation; the models must see the same upright picture."""
+    landscape = Image.new("RGB", (80, 40), (200, 30, 30))
+    landscape.paste((30, 30, 200), (0, 0, 40, 40))  # the left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    path = tmp_path / "phone.jpg"
+    landscape.save(path, exif=exif.tobytes(), quality=95)
+    upright = fast_app.prepare_image(str(path), 3)
+    assert upright.size == (40, 80)
+    assert upright.getpixel((20, 5))[2] > 150  # the blue half, rotated clockwise, is on top
+    assert fast_app.prepare_image(str(path), 1).size == (40, 80)
+    landscape.save(tmp_path / "plain.jpg")  # no orientation: as stored
+    assert fast_app.prepare_image(str(tmp_path / "plain.jpg"), 3).size == (80, 40)
+
+
+def test_transparent_pixels_become_white_in_every_mode(fast_app, tmp_path):
+    """RGBA flattened on white; so must be grayscale, RGB and palette images with a transparent colour (tRNS)."""
+    for mode, transparent in (("L", 0), ("RGB", (0, 0, 0)), ("P", 0), ("RGBA", None)):
+        image = Image.new(mode, (32, 32), 0 if mode != "RGBA" else (0, 0, 0, 0))
+        image.paste(128 if mode in ("L", "P") else (128, 128, 128, 255)[:len(mode)], (8, 8, 24, 24))
+        path = tmp_path / f"{mode}.png"
+        image.save(path, **({"transparency": transparent} if transparent is not None else {}))
+        prepared = fast_app.prepare_image(str(path), 3)
+        assert prepared.getpixel((0, 0)) == (255, 255, 255), mode
+        assert prepared.getpixel((16, 16))[0] < 255, mode
+
+
+def test_unreadable_and_damaged_files_get_the_apps_message_without_server_paths(fast_app, models, tmp_path, coffee):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for path in (text, empty):
+        with pytest.raises(gr.Error) as error:
+            fast_app.compare(str(path), models["fp32"], models["quant"])
+        assert "Cannot open this file as an image" in error.value.message
+        assert str(tmp_path) not in error.value.message
+    whole = tmp_path / "whole.png"
+    coffee.save(whole)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(gr.Error, match="damaged or truncated"):
+        fast_app.compare(str(truncated), models["fp32"], models["quant"])
+
+
+def test_class_names_are_unique_alike_in_both_panels_and_never_blank(fast_app, coffee, tmp_path):
+    labels = ["cat", "dog", "cat", "cat (#2)", " "]
+    path = _tiny_model(tmp_path / "odd-labels", labels=labels)
+    names = fast_app.display_labels(fast_app.load_cached(path))
+    assert len(set(names)) == 5 and names[1] == "dog" and names[4] == "class 4"
+    assert names[0] != names[2] and all("cat" in name for name in (names[0], names[2], names[3]))
+    fp32_top, quant_top, summary = fast_app.compare(coffee, path, path)
+    assert set(fp32_top) == set(quant_top) == set(names)
+    assert "over 5 classes" in summary
+
+
+def test_a_pair_that_is_not_a_model_and_its_quantized_version_is_flagged(fast_app, models, coffee):
+    """An RGB model against a grayscale one (same class count) is another model, not its quantized version:
+    a warning in the app, an error when `genie_hub space` is launched with that pair."""
+    summary = fast_app.compare(coffee, models["fp32"], models["gray"])[2]
+    assert "look unrelated" in summary and "different inputs (RGB 32×32 vs grayscale 32×32)" in summary
+    assert "look unrelated" not in fast_app.compare(coffee, models["fp32"], models["quant"])[2]
+    with pytest.raises(GenieError, match="does not look like a quantized version"):
+        launch_space(models["fp32"], models["gray"], prevent_thread_lock=True)
+
+
+def test_one_model_alone_is_never_paired_with_the_embedded_default(app, models, tmp_path, monkeypatch):
+    from genie_hub.outputs import RunRecord
+    from genie_hub.space import _model_pair
+
+    monkeypatch.delenv(app.FP32_ENV, raising=False)
+    monkeypatch.delenv(app.QUANTIZED_ENV, raising=False)
+    out = tmp_path / "out"
+    shutil.copytree(models["quant"], out / "model")
+    with pytest.raises(GenieError, match="needs --fp32 too"):
+        _model_pair(app, None, str(out / "model"))
+    RunRecord(base_model=models["fp32"]).save(out / "run.json")
+    assert _model_pair(app, None, str(out / "model")) == (models["fp32"], str(out / "model"))
+    with pytest.raises(GenieError, match="needs --quantized too"):
+        _model_pair(app, models["fp32"], None)
+    monkeypatch.setenv(app.QUANTIZED_ENV, models["quant"])
+    assert _model_pair(app, models["fp32"], None) == (models["fp32"], models["quant"])
+    assert _model_pair(app, models["gray"], models["seven"]) == (models["gray"], models["seven"])
+
+
+def test_a_folder_rewritten_while_the_app_runs_is_loaded_again(app, tmp_path):
+    path = _tiny_model(tmp_path / "model", labels=LABELS)
+    first = app.load_cached(path)
+    assert app.load_cached(path) is first
+    time.sleep(0.01)
+    _tiny_model(tmp_path / "model", labels=["a", "b", "c", "d", "e"])  # e.g. `genie_hub quantize --overwrite`
+    assert app.display_labels(app.load_cached(path)) == ["a", "b", "c", "d", "e"]
+
+
+def test_the_output_folder_instead_of_its_model_folder_gets_a_hint(models, tmp_path):
+    from genie_hub.errors import ModelLoadError
+    from genie_hub.loading import load_model
+
+    shutil.copytree(models["quant"], tmp_path / "out" / "model")
+    with pytest.raises(ModelLoadError, match=r"its model/ subfolder has one: pass '.*out/model'"):
+        load_model(str(tmp_path / "out"))
+
+
 def test_models_are_cached_by_id(app, models):
     assert app.load_cached(models["fp32"]) is app.load_cached(models["fp32"] + " ")
 
@@ -399,6 +503,10 @@ def test_gradio_client_calls_compare(server, models, coffee_png):
 
     with pytest.raises(Exception, match="does not exist"):
         client.predict(handle_file(coffee_png), "/no/such/model", models["quant"], api_name="/compare")
+    not_an_image = Path(coffee_png).with_name("notes.png")
+    not_an_image.write_text("not an image")  # gradio's own preprocessing would fail on it with a generic error
+    with pytest.raises(Exception, match="Cannot open this file as an image"):
+        client.predict(handle_file(str(not_an_image)), models["fp32"], models["quant"], api_name="/compare")
 
 
 def test_python_app_py_honours_gradio_env(models, tmp_path):
@@ -509,6 +617,36 @@ def _zoo_record(zoo: Path, name: str, base: str, *, base_model_id: str | None = 
         record.push = {"model": {"repo_id": f"alice/{name}"}}
     (zoo / name).mkdir(parents=True)
     record.save(zoo / name / "run.json")
+
+
+def test_a_relative_local_base_is_recorded_by_a_path_that_holds_from_anywhere(models, tmp_path, monkeypatch):
+    """run.json's base_model is read later from other directories (the Space's zoo picker, `space --quantized
+    OUT/model`): a relative folder there would be another folder, or taken for a Hub id."""
+    from genie_hub.loading import resolve_model_path
+
+    shutil.copytree(models["fp32"], tmp_path / "rgb")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("rgb") == str(tmp_path / "rgb")
+    assert resolve_model_path("./rgb/") == str(tmp_path / "rgb")
+    assert resolve_model_path("alice/resnet") == "alice/resnet"  # no such folder: a Hub id, as given
+
+
+def test_a_local_zoo_picker_leaves_out_damaged_and_half_built_entries(tmp_path, caplog, models):
+    from genie_hub.space import zoo_space_entries
+
+    zoo = tmp_path / "zoo"
+    _zoo_record(zoo, "built", models["fp32"])
+    shutil.copytree(models["quant"], zoo / "built" / "model")
+    _zoo_record(zoo, "no-model", models["fp32"])  # run.json written, model/ never finished
+    (zoo / "corrupt").mkdir()
+    (zoo / "corrupt" / "run.json").write_text('{"base_model": "x", "lay')  # a half-written run.json
+    (zoo / "not-an-object").mkdir()
+    (zoo / "not-an-object" / "run.json").write_text("[1, 2]")
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        entries = zoo_space_entries(zoo, published=False)
+    assert entries == [{"name": "built", "fp32": models["fp32"], "quantized": str(zoo / "built" / "model")}]
+    for name in ("no-model", "corrupt", "not-an-object"):
+        assert f"leaves out {name}" in caplog.text
 
 
 def test_a_published_space_names_zoo_entries_by_hub_ids_only(tmp_path, caplog):

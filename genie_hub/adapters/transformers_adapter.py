@@ -213,6 +213,9 @@ class TransformersAdapter(ModelAdapter):
             hint = ("Its weights do not have the shapes its config.json describes, e.g. a classifier for another "
                     "number of classes than config.json's id2label / num_labels: restore the config.json saved with "
                     "these weights.")
+        elif path.is_dir() and (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+            hint = (f"It has no config.json, but its model/ subfolder has one: pass '{Path(name) / 'model'}' (the "
+                    "quantized model of a `genie_hub quantize` output folder is in OUT/model).")
         elif path.is_dir():
             hint = ("The folder exists but does not hold a loadable transformers image classifier ("
                     + ("it has no config.json)." if not (path / "config.json").is_file()

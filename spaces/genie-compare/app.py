@@ -30,6 +30,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,7 +41,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method with transformers)
 from genie_hub.adapters import adapter_for, model_logits  # noqa: E402
@@ -230,11 +231,26 @@ def _looks_like_path(model_id: str) -> bool:
             or model_id.count("/") > 1)
 
 
+def _folder_stamp(model_id: str) -> tuple:
+    """What a local model folder holds now (name, size, mtime of its config and weights): part of the cache key,
+    so that a folder rewritten while the app runs (`genie_hub quantize --overwrite`, a zoo rebuild) is loaded
+    again instead of served from the cache. Empty for a Hub id."""
+    folder = Path(model_id)
+    if not folder.is_dir():
+        return ()
+    files = sorted(p for pattern in ("*.json", "*.safetensors") for p in folder.glob(pattern))
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file())
+
+
 @lru_cache(maxsize=4)
-def _load_cached(model_id: str) -> LoadedModel:
+def _load_stamped(model_id: str, stamp: tuple) -> LoadedModel:
     model, processor = load_model(model_id)
     require_processor(processor, model_id, "this app")  # a guessed input size would show wrong predictions
     return LoadedModel(model_id, model, processor, input_spec(model, processor))
+
+
+def _load_cached(model_id: str) -> LoadedModel:
+    return _load_stamped(model_id, _folder_stamp(model_id))
 
 
 def hub_only() -> bool:
@@ -308,8 +324,13 @@ def check_image(image) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         try:
             image = Image.open(image)
-        except Exception as exc:
-            raise gr.Error(f"Cannot open this file as an image ({exc}).", title="Unsupported image") from exc
+        except Image.DecompressionBombError as exc:
+            raise gr.Error(f"The image is too large: at most {MAX_PIXELS // 1_000_000} megapixels are accepted. "
+                           "Downscale it first.", title="Image too large") from exc
+        except Exception as exc:  # the message names the server's upload path: not shown
+            raise gr.Error("Cannot open this file as an image: it is not a PNG, JPEG, WebP, GIF, BMP or TIFF image "
+                           f"that PIL can read, or it is damaged ({type(exc).__name__}).",
+                           title="Unsupported image") from exc
     elif isinstance(image, np.ndarray):
         try:
             image = Image.fromarray(image)
@@ -330,24 +351,46 @@ def check_image(image) -> Image.Image:
     return image
 
 
+_EXIF_ORIENTATION = 0x0112
+_ORIENTATION_FIX = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                    7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+"""EXIF orientation -> the transpose that shows the photo as a browser does (PIL's ImageOps.exif_transpose)."""
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a malformed EXIF block: the pixels as stored
+        return 1
+
+
 def prepare_image(image, channels: int) -> Image.Image:
-    """Check the image and convert its mode to what the model takes ("L" for 1 channel, else "RGB")."""
+    """Check the image and convert it to what the model takes ("L" for 1 channel, else "RGB"), upright as the
+    browser shows it (phone photos store their pixels sideways and say so in EXIF)."""
     image = check_image(image)
     mode = image.mode
     target = "L" if channels == 1 else "RGB"
+    orientation = _orientation(image)
+    try:
+        image.load()
+    except Exception as exc:
+        raise gr.Error(f"The image file is damaged or truncated and could not be decoded ({type(exc).__name__}). "
+                       "Re-save it and upload it again.", title="Damaged image") from exc
     try:
         if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             # 16/32-bit or float pixels: rescale to 8 bit instead of clipping everything to white.
             array = np.asarray(image, dtype=np.float64)
             top = 1.0 if array.max() <= 1.0 else (255.0 if array.max() <= 255 else 65535.0)
             image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
-        elif mode in ("RGBA", "RGBa", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        elif mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in image.info:  # also L/RGB/P with tRNS
             rgba = image.convert("RGBA")  # transparent areas become white, not black
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, rgba).convert("RGB")
         elif mode in ("LAB", "HSV", "YCbCr", "CMYK"):
             image = image.convert("RGB")
-        return image.convert(target)
+        image = image.convert(target)
+        return image.transpose(_ORIENTATION_FIX[orientation]) if orientation in _ORIENTATION_FIX else image
     except Exception as exc:
         raise gr.Error(f"Cannot convert the image from mode '{mode}' to {target} ({exc}).",
                        title="Unsupported image mode") from exc
@@ -382,15 +425,42 @@ def _run_both(models: list[LoadedModel], inputs: list[torch.Tensor]) -> tuple[li
     return logits, [statistics.median(t) for t in times]
 
 
-def _top_k(loaded: LoadedModel, probs: torch.Tensor) -> dict[str, float]:
+def display_labels(loaded: LoadedModel) -> list[str]:
+    """Each class's name as the app shows it: unique (a top-5 is a dict keyed by name, so two classes with one
+    name would collapse into one entry), the same for a class in both panels (a repeated name always carries its
+    index), and never blank."""
+    names = [loaded.label(i).strip() or f"class {i}" for i in range(loaded.num_labels)]
+    for _ in range(3):  # a suffixed name can meet a real one ("cat (#2)"): suffix again
+        counts = Counter(names)
+        if len(counts) == len(names):
+            return names
+        names = [f"{name} (#{i})" if counts[name] > 1 else name for i, name in enumerate(names)]
+    return [f"{i}: {name}" for i, name in enumerate(names)]
+
+
+def _top_k(names: list[str], probs: torch.Tensor) -> dict[str, float]:
     values, indices = probs.topk(min(TOP_K, probs.numel()))
-    result: dict[str, float] = {}
-    for value, index in zip(values.tolist(), indices.tolist()):
-        name = loaded.label(index)
-        if name in result:  # duplicate class names must not collapse two entries
-            name = f"{name} (#{index})"
-        result[name] = float(value)
-    return result
+    return {names[index]: float(value) for value, index in zip(values.tolist(), indices.tolist())}
+
+
+def _describe_input(spec) -> str:
+    color = "grayscale" if spec.channels == 1 else "RGB" if spec.channels == 3 else f"{spec.channels}-channel"
+    return f"{color} {spec.width}×{spec.height}"
+
+
+def pair_problems(fp32: LoadedModel, quant: LoadedModel) -> list[str]:
+    """Signs that the quantized model was not made from this FP32 model. `genie_hub quantize` keeps the base's
+    architecture and copies its image processor, so another model type or another input is another model, and
+    the two models' agreement would say nothing about quantization."""
+    problems = []
+    types = [getattr(getattr(m.model, "config", None), "model_type", None) for m in (fp32, quant)]
+    if types[0] != types[1]:
+        problems.append(f"their architectures differ ({types[0]} vs {types[1]})")
+    if fp32.spec != quant.spec:
+        same_shape = fp32.spec.shape == quant.spec.shape
+        problems.append("their image processors normalize pixels differently" if same_shape else
+                        f"they take different inputs ({_describe_input(fp32.spec)} vs {_describe_input(quant.spec)})")
+    return problems
 
 
 def _fmt_ms(ms: float) -> str:
@@ -432,7 +502,14 @@ def compare(image, fp32_id: str, quantized_id: str) -> tuple[dict[str, float], d
         msg = "The 'FP32' model is itself a quantized checkpoint."
         gr.Warning(msg)
         notes.append(msg)
-    if any(fp32.label(i) != quant.label(i) for i in range(fp32.num_labels)):
+    problems = pair_problems(fp32, quant)
+    if problems:
+        msg = (f"These two models look unrelated: {'; '.join(problems)}. The quantized model was probably not made "
+               "from this FP32 model, so how far they agree says nothing about quantization.")
+        gr.Warning(msg)
+        notes.append(msg)
+    fp32_names, quant_names = display_labels(fp32), display_labels(quant)
+    if fp32_names != quant_names:
         msg = "The two models name their classes differently; classes are compared by index."
         gr.Warning(msg)
         notes.append(msg)
@@ -463,22 +540,24 @@ def compare(image, fp32_id: str, quantized_id: str) -> tuple[dict[str, float], d
     top_fp32, top_quant = int(p.argmax()), int(q.argmax())
 
     if top_fp32 == top_quant:
-        agreement = (f"✓ **Top-1 agrees**: both models predict **{fp32.label(top_fp32)}** "
+        name = fp32_names[top_fp32] if fp32_names[top_fp32] == quant_names[top_quant] \
+            else f"{fp32_names[top_fp32]} / {quant_names[top_quant]} (class {top_fp32})"
+        agreement = (f"✓ **Top-1 agrees**: both models predict **{name}** "
                      f"(FP32 {p[top_fp32]:.1%}, quantized {q[top_quant]:.1%}).")
     else:
-        agreement = (f"✗ **Top-1 disagrees**: FP32 predicts **{fp32.label(top_fp32)}** ({p[top_fp32]:.1%}), "
-                     f"quantized predicts **{quant.label(top_quant)}** ({q[top_quant]:.1%}).")
+        agreement = (f"✗ **Top-1 disagrees**: FP32 predicts **{fp32_names[top_fp32]}** ({p[top_fp32]:.1%}), "
+                     f"quantized predicts **{quant_names[top_quant]}** ({q[top_quant]:.1%}).")
     device = next(fp32.model.parameters()).device.type.upper()
     lines = [
         agreement,
-        f"**KL(p_fp32 ‖ p_quant) = {_fmt_kl(kl)} nats** over {fp32.num_labels} classes.",
+        f"**KL(p_fp32 ‖ p_quant) = {_fmt_kl(kl)} nats** over {fp32.num_labels} class{'es' if fp32.num_labels != 1 else ''}.",
         f"**Latency** (median of {LATENCY_RUNS} runs, batch 1, {device}): FP32 {_fmt_ms(ms_fp32)} · "
         f"quantized {_fmt_ms(ms_quant)}. *{LATENCY_NOTE}*",
         f"Input: the photo is fed as {inputs[0]} (FP32) and {inputs[1]} (quantized)."
         + (f" Quantization: {_describe_quant(quant.quantization)}." if quant.quantization else ""),
     ]
     lines += [f"⚠️ {note}" for note in notes]
-    return _top_k(fp32, p), _top_k(quant, q), "\n\n".join(lines)
+    return _top_k(fp32_names, p), _top_k(quant_names, q), "\n\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ UI
@@ -494,6 +573,22 @@ CSS = """
 #genie-summary { min-height: 6em; }
 """
 """Gradio's footer (with its "Use via API" link to the `compare` endpoint) stays visible."""
+
+
+def unopened_upload(image: gr.Image) -> gr.Image:
+    """Make `image` (type "filepath") hand `compare` the uploaded file's path unopened. gradio's own preprocessing
+    opens every upload with PIL first, so a file that is not an image, an empty one or a decompression bomb failed
+    there with gradio's generic "the app raised an exception" instead of `check_image`'s message. (An instance
+    attribute, not a subclass: gradio writes a .pyi file beside the module of every component class.)"""
+    default = image.preprocess
+
+    def preprocess(payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return default(payload)
+
+    image.preprocess = preprocess
+    return image
 
 
 def zoo_entries() -> list[dict]:
@@ -515,8 +610,8 @@ def build_demo(fp32: str | None = None, quantized: str | None = None, zoo: list[
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                image = gr.Image(type="filepath", image_mode=None, sources=["upload"], label="Photo", height=300,
-                                 elem_id="genie-image")  # a path: the size is checked before decoding
+                image = unopened_upload(gr.Image(type="filepath", image_mode=None, sources=["upload"], label="Photo",
+                                                 height=300, elem_id="genie-image"))  # checked before decoding
                 for label, paths in examples:
                     gr.Examples(examples=[[path] for path in paths], inputs=[image], cache_examples=False,
                                 examples_per_page=10, label=label)
