@@ -19,10 +19,14 @@ from .errors import ConfigError, DataError
 
 
 def check_model(model: nn.Module, call: str) -> None:
-    """An `nn.Module` with float32 parameters."""
+    """An `nn.Module` with float32 parameters that hold values (not on the meta device)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{call}() takes the model as a torch nn.Module, got {type(model).__name__}. Load one with "
                         "genie_hub.load_model('owner/name' or a folder), which returns (model, processor).")
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ConfigError(f"{call}() got a model with weights on the meta device (no values: device_map='meta', "
+                          "init_empty_weights or low-memory loading that offloaded them). Load it on a real device, "
+                          "e.g. genie_hub.load_model(...) or from_pretrained(..., device_map='cpu').")
     other = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()}
                    - {"float32"})
     if other:

@@ -115,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> GenieConfig:
     for field in GenieConfig.cli_fields():
         value = getattr(args, field.name)
         values[field.name] = (dict(value) or None) if field.metadata["cli"]["repeat"] else value
-    return GenieConfig.from_profile(values.pop("profile"), **values)
+    return GenieConfig.from_profile(values.pop("profile"), **{k: v for k, v in values.items() if v is not None})
 
 
 class _Parser(argparse.ArgumentParser):

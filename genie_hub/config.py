@@ -9,6 +9,7 @@ from them, so a setting, its default and its help are written once, here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import math
@@ -186,8 +187,7 @@ class GenieConfig:
     def from_profile(cls, profile: str = "paper", **overrides: Any) -> "GenieConfig":
         if profile not in PROFILES:
             raise ConfigError(f"Unknown profile '{profile}'. Choose one of: {', '.join(PROFILES)}.")
-        values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
-        return cls(profile=profile, **values)
+        return cls(profile=profile, **{**PROFILES[profile], **overrides})  # None too: e.g. an FP second layer
 
     def validate(self) -> None:
         def check_bits(name: str, bits: int | None, allow_none: bool = False) -> None:
@@ -288,8 +288,17 @@ class GenieConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GenieConfig":
+        """A config from a dict (run.json's, a zoo registry's): its profile's values, then the dict's. A key
+        that is not a setting is an error, not ignored (a typo such as "weight_bit" would change the bits)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            raise ConfigError(f"Unknown GenieConfig setting(s) {', '.join(repr(k) for k in unknown)}"
+                              + "".join(f" (did you mean {close[k][0]!r}?)" for k in unknown if close[k])
+                              + f". The settings are: {', '.join(sorted(known))}.")
+        values = dict(values)
+        return cls.from_profile(values.pop("profile", "paper"), **values)
 
     def synthesis_fingerprint(self) -> dict[str, Any]:
         """The settings that determine the synthetic images: a resumed run must match them."""

@@ -441,6 +441,73 @@ def test_wrong_weight_shape_values(w4, tmp_path):
     _assert_refused(folder, f"{CONV}.weight_")
 
 
+@pytest.mark.parametrize("edit,key", [
+    (lambda t: t[f"{CONV}.weight_scale"].neg_(), f"{CONV}.weight_scale has values <= 0"),
+    (lambda t: t[f"{CONV}.weight_zero_point"].fill_(2 ** 25), f"{CONV}.weight_zero_point exceeds"),
+    (lambda t: t["resnet.embedder.embedder.normalization.weight"].fill_(float("nan")),
+     "resnet.embedder.embedder.normalization.weight has non-finite values"),
+    (lambda t: t["resnet.embedder.embedder.normalization.running_var"].fill_(-1.0),
+     "resnet.embedder.embedder.normalization.running_var is negative"),
+])
+def test_values_no_saved_model_holds_are_refused_by_verify_checkpoint_as_by_the_loaders(w4, tmp_path, edit, key):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    edit_weights(folder, edit)
+    with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+        verify_checkpoint(folder)
+    _assert_refused(folder, key.split(" ")[0])
+
+
+def test_extra_files_are_written_into_the_checkpoint_folder_only(w4, tmp_path):
+    for name in ("../escaped.txt", str(tmp_path / "abs.txt"), "sub/f.txt", ".."):
+        with pytest.raises(CheckpointError, match="not a plain file name"):
+            save_quantized(w4[0], tmp_path / "ckpt", extra_files={name: b"x"})
+    with pytest.raises(CheckpointError, match="pass bytes"):
+        save_quantized(w4[0], tmp_path / "ckpt", extra_files={"README.md": "text"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, inside or out
+
+
+def test_a_missing_weights_file_is_named_as_missing(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    (folder / "genie_model.safetensors").unlink()
+    _assert_refused(folder, "has no genie_model.safetensors")
+
+
+def test_from_pretrained_takes_transformers_subfolder_and_output_loading_info(w4, tmp_path):
+    shutil.copytree(w4[1], tmp_path / "repo" / "quantized")
+    x = torch.randn(2, 3, 32, 32)
+    expected = logits(w4[0].model, x)
+    assert torch.equal(logits(from_pretrained(tmp_path / "repo", subfolder="quantized"), x), expected)
+    model, info = from_pretrained(w4[1], output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and torch.equal(logits(model, x), expected)
+
+
+def test_an_in_place_edit_of_the_read_only_weight_is_not_kept(w4):
+    """`.weight` is computed from the stored codes: an edit of it must not make the model compute something
+    other than what it saves."""
+    model = from_pretrained(w4[1])
+    x = torch.randn(2, 3, 32, 32)
+    before = logits(model, x)
+    with torch.no_grad():
+        model.get_submodule(CONV).weight.clamp_(-0.01, 0.01)
+    assert torch.equal(logits(model, x), before)
+
+
+def test_a_vit_loaded_in_half_precision_runs_in_it(tmp_path):
+    """transformers' ViT casts pixel_values to its patch projection's `weight.dtype` before bf16 LayerNorms."""
+    from tiny_models import IMAGE_SIZE, tiny_model
+
+    model = tiny_model("vit")
+    result = quantize(model, torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE),
+                      GenieConfig.from_profile("quick", reconstruction_steps=0), progress=False)
+    folder = save_quantized(result, tmp_path / "vit", processor=processor())
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    reference = logits(from_pretrained(folder), x)
+    for dtype in (torch.bfloat16, torch.float16):
+        half = from_pretrained(folder, dtype=dtype)
+        out = logits(half, x.to(dtype))
+        assert out.dtype == dtype and torch.allclose(out.float(), reference, atol=0.2, rtol=0.05)
+
+
 def test_bad_config_json(w4, tmp_path):
     folder = copy_checkpoint(w4[1], tmp_path)
     (folder / "config.json").write_text('{"model_type": "resnet", ')

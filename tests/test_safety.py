@@ -344,6 +344,7 @@ def _quantized_tiny():
     ("uint8 images", ConfigError, "as floats"),
     ("a list of images", TypeError, "as a torch.Tensor"),
     ("a float64 model", ConfigError, "needs a float32 model"),
+    ("a model on the meta device", ConfigError, "weights on the meta device"),
     ("a config changed after it was made", ConfigError, "Invalid bit-width 99"),
     ("a config as a dict", TypeError, "takes a GenieConfig"),
     ("an already quantized model", ConfigError, "already quantized"),
@@ -368,6 +369,8 @@ def test_quantize_refuses_what_it_cannot_use_before_any_compute(case, error, nee
         images = list(images)
     elif case == "a float64 model":
         model = model.double()
+    elif case == "a model on the meta device":
+        model = model.to("meta")
     elif case.startswith("a config changed"):
         config.weight_bits = 99
     elif case == "a config as a dict":
@@ -404,6 +407,20 @@ def test_config_values_of_the_wrong_type_are_refused_with_the_field_named(field,
     values = {**dataclasses.asdict(GenieConfig.from_profile("quick")), field: value}
     with pytest.raises(ConfigError, match=field if field != "overrides" else "overrides"):
         GenieConfig(**values)
+
+
+def test_a_config_from_a_dict_gets_its_profile_and_refuses_unknown_keys():
+    quick = GenieConfig.from_dict({"profile": "quick", "weight_bits": 2})
+    assert quick == GenieConfig.from_profile("quick", weight_bits=2)  # not the paper profile's values labelled quick
+    assert GenieConfig.from_dict(dataclasses.asdict(quick)) == quick  # a run.json's config round-trips
+    with pytest.raises(ConfigError, match="'weight_bit'.*did you mean 'weight_bits'"):
+        GenieConfig.from_dict({"weight_bit": 2, "act_bits": 2})
+
+
+def test_an_explicit_none_in_from_profile_is_applied():
+    """None is a value of some settings (an input kept in floating point), not 'unset'."""
+    assert GenieConfig.from_profile("quick", second_layer_act_bits=None).second_layer_act_bits is None
+    assert GenieConfig.from_profile("quick").second_layer_act_bits == 8
 
 
 def test_override_matching_nothing_is_refused_before_compute(base, tmp_path, capsys):

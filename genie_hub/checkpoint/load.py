@@ -12,7 +12,8 @@ from ..adapters import loader_for
 from ..errors import CheckpointError, GenieError
 from .config import QUANT_METHOD, WEIGHTS_NAME, GenieQuantizationConfig
 from .safetensors_check import read_headers, weight_files
-from .validate import forbidden_keys, layer_expectations, metadata_problems, refuse_plain_weights, tensor_problems
+from .validate import (forbidden_keys, layer_expectations, metadata_problems, refuse_plain_weights,
+                       stored_value_problems, tensor_problems)
 
 
 def _read_config(directory: Path) -> dict:
@@ -33,8 +34,10 @@ def _read_config(directory: Path) -> dict:
 def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
     """Check a local Genie checkpoint folder without building a model: config.json parses and has a Genie
     `quantization_config`, the weights are safetensors (never pickles), complete, hold the stored tensors of
-    every listed layer with the dtypes and shapes the frozen format declares, and record the same layers as
-    config.json; no plain weights file sits next to them. Returns the parsed config."""
+    every listed layer with the dtypes and shapes the frozen format declares and values a saved model can hold
+    (positive finite scales, zero points in range, finite floats), and record the same layers as config.json;
+    no plain weights file sits next to them. Returns the parsed config. What needs the model itself (the keys
+    of its unquantized layers, a layer's type against the architecture) is checked when it loads."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a folder: a Genie checkpoint is a folder with config.json and "
@@ -66,9 +69,12 @@ def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
     problems += tensor_problems({key: info for key, (info, _) in found.items()}, expected,
                                 forbidden=forbidden_keys(config.layers))
     problems += metadata_problems(files, config.layers, required=config.weights_file is not None)
+    if not problems:  # every layer's tensors are there: their values can be read
+        problems = stored_value_problems(files, config.layers)
     if problems:
         raise CheckpointError(
-            f"The Genie checkpoint in {directory} is inconsistent with its config.json: {'; '.join(problems)}. "
+            f"The Genie checkpoint in {directory} is inconsistent with its config.json or holds invalid values: "
+            f"{'; '.join(problems)}. "
             "Save or download the checkpoint again.")
     return config
 
@@ -121,21 +127,22 @@ def from_pretrained(name_or_path: str | os.PathLike, *, require_genie: bool = Tr
     kwargs["use_safetensors"] = True
     kwargs.setdefault("dtype", torch.float32)
     name = str(name_or_path)
-    local = Path(name)
+    local = Path(name) / (kwargs.get("subfolder") or "")  # transformers reads the checkpoint from the subfolder
     if local.is_dir():
         if require_genie:
             verify_checkpoint(local)
         elif not weight_files(local) and not weight_files(local, WEIGHTS_NAME):
             raise CheckpointError(f"{local} has no model.safetensors; pickled weights are never loaded.")
     try:
-        model = loader_for(name).load_quantized(name, **kwargs)
+        loaded = loader_for(name).load_quantized(name, **kwargs)
     except GenieError:
         raise
     except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/HTTP errors
         raise _checkpoint_error(name, exc) from exc
+    model, info = loaded if isinstance(loaded, tuple) else (loaded, None)  # output_loading_info=True: a pair
     block = getattr(model.config, "quantization_config", None)
     if require_genie and not isinstance(block, GenieQuantizationConfig):
         raise CheckpointError(f"'{name}' is not a Genie checkpoint (its config.json has no quantization_config with "
                               "quant_method 'genie'). Load FP models with genie_hub.loading.load_model, or pass "
                               "require_genie=False.")
-    return model.eval()
+    return model.eval() if info is None else (model.eval(), info)

@@ -152,6 +152,13 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
     config = (GenieQuantizationConfig.from_result(quantized) if isinstance(quantized, QuantizationResult)
               else GenieQuantizationConfig.from_model(q_model))
     check_savable(q_model)
+    for name, data in (extra_files or {}).items():  # before anything is written
+        if not isinstance(name, str) or name in ("", ".", "..") or os.path.basename(name) != name or "\\" in name:
+            raise CheckpointError(f"extra_files name {name!r} is not a plain file name: each extra file is written "
+                                  "into the checkpoint folder itself, e.g. {'README.md': card}.")
+        if not isinstance(data, (bytes, bytearray)):
+            raise CheckpointError(f"extra_files[{name!r}] is a {type(data).__name__}: pass bytes (e.g. "
+                                  "text.encode('utf-8')).")
     directory = Path(save_directory)
     check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ from typing import Callable, Iterable
 import torch
 
 from ..errors import CheckpointError
-from ..quantization.format import FORBIDDEN_SUFFIX, FORMAT_VERSION, SAFETENSORS_DTYPES, LayerSpec, stored_tensors
+from ..quantization.format import (FORBIDDEN_SUFFIX, FORMAT_VERSION, SAFETENSORS_DTYPES, LayerSpec,
+                                   frozen_value_problems, stored_tensors)
 from .safetensors_check import FLOAT_DTYPES
 
 PLAIN_WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -117,6 +118,27 @@ def metadata_problems(files: Iterable, layers: dict[str, LayerSpec], required: b
                             f"{getattr(file, 'name', file)} was saved with (e.g. '{names[0]}': config.json "
                             f"{expected.get(names[0])}, weights {recorded.get(names[0])})")
     return problems
+
+
+def stored_value_problems(files: Iterable[Path], layers: dict[str, LayerSpec]) -> list[str]:
+    """Values no saved Genie model holds, read from the files themselves (the loaders check the same on the
+    loaded model): a quantized layer's scales and zero points (`frozen_value_problems`), non-finite floats,
+    negative BatchNorm variances. Run it after the header check, which guarantees every layer's tensors are there."""
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
+    problems = [f"{key} has non-finite values" for key, tensor in tensors.items()
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    problems += [f"{key} is negative" for key, tensor in tensors.items()
+                 if key.endswith(".running_var") and tensor.is_floating_point() and bool((tensor < 0).any())]
+    for name, spec in layers.items():
+        stored = {suffix: tensors[f"{name}.{suffix}"] for suffix in stored_tensors(spec, (1, 1))}
+        shape = tuple(int(v) for v in stored["weight_shape"].tolist()) if spec.has_weight else None
+        problems += frozen_value_problems(name, spec, shape, stored)
+    return list(dict.fromkeys(problems))
 
 
 def refuse_plain_weights(directory: Path, weights_file: str | None) -> None:

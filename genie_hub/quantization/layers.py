@@ -162,10 +162,14 @@ class QuantizedOp(nn.Module):
             return self.weight_quantizer()
         key = (id(self.weight_packed), self.weight_packed._version, self.weight_scale._version,
                self.weight_zero_point._version, self.weight_packed.device, self.weight_scale.dtype)
-        if self._weight_cache is None or self._weight_cache[0] != key:
+        # The cached tensor's own version too: an in-place edit of the returned weight (`op.weight.clamp_()`) is
+        # not kept; the stored codes, which the checkpoint saves, stay what the model computes with.
+        if self._weight_cache is None or self._weight_cache[0] != key \
+                or self._weight_cache[1]._version != self._weight_cache[2]:
             codes = self.integer_codes().to(self.weight_scale.dtype)
             weight = (self.weight_scale * (codes - self.weight_zero_point.to(self.weight_scale.dtype)))
-            self._weight_cache = (key, weight.view(self.weight_shape_tuple))
+            weight = weight.view(self.weight_shape_tuple)
+            self._weight_cache = (key, weight, weight._version)
         return self._weight_cache[1]
 
     @property
@@ -175,7 +179,10 @@ class QuantizedOp(nn.Module):
         is not in the state dict and a checkpoint never holds `<name>.weight`."""
         if not self.has_weight:
             raise AttributeError(f"{type(self).__name__} has no weight")
-        return self.quantized_weight()
+        weight = self.quantized_weight()
+        # In the dtype of the op's float parameters: a model loaded with dtype=bfloat16 keeps its scales in fp32,
+        # and ViT's embeddings cast pixel_values to `projection.weight.dtype` before their bf16 LayerNorms.
+        return weight.to(self.bias.dtype) if self.bias is not None else weight
 
     def act_quantizers(self) -> dict[str, ActQuantizer]:
         """The trainable activation quantizers, by the suffix of the scale each one freezes into (what
