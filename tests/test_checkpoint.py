@@ -574,6 +574,15 @@ def test_sharded_checkpoint_round_trip(w4, tmp_path):
     assert torch.equal(logits(AutoModelForImageClassification.from_pretrained(folder), x), logits(q.model, x))
 
 
+def test_resaving_over_a_sharded_save_leaves_no_stale_shards(w4, tmp_path):
+    model = from_pretrained(w4[1])
+    folder = tmp_path / "resaved"
+    model.save_pretrained(folder, max_shard_size="3KB")
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
+    model.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "genie_model.safetensors"]
+
+
 # ---- the transformers integration: public hooks, compile, version ----------------------------------------
 def test_torch_compile_of_a_loaded_model_gives_identical_logits(w4):
     _, folder = w4

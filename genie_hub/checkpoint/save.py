@@ -91,6 +91,10 @@ def _class_save_pretrained(model):
     return type(model).save_pretrained.__get__(model)
 
 
+SHARD_PATTERNS = ("model-*-of-*.safetensors", "genie_model-*-of-*.safetensors")
+"""The shard names transformers gives a sharded save (as `<weights name>-0000i-of-0000n.safetensors`)."""
+
+
 def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
     """`PreTrainedModel.save_pretrained` of a Genie model (installed on the instance by `install_save_guard`):
     writes a Genie checkpoint into `save_directory`, keeping the folder's other files, replacing plain weight
@@ -104,7 +108,8 @@ def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kw
     target.mkdir(parents=True, exist_ok=True)
     with staging_dir(target / ".genie-staging") as staging:
         _write(self, config, staging, **{k: v for k, v in kwargs.items() if k == "max_shard_size"})
-        for stale in (*PLAIN_WEIGHT_NAMES, WEIGHTS_NAME, f"{WEIGHTS_NAME}.index.json"):
+        shards = [p.name for pattern in SHARD_PATTERNS for p in target.glob(pattern)]  # an earlier sharded save's
+        for stale in (*PLAIN_WEIGHT_NAMES, WEIGHTS_NAME, f"{WEIGHTS_NAME}.index.json", *shards):
             if (target / stale).exists():
                 (target / stale).unlink()
         files = sorted(staging.iterdir(), key=lambda p: p.name == "config.json")  # config.json last
