@@ -492,6 +492,21 @@ def test_an_in_place_edit_of_the_read_only_weight_is_not_kept(w4):
     assert torch.equal(logits(model, x), before)
 
 
+def test_a_forward_under_inference_mode_does_not_break_a_later_one_autograd_tracks(w4):
+    """The dequantized weight is cached; one made under torch.inference_mode cannot enter autograd's graph (a
+    pipeline's inference, then a saliency map or fine-tuning of the head)."""
+    model = from_pretrained(w4[1])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        first = model(pixel_values=x).logits
+    x.requires_grad_(True)
+    tracked = model(pixel_values=x).logits
+    tracked.sum().backward()
+    assert x.grad is not None and torch.equal(tracked.detach(), first)
+    with torch.inference_mode():
+        assert torch.equal(model(pixel_values=x.detach()).logits, first)
+
+
 def test_a_vit_loaded_in_half_precision_runs_in_it(tmp_path):
     """transformers' ViT casts pixel_values to its patch projection's `weight.dtype` before bf16 LayerNorms."""
     from tiny_models import IMAGE_SIZE, tiny_model

@@ -188,12 +188,14 @@ class GenieHfQuantizer(HfQuantizer):
         outside the checkpoint's folder and plain weights next to it, as `verify_checkpoint` does."""
         folder = os.path.dirname(os.path.normpath(str(files[0])))
         weights_file = self.quantization_config.weights_file  # the file, or the shards' index, in the folder
-        if weights_file is not None and not os.path.exists(os.path.join(folder, weights_file)):
+        beside = weights_file is None or os.path.exists(os.path.join(folder, weights_file))
+        if not beside and not any(os.path.exists(str(f)) for f in files):
             raise CheckpointError(
                 f"The Genie checkpoint in {folder} has no {weights_file}, the weights file its config.json names: "
                 "the file is missing (an interrupted download or copy), or config.json belongs to another "
                 "checkpoint. Save or download the checkpoint again.")
-        outside = [str(f) for f in files if os.path.dirname(os.path.normpath(str(f))) != folder]
+        # The folder is the first file's: shards all outside the checkpoint's folder are not beside its index.
+        outside = [str(f) for f in files if os.path.dirname(os.path.normpath(str(f))) != folder or not beside]
         if outside:
             raise CheckpointError(
                 f"The Genie checkpoint's shard index names weight files outside its folder {folder} (e.g. "

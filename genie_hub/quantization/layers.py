@@ -163,13 +163,16 @@ class QuantizedOp(nn.Module):
         key = (id(self.weight_packed), self.weight_packed._version, self.weight_scale._version,
                self.weight_zero_point._version, self.weight_packed.device, self.weight_scale.dtype)
         # The cached tensor's own version too: an in-place edit of the returned weight (`op.weight.clamp_()`) is
-        # not kept; the stored codes, which the checkpoint saves, stay what the model computes with.
-        if self._weight_cache is None or self._weight_cache[0] != key \
-                or self._weight_cache[1]._version != self._weight_cache[2]:
+        # not kept; the stored codes, which the checkpoint saves, stay what the model computes with. A weight made
+        # under torch.inference_mode has no version and cannot be used by autograd: it serves that mode only.
+        cached = self._weight_cache
+        if cached is None or cached[0] != key or (
+                cached[1].is_inference() != torch.is_inference_mode_enabled() if cached[1].is_inference()
+                else cached[1]._version != cached[2]):
             codes = self.integer_codes().to(self.weight_scale.dtype)
             weight = (self.weight_scale * (codes - self.weight_zero_point.to(self.weight_scale.dtype)))
             weight = weight.view(self.weight_shape_tuple)
-            self._weight_cache = (key, weight, weight._version)
+            self._weight_cache = (key, weight, None if weight.is_inference() else weight._version)
         return self._weight_cache[1]
 
     @property
