@@ -41,7 +41,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method with transformers)
 from genie_hub.adapters import adapter_for, model_logits  # noqa: E402
