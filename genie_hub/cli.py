@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="Hub id or local folder (quantized or not)")
     e.add_argument("--dataset", default="fashion-mnist",
                    help="labelled dataset: 'fashion-mnist', a Hub dataset owner/name[:config]:split, a local "
-                        "imagefolder or parquet/arrow files (default: fashion-mnist)")
+                        "imagefolder or parquet/arrow files as PATH[:split] (a split not named: validation, else "
+                        "test, else train) (default: fashion-mnist)")
     _add_eval_options(e, "")
     e.add_argument("--fp32", default=None, help="FP32 reference model to compare with (default: none)")
     e.add_argument("--limit", type=_positive_int, default=None, help="evaluate on the first N images only "
@@ -267,7 +268,9 @@ def _evaluate(args) -> None:
 
 
 def _check_comparable(fp_name: str, fp_model, fp_processor, name: str, model, processor) -> None:
-    """Two models can be compared only on the same inputs and classes."""
+    """Two models can be compared only on the same inputs and classes: both are fed `name`'s preprocessing and
+    scored against labels mapped onto `fp_name`'s class names (a quantized model keeps its base's processor and
+    id2label, so any difference means --fp32 is another model)."""
     from .adapters import adapter_for
     from .loading import input_spec
 
@@ -275,10 +278,20 @@ def _check_comparable(fp_name: str, fp_model, fp_processor, name: str, model, pr
     if fp_spec.shape != spec.shape:
         raise GenieError(f"{fp_name} takes inputs of shape {fp_spec.shape} but {name} takes {spec.shape}: they are "
                          "not the same model, so --fp32 cannot be compared with it.")
-    fp_labels, labels = adapter_for(fp_model).num_labels(fp_model), adapter_for(model).num_labels(model)
+    if fp_spec != spec:
+        raise GenieError(f"{fp_name} and {name} normalize pixels differently (mean/std {fp_spec.mean}/{fp_spec.std} "
+                         f"vs {spec.mean}/{spec.std}): --fp32 must be the model {name} was quantized from.")
+    fp_adapter, adapter = adapter_for(fp_model), adapter_for(model)
+    fp_labels, labels = fp_adapter.num_labels(fp_model), adapter.num_labels(model)
     if fp_labels != labels:
         raise GenieError(f"{fp_name} has {fp_labels} classes but {name} has {labels}: --fp32 must be the model "
                          f"{name} was quantized from.")
+    renamed = [i for i in range(labels) if fp_adapter.label(fp_model, i) != adapter.label(model, i)]
+    if renamed:
+        i = renamed[0]
+        raise GenieError(f"{fp_name} and {name} name their classes differently ({len(renamed)} of {labels}, e.g. "
+                         f"class {i}: {fp_adapter.label(fp_model, i)!r} vs {adapter.label(model, i)!r}): --fp32 must "
+                         f"be the model {name} was quantized from.")
 
 
 def _push(args) -> None:

@@ -29,6 +29,23 @@ from .quantization.prepare import check_overrides
 logger = logging.getLogger("genie_hub")
 
 
+def _evaluate_command(model_dir: Path, base_model: str, evalset, limit: int | None) -> str:
+    """The `genie_hub evaluate` command that scores the saved model on the same set, as this run would have."""
+    source = evalset.source
+    dataset = (f"{source.name}:{source.split}" if source.kind == "fashion-mnist" or (source.kind == "local" and
+               source.split) else source.name if source.kind == "local" else source.label)
+    words = ["genie_hub", "evaluate", str(model_dir), "--dataset", dataset, "--fp32", base_model]
+    if evalset.image_column:
+        words += ["--image-column", evalset.image_column]
+    if evalset.labelled and evalset.label_column:
+        words += ["--label-column", evalset.label_column]
+    if not evalset.labelled:
+        words.append("--unlabelled")
+    if limit:
+        words += ["--limit", str(limit)]
+    return shlex.join(words)
+
+
 def run_quantization(model: str | None = None, config: GenieConfig | None = None, *,
                      output_dir: str | Path | None = None, few_shot: str | None = None,
                      evaluate: str | None = "auto", accelerator=None, push: bool = False,
@@ -145,9 +162,9 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
             except Exception as exc:  # noqa: BLE001 - a stream that drops, a bad file: the model must not be lost
                 logger.error(
                     "The evaluation on %s failed after quantization (%s: %s). The quantized model is saved without "
-                    "results; evaluate it once the dataset reads: `genie_hub evaluate %s --dataset %s`.",
+                    "results; evaluate it once the dataset reads (`%s`), or rerun this command, which resumes.",
                     evalset.source.label, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
-                    shlex.quote(str(layout.model_dir)), shlex.quote(evalset.source.name))
+                    _evaluate_command(layout.model_dir, base_model, evalset, eval_limit))
 
         from .cards import base_license, library_versions, machine_description, render_dataset_card, render_model_card
         from .synthesis.loop import prefers_channels_last

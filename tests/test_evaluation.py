@@ -231,8 +231,127 @@ def test_an_unreadable_image_is_skipped_and_a_failed_evaluation_loses_no_model(m
         assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", str(photos), *TINY]) == 0
     assert (out / "model" / "genie_model.safetensors").is_file() and (out / "run.json").is_file()
     assert json.loads((out / "run.json").read_text())["evaluation"] is None
-    assert any("the stream dropped" in r.getMessage() and "genie_hub evaluate" in r.getMessage()
-               for r in caplog.records)
+    message = next(r.getMessage() for r in caplog.records if "the stream dropped" in r.getMessage())
+    assert f"genie_hub evaluate {out / 'model'} --dataset {photos} --fp32 {model_dir} --image-column image " \
+           "--label-column label`" in message
+
+
+def _evaluated(model_dir: Path, source: str, **kwargs):
+    model, processor = load_model(model_dir)
+    evalset = open_eval_set(source, model_labels(model), **kwargs)
+    return evalset, evaluate_on_dataset(model, model, processor, input_spec(model, processor), evalset, progress=False)
+
+
+def test_a_local_folder_with_splits_is_read_by_split_never_mixed(model_dir, imagefolder, tmp_path):
+    """`train/` + `val/` folders, a DatasetDict saved to disk, a local clone of a Hub repo's data/ files: as for a
+    Hub dataset, validation (else test, else train) unless PATH:split names one; never all splits at once."""
+    import shutil
+
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
+
+    split_folder = tmp_path / "split-folder"
+    shutil.copytree(imagefolder, split_folder / "val")
+    for name in ("CAT", "Dog"):
+        shutil.copytree(imagefolder / name, split_folder / "train" / name)
+    evalset, result = _evaluated(model_dir, str(split_folder))
+    assert evalset.split == "validation" and result.num_images == 15
+    evalset, result = _evaluated(model_dir, f"{split_folder}:train")
+    assert evalset.split == "train" and result.num_images == 6
+    with pytest.raises(DataError, match="no split 'test'.*validation"):
+        open_eval_set(f"{split_folder}:test", dict(enumerate(LABELS)))
+
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
+    parts = DatasetDict(train=Dataset.from_dict({"image": _images(4, 1), "label": [0, 1, 2, 3]}, features=features),
+                        test=Dataset.from_dict({"image": _images(2, 2), "label": [4, 4]}, features=features))
+    parts.save_to_disk(str(tmp_path / "saved"))
+    for name, part in parts.items():
+        part.to_parquet(str(tmp_path / "clone" / "data" / f"{name}-00000-of-00001.parquet"))
+    for folder in ("saved", "clone"):
+        evalset, result = _evaluated(model_dir, str(tmp_path / folder))
+        assert (evalset.split, result.num_images) == ("test", 2), folder
+
+
+def test_labels_without_a_class_are_skipped_and_outside_the_classes_refused_before_compute(model_dir, tmp_path,
+                                                                                          caplog):
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Value
+
+    images = _images(6, seed=5)
+    for name, feature, labels in (("classlabel", ClassLabel(names=LABELS), [0, -1, 2, 3, -1, 4]),
+                                  ("ints", Value("int64"), [0, None, 2, 3, -1, 4])):
+        path = tmp_path / f"{name}.parquet"
+        Dataset.from_dict({"image": images, "label": labels},
+                          features=Features({"image": ImageFeature(), "label": feature})).to_parquet(str(path))
+        with caplog.at_level("WARNING"):
+            _, result = _evaluated(model_dir, str(path))
+        kept = [i for i, label in enumerate(labels) if label not in (None, -1)]
+        assert result.num_images == 4
+        assert result.fp32_top1 == pytest.approx(_expected_top1(model_dir, [images[i] for i in kept],
+                                                                [labels[i] for i in kept]))
+        assert "Skipped 2 example(s)" in caplog.text
+        caplog.clear()
+    Dataset.from_dict({"image": images, "label": [0, 1, 2, 3, 4, 9]},  # the last row is another model's class
+                      features=Features({"image": ImageFeature(), "label": Value("int64")})).to_parquet(
+        str(tmp_path / "other.parquet"))
+    with pytest.raises(DataError, match="label 9, outside the model's 5 classes"):
+        open_eval_set(str(tmp_path / "other.parquet"), dict(enumerate(LABELS)))
+
+
+def test_image_columns_of_paths_or_bytes_are_read_and_others_refused_before_compute(model_dir, tmp_path):
+    import io
+
+    from datasets import Dataset
+
+    images = _images(3, seed=6)
+    paths, blobs = [], []
+    for i, image in enumerate(images):
+        image.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        blobs.append(buffer.getvalue())
+    Dataset.from_dict({"path": paths, "data": blobs, "label": [0, 1, 2]}).to_parquet(str(tmp_path / "t.parquet"))
+    expected = _expected_top1(model_dir, images, [0, 1, 2])
+    for column in ("path", "data"):
+        assert _evaluated(model_dir, str(tmp_path / "t.parquet"), image_column=column)[1].fp32_top1 == \
+            pytest.approx(expected)
+    with pytest.raises(DataError, match="holds Value\\('int64'\\), not images"):
+        open_eval_set(str(tmp_path / "t.parquet"), dict(enumerate(LABELS)), image_column="label")
+    broken = tmp_path / "broken" / "cat"
+    broken.mkdir(parents=True)
+    for i in range(3):
+        (broken / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="None of the first 3 images"):
+        open_eval_set(str(tmp_path / "broken"), dict(enumerate(LABELS)))
+
+
+def test_photos_are_read_upright_by_their_exif_orientation(tmp_path):
+    from genie_hub.data.pixels import decode_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate to display
+    Image.new("RGB", (48, 32)).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    assert decode_image({"path": str(tmp_path / "phone.jpg")}).size == (32, 48)
+
+
+def test_evaluate_fp32_refuses_another_model(model_dir, tmp_path, capsys):
+    """--fp32 is fed the evaluated model's preprocessing and scored against its class names: a reference with
+    other names or another normalization would be scored wrongly, so it is refused."""
+    import shutil
+
+    renamed = Path(shutil.copytree(model_dir, tmp_path / "renamed"))
+    config = json.loads((renamed / "config.json").read_text())
+    config["id2label"] = {str(i): name for i, name in enumerate(reversed(LABELS))}
+    config["label2id"] = {name: int(i) for i, name in config["id2label"].items()}
+    (renamed / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(model_dir), "--fp32", str(renamed), "--dataset", "fashion-mnist", "--limit", "4"]) == 1
+    assert "name their classes differently" in capsys.readouterr().err
+    normalized = Path(shutil.copytree(model_dir, tmp_path / "normalized"))
+    processor = json.loads((normalized / "preprocessor_config.json").read_text())
+    processor["image_mean"], processor["image_std"] = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    (normalized / "preprocessor_config.json").write_text(json.dumps(processor))
+    assert main(["evaluate", str(model_dir), "--fp32", str(normalized), "--dataset", "fashion-mnist", "--limit",
+                 "4"]) == 1
+    assert "normalize pixels differently" in capsys.readouterr().err
 
 
 def _unmappable(tmp: Path) -> str:

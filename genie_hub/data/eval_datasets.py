@@ -3,11 +3,13 @@
 Sources (`EvalSource.parse`):
 - `fashion-mnist` (or `fashion-mnist:train`): the local IDX files (no download);
 - a Hub dataset `owner/name[:config]:split` or `owner/name` (split "validation", else "test", else "train");
-- a local folder: an `imagefolder` (one sub-folder per class) or a folder of parquet / arrow files, or one such file.
+- a local folder: an `imagefolder` (one sub-folder per class) or a folder of parquet / arrow files, or one such file;
+  `PATH:split` picks a split, else (as for the Hub) validation, else test, else train, from folder and file names
+  as `datasets` reads them (`train/`, `val/`, `data/test-00000-of-00001.parquet`).
 
 `open_eval_set(source, model, ...)` opens it, finds the image and label columns from the features (or takes the
 given ones), maps the dataset's class names onto the model's `id2label` by name (case, spaces, '_' and '-' do
-not matter; identical lists map 1:1), reads the first example, and raises a one-paragraph `DataError` for
+not matter; identical lists map 1:1), checks its labels and first images, and raises a one-paragraph `DataError` for
 anything that would fail later. It returns an `EvalSet` that yields (PIL images, model label indices) batches.
 """
 
@@ -29,6 +31,13 @@ logger = logging.getLogger("genie_hub.data")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DATA_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+SPLIT_PREFERENCE = ("validation", "test", "train")
+"""The split evaluated when none is named (Hub datasets and local folders alike)."""
+SPLIT_WORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "val", "dev"),
+               "test": ("test", "testing", "eval", "evaluation")}
+"""The words in a folder or file name that name its split (`datasets`' own keywords)."""
+NO_LABEL = -1
+"""`datasets`' ClassLabel value for an example without a label: skipped (and counted), not scored as wrong."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,9 @@ class EvalSource:
         path = Path(text).expanduser()
         if path.exists():
             return cls("local", str(path))
+        base, _, split = text.rpartition(":")
+        if base and split and Path(base).expanduser().exists():  # PATH:split
+            return cls("local", str(Path(base).expanduser()), split=split)
         name, *rest = text.split(":")
         if not _HUB_ID.match(name) or len(rest) > 2 or any(not part for part in rest):
             raise DataError(f"Unknown evaluation dataset '{text}': not 'fashion-mnist', not an existing local "
@@ -78,6 +90,7 @@ class EvalSet:
     label_column: str | None = None
     label_map: dict[int, int] | None = None  # dataset label -> model label (None: the same index)
     labelled: bool = True  # False: agreement with FP32 only (e.g. a folder of unlabelled photos)
+    num_classes: int = 0  # the model's number of classes (the range of unmapped integer labels)
 
     def batches(self, batch_size: int = 64, limit: int | None = None) -> Iterator[tuple[list, torch.Tensor]]:
         """(images, labels) batches: PIL images, or a uint8 tensor for the local Fashion-MNIST files."""
@@ -88,21 +101,23 @@ class EvalSet:
                 stop = min(start + batch_size, count)
                 yield images[start:stop], labels[start:stop].clone()
             return
-        images, labels, seen, unreadable = [], [], 0, []
+        images, labels, seen, unreadable, no_label = [], [], 0, [], 0
         for row in self.dataset:
             if limit is not None and seen >= limit:
                 break
-            image = row[self.image_column]
-            if isinstance(image, dict) and ("bytes" in image or "path" in image):  # stored undecoded (see open)
-                image = decode_image(image)
-                if isinstance(image, str):
-                    unreadable.append(image)
+            if self.labelled:
+                label = self.model_label(row[self.label_column])
+                if label is None:
+                    no_label += 1
                     continue
+            image = read_image(row[self.image_column])
+            if isinstance(image, str):
+                unreadable.append(image)
+                continue
             seen += 1
             images.append(image)
             if self.labelled:
-                label = int(row[self.label_column])
-                labels.append(self.label_map[label] if self.label_map is not None else label)
+                labels.append(label)
             if len(images) == batch_size:
                 yield images, torch.tensor(labels) if self.labelled else None
                 images, labels = [], []
@@ -111,6 +126,39 @@ class EvalSet:
         if unreadable:
             logger.warning("Skipped %d unreadable image(s) of %s, evaluated the other %d: %s%s", len(unreadable),
                            self.source.label, seen, ", ".join(unreadable[:5]), " ..." if len(unreadable) > 5 else "")
+        if no_label:
+            logger.warning("Skipped %d example(s) of %s without a label (-1 or empty), evaluated the other %d.",
+                           no_label, self.source.label, seen)
+
+    def model_label(self, value) -> int | None:
+        """A row's label as the model's class index; None for "no label" (-1, empty). A label outside the dataset's
+        classes is a DataError: scored as simply wrong, it would lower the top-1 without a word."""
+        if value is None or value == NO_LABEL:
+            return None
+        label = int(value)
+        if self.label_map is not None:
+            if label not in self.label_map:
+                raise DataError(f"'{self.source.label}' has label {label}, outside its {len(self.label_map)} classes.")
+            return self.label_map[label]
+        if not 0 <= label < self.num_classes:
+            raise DataError(f"'{self.source.label}' has label {label}, outside the model's {self.num_classes} "
+                            "classes: it is labelled for another model.")
+        return label
+
+
+def read_image(value):
+    """A row's image as a PIL image, or a description of why it cannot be read (skipped, named in a warning).
+    `datasets` Image values are stored undecoded (see `open_eval_set`); a column of file paths or raw bytes is
+    read the same way."""
+    if isinstance(value, dict) and ("bytes" in value or "path" in value):
+        return decode_image(value)
+    if isinstance(value, str):
+        return decode_image({"path": value})
+    if isinstance(value, (bytes, bytearray)):
+        return decode_image({"bytes": bytes(value)})
+    if value is None:
+        return "an empty image"
+    return value if hasattr(value, "convert") else f"a {type(value).__name__}, not an image"
 
 
 
@@ -158,7 +206,7 @@ def _load(source: EvalSource, streaming: bool):
                 splits = datasets.get_dataset_split_names(source.name, source.config)
             except Exception as exc:
                 raise _open_error(source, exc) from exc
-            split = next((s for s in ("validation", "test", "train") if s in splits), splits[0] if splits else None)
+            split = _preferred_split(splits)
         return datasets.load_dataset(source.name, source.config, split=split, streaming=streaming), split
     path = Path(source.name).expanduser()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
@@ -166,9 +214,40 @@ def _load(source: EvalSource, streaming: bool):
         builder = DATA_SUFFIXES.get(files[0].suffix)
         if builder is None or any(DATA_SUFFIXES.get(f.suffix) != builder for f in files):
             raise DataError(f"{path} mixes data file types or is not a .parquet/.arrow file; give one kind of file.")
-        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train",
-                                     streaming=streaming), "train"
-    return datasets.load_dataset("imagefolder", data_dir=str(path), split="train", streaming=streaming), "train"
+        by_split: dict[str, list[str]] = {}
+        for file in files:
+            by_split.setdefault(_split_of(file.relative_to(path) if file != path else Path(file.name)),
+                                []).append(str(file))
+        split = _chosen_split(source, list(by_split))
+        return datasets.load_dataset(builder, data_files=by_split[split], split="train", streaming=streaming), split
+    splits = [str(s) for s in datasets.load_dataset_builder("imagefolder", data_dir=str(path)).config.data_files]
+    split = _chosen_split(source, splits)
+    return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming), split
+
+
+def _preferred_split(splits: list[str]) -> str | None:
+    return next((s for s in SPLIT_PREFERENCE if s in splits), splits[0] if splits else None)
+
+
+def _split_of(relative: Path) -> str:
+    """The split a data file belongs to by the words of its folder and file names (`datasets`' convention);
+    "train" when they name none or several (a folder of plain files is one set)."""
+    words = {word for part in relative.parts for word in re.split(r"[\W_]+", part.lower()) if word}
+    named = [split for split, keys in SPLIT_WORDS.items() if words & set(keys)]
+    return named[0] if len(named) == 1 else "train"
+
+
+def _chosen_split(source: EvalSource, splits: list[str]) -> str:
+    """The named split (`PATH:split`), else the preferred one; with several, which one is said in the log."""
+    if source.split is not None:
+        if source.split not in splits:
+            raise DataError(f"'{source.name}' has no split '{source.split}' (it has: {', '.join(splits)}).")
+        return source.split
+    split = _preferred_split(splits)
+    if len(splits) > 1:
+        logger.info("%s holds the splits %s: evaluating on %s (name another as %s:SPLIT).", source.name,
+                    ", ".join(splits), split, source.name)
+    return split
 
 
 def _open_error(source: EvalSource, exc: Exception) -> DataError:
@@ -216,11 +295,12 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
                         "(`genie_hub evaluate`) or --eval-image-column (`genie_hub quantize`).")
     if isinstance(features[image_column], datasets.Image):  # decoded in `batches`, where an unreadable one is skipped
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+    elif not (isinstance(features[image_column], datasets.Value)
+              and features[image_column].dtype in ("string", "large_string", "binary", "large_binary")):
+        raise DataError(f"The column '{image_column}' of {where} holds {features[image_column]}, not images (an "
+                        "Image feature, file paths or encoded bytes).")
+    _check_images(dataset, image_column, where)
     if unlabelled:
-        try:
-            next(iter(dataset))
-        except StopIteration:
-            raise DataError(f"{where} is empty.") from None
         return EvalSet(source, split, None if streaming else len(dataset), dataset, image_column, labelled=False)
     label_column = label_column or next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)),
                                         next((c for c in ("label", "labels") if c in features), None))
@@ -236,14 +316,33 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
         mapping = None  # plain integers: taken as the model's own class indices (checked on the first row)
     else:
         raise DataError(f"The label column '{label_column}' of {where} holds {feature}, not class indices.")
+    evalset = EvalSet(source, split, None if streaming else len(dataset), dataset, image_column, label_column,
+                      mapping, num_classes=len(model_labels))
+    # Every label of a local set now (a streamed one: the first rows here, the rest as they come): a label outside
+    # the classes is an error before any compute, examples without one are skipped and counted.
+    values = [row[label_column] for row in dataset.take(CHECKED_ROWS)] if streaming else list(dataset[label_column])
+    labels = [evalset.model_label(value) for value in values]  # raises for a label outside the classes
+    if values and all(label is None for label in labels):
+        raise DataError(f"No example of {where} has a label (all are -1 or empty): pass --unlabelled "
+                        "(--eval-unlabelled) to measure agreement with FP32 only.")
+    return evalset
+
+
+CHECKED_ROWS = 8
+"""How many rows of a set are read before compute to check that its images decode (and, streamed, its labels)."""
+
+
+def _check_images(dataset, image_column: str, where: str) -> None:
+    """One of the first rows' images must decode: a column of something else, or a folder of unreadable files,
+    fails here rather than after a whole quantization (single unreadable images are skipped later, named)."""
     try:
-        first = next(iter(dataset))
-    except StopIteration:
-        raise DataError(f"{where} is empty.") from None
-    except Exception as exc:
-        raise _open_error(source, exc) from exc
-    first_label = int(first[label_column])
-    if mapping is None and not 0 <= first_label < len(model_labels):
-        raise DataError(f"{where} has label {first_label}, outside the model's {len(model_labels)} classes.")
-    num_images = None if streaming else len(dataset)
-    return EvalSet(source, split, num_images, dataset, image_column, label_column, mapping)
+        rows = list(dataset.take(CHECKED_ROWS)) if hasattr(dataset, "take") else []
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds on a broken file
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise DataError(f"Could not read {where} ({type(exc).__name__}: {first}).") from exc
+    if not rows:
+        raise DataError(f"{where} is empty.")
+    read = [read_image(row[image_column]) for row in rows]
+    if all(isinstance(image, str) for image in read):
+        raise DataError(f"None of the first {len(rows)} images of {where} can be read ({', '.join(read[:3])}): "
+                        "check the files, or name the image column with --image-column (--eval-image-column).")

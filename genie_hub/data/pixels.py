@@ -113,12 +113,15 @@ def decode_image(value: dict):
     its name, not a crash after the whole quantization."""
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     where = Path(value.get("path") or "image").name
     try:
         with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
             image.load()
-            return image.copy()
+            try:  # upright, as `datasets` decodes it and viewers show it (phone photos are stored sideways)
+                return ImageOps.exif_transpose(image)
+            except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as stored
+                return image.copy()
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
         return f"{where} ({type(exc).__name__})"
