@@ -69,6 +69,8 @@ def test_label_mapping_by_name():
     assert map_labels(["English springer", "tench"], imagenet, "x") == {0: 2, 1: 0}
     with pytest.raises(DataError, match="'crane'"):  # two model classes share it: ambiguous
         map_labels(["crane"], dict(enumerate(["crane, bird", "crane, machine"])), "x")
+    with pytest.raises(DataError, match="'crane'"):  # ImageNet's id2label names classes 134 and 517 "crane"
+        map_labels(["dog", "crane"], dict(enumerate(["cat", "crane", "dog", "crane"])), "x")
 
 
 def test_sources_parse():

@@ -172,17 +172,17 @@ def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: st
     model_names = [model_labels[i] for i in sorted(model_labels)]
     if [_normalize(n) for n in dataset_names] == [_normalize(n) for n in model_names]:
         return None
-    by_name: dict[str, int] = {}
+    by_name: dict[str, set[int]] = {}
     synonyms: dict[str, set[int]] = {}  # ImageNet-style labels list synonyms: "tench, Tinca tinca"
     for index, name in model_labels.items():
-        by_name.setdefault(_normalize(name), index)
+        by_name.setdefault(_normalize(name), set()).add(index)
         for synonym in str(name).split(","):
             synonyms.setdefault(_normalize(synonym), set()).add(index)
     mapping, missing = {}, []
     for index, name in enumerate(dataset_names):
         key = _normalize(name)
-        if key in by_name:
-            mapping[index] = by_name[key]
+        if len(by_name.get(key, ())) == 1:  # ImageNet names two classes "crane": ambiguous, like a shared synonym
+            mapping[index] = next(iter(by_name[key]))
         elif len(synonyms.get(key, ())) == 1:
             mapping[index] = next(iter(synonyms[key]))
         else:
@@ -315,7 +315,9 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     elif getattr(feature, "dtype", "").startswith(("int", "uint")):
         mapping = None  # plain integers: taken as the model's own class indices (checked on the first row)
     else:
-        raise DataError(f"The label column '{label_column}' of {where} holds {feature}, not class indices.")
+        raise DataError(f"The label column '{label_column}' of {where} holds {feature}, not class indices. Class "
+                        "names as strings: cast the column to a ClassLabel first (datasets' "
+                        f"`dataset.class_encode_column('{label_column}')`), and they are mapped by name.")
     evalset = EvalSet(source, split, None if streaming else len(dataset), dataset, image_column, label_column,
                       mapping, num_classes=len(model_labels))
     # Every label of a local set now (a streamed one: the first rows here, the rest as they come): a label outside
