@@ -62,7 +62,12 @@ def test_bad_registries_are_refused(tmp_path):
                           ({"model": 5}, "model must be a non-empty string"),
                           ({"settings": {"bogus": 1}}, "unknown GenieConfig field(s) bogus"),
                           ({"settings": [1]}, "settings must be an object"),
-                          ({"built_here": "no"}, "built_here must be true or false")):
+                          ({"built_here": "no"}, "built_here must be true or false"),
+                          # the entry's own keys set these fields: repeated in settings, a clear registry problem
+                          ({"settings": {"weight_bits": 2}}, "settings repeats weight_bits"),
+                          ({"settings": {"synthesis_prior": "auto"}}, "settings repeats synthesis_prior (set it with "
+                                                                      "the entry's own 'prior' key only)"),
+                          ({"settings": {"profile": "quick", "act_bits": 8}}, "settings repeats act_bits")):
         bad.write_text(json.dumps({"entries": [{"name": "a", "model": "x", "weight_bits": 4, "act_bits": 4,
                                                 **entry}]}))
         with pytest.raises(ConfigError, match=re.escape(needle)):

@@ -34,6 +34,10 @@ ZOO_REPO = "genie-hub-zoo"
 """Name of the model repo whose card holds the published leaderboard."""
 
 
+SET_BY_ENTRY = {"weight_bits": "weight_bits", "act_bits": "act_bits", "profile": "profile", "synthesis_prior": "prior"}
+"""GenieConfig fields that an entry sets with its own keys (field: entry key): `settings` must not set them again."""
+
+
 @dataclass
 class ZooEntry:
     name: str
@@ -77,6 +81,10 @@ class ZooEntry:
             unknown = sorted(set(self.settings) - known)
             if unknown:
                 found.append(f"settings has unknown GenieConfig field(s) {', '.join(map(str, unknown))}")
+            repeated = [key for key in SET_BY_ENTRY if key in self.settings]
+            if repeated:
+                found.append("settings repeats " + ", ".join(f"{key} (set it with the entry's own "
+                                                              f"{SET_BY_ENTRY[key]!r} key only)" for key in repeated))
         return found
 
 
