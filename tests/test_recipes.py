@@ -216,3 +216,47 @@ def test_sample_photos_are_written_offline(tmp_path):
     from PIL import Image
 
     assert all(Image.open(f).mode == "RGB" for f in files[:7])
+
+
+def test_an_interrupted_recipe_leaves_no_partial_folder(tmp_path, monkeypatch):
+    """Both recipes build their folder aside and rename it into place: a run killed halfway (here: a failing
+    save) leaves no partial folder that a later run would take as finished, and an earlier complete one stays."""
+    from transformers import EfficientNetImageProcessor
+
+    from genie_hub.errors import ConfigError
+    from genie_hub.recipes import write_sample_photos
+
+    real_save = Image.Image.save
+    saved = []
+
+    def save_some(image, path, *args, **kwargs):
+        if len(saved) == 7:
+            raise OSError("No space left on device")
+        saved.append(path)
+        return real_save(image, path, *args, **kwargs)
+
+    folder = tmp_path / "photos"
+    with monkeypatch.context() as patch:
+        patch.setattr(Image.Image, "save", save_some)
+        with pytest.raises(OSError, match="No space"):
+            write_sample_photos(folder)
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its staging copy
+    complete = sorted(p.name for p in write_sample_photos(folder).iterdir())
+    saved.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(Image.Image, "save", save_some)
+        with pytest.raises(OSError, match="No space"):
+            write_sample_photos(folder)
+    assert sorted(p.name for p in folder.iterdir()) == complete and list(tmp_path.iterdir()) == [folder]
+    (folder / "notes.txt").write_text("mine")  # a file the recipe does not write is not deleted with the folder
+    with pytest.raises(ConfigError, match="notes.txt"):
+        write_sample_photos(folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+
+    def fail(*args, **kwargs):
+        raise OSError("killed")
+
+    monkeypatch.setattr(EfficientNetImageProcessor, "save_pretrained", fail)  # after the weights were written
+    with pytest.raises(OSError, match="killed"):
+        convert_efficientnet_lite0(tmp_path / "lite0")
+    assert not (tmp_path / "lite0").exists() and not list(tmp_path.glob("lite0*"))

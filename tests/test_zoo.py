@@ -194,3 +194,30 @@ def test_publish_skips_stale_entries_and_a_leaderboard_failure_is_a_push_error(r
         zoo.publish(out, "genie-org", registry=changed)
     assert "tiny-resnet-genie-w4a4 is not published" in caplog.text and "W4A4" in caplog.text
     assert not hub_server.repos
+
+
+def test_inputs_an_interrupted_build_left_are_made_again(tmp_path, monkeypatch):
+    """A sample-photos set or a converted base that an interrupted build of an earlier genie_hub left half
+    written (it wrote in place) is made again, not used; a finished one is reused."""
+    import genie_hub.recipes as recipes
+
+    made = []
+
+    def make(folder: Path) -> Path:
+        made.append(folder.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text("{}")
+        return folder
+
+    monkeypatch.setattr(recipes, "convert_efficientnet_lite0", make)
+    monkeypatch.setattr(recipes, "write_sample_photos", make)
+    photos, base = tmp_path / "_data" / "sample-photos", tmp_path / "_bases" / "efficientnet-lite0"
+    photos.mkdir(parents=True)
+    (photos / "astronaut_0.png").write_bytes(b"\x89PNG\r\n")  # 1 of 49 files, truncated
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")  # written before the weights, which never came
+    entry = zoo.ZooEntry("lite0", "recipe:efficientnet-lite0", 8, 8, eval_dataset="recipe:sample-photos")
+    for _ in range(2):
+        assert zoo._eval_source(entry, tmp_path) == str(photos)
+        assert Path(zoo._model_source(entry, tmp_path)).resolve() == base.resolve()
+    assert made == ["sample-photos", "efficientnet-lite0"]  # once each: the second time they were complete

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import REPOSITORY_URL
 from ..config import GenieConfig
@@ -149,10 +149,7 @@ def _model_source(entry: ZooEntry, zoo_dir: Path) -> str | None:
     if entry.model == "recipe:efficientnet-lite0":
         from ..recipes import convert_efficientnet_lite0
 
-        folder = zoo_dir / "_bases" / "efficientnet-lite0"
-        if not (folder / "config.json").exists():
-            convert_efficientnet_lite0(folder)
-        return str(folder)
+        return str(_prepared(zoo_dir / "_bases" / "efficientnet-lite0", convert_efficientnet_lite0))
     if entry.model.startswith("recipe:"):
         raise ConfigError(f"Zoo entry {entry.name}: unknown recipe {entry.model!r}.")
     return entry.model
@@ -162,11 +159,19 @@ def _eval_source(entry: ZooEntry, zoo_dir: Path) -> str:
     if entry.eval_dataset == "recipe:sample-photos":
         from ..recipes import write_sample_photos
 
-        folder = zoo_dir / "_data" / "sample-photos"
-        if not any(folder.glob("*.png")):
-            write_sample_photos(folder)
-        return str(folder)
+        return str(_prepared(zoo_dir / "_data" / "sample-photos", write_sample_photos))
     return entry.eval_dataset or "none"
+
+
+def _prepared(folder: Path, make: Callable[[Path], Path]) -> Path:
+    """`folder`, made by `make` unless an earlier build finished it. `make` writes the folder whole (a staging
+    folder renamed into place) and `<folder>.complete` is written after it, so that a folder without the marker
+    (what an interrupted build of an earlier genie_hub, which wrote in place, left) is made again, not used."""
+    marker = folder.with_name(f"{folder.name}.complete")
+    if not (folder.is_dir() and marker.is_file()):
+        make(folder)
+        write_bytes(marker, b"")
+    return folder
 
 
 def _synthesis_dir(entry: ZooEntry, zoo_dir: Path) -> Path:
