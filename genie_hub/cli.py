@@ -339,11 +339,14 @@ def _zoo(args) -> None:
 
     if args.zoo_command == "list":
         rows = zoo.status(args.output_dir, registry=args.registry)
-        print(f"{'entry':40} {'model':32} {'bits':6} {'here':5} {'built':6} published")
+        print(f"{'entry':40} {'model':32} {'bits':6} {'here':5} {'built':8} published")
         for row in rows:
+            built = {"built": "yes", "missing": "no"}.get(row["state"], row["state"])  # or stale, damaged
             print(f"{row['name']:40} {row['model'][:32]:32} W{row['weight_bits']}A{row['act_bits']:<4} "
-                  f"{'yes' if row['built_here'] else 'no':5} {'yes' if row['built'] else 'no':6} "
-                  f"{row['published'] or '-'}")
+                  f"{'yes' if row['built_here'] else 'no':5} {built:8} {row['published'] or '-'}")
+        for row in rows:
+            if row["reason"]:
+                print(f"{row['name']}: {row['state']}: {row['reason']}")
     elif args.zoo_command == "build":
         outcome = zoo.build(args.output_dir, args.names or None, registry=args.registry, progress=not args.quiet)
         for name, result in outcome.items():

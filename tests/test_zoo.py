@@ -67,7 +67,8 @@ def test_bad_registries_are_refused(tmp_path):
                           ({"settings": {"weight_bits": 2}}, "settings repeats weight_bits"),
                           ({"settings": {"synthesis_prior": "auto"}}, "settings repeats synthesis_prior (set it with "
                                                                       "the entry's own 'prior' key only)"),
-                          ({"settings": {"profile": "quick", "act_bits": 8}}, "settings repeats act_bits")):
+                          ({"settings": {"profile": "quick", "act_bits": 8}}, "settings repeats act_bits"),
+                          ({"model": "recipe:nope"}, "model 'recipe:nope' is not a recipe genie_hub has")):
         bad.write_text(json.dumps({"entries": [{"name": "a", "model": "x", "weight_bits": 4, "act_bits": 4,
                                                 **entry}]}))
         with pytest.raises(ConfigError, match=re.escape(needle)):
@@ -221,3 +222,74 @@ def test_inputs_an_interrupted_build_left_are_made_again(tmp_path, monkeypatch):
         assert zoo._eval_source(entry, tmp_path) == str(photos)
         assert Path(zoo._model_source(entry, tmp_path)).resolve() == base.resolve()
     assert made == ["sample-photos", "efficientnet-lite0"]  # once each: the second time they were complete
+
+
+def _changed_registry(registry: Path, tmp_path: Path, name: str, **changes) -> Path:
+    data = json.loads(registry.read_text())
+    for entry in data["entries"]:
+        if entry["name"] == name:
+            entry.update(changes)
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_an_entry_whose_registry_settings_changed_is_stale_not_built(registry, tmp_path, capsys):
+    """Everything that decides an entry's result is compared with what its folder was built with, not only the
+    bits and profile: the folder is then reported stale by build and list and left out of the leaderboard."""
+    out, name = tmp_path / "zoo", "tiny-resnet-genie-w4a4"
+    zoo.build(out, [name], registry=registry, progress=False)
+    weights = out / name / "model" / "genie_model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    for changes, needle in (({"model": str(registry.parent / "tiny-mobilenet")}, "base_model"),
+                            ({"settings": {**SETTINGS, "num_samples": 16}}, "num_samples: 8 -> 16"),
+                            ({"settings": {**SETTINGS, "seed": 1}}, "seed: 0 -> 1"),
+                            ({"prior": "bn-statistics"}, "synthesis_prior: 'auto' -> 'bn-statistics'"),
+                            ({"few_shot": str(tmp_path / "photos")}, "calibration: 'synthetic' ->")):
+        changed = _changed_registry(registry, tmp_path, name, **changes)
+        assert main(["zoo", "build", name, "-o", str(out), "--registry", str(changed), "-q"]) == 1
+        printed = capsys.readouterr().out
+        assert f"{name}: failed: it was built as W4A4 (quick profile) with other settings" in printed, changes
+        assert needle in printed and f"delete {out / name} to rebuild it" in printed
+        assert name not in [row["name"] for row in json.loads((out / "leaderboard.json").read_text())["entries"]]
+        assert main(["zoo", "list", "-o", str(out), "--registry", str(changed)]) == 0
+        assert re.search(rf"{name} .* stale ", capsys.readouterr().out)
+    assert weights.stat().st_mtime_ns == mtime  # never rebuilt or touched
+    assert zoo.build(out, [name], registry=registry, progress=False) == {name: "skipped (already built)"}
+
+
+def test_a_damaged_entry_is_not_built_and_building_repairs_it(registry, tmp_path, capsys):
+    """A folder with run.json but missing files (or a malformed run.json) is damaged, not built: list says so
+    and build runs the pipeline into it again, which resumes from the finished work. A folder that is no
+    genie_hub output is reported with advice `zoo build` can follow (it has no --overwrite)."""
+    import shutil
+
+    out, name = tmp_path / "zoo", "tiny-resnet-genie-w4a4"
+    zoo.build(out, [name], registry=registry, progress=False)
+    weights = out / name / "model" / "genie_model.safetensors"
+    built = weights.read_bytes()
+    run = json.loads((out / name / "run.json").read_text())
+
+    def damage_model():
+        shutil.rmtree(out / name / "model")
+
+    def damage_record():
+        (out / name / "run.json").write_text(json.dumps({**run, "config": "oops"}))
+
+    for damage, reason in ((damage_model, "config.json is missing"), (weights.unlink, "genie_model.safetensors is "
+                                                                                      "missing"),
+                           (damage_record, "run.json is malformed (config of the wrong type)")):
+        damage()
+        assert main(["zoo", "list", "-o", str(out), "--registry", str(registry)]) == 0
+        listing = capsys.readouterr().out
+        assert re.search(rf"{name} .* damaged ", listing) and reason in listing
+        assert name not in [row["name"] for row in zoo.leaderboard_rows(out, zoo.load_registry(registry))]
+        assert zoo.build(out, [name], registry=registry, progress=False) == {name: "built"}
+        assert weights.read_bytes() == built and zoo.entry_state(out, zoo.load_registry(registry)[0]).kind == "built"
+
+    (out / "tiny-mobilenet-genie-w2a4").mkdir()
+    (out / "tiny-mobilenet-genie-w2a4" / "notes.txt").write_text("not a genie_hub folder")
+    outcome = zoo.build(out, ["tiny-mobilenet-genie-w2a4"], registry=registry, progress=False)
+    assert outcome["tiny-mobilenet-genie-w2a4"].startswith("failed: the folder is not empty and is not a genie_hub "
+                                                           "output folder; delete")
+    assert "--overwrite" not in outcome["tiny-mobilenet-genie-w2a4"]

@@ -34,6 +34,8 @@ ZOO_REPO = "genie-hub-zoo"
 """Name of the model repo whose card holds the published leaderboard."""
 
 
+MODEL_RECIPES = ("recipe:efficientnet-lite0",)
+EVAL_RECIPES = ("recipe:sample-photos",)
 SET_BY_ENTRY = {"weight_bits": "weight_bits", "act_bits": "act_bits", "profile": "profile", "synthesis_prior": "prior"}
 """GenieConfig fields that an entry sets with its own keys (field: entry key): `settings` must not set them again."""
 
@@ -71,6 +73,10 @@ class ZooEntry:
         for key in ("eval_dataset", "few_shot"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 found.append(f"{key} must be a string or null, got {getattr(self, key)!r}")
+        for key, known in (("model", MODEL_RECIPES), ("eval_dataset", EVAL_RECIPES)):
+            value = getattr(self, key)
+            if isinstance(value, str) and value.startswith("recipe:") and value not in known:
+                found.append(f"{key} {value!r} is not a recipe genie_hub has (recipes: {', '.join(known)})")
         for key in ("eval_unlabelled", "built_here"):
             if not isinstance(getattr(self, key), bool):
                 found.append(f"{key} must be true or false, got {getattr(self, key)!r}")
@@ -121,25 +127,135 @@ def select(entries: list[ZooEntry], names: list[str] | None, *, built_here_only:
     return [entry for entry in entries if entry.built_here or not built_here_only]
 
 
-def _record(zoo_dir: Path, entry: ZooEntry) -> RunRecord | None:
+RESOLVED_AT_RUN = {"mixed_precision": None, "synthesis_precision": "auto"}
+"""GenieConfig fields a run resolves on its machine when left at these values; run.json holds the result."""
+
+
+@dataclass(frozen=True)
+class EntryState:
+    """What ZOO_DIR/<name> holds for its registry entry now.
+
+    kind: "missing" (nothing finished: building it resumes what an interrupted build left), "built",
+    "damaged" (built with the entry's settings, but files are missing or unreadable: building it again repairs
+    it from the finished work) or "stale" (built for other settings than the entry now asks for, or with none
+    readable: it is never taken for the entry, and only deleting the folder lets it be rebuilt)."""
+
+    kind: str
+    reason: str = ""
+    record: RunRecord | None = None
+    settings: dict | None = None  # what the folder was built (or started) with, where readable
+
+
+def entry_state(zoo_dir: Path, entry: ZooEntry) -> EntryState:
+    """Compare the folder with everything that decides the entry's result: base model, calibration source and
+    the GenieConfig it makes (bits, profile, prior, settings), as `claim` compares a rerun's; then its files."""
+    layout = OutputLayout(zoo_dir / entry.name)
+    record, damage = _read_record(layout.run_file)
+    settings = (record.settings if record is not None and isinstance(record.settings, dict)
+                else _started_settings(layout))
+    if settings is None:
+        if damage:
+            return EntryState("stale", f"{damage}, and no settings to check it against or resume it with")
+        if record is not None:
+            return EntryState("stale", "an older genie_hub built it without recording its settings")
+        if layout._holds_results():
+            return EntryState("stale", "the folder is not empty and is not a genie_hub output folder")
+        return EntryState("missing")
+    change = _settings_change(settings, entry, zoo_dir)
+    if change:
+        return EntryState("stale", change, None, settings)
+    if record is None and damage is None:
+        return EntryState("missing", settings=settings)
+    damage = damage or _missing_files(layout, record)
+    if damage:
+        return EntryState("damaged", damage, None, settings)
+    return EntryState("built", record=record, settings=settings)
+
+
+def _read_record(path: Path) -> tuple[RunRecord | None, str | None]:
+    """(the record, what makes it unusable or None). A malformed record is returned too: its settings may
+    still say whether the folder can be resumed."""
     try:
-        record = RunRecord.load(OutputLayout(zoo_dir / entry.name).run_file)
+        record = RunRecord.load(path)
+    except (OSError, ValueError) as exc:
+        return None, f"its run.json is unreadable ({exc})"
+    if record is None:
+        return None, None
+    expected = {"config": dict, "layers": dict, "settings": (dict, type(None)), "evaluation": (dict, type(None)),
+                "push": (dict, type(None))}
+    wrong = [key for key, kind in expected.items() if not isinstance(getattr(record, key), kind)]
+    if wrong:
+        return record, f"its run.json is malformed ({', '.join(wrong)} of the wrong type)"
+    if not record.complete:
+        return record, "its run.json records no finished run (no quantized layers)"
+    return record, None
+
+
+def _started_settings(layout: OutputLayout) -> dict | None:
+    """The settings an interrupted run recorded before computing (work/settings.json), if readable."""
+    try:
+        settings = json.loads(layout.settings_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if record is not None and record.complete else None
+    return settings if isinstance(settings, dict) else None
 
 
-def _stale(record: RunRecord, entry: ZooEntry) -> str | None:
-    """How a built folder differs from its registry entry now (bits, profile), or None."""
-    built = (record.weight_bits, record.act_bits, (record.config or {}).get("profile"))
-    wanted = (entry.weight_bits, entry.act_bits, entry.profile)
-    if built == wanted:
+def _missing_files(layout: OutputLayout, record: RunRecord) -> str | None:
+    """Which file a built folder lacks (model config and weights; the calibration set of a zero-shot run)."""
+    from ..checkpoint.config import WEIGHTS_NAME
+    from ..checkpoint.safetensors_check import weight_files
+
+    if not (layout.model_dir / "config.json").is_file():
+        return f"{layout.model_dir / 'config.json'} is missing"
+    try:
+        files = weight_files(layout.model_dir, WEIGHTS_NAME)
+    except GenieError as exc:
+        return str(exc).splitlines()[0]
+    absent = [path for path in files or [layout.model_dir / WEIGHTS_NAME] if not path.is_file()]
+    if absent:
+        return f"{absent[0]} is missing"
+    if record.synthetic and not any(layout.dataset_dir.glob("**/*.parquet")):
+        return f"{layout.dataset_dir} (its calibration set) is missing"
+    return None
+
+
+def _settings_change(recorded: dict, entry: ZooEntry, zoo_dir: Path) -> str | None:
+    """How the settings a folder was built with differ from those the entry makes now, or None."""
+    from ..outputs import _comparable, _differences, _with_new_defaults
+
+    config = recorded.get("config")
+    if not isinstance(config, dict):
+        return "its recorded settings are malformed (no config)"
+    old, new = _comparable(_with_new_defaults(recorded)), _comparable(_wanted_settings(entry, zoo_dir, recorded))
+    if old == new:
         return None
-    return (f"it was built as W{built[0]}A{built[1]} with the {built[2]} profile, the registry now asks for "
-            f"W{wanted[0]}A{wanted[1]} with the {wanted[2]} profile")
+    return (f"it was built as W{config.get('weight_bits')}A{config.get('act_bits')} ({config.get('profile')} "
+            f"profile) with other settings than the registry now asks for ({_differences(old, new)})")
 
 
-def _model_source(entry: ZooEntry, zoo_dir: Path) -> str | None:
+def _wanted_settings(entry: ZooEntry, zoo_dir: Path, recorded: dict | None) -> dict:
+    """The settings (`outputs.run_settings`) the pipeline records for this entry."""
+    from ..loading import resolve_model_path
+    from ..outputs import run_settings
+
+    return run_settings(resolve_model_path(_model_path(entry, zoo_dir)), None, entry.few_shot or "synthetic",
+                        _run_config(entry, recorded).results_dict())
+
+
+def _run_config(entry: ZooEntry, recorded: dict | None) -> GenieConfig:
+    """The entry's config, with the fields a run resolves on its machine (`RESOLVED_AT_RUN`) taken from what the
+    folder recorded where the entry leaves them open: they do not make it stale, and a rerun resumes it."""
+    config = entry.config()
+    old = (recorded or {}).get("config")
+    if not isinstance(old, dict):
+        return config
+    resolved = {key: old[key] for key, open_value in RESOLVED_AT_RUN.items()
+                if getattr(config, key) == open_value and old.get(key) is not None}
+    return dataclasses.replace(config, **resolved)
+
+
+def _model_path(entry: ZooEntry, zoo_dir: Path) -> str | None:
+    """The entry's base model (a Hub id, or an absolute folder; None: the embedded default), not made yet."""
     from ..loading import ASSETS_DIR
 
     if entry.model == "embedded":
@@ -147,12 +263,18 @@ def _model_source(entry: ZooEntry, zoo_dir: Path) -> str | None:
     if entry.model.startswith("embedded:"):
         return str(ASSETS_DIR / entry.model.split(":", 1)[1])
     if entry.model == "recipe:efficientnet-lite0":
+        return os.path.abspath(zoo_dir / "_bases" / "efficientnet-lite0")
+    return entry.model
+
+
+def _model_source(entry: ZooEntry, zoo_dir: Path) -> str | None:
+    """`_model_path`, with a recipe's folder made first."""
+    path = _model_path(entry, zoo_dir)
+    if entry.model == "recipe:efficientnet-lite0":
         from ..recipes import convert_efficientnet_lite0
 
-        return str(_prepared(zoo_dir / "_bases" / "efficientnet-lite0", convert_efficientnet_lite0))
-    if entry.model.startswith("recipe:"):
-        raise ConfigError(f"Zoo entry {entry.name}: unknown recipe {entry.model!r}.")
-    return entry.model
+        _prepared(Path(path), convert_efficientnet_lite0)
+    return path
 
 
 def _eval_source(entry: ZooEntry, zoo_dir: Path) -> str:
@@ -187,32 +309,16 @@ def _synthesis_dir(entry: ZooEntry, zoo_dir: Path) -> Path:
 def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registry: str | os.PathLike | None = None,
           progress: bool = True) -> dict[str, str]:
     """Build the selected entries that are not built yet; returns {name: "built" | "skipped" | "failed: ..."}.
-    One entry's failure is logged and reported, and the others are still built. Writes the leaderboard."""
-    from ..pipeline import run_quantization
-
+    A damaged entry is built again (the pipeline resumes from its finished work); a stale one is reported, not
+    touched. One entry's failure is logged and reported, and the others are still built. Writes the leaderboard."""
     zoo_dir = Path(zoo_dir)
     if zoo_dir.exists() and not zoo_dir.is_dir():
         raise ConfigError(f"The zoo folder {zoo_dir} is a file. Pass a folder with -o.")
     entries = load_registry(registry)
     outcome: dict[str, str] = {}
     for entry in select(entries, names, built_here_only=True):
-        record = _record(zoo_dir, entry)
-        stale = _stale(record, entry) if record is not None else None
-        if stale:
-            logger.error("zoo: %s was not rebuilt: %s. Delete %s to rebuild it.", entry.name, stale,
-                         zoo_dir / entry.name)
-            outcome[entry.name] = f"failed: {stale}"
-            continue
-        if record is not None:
-            outcome[entry.name] = "skipped (already built)"
-            continue
-        logger.info("zoo: building %s", entry.name)
         try:
-            run_quantization(_model_source(entry, zoo_dir), entry.config(), output_dir=zoo_dir / entry.name,
-                             few_shot=entry.few_shot, evaluate=_eval_source(entry, zoo_dir),
-                             eval_unlabelled=entry.eval_unlabelled, synthesis_dir=_synthesis_dir(entry, zoo_dir),
-                             command=f"genie_hub zoo build {entry.name}", progress=progress)
-            outcome[entry.name] = "built"
+            outcome[entry.name] = _build_entry(zoo_dir, entry, progress)
         except (GenieError, OSError, RuntimeError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             logger.error("zoo: %s failed: %s", entry.name, first)
@@ -221,14 +327,35 @@ def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registr
     return outcome
 
 
+def _build_entry(zoo_dir: Path, entry: ZooEntry, progress: bool) -> str:
+    from ..pipeline import run_quantization
+
+    state = entry_state(zoo_dir, entry)
+    if state.kind == "stale":
+        logger.error("zoo: %s was not rebuilt: %s. Delete %s to rebuild it.", entry.name, state.reason,
+                     zoo_dir / entry.name)
+        return f"failed: {state.reason}; delete {zoo_dir / entry.name} to rebuild it"
+    if state.kind == "built":
+        return "skipped (already built)"
+    if state.kind == "damaged":
+        logger.warning("zoo: %s is damaged (%s): building it again from its finished work.", entry.name, state.reason)
+    logger.info("zoo: building %s", entry.name)
+    run_quantization(_model_source(entry, zoo_dir), _run_config(entry, state.settings),
+                     output_dir=zoo_dir / entry.name, few_shot=entry.few_shot, evaluate=_eval_source(entry, zoo_dir),
+                     eval_unlabelled=entry.eval_unlabelled, synthesis_dir=_synthesis_dir(entry, zoo_dir),
+                     command=f"genie_hub zoo build {entry.name}", progress=progress)
+    return "built"
+
+
 def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, Any]]:
     from ..cards import public_names
 
     rows = []
     for entry in entries:
-        record = _record(zoo_dir, entry)
-        if record is None or _stale(record, entry):  # a folder built for other settings: not this entry's row
+        state = entry_state(zoo_dir, entry)
+        if state.kind != "built":  # a folder built for other settings, or damaged: not this entry's row
             continue
+        record = state.record
         evaluation = record.evaluation or {}
         weights = zoo_dir / entry.name / "model" / "genie_model.safetensors"
         fp32, quantized = evaluation.get("fp32_top1"), evaluation.get("quantized_top1")
@@ -276,9 +403,9 @@ def write_leaderboard(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, 
 def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.PathLike | None = None,
             private: bool = False, token: str | None = None) -> dict[str, Any]:
     """Push every built entry as NS/<name> (+ NS/<name>-calibration), then the leaderboard repo NS/genie-hub-zoo,
-    whose card links every entry. Re-running updates the same repos in place. A folder built for other settings
-    than its registry entry now asks for (`_stale`) is not published (under `skipped`), as the leaderboard
-    leaves it out; a failure to push the leaderboard repo is a PushError."""
+    whose card links every entry. Re-running updates the same repos in place. A stale or damaged folder
+    (`entry_state`) is not published (under `skipped`), as the leaderboard leaves it out; a failure to push the
+    leaderboard repo is a PushError."""
     from ..hub import check_push_ready, push_output
 
     check_push_ready(token)
@@ -286,13 +413,13 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
     entries = load_registry(registry)
     built, skipped = [], {}
     for entry in entries:
-        record = _record(zoo_dir, entry)
-        stale = _stale(record, entry) if record is not None else None
-        if stale:
-            logger.warning("zoo: %s is not published: %s. Delete %s and run `genie_hub zoo build` to rebuild it.",
-                           entry.name, stale, zoo_dir / entry.name)
-            skipped[entry.name] = f"skipped: {stale}"
-        elif record is not None:
+        state = entry_state(zoo_dir, entry)
+        fix = {"stale": f"delete {zoo_dir / entry.name} and run `genie_hub zoo build {entry.name}` to rebuild it",
+               "damaged": f"run `genie_hub zoo build {entry.name}` to repair it"}.get(state.kind)
+        if fix:
+            logger.warning("zoo: %s is not published: %s; %s.", entry.name, state.reason, fix)
+            skipped[entry.name] = f"skipped: {state.reason}; {fix}"
+        elif state.kind == "built":
             built.append(entry)
     if not built:
         raise ConfigError(f"Nothing to publish: no zoo entry is built in {zoo_dir} for its current registry settings"
@@ -338,12 +465,13 @@ def _push_leaderboard(repo_id: str, rows: list[dict[str, Any]], published: list[
 
 
 def status(zoo_dir: str | os.PathLike, *, registry: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Per registered entry: built here or not, built in zoo_dir, published repo id."""
+    """Per registered entry: built here or not, its state in zoo_dir (`entry_state`), published repo id."""
     zoo_dir = Path(zoo_dir)
     rows = []
     for entry in load_registry(registry):
-        record = _record(zoo_dir, entry)
-        rows.append({**asdict(entry), "built": record is not None,
+        state = entry_state(zoo_dir, entry)
+        record = state.record
+        rows.append({**asdict(entry), "built": state.kind == "built", "state": state.kind, "reason": state.reason,
                      "published": (record.push or {}).get("model", {}).get("repo_id") if record and record.push
                      else None})
     return rows
