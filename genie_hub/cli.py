@@ -341,7 +341,7 @@ def _zoo(args) -> None:
         rows = zoo.status(args.output_dir, registry=args.registry)
         print(f"{'entry':40} {'model':32} {'bits':6} {'here':5} {'built':8} published")
         for row in rows:
-            built = {"built": "yes", "missing": "no"}.get(row["state"], row["state"])  # or stale, damaged
+            built = {"built": "yes", "missing": "no", "unevaluated": "no eval"}.get(row["state"], row["state"])
             print(f"{row['name']:40} {row['model'][:32]:32} W{row['weight_bits']}A{row['act_bits']:<4} "
                   f"{'yes' if row['built_here'] else 'no':5} {built:8} {row['published'] or '-'}")
         for row in rows:
@@ -352,12 +352,14 @@ def _zoo(args) -> None:
         for name, result in outcome.items():
             print(f"{name}: {result}")
         print(f"Leaderboard: {os.path.join(args.output_dir, zoo.LEADERBOARD + '.md')}")
-        failed = sum(result.startswith("failed") for result in outcome.values())
+        failed = sum(result.startswith("failed") or "evaluation failed" in result for result in outcome.values())
         if failed:
             rest = len(outcome) - failed
-            raise GenieError(f"{failed} of {len(outcome)} zoo entr{'y' if len(outcome) == 1 else 'ies'} failed"
-                             + (f"; the other {rest} were built or already there" if rest else "")
-                             + ". Fix the cause and run the same command again.")
+            raise GenieError(f"{failed} of {len(outcome)} zoo entr{'y' if len(outcome) == 1 else 'ies'} failed or "
+                             "could not be evaluated" + (f"; the other {rest} were built or already there" if rest
+                                                         else "")
+                             + ". Fix the cause and run the same command again (an entry already built is evaluated "
+                             "again, not quantized again).")
     else:
         result = zoo.publish(args.output_dir, args.namespace, registry=args.registry, private=args.private,
                              token=args.token)

@@ -218,6 +218,7 @@ class RunRecord:
     unit_errors: list[dict] = field(default_factory=list)  # UnitReport fields per unit
     float_attention: list[str] = field(default_factory=list)  # attention modules whose matmuls stayed in FP
     evaluation: dict | None = None
+    evaluation_error: str | None = None  # why the evaluation asked for failed (the model was saved without it)
     results: list[dict] = field(default_factory=list)  # rows of the card's results table / model-index
     results_protocol: str = ""
     license: str | None = None
@@ -244,7 +245,7 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        for optional in ("synthetic", "push", "public", "cards"):
+        for optional in ("evaluation_error", "synthetic", "push", "public", "cards"):
             if data[optional] is None:
                 del data[optional]
         return {**self.extra, **data}

@@ -154,16 +154,17 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         result.model.to("cpu")
         fp_model.to("cpu")
 
-        evaluation = None
+        evaluation, evaluation_error = None, None
         if evalset is not None:
             try:
                 evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, evalset, limit=eval_limit,
                                                  progress=progress)
             except Exception as exc:  # noqa: BLE001 - a stream that drops, a bad file: the model must not be lost
+                evaluation_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 logger.error(
-                    "The evaluation on %s failed after quantization (%s: %s). The quantized model is saved without "
+                    "The evaluation on %s failed after quantization (%s). The quantized model is saved without "
                     "results; evaluate it once the dataset reads (`%s`), or rerun this command, which resumes.",
-                    evalset.source.label, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                    evalset.source.label, evaluation_error,
                     _evaluate_command(layout.model_dir, base_model, evalset, eval_limit))
 
         from .cards import base_license, library_versions, machine_description, render_dataset_card, render_model_card
@@ -179,7 +180,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
             layers={name: layer.to_dict() for name, layer in result.layers.items()},
             units=[unit.to_dict() for unit in result.units], unit_errors=[vars(r) for r in result.report],
             float_attention=result.float_attention,
-            evaluation=evaluation.to_dict() if evaluation else None,
+            evaluation=evaluation.to_dict() if evaluation else None, evaluation_error=evaluation_error,
             command=command or " ".join(shlex.quote(a) for a in ["genie_hub", *sys.argv[1:]]),
             versions=library_versions(), machine=machine_description(), num_processes=accelerator.num_processes,
             torch_threads=thread_counts[0] if len(thread_counts) == 1 else None,  # None: mixed, not reproducible

@@ -232,7 +232,8 @@ def test_an_unreadable_image_is_skipped_and_a_failed_evaluation_loses_no_model(m
     with caplog.at_level("ERROR"):
         assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", str(photos), *TINY]) == 0
     assert (out / "model" / "genie_model.safetensors").is_file() and (out / "run.json").is_file()
-    assert json.loads((out / "run.json").read_text())["evaluation"] is None
+    run = json.loads((out / "run.json").read_text())
+    assert run["evaluation"] is None and run["evaluation_error"] == "ConnectionError: the stream dropped"
     message = next(r.getMessage() for r in caplog.records if "the stream dropped" in r.getMessage())
     assert f"genie_hub evaluate {out / 'model'} --dataset {photos} --fp32 {model_dir} --image-column image " \
            "--label-column label`" in message

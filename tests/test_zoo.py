@@ -293,3 +293,61 @@ def test_a_damaged_entry_is_not_built_and_building_repairs_it(registry, tmp_path
     assert outcome["tiny-mobilenet-genie-w2a4"].startswith("failed: the folder is not empty and is not a genie_hub "
                                                            "output folder; delete")
     assert "--overwrite" not in outcome["tiny-mobilenet-genie-w2a4"]
+
+
+def _photos(folder: Path, count: int) -> str:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.random.RandomState(i).randint(0, 256, (36, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return str(folder)
+
+
+def test_a_failed_evaluation_is_reported_and_done_again_by_the_next_build(registry, tmp_path, monkeypatch, capsys):
+    """An entry whose evaluation failed is 'built, evaluation failed: <reason>', not built; the leaderboard says
+    so (never 'unlabelled'); the next build evaluates it again without quantizing again. An entry whose
+    evaluation set alone changed is evaluated again the same way."""
+    import genie_hub.pipeline as pipeline
+    import genie_hub.quantization.reconstruction as reconstruction
+    import genie_hub.synthesis.loop as synthesis_loop
+
+    out, name = tmp_path / "zoo", "tiny-resnet-genie-w4a4"
+    changed = _changed_registry(registry, tmp_path, name, eval_dataset=_photos(tmp_path / "photos", 4),
+                                eval_unlabelled=True)
+    build = ["zoo", "build", name, "-o", str(out), "--registry", str(changed), "-q"]
+
+    def drop(*args, **kwargs):
+        raise ConnectionError("the stream dropped")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "evaluate_on_dataset", drop)
+        assert main(build) == 1
+    printed = capsys.readouterr()
+    assert f"{name}: built, evaluation failed: ConnectionError: the stream dropped" in printed.out
+    assert "could not be evaluated" in printed.err
+    row = next(line for line in (out / "leaderboard.md").read_text().splitlines() if line.startswith(f"| {name} "))
+    assert "| photos (evaluation failed) |" in row and "unlabelled" not in row and "0 img" not in row
+    assert main(["zoo", "list", "-o", str(out), "--registry", str(changed)]) == 0
+    assert re.search(rf"{name} .* no eval ", capsys.readouterr().out)
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("synthesis or reconstruction ran again")
+
+    for module in (reconstruction, synthesis_loop):
+        monkeypatch.setattr(module, "optimize", recompute)
+    assert main(build) == 0
+    assert f"{name}: built" in capsys.readouterr().out
+    run = json.loads((out / name / "run.json").read_text())
+    assert run["evaluation"]["num_images"] == 4 and "evaluation_error" not in run
+    board = (out / "leaderboard.md").read_text()
+    assert f"| {name} | tiny-resnet | W4A4 | quick | photos (4 img, unlabelled) |" in board
+    assert main(build) == 0 and "skipped (already built)" in capsys.readouterr().out
+
+    other = _changed_registry(registry, tmp_path, name, eval_dataset=_photos(tmp_path / "other", 2),
+                              eval_unlabelled=True)
+    assert zoo.entry_state(out, zoo.load_registry(other)[0]).reason == ("evaluated on photos (train, unlabelled), "
+                                                                        "the registry now asks for other (unlabelled)")
+    assert zoo.build(out, [name], registry=other, progress=False) == {name: "built"}
+    assert json.loads((out / "leaderboard.json").read_text())["entries"][0]["eval_dataset"] == "other"

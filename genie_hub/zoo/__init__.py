@@ -136,9 +136,11 @@ class EntryState:
     """What ZOO_DIR/<name> holds for its registry entry now.
 
     kind: "missing" (nothing finished: building it resumes what an interrupted build left), "built",
-    "damaged" (built with the entry's settings, but files are missing or unreadable: building it again repairs
-    it from the finished work) or "stale" (built for other settings than the entry now asks for, or with none
-    readable: it is never taken for the entry, and only deleting the folder lets it be rebuilt)."""
+    "unevaluated" (built, but without an evaluation on the entry's evaluation set: it failed, or the set
+    changed; building it again evaluates it, without quantizing again), "damaged" (built with the entry's
+    settings, but files are missing or unreadable: building it again repairs it from the finished work) or
+    "stale" (built for other settings than the entry now asks for, or with none readable: it is never taken
+    for the entry, and only deleting the folder lets it be rebuilt)."""
 
     kind: str
     reason: str = ""
@@ -169,7 +171,44 @@ def entry_state(zoo_dir: Path, entry: ZooEntry) -> EntryState:
     damage = damage or _missing_files(layout, record)
     if damage:
         return EntryState("damaged", damage, None, settings)
+    unevaluated = _evaluation(record, entry)[1]
+    if unevaluated:
+        return EntryState("unevaluated", unevaluated, record, settings)
     return EntryState("built", record=record, settings=settings)
+
+
+def _evaluation(record: RunRecord, entry: ZooEntry) -> tuple[dict | None, str | None]:
+    """(the record's evaluation on the entry's evaluation set, or None; why it lacks one the entry asks for).
+    Sets are compared as run.json names them: a local folder's name, a Hub id with config and split."""
+    got = record.evaluation
+    if entry.eval_dataset in (None, "", "none"):
+        return None, None
+    if entry.eval_dataset == "auto":  # the pipeline's choice: any evaluation, or none
+        return got, None
+    label, split = _eval_name(entry.eval_dataset)
+    if got and got.get("dataset") == label and split in (None, got.get("split")) and (
+            got.get("fp32_top1") is None) == entry.eval_unlabelled:
+        return got, None
+    if record.evaluation_error:
+        return None, f"evaluation failed: {record.evaluation_error}"
+    if got:
+        return None, (f"evaluated on {got.get('dataset')} ({got.get('split')}"
+                      f"{', unlabelled' if got.get('fp32_top1') is None else ''}), the registry now asks for "
+                      f"{label}{' (unlabelled)' if entry.eval_unlabelled else ''}")
+    return None, "not evaluated"
+
+
+def _eval_name(source: str) -> tuple[str, str | None]:
+    """(the name run.json gives the evaluation set `source`, its split where the source names one)."""
+    from ..data.eval_datasets import EvalSource
+
+    if source == "recipe:sample-photos":
+        return "sample-photos", None
+    try:
+        parsed = EvalSource.parse(source)
+    except GenieError:  # e.g. a folder that is gone: no recorded evaluation is on it
+        return source, None
+    return parsed.label, parsed.split
 
 
 def _read_record(path: Path) -> tuple[RunRecord | None, str | None]:
@@ -308,9 +347,10 @@ def _synthesis_dir(entry: ZooEntry, zoo_dir: Path) -> Path:
 
 def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registry: str | os.PathLike | None = None,
           progress: bool = True) -> dict[str, str]:
-    """Build the selected entries that are not built yet; returns {name: "built" | "skipped" | "failed: ..."}.
-    A damaged entry is built again (the pipeline resumes from its finished work); a stale one is reported, not
-    touched. One entry's failure is logged and reported, and the others are still built. Writes the leaderboard."""
+    """Build the selected entries that are not built yet; returns {name: "built" | "built, evaluation failed: ..."
+    | "skipped (already built)" | "failed: ..."}. A damaged or unevaluated entry is run again (the pipeline
+    resumes from its finished work); a stale one is reported, not touched. One entry's failure is logged and
+    reported, and the others are still built. Writes the leaderboard."""
     zoo_dir = Path(zoo_dir)
     if zoo_dir.exists() and not zoo_dir.is_dir():
         raise ConfigError(f"The zoo folder {zoo_dir} is a file. Pass a folder with -o.")
@@ -328,6 +368,7 @@ def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registr
 
 
 def _build_entry(zoo_dir: Path, entry: ZooEntry, progress: bool) -> str:
+    """One entry's outcome (see `build`); the pipeline's own checks decide whether its folder may be reused."""
     from ..pipeline import run_quantization
 
     state = entry_state(zoo_dir, entry)
@@ -337,14 +378,16 @@ def _build_entry(zoo_dir: Path, entry: ZooEntry, progress: bool) -> str:
         return f"failed: {state.reason}; delete {zoo_dir / entry.name} to rebuild it"
     if state.kind == "built":
         return "skipped (already built)"
-    if state.kind == "damaged":
-        logger.warning("zoo: %s is damaged (%s): building it again from its finished work.", entry.name, state.reason)
+    if state.kind in ("damaged", "unevaluated"):
+        logger.warning("zoo: %s: %s; running it again (the finished work is reused, not recomputed).", entry.name,
+                       state.reason)
     logger.info("zoo: building %s", entry.name)
     run_quantization(_model_source(entry, zoo_dir), _run_config(entry, state.settings),
                      output_dir=zoo_dir / entry.name, few_shot=entry.few_shot, evaluate=_eval_source(entry, zoo_dir),
                      eval_unlabelled=entry.eval_unlabelled, synthesis_dir=_synthesis_dir(entry, zoo_dir),
                      command=f"genie_hub zoo build {entry.name}", progress=progress)
-    return "built"
+    after = entry_state(zoo_dir, entry)
+    return {"built": "built", "unevaluated": f"built, {after.reason}"}.get(after.kind, f"failed: {after.reason}")
 
 
 def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, Any]]:
@@ -353,16 +396,20 @@ def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, A
     rows = []
     for entry in entries:
         state = entry_state(zoo_dir, entry)
-        if state.kind != "built":  # a folder built for other settings, or damaged: not this entry's row
+        if state.kind not in ("built", "unevaluated"):  # built for other settings, or damaged: not this entry's row
             continue
         record = state.record
-        evaluation = record.evaluation or {}
+        evaluation = _evaluation(record, entry)[0] or {}
         weights = zoo_dir / entry.name / "model" / "genie_model.safetensors"
         fp32, quantized = evaluation.get("fp32_top1"), evaluation.get("quantized_top1")
+        unevaluated = state.kind == "unevaluated"
         rows.append({
             "name": entry.name, "model": public_names(record).base_model if entry.model != "embedded"
             else "fashion-mnist-resnet", "bits": f"W{entry.weight_bits}A{entry.act_bits}",
-            "profile": entry.profile, "eval_dataset": evaluation.get("dataset"), "eval_split": evaluation.get("split"),
+            "profile": entry.profile, "eval_dataset": _eval_name(entry.eval_dataset)[0] if unevaluated
+            else evaluation.get("dataset"), "eval_split": evaluation.get("split"),
+            "eval_status": ("evaluation failed" if record.evaluation_error else "not evaluated") if unevaluated
+            else None,
             "num_images": evaluation.get("num_images"), "fp32_top1": fp32, "quantized_top1": quantized,
             "drop": None if fp32 is None else fp32 - quantized, "top1_agreement": evaluation.get("top1_agreement"),
             "file_bytes": weights.stat().st_size if weights.exists() else None, "wall_seconds": record.wall_seconds,
@@ -375,6 +422,15 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _eval_cell(row: dict[str, Any]) -> str:
+    """The evaluation set, its size and kind; a failed or missing evaluation is said, never shown as unlabelled."""
+    if row.get("eval_status"):
+        return f"{row['eval_dataset']} ({row['eval_status']})"
+    if row["num_images"] is None:
+        return "-"
+    return f"{row['eval_dataset']} ({row['num_images']} img{'' if row['fp32_top1'] is not None else ', unlabelled'})"
+
+
 def leaderboard_markdown(rows: list[dict[str, Any]], link: bool = False) -> str:
     lines = ["| model | base | bits | profile | eval set | FP32 top-1 | quantized top-1 | drop | agreement | "
              "weights | wall time | hardware |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -382,9 +438,8 @@ def leaderboard_markdown(rows: list[dict[str, Any]], link: bool = False) -> str:
         name = f"[{row['name']}](https://huggingface.co/{row['repo_id']})" if link and row["repo_id"] else row["name"]
         size = "-" if row["file_bytes"] is None else f"{row['file_bytes'] / 1e6:.2f} MB"
         wall = "-" if row["wall_seconds"] is None else f"{row['wall_seconds'] / 60:.1f} min"
-        images = f"{row['num_images'] or 0} img" + ("" if row["fp32_top1"] is not None else ", unlabelled")
-        lines.append(f"| {name} | {row['model']} | {row['bits']} | {row['profile']} | "
-                     f"{row['eval_dataset'] or '-'} ({images}) | {_pct(row['fp32_top1'])} | "
+        lines.append(f"| {name} | {row['model']} | {row['bits']} | {row['profile']} | {_eval_cell(row)} | "
+                     f"{_pct(row['fp32_top1'])} | "
                      f"{_pct(row['quantized_top1'])} | {_pct(row['drop'])} | {_pct(row['top1_agreement'])} | {size} | "
                      f"{wall} | {row['hardware']} |")
     return "\n".join(lines) + "\n"
@@ -403,8 +458,8 @@ def write_leaderboard(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, 
 def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.PathLike | None = None,
             private: bool = False, token: str | None = None) -> dict[str, Any]:
     """Push every built entry as NS/<name> (+ NS/<name>-calibration), then the leaderboard repo NS/genie-hub-zoo,
-    whose card links every entry. Re-running updates the same repos in place. A stale or damaged folder
-    (`entry_state`) is not published (under `skipped`), as the leaderboard leaves it out; a failure to push the
+    whose card links every entry. Re-running updates the same repos in place. A stale, damaged or unevaluated
+    folder (`entry_state`) is not published (under `skipped`, with what to do); a failure to push the
     leaderboard repo is a PushError."""
     from ..hub import check_push_ready, push_output
 
@@ -415,7 +470,8 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
     for entry in entries:
         state = entry_state(zoo_dir, entry)
         fix = {"stale": f"delete {zoo_dir / entry.name} and run `genie_hub zoo build {entry.name}` to rebuild it",
-               "damaged": f"run `genie_hub zoo build {entry.name}` to repair it"}.get(state.kind)
+               "damaged": f"run `genie_hub zoo build {entry.name}` to repair it",
+               "unevaluated": f"run `genie_hub zoo build {entry.name}` to evaluate it"}.get(state.kind)
         if fix:
             logger.warning("zoo: %s is not published: %s; %s.", entry.name, state.reason, fix)
             skipped[entry.name] = f"skipped: {state.reason}; {fix}"
