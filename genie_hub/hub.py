@@ -28,8 +28,8 @@ from .outputs import OutputLayout, RunRecord, card_sha256
 
 logger = logging.getLogger("genie_hub")
 
-__all__ = ["check_push_options", "check_push_ready", "check_push_targets", "default_repo_ids", "describe_push",
-           "push_output", "push_space", "space_repo_id"]
+__all__ = ["check_output_folder", "check_push_options", "check_push_ready", "check_push_targets", "check_repo_ids",
+           "default_repo_ids", "describe_push", "push_output", "push_space", "space_repo_id"]
 
 _REPO_NAME_MAX = 96  # the Hub's limit on the name part of a repo id
 _CALIBRATION_SUFFIX = "-calibration"
@@ -123,6 +123,14 @@ def _check_repo_id(kind: str, repo_id: str, namespaces: set[str]) -> None:
     if namespace not in namespaces:
         raise PushError(f"Cannot push the {kind} repo '{repo_id}': this token can create repos only under "
                         f"{', '.join(sorted(namespaces))}, not '{namespace}'. Pick one of those namespaces.")
+
+
+def check_repo_ids(targets: list[tuple[str, str]], token: str | None = None) -> None:
+    """`check_push_ready`, then each (kind, repo id) of `targets` valid and in a namespace the token can write
+    to: a batch of pushes (`zoo publish`) checks all its repos before it uploads to the first."""
+    _, namespaces = _whoami(token)
+    for kind, repo_id in targets:
+        _check_repo_id(kind, repo_id, namespaces)
 
 
 def _resolve_repo_ids(username: str, base_model: str | None, weight_bits: int | None, act_bits: int | None,
@@ -440,6 +448,45 @@ def _commit_record(info, repo_id: str, url, revision: str | None) -> dict:
     return record
 
 
+def check_output_folder(output_dir: str | os.PathLike, dataset_repo_id: str | None = None) -> RunRecord:
+    """What `push_output` checks in an output folder before any request, as one call (`zoo publish` checks every
+    entry this way before pushing the first): a finished run, a checkpoint that loads and is the one run.json
+    describes, the calibration set a zero-shot run needs, no symbolic link. PushError for any problem; returns
+    the folder's run record."""
+    layout = OutputLayout(Path(output_dir))
+    out, model_dir, dataset_dir, run_path = layout.root, layout.model_dir, layout.dataset_dir, layout.run_file
+    if not out.is_dir():
+        raise PushError(f"Cannot push: the output folder {out} does not exist. Pass the --output-dir of a "
+                        "finished `genie_hub quantize` run.")
+    if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
+        raise PushError(f"Cannot push: {model_dir} is missing or has no config.json, so {out} is not a finished "
+                        "`genie_hub quantize` output. Re-run the quantization (or point to the right folder).")
+    if not run_path.is_file():  # written last: without it the run stopped after the model, before the dataset
+        raise PushError(f"Cannot push: {out} has no run.json, so its `genie_hub quantize` run did not finish (it "
+                        "writes run.json last, after the model and the calibration set). Rerun the same quantize "
+                        "command: it resumes from the finished work and completes the folder.")
+    _folder_files(model_dir)  # refuses a symbolic link
+    has_dataset = dataset_dir.is_dir() or dataset_dir.is_symlink()
+    dataset_files = _folder_files(dataset_dir) if has_dataset else {}
+    if has_dataset and not any(p.endswith(".parquet") for p in dataset_files):
+        raise PushError(f"Cannot push: {dataset_dir} exists but holds no parquet data file; the calibration set "
+                        "is incomplete. Re-run the quantization, or delete that folder to push the model alone.")
+    if dataset_repo_id is not None and not has_dataset:
+        raise PushError(f"Cannot push the dataset repo '{dataset_repo_id}': {out} has no dataset folder (runs "
+                        "calibrated on real images publish the model only). Drop the dataset repo id.")
+    run = _read_run(run_path)  # there: checked above
+    if run.synthetic and not has_dataset:
+        raise PushError(f"Cannot push: {run_path} records a zero-shot run, calibrated on synthetic images, but "
+                        f"{dataset_dir} is missing, so the model would be published without its calibration set "
+                        "(as if it were a few-shot run). Put the dataset folder back, or rerun the quantize command "
+                        "to complete the folder. Nothing was uploaded.")
+    if run.synthetic and has_dataset:
+        _check_dataset_matches_run(dataset_files, run, run_path)
+    _verify_model_folder(model_dir)
+    _check_model_matches_run(model_dir, run, run_path)
+    return run
+
+
 def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, dataset_repo_id: str | None = None,
                 private: bool = False, token: str | None = None, *, revision: str | None = None,
                 create_pr: bool = False, commit_message: str | None = None) -> dict:
@@ -466,35 +513,10 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     check_push_options(revision, create_pr, commit_message)
     layout = OutputLayout(Path(output_dir))
     out, model_dir, dataset_dir, run_path = layout.root, layout.model_dir, layout.dataset_dir, layout.run_file
-    if not out.is_dir():
-        raise PushError(f"Cannot push: the output folder {out} does not exist. Pass the --output-dir of a "
-                        "finished `genie_hub quantize` run.")
-    if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
-        raise PushError(f"Cannot push: {model_dir} is missing or has no config.json, so {out} is not a finished "
-                        "`genie_hub quantize` output. Re-run the quantization (or point to the right folder).")
-    if not run_path.is_file():  # written last: without it the run stopped after the model, before the dataset
-        raise PushError(f"Cannot push: {out} has no run.json, so its `genie_hub quantize` run did not finish (it "
-                        "writes run.json last, after the model and the calibration set). Rerun the same quantize "
-                        "command: it resumes from the finished work and completes the folder.")
+    run = check_output_folder(out, dataset_repo_id)
     model_files = _folder_files(model_dir)
     has_dataset = dataset_dir.is_dir() or dataset_dir.is_symlink()
     dataset_files = _folder_files(dataset_dir) if has_dataset else {}
-    if has_dataset and not any(p.endswith(".parquet") for p in dataset_files):
-        raise PushError(f"Cannot push: {dataset_dir} exists but holds no parquet data file; the calibration set "
-                        "is incomplete. Re-run the quantization, or delete that folder to push the model alone.")
-    if dataset_repo_id is not None and not has_dataset:
-        raise PushError(f"Cannot push the dataset repo '{dataset_repo_id}': {out} has no dataset folder (runs "
-                        "calibrated on real images publish the model only). Drop the dataset repo id.")
-    run = _read_run(run_path)  # there: checked above
-    if run.synthetic and not has_dataset:
-        raise PushError(f"Cannot push: {run_path} records a zero-shot run, calibrated on synthetic images, but "
-                        f"{dataset_dir} is missing, so the model would be published without its calibration set "
-                        "(as if it were a few-shot run). Put the dataset folder back, or rerun the quantize command "
-                        "to complete the folder. Nothing was uploaded.")
-    if run.synthetic and has_dataset:
-        _check_dataset_matches_run(dataset_files, run, run_path)
-    _verify_model_folder(model_dir)
-    _check_model_matches_run(model_dir, run, run_path)
 
     username, namespaces = _whoami(token)
     if repo_id is None:

@@ -351,3 +351,20 @@ def test_a_failed_evaluation_is_reported_and_done_again_by_the_next_build(regist
                                                                         "the registry now asks for other (unlabelled)")
     assert zoo.build(out, [name], registry=other, progress=False) == {name: "built"}
     assert json.loads((out / "leaderboard.json").read_text())["entries"][0]["eval_dataset"] == "other"
+
+
+def test_publish_checks_the_namespace_and_every_entry_before_pushing_any(registry, tmp_path, hub_server, capsys):
+    """A bad --namespace (empty: the token's own user would get the entries) or one entry folder that cannot be
+    pushed stops `zoo publish` before its first upload, not halfway."""
+    out = tmp_path / "zoo"
+    zoo.build(out, ["tiny-resnet-genie-w4a4", "tiny-mobilenet-genie-w2a4"], registry=registry, progress=False)
+    for namespace in ("", " ", "genie-org/sub", "bad name"):
+        assert main(["zoo", "publish", "--namespace", namespace, "-o", str(out), "--registry", str(registry)]) == 2
+        assert "is not a Hub user or organization name" in capsys.readouterr().err
+    weights = out / "tiny-mobilenet-genie-w2a4" / "model" / "genie_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated: present, so built, but it does not load
+    from genie_hub.errors import PushError
+
+    with pytest.raises(PushError, match="Zoo entry tiny-mobilenet-genie-w2a4 cannot be published, so nothing was"):
+        zoo.publish(out, "genie-org", registry=registry)
+    assert not hub_server.repos  # tiny-resnet-genie-w4a4, first in the registry, was not pushed either

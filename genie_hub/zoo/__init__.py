@@ -463,6 +463,7 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
     leaderboard repo is a PushError."""
     from ..hub import check_push_ready, push_output
 
+    _check_namespace(namespace)
     check_push_ready(token)
     zoo_dir = Path(zoo_dir)
     entries = load_registry(registry)
@@ -480,6 +481,7 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
     if not built:
         raise ConfigError(f"Nothing to publish: no zoo entry is built in {zoo_dir} for its current registry settings"
                           f"{' (see the warnings above)' if skipped else ''}. Run `genie_hub zoo build` first.")
+    _check_before_pushing(zoo_dir, built, namespace, token)
     pushed = {}
     for entry in built:
         result = push_output(zoo_dir / entry.name, repo_id=f"{namespace}/{entry.name}", private=private, token=token)
@@ -488,6 +490,39 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
     repo_id = f"{namespace}/{ZOO_REPO}"
     _push_leaderboard(repo_id, rows, list(pushed.values()), private=private, token=token)
     return {"entries": pushed, "skipped": skipped, "leaderboard": repo_id}
+
+
+def _check_namespace(namespace: str) -> None:
+    """A Hub user or organization name: an empty one would publish the entries under the token's own user."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(f"{namespace}/x")
+        valid = bool(namespace.strip())
+    except HFValidationError:
+        valid = False
+    if not valid:
+        raise ConfigError(f"--namespace {namespace!r} is not a Hub user or organization name. Pass the one to "
+                          "publish the zoo under (letters, digits, '-', '_' and '.'), e.g. --namespace my-org.")
+
+
+def _check_before_pushing(zoo_dir: Path, built: list[ZooEntry], namespace: str, token: str | None) -> None:
+    """Every repo and every entry folder `publish` will push, checked before the first upload, so that a bad one
+    stops the publication before anything is on the Hub rather than halfway."""
+    from ..errors import PushError
+    from ..hub import check_output_folder, check_repo_ids
+
+    targets = [("model", f"{namespace}/{ZOO_REPO}")]
+    for entry in built:
+        targets += [("model", f"{namespace}/{entry.name}"), ("dataset", f"{namespace}/{entry.name}-calibration")]
+    check_repo_ids(targets, token)
+    for entry in built:
+        try:
+            check_output_folder(zoo_dir / entry.name)
+        except PushError as exc:
+            raise PushError(f"Zoo entry {entry.name} cannot be published, so nothing was: {exc} Deleting "
+                            f"{zoo_dir / entry.name / 'model'} and running `genie_hub zoo build {entry.name}` makes "
+                            "its model again from the finished work; then publish again.") from None
 
 
 def _push_leaderboard(repo_id: str, rows: list[dict[str, Any]], published: list[str], *, private: bool,
