@@ -199,11 +199,18 @@ def _recorded_base(quantized: str) -> str | None:
     """The base model recorded in run.json beside a `genie_hub quantize` output's model/ folder, if any."""
     from .outputs import RUN_FILE, RunRecord
 
+    from .cards import public_names
+
     try:
         record = RunRecord.load(Path(quantized).expanduser().parent / RUN_FILE)
-    except (OSError, ValueError):
+        if record is None or not record.base_model:
+            return None
+        base = str(record.base_model)
+        # A folder that is here, or a Hub id; never a relative folder an older genie_hub recorded, which from this
+        # directory would be another folder, or be looked up on the Hub.
+        return base if Path(base).expanduser().is_dir() or public_names(record).base_model_hub_id == base else None
+    except (OSError, ValueError, TypeError):
         return None
-    return str(record.base_model) if record is not None and record.base_model else None
 
 
 def _model_pair(app: ModuleType, fp32: str | None, quantized: str | None) -> tuple[str, str]:
@@ -211,18 +218,19 @@ def _model_pair(app: ModuleType, fp32: str | None, quantized: str | None) -> tup
     embedded pair. With one given, the other is never the embedded default (the user would compare their model
     with an unrelated one): a quantized output's FP32 model is the base its run.json records, else the
     environment variable's; otherwise an error."""
-    default_fp32, default_quantized = app.default_models()
+    fp32 = fp32 or os.environ.get(app.FP32_ENV) or None  # an environment variable counts as given
+    quantized = quantized or os.environ.get(app.QUANTIZED_ENV) or None
     if fp32 is None and quantized is not None:
-        fp32 = _recorded_base(quantized) or os.environ.get(app.FP32_ENV)
+        fp32 = _recorded_base(quantized)
         if not fp32:
-            raise GenieError(f"--quantized {quantized} needs --fp32 too: pass the model it was quantized from (a "
-                             "genie_hub output's model/ folder finds it by itself, from the run.json beside it).")
+            raise GenieError(f"--quantized {quantized} needs --fp32 too (or ${app.FP32_ENV}): pass the model it was "
+                             "quantized from (a genie_hub output's model/ folder finds it by itself, from the run.json "
+                             "beside it, where that names a Hub id or a folder on this machine).")
         logger.info("Comparing %s with its base model %s.", quantized, fp32)
     if quantized is None and fp32 is not None:
-        quantized = os.environ.get(app.QUANTIZED_ENV)
-        if not quantized:
-            raise GenieError(f"--fp32 {fp32} needs --quantized too: pass the quantized model (OUT/model of "
-                             "`genie_hub quantize`, or its Hub id).")
+        raise GenieError(f"--fp32 {fp32} needs --quantized too (or ${app.QUANTIZED_ENV}): pass the quantized model "
+                         "(OUT/model of `genie_hub quantize`, or its Hub id).")
+    default_fp32, default_quantized = app.default_models()
     return fp32 or default_fp32, quantized or default_quantized
 
 

@@ -262,6 +262,17 @@ def test_a_local_folder_with_splits_is_read_by_split_never_mixed(model_dir, imag
     assert evalset.split == "train" and result.num_images == 6
     with pytest.raises(DataError, match="no split 'test'.*validation"):
         open_eval_set(f"{split_folder}:test", dict(enumerate(LABELS)))
+    # Not splits: class folders named like one (beside other classes, or under train/), and a data file whose
+    # name holds such a word beside another file.
+    classes = tmp_path / "classes"
+    for name in ("cat", "dog"):
+        shutil.copytree(imagefolder / name.upper() if name == "cat" else imagefolder / "Dog", classes / "train" / name)
+    (classes / "train" / "test").mkdir()  # a class literally named "test"
+    evalset = open_eval_set(str(classes), dict(enumerate([*LABELS, "test"])))
+    assert evalset.split == "train" and evalset.num_images == 6
+    shutil.copytree(classes / "train", tmp_path / "flat")
+    _images(1, 9)[0].save(tmp_path / "flat" / "test" / "0.png")
+    assert open_eval_set(str(tmp_path / "flat"), dict(enumerate([*LABELS, "test"]))).num_images == 7
 
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
     parts = DatasetDict(train=Dataset.from_dict({"image": _images(4, 1), "label": [0, 1, 2, 3]}, features=features),
@@ -272,6 +283,9 @@ def test_a_local_folder_with_splits_is_read_by_split_never_mixed(model_dir, imag
     for folder in ("saved", "clone"):
         evalset, result = _evaluated(model_dir, str(tmp_path / folder))
         assert (evalset.split, result.num_images) == ("test", 2), folder
+    parts["test"].to_parquet(str(tmp_path / "named" / "my-eval-set.parquet"))
+    parts["train"].to_parquet(str(tmp_path / "named" / "more-images.parquet"))
+    assert open_eval_set(str(tmp_path / "named"), dict(enumerate(LABELS))).num_images == 6
 
 
 def test_labels_without_a_class_are_skipped_and_outside_the_classes_refused_before_compute(model_dir, tmp_path,

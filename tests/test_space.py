@@ -232,6 +232,8 @@ def test_a_phone_photo_is_fed_upright_as_its_exif_orientation_says(fast_app, tmp
     assert fast_app.prepare_image(str(path), 1).size == (40, 80)
     landscape.save(tmp_path / "plain.jpg")  # no orientation: as stored
     assert fast_app.prepare_image(str(tmp_path / "plain.jpg"), 3).size == (80, 40)
+    landscape.save(tmp_path / "phone.tif", exif=exif.tobytes())  # PIL turns a TIFF itself when it loads it
+    assert fast_app.prepare_image(str(tmp_path / "phone.tif"), 3).size == (40, 80)
 
 
 def test_transparent_pixels_become_white_in_every_mode(fast_app, tmp_path):
@@ -302,6 +304,13 @@ def test_one_model_alone_is_never_paired_with_the_embedded_default(app, models, 
     monkeypatch.setenv(app.QUANTIZED_ENV, models["quant"])
     assert _model_pair(app, models["fp32"], None) == (models["fp32"], models["quant"])
     assert _model_pair(app, models["gray"], models["seven"]) == (models["gray"], models["seven"])
+    with pytest.raises(GenieError, match="needs --fp32 too"):  # an environment variable alone counts as one model
+        _model_pair(app, None, None)
+    monkeypatch.delenv(app.QUANTIZED_ENV)
+    RunRecord(base_model="tiny_resnet").save(out / "run.json")  # an older genie_hub's relative local base
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GenieError, match="needs --fp32 too"):
+        _model_pair(app, None, str(out / "model"))
 
 
 def test_a_folder_rewritten_while_the_app_runs_is_loaded_again(app, tmp_path):
@@ -507,6 +516,9 @@ def test_gradio_client_calls_compare(server, models, coffee_png):
     not_an_image.write_text("not an image")  # gradio's own preprocessing would fail on it with a generic error
     with pytest.raises(Exception, match="Cannot open this file as an image"):
         client.predict(handle_file(str(not_an_image)), models["fp32"], models["quant"], api_name="/compare")
+    inline = {"url": "data:image/png;base64,aGVsbG8=", "path": None, "meta": {"_type": "gradio.FileData"}}
+    with pytest.raises(Exception, match="Cannot open this file as an image"):  # an image sent inline, by the API
+        client.predict(inline, models["fp32"], models["quant"], api_name="/compare")
 
 
 def test_python_app_py_honours_gradio_env(models, tmp_path):

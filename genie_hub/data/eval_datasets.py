@@ -209,32 +209,50 @@ def _load(source: EvalSource, streaming: bool):
             split = _preferred_split(splits)
         return datasets.load_dataset(source.name, source.config, split=split, streaming=streaming), split
     path = Path(source.name).expanduser()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
-    if files:
-        builder = DATA_SUFFIXES.get(files[0].suffix)
-        if builder is None or any(DATA_SUFFIXES.get(f.suffix) != builder for f in files):
-            raise DataError(f"{path} mixes data file types or is not a .parquet/.arrow file; give one kind of file.")
-        by_split: dict[str, list[str]] = {}
-        for file in files:
-            by_split.setdefault(_split_of(file.relative_to(path) if file != path else Path(file.name)),
-                                []).append(str(file))
-        split = _chosen_split(source, list(by_split))
-        return datasets.load_dataset(builder, data_files=by_split[split], split="train", streaming=streaming), split
-    splits = [str(s) for s in datasets.load_dataset_builder("imagefolder", data_dir=str(path)).config.data_files]
-    split = _chosen_split(source, splits)
-    return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming), split
+    if path.is_file():
+        if path.suffix not in DATA_SUFFIXES:
+            raise DataError(f"{path} is not a .parquet/.arrow file (or a folder).")
+        return datasets.load_dataset(DATA_SUFFIXES[path.suffix], data_files=[str(path)], split="train",
+                                     streaming=streaming), _chosen_split(source, ["train"])
+    files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
+    builder = DATA_SUFFIXES[files[0].suffix] if files else "imagefolder"
+    if any(DATA_SUFFIXES[f.suffix] != builder for f in files):
+        raise DataError(f"{path} mixes .parquet and .arrow files; give one kind of file.")
+    if not files:
+        from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in ImageFolder.EXTENSIONS)
+        if not files:
+            raise DataError(f"{path} holds no image, .parquet or .arrow file.")
+    by_split = _local_splits(path, files)
+    split = _chosen_split(source, list(by_split))
+    data_files = [str(f) for f in by_split[split]]  # class labels of an imagefolder come from the parent folders
+    return datasets.load_dataset(builder, data_files=data_files, split="train", streaming=streaming), split
 
 
 def _preferred_split(splits: list[str]) -> str | None:
     return next((s for s in SPLIT_PREFERENCE if s in splits), splits[0] if splits else None)
 
 
-def _split_of(relative: Path) -> str:
-    """The split a data file belongs to by the words of its folder and file names (`datasets`' convention);
-    "train" when they name none or several (a folder of plain files is one set)."""
-    words = {word for part in relative.parts for word in re.split(r"[\W_]+", part.lower()) if word}
-    named = [split for split, keys in SPLIT_WORDS.items() if words & set(keys)]
-    return named[0] if len(named) == 1 else "train"
+def _split_named(word: str) -> str | None:
+    return next((split for split, words in SPLIT_WORDS.items() if word.lower() in words), None)
+
+
+def _local_splits(root: Path, files: list[Path]) -> dict[str, list[Path]]:
+    """The files of a local folder by split. A folder is split only where every file says its split: each sits in
+    a top-level folder named as one (`train/`, `val/`, a saved DatasetDict), or each file name starts with one
+    (`test-00000-of-00001.parquet`, `data/train.parquet`). Anything less is one set, "train": a class folder named
+    `test` beside `boat`, or under `train/`, is a class, and `my-eval-set.parquet` beside `more.parquet` is data."""
+    relative = [f.relative_to(root) for f in files]
+    by_folder = [_split_named(r.parts[0]) if len(r.parts) > 1 else None for r in relative]
+    by_name = [_split_named(re.split(r"[-_.]", r.name, maxsplit=1)[0]) for r in relative]
+    for named in (by_folder, by_name):
+        if all(named):
+            grouped: dict[str, list[Path]] = {}
+            for split, file in zip(named, files):
+                grouped.setdefault(split, []).append(file)
+            return grouped
+    return {"train": files}
 
 
 def _chosen_split(source: EvalSource, splits: list[str]) -> str:
@@ -324,7 +342,7 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     # the classes is an error before any compute, examples without one are skipped and counted.
     values = [row[label_column] for row in dataset.take(CHECKED_ROWS)] if streaming else list(dataset[label_column])
     labels = [evalset.model_label(value) for value in values]  # raises for a label outside the classes
-    if values and all(label is None for label in labels):
+    if not streaming and values and all(label is None for label in labels):  # streamed: skipped as they come
         raise DataError(f"No example of {where} has a label (all are -1 or empty): pass --unlabelled "
                         "(--eval-unlabelled) to measure agreement with FP32 only.")
     return evalset

@@ -371,12 +371,12 @@ def prepare_image(image, channels: int) -> Image.Image:
     image = check_image(image)
     mode = image.mode
     target = "L" if channels == 1 else "RGB"
-    orientation = _orientation(image)
     try:
         image.load()
     except Exception as exc:
         raise gr.Error(f"The image file is damaged or truncated and could not be decoded ({type(exc).__name__}). "
                        "Re-save it and upload it again.", title="Damaged image") from exc
+    orientation = _orientation(image)  # after load(): PIL applies a TIFF's orientation itself there, dropping the tag
     try:
         if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             # 16/32-bit or float pixels: rescale to 8 bit instead of clipping everything to white.
@@ -583,12 +583,33 @@ def unopened_upload(image: gr.Image) -> gr.Image:
     default = image.preprocess
 
     def preprocess(payload):
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return default(payload)
+        if payload is None:
+            return default(payload)
+        if (payload.url or "").startswith("data:"):  # an API call may send the image inline
+            return _data_url_file(payload.url)
+        return str(payload.path) if payload.path else default(payload)
 
     image.preprocess = preprocess
     return image
+
+
+def _data_url_file(url: str) -> str:
+    """The bytes of a `data:` URL in a file of their own, unopened (`check_image` opens it)."""
+    import base64
+    import binascii
+    import urllib.parse
+
+    header, _, data = url.partition(",")
+    try:
+        raw = base64.b64decode(data, validate=True) if ";base64" in header else urllib.parse.unquote_to_bytes(data)
+    except (binascii.Error, ValueError) as exc:
+        raise gr.Error("Cannot read this upload: its data URL is not valid base64.", title="Unsupported image") from exc
+    folder = Path(tempfile.gettempdir()) / "genie_hub_space_uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(dir=folder, suffix=".upload")
+    with os.fdopen(handle, "wb") as file:
+        file.write(raw)
+    return path
 
 
 def zoo_entries() -> list[dict]:
