@@ -134,6 +134,22 @@ def test_hub_dataset_streamed_from_the_loopback_hub(hub_server, model_dir):
         open_eval_set("tester/does-not-exist:test", model_labels(model))
 
 
+def test_a_streamed_set_whose_first_rows_have_no_label_is_evaluated_on_the_labelled_rest(hub_server, model_dir):
+    """Only the first rows of a streamed set are read before compute: rows without a label there prove nothing
+    about the rest, so they are skipped as they come, not a reason to refuse the set."""
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+
+    images = _images(11, seed=4)
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
+    Dataset.from_dict({"image": images, "label": [-1] * 9 + [0, 1]}, features=features).push_to_hub(
+        "tester/late-labels", split="validation")
+    model, processor = load_model(model_dir)
+    evalset = open_eval_set("tester/late-labels", model_labels(model))
+    result = evaluate_on_dataset(model, model, processor, input_spec(model, processor), evalset, progress=False)
+    assert result.num_images == 2
+    assert result.fp32_top1 == pytest.approx(_expected_top1(model_dir, images[9:], [0, 1]))
+
+
 @pytest.mark.parametrize("make_source,needle", [
     (lambda tmp: str(tmp / "nowhere-folder-and-not-an-id"), "Unknown evaluation dataset"),
     (lambda tmp: "tester/absent-dataset:test", "Could not open"),
