@@ -164,6 +164,15 @@ def test_bad_evaluation_data_is_refused_before_compute(hub_server, model_dir, tm
     assert not out.exists()
 
 
+def test_images_beside_the_class_folders_are_named_as_why_there_are_no_labels(model_dir, imagefolder, tmp_path):
+    import shutil
+
+    photos = Path(shutil.copytree(imagefolder, tmp_path / "photos"))
+    shutil.move(photos / "CAT" / "0.png", photos / "stray.png")
+    with pytest.raises(DataError, match=r"1 image\(s\) sit directly in .*photos beside its class folders \(e.g. stray"):
+        open_eval_set(str(photos), dict(enumerate(LABELS)))
+
+
 def test_a_folder_of_photos_without_labels_gets_the_evaluate_flags_in_its_error(model_dir, tmp_path, capsys):
     """`genie_hub evaluate` on unlabelled photos: the error names evaluate's own flags (--label-column,
     --unlabelled), not only quantize's --eval-* spellings."""

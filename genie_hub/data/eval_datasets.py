@@ -268,6 +268,22 @@ def _chosen_split(source: EvalSource, splits: list[str]) -> str:
     return split
 
 
+def _loose_images_hint(source: EvalSource) -> str:
+    """Why a local imagefolder has no labels when some of its images sit beside its class folders: `datasets`
+    takes labels from sub-folder names only when every image is in one."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    root = Path(source.name).expanduser()
+    if source.kind != "local" or not root.is_dir():
+        return ""
+    loose = [p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in ImageFolder.EXTENSIONS]
+    if not loose or not any(p.is_dir() for p in root.iterdir()):
+        return ""
+    return (f" {len(loose)} image(s) sit directly in {root} beside its class folders (e.g. {loose[0]}), and an "
+            "imagefolder takes labels from folder names only when every image is in a class folder: move them "
+            "into theirs.")
+
+
 def _open_error(source: EvalSource, exc: Exception) -> DataError:
     from huggingface_hub import is_offline_mode
 
@@ -323,7 +339,8 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     label_column = label_column or next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)),
                                         next((c for c in ("label", "labels") if c in features), None))
     if label_column is None or label_column not in features:
-        raise DataError(f"{where} has no label column (columns: {', '.join(features)}). Name it with --label-column "
+        raise DataError(f"{where} has no label column (columns: {', '.join(features)}).{_loose_images_hint(source)} "
+                        "Name it with --label-column "
                         "(`genie_hub evaluate`; --eval-label-column for `genie_hub quantize`), or, for images without "
                         "labels such as a folder of photos, pass --unlabelled (--eval-unlabelled) to measure agreement "
                         "with FP32 only.")
