@@ -198,6 +198,21 @@ def test_calibration_from_folder(tmp_path, caplog):
     assert rgb.shape == (3, 3, 16, 16)
 
 
+def test_few_shot_from_a_folder_with_splits_calibrates_on_train_only(tmp_path):
+    """Calibrating on the images the model is then evaluated on would flatter its results."""
+    import shutil
+
+    root = tmp_path / "dataset"
+    shutil.copytree(_image_folder(tmp_path / "a", 3), root / "train")
+    shutil.copytree(_image_folder(tmp_path / "b", 5), root / "val")
+    processor, spec = vit_processor(), InputSpec(1, 28, 28, (0.286,), (0.353,))
+    assert load_calibration_images(str(root), processor, spec, num_samples=50, seed=0).shape[0] == 3
+    shutil.rmtree(root / "train")
+    shutil.copytree(root / "val", root / "test")
+    with pytest.raises(DataError, match="no train split"):
+        load_calibration_images(str(root), processor, spec, num_samples=50, seed=0)
+
+
 def test_calibration_errors(tmp_path):
     processor, spec = vit_processor(), InputSpec(1, 28, 28)
     empty = tmp_path / "empty"

@@ -15,6 +15,7 @@ import torch
 from ..adapters import InputSpec
 from ..errors import ConfigError, DataError
 from ..loading import to_pixel_values
+from .eval_datasets import local_splits
 from .fashion_mnist import FASHION_MNIST_SOURCE, load_fashion_mnist
 from .pixels import _fast_normalize, _to_pil, decode_image
 
@@ -42,6 +43,13 @@ def _folder_images(folder: Path, num_samples: int, seed: int) -> list:
         raise DataError(f"No image files found in {folder} (searched recursively for "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Put calibration images there or pick another "
                         "source.")
+    splits = local_splits(folder, files)
+    if len(splits) > 1:  # calibrating on the images a model is then evaluated on would flatter it
+        if "train" not in splits:
+            raise DataError(f"{folder} holds the splits {', '.join(splits)} but no train split: calibrating on "
+                            "evaluation images would flatter the results. Pass a folder of training images.")
+        logger.info("%s holds the splits %s: calibrating on train.", folder, ", ".join(splits))
+        files = splits["train"]
     chosen = [files[i] for i in _subset(len(files), num_samples, seed)]
     images, bad = [], []
     for path in chosen:
@@ -91,7 +99,8 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
 
     `source` is one of:
     - "fashion-mnist": a seeded random subset of the local Fashion-MNIST training split;
-    - a local folder: image files found recursively (jpg, png, ...), a seeded random subset;
+    - a local folder: image files found recursively (jpg, png, ...), a seeded random subset; in a folder with
+      splits (`train/` and `val/`, as `eval_datasets.local_splits` reads them) the train split only;
     - a Hub dataset id "owner/name" or "owner/name:split" (default split "train"), loaded with
       `datasets.load_dataset`; the first Image column is used.
     When fewer than `num_samples` images exist, all of them are returned (with a warning). Images are converted

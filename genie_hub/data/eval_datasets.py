@@ -224,7 +224,7 @@ def _load(source: EvalSource, streaming: bool):
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in ImageFolder.EXTENSIONS)
         if not files:
             raise DataError(f"{path} holds no image, .parquet or .arrow file.")
-    by_split = _local_splits(path, files)
+    by_split = local_splits(path, files)
     split = _chosen_split(source, list(by_split))
     data_files = [str(f) for f in by_split[split]]  # class labels of an imagefolder come from the parent folders
     return datasets.load_dataset(builder, data_files=data_files, split="train", streaming=streaming), split
@@ -238,7 +238,7 @@ def _split_named(word: str) -> str | None:
     return next((split for split, words in SPLIT_WORDS.items() if word.lower() in words), None)
 
 
-def _local_splits(root: Path, files: list[Path]) -> dict[str, list[Path]]:
+def local_splits(root: Path, files: list[Path]) -> dict[str, list[Path]]:
     """The files of a local folder by split. A folder is split only where every file says its split: each sits in
     a top-level folder named as one (`train/`, `val/`, a saved DatasetDict), or each file name starts with one
     (`test-00000-of-00001.parquet`, `data/train.parquet`). Anything less is one set, "train": a class folder named
