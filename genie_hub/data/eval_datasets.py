@@ -4,8 +4,9 @@ Sources (`EvalSource.parse`):
 - `fashion-mnist` (or `fashion-mnist:train`): the local IDX files (no download);
 - a Hub dataset `owner/name[:config]:split` or `owner/name` (split "validation", else "test", else "train");
 - a local folder: an `imagefolder` (one sub-folder per class) or a folder of parquet / arrow files, or one such file;
-  `PATH:split` picks a split, else (as for the Hub) validation, else test, else train, from folder and file names
-  as `datasets` reads them (`train/`, `val/`, `data/test-00000-of-00001.parquet`).
+  `PATH:split` picks a split, else (as for the Hub) validation, else test, else train, where every file names its
+  split by its top-level folder or the start of its name (`train/`, `val/`, `data/test-00000-of-00001.parquet`;
+  `local_splits`).
 
 `open_eval_set(source, model, ...)` opens it, finds the image and label columns from the features (or takes the
 given ones), maps the dataset's class names onto the model's `id2label` by name (case, spaces, '_' and '-' do
