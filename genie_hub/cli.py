@@ -273,26 +273,21 @@ def _check_comparable(fp_name: str, fp_model, fp_processor, name: str, model, pr
     """Two models can be compared only on the same inputs and classes: both are fed `name`'s preprocessing and
     scored against labels mapped onto `fp_name`'s class names (a quantized model keeps its base's processor and
     id2label, so any difference means --fp32 is another model)."""
-    from .adapters import adapter_for
+    from .evaluation import input_differences, model_labels
     from .loading import input_spec
 
-    fp_spec, spec = input_spec(fp_model, fp_processor), input_spec(model, processor)
-    if fp_spec.shape != spec.shape:
-        raise GenieError(f"{fp_name} takes inputs of shape {fp_spec.shape} but {name} takes {spec.shape}: they are "
-                         "not the same model, so --fp32 cannot be compared with it.")
-    if fp_spec != spec:
-        raise GenieError(f"{fp_name} and {name} normalize pixels differently (mean/std {fp_spec.mean}/{fp_spec.std} "
-                         f"vs {spec.mean}/{spec.std}): --fp32 must be the model {name} was quantized from.")
-    fp_adapter, adapter = adapter_for(fp_model), adapter_for(model)
-    fp_labels, labels = fp_adapter.num_labels(fp_model), adapter.num_labels(model)
-    if fp_labels != labels:
-        raise GenieError(f"{fp_name} has {fp_labels} classes but {name} has {labels}: --fp32 must be the model "
-                         f"{name} was quantized from.")
-    renamed = [i for i in range(labels) if fp_adapter.label(fp_model, i) != adapter.label(model, i)]
-    if renamed:
-        i = renamed[0]
-        raise GenieError(f"{fp_name} and {name} name their classes differently ({len(renamed)} of {labels}, e.g. "
-                         f"class {i}: {fp_adapter.label(fp_model, i)!r} vs {adapter.label(model, i)!r}): --fp32 must "
+    problems = input_differences(fp_model, input_spec(fp_model, fp_processor), model, input_spec(model, processor))
+    fp_labels, labels = model_labels(fp_model), model_labels(model)
+    if len(fp_labels) != len(labels):
+        problems.append(f"{fp_name} has {len(fp_labels)} classes, {name} {len(labels)}")
+    else:
+        renamed = [i for i in labels if fp_labels[i] != labels[i]]
+        if renamed:
+            i = renamed[0]
+            problems.append(f"they name their classes differently ({len(renamed)} of {len(labels)}, e.g. class {i}: "
+                            f"{fp_labels[i]!r} vs {labels[i]!r})")
+    if problems:
+        raise GenieError(f"--fp32 {fp_name} and {name} are not the same model: {'; '.join(problems)}. --fp32 must "
                          f"be the model {name} was quantized from.")
 
 

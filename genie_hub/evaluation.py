@@ -12,8 +12,8 @@ from .adapters import InputSpec, adapter_for, model_logits
 from .data.eval_datasets import EvalSet, open_eval_set
 from .errors import ConfigError
 
-__all__ = ["DatasetEvaluation", "agreement", "evaluate_on_dataset", "evaluate_top1", "model_labels",
-           "open_evaluation", "predict_logits"]
+__all__ = ["DatasetEvaluation", "agreement", "evaluate_on_dataset", "evaluate_top1", "input_differences",
+           "model_labels", "open_evaluation", "predict_logits"]
 
 
 
@@ -93,6 +93,28 @@ class DatasetEvaluation:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _describe_input(spec: InputSpec) -> str:
+    color = "grayscale" if spec.channels == 1 else "RGB" if spec.channels == 3 else f"{spec.channels}-channel"
+    return f"{color} {spec.width}×{spec.height}"
+
+
+def input_differences(fp32_model: nn.Module, fp32_spec: InputSpec, model: nn.Module, spec: InputSpec) -> list[str]:
+    """Why `model` cannot be a quantized version of `fp32_model`: `genie_hub quantize` keeps the base's
+    architecture and copies its image processor, so another model type, input size or normalization is another
+    model (and feeding both one preprocessing, or comparing their outputs, would mean nothing). Classes are the
+    callers' to compare: the Space compares renamed classes by index, `evaluate --fp32` refuses them."""
+    problems = []
+    types = [getattr(getattr(m, "config", None), "model_type", None) for m in (fp32_model, model)]
+    if types[0] != types[1]:
+        problems.append(f"their architectures differ ({types[0]} vs {types[1]})")
+    if fp32_spec.shape != spec.shape:
+        problems.append(f"they take different inputs ({_describe_input(fp32_spec)} vs {_describe_input(spec)})")
+    elif fp32_spec != spec:
+        problems.append(f"they normalize pixels differently (mean/std {fp32_spec.mean}/{fp32_spec.std} vs "
+                        f"{spec.mean}/{spec.std})")
+    return problems
 
 
 def model_labels(model: nn.Module) -> dict[int, str]:

@@ -141,8 +141,10 @@ class OutputLayout:
         if existing is None or not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"Cannot write to the output folder {root}: {existing} is not writable. Pass a "
                               "folder you can write to with -o.")
-        previous = _with_new_defaults(self._previous_settings()) if self._holds_results() else settings
-        start_over = overwrite or _comparable(previous) != _comparable(settings)
+        holds_results = self.holds_results()
+        previous = self._previous_settings() if holds_results else None
+        changed = settings_change(previous, settings) if previous is not None else None
+        start_over = overwrite or (holds_results and (previous is None or changed is not None))
         if start_over and not overwrite:
             if previous is None:
                 what = ("holds a run of an older genie_hub that did not record its settings" if
@@ -150,7 +152,6 @@ class OutputLayout:
                 raise ConfigError(
                     f"The output folder {root} {what}, so its files could be overwritten. Use a new or empty "
                     "folder with -o, or pass --overwrite to replace its model/, dataset/, work/ and run.json.")
-            changed = _differences(previous, settings)
             raise ConfigError(
                 f"The output folder {root} holds a run with other settings ({changed}); its results would "
                 "be replaced or mixed with this run's. Use another -o, or pass --overwrite to start over there.")
@@ -172,7 +173,7 @@ class OutputLayout:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.settings_file, settings)
 
-    def _holds_results(self) -> bool:
+    def holds_results(self) -> bool:
         """Anything in the folder besides the settings a run that computed nothing yet left."""
         bookkeeping = (self.settings_file, self.lock_file, self.threads_file)
         return self.root.is_dir() and any(p not in bookkeeping and (p.is_file() or p.is_symlink())
@@ -283,6 +284,14 @@ def card_sha256(path: str | os.PathLike) -> str | None:
 def run_settings(base_model: str, revision: str | None, calibration: str, config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's results: a rerun into the same folder must have the same ones."""
     return {"base_model": base_model, "base_model_revision": revision, "calibration": calibration, "config": config}
+
+
+def settings_change(recorded: dict, wanted: dict[str, Any]) -> str | None:
+    """How `wanted` differs from the settings a folder recorded (completed with the defaults of settings added
+    since, local folders named by their resolved path), or None when a run with `wanted` may resume it: the one
+    comparison of `OutputLayout.claim` and the zoo's."""
+    old, new = _comparable(_with_new_defaults(recorded)), _comparable(wanted)
+    return None if old == new else _differences(old, new)
 
 
 def _comparable(settings: dict | None) -> dict | None:

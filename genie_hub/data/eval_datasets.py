@@ -374,7 +374,7 @@ def _check_images(dataset, image_column: str, where: str) -> None:
     """One of the first rows' images must decode: a column of something else, or a folder of unreadable files,
     fails here rather than after a whole quantization (single unreadable images are skipped later, named)."""
     try:
-        rows = list(dataset.take(CHECKED_ROWS)) if hasattr(dataset, "take") else []
+        rows = list(dataset.take(CHECKED_ROWS))
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds on a broken file
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise DataError(f"Could not read {where} ({type(exc).__name__}: {first}).") from exc

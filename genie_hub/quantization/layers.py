@@ -166,9 +166,8 @@ class QuantizedOp(nn.Module):
         # not kept; the stored codes, which the checkpoint saves, stay what the model computes with. A weight made
         # under torch.inference_mode has no version and cannot be used by autograd: it serves that mode only.
         cached = self._weight_cache
-        if cached is None or cached[0] != key or (
-                cached[1].is_inference() != torch.is_inference_mode_enabled() if cached[1].is_inference()
-                else cached[1]._version != cached[2]):
+        if cached is None or cached[0] != key or (not torch.is_inference_mode_enabled() if cached[1].is_inference()
+                                                  else cached[1]._version != cached[2]):
             codes = self.integer_codes().to(self.weight_scale.dtype)
             weight = (self.weight_scale * (codes - self.weight_zero_point.to(self.weight_scale.dtype)))
             weight = weight.view(self.weight_shape_tuple)

@@ -160,7 +160,7 @@ def entry_state(zoo_dir: Path, entry: ZooEntry) -> EntryState:
             return EntryState("stale", f"{damage}, and no settings to check it against or resume it with")
         if record is not None:
             return EntryState("stale", "an older genie_hub built it without recording its settings")
-        if layout._holds_results():
+        if layout.holds_results():
             return EntryState("stale", "the folder is not empty and is not a genie_hub output folder")
         return EntryState("missing")
     change = _settings_change(settings, entry, zoo_dir)
@@ -260,16 +260,16 @@ def _missing_files(layout: OutputLayout, record: RunRecord) -> str | None:
 
 def _settings_change(recorded: dict, entry: ZooEntry, zoo_dir: Path) -> str | None:
     """How the settings a folder was built with differ from those the entry makes now, or None."""
-    from ..outputs import _comparable, _differences, _with_new_defaults
+    from ..outputs import settings_change
 
     config = recorded.get("config")
     if not isinstance(config, dict):
         return "its recorded settings are malformed (no config)"
-    old, new = _comparable(_with_new_defaults(recorded)), _comparable(_wanted_settings(entry, zoo_dir, recorded))
-    if old == new:
+    change = settings_change(recorded, _wanted_settings(entry, zoo_dir, recorded))
+    if change is None:
         return None
     return (f"it was built as W{config.get('weight_bits')}A{config.get('act_bits')} ({config.get('profile')} "
-            f"profile) with other settings than the registry now asks for ({_differences(old, new)})")
+            f"profile) with other settings than the registry now asks for ({change})")
 
 
 def _wanted_settings(entry: ZooEntry, zoo_dir: Path, recorded: dict | None) -> dict:

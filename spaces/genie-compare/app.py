@@ -41,11 +41,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method with transformers)
 from genie_hub.adapters import adapter_for, model_logits  # noqa: E402
 from genie_hub.errors import GenieError  # noqa: E402
+from genie_hub.evaluation import input_differences  # noqa: E402
 from genie_hub.fileio import atomic_path  # noqa: E402
 from genie_hub.data.fashion_mnist import FASHION_MNIST_LABELS  # noqa: E402
 from genie_hub.loading import (  # noqa: E402
@@ -351,20 +352,6 @@ def check_image(image) -> Image.Image:
     return image
 
 
-_EXIF_ORIENTATION = 0x0112
-_ORIENTATION_FIX = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
-                    7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
-"""EXIF orientation -> the transpose that shows the photo as a browser does (PIL's ImageOps.exif_transpose)."""
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
-    except Exception:  # a malformed EXIF block: the pixels as stored
-        return 1
-
-
 def prepare_image(image, channels: int) -> Image.Image:
     """Check the image and convert it to what the model takes ("L" for 1 channel, else "RGB"), upright as the
     browser shows it (phone photos store their pixels sideways and say so in EXIF)."""
@@ -376,7 +363,10 @@ def prepare_image(image, channels: int) -> Image.Image:
     except Exception as exc:
         raise gr.Error(f"The image file is damaged or truncated and could not be decoded ({type(exc).__name__}). "
                        "Re-save it and upload it again.", title="Damaged image") from exc
-    orientation = _orientation(image)  # after load(): PIL applies a TIFF's orientation itself there, dropping the tag
+    try:  # upright, as the browser shows it (as genie_hub.data.pixels.decode_image reads dataset images)
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as stored
+        pass
     try:
         if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             # 16/32-bit or float pixels: rescale to 8 bit instead of clipping everything to white.
@@ -389,8 +379,7 @@ def prepare_image(image, channels: int) -> Image.Image:
             image = Image.alpha_composite(background, rgba).convert("RGB")
         elif mode in ("LAB", "HSV", "YCbCr", "CMYK"):
             image = image.convert("RGB")
-        image = image.convert(target)
-        return image.transpose(_ORIENTATION_FIX[orientation]) if orientation in _ORIENTATION_FIX else image
+        return image.convert(target)
     except Exception as exc:
         raise gr.Error(f"Cannot convert the image from mode '{mode}' to {target} ({exc}).",
                        title="Unsupported image mode") from exc
@@ -443,24 +432,10 @@ def _top_k(names: list[str], probs: torch.Tensor) -> dict[str, float]:
     return {names[index]: float(value) for value, index in zip(values.tolist(), indices.tolist())}
 
 
-def _describe_input(spec) -> str:
-    color = "grayscale" if spec.channels == 1 else "RGB" if spec.channels == 3 else f"{spec.channels}-channel"
-    return f"{color} {spec.width}×{spec.height}"
-
-
 def pair_problems(fp32: LoadedModel, quant: LoadedModel) -> list[str]:
-    """Signs that the quantized model was not made from this FP32 model. `genie_hub quantize` keeps the base's
-    architecture and copies its image processor, so another model type or another input is another model, and
-    the two models' agreement would say nothing about quantization."""
-    problems = []
-    types = [getattr(getattr(m.model, "config", None), "model_type", None) for m in (fp32, quant)]
-    if types[0] != types[1]:
-        problems.append(f"their architectures differ ({types[0]} vs {types[1]})")
-    if fp32.spec != quant.spec:
-        same_shape = fp32.spec.shape == quant.spec.shape
-        problems.append("their image processors normalize pixels differently" if same_shape else
-                        f"they take different inputs ({_describe_input(fp32.spec)} vs {_describe_input(quant.spec)})")
-    return problems
+    """Signs that the quantized model was not made from this FP32 model (`genie_hub.evaluation.input_differences`):
+    their agreement would say nothing about quantization."""
+    return input_differences(fp32.model, fp32.spec, quant.model, quant.spec)
 
 
 def _fmt_ms(ms: float) -> str:
