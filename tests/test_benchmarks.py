@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,6 @@ def test_markdown_names_the_prior_of_a_model_without_batchnorm(accuracy):
 
 def test_vit_base_check_runs_on_a_tiny_vit(tmp_path):
     import subprocess
-    import sys
 
     script = SCRIPT.parent / "vit_base_check.py"
     out = tmp_path / "check"
@@ -158,7 +158,6 @@ def test_vit_base_check_runs_on_a_tiny_vit(tmp_path):
 
 def test_probability_grid_compares_the_grids_on_a_small_vit(tmp_path):
     import subprocess
-    import sys
 
     bench = SCRIPT.parent
     sys.path.insert(0, str(bench))
@@ -214,3 +213,52 @@ def test_merge_refuses_fashion_mnist_rows_of_another_model_or_budget(accuracy, k
         accuracy.merge_results([a, b])
     b["settings"]["embedded"] = {**a["settings"]["embedded"], "seeds": [2]}  # other seeds of one setup: merged
     assert len(accuracy.merge_results([a, b])["rows"]) == 2 * len(a["rows"])
+
+
+@pytest.fixture(scope="module")
+def variants():
+    spec = importlib.util.spec_from_file_location("benchmark_calibration_variants",
+                                                  SCRIPT.with_name("calibration_variants.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_calibration_variant_patches_change_synthesis_and_are_undone(variants):
+    # Each synthesis variant must really change what is synthesized, and leave the library as it was.
+    import torch
+
+    from genie_hub import GenieConfig, synthesize
+    from tiny_models import tiny_model
+
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=3)
+    model = tiny_model("resnet-basic")
+
+    def images():
+        return synthesize(model, config, progress=False).pixel_values
+
+    plain = images()
+    for name in ("no-image-prior", "class-loss-0.1"):
+        with variants.VARIANTS[name].synthesis_patch(-0.5, 0.5):
+            assert not torch.allclose(images(), plain, atol=1e-4), name
+    with variants.VARIANTS["clamp-during"].synthesis_patch(-0.5, 0.5):
+        clamped = images()
+    assert clamped.min() >= -0.5 and clamped.max() <= 0.5 and plain.abs().max() > 0.5
+    assert torch.equal(images(), plain)
+
+
+def test_calibration_variants_table_pairs_seeds_with_the_genie_row(variants, tmp_path):
+    import argparse
+
+    jsonl = tmp_path / "v.jsonl"
+    rows = [("genie", 0, 0.85), ("genie", 1, 0.86), ("flip", 0, 0.86), ("flip", 1, 0.86), ("real", 2, 0.9)]
+    jsonl.write_text("".join(json.dumps({"variant": v, "seed": s, "top1": t, "command": "cmd"}) + "\n"
+                             for v, s, t in rows))
+    out = tmp_path / "v.md"
+    variants.write_table(jsonl, out, argparse.Namespace(model="m", bits="4/4"))
+    table = out.read_text()
+    assert "| flip | " in table and "| 86.00 ± 0.00 | +0.50 |" in table  # paired: +1.00 and 0.00
+    assert "| real | " in table and "| 90.00 ± 0.00 |  |" in table  # no seed shared with genie: no delta
+    assert "# Calibration variants: m, W4A4" in table
