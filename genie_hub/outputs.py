@@ -120,14 +120,16 @@ class OutputLayout:
         if handle is not None:
             os.close(handle)  # closing the descriptor releases the flock
 
-    def claim(self, settings: dict[str, Any], overwrite: bool = False) -> None:
+    def claim(self, settings: dict[str, Any], overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> None:
         """Check, before any compute, that a run with `settings` may write here, and record them.
 
         Allowed: a missing or empty folder, or a genie_hub output folder whose run (finished: run.json, or
         interrupted: work/settings.json) had the same settings, which the run then resumes. Anything else is
         refused, unless `overwrite`, which deletes this folder's model/, dataset/, work/ and run.json (and
-        nothing else) first."""
+        nothing else) first. `inputs` (the model, a few-shot folder) must not lie in what the run replaces or
+        deletes: `-o ./proj --overwrite` on `./proj/model` would otherwise delete the model it quantizes."""
         root = self.root
+        self._refuse_inputs_inside(inputs)
         if str(root).strip() in ("", "."):
             raise ConfigError("The output folder is empty or '.': genie_hub would write model/, dataset/, work/ "
                               "and run.json into the current folder. Pass a folder of their own with -o.")
@@ -172,6 +174,21 @@ class OutputLayout:
                     path.unlink(missing_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.settings_file, settings)
+
+    def _refuse_inputs_inside(self, inputs: tuple[str | Path, ...]) -> None:
+        owned = (self.model_dir, self.dataset_dir, self.work_dir, self.run_file)
+        for given in inputs:
+            path = Path(str(given).strip()).expanduser()
+            if not str(given).strip() or not path.exists():
+                continue  # a Hub id or a named dataset: nothing of the user's on disk here
+            path = path.resolve()
+            for folder in owned:
+                folder_path = folder.resolve()
+                if path == folder_path or folder_path in path.parents:
+                    raise ConfigError(
+                        f"The input {given} lies inside {folder}, which this run writes into (and --overwrite "
+                        f"deletes), so it would be replaced by the run's own output. Copy it elsewhere, or pass "
+                        f"another -o than {self.root}.")
 
     def holds_results(self) -> bool:
         """Anything in the folder besides the settings a run that computed nothing yet left."""

@@ -124,7 +124,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     thread_counts = [torch.get_num_threads()]
     try:  # the folder is held from its claim until this run ends, however it ends
         if accelerator.is_main_process:
-            layout.claim(settings, overwrite=overwrite)
+            local_inputs = tuple(source for source in (base_model, few_shot, evaluate, synthesis_dir) if source)
+            layout.claim(settings, overwrite=overwrite, inputs=local_inputs)
             thread_counts = layout.record_threads(torch.get_num_threads())
             if len(thread_counts) > 1:
                 logger.warning(

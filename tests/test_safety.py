@@ -723,6 +723,37 @@ def test_overwrite_starts_over_even_on_the_same_settings(base, tmp_path):
     assert (out / "run.json").exists()
 
 
+def test_overwrite_never_deletes_the_model_or_images_it_reads(base, tmp_path, capsys):
+    # `-o ./proj --overwrite` on ./proj/model: the folder --overwrite deletes holds the input itself.
+    project = tmp_path / "proj"
+    shutil.copytree(base, project / "model")
+    before = sorted(p.name for p in (project / "model").iterdir())
+    for extra in ([], ["--overwrite"]):
+        assert main(["quantize", str(project / "model"), "-o", str(project), *extra, *TINY]) == 2
+        error = capsys.readouterr().err
+        assert "lies inside" in error and "--overwrite to" not in error
+        assert sorted(p.name for p in (project / "model").iterdir()) == before
+    images = tmp_path / "out" / "dataset" / "photos"  # few-shot images kept in the output's dataset/ folder
+    images.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(images / "a.png")
+    assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--few-shot", str(images), "--overwrite",
+                 *TINY]) == 2
+    assert "lies inside" in capsys.readouterr().err and (images / "a.png").exists()
+
+
+def test_a_quantized_model_as_input_is_refused_before_synthesis(checkpoint, tmp_path, capsys, monkeypatch):
+    import genie_hub.synthesis
+
+    def no_synthesis(*args, **kwargs):
+        raise AssertionError("synthesis started on a model that cannot be quantized")
+
+    monkeypatch.setattr(genie_hub.synthesis, "synthesize", no_synthesis)
+    assert main(["quantize", str(checkpoint), "-o", str(tmp_path / "again"), *TINY]) == 2
+    assert "already quantized" in capsys.readouterr().err and not (tmp_path / "again").exists()
+
+
 def test_what_killed_runs_leave_is_recovered_or_removed(tmp_path):
     """A run killed between replace_dir's two renames leaves the old folder under a hidden name: put back when
     nothing took its place, removed when something did; a killed process's staging folder is removed too."""

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..reproducibility import model_fingerprint
 from .attention import ATTENTION_CHILD, QuantAttention
 from .blocks import Unit, attention_modules, discover_units
-from .compat import UnsupportedModelError, check_quantizable
+from .compat import UnsupportedModelError, check_quantizable, refuse_already_quantized
 from .format import LayerSpec, StoredTensor, stored_tensors
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
 from .prepare import prepare_model, quantized_ops, resolve_bits
@@ -69,9 +69,7 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
     It runs on `accelerator.device` (else the model's device), in `config.mixed_precision`.
     """
     check_model(model, "quantize")
-    if any(isinstance(module, QuantizedOp) for module in model.modules()):
-        raise ConfigError("quantize() got a model that genie_hub has already quantized. Pass the original FP32 "
-                          "model; to change bits, quantize that again with another config.")
+    refuse_already_quantized(model)
     if not any(isinstance(module, (nn.Conv2d, nn.Linear)) for module in model.modules()):
         raise UnsupportedModelError(f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer, so genie_hub has "
                                     "nothing to quantize in it.")

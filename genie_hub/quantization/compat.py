@@ -42,11 +42,22 @@ def check_quantized_forward(q_model: nn.Module, example_input: torch.Tensor) -> 
         raise quantized_forward_error(q_model, exc) from exc
 
 
+def refuse_already_quantized(model: nn.Module) -> None:
+    """Quantizing genie_hub's own output again would stack a second set of quantizers on the first: refuse it."""
+    from .layers import QuantizedOp
+
+    if any(isinstance(module, QuantizedOp) for module in model.modules()):
+        raise ConfigError("The model given to quantize is one genie_hub has already quantized (it holds "
+                          "quantized layers). Pass the original FP32 model; to change bits, quantize that again "
+                          "with another config.")
+
+
 def check_quantizable(model: nn.Module, config, example_input: torch.Tensor, range_init: str = "lp") -> None:
     """Prepare a throwaway quantizable copy of `model` and run it once (cheap next to synthesis or
     reconstruction): `UnsupportedModelError` before any long compute if the model cannot be quantized."""
     from .prepare import prepare_model
 
+    refuse_already_quantized(model)
     try:  # the model as it is first: a failure there is about the inputs, not about quantized layers
         with torch.no_grad():
             model_logits(model, example_input)
