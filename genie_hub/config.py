@@ -182,6 +182,9 @@ class GenieConfig:
             elif not isinstance(value, LayerBits):
                 raise ConfigError(f"{name} must be {{'weight': bits, 'act': bits or None}}, got {value!r}.")
         self.validate()
+        # A batch larger than the whole set is the set: record what runs, so that the same run given either
+        # batch size is recognised as the same (resumed, not refused as other settings).
+        self.synthesis_batch_size = min(self.synthesis_batch_size, self.num_samples)
 
     @classmethod
     def from_profile(cls, profile: str = "paper", **overrides: Any) -> "GenieConfig":

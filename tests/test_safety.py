@@ -543,6 +543,13 @@ def test_a_last_batch_of_one_image_joins_the_previous_batch():
     assert GenieConfig.from_profile("quick", num_samples=10, synthesis_batch_size=4).synthesis_batch_sizes() == [4, 4, 2]
 
 
+def test_a_batch_larger_than_the_set_is_recorded_as_the_set():
+    # --num-samples 8 --batch-size 16 runs one batch of 8: recorded so, a rerun with --batch-size 8 is the same run.
+    larger = GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=16)
+    assert larger.synthesis_batch_size == 8 and larger.synthesis_batch_sizes() == [8]
+    assert larger.results_dict() == GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=8).results_dict()
+
+
 def test_synthesis_is_finite_on_one_pixel_maps_and_vanishing_activations():
     from transformers import EfficientNetConfig, EfficientNetForImageClassification, ResNetConfig, \
         ResNetForImageClassification

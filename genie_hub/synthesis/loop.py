@@ -237,7 +237,8 @@ class ShardStore:
             differing = fingerprint_differences(saved, self.fingerprint)
             raise ConfigError(
                 f"{self.directory} already holds synthetic images made with different settings or another "
-                f"model ({path.name}, {differing}). Use a new --output-dir, or delete that folder to start over.")
+                f"model ({path.name}, {differing}). Use a new --output-dir, or start over there "
+                "(`genie_hub quantize --overwrite` deletes that folder with the rest of the run's work).")
         return True
 
     def save(self, batch_index: int, images: torch.Tensor, stats: BatchStats) -> None:
