@@ -134,16 +134,26 @@ def remove_dead_temporaries(folder: str | os.PathLike, recursive: bool = True) -
             tmp.unlink(missing_ok=True)
 
 
-def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:
+def replace_dir(source: str | os.PathLike, target: str | os.PathLike, keep_added: bool = False) -> None:
     """Move the complete folder `source` to `target`, replacing a folder there. Each step is a rename, so at
     any moment `target` is either the old complete folder or the new one (or, for an instant between the two
-    renames, absent, with the old one kept under a hidden name until the new one is in place)."""
+    renames, absent, with the old one kept under a hidden name until the new one is in place).
+
+    With `keep_added`, files of the old folder that `source` does not have (ones the user added) are carried
+    into it first: rewriting a folder of one's own must not delete someone else's files in it."""
     import shutil
 
     source, target = Path(source), Path(target)
     if not target.exists():
         os.replace(source, target)
         return
+    if keep_added:
+        for path in sorted(target.rglob("*")):
+            kept = source / path.relative_to(target)
+            if path.is_dir() and not path.is_symlink() or kept.exists() or kept.is_symlink():
+                continue
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, kept, follow_symlinks=False)
     old = target.with_name(f".{target.name}.{os.getpid()}.old")
     os.replace(target, old)
     os.replace(source, target)

@@ -208,21 +208,25 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         run.push, model_id, dataset_id = _pushed_ids(previous)
         model_id = model_id or layout.root.resolve().name
         dataset_id = dataset_id or f"{model_id}-calibration"
+        edited = _edited_cards(layout, previous)
         card = str(render_model_card(run, repo_id=model_id)).encode("utf-8")
-        save_quantized(result, layout.model_dir, processor=processor, extra_files={"README.md": card})
+        save_quantized(result, layout.model_dir, processor=processor, keep_added_files=True,
+                       extra_files={} if "model" in edited else {"README.md": card})
         if calibration.zero_shot:
             from .synthetic_dataset import export_synthetic_dataset
 
             def dataset_card(summary: dict):  # the card describes the files as written (features, sizes)
                 run.synthetic["dataset"] = summary
+                if "dataset" in edited:
+                    return None
                 return render_dataset_card(run, repo_id=dataset_id, model_repo_id=model_id if run.push else None)
 
             export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir,
-                                     dataset_card, storage=config.dataset_storage)
+                                     dataset_card, storage=config.dataset_storage, keep_added_files=True)
         elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
             shutil.rmtree(layout.dataset_dir)
         digests = {"model": card_sha256(layout.model_dir / "README.md"),
-                   "dataset": card_sha256(layout.dataset_dir / "README.md")}
+                   "dataset": card_sha256(layout.dataset_dir / "README.md"), **edited}
         run.cards = {kind: digest for kind, digest in digests.items() if digest}  # how `push` tells edited cards
         run.save(layout.run_file)  # last: a folder with run.json is a finished run
         _print_summary(run, layout.root, fashion_mnist_missing=fashion_mnist_missing)
@@ -244,6 +248,20 @@ def _previous_record(layout: OutputLayout) -> RunRecord | None:
         return RunRecord.load(layout.run_file)  # None after --overwrite: claim() deleted it
     except (OSError, ValueError):
         return None
+
+
+def _edited_cards(layout: OutputLayout, previous: RunRecord | None) -> dict[str, str]:
+    """{kind: the digest genie_hub recorded} for each card of a finished run that the user has edited since: a
+    rerun keeps such a card as it is (and files added next to it), as `push` does, instead of rendering it again."""
+    recorded = previous.cards if previous is not None and isinstance(previous.cards, dict) else {}
+    edited = {}
+    for kind, folder in (("model", layout.model_dir), ("dataset", layout.dataset_dir)):
+        digest = card_sha256(folder / "README.md")
+        if recorded.get(kind) and digest and digest != recorded[kind]:
+            logger.warning("%s was edited after the run that wrote it: kept as it is (delete it and run this command "
+                           "again for a card rendered from this run).", folder / "README.md")
+            edited[kind] = recorded[kind]
+    return edited
 
 
 def _pushed_ids(previous: RunRecord | None) -> tuple[dict | None, str | None, str | None]:

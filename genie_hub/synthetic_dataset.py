@@ -57,12 +57,14 @@ def dataset_summary(dataset, parquet_file: Path, storage: str) -> dict[str, Any]
 
 
 def export_synthetic_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_indices: list[int],
-                             directory: str | Path, card=None, storage: str = "exact") -> dict[str, Any]:
+                             directory: str | Path, card=None, storage: str = "exact",
+                             keep_added_files: bool = False) -> dict[str, Any]:
     """Write `directory/data/train-*.parquet` (+ README.md card): a folder ready to upload as a datasets repo.
 
     `card` is a card object, or a function of the dataset summary (features, sizes) that returns one, so the
     card can describe the files exactly. The folder is built next to `directory` and renamed into place
-    complete, replacing an earlier one. Returns the summary (see `dataset_summary`)."""
+    complete, replacing an earlier one (keeping the files of it that this export does not write, with
+    `keep_added_files`). Returns the summary (see `dataset_summary`)."""
     directory = Path(directory)
     with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
         (staging / "data").mkdir()
@@ -73,7 +75,7 @@ def export_synthetic_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_
             card = card(summary)
         if card is not None:
             card.save(staging / "README.md")
-        replace_dir(staging, directory)
+        replace_dir(staging, directory, keep_added=keep_added_files)
     return summary
 
 

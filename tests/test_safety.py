@@ -4,6 +4,7 @@ safe publishing. Each test is one case a hostile or unlucky user hit."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -728,6 +729,27 @@ def test_overwrite_starts_over_even_on_the_same_settings(base, tmp_path):
     assert main(["quantize", str(base), "-o", str(out), "--overwrite", *TINY]) == 0
     assert not (out / "work" / "synthetic" / "stale.txt").exists() and (out / "keep.txt").exists()
     assert (out / "run.json").exists()
+
+
+def test_rerunning_a_finished_run_keeps_edited_cards_and_added_files(base, tmp_path):
+    out = tmp_path / "out"
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    rendered = (out / "model" / "README.md").read_text()
+    (out / "model" / "README.md").write_text(rendered + "\nMy notes on this model.\n")
+    (out / "model" / "notes.txt").write_text("mine")
+    (out / "dataset" / "extra").mkdir()
+    (out / "dataset" / "extra" / "sample.txt").write_text("mine too")
+    dataset_card = (out / "dataset" / "README.md").read_bytes()
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0  # the same command again
+    assert (out / "model" / "README.md").read_text().endswith("My notes on this model.\n")
+    assert (out / "model" / "notes.txt").read_text() == "mine"
+    assert (out / "dataset" / "extra" / "sample.txt").read_text() == "mine too"
+    assert (out / "dataset" / "README.md").read_bytes() == dataset_card and (out / "model" / "config.json").exists()
+    cards = json.loads((out / "run.json").read_text())["cards"]
+    assert cards["model"] == hashlib.sha256(rendered.encode()).hexdigest()  # push still sees the edit as the user's
+    (out / "model" / "README.md").unlink()
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    assert (out / "model" / "README.md").read_text() == rendered  # asked for again: rendered again
 
 
 def test_overwrite_never_deletes_the_model_or_images_it_reads(base, tmp_path, capsys):

@@ -141,14 +141,16 @@ def bind(result: QuantizationResult) -> None:
 
 
 def save_quantized(quantized, save_directory: str | os.PathLike, processor=None, *,
-                   extra_files: dict[str, bytes] | None = None, max_shard_size: int | str = "10GB") -> Path:
+                   extra_files: dict[str, bytes] | None = None, max_shard_size: int | str = "10GB",
+                   keep_added_files: bool = False) -> Path:
     """Save a `QuantizationResult` (or a model loaded from a Genie checkpoint) as a Genie checkpoint folder.
 
     The folder is written complete (config.json with `quantization_config` and the load guard, the packed
     weights, the image processor when given, `extra_files` such as {"README.md": card}) into a staging folder,
     verified with the same checks as loading, then renamed into place; an existing Genie checkpoint there is
-    replaced, any other non-empty folder is refused. Later `model.save_pretrained(...)` calls write the same
-    format. Returns the folder.
+    replaced, any other non-empty folder is refused; with `keep_added_files`, the files of the replaced folder
+    that this save does not write (a user's additions) are kept. Later `model.save_pretrained(...)` calls write
+    the same format. Returns the folder.
     """
     q_model = quantized.model if isinstance(quantized, QuantizationResult) else quantized
     if not hasattr(q_model, "save_pretrained") or not hasattr(q_model, "config"):
@@ -169,7 +171,7 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
     directory.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
         _write(q_model, config, staging, processor, extra_files, max_shard_size=max_shard_size)
-        replace_dir(staging, directory)
+        replace_dir(staging, directory, keep_added=keep_added_files)
     install_save_guard(q_model)
     return directory
 
