@@ -82,6 +82,22 @@ def with_class_loss(weight: float):
         yield
 
 
+@contextlib.contextmanager
+def with_jitter(pixels: int):
+    """DeepInversion's augmentation: each synthesis step shows the model the batch shifted by up to `pixels`
+    in each direction (wrapping around) and, half the time, mirrored, so the images match the BN statistics
+    under the small shifts and flips the model was trained with, not only as they are."""
+    original = synthesis_loop.model_logits
+
+    def logits(model, images):
+        dy, dx = (int(v) for v in torch.randint(-pixels, pixels + 1, (2,)))
+        images = torch.roll(images, shifts=(dy, dx), dims=(-2, -1))
+        return original(model, images.flip(-1) if torch.rand(()) < 0.5 else images)
+
+    with mock.patch.object(synthesis_loop, "model_logits", logits):
+        yield
+
+
 @dataclass(frozen=True)
 class Variant:
     """One row: where the calibration images come from, what changes, and how to say it in the table."""
@@ -106,6 +122,8 @@ VARIANTS: dict[str, Variant] = {
                               synthesis_patch=lambda low, high: with_class_loss(0.1)),
     "class-loss-0.02": Variant("genie", "+ 0.02 x cross-entropy to balanced target classes during synthesis",
                                synthesis_patch=lambda low, high: with_class_loss(0.02)),
+    "jitter-2": Variant("genie", "the batch shifted by up to 2 px and mirrored at random at each synthesis step",
+                        synthesis_patch=lambda low, high: with_jitter(2)),
     "qdrop-0.25": Variant("genie", "QDrop keeps FP values with probability 0.25", overrides={"qdrop_prob": 0.25}),
     "qdrop-0.75": Variant("genie", "QDrop keeps FP values with probability 0.75", overrides={"qdrop_prob": 0.75}),
     "act-lr-1e-4": Variant("genie", "activation-step lr 1e-4 (default 1e-3)", overrides={"lr_act_step": 1e-4}),
