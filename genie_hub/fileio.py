@@ -12,7 +12,7 @@ import glob
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -134,13 +134,16 @@ def remove_dead_temporaries(folder: str | os.PathLike, recursive: bool = True) -
             tmp.unlink(missing_ok=True)
 
 
-def replace_dir(source: str | os.PathLike, target: str | os.PathLike, keep_added: bool = False) -> None:
+def replace_dir(source: str | os.PathLike, target: str | os.PathLike,
+                keep_added: Callable[[Path], bool] | None = None) -> None:
     """Move the complete folder `source` to `target`, replacing a folder there. Each step is a rename, so at
     any moment `target` is either the old complete folder or the new one (or, for an instant between the two
     renames, absent, with the old one kept under a hidden name until the new one is in place).
 
-    With `keep_added`, files of the old folder that `source` does not have (ones the user added) are carried
-    into it first: rewriting a folder of one's own must not delete someone else's files in it."""
+    With `keep_added`, files of the old folder that `source` does not have (ones the user added) and for whose
+    relative path `keep_added` is true are carried into it first: rewriting a folder of one's own must not
+    delete someone else's files in it (the caller's predicate leaves out what would change what the folder is,
+    such as a stray weights file)."""
     import shutil
 
     source, target = Path(source), Path(target)
@@ -150,7 +153,8 @@ def replace_dir(source: str | os.PathLike, target: str | os.PathLike, keep_added
     if keep_added:
         for path in sorted(target.rglob("*")):
             kept = source / path.relative_to(target)
-            if path.is_dir() and not path.is_symlink() or kept.exists() or kept.is_symlink():
+            if (path.is_dir() and not path.is_symlink() or kept.exists() or kept.is_symlink()
+                    or not keep_added(path.relative_to(target))):
                 continue
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, kept, follow_symlinks=False)

@@ -63,8 +63,8 @@ def export_synthetic_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_
 
     `card` is a card object, or a function of the dataset summary (features, sizes) that returns one, so the
     card can describe the files exactly. The folder is built next to `directory` and renamed into place
-    complete, replacing an earlier one (keeping the files of it that this export does not write, with
-    `keep_added_files`). Returns the summary (see `dataset_summary`)."""
+    complete, replacing an earlier one (keeping the files of it outside data/ that this export does not write,
+    with `keep_added_files`). Returns the summary (see `dataset_summary`)."""
     directory = Path(directory)
     with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
         (staging / "data").mkdir()
@@ -75,7 +75,8 @@ def export_synthetic_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_
             card = card(summary)
         if card is not None:
             card.save(staging / "README.md")
-        replace_dir(staging, directory, keep_added=keep_added_files)
+        replace_dir(staging, directory,  # data/ is the dataset: a stray file there would join it
+                    keep_added=(lambda relative: relative.parts[0] != "data") if keep_added_files else None)
     return summary
 
 

@@ -740,7 +740,11 @@ def test_rerunning_a_finished_run_keeps_edited_cards_and_added_files(base, tmp_p
     (out / "dataset" / "extra").mkdir()
     (out / "dataset" / "extra" / "sample.txt").write_text("mine too")
     dataset_card = (out / "dataset" / "README.md").read_bytes()
+    (out / "model" / "model.safetensors").write_bytes(b"stray weights: never kept beside the new ones")
+    (out / "dataset" / "data" / "train-extra.parquet").write_bytes(b"would join the dataset: not kept")
     assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0  # the same command again
+    assert not (out / "model" / "model.safetensors").exists()
+    assert not (out / "dataset" / "data" / "train-extra.parquet").exists()
     assert (out / "model" / "README.md").read_text().endswith("My notes on this model.\n")
     assert (out / "model" / "notes.txt").read_text() == "mine"
     assert (out / "dataset" / "extra" / "sample.txt").read_text() == "mine too"
@@ -749,7 +753,10 @@ def test_rerunning_a_finished_run_keeps_edited_cards_and_added_files(base, tmp_p
     assert cards["model"] == hashlib.sha256(rendered.encode()).hexdigest()  # push still sees the edit as the user's
     (out / "model" / "README.md").unlink()
     assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
-    assert (out / "model" / "README.md").read_text() == rendered  # asked for again: rendered again
+    regenerated = (out / "model" / "README.md").read_text()  # asked for again: rendered again
+    assert regenerated.startswith("---\n") and "My notes" not in regenerated
+    assert json.loads((out / "run.json").read_text())["cards"]["model"] == hashlib.sha256(
+        regenerated.encode()).hexdigest()
 
 
 def test_overwrite_never_deletes_the_model_or_images_it_reads(base, tmp_path, capsys):

@@ -140,6 +140,14 @@ def bind(result: QuantizationResult) -> None:
     install_save_guard(result.model)
 
 
+def _not_weights(relative: Path) -> bool:
+    """A file a replaced checkpoint folder may keep: anything but weights and the config that names them (a
+    stray weights file beside the new ones could be loaded instead of them)."""
+    name = relative.name
+    return not (name == "config.json" or name.endswith(".index.json")
+                or relative.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
+
+
 def save_quantized(quantized, save_directory: str | os.PathLike, processor=None, *,
                    extra_files: dict[str, bytes] | None = None, max_shard_size: int | str = "10GB",
                    keep_added_files: bool = False) -> Path:
@@ -149,7 +157,7 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
     weights, the image processor when given, `extra_files` such as {"README.md": card}) into a staging folder,
     verified with the same checks as loading, then renamed into place; an existing Genie checkpoint there is
     replaced, any other non-empty folder is refused; with `keep_added_files`, the files of the replaced folder
-    that this save does not write (a user's additions) are kept. Later `model.save_pretrained(...)` calls write
+    that this save does not write (a user's additions), weights and configs excepted, are kept. Later `model.save_pretrained(...)` calls write
     the same format. Returns the folder.
     """
     q_model = quantized.model if isinstance(quantized, QuantizationResult) else quantized
@@ -171,7 +179,7 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
     directory.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
         _write(q_model, config, staging, processor, extra_files, max_shard_size=max_shard_size)
-        replace_dir(staging, directory, keep_added=keep_added_files)
+        replace_dir(staging, directory, keep_added=_not_weights if keep_added_files else None)
     install_save_guard(q_model)
     return directory
 
