@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_table(jsonl: Path, output: Path, args: argparse.Namespace) -> None:
-    """Mean ± std per variant over the seeds in the results file, and the paired difference to `genie`."""
+    """Mean ± std per variant over the seeds in the results file, and the paired difference to `genie` (mean ±
+    std over the seeds both have: a variant is better than plain Genie only where that mean clears its spread)."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     by_variant: dict[str, dict[int, float]] = {}
     for row in rows:
@@ -229,7 +230,8 @@ def write_table(jsonl: Path, output: Path, args: argparse.Namespace) -> None:
         values = [by_seed[s] for s in sorted(by_seed)]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         paired = [by_seed[s] - reference[s] for s in sorted(by_seed) if s in reference]
-        delta = f"{statistics.mean(paired):+.2f}" if paired and name != "genie" else ""
+        delta = "" if not paired or name == "genie" else f"{statistics.mean(paired):+.2f}" + (
+            f" ± {statistics.stdev(paired):.2f}" if len(paired) > 1 else "")
         lines.append(f"| {name} | {VARIANTS[name].description} | {statistics.mean(values):.2f} ± {spread:.2f} | {delta} | "
                      + ", ".join(f"{by_seed[s]:.2f} (seed {s})" for s in sorted(by_seed)) + " |")
     output.write_text("\n".join(lines) + "\n")

@@ -259,6 +259,6 @@ def test_calibration_variants_table_pairs_seeds_with_the_genie_row(variants, tmp
     out = tmp_path / "v.md"
     variants.write_table(jsonl, out, argparse.Namespace(model="m", bits="4/4"))
     table = out.read_text()
-    assert "| flip | " in table and "| 86.00 ± 0.00 | +0.50 |" in table  # paired: +1.00 and 0.00
+    assert "| flip | " in table and "| 86.00 ± 0.00 | +0.50 ± 0.71 |" in table  # paired: +1.00 and 0.00
     assert "| real | " in table and "| 90.00 ± 0.00 |  |" in table  # no seed shared with genie: no delta
     assert "# Calibration variants: m, W4A4" in table
