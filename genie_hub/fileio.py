@@ -112,13 +112,11 @@ def recover_interrupted_swaps(folder: str | os.PathLike, names: tuple[str, ...])
     """Finish what a `replace_dir` of `folder/<name>` (for each of `names`) killed between its two renames left:
     the old copy `.<name>.<pid>.old` goes back to `<name>` when nothing took its place, and is removed when
     something did. Only those names: anything else in the folder is not genie_hub's to touch."""
-    import shutil
-
     folder = Path(folder)
     for name in names:
         for old in _leftovers(folder, f".{name}.", ".old"):
             if (folder / name).exists():
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_tree(old)
             else:
                 os.replace(old, folder / name)
 
@@ -153,12 +151,30 @@ def replace_dir(source: str | os.PathLike, target: str | os.PathLike,
     if keep_added:
         for path in sorted(target.rglob("*")):
             kept = source / path.relative_to(target)
-            if (path.is_dir() and not path.is_symlink() or kept.exists() or kept.is_symlink()
-                    or not keep_added(path.relative_to(target))):
+            if kept.exists() or kept.is_symlink() or not keep_added(path.relative_to(target)):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                kept.mkdir(parents=True)  # an empty folder of the user's is kept too
                 continue
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, kept, follow_symlinks=False)
     old = target.with_name(f".{target.name}.{os.getpid()}.old")
     os.replace(target, old)
     os.replace(source, target)
-    shutil.rmtree(old)
+    _remove_tree(old)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def through_link(folder: str | os.PathLike) -> Path:
+    """The folder a symlink points to, else `folder`: a folder the user linked elsewhere (a larger disk) is
+    rewritten there, next to its real location, and the link stays."""
+    folder = Path(folder)
+    return folder.resolve() if folder.is_symlink() else folder

@@ -130,6 +130,7 @@ class OutputLayout:
         deletes: `-o ./proj --overwrite` on `./proj/model` would otherwise delete the model it quantizes."""
         root = self.root
         self._refuse_inputs_inside(inputs)
+        self._refuse_nesting()
         if str(root).strip() in ("", "."):
             raise ConfigError("The output folder is empty or '.': genie_hub would write model/, dataset/, work/ "
                               "and run.json into the current folder. Pass a folder of their own with -o.")
@@ -157,6 +158,8 @@ class OutputLayout:
             raise ConfigError(
                 f"The output folder {root} holds a run with other settings ({changed}); its results would "
                 "be replaced or mixed with this run's. Use another -o, or pass --overwrite to start over there.")
+        if not start_over:
+            self._refuse_foreign_model_dir()
         self.lock()  # checked first: a folder this run may not write gets no lock either
         recover_interrupted_swaps(root, (self.model_dir.name, self.dataset_dir.name))  # a run killed mid-swap
         remove_dead_temporaries(root, recursive=False)  # and the half-written files of a killed run
@@ -176,19 +179,43 @@ class OutputLayout:
         write_json(self.settings_file, settings)
 
     def _refuse_inputs_inside(self, inputs: tuple[str | Path, ...]) -> None:
-        owned = (self.model_dir, self.dataset_dir, self.work_dir, self.run_file)
+        """An input, or a file of an input folder reached by a symlink (a Hub cache snapshot is one), that lies
+        in what this run writes would be replaced or deleted by it."""
+        owned = [folder.resolve() for folder in (self.model_dir, self.dataset_dir, self.work_dir, self.run_file)]
         for given in inputs:
             path = Path(str(given).strip()).expanduser()
-            if not str(given).strip() or not path.exists():
+            if not str(given).strip() or not (path.exists() or path.is_symlink()):
                 continue  # a Hub id or a named dataset: nothing of the user's on disk here
-            path = path.resolve()
-            for folder in owned:
-                folder_path = folder.resolve()
-                if path == folder_path or folder_path in path.parents:
+            links = [Path(folder, name) for folder, dirs, files in os.walk(path) for name in (*dirs, *files)
+                     if Path(folder, name).is_symlink()]  # os.walk does not descend into linked folders
+            for reached in (path, *links):
+                target = reached.resolve()
+                folder = next((f for f in owned if target == f or f in target.parents), None)
+                if folder is not None:
                     raise ConfigError(
-                        f"The input {given} lies inside {folder}, which this run writes into (and --overwrite "
-                        f"deletes), so it would be replaced by the run's own output. Copy it elsewhere, or pass "
-                        f"another -o than {self.root}.")
+                        f"The input {given} {'lies' if reached == path else f'has {reached.name}, which links'} "
+                        f"inside {folder}, which this run writes into (and --overwrite deletes), so it would be "
+                        f"replaced by the run's own output. Copy it elsewhere, or pass another -o than "
+                        f"'{self.root}'.")
+
+    def _refuse_foreign_model_dir(self) -> None:
+        """model/ must be one the save at the end may replace: found out now, not after the compute."""
+        from .checkpoint.save import check_replaceable
+        from .errors import CheckpointError
+
+        try:
+            check_replaceable(self.model_dir)
+        except CheckpointError as exc:
+            raise ConfigError(f"{exc} Move its files away, or pass --overwrite to start over in {self.root}.") from None
+
+    def _refuse_nesting(self) -> None:
+        """OUT inside another run's model/, dataset/ or work/: that run's reruns replace those folders."""
+        for parent in self.root.resolve().parents:
+            if parent.name in (self.model_dir.name, self.dataset_dir.name, self.work_dir.name) and (
+                    (parent.parent / RUN_FILE).exists() or (parent.parent / "work" / SETTINGS_FILE).exists()):
+                raise ConfigError(
+                    f"The output folder {self.root} lies inside {parent}, a folder of the genie_hub run in "
+                    f"{parent.parent}, which replaces it when that run is repeated. Pass an -o outside it.")
 
     def holds_results(self) -> bool:
         """Anything in the folder besides the settings a run that computed nothing yet left."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -90,7 +89,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     check_launch(accelerator)
     if command and given_precision is None and config.mixed_precision not in (None, "no"):
         command += f" --mixed-precision {config.mixed_precision}"  # from accelerate: the card's command must redo it
-    layout = (OutputLayout(Path(output_dir)) if output_dir is not None
+    layout = (OutputLayout(Path(output_dir).expanduser()) if output_dir is not None
               else OutputLayout.default_for(base_model, config.weight_bits, config.act_bits))
     with accelerator.main_process_first():
         fp_model, processor = load_model(model, revision=revision)
@@ -124,8 +123,14 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     thread_counts = [torch.get_num_threads()]
     try:  # the folder is held from its claim until this run ends, however it ends
         if accelerator.is_main_process:
-            local_inputs = tuple(source for source in (base_model, few_shot, evaluate, synthesis_dir) if source)
+            eval_folder = evalset.source.name if evalset is not None and evalset.source.kind == "local" else None
+            local_inputs = tuple(source for source in (base_model, few_shot, eval_folder, synthesis_dir) if source)
             layout.claim(settings, overwrite=overwrite, inputs=local_inputs)
+            if few_shot and (layout.dataset_dir.exists() or layout.dataset_dir.is_symlink()):
+                raise ConfigError(
+                    f"{layout.dataset_dir} exists, but a few-shot run makes no synthetic images, and `genie_hub push` "
+                    "would publish that folder as this model's calibration set. Move it out of the output folder, "
+                    "or pass --overwrite to start over there.")
             thread_counts = layout.record_threads(torch.get_num_threads())
             if len(thread_counts) > 1:
                 logger.warning(
@@ -223,8 +228,6 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
 
             export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir,
                                      dataset_card, storage=config.dataset_storage, keep_added_files=True)
-        elif layout.dataset_dir.exists():  # never leave (and later publish) images this model was not calibrated on
-            shutil.rmtree(layout.dataset_dir)
         digests = {"model": card_sha256(layout.model_dir / "README.md"),
                    "dataset": card_sha256(layout.dataset_dir / "README.md"), **edited}
         run.cards = {kind: digest for kind, digest in digests.items() if digest}  # how `push` tells edited cards

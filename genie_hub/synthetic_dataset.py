@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .adapters import InputSpec
-from .fileio import replace_dir, staging_dir
+from .fileio import replace_dir, staging_dir, through_link
 
 DATA_FILE = "data/train-00000-of-00001.parquet"
 DATA_FILES_PATTERN = "data/train-*"
@@ -65,7 +65,7 @@ def export_synthetic_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_
     card can describe the files exactly. The folder is built next to `directory` and renamed into place
     complete, replacing an earlier one (keeping the files of it outside data/ that this export does not write,
     with `keep_added_files`). Returns the summary (see `dataset_summary`)."""
-    directory = Path(directory)
+    directory = through_link(directory)
     with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
         (staging / "data").mkdir()
         dataset = build_dataset(pixel_values, spec, batch_indices, storage)

@@ -777,6 +777,67 @@ def test_overwrite_never_deletes_the_model_or_images_it_reads(base, tmp_path, ca
     assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--few-shot", str(images), "--overwrite",
                  *TINY]) == 2
     assert "lies inside" in capsys.readouterr().err and (images / "a.png").exists()
+    labelled = tmp_path / "out" / "dataset" / "val" / "LABEL_0"  # an evaluation folder given with :split
+    labelled.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(labelled / "b.png")
+    assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--eval-dataset",
+                 f"{labelled.parent}:train", "--eval-unlabelled", "--overwrite", *TINY]) == 2
+    assert "lies inside" in capsys.readouterr().err and (labelled / "b.png").exists()
+    linked = tmp_path / "linked"  # a folder whose weights link into OUT/work, as a Hub cache snapshot links
+    linked.mkdir()
+    (tmp_path / "out" / "work").mkdir(parents=True)
+    for item in base.iterdir():
+        target = tmp_path / "out" / "work" / item.name if item.suffix == ".safetensors" else linked / item.name
+        shutil.copy(item, target)
+        if target.parent != linked:
+            (linked / item.name).symlink_to(target)
+    assert main(["quantize", str(linked), "-o", str(tmp_path / "out"), "--overwrite", *TINY]) == 2
+    assert "which links inside" in capsys.readouterr().err and (linked / "model.safetensors").resolve().exists()
+
+
+def test_outputs_nested_in_a_run_a_foreign_model_folder_and_few_shot_beside_a_dataset_are_refused_first(
+        base, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    assert main(["quantize", str(base), "-o", str(out / "model" / "x"), *TINY]) == 2  # a rerun of out replaces it
+    assert "a folder of the genie_hub run in" in capsys.readouterr().err and not (out / "model" / "x").exists()
+    (out / "model" / "config.json").unlink()  # model/ no longer a checkpoint the save may replace: said up front
+    settings = (out / "work" / "settings.json").read_bytes()
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "work" / "settings.json").read_bytes() == settings
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(images / "a.png")
+    few = tmp_path / "few"
+    assert main(["quantize", str(base), "-o", str(few), "--few-shot", str(images), *TINY]) == 0
+    (few / "dataset").mkdir()
+    (few / "dataset" / "notes.txt").write_text("mine")  # push would publish it as the calibration set
+    assert main(["quantize", str(base), "-o", str(few), "--few-shot", str(images), *TINY]) == 2
+    assert "few-shot run makes no synthetic images" in capsys.readouterr().err
+    assert (few / "dataset" / "notes.txt").read_text() == "mine"
+
+
+def test_tilde_outputs_and_linked_output_folders(base, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["quantize", str(base), "-o", "~/out", *TINY]) == 0  # quoted ~: the home folder, not ./~
+    out = tmp_path / "home" / "out"
+    assert (out / "run.json").exists() and not (tmp_path / "~").exists()
+    disk = tmp_path / "bigdisk"  # model/ and dataset/ moved to another disk and linked back
+    disk.mkdir()
+    for name in ("model", "dataset"):
+        shutil.move(out / name, disk / name)
+        (out / name).symlink_to(disk / name)
+    (disk / "model" / "onnx").mkdir()
+    (disk / "model" / "onnx" / "config.json").write_text("{}")  # a subfolder's config: never read by loading
+    (disk / "model" / "empty").mkdir()
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    assert (out / "model").is_symlink() and (out / "dataset").is_symlink()
+    assert (disk / "model" / "onnx" / "config.json").read_text() == "{}" and (disk / "model" / "empty").is_dir()
+    assert (disk / "model" / "genie_model.safetensors").exists()
+    assert not [p for p in (*out.iterdir(), *tmp_path.iterdir(), *disk.iterdir()) if p.name.endswith(".old")]
 
 
 def test_a_quantized_model_as_input_is_refused_before_synthesis(checkpoint, tmp_path, capsys, monkeypatch):

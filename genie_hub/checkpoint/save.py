@@ -34,7 +34,7 @@ import torch
 
 from ..adapters import adapter_for
 from ..errors import CheckpointError
-from ..fileio import replace_dir, save_safetensors, staging_dir, write_bytes, write_json
+from ..fileio import replace_dir, save_safetensors, staging_dir, through_link, write_bytes, write_json
 from ..quantization import QuantizationResult, QuantizedOp, quantized_ops
 from .config import GUARD_KEY, GUARD_MESSAGE, LAYERS_METADATA_KEY, WEIGHTS_NAME, GenieQuantizationConfig
 from .safetensors_check import read_metadata, weight_files
@@ -141,11 +141,13 @@ def bind(result: QuantizationResult) -> None:
 
 
 def _not_weights(relative: Path) -> bool:
-    """A file a replaced checkpoint folder may keep: anything but weights and the config that names them (a
-    stray weights file beside the new ones could be loaded instead of them)."""
+    """A file a replaced checkpoint folder may keep: anything but weights and the config that names them at its
+    top level (a stray weights file beside the new ones could be loaded instead of them; in a subfolder,
+    `from_pretrained` never reads it)."""
     name = relative.name
-    return not (name == "config.json" or name.endswith(".index.json")
-                or relative.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
+    return len(relative.parts) > 1 or not (
+        name == "config.json" or name.endswith(".index.json")
+        or relative.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack"))
 
 
 def save_quantized(quantized, save_directory: str | os.PathLike, processor=None, *,
@@ -174,7 +176,7 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
         if not isinstance(data, (bytes, bytearray)):
             raise CheckpointError(f"extra_files[{name!r}] is a {type(data).__name__}: pass bytes (e.g. "
                                   "text.encode('utf-8')).")
-    directory = Path(save_directory)
+    directory = through_link(save_directory)
     check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(directory.with_name(f".{directory.name}.staging")) as staging:
