@@ -157,7 +157,10 @@ def replace_dir(source: str | os.PathLike, target: str | os.PathLike,
                 kept.mkdir(parents=True)  # an empty folder of the user's is kept too
                 continue
             kept.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, kept, follow_symlinks=False)
+            try:  # a hard link: no second copy of a large file, and nothing to lose when the old folder goes
+                os.link(path, kept, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(path, kept, follow_symlinks=False)
     old = target.with_name(f".{target.name}.{os.getpid()}.old")
     os.replace(target, old)
     os.replace(source, target)
