@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+
+logger = logging.getLogger("genie_hub")
 
 
 @contextlib.contextmanager
@@ -149,9 +152,14 @@ def replace_dir(source: str | os.PathLike, target: str | os.PathLike,
         os.replace(source, target)
         return
     if keep_added:
+        dropped = []
         for path in sorted(target.rglob("*")):
-            kept = source / path.relative_to(target)
-            if kept.exists() or kept.is_symlink() or not keep_added(path.relative_to(target)):
+            relative = path.relative_to(target)
+            kept = source / relative
+            if kept.exists() or kept.is_symlink() or any(folder in dropped for folder in relative.parents):
+                continue
+            if not keep_added(relative):
+                dropped.append(relative)
                 continue
             if path.is_dir() and not path.is_symlink():
                 kept.mkdir(parents=True)  # an empty folder of the user's is kept too
@@ -161,6 +169,9 @@ def replace_dir(source: str | os.PathLike, target: str | os.PathLike,
                 os.link(path, kept, follow_symlinks=False)
             except OSError:
                 shutil.copy2(path, kept, follow_symlinks=False)
+        if dropped:
+            logger.warning("Not kept from the earlier %s, as they would change what loads: %s.", target,
+                           ", ".join(map(str, dropped)))
     old = target.with_name(f".{target.name}.{os.getpid()}.old")
     os.replace(target, old)
     os.replace(source, target)

@@ -171,7 +171,10 @@ class OutputLayout:
             doomed = [self.model_dir, self.dataset_dir, self.run_file]
             doomed += [p for p in self.work_dir.iterdir() if p != self.lock_file] if self.work_dir.is_dir() else []
             for path in doomed:
-                if path.is_dir() and not path.is_symlink():
+                if path.is_symlink() and path.is_dir():  # linked to another disk: emptied there, the link stays
+                    for child in path.iterdir():
+                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                elif path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path)
                 else:
                     path.unlink(missing_ok=True)
@@ -181,22 +184,25 @@ class OutputLayout:
     def _refuse_inputs_inside(self, inputs: tuple[str | Path, ...]) -> None:
         """An input, or a file of an input folder reached by a symlink (a Hub cache snapshot is one), that lies
         in what this run writes would be replaced or deleted by it."""
-        owned = [folder.resolve() for folder in (self.model_dir, self.dataset_dir, self.work_dir, self.run_file)]
+        owned = [p for p in map(_resolved, (self.model_dir, self.dataset_dir, self.work_dir, self.run_file)) if p]
+        root = _resolved(self.root)
         for given in inputs:
             path = Path(str(given).strip()).expanduser()
             if not str(given).strip() or not (path.exists() or path.is_symlink()):
                 continue  # a Hub id or a named dataset: nothing of the user's on disk here
-            links = [Path(folder, name) for folder, dirs, files in os.walk(path) for name in (*dirs, *files)
-                     if Path(folder, name).is_symlink()]  # os.walk does not descend into linked folders
+            links = []
+            for folder, dirs, files in os.walk(path):  # os.walk does not descend into linked folders
+                dirs[:] = [d for d in dirs if _resolved(Path(folder, d)) != root]  # OUT's own links are its own
+                links += [Path(folder, name) for name in (*dirs, *files) if Path(folder, name).is_symlink()]
             for reached in (path, *links):
-                target = reached.resolve()
-                folder = next((f for f in owned if target == f or f in target.parents), None)
+                target = _resolved(reached)
+                folder = next((f for f in owned if target and (target == f or f in target.parents)), None)
                 if folder is not None:
+                    what = "lies" if reached == path else f"has {reached.relative_to(path)}, which links"
                     raise ConfigError(
-                        f"The input {given} {'lies' if reached == path else f'has {reached.name}, which links'} "
-                        f"inside {folder}, which this run writes into (and --overwrite deletes), so it would be "
-                        f"replaced by the run's own output. Copy it elsewhere, or pass another -o than "
-                        f"'{self.root}'.")
+                        f"The input {given} {what} inside {folder}, which this run writes into (and --overwrite "
+                        f"deletes), so it would be replaced by the run's own output. Copy it elsewhere, or pass "
+                        f"another -o than '{self.root}'.")
 
     def _refuse_foreign_model_dir(self) -> None:
         """model/ must be one the save at the end may replace: found out now, not after the compute."""
@@ -205,17 +211,22 @@ class OutputLayout:
 
         try:
             check_replaceable(self.model_dir)
-        except CheckpointError as exc:
-            raise ConfigError(f"{exc} Move its files away, or pass --overwrite to start over in {self.root}.") from None
+        except CheckpointError:
+            raise ConfigError(
+                f"{self.model_dir} is not empty and holds no Genie checkpoint (a config.json with genie's "
+                "quantization_config), so this run's save would replace files that are not a checkpoint of it. "
+                f"Move them out of {self.model_dir}, or pass --overwrite to start over in {self.root}.") from None
 
     def _refuse_nesting(self) -> None:
-        """OUT inside another run's model/, dataset/ or work/: that run's reruns replace those folders."""
-        for parent in self.root.resolve().parents:
-            if parent.name in (self.model_dir.name, self.dataset_dir.name, self.work_dir.name) and (
-                    (parent.parent / RUN_FILE).exists() or (parent.parent / "work" / SETTINGS_FILE).exists()):
+        """OUT as, or inside, another run's model/, dataset/ or work/: that run's reruns replace those folders."""
+        root = _resolved(self.root) or self.root.absolute()
+        for folder in (root, *root.parents):
+            if folder.name in (self.model_dir.name, self.dataset_dir.name, self.work_dir.name) and (
+                    (folder.parent / RUN_FILE).exists() or (folder.parent / "work" / SETTINGS_FILE).exists()):
                 raise ConfigError(
-                    f"The output folder {self.root} lies inside {parent}, a folder of the genie_hub run in "
-                    f"{parent.parent}, which replaces it when that run is repeated. Pass an -o outside it.")
+                    f"The output folder {self.root} {'is' if folder == root else 'lies inside'} {folder}, a folder "
+                    f"of the genie_hub run in {folder.parent}, which replaces it when that run is repeated. Pass an "
+                    "-o outside it.")
 
     def holds_results(self) -> bool:
         """Anything in the folder besides the settings a run that computed nothing yet left."""
@@ -314,6 +325,14 @@ class RunRecord:
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
+
+
+def _resolved(path: Path) -> Path | None:
+    """`path` with its symlinks resolved; None for a symlink loop, which points nowhere."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
 
 
 def card_sha256(path: str | os.PathLike) -> str | None:

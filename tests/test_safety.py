@@ -801,6 +801,16 @@ def test_outputs_nested_in_a_run_a_foreign_model_folder_and_few_shot_beside_a_da
     assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
     assert main(["quantize", str(base), "-o", str(out / "model" / "x"), *TINY]) == 2  # a rerun of out replaces it
     assert "a folder of the genie_hub run in" in capsys.readouterr().err and not (out / "model" / "x").exists()
+    assert main(["quantize", str(base), "-o", str(out / "work"), "--overwrite", *TINY]) == 2  # work/ itself
+    assert "is " + str(out / "work") in capsys.readouterr().err and not (out / "work" / "model").exists()
+    looped = tmp_path / "looped"  # a stray symlink loop in the model folder: never read, so no reason to fail
+    shutil.copytree(base, looped)
+    (looped / "loop").symlink_to(looped / "loop")
+    assert main(["quantize", str(looped), "-o", str(looped / "q"), *TINY]) == 0
+    (tmp_path / "disk").mkdir()  # OUT inside the input folder, its model/ linked to another disk: still fine
+    shutil.move(looped / "q" / "model", tmp_path / "disk" / "model")
+    (looped / "q" / "model").symlink_to(tmp_path / "disk" / "model")
+    assert main(["quantize", str(looped), "-o", str(looped / "q"), *TINY]) == 0
     (out / "model" / "config.json").unlink()  # model/ no longer a checkpoint the save may replace: said up front
     settings = (out / "work" / "settings.json").read_bytes()
     assert main(["quantize", str(base), "-o", str(out), *TINY]) == 2
@@ -819,7 +829,7 @@ def test_outputs_nested_in_a_run_a_foreign_model_folder_and_few_shot_beside_a_da
     assert (few / "dataset" / "notes.txt").read_text() == "mine"
 
 
-def test_tilde_outputs_and_linked_output_folders(base, tmp_path, monkeypatch):
+def test_tilde_outputs_and_linked_output_folders(base, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     assert main(["quantize", str(base), "-o", "~/out", *TINY]) == 0  # quoted ~: the home folder, not ./~
@@ -838,6 +848,12 @@ def test_tilde_outputs_and_linked_output_folders(base, tmp_path, monkeypatch):
     assert (disk / "model" / "onnx" / "config.json").read_text() == "{}" and (disk / "model" / "empty").is_dir()
     assert (disk / "model" / "genie_model.safetensors").exists()
     assert not [p for p in (*out.iterdir(), *tmp_path.iterdir(), *disk.iterdir()) if p.name.endswith(".old")]
+    (disk / "model" / "user.safetensors").write_text("weights beside the checkpoint: not kept, and said so")
+    assert main(["quantize", str(base), "-o", str(out), *TINY]) == 0
+    assert not (disk / "model" / "user.safetensors").exists() and "user.safetensors" in caplog.text
+    assert main(["quantize", str(base), "-o", str(out), "--overwrite", *TINY]) == 0  # starts over where they point
+    assert (out / "model").is_symlink() and (disk / "model" / "genie_model.safetensors").exists()
+    assert not (disk / "model" / "onnx").exists()
 
 
 def test_a_quantized_model_as_input_is_refused_before_synthesis(checkpoint, tmp_path, capsys, monkeypatch):
