@@ -119,7 +119,7 @@ def recover_interrupted_swaps(folder: str | os.PathLike, names: tuple[str, ...])
     for name in names:
         for old in _leftovers(folder, f".{name}.", ".old"):
             if (folder / name).exists():
-                _remove_tree(old)
+                remove_path(old, ignore_errors=True)
             else:
                 os.replace(old, folder / name)
 
@@ -175,16 +175,21 @@ def replace_dir(source: str | os.PathLike, target: str | os.PathLike,
     old = target.with_name(f".{target.name}.{os.getpid()}.old")
     os.replace(target, old)
     os.replace(source, target)
-    _remove_tree(old)
+    remove_path(old)
 
 
-def _remove_tree(path: Path) -> None:
+def remove_path(path: Path, ignore_errors: bool = False) -> None:
+    """Delete a file, a symlink (never what it points to) or a folder with its contents."""
     import shutil
 
-    if path.is_symlink():
-        path.unlink()
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
     else:
-        shutil.rmtree(path, ignore_errors=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            if not ignore_errors:
+                raise
 
 
 def through_link(folder: str | os.PathLike) -> Path:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .fileio import recover_interrupted_swaps, remove_dead_temporaries, write_json
+from .errors import CheckpointError, ConfigError
+from .fileio import recover_interrupted_swaps, remove_dead_temporaries, remove_path, write_json
 
 RUN_FILE = "run.json"
 SETTINGS_FILE = "settings.json"
@@ -166,18 +166,12 @@ class OutputLayout:
         for folder in (self.model_dir, self.dataset_dir, self.work_dir):
             remove_dead_temporaries(folder)
         if start_over:
-            import shutil
-
             doomed = [self.model_dir, self.dataset_dir, self.run_file]
             doomed += [p for p in self.work_dir.iterdir() if p != self.lock_file] if self.work_dir.is_dir() else []
             for path in doomed:
-                if path.is_symlink() and path.is_dir():  # linked to another disk: emptied there, the link stays
-                    for child in path.iterdir():
-                        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-                elif path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+                linked_folder = path.is_symlink() and path.is_dir()  # on another disk: emptied there, link kept
+                for doomed_path in path.iterdir() if linked_folder else [path]:
+                    remove_path(doomed_path)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.settings_file, settings)
 
@@ -207,7 +201,6 @@ class OutputLayout:
     def _refuse_foreign_model_dir(self) -> None:
         """model/ must be one the save at the end may replace: found out now, not after the compute."""
         from .checkpoint.save import check_replaceable
-        from .errors import CheckpointError
 
         try:
             check_replaceable(self.model_dir)

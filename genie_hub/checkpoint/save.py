@@ -159,8 +159,8 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
     weights, the image processor when given, `extra_files` such as {"README.md": card}) into a staging folder,
     verified with the same checks as loading, then renamed into place; an existing Genie checkpoint there is
     replaced, any other non-empty folder is refused; with `keep_added_files`, the files of the replaced folder
-    that this save does not write (a user's additions), weights and configs excepted, are kept. Later `model.save_pretrained(...)` calls write
-    the same format. Returns the folder.
+    that this save does not write (a user's additions), weights and configs excepted, are kept. Later
+    `model.save_pretrained(...)` calls write the same format. Returns the folder.
     """
     q_model = quantized.model if isinstance(quantized, QuantizationResult) else quantized
     if not hasattr(q_model, "save_pretrained") or not hasattr(q_model, "config"):
