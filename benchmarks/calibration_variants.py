@@ -224,6 +224,9 @@ def write_table(jsonl: Path, output: Path, args: argparse.Namespace) -> None:
         by_variant.setdefault(row["variant"], {})[row["seed"]] = row["top1"] * 100
     reference = by_variant.get("genie", {})
     lines = [f"# Calibration variants: {args.model}, W{args.bits.replace('/', 'A')}", "",
+             f"Settings: {args.num_samples} images = batches of {args.synthesis_batch_size}, "
+             f"{args.synthesis_iterations} synthesis iterations, {args.reconstruction_steps} reconstruction steps "
+             "per unit, quick profile otherwise; the `genie` row is the library's prior at these settings.", "",
              f"Command(s): {', '.join(sorted({'`' + r['command'] + '`' for r in rows}))}", "",
              "| variant | what changes | top-1 (mean ± std) | paired Δ vs genie | per seed |", "|---|---|---|---|---|"]
     for name, by_seed in by_variant.items():

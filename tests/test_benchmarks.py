@@ -257,8 +257,10 @@ def test_calibration_variants_table_pairs_seeds_with_the_genie_row(variants, tmp
     jsonl.write_text("".join(json.dumps({"variant": v, "seed": s, "top1": t, "command": "cmd"}) + "\n"
                              for v, s, t in rows))
     out = tmp_path / "v.md"
-    variants.write_table(jsonl, out, argparse.Namespace(model="m", bits="4/4"))
+    variants.write_table(jsonl, out, argparse.Namespace(model="m", bits="4/4", num_samples=256, synthesis_batch_size=64,
+                                                        synthesis_iterations=800, reconstruction_steps=200))
     table = out.read_text()
     assert "| flip | " in table and "| 86.00 ± 0.00 | +0.50 ± 0.71 |" in table  # paired: +1.00 and 0.00
     assert "| real | " in table and "| 90.00 ± 0.00 |  |" in table  # no seed shared with genie: no delta
     assert "# Calibration variants: m, W4A4" in table
+    assert "256 images = batches of 64, 800 synthesis iterations, 200 reconstruction steps" in table
