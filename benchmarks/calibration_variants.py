@@ -83,6 +83,30 @@ def with_class_loss(weight: float):
 
 
 @contextlib.contextmanager
+def with_entropy_reward(weight: float):
+    """The opposite of the class loss: the prior minus `weight` x the entropy of each image's prediction, so the
+    images stay less confident (harder samples, after HAST, CVPR 2023): 800 synthesis iterations, which make
+    Genie's images more confident, cost a point here."""
+    captured: dict[str, torch.Tensor] = {}
+    original_logits, original_prior = synthesis_loop.model_logits, synthesis_loop.input_prior_loss
+
+    def logits(model, images):
+        captured["logits"] = original_logits(model, images)
+        return captured["logits"]
+
+    def prior(images, target, groups):
+        terms = []
+        for part in captured["logits"].float().chunk(groups or 1):
+            log_p = part.log_softmax(-1)
+            terms.append((log_p.exp() * log_p).sum(-1).mean())  # minus the mean entropy
+        return original_prior(images, target, groups) + weight * torch.stack(terms)
+
+    with mock.patch.object(synthesis_loop, "model_logits", logits), \
+            mock.patch.object(synthesis_loop, "input_prior_loss", prior):
+        yield
+
+
+@contextlib.contextmanager
 def with_jitter(pixels: int):
     """DeepInversion's augmentation: each synthesis step shows the model the batch shifted by up to `pixels`
     in each direction (wrapping around) and, half the time, mirrored, so the images match the BN statistics
@@ -122,6 +146,10 @@ VARIANTS: dict[str, Variant] = {
                               synthesis_patch=lambda low, high: with_class_loss(0.1)),
     "class-loss-0.02": Variant("genie", "+ 0.02 x cross-entropy to balanced target classes during synthesis",
                                synthesis_patch=lambda low, high: with_class_loss(0.02)),
+    "entropy-0.1": Variant("genie", "- 0.1 x prediction entropy during synthesis (less confident images)",
+                           synthesis_patch=lambda low, high: with_entropy_reward(0.1)),
+    "entropy-0.02": Variant("genie", "- 0.02 x prediction entropy during synthesis (less confident images)",
+                            synthesis_patch=lambda low, high: with_entropy_reward(0.02)),
     "jitter-2": Variant("genie", "the batch shifted by up to 2 px and mirrored at random at each synthesis step",
                         synthesis_patch=lambda low, high: with_jitter(2)),
     "qdrop-0.25": Variant("genie", "QDrop keeps FP values with probability 0.25", overrides={"qdrop_prob": 0.25}),

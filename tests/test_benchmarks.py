@@ -240,7 +240,7 @@ def test_calibration_variant_patches_change_synthesis_and_are_undone(variants):
         return synthesize(model, config, progress=False).pixel_values
 
     plain = images()
-    for name in ("no-image-prior", "class-loss-0.1", "jitter-2"):
+    for name in ("no-image-prior", "class-loss-0.1", "entropy-0.1", "jitter-2"):
         with variants.VARIANTS[name].synthesis_patch(-0.5, 0.5):
             assert not torch.allclose(images(), plain, atol=1e-4), name
     with variants.VARIANTS["clamp-during"].synthesis_patch(-0.5, 0.5):
