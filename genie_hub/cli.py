@@ -263,7 +263,7 @@ def _evaluate(args) -> None:
               f"KL {result.kl_fp_q:.4g} on {result.num_images} unlabelled images of {result.dataset}")
         return
     print(f"{args.model}: top-1 {100 * result.quantized_top1:.2f} %, top-5 {100 * result.quantized_top5:.2f} % on "
-          f"{result.num_images} images of {result.dataset} ({result.split})")
+          f"{result.num_images} images of {result.dataset} ({result.evaluated_split})")
     if args.fp32:
         print(f"{args.fp32} (FP32): top-1 {100 * result.fp32_top1:.2f} %, top-5 {100 * result.fp32_top5:.2f} %; top-1 "
               f"agreement {100 * result.top1_agreement:.2f} %, KL(fp32||model) {result.kl_fp_q:.4g}")

@@ -90,6 +90,13 @@ class DatasetEvaluation:
     top1_agreement: float
     kl_fp_q: float
     hub_id: str | None = None  # the Hub dataset id, for the card's model-index
+    complete: bool = True  # False: --eval-limit stopped before the end of the split (the first num_images only)
+
+    @property
+    def evaluated_split(self) -> str:
+        """The split as evaluated, in `datasets` slice syntax when only its first images were: `test[:200]`, so
+        that a card's model-index never claims a whole split it did not measure."""
+        return self.split if self.complete else f"{self.split}[:{self.num_images}]"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,4 +181,6 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
                              fp32_top1=rate("fp1"), quantized_top1=rate("q1"),
                              fp32_top5=rate("fp5"), quantized_top5=rate("q5"),
                              top1_agreement=counts["agree"] / n, kl_fp_q=counts["kl"] / n,
-                             hub_id=source.name if source.kind == "hub" else None)
+                             hub_id=source.name if source.kind == "hub" else None,
+                             complete=not (limit and n >= limit and (evalset.num_images is None
+                                                                     or evalset.num_images > limit)))

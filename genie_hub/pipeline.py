@@ -411,13 +411,16 @@ def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:
                "quantized_value": round(100 * evaluation.top1_agreement, 2)}
         return [row], (f"Top-1 agreement (%) with the FP32 model on {evaluation.num_images} unlabelled images "
                        f"of {where}; KL(FP32 || quantized) {evaluation.kl_fp_q:.4g}.")
-    rows = [{"name": f"{where} {evaluation.split} {metric} ({evaluation.num_images} images)",
+    split = evaluation.evaluated_split
+    rows = [{"name": f"{where} {split} {metric} ({evaluation.num_images} images)",
              "fp32": f"{100 * fp:.2f}", "quantized": f"{100 * q:.2f}", "quantized_value": round(100 * q, 2),
              "metric": metric, "dataset_type": "zalando-datasets/fashion_mnist" if fashion else evaluation.hub_id,
-             "dataset_name": where, "dataset_config": evaluation.config, "split": evaluation.split}
+             "dataset_name": where, "dataset_config": evaluation.config, "split": split}
             for metric, fp, q in (("top-1", evaluation.fp32_top1, evaluation.quantized_top1),
                                   ("top-5", evaluation.fp32_top5, evaluation.quantized_top5))]
-    protocol = (f"Accuracy (%) on the {evaluation.split} split of {where}, measured by genie_hub right after "
+    part = (f"the {split} split" if evaluation.complete
+            else f"the first {evaluation.num_images} images of the {evaluation.split} split ({split})")
+    protocol = (f"Accuracy (%) on {part} of {where}, measured by genie_hub right after "
                 f"quantization; top-1 agreement with FP32 {100 * evaluation.top1_agreement:.2f} %, "
                 f"KL(FP32 || quantized) {evaluation.kl_fp_q:.4g}.")
     return rows, protocol

@@ -265,6 +265,7 @@ def test_dequantize(fp_model, w4):
     q, folder = w4
     loaded = AutoModelForImageClassification.from_pretrained(folder)
     plain = loaded.dequantize()
+    assert plain is loaded  # in place (transformers' dequantize), as the README and the card say
     assert not any(isinstance(m, QuantizedOp) for m in plain.modules())
     assert getattr(plain, "hf_quantizer", None) is None and getattr(plain.config, "quantization_config", None) is None
     assert "save_pretrained" not in plain.__dict__  # the save guard is gone with the quantization

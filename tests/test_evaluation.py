@@ -442,6 +442,21 @@ def test_a_hub_evaluation_lands_in_the_model_index(hub_server, model_dir, tmp_pa
     assert run["evaluation"]["num_images"] == 5 and run["evaluation"]["config"] == "small"
 
 
+def test_an_evaluation_cut_by_the_limit_never_claims_the_whole_split(model_dir, imagefolder):
+    """--eval-limit 200 on a 10k split measured 200 images: the model-index says `train[:3]`, not `train`."""
+    from genie_hub.pipeline import _results_table
+
+    model, processor = load_model(model_dir)
+    spec = input_spec(model, processor)
+    for limit, split in ((3, "train[:3]"), (15, "train"), (50, "train"), (None, "train")):
+        evalset = open_eval_set(str(imagefolder), model_labels(model))
+        result = evaluate_on_dataset(model, model, processor, spec, evalset, limit, progress=False)
+        assert result.evaluated_split == split
+        rows, protocol = _results_table(result)
+        assert {row["split"] for row in rows} == {split}
+        assert ("the first 3 images of the train split" in protocol) == (limit == 3)
+
+
 def test_unlabelled_photos_give_agreement_only(model_dir, tmp_path, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
