@@ -96,7 +96,8 @@ def projected_seconds(*, num_samples: int, synthesis_iterations: int, reconstruc
     Synthesis runs `synthesis_iterations` forward+backward passes over every calibration image. Reconstruction
     runs `reconstruction_steps` steps per unit on `reconstruction_batch_size` images, and the units together
     make up the model once, so it costs about that many whole-model passes; fake quantization and the rounding
-    regularizer roughly double it. A lower bound: data movement, evaluation and saving are not counted."""
+    regularizer roughly double it. An estimate: data movement, evaluation and saving are not counted, and
+    synthesis workers running batches in parallel make synthesis faster than this."""
     synthesis = num_samples * synthesis_iterations * seconds_per_image if zero_shot else 0.0
     reconstruction = 2.0 * reconstruction_steps * reconstruction_batch_size * seconds_per_image
     return synthesis + reconstruction
@@ -104,7 +105,7 @@ def projected_seconds(*, num_samples: int, synthesis_iterations: int, reconstruc
 
 def paper_cpu_warning(projected: float) -> str:
     """The warning shown when the paper profile starts on a CPU."""
-    return (f"The paper profile on this CPU: projected {format_duration(projected)} (measured from one "
-            "forward+backward pass; a lower bound). Use --profile quick, or a GPU "
+    return (f"The paper profile on this CPU: projected {format_duration(projected)} (an estimate from a timed "
+            "forward+backward pass). Use --profile quick, or a GPU "
             "(`accelerate launch -m genie_hub quantize ...`), for a run in minutes.")
 

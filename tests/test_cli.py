@@ -430,7 +430,7 @@ def test_paper_profile_on_cpu_warns_with_the_projection(tmp_path, monkeypatch, c
     import genie_hub.pipeline as pipeline
 
     save_tiny_model(tmp_path / "base", "resnet-basic")
-    monkeypatch.setattr(pipeline, "seconds_per_image", lambda model, spec, batch_size=4: 100.0)  # a slow CPU
+    monkeypatch.setattr(pipeline, "seconds_per_image", lambda model, spec, batch_size=32: 100.0)  # a slow CPU
     tiny_paper = ["--profile", "paper", "--num-samples", "8", "--batch-size", "4", "--synthesis-iterations", "2",
                   "--reconstruction-steps", "2", "--eval-dataset", "none"]
     with caplog.at_level(logging.WARNING, logger="genie_hub"):
@@ -451,7 +451,15 @@ def test_seconds_per_image_leaves_the_model_untouched(tmp_path):
     model, processor = load_model(str(tmp_path / "base"))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
+    batches = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: batches.append(len(kwargs.get(
+        "pixel_values", args[0] if args else None))), with_kwargs=True)
     assert seconds_per_image(model, input_spec(model, processor)) > 0
+    assert batches == [4, 4, 32]  # a fast model is timed at the runs' batch too: batch 4 alone overstates it
+    batches.clear()
+    seconds_per_image(model, input_spec(model, processor), budget_s=0.0)
+    assert batches == [4, 4]  # a slow one is not kept waiting for a long timing pass
+    hook.remove()
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
