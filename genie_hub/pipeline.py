@@ -93,6 +93,9 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
               else OutputLayout.default_for(base_model, config.weight_bits, config.act_bits))
     with accelerator.main_process_first():
         fp_model, processor = load_model(model, revision=revision)
+    # Synthetic and real calibration images alike are made at the processor's size and normalization, and the
+    # result is evaluated and used through it: without one, all of it would rest on a guess (224 px, none).
+    require_processor(processor, base_model, "`genie_hub quantize`")
     check_overrides(fp_model, config)
     spec = input_spec(fp_model, processor)
     from .quantization import check_quantizable
@@ -101,18 +104,9 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     check_quantizable(fp_model, config, probe)  # a model genie_hub cannot quantize fails here, before compute
     evalset, fashion_mnist_missing = _open_evaluation(evaluate, model, fp_model, eval_image_column,
                                                       eval_label_column, eval_unlabelled)
-    if evalset is not None:
-        require_processor(processor, base_model, "the evaluation (--eval-dataset)")
-    if processor is None and not few_shot:
-        logger.warning(
-            "%s has no image processor (preprocessor_config.json): its input is taken to be %dx%d with no known "
-            "normalization, from the model config, and the synthetic images are made for that. If the model "
-            "takes other inputs, add the processor of the model it came from to the folder.",
-            base_model, spec.height, spec.width)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import load_calibration_images
 
-        require_processor(processor, base_model, "few-shot calibration (--few-shot)")
         calibration = Calibration(load_calibration_images(few_shot, processor, spec, config.num_samples, config.seed),
                                   source=few_shot)
     else:

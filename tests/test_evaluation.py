@@ -198,37 +198,43 @@ def _without_processor(model_dir: Path, tmp_path: Path, broken: bool) -> Path:
 def test_real_images_are_never_prepared_for_a_model_without_its_processor(model_dir, imagefolder, tmp_path, capsys,
                                                                           broken):
     """Without preprocessor_config.json the input size and normalization would be guessed (224 px, none), and
-    evaluate printed a near-chance accuracy as if it were the model's. Both commands refuse before any compute,
-    naming the file; an unreadable one is refused even where nothing needs it."""
+    evaluate printed a near-chance accuracy as if it were the model's; a zero-shot quantize synthesized images for
+    the guess and wrote a model nothing could evaluate. Every command refuses before any compute, naming the file."""
     folder = _without_processor(model_dir, tmp_path, broken)
     assert main(["evaluate", str(folder), "--dataset", str(imagefolder)]) == 1
     err = capsys.readouterr().err
     assert "preprocessor_config.json" in err and "Traceback" not in err
     out = tmp_path / "out"
-    for flag in ("--eval-dataset", "--few-shot"):
-        assert main(["quantize", str(folder), "-o", str(out), flag, str(imagefolder), *TINY]) == 1
+    for flags in (["--eval-dataset", str(imagefolder)], ["--few-shot", str(imagefolder)], ["--eval-dataset", "none"]):
+        assert main(["quantize", str(folder), "-o", str(out), *flags, *TINY]) == 1
         err = capsys.readouterr().err
         assert "preprocessor_config.json" in err and "Traceback" not in err
         assert not out.exists()
     if broken:
         with pytest.raises(Exception, match="cannot be loaded by transformers"):
             load_model(folder)
-    else:  # the model itself loads, and quantizing it without real images says what it assumes
+    else:
         assert load_model(folder)[1] is None
-        assert main(["quantize", str(folder), "-o", str(out), "--eval-dataset", "none", *TINY]) == 0
-        assert "has no image processor (preprocessor_config.json): its input is taken to be 32x32" in \
-            capsys.readouterr().err
-        # Its card shows a snippet that works without a processor (pipeline() cannot), and it runs as written.
-        import re
 
-        from genie_hub.cards import render_model_card
-        from genie_hub.outputs import RunRecord
 
-        card = str(render_model_card(RunRecord.load(out / "run.json"), repo_id=str(out / "model")))
-        snippet = re.search(r"## How to load\n\n```python\n(.*?)```", card, re.S).group(1)
-        assert "pipeline(" not in snippet and "torch.rand(1, 3, 32, 32)" in snippet
-        exec(compile(snippet, "card snippet", "exec"), {})
-        assert capsys.readouterr().out.strip() in LABELS
+def test_the_card_of_an_older_run_without_a_processor_loads_without_one(model_dir, tmp_path, capsys):
+    """Runs before quantize required a processor recorded `has_image_processor: false`; `push` renders their card
+    from run.json with a snippet that works without a processor (pipeline() cannot), and it runs as written."""
+    import re
+
+    from genie_hub.cards import render_model_card
+    from genie_hub.outputs import RunRecord
+
+    out = tmp_path / "out"
+    assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", "none", *TINY]) == 0
+    run = RunRecord.load(out / "run.json")
+    run.has_image_processor = False
+    card = str(render_model_card(run, repo_id=str(out / "model")))
+    snippet = re.search(r"## How to load\n\n```python\n(.*?)```", card, re.S).group(1)
+    assert "pipeline(" not in snippet and "torch.rand(1, 3, 32, 32)" in snippet
+    capsys.readouterr()
+    exec(compile(snippet, "card snippet", "exec"), {})
+    assert capsys.readouterr().out.strip() in LABELS
 
 
 def test_an_unreadable_image_is_skipped_and_a_failed_evaluation_loses_no_model(model_dir, imagefolder, tmp_path,
