@@ -63,6 +63,7 @@ def test_label_mapping_by_name():
     model = dict(enumerate(["T-shirt/top", "Ankle boot", "Bag"]))
     assert map_labels(["t-shirt/top", "ankle_boot", "BAG"], model, "x") is None  # same order: identity
     assert map_labels(["Bag", "T-shirt/top"], model, "x") == {0: 2, 1: 0}
+    assert map_labels(["Bag", "T-shirt_top", "Ankle boot"], model, "x") == {0: 2, 1: 0, 2: 1}  # folder names
     with pytest.raises(DataError, match="'Sandal'"):
         map_labels(["Bag", "Sandal"], model, "x")
     imagenet = dict(enumerate(["tench, Tinca tinca", "crane", "English springer, English springer spaniel", "crane"]))

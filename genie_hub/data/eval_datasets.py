@@ -162,9 +162,10 @@ def read_image(value):
     return value if hasattr(value, "convert") else f"a {type(value).__name__}, not an image"
 
 
-
 def _normalize(name: str) -> str:
-    return re.sub(r"[\s_\-]+", " ", str(name)).strip().lower()
+    """A class name as compared: case, spaces, `_`, `-` and `/` do not matter. A folder cannot be named
+    "T-shirt/top", so an imagefolder names that class "T-shirt_top" or "T-shirt top"."""
+    return re.sub(r"[\s_\-/\\]+", " ", str(name)).strip().lower()
 
 
 def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: str) -> dict[int, int] | None:
