@@ -275,8 +275,8 @@ def test_calibration_from_hub_dataset(monkeypatch):
                                                                    "img": datasets.Image()}))
     calls = []
 
-    def fake_load_dataset(name, split=None, **kwargs):
-        calls.append((name, split))
+    def fake_load_dataset(name, config=None, split=None, **kwargs):
+        calls.append((name, config, split))
         if name == "owner/missing":
             raise FileNotFoundError("Dataset 'owner/missing' doesn't exist on the Hub")
         if name == "owner/text":
@@ -286,9 +286,13 @@ def test_calibration_from_hub_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     processor, spec = vit_processor(), InputSpec(1, 28, 28)
     x = load_calibration_images("owner/images:validation", processor, spec, num_samples=4, seed=0)
-    assert x.shape == (4, 1, 28, 28) and calls[-1] == ("owner/images", "validation")
+    assert x.shape == (4, 1, 28, 28) and calls[-1] == ("owner/images", None, "validation")
     load_calibration_images("owner/images", processor, spec, num_samples=2, seed=0)
-    assert calls[-1] == ("owner/images", "train")
+    assert calls[-1] == ("owner/images", None, "train")
+    load_calibration_images("owner/images:small:test", processor, spec, num_samples=2, seed=0)  # as --eval-dataset
+    assert calls[-1] == ("owner/images", "small", "test")
+    with pytest.raises(DataError, match="owner/name:config:split"):
+        load_calibration_images("owner/images:a:b:c", processor, spec, 2, 0)
     with pytest.raises(DataError, match="owner/missing"):
         load_calibration_images("owner/missing", processor, spec, 2, 0)
     with pytest.raises(DataError, match="no Image column"):

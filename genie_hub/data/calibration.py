@@ -64,24 +64,28 @@ def _folder_images(folder: Path, num_samples: int, seed: int) -> list:
 
 
 def _hub_images(source: str, num_samples: int, seed: int) -> list:
-    name, _, split = source.partition(":")
-    split = split or "train"
+    name, *rest = source.split(":")  # owner/name[:config][:split], as --eval-dataset reads it
+    if len(rest) > 2 or not all(rest):
+        raise DataError(f"Calibration source '{source}' is not a Hub dataset id: write owner/name, "
+                        "owner/name:split or owner/name:config:split.")
+    config, split = rest if len(rest) == 2 else (None, rest[0] if rest else "train")
+    where = f"'{name}'" + (f" (config '{config}')" if config else "")
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
         raise DataError("Loading calibration images from the Hub needs the `datasets` package: "
                         "`pip install datasets`.") from exc
     try:
-        dataset = datasets.load_dataset(name, split=split)
+        dataset = datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError...)
         from huggingface_hub import is_offline_mode
 
         hint = ("HF_HUB_OFFLINE is set and the dataset is not cached; unset it or use a local image folder."
                 if is_offline_mode() else
-                "Check the dataset id (owner/name, optionally owner/name:split) and split name, and your network; "
-                "a gated or private dataset needs HF_TOKEN. Or use a local image folder instead.")
+                "Check the dataset id (owner/name, optionally owner/name[:config]:split), config and split name, and "
+                "your network; a gated or private dataset needs HF_TOKEN. Or use a local image folder instead.")
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(f"Could not load calibration dataset '{name}' (split '{split}'). {hint} "
+        raise DataError(f"Could not load calibration dataset {where} (split '{split}'). {hint} "
                         f"({type(exc).__name__}: {first})") from exc
     image_columns = [col for col, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
     if not image_columns:
@@ -101,7 +105,8 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
     - "fashion-mnist": a seeded random subset of the local Fashion-MNIST training split;
     - a local folder: image files found recursively (jpg, png, ...), a seeded random subset; in a folder with
       splits (`train/` and `val/`, as `eval_datasets.local_splits` reads them) the train split only;
-    - a Hub dataset id "owner/name" or "owner/name:split" (default split "train"), loaded with
+    - a Hub dataset id "owner/name", "owner/name:split" or "owner/name:config:split" (default split "train"),
+      loaded with
       `datasets.load_dataset`; the first Image column is used.
     When fewer than `num_samples` images exist, all of them are returned (with a warning). Images are converted
     to the model's colour mode (grayscale or RGB) and preprocessed by `processor`.
@@ -123,13 +128,13 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
         pil_images = _folder_images(path, num_samples, seed)
     elif path.exists():
         raise DataError(f"Calibration source {path} is a file; give a folder of images, 'fashion-mnist', or a Hub "
-                        "dataset id (owner/name[:split]).")
+                        "dataset id (owner/name[:config][:split]).")
     elif _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
         pil_images = _hub_images(source, num_samples, seed)
     else:
         raise DataError(f"Unknown calibration source '{source}': it is not an existing folder, not "
                         "'fashion-mnist', and not a Hub dataset id. Use a local folder of images, 'fashion-mnist', "
-                        "or owner/name[:split].")
+                        "or owner/name[:config][:split].")
     if len(pil_images) < num_samples:
         logger.warning("Calibration source '%s' has only %d image(s); using all of them instead of %d.", source,
                        len(pil_images), num_samples)
