@@ -439,12 +439,14 @@ def _ensure_branch(api, repo_id: str, repo_type: str, revision: str | None) -> N
         api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
 
 
-def _commit_record(info, repo_id: str, url, revision: str | None) -> dict:
+def _commit_record(info, repo_id: str, url, revision: str | None, create_pr: bool) -> dict:
     record = {"repo_id": repo_id, "url": str(url), "commit": info.oid, "commit_url": info.commit_url}
     if revision not in (None, "main"):
         record["revision"] = revision
     if getattr(info, "pr_url", None):
         record.update(pr_url=info.pr_url, pr_revision=info.pr_revision)
+    elif create_pr:  # huggingface_hub skips an empty commit: the repo already held these files, no PR was opened
+        record["unchanged"] = True
     return record
 
 
@@ -547,7 +549,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
                                      commit_message=commit_message or DATASET_COMMIT_MESSAGE, **target)
         except Exception as exc:
             raise _push_failed("dataset", dataset_repo_id, out, exc, done) from exc
-        result["dataset"] = _commit_record(info, dataset_repo_id, url, revision)
+        result["dataset"] = _commit_record(info, dataset_repo_id, url, revision, create_pr)
         done.append(f"dataset {dataset_repo_id}")
 
     try:
@@ -559,7 +561,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
                                  commit_message=commit_message or MODEL_COMMIT_MESSAGE, **target)
     except Exception as exc:
         raise _push_failed("model", repo_id, out, exc, done) from exc
-    result["model"] = _commit_record(info, repo_id, url, revision)
+    result["model"] = _commit_record(info, repo_id, url, revision, create_pr)
     result["pushed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     # Success: keep OUT consistent with what is now on the Hub (genie_hub's own cards only: a user's stays as is).
@@ -594,6 +596,8 @@ def describe_push(result: dict) -> str:
         if not record:
             continue
         where = (f" (pull request {record['pr_url']})" if record.get("pr_url")
+                 else " (no changes: it already holds these files, so no pull request was opened)"
+                 if record.get("unchanged")
                  else f" (branch {record['revision']})" if record.get("revision") else "")
         lines.append(f"{label} {record['url']}{where}")
     return "\n".join(lines)

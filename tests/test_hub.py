@@ -430,6 +430,20 @@ def test_cli_push_takes_the_upload_options(hub_server, out, capsys):
     assert "--create-pr" in capsys.readouterr().err
 
 
+def test_a_pull_request_without_changes_says_none_was_opened(hub_server, out, capsys):
+    """huggingface_hub skips an empty commit, so `--create-pr` on a repo that already holds the files opens no
+    pull request: the output says so rather than print a commit URL as if something had been proposed."""
+    from genie_hub.cli import main
+
+    push_output(out)
+    commits = hub_server.commit_count(MODEL_ID)
+    assert main(["push", str(out), "--create-pr"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("no pull request was opened") == 2 and "discussions" not in printed
+    assert hub_server.commit_count(MODEL_ID) == commits and hub_server.pull_request(MODEL_ID, 1) is None
+    assert json.loads((out / "run.json").read_text())["push"]["model"]["unchanged"] is True
+
+
 # --------------------------------------------------------------------------------------- a genie_hub run's cards and checks
 @pytest.fixture
 def genie_out(out) -> Path:
@@ -614,3 +628,4 @@ def test_a_shard_added_to_the_calibration_set_by_hand_is_refused(hub_server, gen
     with pytest.raises(PushError, match=r"hold \d+ images, but .* records \d+: a shard was added or removed"):
         push_output(genie_out)
     assert not hub_server.repos
+
