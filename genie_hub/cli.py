@@ -127,6 +127,22 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _unrecognized(parser: argparse.ArgumentParser, command: str, words: list[str]) -> str:
+    """argparse's "unrecognized arguments" with the command's closest options: `--bits 4` -> -w/-a."""
+    import difflib
+
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = [o for a in subparsers.choices[command]._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for word in words:
+        close = difflib.get_close_matches(word.split("=", 1)[0], options, n=2, cutoff=0.6) if word.startswith("--") \
+            else []
+        if close:
+            hints.append(f"{word}: did you mean {' or '.join(close)}?")
+    return (f"unrecognized arguments: {' '.join(words)}" + (f" ({'; '.join(hints)})" if hints else "")
+            + f". `genie_hub {command} --help` lists every option.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="genie_hub", description="Zero-shot quantization of Hub vision "
                                      "models with Genie (CVPR 2023).")
@@ -396,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import reuse_freed_memory
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(_unrecognized(parser, args.command, unknown))
     args.command_line = recorded_command(argv, getattr(args, "token", None))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "urllib3", "filelock"):  # huggingface_hub 2 uses httpx2

@@ -403,6 +403,17 @@ def test_abbreviated_options_are_refused_so_a_token_cannot_be_recorded(capsys):
     assert "the token is empty" in capsys.readouterr().err
 
 
+def test_an_unknown_option_gets_the_closest_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["quantize", "--bits", "4"])
+    assert "--bits: did you mean --act-bits or --weight-bits?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["push", "out", "--revison", "dev", "--zzz"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --revison dev --zzz (--revison: did you mean --revision?)" in err
+    assert "genie_hub push --help" in err
+
+
 def test_quantize_push_options_are_checked_before_compute(tmp_path, hub_server, capsys):
     save_tiny_model(tmp_path / "base", "resnet-basic")
     assert main(["quantize", str(tmp_path / "base"), "-o", str(tmp_path / "o"), "--push", "--create-pr",

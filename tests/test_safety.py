@@ -271,7 +271,7 @@ def test_an_edited_quantization_config_is_named_as_the_cause_with_genie_hub_impo
 @pytest.mark.parametrize("case,needle", [
     ("a file", "it is a file. Pass the model's folder"),
     ("empty", "No model given"),
-    ("missing path", "There is no such folder"),
+    ("missing path", "there is no such folder"),
     ("folder without config", "it has no config.json"),
     ("tampered checkpoint", "has non-finite values"),
     ("labels removed from config.json", "another number of classes than config.json's id2label"),
@@ -297,6 +297,7 @@ def test_evaluate_says_what_is_wrong_with_the_model_it_was_given(checkpoint, bas
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     assert "The folder exists" not in err or case == "folder without config"
+    assert "Repo id must use" not in err  # huggingface_hub's check of a Hub id says nothing about a missing path
 
 
 def test_a_processor_of_another_size_is_named_as_the_cause_not_reported_as_a_bug(tmp_path, capsys):

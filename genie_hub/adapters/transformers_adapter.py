@@ -221,7 +221,8 @@ class TransformersAdapter(ModelAdapter):
                     + ("it has no config.json)." if not (path / "config.json").is_file()
                        else "it needs config.json and model.safetensors)."))
         elif path.is_absolute() or name.startswith(("./", "../", "~", ".\\")) or "\\" in name or name.count("/") > 1:
-            hint = "There is no such folder (and it is not a Hub id, owner/name)."
+            return ModelLoadError(f"Could not load model '{name}': there is no such folder (and a path is not a Hub "
+                                  "id, owner/name). Check the path.")
         elif is_offline_mode():
             hint = "HF_HUB_OFFLINE is set and the model is not in the local cache; unset it or pass a local folder."
         else:
