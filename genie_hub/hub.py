@@ -18,6 +18,7 @@ import fnmatch
 import logging
 import os
 import re
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
@@ -461,6 +462,10 @@ def check_output_folder(output_dir: str | os.PathLike, dataset_repo_id: str | No
         raise PushError(f"Cannot push: the output folder {out} does not exist. Pass the --output-dir of a "
                         "finished `genie_hub quantize` run.")
     if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
+        if (out / "config.json").is_file() and OutputLayout(out.parent).run_file.is_file():
+            raise PushError(f"Cannot push {out}: it is the model/ folder of the output folder {out.parent}, and "
+                            f"`genie_hub push` takes that one (it publishes model/ and dataset/ together): "
+                            f"genie_hub push {shlex.quote(str(out.parent))}")
         raise PushError(f"Cannot push: {model_dir} is missing or has no config.json, so {out} is not a finished "
                         "`genie_hub quantize` output. Re-run the quantization (or point to the right folder).")
     if not run_path.is_file():  # written last: without it the run stopped after the model, before the dataset
