@@ -56,8 +56,8 @@ def _add_eval_options(parser: argparse.ArgumentParser, prefix: str) -> None:
     parser.add_argument(f"--{prefix}label-column", default=None,
                         help="label column (default: the first ClassLabel feature, else 'label')")
     parser.add_argument(f"--{prefix}unlabelled", action="store_true",
-                        help="the images have no labels (e.g. a folder of photos): report agreement with FP32 only "
-                             "(default: off)")
+                        help="the images have no labels (e.g. a folder of photos): report agreement with FP32 only"
+                             + ("" if prefix else ", the --fp32 model") + " (default: off)")
 
 
 def _add_push_options(parser: argparse.ArgumentParser, revision_flag: str = "--revision") -> None:
@@ -263,6 +263,10 @@ def _evaluate(args) -> None:
     from .evaluation import evaluate_on_dataset, open_evaluation
     from .loading import input_spec, load_model, require_processor
 
+    if args.unlabelled and not args.fp32:
+        raise ConfigError("--unlabelled measures how often the model agrees with an FP32 model, and no --fp32 was "
+                          "given, so it would report the model's agreement with itself (100 %). Pass --fp32 with "
+                          "the model it was quantized from.")
     model, processor = load_model(args.model)
     require_processor(processor, args.model, "`genie_hub evaluate`")
     fp_model = model
@@ -275,7 +279,7 @@ def _evaluate(args) -> None:
     result = evaluate_on_dataset(fp_model, model, processor, input_spec(model, processor), evalset, args.limit,
                                  progress=not args.quiet)
     if result.fp32_top1 is None:
-        print(f"{args.model}: top-1 agreement with {args.fp32 or 'itself'} {100 * result.top1_agreement:.2f} %, "
+        print(f"{args.model}: top-1 agreement with {args.fp32} {100 * result.top1_agreement:.2f} %, "
               f"KL {result.kl_fp_q:.4g} on {result.num_images} unlabelled images of {result.dataset}")
         return
     print(f"{args.model}: top-1 {100 * result.quantized_top1:.2f} %, top-5 {100 * result.quantized_top5:.2f} % on "

@@ -477,3 +477,5 @@ def test_unlabelled_photos_give_agreement_only(model_dir, tmp_path, capsys):
     assert result.num_images == 5 and result.fp32_top1 is None and result.top1_agreement == 1.0
     assert main(["evaluate", str(model_dir), "--dataset", str(photos), "--unlabelled", "--fp32", str(model_dir)]) == 0
     assert "top-1 agreement" in capsys.readouterr().out
+    assert main(["evaluate", str(model_dir), "--dataset", str(photos), "--unlabelled"]) == 2  # with itself: refused
+    assert "--fp32" in capsys.readouterr().err
