@@ -444,7 +444,9 @@ def _print_summary(run: RunRecord, out: Path, fashion_mnist_missing: bool = Fals
                      f"{100 * ev['top1_agreement']:.2f} %, KL {ev['kl_fp_q']:.4g}")
     elif run.evaluation:
         ev = run.evaluation
-        lines.append(f"{ev['dataset']} {ev['split']} top-1 on {ev['num_images']} images: FP32 {100 * ev['fp32_top1']:.2f} % | "
+        where = ev["dataset"] if ev["dataset"].endswith(f":{ev['split']}") else f"{ev['dataset']} {ev['split']}"
+        first = "" if ev.get("complete", True) else "the first "
+        lines.append(f"{where} top-1 on {first}{ev['num_images']} images: FP32 {100 * ev['fp32_top1']:.2f} % | "
                      f"W{run.weight_bits}A{run.act_bits} {100 * ev['quantized_top1']:.2f} % "
                      f"(agreement {100 * ev['top1_agreement']:.2f} %)")
     elif fashion_mnist_missing:

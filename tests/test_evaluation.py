@@ -431,7 +431,7 @@ def test_quantize_reports_results_in_run_json_and_the_model_index(model_dir, ima
     assert "photos train top-1 (15 images)" in card.text
 
 
-def test_a_hub_evaluation_lands_in_the_model_index(hub_server, model_dir, tmp_path):
+def test_a_hub_evaluation_lands_in_the_model_index(hub_server, model_dir, tmp_path, capsys):
     from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
     from huggingface_hub import ModelCard
 
@@ -441,6 +441,7 @@ def test_a_hub_evaluation_lands_in_the_model_index(hub_server, model_dir, tmp_pa
     out = tmp_path / "out"
     assert main(["quantize", str(model_dir), "-o", str(out), "--eval-dataset", "tester/tiny-eval:small:test",
                  *TINY]) == 0
+    assert "\ntester/tiny-eval:small:test top-1 on 5 images: FP32" in capsys.readouterr().out  # the split once
     card = ModelCard.load(out / "model" / "README.md")
     results = {(r.metric_type, r.dataset_type, r.dataset_config, r.dataset_split) for r in card.data.eval_results}
     assert results == {("accuracy", "tester/tiny-eval", "small", "test"),
