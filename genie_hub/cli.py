@@ -433,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             "--token leaves your token in your shell history and in process listings; export HF_TOKEN or run "
             "`hf auth login` once instead. (genie_hub never records it in run.json or the card.)")
     reuse_freed_memory()  # large CPU tensors reuse freed memory instead of fresh, page-faulting maps
+    resumable = args.command in ("quantize", "zoo")  # the commands that keep finished work and resume
     try:
         with logs_above_bars():
             COMMANDS[args.command](args)
@@ -440,13 +441,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genie_hub: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     except OSError as exc:  # a full disk, a folder made read-only: the system's words, and what is kept
+        kept = (" Any finished work is kept in the output folder: make room or fix the permissions, then run the "
+                "same command again to resume." if resumable else " Make room or fix the permissions, and retry.")
         print(f"genie_hub: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} "
-              f"({type(exc).__name__}). Finished work is kept in the output folder: make room or fix the "
-              "permissions, then run the same command again to resume.", file=sys.stderr)
+              f"({type(exc).__name__}).{kept}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("genie_hub: interrupted. Finished work is kept in the output folder; run the same command again "
-              "to resume.", file=sys.stderr)
+        print("genie_hub: interrupted." + (" Any finished work is kept in the output folder; run the same command "
+                                           "again to resume." if resumable else ""), file=sys.stderr)
         return 130
     return 0
 

@@ -490,6 +490,20 @@ def test_a_full_disk_is_one_clear_error_that_says_the_work_is_kept(monkeypatch, 
     assert "run the same command again to resume" in err and "Traceback" not in err
 
 
+def test_an_interrupt_speaks_of_kept_work_only_where_a_command_keeps_it(monkeypatch, capsys):
+    from genie_hub import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command, words in (("quantize", ["quantize"]), ("evaluate", ["evaluate", "m", "--dataset", "d"])):
+        monkeypatch.setitem(cli.COMMANDS, command, interrupted)
+        assert main(words) == 130
+        err = capsys.readouterr().err
+        assert err.startswith("genie_hub: interrupted.") and ("kept in the output folder" in err) == (
+            command == "quantize")
+
+
 def test_rerunning_a_finished_folder_without_evaluation_keeps_its_results(tmp_path):
     """The same settings rebuild the same model: a rerun that evaluates nothing (another --eval-dataset, missing
     test data) keeps the earlier run's results instead of erasing them from run.json and the card."""
