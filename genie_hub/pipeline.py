@@ -93,15 +93,15 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
               else OutputLayout.default_for(base_model, config.weight_bits, config.act_bits))
     with accelerator.main_process_first():
         fp_model, processor = load_model(model, revision=revision)
-    # Synthetic and real calibration images alike are made at the processor's size and normalization, and the
-    # result is evaluated and used through it: without one, all of it would rest on a guess (224 px, none).
-    require_processor(processor, base_model, "`genie_hub quantize`")
     check_overrides(fp_model, config)
     spec = input_spec(fp_model, processor)
     from .quantization import check_quantizable
 
     probe = torch.randn(2, *spec.shape, generator=torch.Generator().manual_seed(0))  # no global RNG draw
     check_quantizable(fp_model, config, probe)  # a model genie_hub cannot quantize fails here, before compute
+    # Synthetic and real calibration images alike are made at the processor's size and normalization, and the
+    # result is evaluated and used through it: without one, all of it would rest on a guess (224 px, none).
+    require_processor(processor, base_model, "`genie_hub quantize`")
     evalset, fashion_mnist_missing = _open_evaluation(evaluate, model, fp_model, eval_image_column,
                                                       eval_label_column, eval_unlabelled)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here

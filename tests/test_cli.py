@@ -107,10 +107,11 @@ def test_unknown_model_is_one_clear_line(tmp_path, capsys):
 
 
 def test_a_prior_that_does_not_apply_is_refused_before_any_work(tmp_path, capsys):
-    from transformers import ConvNextConfig, ConvNextForImageClassification
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ViTImageProcessor
 
     ConvNextForImageClassification(ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1],
                                                   num_labels=3)).save_pretrained(tmp_path / "convnext")
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "convnext")
     assert main(["quantize", str(tmp_path / "convnext"), "-o", str(tmp_path / "o"), "--synthesis-prior",
                  "bn-statistics", *TINY]) == 2
     err = capsys.readouterr().err
@@ -142,7 +143,7 @@ def test_default_model_job_reports_fp32_and_quantized_top1(tmp_path, capsys):
     assert "Fashion-MNIST test top-1" in card and "Fashion-MNIST test top-5" in card
     assert main(["evaluate", str(out / "model"), "--fp32", str(Path(run["base_model"])), "--limit", "500"]) == 0
     printed = capsys.readouterr().out
-    assert "on 500 images of fashion-mnist (test)" in printed and "top-1 agreement" in printed
+    assert "on 500 images of fashion-mnist (test[:500])" in printed and "top-1 agreement" in printed
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
