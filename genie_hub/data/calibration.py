@@ -106,8 +106,7 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
     - a local folder: image files found recursively (jpg, png, ...), a seeded random subset; in a folder with
       splits (`train/` and `val/`, as `eval_datasets.local_splits` reads them) the train split only;
     - a Hub dataset id "owner/name", "owner/name:split" or "owner/name:config:split" (default split "train"),
-      loaded with
-      `datasets.load_dataset`; the first Image column is used.
+      loaded with `datasets.load_dataset`; the first Image column is used.
     When fewer than `num_samples` images exist, all of them are returned (with a warning). Images are converted
     to the model's colour mode (grayscale or RGB) and preprocessed by `processor`.
     """
