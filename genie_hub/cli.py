@@ -135,10 +135,10 @@ def _unrecognized(parser: argparse.ArgumentParser, command: str, words: list[str
     options = [o for a in subparsers.choices[command]._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for word in words:
-        close = difflib.get_close_matches(word.split("=", 1)[0], options, n=2, cutoff=0.6) if word.startswith("--") \
-            else []
+        option = word.split("=", 1)[0]  # the hint names the option only: `--tokne=hf_...` must not repeat the value
+        close = difflib.get_close_matches(option, options, n=2, cutoff=0.6) if word.startswith("--") else []
         if close:
-            hints.append(f"{word}: did you mean {' or '.join(close)}?")
+            hints.append(f"{option}: did you mean {' or '.join(close)}?")
     return (f"unrecognized arguments: {' '.join(words)}" + (f" ({'; '.join(hints)})" if hints else "")
             + f". `genie_hub {command} --help` lists every option.")
 

@@ -413,6 +413,9 @@ def test_an_unknown_option_gets_the_closest_ones(capsys):
     err = capsys.readouterr().err
     assert "unrecognized arguments: --revison dev --zzz (--revison: did you mean --revision?)" in err
     assert "genie_hub push --help" in err
+    with pytest.raises(SystemExit):
+        main(["push", "out", "--tokne=hf_secret"])
+    assert capsys.readouterr().err.count("hf_secret") == 1  # argparse's own echo; the hint adds none
 
 
 def test_quantize_push_options_are_checked_before_compute(tmp_path, hub_server, capsys):
