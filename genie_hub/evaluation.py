@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import InputSpec, adapter_for, model_logits
-from .data.eval_datasets import EvalSet, open_eval_set
+from .data.eval_datasets import EvalSet, ReadTally, open_eval_set
 from .errors import ConfigError
 
 __all__ = ["DatasetEvaluation", "agreement", "evaluate_on_dataset", "evaluate_top1", "input_differences",
@@ -90,13 +90,20 @@ class DatasetEvaluation:
     top1_agreement: float
     kl_fp_q: float
     hub_id: str | None = None  # the Hub dataset id, for the card's model-index
-    complete: bool = True  # False: --eval-limit stopped before the end of the split (the first num_images only)
+    complete: bool = True  # False: --eval-limit stopped before the end of the split
+    rows_read: int | None = None  # rows of the split gone through, skipped ones included (None: num_images)
 
     @property
     def evaluated_split(self) -> str:
-        """The split as evaluated, in `datasets` slice syntax when only its first images were: `test[:200]`, so
-        that a card's model-index never claims a whole split it did not measure."""
-        return self.split if self.complete else f"{self.split}[:{self.num_images}]"
+        """The split as evaluated, in `datasets` slice syntax when only its first rows were: `test[:200]`, so
+        that a card's model-index never claims a whole split it did not measure. The slice counts rows, not
+        scored images: with unreadable or unlabelled rows skipped, `test[:N]` still names the rows gone through."""
+        return self.split if self.complete else f"{self.split}[:{self.rows_read or self.num_images}]"
+
+    @property
+    def skipped_rows(self) -> int:
+        """Rows read but not scored (unreadable images, examples without a label)."""
+        return max(0, (self.rows_read or self.num_images) - self.num_images)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,7 +161,8 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
     counts = {"n": 0, "fp1": 0, "q1": 0, "fp5": 0, "q5": 0, "agree": 0, "kl": 0.0}
     bar = progress_bar(total=total, desc=f"evaluate on {evalset.source.label}", unit="img", disable=not progress,
                        leave=False)
-    for images, labels in evalset.batches(batch_size, limit):
+    tally = ReadTally()
+    for images, labels in evalset.batches(batch_size, limit, tally):
         if isinstance(images, torch.Tensor):
             x = fashion_mnist_pixel_values(images, processor, spec)
         else:
@@ -182,5 +190,4 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
                              fp32_top5=rate("fp5"), quantized_top5=rate("q5"),
                              top1_agreement=counts["agree"] / n, kl_fp_q=counts["kl"] / n,
                              hub_id=source.name if source.kind == "hub" else None,
-                             complete=not (limit and n >= limit and (evalset.num_images is None
-                                                                     or evalset.num_images > limit)))
+                             complete=tally.reached_end, rows_read=tally.rows)

@@ -422,7 +422,10 @@ def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:
             for metric, fp, q in (("top-1", evaluation.fp32_top1, evaluation.quantized_top1),
                                   ("top-5", evaluation.fp32_top5, evaluation.quantized_top5))]
     part = (f"the {split} split" if evaluation.complete
-            else f"the first {evaluation.num_images} images of the {evaluation.split} split ({split})")
+            else f"the first {evaluation.num_images} images of the {evaluation.split} split ({split})"
+            if not evaluation.skipped_rows
+            else f"the {evaluation.num_images} readable, labelled images among the first {evaluation.rows_read} "
+                 f"rows of the {evaluation.split} split ({split})")
     protocol = (f"Accuracy (%) on {part} of {where}, measured by genie_hub right after "
                 f"quantization; top-1 agreement with FP32 {100 * evaluation.top1_agreement:.2f} %, "
                 f"KL(FP32 || quantized) {evaluation.kl_fp_q:.4g}.")
@@ -445,8 +448,10 @@ def _print_summary(run: RunRecord, out: Path, fashion_mnist_missing: bool = Fals
     elif run.evaluation:
         ev = run.evaluation
         where = ev["dataset"] if ev["dataset"].endswith(f":{ev['split']}") else f"{ev['dataset']} {ev['split']}"
-        first = "" if ev.get("complete", True) else "the first "
-        lines.append(f"{where} top-1 on {first}{ev['num_images']} images: FP32 {100 * ev['fp32_top1']:.2f} % | "
+        images = f"{ev['num_images']} images" if ev.get("complete", True) else f"the first {ev['num_images']} images"
+        if not ev.get("complete", True) and (ev.get("rows_read") or ev["num_images"]) > ev["num_images"]:
+            images = f"{ev['num_images']} images of the first {ev['rows_read']} rows"  # the others were skipped
+        lines.append(f"{where} top-1 on {images}: FP32 {100 * ev['fp32_top1']:.2f} % | "
                      f"W{run.weight_bits}A{run.act_bits} {100 * ev['quantized_top1']:.2f} % "
                      f"(agreement {100 * ev['top1_agreement']:.2f} %)")
     elif fashion_mnist_missing:

@@ -72,6 +72,12 @@ def test_label_mapping_by_name():
         map_labels(["crane"], dict(enumerate(["crane, bird", "crane, machine"])), "x")
     with pytest.raises(DataError, match="'crane'"):  # ImageNet's id2label names classes 134 and 517 "crane"
         map_labels(["dog", "crane"], dict(enumerate(["cat", "crane", "dog", "crane"])), "x")
+    assert map_labels(["cat", "crane", "dog", "crane"], dict(enumerate(["cat", "crane", "dog", "crane"])), "x") is None
+    # Loosely equal names apart: the exact name decides, before any positional shortcut.
+    assert map_labels(["a b", "a/b"], {0: "a/b", 1: "a b"}, "x") == {0: 1, 1: 0}
+    assert map_labels(["a/b", "a b"], {0: "a/b", 1: "a b"}, "x") is None
+    with pytest.raises(DataError, match="match several of the model's classes"):
+        map_labels(["A_B"], {0: "a/b", 1: "a b"}, "x")
 
 
 def test_sources_parse():
@@ -463,6 +469,35 @@ def test_an_evaluation_cut_by_the_limit_never_claims_the_whole_split(model_dir, 
         rows, protocol = _results_table(result)
         assert {row["split"] for row in rows} == {split}
         assert ("the first 3 images of the train split" in protocol) == (limit == 3)
+
+
+def test_a_cut_evaluation_names_the_rows_it_went_through_not_the_images_it_scored(model_dir, tmp_path, capsys):
+    """Rows without a label (or unreadable) are skipped: `limit` images scored from the first 4 rows are
+    `test[:4]`, and the card says how many were scored among how many rows, never `test[:2]` (other rows)."""
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
+
+    from genie_hub.pipeline import _results_table
+
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
+    images = _images(6, seed=5)
+    Dataset.from_dict({"image": images, "label": [-1, 0, -1, 1, 2, 3]}, features=features).save_to_disk(
+        str(tmp_path / "saved"))
+    model, processor = load_model(model_dir)
+    spec = input_spec(model, processor)
+    evalset = open_eval_set(str(tmp_path / "saved"), model_labels(model))
+    result = evaluate_on_dataset(model, model, processor, spec, evalset, 2, progress=False)
+    assert (result.num_images, result.rows_read, result.evaluated_split) == (2, 4, "train[:4]")
+    assert result.fp32_top1 == _expected_top1(model_dir, [images[1], images[3]], [0, 1])  # rows 1 and 3 scored
+    rows, protocol = _results_table(result)
+    assert {row["split"] for row in rows} == {"train[:4]"}
+    assert "the 2 readable, labelled images among the first 4 rows of the train split (train[:4])" in protocol
+    from genie_hub.outputs import RunRecord
+    from genie_hub.pipeline import _print_summary
+
+    _print_summary(RunRecord(wall_seconds=1.0, evaluation=result.to_dict()), tmp_path)
+    assert "top-1 on 2 images of the first 4 rows:" in capsys.readouterr().out
+    whole = evaluate_on_dataset(model, model, processor, spec, evalset, 4, progress=False)
+    assert (whole.num_images, whole.complete, whole.evaluated_split) == (4, True, "train")  # 4 labelled rows: all
 
 
 def test_unlabelled_photos_give_agreement_only(model_dir, tmp_path, capsys):

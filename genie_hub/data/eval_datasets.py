@@ -80,6 +80,16 @@ class EvalSource:
 
 
 @dataclass
+class ReadTally:
+    """What one pass of `EvalSet.batches` read: the rows of the split it went through (scored or skipped as
+    unreadable or unlabelled) and whether it reached the split's end, so that an evaluation cut by a limit names
+    exactly the rows it covered (`test[:rows]`), not the count of images it scored."""
+
+    rows: int = 0
+    reached_end: bool = False
+
+
+@dataclass
 class EvalSet:
     """An opened, checked evaluation set: batches of (PIL images, labels in the model's index space)."""
 
@@ -93,19 +103,25 @@ class EvalSet:
     labelled: bool = True  # False: agreement with FP32 only (e.g. a folder of unlabelled photos)
     num_classes: int = 0  # the model's number of classes (the range of unmapped integer labels)
 
-    def batches(self, batch_size: int = 64, limit: int | None = None) -> Iterator[tuple[list, torch.Tensor]]:
-        """(images, labels) batches: PIL images, or a uint8 tensor for the local Fashion-MNIST files."""
+    def batches(self, batch_size: int = 64, limit: int | None = None,
+                tally: ReadTally | None = None) -> Iterator[tuple[list, torch.Tensor]]:
+        """(images, labels) batches: PIL images, or a uint8 tensor for the local Fashion-MNIST files. `limit`
+        counts scored images; `tally`, when given, is filled with the rows read."""
+        tally = tally if tally is not None else ReadTally()
         if self.source.kind == "fashion-mnist":  # uint8 [B, 28, 28] tensors: converted without PIL
             images, labels = self.dataset
             count = len(labels) if limit is None else min(limit, len(labels))
             for start in range(0, count, batch_size):
                 stop = min(start + batch_size, count)
+                tally.rows = stop
                 yield images[start:stop], labels[start:stop].clone()
+            tally.reached_end = count == len(labels)
             return
         images, labels, seen, unreadable, no_label = [], [], 0, [], 0
         for row in self.dataset:
             if limit is not None and seen >= limit:
                 break
+            tally.rows += 1
             if self.labelled:
                 label = self.model_label(row[self.label_column])
                 if label is None:
@@ -122,6 +138,8 @@ class EvalSet:
             if len(images) == batch_size:
                 yield images, torch.tensor(labels) if self.labelled else None
                 images, labels = [], []
+        else:
+            tally.reached_end = True
         if images:
             yield images, torch.tensor(labels) if self.labelled else None
         if unreadable:
@@ -169,26 +187,38 @@ def _normalize(name: str) -> str:
 
 
 def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: str) -> dict[int, int] | None:
-    """dataset label index -> model label index, by name (a whole label, or one unambiguous comma-separated
-    synonym of it, as in ImageNet's "tench, Tinca tinca"); None when both lists are the same, 1:1."""
+    """dataset label index -> model label index, by name: the exact label first, then the label compared loosely
+    (`_normalize`), then one unambiguous comma-separated synonym of it, as in ImageNet's "tench, Tinca tinca".
+    None when both lists name the same classes in the same order (ImageNet's two "crane" classes included)."""
     model_names = [model_labels[i] for i in sorted(model_labels)]
-    if [_normalize(n) for n in dataset_names] == [_normalize(n) for n in model_names]:
-        return None
+    exact: dict[str, set[int]] = {}
     by_name: dict[str, set[int]] = {}
     synonyms: dict[str, set[int]] = {}  # ImageNet-style labels list synonyms: "tench, Tinca tinca"
     for index, name in model_labels.items():
+        exact.setdefault(str(name).strip(), set()).add(index)
         by_name.setdefault(_normalize(name), set()).add(index)
         for synonym in str(name).split(","):
             synonyms.setdefault(_normalize(synonym), set()).add(index)
-    mapping, missing = {}, []
+    same_order = [_normalize(n) for n in dataset_names] == [_normalize(n) for n in model_names]
+    # Same loose names in the same order are the same classes, unless an exact name says otherwise: a model
+    # with both "a/b" and "a b" keeps them apart.
+    if same_order and all(i in exact.get(str(name).strip(), {i}) for i, name in enumerate(dataset_names)):
+        return None
+    mapping, missing, ambiguous = {}, [], []
     for index, name in enumerate(dataset_names):
-        key = _normalize(name)
-        if len(by_name.get(key, ())) == 1:  # ImageNet names two classes "crane": ambiguous, like a shared synonym
-            mapping[index] = next(iter(by_name[key]))
-        elif len(synonyms.get(key, ())) == 1:
-            mapping[index] = next(iter(synonyms[key]))
+        for table, key in ((exact, str(name).strip()), (by_name, _normalize(name)), (synonyms, _normalize(name))):
+            if len(table.get(key, ())) == 1:  # ImageNet names two classes "crane": ambiguous, like a shared synonym
+                mapping[index] = next(iter(table[key]))
+                break
         else:
-            missing.append(name)
+            (ambiguous if any(len(table.get(key, ())) > 1 for table, key in ((by_name, _normalize(name)),
+                                                                              (synonyms, _normalize(name))))
+             else missing).append(name)
+    if ambiguous:
+        raise DataError(
+            f"The labels of {where} cannot be mapped onto the model's classes: {len(ambiguous)} dataset class "
+            f"name(s) match several of the model's classes (e.g. {', '.join(repr(m) for m in ambiguous[:5])}), so "
+            "which class each means is unknown. Rename the dataset's classes to the model's exact id2label names.")
     if missing:
         raise DataError(
             f"The labels of {where} cannot be mapped onto the model's classes: {len(missing)} dataset class name(s) "
