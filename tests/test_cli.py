@@ -470,7 +470,7 @@ def test_seconds_per_image_leaves_the_model_untouched(tmp_path):
     hook = model.register_forward_pre_hook(lambda module, args, kwargs: batches.append(len(kwargs.get(
         "pixel_values", args[0] if args else None))), with_kwargs=True)
     assert seconds_per_image(model, input_spec(model, processor)) > 0
-    assert batches == [4, 4, 32]  # a fast model is timed at the runs' batch too: batch 4 alone overstates it
+    assert batches == [4, 4, 32, 32]  # a fast model is timed at the runs' batch too: batch 4 alone overstates it
     batches.clear()
     seconds_per_image(model, input_spec(model, processor), budget_s=0.0)
     assert batches == [4, 4]  # a slow one is not kept waiting for a long timing pass
