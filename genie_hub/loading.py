@@ -74,14 +74,15 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
     return loader_for(name).load(name, revision=revision, token=token)
 
 
-def require_processor(processor, name: str, purpose: str) -> None:
-    """Refuse to prepare real images for `name` without its image processor: the size and normalization would be
+def require_processor(processor, name: str, purpose: str, consequence: str = "report wrong numbers") -> None:
+    """Refuse to prepare images for `name` without its image processor: the size and normalization would be
     guessed (224 px, no normalization when the config does not say), and results measured on such images are
-    wrong without any sign of it (a 28 px Fashion-MNIST ResNet scored 10 % instead of 92 %)."""
+    wrong without any sign of it (a 28 px Fashion-MNIST ResNet scored 10 % instead of 92 %). `consequence`: what
+    `purpose` would then do wrong. A model-folder problem, like a missing config: ModelLoadError (exit 1)."""
     if processor is None:
         raise ModelLoadError(
             f"{name} has no image processor (preprocessor_config.json), so {purpose} would prepare its images "
-            "at a guessed size and normalization and report wrong numbers. Copy the preprocessor_config.json of "
+            f"at a guessed size and normalization and {consequence}. Copy the preprocessor_config.json of "
             "the model it came from into the folder: a model's save_pretrained does not write one (genie_hub "
             "quantize writes it into OUT/model).")
 

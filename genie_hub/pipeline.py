@@ -101,7 +101,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     check_quantizable(fp_model, config, probe)  # a model genie_hub cannot quantize fails here, before compute
     # Synthetic and real calibration images alike are made at the processor's size and normalization, and the
     # result is evaluated and used through it: without one, all of it would rest on a guess (224 px, none).
-    require_processor(processor, base_model, "`genie_hub quantize`")
+    require_processor(processor, base_model, "`genie_hub quantize`",
+                      "calibrate on images unlike the model's inputs, writing a model nothing could evaluate")
     evalset, fashion_mnist_missing = _open_evaluation(evaluate, model, fp_model, eval_image_column,
                                                       eval_label_column, eval_unlabelled)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
