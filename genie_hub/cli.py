@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(q)
     q.add_argument("--few-shot", metavar="DATASET", default=None,
                    help="calibrate on real images instead of synthesis: 'fashion-mnist', an image folder (one "
-                        "with split folders: its train split), or a Hub dataset id owner/name[:config][:split] "
+                        "with split folders: its train split, or PATH:split), or a Hub dataset id owner/name[:config][:split] "
                         "(default: none, synthesize)")
     q.add_argument("--revision", default=None, help="revision of MODEL on the Hub: branch, tag or commit (default: "
                    "main)")

@@ -207,6 +207,12 @@ def test_few_shot_from_a_folder_with_splits_calibrates_on_train_only(tmp_path):
     shutil.copytree(_image_folder(tmp_path / "b", 5), root / "val")
     processor, spec = vit_processor(), InputSpec(1, 28, 28, (0.286,), (0.353,))
     assert load_calibration_images(str(root), processor, spec, num_samples=50, seed=0).shape[0] == 3
+    # PATH:split, as --eval-dataset reads it: the named split only; an unknown split names the ones there are.
+    assert load_calibration_images(f"{root}:validation", processor, spec, num_samples=50, seed=0).shape[0] == 5
+    with pytest.raises(DataError, match="no split 'test'; its splits are train, validation"):
+        load_calibration_images(f"{root}:test", processor, spec, num_samples=50, seed=0)
+    with pytest.raises(DataError, match="Fashion-MNIST's train split only"):  # its test split is the eval set
+        load_calibration_images("fashion-mnist:test", processor, spec, num_samples=50, seed=0)
     shutil.rmtree(root / "train")
     shutil.copytree(root / "val", root / "test")
     with pytest.raises(DataError, match="no train split"):

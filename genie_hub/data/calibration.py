@@ -37,14 +37,19 @@ def _list_image_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def _folder_images(folder: Path, num_samples: int, seed: int) -> list:
+def _folder_images(folder: Path, num_samples: int, seed: int, split: str | None = None) -> list:
     files = _list_image_files(folder)
     if not files:
         raise DataError(f"No image files found in {folder} (searched recursively for "
                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}). Put calibration images there or pick another "
                         "source.")
     splits = local_splits(folder, files)
-    if len(splits) > 1:  # calibrating on the images a model is then evaluated on would flatter it
+    if split is not None:  # PATH:split, as --eval-dataset reads it
+        if split not in splits:
+            raise DataError(f"{folder} has no split '{split}'; its splits are {', '.join(splits)}. Write "
+                            f"{folder}:{next(iter(splits))}, or the folder alone for its train split.")
+        files = splits[split]
+    elif len(splits) > 1:  # calibrating on the images a model is then evaluated on would flatter it
         if "train" not in splits:
             raise DataError(f"{folder} holds the splits {', '.join(splits)} but no train split: calibrating on "
                             "evaluation images would flatter the results. Pass a folder of training images.")
@@ -104,7 +109,8 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
     `source` is one of:
     - "fashion-mnist": a seeded random subset of the local Fashion-MNIST training split;
     - a local folder: image files found recursively (jpg, png, ...), a seeded random subset; in a folder with
-      splits (`train/` and `val/`, as `eval_datasets.local_splits` reads them) the train split only;
+      splits (`train/` and `val/`, as `eval_datasets.local_splits` reads them) the train split, or the one
+      named as `PATH:split`;
     - a Hub dataset id "owner/name", "owner/name:split" or "owner/name:config:split" (default split "train"),
       loaded with `datasets.load_dataset`; the first Image column is used.
     When fewer than `num_samples` images exist, all of them are returned (with a warning). Images are converted
@@ -114,7 +120,12 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
         raise ConfigError(f"num_samples must be at least 1 (got {num_samples}).")
     num_samples = int(num_samples)
     source = str(source).strip()
-    if source.lower().replace("_", "-") in (FASHION_MNIST_SOURCE, FASHION_MNIST_SOURCE + ":train"):
+    name, _, split = source.lower().replace("_", "-").partition(":")
+    if name == FASHION_MNIST_SOURCE and split not in ("", "train"):
+        raise DataError(f"Few-shot calibration reads Fashion-MNIST's train split only ('{source}' names another): "
+                        "calibrating on the test images the model is evaluated on would flatter its results. Write "
+                        f"--few-shot {FASHION_MNIST_SOURCE}.")
+    if name == FASHION_MNIST_SOURCE:
         images, _ = load_fashion_mnist("train")
         subset = images[_subset(images.shape[0], num_samples, seed)]
         if spec.channels == 1:
@@ -122,9 +133,12 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
             if fast is not None:
                 return fast
         return to_pixel_values(_to_pil(subset), processor, spec)
-    path = Path(source).expanduser()
+    path, split = Path(source).expanduser(), None
+    base, _, named = source.rpartition(":")
+    if not path.exists() and base and named and Path(base).expanduser().is_dir():  # PATH:split
+        path, split = Path(base).expanduser(), named
     if path.is_dir():
-        pil_images = _folder_images(path, num_samples, seed)
+        pil_images = _folder_images(path, num_samples, seed, split)
     elif path.exists():
         raise DataError(f"Calibration source {path} is a file; give a folder of images, 'fashion-mnist', or a Hub "
                         "dataset id (owner/name[:config][:split]).")
