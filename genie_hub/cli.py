@@ -127,12 +127,17 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _unrecognized(parser: argparse.ArgumentParser, command: str, words: list[str]) -> str:
-    """argparse's "unrecognized arguments" with the command's closest options: `--bits 4` -> -w/-a."""
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> str:
+    """argparse's "unrecognized arguments" with the chosen command's closest options: `--bits 4` -> -w/-a; for a
+    nested command (`zoo publish`), the options of the innermost one."""
     import difflib
 
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    options = [o for a in subparsers.choices[command]._actions for o in a.option_strings if o.startswith("--")]
+    names = []
+    while subparsers := next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None):
+        names.append(getattr(args, subparsers.dest))
+        parser = subparsers.choices[names[-1]]
+    command = " ".join(names)
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for word in words:
         option = word.split("=", 1)[0]  # the hint names the option only: `--tokne=hf_...` must not repeat the value
@@ -162,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(q)
     q.add_argument("--few-shot", metavar="DATASET", default=None,
                    help="calibrate on real images instead of synthesis: 'fashion-mnist', an image folder (one "
-                        "with split folders: its train split, or PATH:split), or a Hub dataset id owner/name[:config][:split] "
-                        "(default: none, synthesize)")
+                        "with split folders: its train split, or PATH:split), or a Hub dataset id "
+                        "owner/name[:config][:split] (default: none, synthesize)")
     q.add_argument("--revision", default=None, help="revision of MODEL on the Hub: branch, tag or commit (default: "
                    "main)")
     q.add_argument("--base-model", default=None, metavar="HUB_ID",
@@ -419,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        parser.error(_unrecognized(parser, args.command, unknown))
+        parser.error(_unrecognized(parser, args, unknown))
     args.command_line = recorded_command(argv, getattr(args, "token", None))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "urllib3", "filelock"):  # huggingface_hub 2 uses httpx2

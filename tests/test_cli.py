@@ -416,6 +416,10 @@ def test_an_unknown_option_gets_the_closest_ones(capsys):
     with pytest.raises(SystemExit):
         main(["push", "out", "--tokne=hf_secret"])
     assert capsys.readouterr().err.count("hf_secret") == 1  # argparse's own echo; the hint adds none
+    with pytest.raises(SystemExit):
+        main(["zoo", "build", "--registy", "r.json"])  # a nested command: its own options
+    err = capsys.readouterr().err
+    assert "--registy: did you mean --registry?" in err and "genie_hub zoo build --help" in err
 
 
 def test_quantize_push_options_are_checked_before_compute(tmp_path, hub_server, capsys):
