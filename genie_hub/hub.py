@@ -462,8 +462,8 @@ def check_output_folder(output_dir: str | os.PathLike, dataset_repo_id: str | No
         raise PushError(f"Cannot push: the output folder {out} does not exist. Pass the --output-dir of a "
                         "finished `genie_hub quantize` run.")
     if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
-        if (out / "config.json").is_file() and OutputLayout(out.parent).run_file.is_file():
-            raise PushError(f"Cannot push {out}: it is the model/ folder of the output folder {out.parent}, and "
+        if OutputLayout(out.parent).run_file.is_file():  # OUT/model, OUT/dataset, OUT/work: a folder inside OUT
+            raise PushError(f"Cannot push {out}: it is the {out.name}/ folder of the output folder {out.parent}, and "
                             f"`genie_hub push` takes that one (it publishes model/ and dataset/ together): "
                             f"genie_hub push {shlex.quote(str(out.parent))}")
         raise PushError(f"Cannot push: {model_dir} is missing or has no config.json, so {out} is not a finished "

@@ -217,6 +217,8 @@ def test_missing_or_incomplete_output_raises_push_error(hub_server, out, tmp_pat
         push_output(tmp_path / "empty")
     with pytest.raises(PushError, match=f"model/ folder of the output folder {out}.*genie_hub push {out}$"):
         push_output(out / "model")  # the folder inside OUT: the error names OUT
+    with pytest.raises(PushError, match=f"dataset/ folder of the output folder {out}.*genie_hub push {out}$"):
+        push_output(out / "dataset")
     unfinished = tmp_path / "unfinished"  # a run stopped after writing the model (run.json comes last)
     shutil.copytree(out / "model", unfinished / "model")
     with pytest.raises(PushError, match="has no run.json, so its `genie_hub quantize` run did not finish"):
