@@ -19,9 +19,10 @@ import logging
 import os
 import re
 import shlex
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from .errors import PushError
 from .fileio import write_bytes
@@ -440,14 +441,48 @@ def _ensure_branch(api, repo_id: str, repo_type: str, revision: str | None) -> N
         api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
 
 
-def _commit_record(info, repo_id: str, url, revision: str | None, create_pr: bool) -> dict:
+class _EmptyCommitNotice(logging.Filter):
+    """huggingface_hub skips a commit of files the repo already holds and warns "No files have been modified"
+    (shown even under -q). The push summary says so in genie_hub's words, so the warning is taken, not shown."""
+
+    MESSAGE = "No files have been modified since last commit"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.MESSAGE):
+            self.seen = True
+            return False
+        return True
+
+
+@contextmanager
+def _empty_commit_notice() -> Iterator[_EmptyCommitNotice]:
+    notice = _EmptyCommitNotice()
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub.hf_api", "huggingface_hub._upload_pipeline")]
+    for hub_logger in loggers:
+        hub_logger.addFilter(notice)
+    try:
+        yield notice
+    finally:
+        for hub_logger in loggers:
+            hub_logger.removeFilter(notice)
+
+
+def _commit_record(info, repo_id: str, url, revision: str | None, create_pr: bool, unchanged: bool) -> dict:
+    """What run.json keeps of one commit. `unchanged`: huggingface_hub skipped it, the repo already held these
+    files (with --create-pr, no pull request was opened)."""
     record = {"repo_id": repo_id, "url": str(url), "commit": info.oid, "commit_url": info.commit_url}
     if revision not in (None, "main"):
         record["revision"] = revision
     if getattr(info, "pr_url", None):
         record.update(pr_url=info.pr_url, pr_revision=info.pr_revision)
-    elif create_pr:  # huggingface_hub skips an empty commit: the repo already held these files, no PR was opened
+    elif unchanged or create_pr:  # a pull request asked for and none opened: the commit was skipped as empty
         record["unchanged"] = True
+        if create_pr:
+            record["create_pr"] = True
     return record
 
 
@@ -549,24 +584,26 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
             _ensure_branch(api, dataset_repo_id, "dataset", revision)
             stale = _stale_remote_files(api, dataset_repo_id, "dataset", branch, set(dataset_files),
                                         DATASET_DATA_PATTERNS)
-            info = api.create_commit(repo_id=dataset_repo_id, repo_type="dataset",
-                                     operations=_commit_operations(dataset_files, dataset_card, stale),
-                                     commit_message=commit_message or DATASET_COMMIT_MESSAGE, **target)
+            with _empty_commit_notice() as notice:
+                info = api.create_commit(repo_id=dataset_repo_id, repo_type="dataset",
+                                         operations=_commit_operations(dataset_files, dataset_card, stale),
+                                         commit_message=commit_message or DATASET_COMMIT_MESSAGE, **target)
         except Exception as exc:
             raise _push_failed("dataset", dataset_repo_id, out, exc, done) from exc
-        result["dataset"] = _commit_record(info, dataset_repo_id, url, revision, create_pr)
+        result["dataset"] = _commit_record(info, dataset_repo_id, url, revision, create_pr, notice.seen)
         done.append(f"dataset {dataset_repo_id}")
 
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         _ensure_branch(api, repo_id, "model", revision)
         stale = _stale_remote_files(api, repo_id, "model", branch, set(model_files), MODEL_WEIGHT_PATTERNS)
-        info = api.create_commit(repo_id=repo_id, repo_type="model",
-                                 operations=_commit_operations(model_files, card, stale),
-                                 commit_message=commit_message or MODEL_COMMIT_MESSAGE, **target)
+        with _empty_commit_notice() as notice:
+            info = api.create_commit(repo_id=repo_id, repo_type="model",
+                                     operations=_commit_operations(model_files, card, stale),
+                                     commit_message=commit_message or MODEL_COMMIT_MESSAGE, **target)
     except Exception as exc:
         raise _push_failed("model", repo_id, out, exc, done) from exc
-    result["model"] = _commit_record(info, repo_id, url, revision, create_pr)
+    result["model"] = _commit_record(info, repo_id, url, revision, create_pr, notice.seen)
     result["pushed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     # Success: keep OUT consistent with what is now on the Hub (genie_hub's own cards only: a user's stays as is).
@@ -602,7 +639,8 @@ def describe_push(result: dict) -> str:
             continue
         where = (f" (pull request {record['pr_url']})" if record.get("pr_url")
                  else " (no changes: it already holds these files, so no pull request was opened)"
-                 if record.get("unchanged")
+                 if record.get("unchanged") and record.get("create_pr")
+                 else " (no changes: it already holds these files)" if record.get("unchanged")
                  else f" (branch {record['revision']})" if record.get("revision") else "")
         lines.append(f"{label} {record['url']}{where}")
     return "\n".join(lines)

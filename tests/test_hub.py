@@ -434,7 +434,7 @@ def test_cli_push_takes_the_upload_options(hub_server, out, capsys):
     assert "--create-pr" in capsys.readouterr().err
 
 
-def test_a_pull_request_without_changes_says_none_was_opened(hub_server, out, capsys):
+def test_a_pull_request_without_changes_says_none_was_opened(hub_server, out, capsys, caplog):
     """huggingface_hub skips an empty commit, so `--create-pr` on a repo that already holds the files opens no
     pull request: the output says so rather than print a commit URL as if something had been proposed."""
     from genie_hub.cli import main
@@ -446,6 +446,14 @@ def test_a_pull_request_without_changes_says_none_was_opened(hub_server, out, ca
     assert printed.count("no pull request was opened") == 2 and "discussions" not in printed
     assert hub_server.commit_count(MODEL_ID) == commits and hub_server.pull_request(MODEL_ID, 1) is None
     assert json.loads((out / "run.json").read_text())["push"]["model"]["unchanged"] is True
+    # A plain re-push of the same files: no commit, said once in genie_hub's words (huggingface_hub's own warning,
+    # shown even under -q, is taken).
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["-q", "push", str(out)]) == 0
+    assert capsys.readouterr().out.count("(no changes: it already holds these files)") == 2
+    assert not [r for r in caplog.records if "No files have been modified" in r.getMessage()]
+    assert hub_server.commit_count(MODEL_ID) == commits
 
 
 # --------------------------------------------------------------------------------------- a genie_hub run's cards and checks
