@@ -417,7 +417,7 @@ def recorded_command(argv: list[str], token: str | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .progress import bars_enabled, disable_all_bars, logs_above_bars, quiet
+    from .progress import bars_enabled, close_open_bars, disable_all_bars, logs_above_bars, quiet
     from .runtime import reuse_freed_memory
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -452,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({type(exc).__name__}).{kept}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        close_open_bars()
         print("genie_hub: interrupted." + (" Any finished work is kept in the output folder; run the same command "
                                            "again to resume." if resumable else ""), file=sys.stderr)
         return 130

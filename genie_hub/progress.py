@@ -77,6 +77,15 @@ def logs_above_bars() -> Iterator[None]:
         yield
 
 
+def close_open_bars() -> None:
+    """Close the bars an interruption left open, so that a closing message starts on a line of its own rather
+    than after a half-drawn bar."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def format_duration(seconds: float) -> str:
     """'45 s', '12 min', '3.4 h', '31 h', '4.2 days' (two significant digits at most)."""
     if seconds < 90:

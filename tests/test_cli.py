@@ -499,17 +499,29 @@ def test_a_full_disk_is_one_clear_error_that_says_the_work_is_kept(monkeypatch, 
 
 
 def test_an_interrupt_speaks_of_kept_work_only_where_a_command_keeps_it(monkeypatch, capsys):
+    import importlib
+
     from genie_hub import cli
 
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module (the package exports the class)
+
+    monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", False)  # bars drawn, as in a terminal
+    monkeypatch.setattr(hub_tqdm, "progress_bar_states", {})
+
     def interrupted(args):
-        raise KeyboardInterrupt
+        from genie_hub.progress import progress_bar
+
+        bar = progress_bar(total=10, desc="synthesize")
+        bar.update(3)
+        raise KeyboardInterrupt  # Ctrl-C with a bar half drawn
 
     for command, words in (("quantize", ["quantize"]), ("evaluate", ["evaluate", "m", "--dataset", "d"])):
         monkeypatch.setitem(cli.COMMANDS, command, interrupted)
         assert main(words) == 130
         err = capsys.readouterr().err
-        assert err.startswith("genie_hub: interrupted.") and ("kept in the output folder" in err) == (
-            command == "quantize")
+        message = err[err.index("genie_hub: interrupted."):]
+        assert err[:-len(message)].endswith("\n"), err  # on a line of its own, not after the bar
+        assert ("kept in the output folder" in message) == (command == "quantize")
 
 
 def test_rerunning_a_finished_folder_without_evaluation_keeps_its_results(tmp_path):
