@@ -64,7 +64,7 @@ def public_name(value: str | None) -> str | None:
 
 
 def public_command(command: str) -> str:
-    """The command line with every local path reduced to its last component (`--flag=PATH` too)."""
+    """The command line with every local path reduced to its last component (`--flag=PATH` and `-oPATH` too)."""
     try:
         words = shlex.split(command)
     except ValueError:
@@ -74,6 +74,8 @@ def public_command(command: str) -> str:
         flag, equals, value = word.partition("=")
         if word.startswith("-") and equals:
             return f"{flag}={public_word(value)}" if value else word
+        if len(word) > 2 and word[0] == "-" and word[1] != "-" and _is_local(word[2:]):  # `-o/abs/out`: attached
+            return word[:2] + public_name(word[2:])
         return public_name(word) if _is_local(word) else word
 
     return shlex.join(public_word(word) for word in words)

@@ -131,10 +131,11 @@ def test_public_names_are_decided_where_the_run_is_recorded(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path / "work")
     secret = str(tmp_path / "home" / "alice")
     run = RunRecord(base_model="models/tinyres", calibration_source=f"{secret}/photos",
-                    command=f"genie_hub quantize models/tinyres --output-dir={secret}/out --few-shot={secret}/photos")
+                    command=f"genie_hub quantize models/tinyres --output-dir={secret}/out --few-shot={secret}/photos "
+                            f"-o{secret}/out2 -w3")
     run.public = public_names(run)._asdict()
     assert public_names(run) == ("tinyres", None, "photos",
-                                 "genie_hub quantize tinyres --output-dir=out --few-shot=photos")
+                                 "genie_hub quantize tinyres --output-dir=out --few-shot=photos -oout2 -w3")
 
     monkeypatch.chdir(tmp_path / "elsewhere")  # as `genie_hub push` from another folder reads run.json
     reread = RunRecord.from_dict(run.to_dict())
