@@ -123,7 +123,7 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
     name, _, split = source.lower().replace("_", "-").partition(":")
     if name == FASHION_MNIST_SOURCE and split not in ("", "train"):
         raise DataError(f"Few-shot calibration reads Fashion-MNIST's train split only ('{source}' names another): "
-                        "calibrating on the test images the model is evaluated on would flatter its results. Write "
+                        "calibrating on the held-out images the model is evaluated on would flatter its results. Write "
                         f"--few-shot {FASHION_MNIST_SOURCE}.")
     if name == FASHION_MNIST_SOURCE:
         images, _ = load_fashion_mnist("train")
