@@ -196,7 +196,8 @@ def test_a_shard_index_pointing_outside_the_folder_is_refused(checkpoint, tmp_pa
     config = json.loads((folder / "config.json").read_text())
     config["quantization_config"]["weights_file"] = "genie_model.safetensors.index.json"
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="outside its folder"):
+    # genie_hub refuses it; transformers 5.25's own index check may refuse it first (a ValueError naming it)
+    with pytest.raises((CheckpointError, ValueError), match="outside its folder|outside the model directory"):
         LOADERS[loader](folder)
 
 
