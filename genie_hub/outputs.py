@@ -120,16 +120,19 @@ class OutputLayout:
         if handle is not None:
             os.close(handle)  # closing the descriptor releases the flock
 
-    def claim(self, settings: dict[str, Any], overwrite: bool = False, inputs: tuple[str | Path, ...] = ()) -> None:
+    def claim(self, settings: dict[str, Any], overwrite: bool = False, inputs: tuple[str | Path, ...] = (),
+              data_folders: tuple[str | Path, ...] = ()) -> None:
         """Check, before any compute, that a run with `settings` may write here, and record them.
 
         Allowed: a missing or empty folder, or a genie_hub output folder whose run (finished: run.json, or
         interrupted: work/settings.json) had the same settings, which the run then resumes. Anything else is
         refused, unless `overwrite`, which deletes this folder's model/, dataset/, work/ and run.json (and
         nothing else) first. `inputs` (the model, a few-shot folder) must not lie in what the run replaces or
-        deletes: `-o ./proj --overwrite` on `./proj/model` would otherwise delete the model it quantizes."""
+        deletes: `-o ./proj --overwrite` on `./proj/model` would otherwise delete the model it quantizes.
+        `data_folders` (a few-shot or evaluation folder, read file by file) must not hold this folder."""
         root = self.root
         self._refuse_inputs_inside(inputs)
+        self._refuse_inside_data(data_folders)
         self._refuse_nesting()
         if str(root).strip() in ("", "."):
             raise ConfigError("The output folder is empty or '.': genie_hub would write model/, dataset/, work/ "
@@ -197,6 +200,18 @@ class OutputLayout:
                         f"The input {given} {what} inside {folder}, which this run writes into (and --overwrite "
                         f"deletes), so it would be replaced by the run's own output. Copy it elsewhere, or pass "
                         f"another -o than '{self.root}'.")
+
+    def _refuse_inside_data(self, folders: tuple[str | Path, ...]) -> None:
+        """An output folder inside a folder of images the run reads would be read as data by the next run on that
+        folder: its synthetic images as calibration images, or a parquet dataset where an imagefolder was."""
+        root = _resolved(self.root) or self.root.absolute()
+        for given in folders:
+            folder = _resolved(Path(given).expanduser())
+            if folder is not None and folder.is_dir() and (root == folder or folder in root.parents):
+                raise ConfigError(
+                    f"The output folder {self.root} lies inside {given}, whose images this run reads (few-shot "
+                    "calibration or evaluation), so a rerun would read this run's own files there (its synthetic "
+                    "images, its model) as that data. Pass an -o outside it.")
 
     def _refuse_foreign_model_dir(self) -> None:
         """model/ must be one the save at the end may replace: found out now, not after the compute."""

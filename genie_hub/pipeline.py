@@ -18,6 +18,7 @@ import torch
 from .adapters import adapter_for
 from .calibration import Calibration
 from .config import GenieConfig, make_accelerator, resolve_precision
+from .data import few_shot_folder
 from .errors import ConfigError, DataError
 from .evaluation import DatasetEvaluation, EvalSet, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, require_processor, resolve_model_path
@@ -106,8 +107,10 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     evalset, fashion_mnist_missing = _open_evaluation(evaluate, model, fp_model, eval_image_column,
                                                       eval_label_column, eval_unlabelled)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
-        from .data import load_calibration_images
+        from .data import check_apart_from_evaluation, load_calibration_images
 
+        if evalset is not None:
+            check_apart_from_evaluation(few_shot, evalset)
         calibration = Calibration(load_calibration_images(few_shot, processor, spec, config.num_samples, config.seed),
                                   source=few_shot)
     else:
@@ -119,8 +122,10 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
     try:  # the folder is held from its claim until this run ends, however it ends
         if accelerator.is_main_process:
             eval_folder = evalset.source.name if evalset is not None and evalset.source.kind == "local" else None
-            local_inputs = tuple(source for source in (base_model, few_shot, eval_folder, synthesis_dir) if source)
-            layout.claim(settings, overwrite=overwrite, inputs=local_inputs)
+            data_folders = tuple(str(folder) for folder in (few_shot_folder(few_shot) if few_shot else None,
+                                                           eval_folder) if folder)
+            local_inputs = tuple(source for source in (base_model, *data_folders, synthesis_dir) if source)
+            layout.claim(settings, overwrite=overwrite, inputs=local_inputs, data_folders=data_folders)
             if few_shot and (layout.dataset_dir.exists() or layout.dataset_dir.is_symlink()):
                 raise ConfigError(
                     f"{layout.dataset_dir} exists, but a few-shot run makes no synthetic images, and `genie_hub push` "

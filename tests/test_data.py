@@ -209,6 +209,7 @@ def test_few_shot_from_a_folder_with_splits_calibrates_on_train_only(tmp_path):
     assert load_calibration_images(str(root), processor, spec, num_samples=50, seed=0).shape[0] == 3
     # PATH:split, as --eval-dataset reads it: the named split only; an unknown split names the ones there are.
     assert load_calibration_images(f"{root}:validation", processor, spec, num_samples=50, seed=0).shape[0] == 5
+    assert load_calibration_images(f"{root}:val", processor, spec, num_samples=50, seed=0).shape[0] == 5  # as val/
     with pytest.raises(DataError, match="no split 'test'; its splits are train, validation"):
         load_calibration_images(f"{root}:test", processor, spec, num_samples=50, seed=0)
     with pytest.raises(DataError, match="Fashion-MNIST's train split only"):  # its test split is the eval set
@@ -217,6 +218,39 @@ def test_few_shot_from_a_folder_with_splits_calibrates_on_train_only(tmp_path):
     shutil.copytree(root / "val", root / "test")
     with pytest.raises(DataError, match="no train split"):
         load_calibration_images(str(root), processor, spec, num_samples=50, seed=0)
+
+
+def test_few_shot_images_that_are_among_the_evaluation_images_are_refused(tmp_path):
+    """The same split named two ways, one folder inside the other, Fashion-MNIST's train split, a Hub split: a
+    score measured on the calibration images would flatter the model."""
+    import shutil
+
+    from genie_hub.data import check_apart_from_evaluation
+    from genie_hub.data.eval_datasets import EvalSet, EvalSource, open_eval_set
+
+    root = tmp_path / "dataset"
+    shutil.copytree(_image_folder(tmp_path / "a", 3), root / "train")
+    shutil.copytree(_image_folder(tmp_path / "b", 5), root / "val")
+    evalset = open_eval_set(str(root), {0: "x"}, unlabelled=True)  # evaluates validation
+    for apart in (str(root), f"{root}:train", str(root / "train")):
+        check_apart_from_evaluation(apart, evalset)
+    for shared in (f"{root}:val", f"{root}:validation", str(root / "val")):
+        with pytest.raises(DataError, match="among the evaluation images.*split validation"):
+            check_apart_from_evaluation(shared, evalset)
+    with pytest.raises(DataError, match="among the evaluation images"):  # a folder with no splits, twice
+        check_apart_from_evaluation(str(root / "val"), open_eval_set(str(root / "val"), {0: "x"}, unlabelled=True))
+
+    fashion = EvalSource("fashion-mnist", "fashion-mnist", split="train")
+    with pytest.raises(DataError, match="among the evaluation images"):
+        check_apart_from_evaluation("fashion-mnist", EvalSet(fashion, "train", 0, None))
+    check_apart_from_evaluation("fashion-mnist", EvalSet(EvalSource("fashion-mnist", "fashion-mnist", split="test"),
+                                                         "test", 0, None))
+    hub = EvalSet(EvalSource("hub", "Owner/Set"), "validation", None, None)  # no split named: validation chosen
+    for shared in ("owner/set:validation", "Owner/Set:default:validation"):
+        with pytest.raises(DataError, match="among the evaluation images"):
+            check_apart_from_evaluation(shared, hub)
+    for apart in ("owner/set", "owner/set:test", "owner/other:validation"):
+        check_apart_from_evaluation(apart, hub)
 
 
 def test_calibration_errors(tmp_path):

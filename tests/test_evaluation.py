@@ -328,6 +328,33 @@ def test_a_local_folder_with_splits_is_read_by_split_never_mixed(model_dir, imag
     assert open_eval_set(str(tmp_path / "named"), dict(enumerate(LABELS))).num_images == 6
 
 
+def test_hidden_folders_and_datasets_metadata_files_leave_an_imagefolder_an_imagefolder(model_dir, imagefolder,
+                                                                                          tmp_path):
+    """A parquet file in a hidden folder (a cache, a .git) is not data, and `datasets`' own metadata file
+    (metadata.csv / metadata.parquet) gives an imagefolder's labels: neither turns it into a parquet folder."""
+    import shutil
+
+    from datasets import Dataset
+
+    photos = tmp_path / "photos"
+    shutil.copytree(imagefolder, photos)
+    (photos / ".cache").mkdir()
+    Dataset.from_dict({"x": [1, 2]}).to_parquet(str(photos / ".cache" / "table.parquet"))
+    assert open_eval_set(str(photos), dict(enumerate(LABELS))).num_images == 15
+
+    images = _images(4, seed=3)
+    for kind in ("csv", "parquet"):
+        flat = tmp_path / f"flat-{kind}"
+        flat.mkdir()
+        for i, image in enumerate(images):
+            image.save(flat / f"{i}.png")
+        table = Dataset.from_dict({"file_name": [f"{i}.png" for i in range(4)], "label": [3, 1, 4, 0]})
+        getattr(table, f"to_{kind}")(str(flat / f"metadata.{kind}"))
+        evalset, result = _evaluated(model_dir, str(flat))
+        assert (evalset.label_column, result.num_images) == ("label", 4), kind
+        assert result.fp32_top1 == pytest.approx(_expected_top1(model_dir, images, [3, 1, 4, 0])), kind
+
+
 def test_labels_without_a_class_are_skipped_and_outside_the_classes_refused_before_compute(model_dir, tmp_path,
                                                                                           caplog):
     from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Value

@@ -835,6 +835,23 @@ def test_outputs_nested_in_a_run_a_foreign_model_folder_and_few_shot_beside_a_da
     assert (few / "dataset" / "notes.txt").read_text() == "mine"
 
 
+def test_an_output_inside_the_images_it_reads_or_calibration_on_the_evaluation_images_is_refused_first(
+        base, tmp_path, capsys):
+    """A rerun would read OUT's own files as data; few-shot images that are evaluated flatter the score."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    for split in ("train", "val"):
+        (images / split).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (200, 10, 10)).save(images / split / "a.png")
+    for data in (["--few-shot", str(images)], ["--eval-dataset", str(images / "val"), "--eval-unlabelled"]):
+        assert main(["quantize", str(base), "-o", str(images / "val" / "out"), *data, *TINY]) == 2
+        assert "lies inside" in capsys.readouterr().err and not (images / "val" / "out").exists()
+    assert main(["quantize", str(base), "-o", str(tmp_path / "out"), "--few-shot", f"{images}:val",
+                 "--eval-dataset", str(images), "--eval-unlabelled", *TINY]) == 1  # a data error, as other few-shot ones
+    assert "among the evaluation images" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
 def test_tilde_outputs_and_linked_output_folders(base, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@ import torch
 from ..adapters import InputSpec
 from ..errors import ConfigError, DataError
 from ..loading import to_pixel_values
-from .eval_datasets import local_splits
+from .eval_datasets import EvalSet, evaluation_files, local_splits, named_split
 from .fashion_mnist import FASHION_MNIST_SOURCE, load_fashion_mnist
 from .pixels import _fast_normalize, _to_pil, decode_image
 
@@ -37,7 +37,9 @@ def _list_image_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-def _folder_images(folder: Path, num_samples: int, seed: int, split: str | None = None) -> list:
+def _calibration_files(folder: Path, split: str | None = None) -> list[Path]:
+    """The image files of `folder` that calibration draws from: the named split, else the train split of a folder
+    with splits, else all of them."""
     files = _list_image_files(folder)
     if not files:
         raise DataError(f"No image files found in {folder} (searched recursively for "
@@ -45,16 +47,19 @@ def _folder_images(folder: Path, num_samples: int, seed: int, split: str | None 
                         "source.")
     splits = local_splits(folder, files)
     if split is not None:  # PATH:split, as --eval-dataset reads it
-        if split not in splits:
-            raise DataError(f"{folder} has no split '{split}'; its splits are {', '.join(splits)}. Write "
-                            f"{folder}:{next(iter(splits))}, or the folder alone for its train split.")
-        files = splits[split]
-    elif len(splits) > 1:  # calibrating on the images a model is then evaluated on would flatter it
+        return splits[named_split(folder, split, list(splits))]
+    if len(splits) > 1:  # calibrating on the images a model is then evaluated on would flatter it
         if "train" not in splits:
             raise DataError(f"{folder} holds the splits {', '.join(splits)} but no train split: calibrating on "
-                            "evaluation images would flatter the results. Pass a folder of training images.")
+                            "evaluation images would flatter the results. Pass a folder of training images, or "
+                            f"name the split to calibrate on ({folder}:{next(iter(splits))}).")
         logger.info("%s holds the splits %s: calibrating on train.", folder, ", ".join(splits))
-        files = splits["train"]
+        return splits["train"]
+    return files
+
+
+def _folder_images(folder: Path, num_samples: int, seed: int, split: str | None = None) -> list:
+    files = _calibration_files(folder, split)
     chosen = [files[i] for i in _subset(len(files), num_samples, seed)]
     images, bad = [], []
     for path in chosen:
@@ -68,12 +73,7 @@ def _folder_images(folder: Path, num_samples: int, seed: int, split: str | None 
     return images
 
 
-def _hub_images(source: str, num_samples: int, seed: int) -> list:
-    name, *rest = source.split(":")  # owner/name[:config][:split], as --eval-dataset reads it
-    if len(rest) > 2 or not all(rest):
-        raise DataError(f"Calibration source '{source}' is not a Hub dataset id: write owner/name, "
-                        "owner/name:split or owner/name:config:split.")
-    config, split = rest if len(rest) == 2 else (None, rest[0] if rest else "train")
+def _hub_images(name: str, config: str | None, split: str, num_samples: int, seed: int) -> list:
     where = f"'{name}'" + (f" (config '{config}')" if config else "")
     try:
         import datasets
@@ -103,6 +103,65 @@ def _hub_images(source: str, num_samples: int, seed: int) -> list:
     return list(column)
 
 
+def _resolve(source: str) -> tuple[str, str, str | None, str | None]:
+    """(kind, where, config, split) of a few-shot source: Fashion-MNIST's train split, a local folder (with the
+    split `PATH:split` names, else None) or a Hub dataset (with its config and split, default train)."""
+    name, _, split = source.lower().replace("_", "-").partition(":")
+    if name == FASHION_MNIST_SOURCE and split not in ("", "train"):
+        raise DataError(f"Few-shot calibration reads Fashion-MNIST's train split only ('{source}' names another): "
+                        "calibrating on the held-out images the model is evaluated on would flatter its results. Write "
+                        f"--few-shot {FASHION_MNIST_SOURCE}.")
+    if name == FASHION_MNIST_SOURCE:
+        return FASHION_MNIST_SOURCE, FASHION_MNIST_SOURCE, None, "train"
+    path, split = Path(source).expanduser(), None
+    base, _, named = source.rpartition(":")
+    if not path.exists() and base and named and Path(base).expanduser().is_dir():  # PATH:split
+        path, split = Path(base).expanduser(), named
+    if path.is_dir():
+        return "local", str(path), None, split
+    if path.exists():
+        raise DataError(f"Calibration source {path} is a file; give a folder of images, 'fashion-mnist', or a Hub "
+                        "dataset id (owner/name[:config][:split]).")
+    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        name, *rest = source.split(":")  # owner/name[:config][:split], as --eval-dataset reads it
+        if len(rest) > 2 or not all(rest):
+            raise DataError(f"Calibration source '{source}' is not a Hub dataset id: write owner/name, "
+                            "owner/name:split or owner/name:config:split.")
+        config, split = rest if len(rest) == 2 else (None, rest[0] if rest else "train")
+        return "hub", name, config, split
+    raise DataError(f"Unknown calibration source '{source}': it is not an existing folder, not "
+                    "'fashion-mnist', and not a Hub dataset id. Use a local folder of images, 'fashion-mnist', "
+                    "or owner/name[:config][:split].")
+
+
+def few_shot_folder(source: str) -> Path | None:
+    """The local folder a few-shot source reads (`PATH` or `PATH:split`), None for Fashion-MNIST or a Hub id."""
+    kind, where, _, _ = _resolve(source)
+    return Path(where) if kind == "local" else None
+
+
+def check_apart_from_evaluation(source: str, evalset: EvalSet) -> None:
+    """Refuse few-shot images that are among the evaluation images: the card would report accuracy measured on
+    the images the model was calibrated on, which flatters it. Checked before compute; a local folder is compared
+    file by file (the same folder, one inside the other, or the same split named two ways)."""
+    kind, where, config, split = _resolve(source)
+    evaluated = evalset.source
+    if kind == FASHION_MNIST_SOURCE:
+        shared = evaluated.kind == FASHION_MNIST_SOURCE and evalset.split == "train"
+    elif kind == "local":
+        shared = evaluated.kind == "local" and bool(
+            {f.resolve() for f in _calibration_files(Path(where), split)}
+            & {f.resolve() for f in evaluation_files(evalset)})
+    else:
+        shared = (evaluated.kind == "hub" and evaluated.name.lower() == where.lower() and evalset.split == split
+                  and (config == evaluated.config or None in (config, evaluated.config)))
+    if shared:
+        raise DataError(
+            f"The few-shot calibration images ({source}) are among the evaluation images ({evaluated.label}, split "
+            f"{evalset.split}): the results would be measured on images the model was calibrated on, and flattered. "
+            "Calibrate on another split (its train split, for example) or evaluate on another set.")
+
+
 def load_calibration_images(source: str, processor, spec: InputSpec, num_samples: int, seed: int = 0) -> torch.Tensor:
     """Real calibration images for the few-shot path, as normalized `pixel_values` [n, C, H, W].
 
@@ -120,12 +179,8 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
         raise ConfigError(f"num_samples must be at least 1 (got {num_samples}).")
     num_samples = int(num_samples)
     source = str(source).strip()
-    name, _, split = source.lower().replace("_", "-").partition(":")
-    if name == FASHION_MNIST_SOURCE and split not in ("", "train"):
-        raise DataError(f"Few-shot calibration reads Fashion-MNIST's train split only ('{source}' names another): "
-                        "calibrating on the held-out images the model is evaluated on would flatter its results. Write "
-                        f"--few-shot {FASHION_MNIST_SOURCE}.")
-    if name == FASHION_MNIST_SOURCE:
+    kind, where, config, split = _resolve(source)
+    if kind == FASHION_MNIST_SOURCE:
         images, _ = load_fashion_mnist("train")
         subset = images[_subset(images.shape[0], num_samples, seed)]
         if spec.channels == 1:
@@ -133,21 +188,10 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
             if fast is not None:
                 return fast
         return to_pixel_values(_to_pil(subset), processor, spec)
-    path, split = Path(source).expanduser(), None
-    base, _, named = source.rpartition(":")
-    if not path.exists() and base and named and Path(base).expanduser().is_dir():  # PATH:split
-        path, split = Path(base).expanduser(), named
-    if path.is_dir():
-        pil_images = _folder_images(path, num_samples, seed, split)
-    elif path.exists():
-        raise DataError(f"Calibration source {path} is a file; give a folder of images, 'fashion-mnist', or a Hub "
-                        "dataset id (owner/name[:config][:split]).")
-    elif _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-        pil_images = _hub_images(source, num_samples, seed)
+    if kind == "local":
+        pil_images = _folder_images(Path(where), num_samples, seed, split)
     else:
-        raise DataError(f"Unknown calibration source '{source}': it is not an existing folder, not "
-                        "'fashion-mnist', and not a Hub dataset id. Use a local folder of images, 'fashion-mnist', "
-                        "or owner/name[:config][:split].")
+        pil_images = _hub_images(where, config, split, num_samples, seed)
     if len(pil_images) < num_samples:
         logger.warning("Calibration source '%s' has only %d image(s); using all of them instead of %d.", source,
                        len(pil_images), num_samples)

@@ -246,20 +246,46 @@ def _load(source: EvalSource, streaming: bool):
             raise DataError(f"{path} is not a .parquet/.arrow file (or a folder).")
         return datasets.load_dataset(DATA_SUFFIXES[path.suffix], data_files=[str(path)], split="train",
                                      streaming=streaming), _chosen_split(source, ["train"])
-    files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
-    builder = DATA_SUFFIXES[files[0].suffix] if files else "imagefolder"
-    if any(DATA_SUFFIXES[f.suffix] != builder for f in files):
-        raise DataError(f"{path} mixes .parquet and .arrow files; give one kind of file.")
-    if not files:
-        from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
-
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in ImageFolder.EXTENSIONS)
-        if not files:
-            raise DataError(f"{path} holds no image, .parquet or .arrow file.")
-    by_split = local_splits(path, files)
+    builder, by_split = local_data_files(path)
     split = _chosen_split(source, list(by_split))
     data_files = [str(f) for f in by_split[split]]  # class labels of an imagefolder come from the parent folders
     return datasets.load_dataset(builder, data_files=data_files, split="train", streaming=streaming), split
+
+
+def local_data_files(root: Path) -> tuple[str, dict[str, list[Path]]]:
+    """The `datasets` builder and the files by split (`local_splits`) of a local evaluation folder.
+
+    Hidden files and folders are skipped, as the few-shot reader skips them: a `.git`, or a cache someone keeps
+    there, is not data. `datasets`' own metadata files (`metadata.csv`, ...) describe an imagefolder's images, so
+    they neither make it a parquet folder nor count as a split's data: each split gets those that sit in or above
+    its images' folders, as `datasets` applies them."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    visible = sorted(p for p in root.rglob("*") if p.is_file()
+                     and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    metadata = [p for p in visible if p.name in ImageFolder.METADATA_FILENAMES]
+    images = [p for p in visible if p.suffix.lower() in ImageFolder.EXTENSIONS]
+    tables = [p for p in visible if p.suffix in DATA_SUFFIXES and p not in metadata]
+    if tables and not (metadata and images):
+        kinds = {DATA_SUFFIXES[f.suffix] for f in tables}
+        if len(kinds) > 1:
+            raise DataError(f"{root} mixes .parquet and .arrow files; give one kind of file.")
+        return kinds.pop(), local_splits(root, tables)
+    if not images:
+        raise DataError(f"{root} holds no image, .parquet or .arrow file.")
+    by_split = local_splits(root, images)
+    for split, files in by_split.items():
+        folders = {f.parent for f in files}
+        by_split[split] = files + [m for m in metadata if any(m.parent == d or m.parent in d.parents for d in folders)]
+    return "imagefolder", by_split
+
+
+def evaluation_files(evalset: EvalSet) -> list[Path]:
+    """The local files an opened evaluation set reads (none for Fashion-MNIST or a Hub dataset)."""
+    if evalset.source.kind != "local":
+        return []
+    path = Path(evalset.source.name).expanduser()
+    return [path] if path.is_file() else local_data_files(path)[1][evalset.split]
 
 
 def _preferred_split(splits: list[str]) -> str | None:
@@ -268,6 +294,16 @@ def _preferred_split(splits: list[str]) -> str | None:
 
 def _split_named(word: str) -> str | None:
     return next((split for split, words in SPLIT_WORDS.items() if word.lower() in words), None)
+
+
+def named_split(where: str | Path, word: str, splits: list[str]) -> str:
+    """The split of a local folder that `PATH:word` names: the word itself, or the split it is a word for (`val`
+    names `validation`, as it does for the folder `val/`)."""
+    split = word if word in splits else _split_named(word)
+    if split not in splits:
+        raise DataError(f"{where} has no split '{word}'; its splits are {', '.join(splits)}. Write "
+                        f"{where}:{splits[0]}{', for example' if len(splits) > 1 else ''}.")
+    return split
 
 
 def local_splits(root: Path, files: list[Path]) -> dict[str, list[Path]]:
@@ -290,9 +326,7 @@ def local_splits(root: Path, files: list[Path]) -> dict[str, list[Path]]:
 def _chosen_split(source: EvalSource, splits: list[str]) -> str:
     """The named split (`PATH:split`), else the preferred one; with several, which one is said in the log."""
     if source.split is not None:
-        if source.split not in splits:
-            raise DataError(f"'{source.name}' has no split '{source.split}' (it has: {', '.join(splits)}).")
-        return source.split
+        return named_split(source.name, source.split, splits)
     split = _preferred_split(splits)
     if len(splits) > 1:
         logger.info("%s holds the splits %s: evaluating on %s (name another as %s:SPLIT).", source.name,
