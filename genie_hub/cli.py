@@ -265,6 +265,7 @@ def _quantize(args) -> None:
 
 
 def _evaluate(args) -> None:
+    from .checkpoint.save import is_genie_quantized
     from .evaluation import evaluate_on_dataset, open_evaluation
     from .loading import input_spec, load_model, require_processor
 
@@ -278,6 +279,10 @@ def _evaluate(args) -> None:
     if args.fp32:
         fp_model, fp_processor = load_model(args.fp32)
         require_processor(fp_processor, args.fp32, "the --fp32 comparison")
+        if is_genie_quantized(fp_model):
+            raise ConfigError(f"--fp32 {args.fp32} is a genie_hub quantized checkpoint, not a full-precision model, "
+                              "so its numbers would be reported as FP32 ones. Pass the model "
+                              f"{args.model} was quantized from (its card names it as the base model).")
         _check_comparable(args.fp32, fp_model, fp_processor, args.model, model, processor)
     evalset = open_evaluation(args.dataset, fp_model, image_column=args.image_column, label_column=args.label_column,
                               unlabelled=args.unlabelled)

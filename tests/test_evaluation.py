@@ -438,6 +438,15 @@ def test_evaluate_fp32_refuses_another_model(model_dir, tmp_path, capsys):
     assert "normalize pixels differently" in capsys.readouterr().err
 
 
+def test_evaluate_fp32_refuses_a_quantized_checkpoint(capsys):
+    """A quantized --fp32 (even the evaluated model itself) would be reported as the FP32 reference."""
+    from genie_hub.loading import DEFAULT_QUANTIZED_DIR
+
+    quantized = str(DEFAULT_QUANTIZED_DIR)
+    assert main(["evaluate", quantized, "--fp32", quantized, "--dataset", "fashion-mnist", "--limit", "4"]) == 2
+    assert "is a genie_hub quantized checkpoint, not a full-precision model" in capsys.readouterr().err
+
+
 def _unmappable(tmp: Path) -> str:
     for name in ("cat", "zebra"):
         (tmp / "unmappable" / name).mkdir(parents=True)
