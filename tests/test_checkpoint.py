@@ -402,6 +402,17 @@ def test_truncated_file(w4, tmp_path):
     _assert_refused(folder, "genie_model.safetensors", "not a valid safetensors file")
 
 
+def test_weights_that_are_a_device_or_a_folder_are_named_as_not_a_file(w4, tmp_path):
+    folder = copy_checkpoint(w4[1], tmp_path)
+    weights = folder / "genie_model.safetensors"
+    weights.unlink()
+    weights.symlink_to("/dev/zero")  # no size, endless zero bytes: before, "claims 0 bytes but has 0 bytes"
+    _assert_refused(folder, str(weights), "not a regular file")
+    weights.unlink()
+    weights.mkdir()
+    _assert_refused(folder, str(weights), "not a regular file")
+
+
 def test_garbage_file(w4, tmp_path):
     folder = copy_checkpoint(w4[1], tmp_path)
     (folder / "genie_model.safetensors").write_bytes(np.random.RandomState(0).bytes(4096))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from pathlib import Path
 
@@ -44,7 +45,11 @@ def _parse(path: Path) -> tuple[dict[str, dict], dict[str, str]]:
             f"Refusing to read {path}: Genie checkpoints are safetensors only (pickled .bin/.pt weights can run "
             "code when loaded and are never opened).")
     try:
-        size = path.stat().st_size
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode):  # a link to /dev/zero or a pipe: no size to check, endless bytes
+            raise CheckpointError(f"The checkpoint file {path} is not a regular file (it is, or links to, a device, "
+                                  "a pipe or a folder), so it holds no checkpoint. Replace it with the real file.")
+        size = status.st_size
         with open(path, "rb") as handle:
             prefix = handle.read(8)
             if len(prefix) < 8:
