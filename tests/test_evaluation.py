@@ -78,6 +78,11 @@ def test_label_mapping_by_name():
     assert map_labels(["a/b", "a b"], {0: "a/b", 1: "a b"}, "x") is None
     with pytest.raises(DataError, match="match several of the model's classes"):
         map_labels(["A_B"], {0: "a/b", 1: "a b"}, "x")
+    # Two dataset classes onto one model class (folders differing only in case): never merged silently.
+    with pytest.raises(DataError, match="'LABEL_0', 'label_0' all match the model's class 'LABEL_0'"):
+        map_labels(["LABEL_0", "label_0"], {0: "LABEL_0", 1: "LABEL_1"}, "x")
+    with pytest.raises(DataError, match="all match the model's class 'tench, Tinca tinca'"):
+        map_labels(["tench", "Tinca tinca"], imagenet, "x")
 
 
 def test_sources_parse():
@@ -87,6 +92,8 @@ def test_sources_parse():
     for bad in ("owner/name:a:b:c", "not a dataset", "owner/name:"):
         with pytest.raises(DataError):
             EvalSource.parse(bad)
+    with pytest.raises(DataError, match="Fashion-MNIST has a train and a test split, no 'validation'"):
+        EvalSource.parse("fashion-mnist:validation")
 
 
 def test_imagefolder_with_other_label_names_and_order(model_dir, imagefolder):

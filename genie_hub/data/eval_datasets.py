@@ -56,6 +56,9 @@ class EvalSource:
         lowered = text.lower().replace("_", "-")
         if lowered in ("fashion-mnist", "fashion-mnist:test", "fashion-mnist:train"):
             return cls("fashion-mnist", "fashion-mnist", split=lowered.partition(":")[2] or "test")
+        if lowered.startswith("fashion-mnist:") and not Path(text).expanduser().exists():
+            raise DataError(f"Fashion-MNIST has a train and a test split, no '{text.partition(':')[2]}': write "
+                            "fashion-mnist (its test split, the held-out images) or fashion-mnist:train.")
         path = Path(text).expanduser()
         if path.exists():
             return cls("local", str(path))
@@ -206,14 +209,13 @@ def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: st
         return None
     mapping, missing, ambiguous = {}, [], []
     for index, name in enumerate(dataset_names):
-        for table, key in ((exact, str(name).strip()), (by_name, _normalize(name)), (synonyms, _normalize(name))):
-            if len(table.get(key, ())) == 1:  # ImageNet names two classes "crane": ambiguous, like a shared synonym
-                mapping[index] = next(iter(table[key]))
-                break
+        matches = [exact.get(str(name).strip(), set()), by_name.get(_normalize(name), set()),
+                   synonyms.get(_normalize(name), set())]
+        unique = next((match for match in matches if len(match) == 1), None)  # two "crane" classes: not unique
+        if unique is not None:
+            mapping[index] = next(iter(unique))
         else:
-            (ambiguous if any(len(table.get(key, ())) > 1 for table, key in ((by_name, _normalize(name)),
-                                                                              (synonyms, _normalize(name))))
-             else missing).append(name)
+            (ambiguous if any(matches) else missing).append(name)
     if ambiguous:
         raise DataError(
             f"The labels of {where} cannot be mapped onto the model's classes: {len(ambiguous)} dataset class "
@@ -225,6 +227,16 @@ def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: st
             f"are not among the model's id2label (e.g. {', '.join(repr(m) for m in missing[:5])}; the model has "
             f"{', '.join(repr(m) for m in model_names[:8])}{', ...' if len(model_names) > 8 else ''}). Evaluate on a "
             "dataset of the classes the model was trained on.")
+    merged: dict[int, list[str]] = {}
+    for index, target in mapping.items():
+        merged.setdefault(target, []).append(dataset_names[index])
+    target, names = next(((t, n) for t, n in merged.items() if len(n) > 1), (None, []))
+    if names:  # `LABEL_0/` and `label_0/`: two folders of one class, or two classes scored as one
+        raise DataError(
+            f"The labels of {where} cannot be mapped onto the model's classes: the dataset classes "
+            f"{', '.join(repr(n) for n in names)} all match the model's class {model_labels[target]!r}, so they "
+            "would be scored as one class. Merge them into one class folder, or rename them to the model's exact "
+            "id2label names.")
     return mapping
 
 
