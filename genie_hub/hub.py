@@ -154,8 +154,8 @@ def check_push_targets(base_model: str, weight_bits: int, act_bits: int, repo_id
     username, namespaces = _whoami(token)
     repo_id, dataset_repo_id = _resolve_repo_ids(username, base_model, weight_bits, act_bits, repo_id,
                                                  dataset_repo_id, with_dataset=True)
+    _check_repo_id("model", repo_id, namespaces)  # first: a dataset id derived from a bad --repo-id names it
     _check_repo_id("dataset", dataset_repo_id, namespaces)
-    _check_repo_id("model", repo_id, namespaces)
     return repo_id, dataset_repo_id
 
 
@@ -568,9 +568,9 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
                             "repo id explicitly (--repo-id).")
     repo_id, dataset_repo_id = _resolve_repo_ids(username, run.base_model, run.weight_bits, run.act_bits, repo_id,
                                                  dataset_repo_id, with_dataset=has_dataset)
+    _check_repo_id("model", repo_id, namespaces)  # first: a dataset id derived from a bad --repo-id names it
     if has_dataset:
         _check_repo_id("dataset", dataset_repo_id, namespaces)
-    _check_repo_id("model", repo_id, namespaces)
     card, dataset_card = _card_plans(run, layout, repo_id, dataset_repo_id, revision)  # before any upload
     api = HfApi(token=token)
     done: list[str] = []

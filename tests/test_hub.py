@@ -230,8 +230,13 @@ def test_missing_or_incomplete_output_raises_push_error(hub_server, out, tmp_pat
 
 
 def test_forbidden_namespace_is_a_push_error(hub_server, out):
-    with pytest.raises(PushError, match="dataset repo 'someone-else/x-calibration'"):
+    with pytest.raises(PushError, match="model repo 'someone-else/x'"):  # the id given, not the one derived
         push_output(out, repo_id="someone-else/x")
+    with pytest.raises(PushError, match="model repo 'tester/b/c': not a valid Hub repo id"):
+        push_output(out, repo_id="tester/b/c")
+    with pytest.raises(PushError, match="dataset repo 'someone-else/d'"):
+        push_output(out, repo_id="tester/x", dataset_repo_id="someone-else/d")
+    assert not hub_server.repos
 
 
 # --------------------------------------------------------------------------------------- preflight checks
