@@ -122,30 +122,47 @@ class _Parser(argparse.ArgumentParser):
     """No abbreviated options: argparse would take `--tok hf_...` for `--token hf_...`, and a command line is
     recorded (run.json, the cards) with the exact spellings of its secrets left out (`recorded_command`)."""
 
+    given: list[str] = []
+    """The command line being parsed (set by `main`): a missing required option is reported by argparse before
+    any unknown one, so `error` adds the typo hints there."""
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        if message.startswith("the following arguments are required"):
+            hints = _typo_hints(self, self.given)
+            message += f" ({'; '.join(hints)})" if hints else ""
+        super().error(message)
 
 
 def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, words: list[str]) -> str:
     """argparse's "unrecognized arguments" with the chosen command's closest options: `--bits 4` -> -w/-a; for a
     nested command (`zoo publish`), the options of the innermost one."""
-    import difflib
-
     names = []
     while subparsers := next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None):
         names.append(getattr(args, subparsers.dest))
         parser = subparsers.choices[names[-1]]
     command = " ".join(names)
+    hints = _typo_hints(parser, words)
+    return (f"unrecognized arguments: {' '.join(words)}" + (f" ({'; '.join(hints)})" if hints else "")
+            + f". `genie_hub {command} --help` lists every option.")
+
+
+def _typo_hints(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
+    """"--bits: did you mean ...?" for each word that looks like an option `parser` does not have."""
+    import difflib
+
     options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
     hints = []
     for word in words:
         option = word.split("=", 1)[0]  # the hint names the option only: `--tokne=hf_...` must not repeat the value
-        close = difflib.get_close_matches(option, options, n=2, cutoff=0.6) if word.startswith("--") else []
+        close = difflib.get_close_matches(option, options, n=2, cutoff=0.6) \
+            if word.startswith("--") and option not in options else []
         if close:
             hints.append(f"{option}: did you mean {' or '.join(close)}?")
-    return (f"unrecognized arguments: {' '.join(words)}" + (f" ({'; '.join(hints)})" if hints else "")
-            + f". `genie_hub {command} --help` lists every option.")
+    return hints
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,11 +267,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_ineffective_options(args, evaluate: str | None) -> None:
+    """Options that would change nothing in this run are refused, not ignored: `--repo-id` without `--push`
+    publishes nothing, and whoever typed it expected something to be published. The synthesis options of a
+    few-shot run are only warned about: the run does what was asked, and scripts share their options."""
+    from .config import SYNTHESIS_ONLY_FIELDS
+
+    synthesis = [f.metadata["cli"]["flag"] for f in GenieConfig.cli_fields()
+                 if f.name in SYNTHESIS_ONLY_FIELDS and getattr(args, f.name) not in (None, [])]
+    groups = [
+        (not args.push, "only --push uses them (nothing is published without it)",
+         [flag for flag, given in (("--repo-id", args.repo_id), ("--dataset-repo-id", args.dataset_repo_id),
+                                   ("--private", args.private), ("--push-revision", args.push_revision),
+                                   ("--create-pr", args.create_pr), ("--commit-message", args.commit_message),
+                                   ("--token", args.token))
+          if given]),
+        (evaluate is None, "nothing is evaluated with --eval-dataset none",
+         [flag for flag, given in (("--eval-limit", args.eval_limit), ("--eval-image-column", args.eval_image_column),
+                                   ("--eval-label-column", args.eval_label_column),
+                                   ("--eval-unlabelled", args.eval_unlabelled)) if given]),
+    ]
+    problems = [f"{', '.join(flags)} ({why})" for applies, why, flags in groups if applies and flags]
+    if problems:
+        raise ConfigError(f"Options that would have no effect in this run: {'; '.join(problems)}. Leave them out, or "
+                          "add what they go with.")
+    unused = synthesis + (["--dataset-repo-id"] if args.few_shot and args.dataset_repo_id else [])
+    if args.few_shot and unused:  # the run still does what was asked: said, not refused (scripts share options)
+        logging.getLogger("genie_hub").warning(
+            "%s: no effect in a --few-shot run, which synthesizes no images and publishes no dataset.",
+            ", ".join(unused))
+
+
 def _quantize(args) -> None:
     from .pipeline import run_quantization
 
     config = config_from_args(args)
     evaluate = None if args.eval_dataset in ("none", "") else args.eval_dataset
+    _refuse_ineffective_options(args, evaluate)
     run_quantization(args.model, config, output_dir=args.output_dir, few_shot=args.few_shot, evaluate=evaluate,
                      push=args.push, repo_id=args.repo_id, dataset_repo_id=args.dataset_repo_id,
                      private=args.private, revision=args.revision, command=args.command_line,
@@ -427,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    _Parser.given = argv
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(_unrecognized(parser, args, unknown))

@@ -29,6 +29,11 @@ MIXED_PRECISIONS = ("no", "bf16")
 SYNTHESIS_PRECISIONS = ("auto", "fp32", "bf16")
 SPEED_ONLY_FIELDS = ("compile", "synthesis_batches_per_step", "synthesis_workers")
 """GenieConfig fields that change how fast a run goes, not its results (beyond float rounding)."""
+SYNTHESIS_ONLY_FIELDS = ("synthesis_batch_size", "synthesis_iterations", "synthesis_batches_per_step",
+                         "synthesis_workers", "latent_dim", "synthesis_method", "synthesis_prior", "lr_latent",
+                         "lr_generator", "synthesis_precision", "dataset_storage")
+"""GenieConfig fields that act on the synthetic images only (how they are made and stored): a few-shot run,
+which makes none, is the same run whatever they are."""
 DATASET_STORAGES = ("exact", "fp16")
 """How OUT/dataset stores the synthetic tensors: exact float32, or float16 (half the size, lossy)."""
 

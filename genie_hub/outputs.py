@@ -137,6 +137,10 @@ class OutputLayout:
         if str(root).strip() in ("", "."):
             raise ConfigError("The output folder is empty or '.': genie_hub would write model/, dataset/, work/ "
                               "and run.json into the current folder. Pass a folder of their own with -o.")
+        for path in (root, self.model_dir, self.dataset_dir, self.work_dir):
+            if path.is_symlink() and not path.exists():  # mkdir would fail with a bare "File exists"
+                raise ConfigError(f"{path} is a link to {os.readlink(path)}, which does not exist (a disk that is not "
+                                  "mounted?). Create the folder it points to, or remove the link.")
         if root.exists() and not root.is_dir():
             raise ConfigError(f"The output folder {root} is a file. Pass a folder with -o.")
         for sub in (self.model_dir, self.dataset_dir, self.work_dir):
@@ -368,7 +372,8 @@ def settings_change(recorded: dict, wanted: dict[str, Any]) -> str | None:
 def _comparable(settings: dict | None) -> dict | None:
     """`settings` with local folders named by their resolved path, so that `models/x`, `models/x/` (a shell's tab
     completion) and `./models/x` are one model and a rerun resumes (different weights under one path are
-    caught by the synthesis and reconstruction fingerprints)."""
+    caught by the synthesis and reconstruction fingerprints); a few-shot run without the settings that act on
+    synthetic images only."""
     if not settings:
         return settings
     comparable = dict(settings)
@@ -376,6 +381,10 @@ def _comparable(settings: dict | None) -> dict | None:
         value = comparable.get(key)
         if isinstance(value, str) and value.strip() and Path(value).expanduser().exists():
             comparable[key] = str(Path(value).expanduser().resolve())
+    if comparable.get("calibration") != "synthetic" and isinstance(comparable.get("config"), dict):
+        from .config import SYNTHESIS_ONLY_FIELDS  # a few-shot run makes no images: these change nothing
+
+        comparable["config"] = {k: v for k, v in comparable["config"].items() if k not in SYNTHESIS_ONLY_FIELDS}
     return comparable
 
 

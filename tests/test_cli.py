@@ -146,6 +146,27 @@ def test_default_model_job_reports_fp32_and_quantized_top1(tmp_path, capsys):
     assert "on 500 images of fashion-mnist (test[:500])" in printed and "top-1 agreement" in printed
 
 
+def test_options_that_would_have_no_effect_are_refused_or_named_before_anything_runs(tmp_path, hub_server, capsys,
+                                                                                      caplog):
+    """--repo-id without --push, --eval-limit with --eval-dataset none: each would be silently ignored, and whoever
+    typed it expected it to act. --synthesis-iterations with --few-shot is named in a warning."""
+    cases = [(["--repo-id", "me/x", "--create-pr", "--token", "hf_x"], "--repo-id, --create-pr, --token (only --push"),
+             (["--eval-dataset", "none", "--eval-limit", "5", "--eval-unlabelled"],
+              "--eval-limit, --eval-unlabelled (nothing is evaluated")]
+    out = tmp_path / "out"
+    for options, needle in cases:
+        assert main(["quantize", "-o", str(out), *options]) == 2
+        err = capsys.readouterr().err
+        assert "have no effect in this run" in err and needle in err, err
+        assert not out.exists()
+    (tmp_path / "empty").mkdir()
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        assert main(["quantize", "-o", str(out), "--few-shot", str(tmp_path / "empty"), "--synthesis-iterations", "5",
+                     "--dataset-storage", "fp16", "--push", "--dataset-repo-id", "me/d"]) != 0  # refused next
+    assert any("--synthesis-iterations, --dataset-storage, --dataset-repo-id: no effect in a --few-shot run"
+               in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
 def test_few_shot_calibrates_on_real_images(tmp_path):
     out = tmp_path / "fewshot"
@@ -420,6 +441,10 @@ def test_an_unknown_option_gets_the_closest_ones(capsys):
         main(["zoo", "build", "--registy", "r.json"])  # a nested command: its own options
     err = capsys.readouterr().err
     assert "--registy: did you mean --registry?" in err and "genie_hub zoo build --help" in err
+    with pytest.raises(SystemExit):  # argparse reports the missing --namespace first: the hint still comes
+        main(["zoo", "publish", "--namspace", "me"])
+    err = capsys.readouterr().err
+    assert "required: --namespace" in err and "--namspace: did you mean --namespace?" in err
 
 
 def test_quantize_push_options_are_checked_before_compute(tmp_path, hub_server, capsys):

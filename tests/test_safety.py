@@ -557,6 +557,48 @@ def test_a_batch_larger_than_the_set_is_recorded_as_the_set():
     assert larger.results_dict() == GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=8).results_dict()
 
 
+def test_a_dangling_link_as_the_output_folder_or_its_model_folder_is_named_as_such(tmp_path):
+    from genie_hub.outputs import OutputLayout, run_settings
+
+    settings = run_settings("m", None, "synthetic", {})
+    (tmp_path / "out").symlink_to(tmp_path / "unmounted")
+    with pytest.raises(ConfigError, match="is a link to .*unmounted, which does not exist"):
+        OutputLayout(tmp_path / "out").claim(settings)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model").symlink_to(tmp_path / "unmounted" / "model")
+    with pytest.raises(ConfigError, match="model is a link to"):
+        OutputLayout(tmp_path / "other").claim(settings)
+    assert not (tmp_path / "unmounted").exists()
+
+
+def test_a_few_shot_run_resumes_whatever_its_synthesis_only_settings(tmp_path):
+    """A few-shot run makes no images: its folder and its reconstruction state resume with other synthesis
+    settings (library callers can pass them); a zero-shot run with other synthesis settings is another run."""
+    from genie_hub.outputs import run_settings, settings_change
+    from genie_hub.quantization.reconstruction import ReconstructionState
+
+    first = GenieConfig.from_profile("quick", synthesis_iterations=3, dataset_storage="exact")
+    again = GenieConfig.from_profile("quick", synthesis_iterations=9, dataset_storage="fp16")
+    photos = str(tmp_path)
+    assert settings_change(run_settings("m", None, photos, first.results_dict()),
+                           run_settings("m", None, photos, again.results_dict())) is None
+    change = settings_change(run_settings("m", None, "synthetic", first.results_dict()),
+                             run_settings("m", None, "synthetic", again.results_dict()))
+    assert "synthesis_iterations: 3 -> 9" in change
+    assert settings_change(run_settings("m", None, photos, first.results_dict()),
+                           run_settings("m", None, photos, GenieConfig.from_profile("quick", seed=5).results_dict()))
+
+    from safetensors.torch import save_file
+
+    state_path = tmp_path / "state.safetensors"  # one finished unit, as `ReconstructionState.record` writes it
+    fingerprint = {"config": first.results_dict(), "calibration": [1.0]}
+    save_file({"unit.w": torch.zeros(1)}, str(state_path), {"fingerprint": json.dumps(fingerprint, sort_keys=True),
+                                                             "finished": '[{"name": "unit"}]', "signed": "{}"})
+    assert ReconstructionState(state_path, {"config": again.results_dict(), "calibration": [1.0]}).finished
+    with pytest.raises(ConfigError, match="different settings"):
+        ReconstructionState(state_path, {"config": first.results_dict(), "calibration": [2.0]})
+
+
 def test_synthesis_is_finite_on_one_pixel_maps_and_vanishing_activations():
     from transformers import EfficientNetConfig, EfficientNetForImageClassification, ResNetConfig, \
         ResNetForImageClassification

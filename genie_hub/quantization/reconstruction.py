@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..adapters import model_logits
-from ..config import GenieConfig
+from ..config import SYNTHESIS_ONLY_FIELDS, GenieConfig
 from ..errors import ConfigError, ReconstructionDivergedError
 from ..fileio import save_safetensors
 from ..hooks import TemporaryHooks
@@ -258,6 +258,15 @@ def _learned(weight_quantizers: list, act_quantizers: list[ActQuantizer]) -> lis
             *(aq.step.log_step for aq in act_quantizers)]
 
 
+def _without_synthesis_settings(fingerprint: dict) -> dict:
+    """A state's fingerprint as resuming compares it: the calibration images are fingerprinted themselves, so the
+    settings that only make them (`SYNTHESIS_ONLY_FIELDS`, which a few-shot run does not use) are left out."""
+    config = fingerprint.get("config")
+    if not isinstance(config, dict):
+        return fingerprint
+    return {**fingerprint, "config": {k: v for k, v in config.items() if k not in SYNTHESIS_ONLY_FIELDS}}
+
+
 class ReconstructionState:
     """Frozen units on disk (safetensors), so an interrupted reconstruction resumes at the next unit."""
 
@@ -273,7 +282,7 @@ class ReconstructionState:
             with safe_open(str(self.path), framework="pt") as handle:
                 meta = handle.metadata() or {}
                 saved = json.loads(meta.get("fingerprint", "{}"))
-                if saved != fingerprint:
+                if _without_synthesis_settings(saved) != _without_synthesis_settings(fingerprint):
                     raise ConfigError(
                         f"{self.path} holds a reconstruction made with different settings, calibration data or "
                         f"model ({fingerprint_differences(saved, fingerprint)}). Use a new --output-dir, or delete "
