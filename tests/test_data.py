@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import warnings
 from pathlib import Path
@@ -239,6 +240,17 @@ def test_few_shot_images_that_are_among_the_evaluation_images_are_refused(tmp_pa
             check_apart_from_evaluation(shared, evalset)
     with pytest.raises(DataError, match="among the evaluation images"):  # a folder with no splits, twice
         check_apart_from_evaluation(str(root / "val"), open_eval_set(str(root / "val"), {0: "x"}, unlabelled=True))
+    linked = tmp_path / "linked"  # hard links to the evaluation images, and a linked folder of them
+    linked.mkdir()
+    first = next(p for p in sorted((root / "val").rglob("*.png")) if not p.name.startswith("."))
+    os.link(first, linked / "copy.png")
+    with pytest.raises(DataError, match="among the evaluation images"):
+        check_apart_from_evaluation(str(linked), evalset)
+    (linked / "copy.png").unlink()
+    (linked / "photo.png").write_bytes(first.read_bytes())  # an image of its own, then a linked folder beside it
+    (linked / "more").symlink_to(root / "val" / "sub")
+    with pytest.raises(DataError, match="among the evaluation images"):
+        check_apart_from_evaluation(str(linked), evalset)
 
     fashion = EvalSource("fashion-mnist", "fashion-mnist", split="train")
     with pytest.raises(DataError, match="among the evaluation images"):
@@ -249,7 +261,10 @@ def test_few_shot_images_that_are_among_the_evaluation_images_are_refused(tmp_pa
     for shared in ("owner/set:validation", "Owner/Set:default:validation"):
         with pytest.raises(DataError, match="among the evaluation images"):
             check_apart_from_evaluation(shared, hub)
-    for apart in ("owner/set", "owner/set:test", "owner/other:validation"):
+    for shared in ("owner/set:train+validation", "owner/set:validation[:10%]"):  # split expressions read it too
+        with pytest.raises(DataError, match="among the evaluation images"):
+            check_apart_from_evaluation(shared, hub)
+    for apart in ("owner/set", "owner/set:test", "owner/other:validation", "owner/set:train+test"):
         check_apart_from_evaluation(apart, hub)
 
 

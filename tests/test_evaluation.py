@@ -88,6 +88,7 @@ def test_label_mapping_by_name():
 def test_sources_parse():
     assert EvalSource.parse("owner/name:validation") == EvalSource("hub", "owner/name", None, "validation")
     assert EvalSource.parse("owner/name:cfg:test") == EvalSource("hub", "owner/name", "cfg", "test")
+    assert EvalSource.parse("owner/name:test[:5%]") == EvalSource("hub", "owner/name", None, "test[:5%]")  # a slice
     assert EvalSource.parse("fashion-mnist").kind == "fashion-mnist"
     for bad in ("owner/name:a:b:c", "not a dataset", "owner/name:"):
         with pytest.raises(DataError):
@@ -360,6 +361,41 @@ def test_hidden_folders_and_datasets_metadata_files_leave_an_imagefolder_an_imag
         evalset, result = _evaluated(model_dir, str(flat))
         assert (evalset.label_column, result.num_images) == ("label", 4), kind
         assert result.fp32_top1 == pytest.approx(_expected_top1(model_dir, images, [3, 1, 4, 0])), kind
+
+
+def test_linked_class_folders_are_read_and_a_metadata_file_shared_by_splits_is_refused(model_dir, imagefolder,
+                                                                                       tmp_path):
+    import shutil
+
+    from datasets import Dataset
+
+    linked = tmp_path / "linked"  # class folders linked from elsewhere: data like any other, read by both readers
+    linked.mkdir()
+    for name in ("CAT", "Dog"):
+        (linked / name).symlink_to(imagefolder / name)
+    evalset, result = _evaluated(model_dir, str(linked))
+    assert result.num_images == 6
+    (imagefolder / "CAT" / "loop").symlink_to(linked)  # a link loop ends
+    try:
+        assert _evaluated(model_dir, str(linked))[1].num_images == 6
+    finally:
+        (imagefolder / "CAT" / "loop").unlink()
+
+    shared = tmp_path / "shared"  # one metadata.csv above train/ and val/: each split would read every row
+    rows = []
+    for split in ("train", "val"):
+        (shared / split).mkdir(parents=True)
+        for i, image in enumerate(_images(2, seed=7)):
+            image.save(shared / split / f"{i}.png")
+            rows.append((f"{split}/{i}.png", i))
+    Dataset.from_dict({"file_name": [r[0] for r in rows], "label": [r[1] for r in rows]}).to_csv(
+        str(shared / "metadata.csv"))
+    with pytest.raises(DataError, match="describes the images of several splits"):
+        open_eval_set(str(shared), dict(enumerate(LABELS)))
+    shutil.move(shared / "metadata.csv", tmp_path / "moved.csv")  # one per split folder: read by split
+    for split in ("train", "val"):
+        Dataset.from_dict({"file_name": ["0.png", "1.png"], "label": [0, 1]}).to_csv(str(shared / split / "metadata.csv"))
+    assert open_eval_set(str(shared), dict(enumerate(LABELS))).num_images == 2
 
 
 def test_labels_without_a_class_are_skipped_and_outside_the_classes_refused_before_compute(model_dir, tmp_path,

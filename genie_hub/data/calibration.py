@@ -15,7 +15,7 @@ import torch
 from ..adapters import InputSpec
 from ..errors import ConfigError, DataError
 from ..loading import to_pixel_values
-from .eval_datasets import EvalSet, evaluation_files, local_splits, named_split
+from .eval_datasets import EvalSet, evaluation_files, hub_parts, local_splits, named_split, visible_files
 from .fashion_mnist import FASHION_MNIST_SOURCE, load_fashion_mnist
 from .pixels import _fast_normalize, _to_pil, decode_image
 
@@ -33,8 +33,7 @@ def _subset(n_total: int, num_samples: int, seed: int) -> list[int]:
 
 
 def _list_image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return [p for p in visible_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def _calibration_files(folder: Path, split: str | None = None) -> list[Path]:
@@ -123,7 +122,7 @@ def _resolve(source: str) -> tuple[str, str, str | None, str | None]:
         raise DataError(f"Calibration source {path} is a file; give a folder of images, 'fashion-mnist', or a Hub "
                         "dataset id (owner/name[:config][:split]).")
     if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-        name, *rest = source.split(":")  # owner/name[:config][:split], as --eval-dataset reads it
+        name, *rest = hub_parts(source)  # owner/name[:config][:split], as --eval-dataset reads it
         if len(rest) > 2 or not all(rest):
             raise DataError(f"Calibration source '{source}' is not a Hub dataset id: write owner/name, "
                             "owner/name:split or owner/name:config:split.")
@@ -140,20 +139,33 @@ def few_shot_folder(source: str) -> Path | None:
     return Path(where) if kind == "local" else None
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """A file as the disk knows it: the same under any name, symlink or hard link."""
+    status = path.stat()
+    return status.st_dev, status.st_ino
+
+
+def _split_names(split: str | None) -> set[str]:
+    """The splits a `datasets` split expression reads: "train+validation[:10%]" -> {"train", "validation"}."""
+    return {part.split("[", 1)[0].strip() for part in str(split).split("+")}
+
+
 def check_apart_from_evaluation(source: str, evalset: EvalSet) -> None:
     """Refuse few-shot images that are among the evaluation images: the card would report accuracy measured on
     the images the model was calibrated on, which flatters it. Checked before compute; a local folder is compared
-    file by file (the same folder, one inside the other, or the same split named two ways)."""
+    file by file (the same folder, one inside the other, the same split named two ways, linked files), a Hub
+    dataset by the splits its split expressions read. Copies of the files are not recognised."""
     kind, where, config, split = _resolve(source)
     evaluated = evalset.source
     if kind == FASHION_MNIST_SOURCE:
         shared = evaluated.kind == FASHION_MNIST_SOURCE and evalset.split == "train"
     elif kind == "local":
         shared = evaluated.kind == "local" and bool(
-            {f.resolve() for f in _calibration_files(Path(where), split)}
-            & {f.resolve() for f in evaluation_files(evalset)})
+            {_identity(f) for f in _calibration_files(Path(where), split)}
+            & {_identity(f) for f in evaluation_files(evalset)})
     else:
-        shared = (evaluated.kind == "hub" and evaluated.name.lower() == where.lower() and evalset.split == split
+        shared = (evaluated.kind == "hub" and evaluated.name.lower() == where.lower()
+                  and bool(_split_names(split) & _split_names(evalset.split))  # slices of one split count as one
                   and (config == evaluated.config or None in (config, evaluated.config)))
     if shared:
         raise DataError(

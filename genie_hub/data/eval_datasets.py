@@ -17,6 +17,7 @@ anything that would fail later. It returns an `EvalSet` that yields (PIL images,
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ class EvalSource:
         base, _, split = text.rpartition(":")
         if base and split and Path(base).expanduser().exists():  # PATH:split
             return cls("local", str(Path(base).expanduser()), split=split)
-        name, *rest = text.split(":")
+        name, *rest = hub_parts(text)
         if not _HUB_ID.match(name) or len(rest) > 2 or any(not part for part in rest):
             raise DataError(f"Unknown evaluation dataset '{text}': not 'fashion-mnist', not an existing local "
                             "folder or file, and not a Hub dataset id owner/name[:config]:split.")
@@ -80,6 +81,11 @@ class EvalSource:
         if self.kind == "fashion-mnist":
             return self.name
         return ":".join(part for part in (self.name, self.config, self.split) if part)
+
+
+def hub_parts(text: str) -> list[str]:
+    """"owner/name:config:split" split at its colons, except those inside a slice: "train[:10%]" stays one."""
+    return re.split(r":(?![^\[]*\])", text)
 
 
 @dataclass
@@ -273,8 +279,7 @@ def local_data_files(root: Path) -> tuple[str, dict[str, list[Path]]]:
     its images' folders, as `datasets` applies them."""
     from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
-    visible = sorted(p for p in root.rglob("*") if p.is_file()
-                     and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    visible = visible_files(root)
     metadata = [p for p in visible if p.name in ImageFolder.METADATA_FILENAMES]
     images = [p for p in visible if p.suffix.lower() in ImageFolder.EXTENSIONS]
     tables = [p for p in visible if p.suffix in DATA_SUFFIXES and p not in metadata]
@@ -289,7 +294,27 @@ def local_data_files(root: Path) -> tuple[str, dict[str, list[Path]]]:
     for split, files in by_split.items():
         folders = {f.parent for f in files}
         by_split[split] = files + [m for m in metadata if any(m.parent == d or m.parent in d.parents for d in folders)]
+    shared = next((m for m in metadata if sum(m in files for files in by_split.values()) > 1), None)
+    if shared is not None:  # `datasets` would yield all its rows, other splits' images included, in each split
+        raise DataError(f"{shared} describes the images of several splits of {root} ({', '.join(by_split)}), so each "
+                        "split would read them all. Give each split folder its own metadata file, listing its own "
+                        "images.")
     return "imagefolder", by_split
+
+
+def visible_files(root: Path) -> list[Path]:
+    """The files under `root`, sorted, following linked folders (a class folder linked from elsewhere is data)
+    but each real folder once (a link loop ends), and skipping hidden files and folders (a `.git`, a cache)."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder, f) for f in files if not f.startswith(".") and Path(folder, f).is_file()]
+    return sorted(found)
 
 
 def evaluation_files(evalset: EvalSet) -> list[Path]:
