@@ -272,6 +272,7 @@ def _refuse_ineffective_options(args, evaluate: str | None) -> None:
     publishes nothing, and whoever typed it expected something to be published. The synthesis options of a
     few-shot run are only warned about: the run does what was asked, and scripts share their options."""
     from .config import SYNTHESIS_ONLY_FIELDS
+    from .loading import is_default_model
 
     synthesis = [f.metadata["cli"]["flag"] for f in GenieConfig.cli_fields()
                  if f.name in SYNTHESIS_ONLY_FIELDS and getattr(args, f.name) not in (None, [])]
@@ -282,7 +283,8 @@ def _refuse_ineffective_options(args, evaluate: str | None) -> None:
                                    ("--create-pr", args.create_pr), ("--commit-message", args.commit_message),
                                    ("--token", args.token))
           if given]),
-        (evaluate is None, "nothing is evaluated with --eval-dataset none",
+        (evaluate is None or (evaluate == "auto" and not is_default_model(args.model)),
+         "nothing is evaluated: --eval-dataset is none, or auto, which evaluates only the embedded model",
          [flag for flag, given in (("--eval-limit", args.eval_limit), ("--eval-image-column", args.eval_image_column),
                                    ("--eval-label-column", args.eval_label_column),
                                    ("--eval-unlabelled", args.eval_unlabelled)) if given]),
@@ -330,8 +332,8 @@ def _evaluate(args) -> None:
         require_processor(fp_processor, args.fp32, "the --fp32 comparison")
         if is_genie_quantized(fp_model):
             raise ConfigError(f"--fp32 {args.fp32} is a genie_hub quantized checkpoint, not a full-precision model, "
-                              "so its numbers would be reported as FP32 ones. Pass the model "
-                              f"{args.model} was quantized from (its card names it as the base model).")
+                              "so its numbers would be reported as FP32 ones. Pass a full-precision model: the "
+                              "one a quantized model was made from (its card names it as the base model).")
         _check_comparable(args.fp32, fp_model, fp_processor, args.model, model, processor)
     evalset = open_evaluation(args.dataset, fp_model, image_column=args.image_column, label_column=args.label_column,
                               unlabelled=args.unlabelled)

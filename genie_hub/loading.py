@@ -15,7 +15,7 @@ from torch import nn
 
 from .adapters import InputSpec, adapter_for, loader_for
 from .adapters.base import ModelAdapter
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS_DIR / "fashion-mnist-resnet"
@@ -71,6 +71,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
     Only safetensors weights are accepted: pickled `.bin` checkpoints are refused.
     """
     name = resolve_model_path(name_or_path)
+    if revision is not None and Path(name).is_dir():  # recorded as the base model's revision, yet never used
+        raise ConfigError(f"--revision {revision} names a revision of a Hub model, but {name_or_path or name} is a "
+                          "local folder, which has only the files in it. Leave --revision out, or pass the Hub id.")
     return loader_for(name).load(name, revision=revision, token=token)
 
 

@@ -116,7 +116,8 @@ class OutputLayout:
 
     def unlock(self) -> None:
         """Let other runs write this folder again (a no-op when this process does not hold it)."""
-        handle = _HELD_LOCKS.pop(str(self.lock_file.resolve()), None)
+        held = _resolved(self.lock_file)  # None under a link loop: nothing was locked there
+        handle = _HELD_LOCKS.pop(str(held), None) if held is not None else None
         if handle is not None:
             os.close(handle)  # closing the descriptor releases the flock
 
@@ -137,10 +138,13 @@ class OutputLayout:
         if str(root).strip() in ("", "."):
             raise ConfigError("The output folder is empty or '.': genie_hub would write model/, dataset/, work/ "
                               "and run.json into the current folder. Pass a folder of their own with -o.")
-        for path in (root, self.model_dir, self.dataset_dir, self.work_dir):
+        for path in (*reversed(root.parents), root, self.model_dir, self.dataset_dir, self.work_dir):
             if path.is_symlink() and not path.exists():  # mkdir would fail with a bare "File exists"
-                raise ConfigError(f"{path} is a link to {os.readlink(path)}, which does not exist (a disk that is not "
-                                  "mounted?). Create the folder it points to, or remove the link.")
+                raise ConfigError(
+                    f"{path} is a link to {os.readlink(path)}, which "
+                    + ("leads back to itself (a link loop). Remove the link." if _resolved(path) is None else
+                       "does not exist (a disk that is not mounted?). Create the folder it points to, or remove the "
+                       "link."))
         if root.exists() and not root.is_dir():
             raise ConfigError(f"The output folder {root} is a file. Pass a folder with -o.")
         for sub in (self.model_dir, self.dataset_dir, self.work_dir):
@@ -213,7 +217,8 @@ class OutputLayout:
             folder = _resolved(Path(given).expanduser())
             if folder is not None and folder.is_dir() and (root == folder or folder in root.parents):
                 raise ConfigError(
-                    f"The output folder {self.root} lies inside {given}, whose images this run reads (few-shot "
+                    f"The output folder {self.root} {'is' if root == folder else 'lies inside'} {given}, whose "
+                    "images this run reads (few-shot "
                     "calibration or evaluation), so a rerun would read this run's own files there (its synthetic "
                     "images, its model) as that data. Pass an -o outside it.")
 

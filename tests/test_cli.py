@@ -152,13 +152,17 @@ def test_options_that_would_have_no_effect_are_refused_or_named_before_anything_
     typed it expected it to act. --synthesis-iterations with --few-shot is named in a warning."""
     cases = [(["--repo-id", "me/x", "--create-pr", "--token", "hf_x"], "--repo-id, --create-pr, --token (only --push"),
              (["--eval-dataset", "none", "--eval-limit", "5", "--eval-unlabelled"],
-              "--eval-limit, --eval-unlabelled (nothing is evaluated")]
+              "--eval-limit, --eval-unlabelled (nothing is evaluated"),
+             ([str(tmp_path), "--eval-limit", "5"], "--eval-limit (nothing is evaluated: --eval-dataset is none, or auto")]
     out = tmp_path / "out"
     for options, needle in cases:
         assert main(["quantize", "-o", str(out), *options]) == 2
         err = capsys.readouterr().err
         assert "have no effect in this run" in err and needle in err, err
         assert not out.exists()
+    save_tiny_model(tmp_path / "local", "resnet-basic")  # a local folder has no revisions: refused, not recorded
+    assert main(["quantize", str(tmp_path / "local"), "-o", str(out), "--revision", "dev", "--eval-dataset", "none"]) == 2
+    assert "local folder, which has only the files in it" in capsys.readouterr().err and not out.exists()
     (tmp_path / "empty").mkdir()
     with caplog.at_level("WARNING", logger="genie_hub"):
         assert main(["quantize", "-o", str(out), "--few-shot", str(tmp_path / "empty"), "--synthesis-iterations", "5",

@@ -95,6 +95,9 @@ def test_sources_parse():
             EvalSource.parse(bad)
     with pytest.raises(DataError, match="Fashion-MNIST has a train and a test split, no 'validation'"):
         EvalSource.parse("fashion-mnist:validation")
+    for options in ({"unlabelled": True}, {"label_column": "x"}, {"image_column": "y"}):  # not silently ignored
+        with pytest.raises(DataError, match="do not apply to it"):
+            open_eval_set("fashion-mnist", dict(enumerate(LABELS)), **options)
 
 
 def test_imagefolder_with_other_label_names_and_order(model_dir, imagefolder):

@@ -568,7 +568,15 @@ def test_a_dangling_link_as_the_output_folder_or_its_model_folder_is_named_as_su
     (tmp_path / "other" / "model").symlink_to(tmp_path / "unmounted" / "model")
     with pytest.raises(ConfigError, match="model is a link to"):
         OutputLayout(tmp_path / "other").claim(settings)
+    with pytest.raises(ConfigError, match="out is a link to .*unmounted, which does not exist"):
+        OutputLayout(tmp_path / "out" / "sub").claim(settings)  # a parent: before, a bare "File exists"
     assert not (tmp_path / "unmounted").exists()
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    layout = OutputLayout(tmp_path / "loop-a")
+    with pytest.raises(ConfigError, match="a link loop"):
+        layout.claim(settings)
+    layout.unlock()  # as the pipeline's `finally` does: before, a RuntimeError hid the message
 
 
 def test_a_few_shot_run_resumes_whatever_its_synthesis_only_settings(tmp_path):

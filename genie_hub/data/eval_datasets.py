@@ -407,6 +407,9 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     `unlabelled`: the set has no labels (a folder of photos); only agreement with FP32 is measured."""
     source = source if isinstance(source, EvalSource) else EvalSource.parse(source)
     if source.kind == "fashion-mnist":
+        if image_column or label_column or unlabelled:  # said, not ignored: the IDX files have no columns
+            raise DataError("Fashion-MNIST's local files hold labelled images, with no columns to choose: the image "
+                            "and label column options and the unlabelled switch do not apply to it. Leave them out.")
         images, labels = load_fashion_mnist(source.split)
         mapping = map_labels(list(FASHION_MNIST_LABELS), model_labels, "Fashion-MNIST")
         if mapping is not None:
