@@ -411,6 +411,16 @@ def test_weights_that_are_a_device_or_a_folder_are_named_as_not_a_file(w4, tmp_p
     weights.unlink()
     weights.mkdir()
     _assert_refused(folder, str(weights), "not a regular file")
+    from genie_hub.errors import ModelLoadError
+    from genie_hub.loading import load_model
+    from tiny_models import save_tiny_model
+
+    plain = tmp_path / "plain"  # a full-precision folder: transformers' "no file named" is explained
+    save_tiny_model(plain, "resnet-basic")
+    (plain / "model.safetensors").unlink()
+    (plain / "model.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(ModelLoadError, match="model.safetensors is not a regular file"):
+        load_model(plain)
 
 
 def test_garbage_file(w4, tmp_path):

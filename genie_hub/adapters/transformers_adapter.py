@@ -216,6 +216,9 @@ class TransformersAdapter(ModelAdapter):
         elif path.is_dir() and (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
             hint = (f"It has no config.json, but its model/ subfolder has one: pass '{Path(name) / 'model'}' (the "
                     "quantized model of a `genie_hub quantize` output folder is in OUT/model).")
+        elif path.is_dir() and (odd := next((f for f in sorted(path.glob("*.safetensors")) if not f.is_file()), None)):
+            hint = (f"Its weights file {odd.name} is not a regular file (it is, or links to, a device, a pipe or a "
+                    "folder), so transformers finds no weights there. Replace it with the real file.")
         elif path.is_dir():
             hint = ("The folder exists but does not hold a loadable transformers image classifier ("
                     + ("it has no config.json)." if not (path / "config.json").is_file()
