@@ -169,6 +169,10 @@ def test_options_that_would_have_no_effect_are_refused_or_named_before_anything_
                      "--dataset-storage", "fp16", "--push", "--dataset-repo-id", "me/d"]) != 0  # refused next
     assert any("--synthesis-iterations, --dataset-storage, --dataset-repo-id: no effect in a --few-shot run"
                in r.getMessage() for r in caplog.records)
+    capsys.readouterr()
+    assert main(["quantize", "-o", str(out), "--few-shot", str(tmp_path / "empty"), "--synthesis-prior", "nonsense",
+                 "--eval-dataset", "none"]) == 2  # an unknown name is still an error, not recorded
+    assert "Unknown synthesis prior 'nonsense'" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
