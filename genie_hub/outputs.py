@@ -386,6 +386,15 @@ def _comparable(settings: dict | None) -> dict | None:
         value = comparable.get(key)
         if isinstance(value, str) and value.strip() and Path(value).expanduser().exists():
             comparable[key] = str(Path(value).expanduser().resolve())
+    calibration = comparable.get("calibration")
+    if isinstance(calibration, str) and calibration not in ("", "synthetic"):
+        from .data import few_shot_key
+        from .errors import DataError
+
+        try:
+            comparable["calibration"] = few_shot_key(calibration)
+        except DataError:  # a source that no longer reads: compared as recorded
+            pass
     if comparable.get("calibration") != "synthetic" and isinstance(comparable.get("config"), dict):
         from .config import SYNTHESIS_ONLY_FIELDS  # a few-shot run makes no images: these change nothing
 

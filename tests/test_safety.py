@@ -595,6 +595,18 @@ def test_a_few_shot_run_resumes_whatever_its_synthesis_only_settings(tmp_path):
     assert "synthesis_iterations: 3 -> 9" in change
     assert settings_change(run_settings("m", None, photos, first.results_dict()),
                            run_settings("m", None, photos, GenieConfig.from_profile("quick", seed=5).results_dict()))
+    from PIL import Image
+
+    for split in ("train", "val"):  # the same images spelled two ways are one source; another split is not
+        (tmp_path / "ds" / split).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "ds" / split / "a.png")
+    ds = str(tmp_path / "ds")
+    assert settings_change(run_settings("m", None, ds, first.results_dict()),
+                           run_settings("m", None, f"{ds}/:train", first.results_dict())) is None
+    assert settings_change(run_settings("m", None, f"{ds}/val", first.results_dict()),
+                           run_settings("m", None, f"{ds}/val:train", first.results_dict())) is None  # no splits
+    assert "calibration" in settings_change(run_settings("m", None, ds, first.results_dict()),
+                                            run_settings("m", None, f"{ds}:val", first.results_dict()))
 
     from safetensors.torch import save_file
 

@@ -6,7 +6,7 @@
 """
 
 from ..errors import DataError
-from .calibration import IMAGE_EXTENSIONS, check_apart_from_evaluation, few_shot_folder, load_calibration_images
+from .calibration import IMAGE_EXTENSIONS, check_apart_from_evaluation, few_shot_folder, few_shot_key, load_calibration_images
 from .fashion_mnist import (DEFAULT_FASHION_MNIST_DIR, FASHION_MNIST_ENV, FASHION_MNIST_LABELS, FASHION_MNIST_SOURCE,
                             fashion_mnist_dir, load_fashion_mnist, read_idx)
 from .pixels import fashion_mnist_pixel_values, uint8_to_pixel_values
@@ -26,4 +26,5 @@ __all__ = [
     "load_calibration_images",
     "check_apart_from_evaluation",
     "few_shot_folder",
+    "few_shot_key",
 ]

@@ -139,6 +139,21 @@ def few_shot_folder(source: str) -> Path | None:
     return Path(where) if kind == "local" else None
 
 
+def few_shot_key(source: str) -> str:
+    """One spelling per set of few-shot images, so that a rerun resumes however it names them: a local folder
+    by its resolved path, with `:split` only where the split is not the one the folder alone gives (`ds:train`
+    and `ds` are one source when `ds/` has train/ and val/). Other sources as given."""
+    kind, where, _, split = _resolve(source)
+    if kind != "local":
+        return source
+    folder = Path(where).resolve()
+    if split is None:
+        return str(folder)
+    splits = local_splits(folder, _list_image_files(folder))
+    named = named_split(folder, split, list(splits))
+    return str(folder) if named == "train" or len(splits) == 1 else f"{folder}:{named}"
+
+
 def _identity(path: Path) -> tuple[int, int]:
     """A file as the disk knows it: the same under any name, symlink or hard link."""
     status = path.stat()
