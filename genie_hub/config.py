@@ -34,6 +34,14 @@ SYNTHESIS_ONLY_FIELDS = ("synthesis_batch_size", "synthesis_iterations", "synthe
                          "lr_generator", "synthesis_precision", "dataset_storage")
 """GenieConfig fields that act on the synthetic images only (how they are made and stored): a few-shot run,
 which makes none, is the same run whatever they are."""
+
+
+def without_synthesis_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without `SYNTHESIS_ONLY_FIELDS`: what a few-shot run's settings, and a reconstruction state
+    (whose calibration images are fingerprinted themselves), are compared by."""
+    return {k: v for k, v in values.items() if k not in SYNTHESIS_ONLY_FIELDS}
+
+
 DATASET_STORAGES = ("exact", "fp16")
 """How OUT/dataset stores the synthetic tensors: exact float32, or float16 (half the size, lossy)."""
 

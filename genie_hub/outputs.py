@@ -396,9 +396,9 @@ def _comparable(settings: dict | None) -> dict | None:
         except DataError:  # a source that no longer reads: compared as recorded
             pass
     if comparable.get("calibration") != "synthetic" and isinstance(comparable.get("config"), dict):
-        from .config import SYNTHESIS_ONLY_FIELDS  # a few-shot run makes no images: these change nothing
+        from .config import without_synthesis_settings  # a few-shot run makes no images: these change nothing
 
-        comparable["config"] = {k: v for k, v in comparable["config"].items() if k not in SYNTHESIS_ONLY_FIELDS}
+        comparable["config"] = without_synthesis_settings(comparable["config"])
     return comparable
 
 

@@ -108,12 +108,9 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                                                       eval_label_column, eval_unlabelled)
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import check_apart_from_evaluation, load_calibration_images
+        from .synthesis import require_known_prior
 
-        from .synthesis import prior_names
-
-        if config.synthesis_prior not in ("auto", *prior_names()):  # unused here, yet recorded in run.json
-            raise ConfigError(f"Unknown synthesis prior '{config.synthesis_prior}'. Choose 'auto' or one of: "
-                              f"{', '.join(prior_names())}.")
+        require_known_prior(config.synthesis_prior)  # unused here, yet recorded in run.json
         if evalset is not None:
             check_apart_from_evaluation(few_shot, evalset)
         calibration = Calibration(load_calibration_images(few_shot, processor, spec, config.num_samples, config.seed),

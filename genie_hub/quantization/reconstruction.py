@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..adapters import model_logits
-from ..config import SYNTHESIS_ONLY_FIELDS, GenieConfig
+from ..config import GenieConfig, without_synthesis_settings
 from ..errors import ConfigError, ReconstructionDivergedError
 from ..fileio import save_safetensors
 from ..hooks import TemporaryHooks
@@ -262,9 +262,7 @@ def _without_synthesis_settings(fingerprint: dict) -> dict:
     """A state's fingerprint as resuming compares it: the calibration images are fingerprinted themselves, so the
     settings that only make them (`SYNTHESIS_ONLY_FIELDS`, which a few-shot run does not use) are left out."""
     config = fingerprint.get("config")
-    if not isinstance(config, dict):
-        return fingerprint
-    return {**fingerprint, "config": {k: v for k, v in config.items() if k not in SYNTHESIS_ONLY_FIELDS}}
+    return {**fingerprint, "config": without_synthesis_settings(config)} if isinstance(config, dict) else fingerprint
 
 
 class ReconstructionState:

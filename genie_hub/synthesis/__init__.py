@@ -12,7 +12,7 @@ from .generator import DirectPixels, Generator, image_source
 from .image_prior import PixelTarget, input_prior_loss, pixel_target
 from .loop import ShardStore, synthesize, synthesize_batch, synthesize_batches
 from .patch_similarity import PatchSimilarityPrior
-from .prior import SynthesisPrior, describe_prior, prior_names, register_prior, select_prior
+from .prior import SynthesisPrior, describe_prior, prior_names, register_prior, require_known_prior, select_prior
 from .swing import swing_convolutions
 
 register_prior(BatchNormPrior)
@@ -20,6 +20,6 @@ register_prior(PatchSimilarityPrior)
 
 __all__ = ["BatchNormPrior", "DirectPixels", "Generator", "PatchSimilarityPrior", "PixelTarget", "ShardStore",
            "SynthesisPrior", "batchnorm_layers", "bn_statistics_loss", "describe_prior", "image_source",
-           "input_prior_loss", "measure_bn_loss", "pixel_target", "prior_names", "register_prior",
+           "input_prior_loss", "measure_bn_loss", "pixel_target", "prior_names", "register_prior", "require_known_prior",
            "require_batchnorm", "select_prior", "swing_convolutions", "synthesize", "synthesize_batch",
            "synthesize_batches"]

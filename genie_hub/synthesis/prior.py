@@ -87,6 +87,12 @@ def describe_prior(name: str | None) -> str:
     return prior.description if prior is not None and prior.description else str(name)
 
 
+def require_known_prior(name: str) -> None:
+    """A prior name must be registered (or "auto"), even where it goes unused: it is recorded in run.json."""
+    if name != "auto" and name not in _PRIORS:
+        raise ConfigError(f"Unknown synthesis prior '{name}'. Choose 'auto' or one of: {', '.join(_PRIORS)}.")
+
+
 def select_prior(model: nn.Module, name: str = "auto") -> SynthesisPrior:
     """The prior called `name` for `model`, or with "auto" the first registered one that applies."""
     if name == "auto":
@@ -94,8 +100,7 @@ def select_prior(model: nn.Module, name: str = "auto") -> SynthesisPrior:
             if prior.applies_to(model):
                 return prior(model)
         raise no_prior_error(model)
-    if name not in _PRIORS:
-        raise ConfigError(f"Unknown synthesis prior '{name}'. Choose 'auto' or one of: {', '.join(_PRIORS)}.")
+    require_known_prior(name)
     if not _PRIORS[name].applies_to(model):
         raise ConfigError(f"The synthesis prior '{name}' does not apply to {type(model).__name__}. Use 'auto' "
                           "to pick one that does, or few-shot mode with real images.")
