@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r'''
 import inspect, json, os, sys, time
+started = time.perf_counter()
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 import genie_hub
@@ -62,6 +63,12 @@ if os.path.exists(os.path.join(os.path.dirname(genie_hub.__file__), "runtime.py"
 model_dir, setting = sys.argv[1], json.loads(sys.argv[2])
 model, processor = load_model(None if model_dir == "embedded" else model_dir)
 model.eval()
+# Both versions get the accelerator the command line makes (bf16 autocast when asked, the GPU when there is one),
+# and the model on its device, so that neither falls back to the CPU or to fp32 where the other does not.
+from accelerate import Accelerator
+accelerator = Accelerator(mixed_precision=setting["base"].get("mixed_precision", "no"),
+                          cpu=not torch.cuda.is_available())
+model.to(accelerator.device)
 
 def call(fn, *args, **kwargs):
     accepted = inspect.signature(fn).parameters
@@ -76,20 +83,36 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 warm, n = setting["warmup"], setting["steps"]
-t1, _ = timed(lambda: call(synthesize, model, config(synthesis_iterations=warm), processor=processor, progress=False))
-t2, calibration = timed(lambda: call(synthesize, model, config(synthesis_iterations=warm + n), processor=processor,
-                                     progress=False))
+def synchronized(fn):
+    def run():
+        result = fn()
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        return result
+    return run
+
+def synthesis(iterations):
+    return synchronized(lambda: call(synthesize, model, config(synthesis_iterations=iterations), processor=processor,
+                                     accelerator=accelerator, progress=False))
+
+def reconstruction(steps):
+    return synchronized(lambda: call(quantize, model, pixels, config(reconstruction_steps=steps),
+                                     accelerator=accelerator, progress=False))
+
+t1, _ = timed(synthesis(warm))
+t2, calibration = timed(synthesis(warm + n))
 pixels = getattr(calibration, "pixel_values", calibration)
 if setting.get("warm_compile"):  # compiling once first, so both timed calls find the compiler's caches warm
-    call(quantize, model, pixels, config(reconstruction_steps=warm), progress=False)
-r1, _ = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm), progress=False))
-r2, result = timed(lambda: call(quantize, model, pixels, config(reconstruction_steps=warm + n), progress=False))
+    reconstruction(warm)()
+r1, _ = timed(reconstruction(warm))
+r2, result = timed(reconstruction(warm + n))
 report = getattr(result, "report", None) or []
 # Per batch: a step synthesizes batches_per_step batches at once; with --synthesis-batches B, B batches are made
 # (serially, together, or by parallel workers, as the version does it) in each timed call.
 per_batch = setting.get("batches", 1) * setting["base"].get("synthesis_batches_per_step", 1)
 print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n / per_batch, "reconstruction_step_s": (r2 - r1) / n,
-                            "units": len(report), "genie_hub": genie_hub.__file__, "malloc_reuse": malloc_reuse}))
+                            "units": len(report), "genie_hub": genie_hub.__file__, "malloc_reuse": malloc_reuse,
+                            "device": str(accelerator.device), "total_s": time.perf_counter() - started}))
 '''
 
 MODELS = {  # batch: synthesis batch (= images) of the timed runs
@@ -150,7 +173,9 @@ def checkout(ref: str, where: Path) -> Path:
 
 
 def child_env(code_dir: Path, threads: int, device: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(code_dir), "OMP_NUM_THREADS": str(threads),
+    # code_dir first; packages installed on the PYTHONPATH (wheels carried to a GPU machine) still import
+    path = os.pathsep.join(p for p in (str(code_dir), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(threads),
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # a GPU machine timing its CPU
@@ -237,7 +262,12 @@ def render(results: dict) -> str:
             walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
             top1 = ", ".join(f"{r['w4a4_top1']:.2f}" for r in runs)
             lines.append(f"| {version} | {statistics.median(r['wall_s'] for r in runs):.1f} | {walls} | {top1} |")
-        lines.append(f"\nMain job speed-up (baseline / this): {job['speedup']:.2f}x")
+        if job["speedup"] is not None:
+            lines.append(f"\nMain job speed-up (baseline / this): {job['speedup']:.2f}x")
+    if results.get("failures"):
+        lines += ["", "Failed (their rows are missing; the error ends are in the .json file):"]
+        lines += [f"- {failure['what']}: {failure['error'].strip().splitlines()[-1] if failure['error'].strip() else '?'}"
+                  for failure in results["failures"]]
     if results.get("notes"):
         lines += [""] + [f"- {note}" for note in results["notes"]]
     return "\n".join(lines) + "\n"
@@ -248,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--baseline", required=True, help="git ref to compare with (checked out in a worktree)")
+    parser.add_argument("--baseline-dir", default=None, metavar="DIR",
+                        help="the baseline's code already exported to DIR (`git archive REF | tar -x -C "
+                             "DIR`), for a machine without this repository's history, e.g. a GPU machine that gets a "
+                             "copy of the working tree; --baseline then only names it")
+    parser.add_argument("--current", default=None, metavar="REF",
+                        help="name of this checkout in the results where `git rev-parse HEAD` cannot tell it")
     parser.add_argument("--models", nargs="+", default=["embedded", "resnet18-32"], choices=list(MODELS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="iterations / steps before the timed ones")
@@ -276,10 +312,13 @@ def main(argv: list[str] | None = None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    current = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True).stdout.strip()
+    current = args.current or subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                             capture_output=True, text=True).stdout.strip() or "unknown"
     baseline = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline], capture_output=True,
                               text=True).stdout.strip() or args.baseline
+    if args.baseline_dir is not None and not (Path(args.baseline_dir) / "genie_hub" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline-dir {args.baseline_dir} holds no genie_hub package: export the baseline there "
+                         f"first (git archive {args.baseline} | tar -x -C {args.baseline_dir}).")
     results = {"command": "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in argv),
                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": f"{platform.machine()}, "
                f"{os.cpu_count()} cpus", "threads": args.threads, "baseline": baseline, "notes": args.note,
@@ -289,10 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                "repeats": args.repeats, "device": args.device, "mixed_precision": args.mixed_precision,
                "this_checkout_compile": args.compile,
                "this_checkout_batches_per_step": args.synthesis_batches_per_step,
-               "synthesis_batches": args.synthesis_batches, "rows": [], "speedups": {}}
+               "synthesis_batches": args.synthesis_batches, "rows": [], "speedups": {}, "failures": []}
     with tempfile.TemporaryDirectory(prefix="genie-speed-") as tmp:
         tmp = Path(tmp)
-        base_dir = checkout(args.baseline, tmp / "baseline")
+        base_dir = (Path(args.baseline_dir).resolve() if args.baseline_dir is not None
+                    else checkout(args.baseline, tmp / "baseline"))
         try:
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "genie_hub" / "speed-models"
             for name in args.models:
@@ -315,10 +355,20 @@ def main(argv: list[str] | None = None) -> int:
                 timings = {"baseline": [], "this checkout": []}
                 for repeat in range(args.repeats):
                     for version, code in (("baseline", base_dir), ("this checkout", REPO)):
-                        timings[version].append(run_child(code, model, settings[version], args.threads, args.device))
+                        if failed(results, f"{name} {version}"):
+                            continue
+                        try:
+                            timings[version].append(run_child(code, model, settings[version], args.threads,
+                                                              args.device))
+                        except RuntimeError as exc:  # the other version and the other models still run
+                            results["failures"].append({"what": f"{name} {version}", "error": str(exc)[-3000:]})
+                            print(f"{name} {version} #{repeat} FAILED: {exc}", flush=True)
+                            continue
                         print(f"{name} {version} #{repeat}: {timings[version][-1]}", flush=True)
                 medians = {}
                 for version, runs in timings.items():
+                    if not runs:
+                        continue
                     step = {key: statistics.median(r[key] for r in runs)
                             for key in ("synthesis_step_s", "reconstruction_step_s")}
                     medians[version] = step
@@ -326,28 +376,48 @@ def main(argv: list[str] | None = None) -> int:
                                             "quick_min": projected(step, PROFILES["quick"]) / 60,
                                             "paper_h": projected(step, PROFILES["paper"]) / 3600,
                                             "runs": runs})
-                results["speedups"][name] = {
-                    kind: medians["baseline"][f"{kind}_step_s"] / medians["this checkout"][f"{kind}_step_s"]
-                    for kind in ("synthesis", "reconstruction")}
+                if len(medians) == 2:
+                    results["speedups"][name] = {
+                        kind: medians["baseline"][f"{kind}_step_s"] / medians["this checkout"][f"{kind}_step_s"]
+                        for kind in ("synthesis", "reconstruction")}
+                write_results(results, Path(args.output))
             if args.main_job:
                 runs = {"baseline": [], "this checkout": []}
                 for repeat in range(args.repeats):
                     for version, code in (("baseline", base_dir), ("this checkout", REPO)):
-                        runs[version].append(run_main_job(code, args.threads, tmp / f"main-{version[:4]}-{repeat}",
-                                                          args.device))
+                        if failed(results, f"main job {version}"):
+                            continue
+                        try:
+                            runs[version].append(run_main_job(code, args.threads,
+                                                              tmp / f"main-{version[:4]}-{repeat}", args.device))
+                        except RuntimeError as exc:
+                            results["failures"].append({"what": f"main job {version}", "error": str(exc)[-3000:]})
+                            print(f"main job {version} #{repeat} FAILED: {exc}", flush=True)
+                            continue
                         print(f"main job {version} #{repeat}: {runs[version][-1]}", flush=True)
-                wall = {version: statistics.median(r["wall_s"] for r in rs) for version, rs in runs.items()}
-                results["main_job"] = {"runs": runs, "speedup": wall["baseline"] / wall["this checkout"]}
+                wall = {version: statistics.median(r["wall_s"] for r in rs) for version, rs in runs.items() if rs}
+                results["main_job"] = {"runs": {version: rs for version, rs in runs.items() if rs},
+                                       "speedup": wall["baseline"] / wall["this checkout"] if len(wall) == 2 else None}
         finally:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_dir)],
-                           capture_output=True)
-    output = Path(args.output)
+            if args.baseline_dir is None:
+                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_dir)],
+                               capture_output=True)
+    print(write_results(results, Path(args.output)))
+    return 0
+
+
+def failed(results: dict, what: str) -> bool:
+    """Whether `what` (model and version) already failed in this run: its other repeats are skipped."""
+    return any(failure["what"] == what for failure in results.get("failures", ()))
+
+
+def write_results(results: dict, output: Path) -> str:
+    """<output>.json and <output>.md, written after each model too, so a run cut short keeps what it measured."""
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_name(output.name + ".json").write_text(json.dumps(results, indent=2) + "\n")
     text = render(results)
     output.with_name(output.name + ".md").write_text(text)
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks of issue #13 in one go, for a short lease of a GPU machine that gets a copy of the working tree
+# (no git history, no package index):
+#
+#   mkdir -p .speed-baseline && git archive 32c80bc | tar -x -C .speed-baseline
+#   bash benchmarks/gpu_check.sh OUTDIR
+#
+# 1. `benchmarks/speed.py` on ResNet-50 at 224 px (paper-profile batch 128, bf16), this checkout against the
+#    baseline exported to .speed-baseline, with the README main job (accuracy unchanged?);
+# 2. tests/test_cuda.py (the GPU path computes what the CPU path computes);
+# 3. benchmarks/gpu_floor.py (the generator + ResNet-50 step alone: what a synthesis step cannot beat);
+# 4. ResNet-50 again with 4 synthesis batches per step; 5. ResNet-18 with --compile.
+# Each stage has its own time limit, so a slow or failing one leaves the others' results in OUTDIR.
+# Python packages missing on the machine travel as wheels in .whl/ (installed to /tmp/site first).
+set -u
+out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+current=${CURRENT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # CURRENT=<commit> where git is absent
+baseline=(--baseline 32c80bc --baseline-dir .speed-baseline --current "$current" --device cuda --mixed-precision bf16
+          --repeats 1)
+stage() {  # stage SECONDS NAME COMMAND...: runs COMMAND with a limit, its output in run.log
+    local limit=$1 name=$2; shift 2
+    echo "=== $name ($(date -u +%T), limit ${limit}s): $*"
+    timeout -k 5 "$limit" "$@"
+    echo "=== $name ended: rc=$? at $(date -u +%T)"
+}
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'bf16', torch.cuda.is_bf16_supported())"
+    stage 200 speed-resnet50 python3 benchmarks/speed.py "${baseline[@]}" --models resnet50-224 --warmup 5 \
+        --steps 30 --main-job --output "$out/speed_gpu"
+    stage 120 test-cuda python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+    stage 60 floor python3 benchmarks/gpu_floor.py
+    stage 90 speed-resnet50-k4 python3 benchmarks/speed.py "${baseline[@]}" --models resnet50-224 --warmup 3 \
+        --steps 12 --synthesis-batches-per-step 4 --output "$out/speed_gpu_k4"
+    stage 120 speed-resnet18-compile python3 benchmarks/speed.py "${baseline[@]}" --models resnet18-224 --warmup 5 \
+        --steps 30 --compile --output "$out/speed_gpu_resnet18_compile"
+} 2>&1 | tee "$out/run.log"
