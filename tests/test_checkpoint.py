@@ -643,3 +643,46 @@ def test_unsupported_transformers_major_version_is_refused(w4, monkeypatch):
     with pytest.raises(GenieError, match=r"transformers>=5,<6"):
         AutoModelForImageClassification.from_pretrained(folder)
 
+
+
+TRANSFORMERS_5_17 = Path(__file__).resolve().parents[1] / ".ci" / "transformers-5.17"
+_LOAD_WITH_5_17 = textwrap.dedent('''
+    import sys, torch, transformers, genie_hub
+    from transformers import AutoModelForImageClassification, pipeline
+    folder, pixels, out = sys.argv[1:4]
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(pixel_values=torch.load(pixels)).logits
+    torch.save({"version": transformers.__version__, "logits": logits,
+                "pipeline": type(pipeline("image-classification", model=folder).model).__name__}, out)
+''')
+
+
+@pytest.mark.parametrize("family", ["resnet-basic", "vit"])
+def test_a_checkpoint_loads_with_transformers_5_17(family, tmp_path):
+    """transformers up to 5.17 hands the quantizer the model config in `update_tp_plan`, not in
+    `update_attn_implementation`: a checkpoint must load there too (it failed on the load guard before), quantized
+    attention included, with the logits it has with the installed transformers."""
+    if not (TRANSFORMERS_5_17 / "transformers").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{TRANSFORMERS_5_17} is missing: .ci/setup installs transformers 5.17 there")
+        pytest.skip("run .ci/setup to install transformers 5.17 into .ci/transformers-5.17")
+    from tiny_models import IMAGE_SIZE, structured_images, tiny_model
+
+    model = tiny_model(family).eval()
+    pixels = structured_images(8, 3, torch.Generator().manual_seed(0))
+    result = quantize(model, pixels, GenieConfig.from_profile("quick", weight_bits=4, act_bits=4,
+                                                              reconstruction_steps=2), progress=False)
+    from transformers import ViTImageProcessor
+
+    folder = save_quantized(result, tmp_path / "ckpt",
+                            processor=ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}))
+    torch.save(pixels, tmp_path / "pixels.pt")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TRANSFORMERS_5_17), str(root)])}
+    proc = subprocess.run([sys.executable, "-c", _LOAD_WITH_5_17, str(folder), str(tmp_path / "pixels.pt"),
+                           str(tmp_path / "out.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    old = torch.load(tmp_path / "out.pt")
+    assert old["version"] == "5.17.0" and old["pipeline"] == type(model).__name__
+    torch.testing.assert_close(old["logits"], logits(from_pretrained(folder), pixels))

@@ -3,8 +3,9 @@
 What happens in `from_pretrained` (transformers 5.x, the public `HfQuantizer` hooks the built-in quantizers
 use) once genie_hub has registered quant_method "genie":
 1. `validate_environment` refuses a transformers major version genie_hub was not tested with.
-   `update_attn_implementation(config)` points the config's `transformers_weights` at genie_model.safetensors
-   (see `save.py`); why that hook, and not a dedicated one, is explained at the method.
+   The config hook (`update_attn_implementation`, or `update_tp_plan` in transformers up to 5.17) points the
+   config's `transformers_weights` at genie_model.safetensors (see `save.py`); why there, and not in a
+   dedicated hook, is explained at `_prepare_config`.
 2. The model is built from its config on the meta device; `_process_model_before_weight_loading` replaces
    each module listed in `quantization_config.layers` by the frozen Quant* module (empty buffers), so the
    model's parameter/buffer names are the checkpoint keys, then reads the safetensors *headers* and checks
@@ -129,13 +130,22 @@ class GenieHfQuantizer(HfQuantizer):
                 "(pip install 'transformers>=5,<6').")
 
     def update_attn_implementation(self, config):
+        """Where later transformers 5.x releases (5.25, not 5.17) hand the quantizer the model config."""
+        return self._prepare_config(super().update_attn_implementation(config))
+
+    def update_tp_plan(self, config):
+        """Where transformers 5.0 to 5.17 hands the quantizer the model config (the hook is gone in 5.25)."""
+        return self._prepare_config(config)
+
+    def _prepare_config(self, config):
         """Point `config.transformers_weights` at the Genie weights file (format 2) or drop the load guard (format 1).
 
-        Kept in this hook because it is the only one that receives the model config before transformers resolves
-        the weight files (`from_pretrained` reads `config.transformers_weights` right after `get_hf_quantizer`);
-        `validate_environment` and `update_device_map` do not see the config, and `_process_model_before_weight_loading`
-        runs after the files are resolved. transformers has no public hook for "which file holds the weights"."""
-        config = super().update_attn_implementation(config)
+        Done in the config hooks because they are the only ones that receive the model config before transformers
+        resolves the weight files (`from_pretrained` reads `config.transformers_weights` right after
+        `get_hf_quantizer`, which calls them); `validate_environment` and `update_device_map` do not see the config,
+        and `_process_model_before_weight_loading` runs after the files are resolved. transformers has no public
+        hook for "which file holds the weights", and which config hook it calls changed within 5.x, so each one
+        that exists routes here (idempotent)."""
         if any(spec.type == "QuantAttention" for spec in self.quantization_config.layers.values()):
             # Quantized attention matmuls run in genie_hub's registered attention function (see quantization/attention.py).
             config._attn_implementation = register_attention(attention_forward)
