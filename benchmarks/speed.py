@@ -7,7 +7,9 @@ For every model, both code versions (this checkout, and the baseline checked out
 are timed alternately in fresh subprocesses, so load on a shared machine hits both alike and the *ratio* is
 the result. Each subprocess uses genie_hub's public API only (`synthesize`, `quantize`), so any version works:
 - synthesis step: one batch synthesized with W and W + N iterations; (t2 - t1) / N;
-- reconstruction step (summed over all units): `quantize` with S and S + N steps per unit; (t2 - t1) / N.
+- reconstruction step (summed over all units): `quantize` with S and S + N steps per unit; (t2 - t1) / N;
+each after one untimed call (first-call costs, large on a GPU, land in neither), with the accelerator and model
+device the command line would use.
 Median over --repeats runs. The projected duration of each profile is `iterations x batches x synthesis step +
 steps x reconstruction step` (data capture, evaluation and saving not counted).
 
@@ -99,11 +101,15 @@ def reconstruction(steps):
     return synchronized(lambda: call(quantize, model, pixels, config(reconstruction_steps=steps),
                                      accelerator=accelerator, progress=False))
 
+# An untimed call first: the costs of a process's first call (the CUDA context, cuDNN's algorithm search, lazy
+# kernel loading) would otherwise fall in t1 alone and shrink t2 - t1 (on the GPU a baseline step read 0.015 s
+# at 12 timed steps and 0.055 s at 30 without this call).
+synthesis(1)()
 t1, _ = timed(synthesis(warm))
 t2, calibration = timed(synthesis(warm + n))
 pixels = getattr(calibration, "pixel_values", calibration)
-if setting.get("warm_compile"):  # compiling once first, so both timed calls find the compiler's caches warm
-    reconstruction(warm)()
+# With --compile, the untimed call compiles, so both timed calls find the compiler's caches warm.
+reconstruction(warm if setting.get("warm_compile") else 1)()
 r1, _ = timed(reconstruction(warm))
 r2, result = timed(reconstruction(warm + n))
 report = getattr(result, "report", None) or []

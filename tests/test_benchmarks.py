@@ -124,6 +124,48 @@ def test_speed_projection_and_table():
     assert text.rstrip().endswith("- a note")
 
 
+def _speed_module():
+    spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT.with_name("speed.py"))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    return speed
+
+
+def test_speed_keeps_going_past_a_failed_run_and_says_which(tmp_path, monkeypatch):
+    """A GPU lease is short: one version failing (or the main job) must not lose the others' numbers, and the
+    results say what failed. Both versions' children are faked; the rest of main() runs as it does."""
+    speed = _speed_module()
+    baseline = tmp_path / "baseline"
+    (baseline / "genie_hub").mkdir(parents=True)
+    (baseline / "genie_hub" / "__init__.py").write_text("")
+
+    def child(code_dir, model, setting, threads, device):
+        if Path(code_dir) == baseline:
+            raise RuntimeError("timing run failed:\nTraceback ...\nValueError: baseline broke")
+        return {"synthesis_step_s": 0.5, "reconstruction_step_s": 0.25}
+
+    def main_job(code_dir, threads, output, device="cpu"):
+        if Path(code_dir) == baseline:
+            raise RuntimeError("the main job failed:\nno data")
+        return {"wall_s": 30.0, "w4a4_top1": 92.2}
+
+    monkeypatch.setattr(speed, "run_child", child)
+    monkeypatch.setattr(speed, "run_main_job", main_job)
+    monkeypatch.setattr(speed, "build_model", lambda name, cache: "embedded")
+    output = tmp_path / "out" / "speed"
+    assert speed.main(["--baseline", "abc", "--baseline-dir", str(baseline), "--current", "mine", "--models",
+                       "embedded", "--repeats", "2", "--main-job", "--device", "cpu", "--output", str(output)]) == 0
+    results = json.loads(output.with_name("speed.json").read_text())
+    assert [row["version"] for row in results["rows"]] == ["this checkout"] and results["speedups"] == {}
+    assert [f["what"] for f in results["failures"]] == ["embedded baseline", "main job baseline"]  # once each
+    assert results["current"].startswith("mine") and results["main_job"]["speedup"] is None
+    text = output.with_name("speed.md").read_text()
+    assert "- embedded baseline: ValueError: baseline broke" in text and "- main job baseline: no data" in text
+    assert "| this checkout | 30.0 | 30.0, 30.0 | 92.20, 92.20 |" in text and "Main job speed-up" not in text
+    with pytest.raises(SystemExit, match="holds no genie_hub package"):
+        speed.main(["--baseline", "abc", "--baseline-dir", str(tmp_path), "--output", str(output)])
+
+
 def test_markdown_names_the_prior_of_a_model_without_batchnorm(accuracy):
     def results(prior=None):
         results = _results()

@@ -2,8 +2,8 @@
 
 Skipped where torch sees no CUDA device (CI has none); run on a GPU machine with
 `python -m pytest tests/test_cuda.py` (benchmarks/gpu_check.sh does, before timing). Cross-device comparisons
-use round-to-nearest (`reconstruction_steps=0`), where both devices must give the same model up to float noise
-(cuDNN's TF32 convolutions and an activation that lands on a rounding boundary); the learned paths are checked
+use round-to-nearest (`reconstruction_steps=0`) in full fp32, where both devices must give the same model up to
+summation order (and an activation that lands on a rounding boundary); the learned paths are checked
 for what they promise on the device: finite images, units no worse than round-to-nearest, compiled steps equal to
 eager ones, and a saved checkpoint that loads back on the GPU with the same logits.
 """
@@ -30,8 +30,21 @@ def _logits(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
         return model(pixel_values=pixels.to(device)).logits.float().cpu()
 
 
-@pytest.mark.parametrize("family", ["resnet-bottleneck", "regnet", "mobilenet-v2", "vit", "swin"])
-def test_round_to_nearest_on_cuda_matches_cpu(family):
+@pytest.fixture
+def full_fp32_on_cuda():
+    """cuDNN and cuBLAS in full fp32, not TF32 (about 1e-3 relative error): the devices then differ by summation
+    order alone."""
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+# Not the tiny MobileNetV2: its W4A4 round-to-nearest model is chaotic (on the CPU alone, calibration images
+# perturbed by 1e-4 relative noise change its logits by 92 % and its top-1 on 72 % of images; the GPU run gave
+# 89 % / 62 %), so a cross-device comparison of it would test the model, not the device.
+@pytest.mark.parametrize("family", ["resnet-bottleneck", "regnet", "vit", "swin"])
+def test_round_to_nearest_on_cuda_matches_cpu(family, full_fp32_on_cuda):
     config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4, reconstruction_steps=0)
     calibration, test = _images(32, seed=0), _images(64, seed=1)
     on_cpu = quantize(tiny_model(family).eval(), calibration, config, progress=False).model
