@@ -7,7 +7,7 @@
 #
 # 0. the README main job alone (main-job), with its accuracy on the GPU;
 # 1. `benchmarks/speed.py` on ResNet-50 at 224 px (paper-profile batch 128, bf16), this checkout against the
-#    baseline exported to .speed-baseline, with the README main job (accuracy unchanged?);
+#    baseline exported to .speed-baseline;
 # 2. tests/test_cuda.py (the GPU path computes what the CPU path computes);
 # 3. benchmarks/gpu_floor.py (the generator + ResNet-50 step alone: what a synthesis step cannot beat);
 # 4. ResNet-50 again with 4 synthesis batches per step; 5. ResNet-18 with --compile.
@@ -40,8 +40,8 @@ stage() {  # stage SECONDS NAME COMMAND...: runs COMMAND with a limit, its outpu
     python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'bf16', torch.cuda.is_bf16_supported())"
     stage 60 main-job python3 -m genie_hub quantize --profile quick -o /tmp/gpu-main-job
-    stage 200 speed-resnet50 python3 benchmarks/speed.py "${baseline[@]}" --models resnet50-224 --warmup 5 \
-        --steps 30 --main-job --output "$out/speed_gpu"
+    stage 150 speed-resnet50 python3 benchmarks/speed.py "${baseline[@]}" --models resnet50-224 --warmup 5 \
+        --steps 30 --output "$out/speed_gpu"
     stage 120 test-cuda python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
     stage 60 floor python3 benchmarks/gpu_floor.py
     stage 90 speed-resnet50-k4 python3 benchmarks/speed.py "${baseline[@]}" --models resnet50-224 --warmup 3 \
