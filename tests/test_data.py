@@ -268,6 +268,36 @@ def test_few_shot_images_that_are_among_the_evaluation_images_are_refused(tmp_pa
         check_apart_from_evaluation(apart, hub)
 
 
+def test_few_shot_images_that_a_data_file_names_by_path_are_refused(tmp_path):
+    """A parquet or csv evaluation set can name its images by path (datasets writes an Image column without the
+    bytes when it has the files): those files are evaluation images too. Rows that hold their bytes are not."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genie_hub.data import check_apart_from_evaluation
+    from genie_hub.data.eval_datasets import open_eval_set
+
+    shots = _image_folder(tmp_path / "shots", 2)
+    files = sorted(str(f) for f in shots.rglob("img*"))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"image": [{"path": f, "bytes": None} for f in files], "label": [0] * len(files)},
+                               features=features).to_parquet(str(tmp_path / "by_path.parquet"))
+    pq.write_table(pa.table({"image": files, "label": [0] * len(files)}), tmp_path / "strings.parquet")
+    # The same names with the bytes beside them (written by pyarrow: datasets drops the bytes of a file it has)
+    embedded = pa.array([{"bytes": Path(f).read_bytes(), "path": f} for f in files],
+                        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    table = pa.table({"image": embedded, "label": [0] * len(files)})
+    features_metadata = pq.read_schema(tmp_path / "by_path.parquet").metadata  # datasets' Image feature
+    pq.write_table(table.replace_schema_metadata(features_metadata), tmp_path / "embedded.parquet")
+    for name, column in (("by_path", None), ("strings", "image")):
+        evalset = open_eval_set(str(tmp_path / f"{name}.parquet"), {0: "x"}, image_column=column)
+        with pytest.raises(DataError, match="among the evaluation images"):
+            check_apart_from_evaluation(str(shots), evalset)
+        check_apart_from_evaluation(str(_image_folder(tmp_path / f"other_{name}", 2)), evalset)
+    check_apart_from_evaluation(str(shots), open_eval_set(str(tmp_path / "embedded.parquet"), {0: "x"}))
+
+
 def test_calibration_errors(tmp_path):
     processor, spec = vit_processor(), InputSpec(1, 28, 28)
     empty = tmp_path / "empty"

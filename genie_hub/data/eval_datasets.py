@@ -318,11 +318,36 @@ def visible_files(root: Path) -> list[Path]:
 
 
 def evaluation_files(evalset: EvalSet) -> list[Path]:
-    """The local files an opened evaluation set reads (none for Fashion-MNIST or a Hub dataset)."""
+    """The local files an opened evaluation set reads (none for Fashion-MNIST or a Hub dataset): its data files,
+    and the image files their rows name by path."""
     if evalset.source.kind != "local":
         return []
     path = Path(evalset.source.name).expanduser()
-    return [path] if path.is_file() else local_data_files(path)[1][evalset.split]
+    files = [path] if path.is_file() else local_data_files(path)[1][evalset.split]
+    return files + [image for image in _images_named_by_path(evalset) if image.is_file()]
+
+
+def _images_named_by_path(evalset: EvalSet) -> list[Path]:
+    """The image files a data-file set (parquet, csv, ...) names in its image column, where a row holds a path
+    and no bytes: `read_image` opens them, so they are evaluation images as much as the rows are. Read from the
+    Arrow column, so the images' bytes are never loaded."""
+    table = getattr(evalset.dataset, "data", None)  # a datasets.Dataset's Arrow table; none when streaming
+    if evalset.image_column is None or table is None or evalset.image_column not in table.column_names:
+        return []
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table.column(evalset.image_column).combine_chunks()
+    if pa.types.is_struct(column.type) and column.type.get_field_index("path") >= 0:
+        paths = pc.struct_field(column, "path")
+        if column.type.get_field_index("bytes") >= 0:  # a row with bytes is read from them, not from its path
+            data = pc.struct_field(column, "bytes")
+            paths = paths.filter(pc.or_kleene(pc.is_null(data), pc.equal(pc.binary_length(data), 0)))
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        paths = column
+    else:
+        return []
+    return [Path(value) for value in paths.drop_null().to_pylist() if value]
 
 
 def _preferred_split(splits: list[str]) -> str | None:
