@@ -361,16 +361,11 @@ def main(argv: list[str] | None = None) -> int:
                 timings = {"baseline": [], "this checkout": []}
                 for repeat in range(args.repeats):
                     for version, code in (("baseline", base_dir), ("this checkout", REPO)):
-                        if failed(results, f"{name} {version}"):
-                            continue
-                        try:
-                            timings[version].append(run_child(code, model, settings[version], args.threads,
-                                                              args.device))
-                        except RuntimeError as exc:  # the other version and the other models still run
-                            results["failures"].append({"what": f"{name} {version}", "error": str(exc)[-3000:]})
-                            print(f"{name} {version} #{repeat} FAILED: {exc}", flush=True)
-                            continue
-                        print(f"{name} {version} #{repeat}: {timings[version][-1]}", flush=True)
+                        record = attempt(results, f"{name} {version}", lambda: run_child(
+                            code, model, settings[version], args.threads, args.device))
+                        if record is not None:
+                            timings[version].append(record)
+                            print(f"{name} {version} #{repeat}: {record}", flush=True)
                 medians = {}
                 for version, runs in timings.items():
                     if not runs:
@@ -391,16 +386,11 @@ def main(argv: list[str] | None = None) -> int:
                 runs = {"baseline": [], "this checkout": []}
                 for repeat in range(args.repeats):
                     for version, code in (("baseline", base_dir), ("this checkout", REPO)):
-                        if failed(results, f"main job {version}"):
-                            continue
-                        try:
-                            runs[version].append(run_main_job(code, args.threads,
-                                                              tmp / f"main-{version[:4]}-{repeat}", args.device))
-                        except RuntimeError as exc:
-                            results["failures"].append({"what": f"main job {version}", "error": str(exc)[-3000:]})
-                            print(f"main job {version} #{repeat} FAILED: {exc}", flush=True)
-                            continue
-                        print(f"main job {version} #{repeat}: {runs[version][-1]}", flush=True)
+                        record = attempt(results, f"main job {version}", lambda: run_main_job(
+                            code, args.threads, tmp / f"main-{version[:4]}-{repeat}", args.device))
+                        if record is not None:
+                            runs[version].append(record)
+                            print(f"main job {version} #{repeat}: {record}", flush=True)
                 wall = {version: statistics.median(r["wall_s"] for r in rs) for version, rs in runs.items() if rs}
                 results["main_job"] = {"runs": {version: rs for version, rs in runs.items() if rs},
                                        "speedup": wall["baseline"] / wall["this checkout"] if len(wall) == 2 else None}
@@ -412,9 +402,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def failed(results: dict, what: str) -> bool:
-    """Whether `what` (model and version) already failed in this run: its other repeats are skipped."""
-    return any(failure["what"] == what for failure in results.get("failures", ()))
+def attempt(results: dict, what: str, run):
+    """`run()`, or None when it fails: the failure is recorded in `results` and printed, and the other version
+    and models still run (a GPU lease is short). `what` (model and version) that failed once is not run again."""
+    if any(failure["what"] == what for failure in results["failures"]):
+        return None
+    try:
+        return run()
+    except RuntimeError as exc:
+        results["failures"].append({"what": what, "error": str(exc)[-3000:]})
+        print(f"{what} FAILED: {exc}", flush=True)
+        return None
 
 
 def write_results(results: dict, output: Path) -> str:
