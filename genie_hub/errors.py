@@ -40,3 +40,10 @@ class PushError(GenieError):
 
 class DataError(GenieError):
     """Images or labels could not be found or read (missing dataset, empty folder, unknown source)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message ("" when it has none), for one-line summaries. Not
+    simply the first line: some messages start with a newline (transformers' missing-backend ImportError does),
+    and quoting that gave "(ImportError: )"."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")

@@ -19,7 +19,7 @@ from .adapters import adapter_for
 from .calibration import Calibration
 from .config import GenieConfig, make_accelerator, resolve_precision
 from .data import few_shot_folder
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, first_line
 from .evaluation import DatasetEvaluation, EvalSet, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, require_processor, resolve_model_path
 from .optimization import fused_adam_supported
@@ -168,7 +168,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                 evaluation = evaluate_on_dataset(fp_model, result.model, processor, spec, evalset, limit=eval_limit,
                                                  progress=progress)
             except Exception as exc:  # noqa: BLE001 - a stream that drops, a bad file: the model must not be lost
-                evaluation_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                evaluation_error = f"{type(exc).__name__}: {first_line(exc)}"
                 logger.error(
                     "The evaluation on %s failed after quantization (%s). The quantized model is saved without "
                     "results; evaluate it once the dataset reads (`%s`), or rerun this command, which resumes.",

@@ -237,6 +237,23 @@ def test_real_images_are_never_prepared_for_a_model_without_its_processor(model_
         assert load_model(folder)[1] is None
 
 
+def test_a_processor_transformers_needs_another_package_for_names_that_package(model_dir, monkeypatch):
+    """transformers 5.17 without torchvision reads no image processor and raises an ImportError whose message
+    starts with a newline: the error quoted its empty first line, "(ImportError: )", and said to restore a file
+    that was fine."""
+    from transformers import AutoImageProcessor
+
+    def needs_torchvision(*args, **kwargs):
+        raise ImportError("\nAutoImageProcessor requires the Torchvision library but it was not found in your "
+                          "environment.\nPlease note that you may need to restart your runtime.")
+
+    monkeypatch.setattr(AutoImageProcessor, "from_pretrained", needs_torchvision)
+    with pytest.raises(Exception, match=r"\(ImportError: AutoImageProcessor requires the Torchvision library .*"
+                                        r"Install the package it names") as raised:
+        load_model(str(model_dir))
+    assert "Restore the file" not in str(raised.value)
+
+
 def test_the_card_of_an_older_run_without_a_processor_loads_without_one(model_dir, tmp_path, capsys):
     """Runs before quantize required a processor recorded `has_image_processor: false`; `push` renders their card
     from run.json with a snippet that works without a processor (pipeline() cannot), and it runs as written."""

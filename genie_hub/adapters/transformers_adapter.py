@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .base import InputSpec, ModelAdapter, logits_of
+from ..errors import first_line
 
 
 def _size_from_processor(processor) -> tuple[int, int] | None:
@@ -175,11 +176,13 @@ class TransformersAdapter(ModelAdapter):
             if processor_file.is_file():  # one that is there but unreadable must not be guessed around
                 from ..errors import ModelLoadError
 
+                remedy = ("Install the package it names (some transformers releases read image processors "
+                          "only with torchvision), or another transformers release." if isinstance(exc, ImportError)
+                          else "Restore the file from the model it came from (or delete it to load the model "
+                          "without an image processor).")
                 raise ModelLoadError(
                     f"{processor_file} cannot be loaded by transformers ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}), so the model's input size and normalization "
-                    "are unknown. Restore the file from the model it came from (or delete it to load the model "
-                    "without an image processor).") from None
+                    f"{first_line(exc)}), so the model's input size and normalization are unknown. {remedy}") from None
             processor = None
         model.eval()
         return model, processor
@@ -205,7 +208,7 @@ class TransformersAdapter(ModelAdapter):
 
         if isinstance(exc, GenieError):  # genie_hub's own checks (a Genie checkpoint's): already say what to do
             return exc
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
         path = Path(name).expanduser()
         if not name.strip():
             return ModelLoadError("No model given (the name is empty): pass a Hub id (owner/name) or a local folder.")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import loader_for
-from ..errors import CheckpointError, GenieError
+from ..errors import CheckpointError, GenieError, first_line
 from .config import QUANT_METHOD, WEIGHTS_NAME, GenieQuantizationConfig
 from .safetensors_check import read_headers, weight_files
 from .validate import (forbidden_keys, layer_expectations, metadata_problems, refuse_plain_weights,
@@ -101,7 +101,7 @@ def _read_small(path: Path, key: str) -> list[int]:
 
 def _checkpoint_error(name: str, exc: Exception) -> GenieError:
     text = str(exc)
-    first = text.splitlines()[0] if text else type(exc).__name__
+    first = first_line(exc) or type(exc).__name__
     lowered = text.lower()
     if "safetensor" in lowered or "deserializ" in lowered or "header" in lowered or "size mismatch" in lowered:
         return CheckpointError(f"Could not load the Genie checkpoint '{name}': its weights are unreadable or do not "

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import InputSpec
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, first_line
 from ..loading import to_pixel_values
 from .eval_datasets import EvalSet, evaluation_files, hub_parts, local_splits, named_split, visible_files
 from .fashion_mnist import FASHION_MNIST_SOURCE, load_fashion_mnist
@@ -88,7 +88,7 @@ def _hub_images(name: str, config: str | None, split: str, num_samples: int, see
                 if is_offline_mode() else
                 "Check the dataset id (owner/name, optionally owner/name[:config]:split), config and split name, and "
                 "your network; a gated or private dataset needs HF_TOKEN. Or use a local image folder instead.")
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = first_line(exc)
         raise DataError(f"Could not load calibration dataset {where} (split '{split}'). {hint} "
                         f"({type(exc).__name__}: {first})") from exc
     image_columns = [col for col, feature in dataset.features.items() if isinstance(feature, datasets.Image)]

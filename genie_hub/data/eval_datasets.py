@@ -25,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .fashion_mnist import FASHION_MNIST_LABELS, load_fashion_mnist
 from .pixels import decode_image
 
@@ -415,7 +415,7 @@ def _loose_images_hint(source: EvalSource) -> str:
 def _open_error(source: EvalSource, exc: Exception) -> DataError:
     from huggingface_hub import is_offline_mode
 
-    first = str(exc).splitlines()[0] if str(exc) else ""
+    first = first_line(exc)
     hint = ("HF_HUB_OFFLINE is set and the dataset is not cached; unset it or use a local folder."
             if is_offline_mode() and source.kind == "hub" else
             "Check the dataset id, config and split (owner/name[:config]:split), or the folder; a gated or private "
@@ -506,7 +506,7 @@ def _check_images(dataset, image_column: str, where: str) -> None:
     try:
         rows = list(dataset.take(CHECKED_ROWS))
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds on a broken file
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = first_line(exc)
         raise DataError(f"Could not read {where} ({type(exc).__name__}: {first}).") from exc
     if not rows:
         raise DataError(f"{where} is empty.")

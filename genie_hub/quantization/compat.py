@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from ..adapters import model_logits
-from ..errors import ConfigError, GenieError, UnsupportedModelError
+from ..errors import ConfigError, GenieError, UnsupportedModelError, first_line
 
 
 def quantized_forward_error(model: nn.Module, exc: Exception) -> UnsupportedModelError:
     """The one-paragraph message for an exception raised by the forward of a model with quantized ops."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = first_line(exc) or type(exc).__name__
     missing = re.search(r"'(Quant\w+)' object has no attribute '(\w+)'", text)
     what = (f"its code reads `{missing.group(2)}` from a quantized layer, which genie_hub's {missing.group(1)} "
             "does not provide" if missing else f"its forward fails with quantized layers in place "
@@ -62,7 +62,7 @@ def check_quantizable(model: nn.Module, config, example_input: torch.Tensor, ran
         with torch.no_grad():
             model_logits(model, example_input)
     except Exception as exc:  # noqa: BLE001 - the model's own code raises anything
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc) or type(exc).__name__
         raise ConfigError(
             f"{type(model).__name__} does not run on inputs of shape {list(example_input.shape[1:])} even before "
             f"quantization ({type(exc).__name__}: {text}). `genie_hub quantize` takes the input size from the "

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..adapters import model_logits
 from ..config import GenieConfig, without_synthesis_settings
-from ..errors import ConfigError, ReconstructionDivergedError
+from ..errors import ConfigError, ReconstructionDivergedError, first_line
 from ..fileio import save_safetensors
 from ..hooks import TemporaryHooks
 from ..optimization import adam, optimize
@@ -152,7 +152,7 @@ class CompiledUnitLoss:
         try:
             return self._compiled_function(x, target, as_tensor(beta), as_tensor(rounding_weight or 0.0))
         except Exception as exc:  # noqa: BLE001 - whatever the compiler raises, the eager path computes the same
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            message = first_line(exc)
             logger.warning("unit %s: torch.compile failed (%s: %s); this unit runs eager.", self.name,
                            type(exc).__name__, message)
             self.compiled = False

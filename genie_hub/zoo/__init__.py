@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .. import REPOSITORY_URL
 from ..config import GenieConfig
-from ..errors import ConfigError, GenieError
+from ..errors import ConfigError, GenieError, first_line
 from ..fileio import write_bytes, write_json
 from ..outputs import OutputLayout, RunRecord
 
@@ -249,7 +249,7 @@ def _missing_files(layout: OutputLayout, record: RunRecord) -> str | None:
     try:
         files = weight_files(layout.model_dir, WEIGHTS_NAME)
     except GenieError as exc:
-        return str(exc).splitlines()[0]
+        return first_line(exc)
     absent = [path for path in files or [layout.model_dir / WEIGHTS_NAME] if not path.is_file()]
     if absent:
         return f"{absent[0]} is missing"
@@ -360,7 +360,7 @@ def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registr
         try:
             outcome[entry.name] = _build_entry(zoo_dir, entry, progress)
         except (GenieError, OSError, RuntimeError, ValueError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc) or type(exc).__name__
             logger.error("zoo: %s failed: %s", entry.name, first)
             outcome[entry.name] = f"failed: {first}"
     write_leaderboard(zoo_dir, entries)
