@@ -18,10 +18,10 @@ set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH=/tmp/site
-fi
+known=" main-job speed-resnet50 test-cuda floor speed-resnet50-k4 speed-resnet18-compile all "
+for name in ${STAGES:-all}; do
+    [[ $known == *" $name "* ]] || { echo "unknown stage '$name'; the stages are:$known" >&2; exit 2; }
+done
 current=${CURRENT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}  # CURRENT=<commit> where git is absent
 # The main job evaluates on the Fashion-MNIST test files, which a GPU machine lacks: carried in .fmnist/ (a copy of
 # /usr/share/datasets/fashion-mnist/t10k-*), where there.
@@ -36,10 +36,14 @@ stage() {  # stage SECONDS NAME COMMAND...: runs COMMAND with a limit, its outpu
     echo "=== $name ended: rc=$? at $(date -u +%T)"
 }
 {
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python3 -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda,
 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'bf16', torch.cuda.is_bf16_supported())"
-    stage 60 main-job python3 -m genie_hub quantize --profile quick -o /tmp/gpu-main-job
+    stage 60 main-job python3 -m genie_hub quantize --profile quick -o "$(mktemp -d)/main-job"
     stage 150 speed-resnet50 python3 benchmarks/speed.py "${baseline[@]}" --models resnet50-224 --warmup 5 \
         --steps 30 --output "$out/speed_gpu"
     stage 120 test-cuda python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py

@@ -313,10 +313,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="this checkout synthesizes K batches in each step (the baseline cannot); its synthesis "
                              "step is reported per batch (step time / K), comparable with the baseline's")
     args = parser.parse_args(argv)
-    if args.device is None:
-        import torch
+    import torch
 
+    if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():  # the runs would time the CPU, labelled cuda
+        raise SystemExit("--device cuda, but torch sees no CUDA device here.")
 
     current = args.current or subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                              capture_output=True, text=True).stdout.strip() or "unknown"
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_dir)],
                                capture_output=True)
     print(write_results(results, Path(args.output)))
-    return 0
+    return 1 if results["failures"] else 0  # a script (gpu_check.sh, CI) must see that some runs failed
 
 
 def attempt(results: dict, what: str, run):

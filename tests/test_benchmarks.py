@@ -132,8 +132,9 @@ def _speed_module():
 
 
 def test_speed_keeps_going_past_a_failed_run_and_says_which(tmp_path, monkeypatch):
-    """A GPU lease is short: one version failing (or the main job) must not lose the others' numbers, and the
-    results say what failed. Both versions' children are faked; the rest of main() runs as it does."""
+    """A GPU lease is short: one version failing (or the main job) must not lose the others' numbers, the results
+    say what failed, and the exit status too. Both versions' children are faked; the rest of main() runs as it
+    does."""
     speed = _speed_module()
     baseline = tmp_path / "baseline"
     (baseline / "genie_hub").mkdir(parents=True)
@@ -154,7 +155,7 @@ def test_speed_keeps_going_past_a_failed_run_and_says_which(tmp_path, monkeypatc
     monkeypatch.setattr(speed, "build_model", lambda name, cache: "embedded")
     output = tmp_path / "out" / "speed"
     assert speed.main(["--baseline", "abc", "--baseline-dir", str(baseline), "--current", "mine", "--models",
-                       "embedded", "--repeats", "2", "--main-job", "--device", "cpu", "--output", str(output)]) == 0
+                       "embedded", "--repeats", "2", "--main-job", "--device", "cpu", "--output", str(output)]) == 1
     results = json.loads(output.with_name("speed.json").read_text())
     assert [row["version"] for row in results["rows"]] == ["this checkout"] and results["speedups"] == {}
     assert [f["what"] for f in results["failures"]] == ["embedded baseline", "main job baseline"]  # once each
@@ -164,6 +165,9 @@ def test_speed_keeps_going_past_a_failed_run_and_says_which(tmp_path, monkeypatc
     assert "| this checkout | 30.0 | 30.0, 30.0 | 92.20, 92.20 |" in text and "Main job speed-up" not in text
     with pytest.raises(SystemExit, match="holds no genie_hub package"):
         speed.main(["--baseline", "abc", "--baseline-dir", str(tmp_path), "--output", str(output)])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):  # it would time the CPU and call it cuda
+        speed.main(["--baseline", "abc", "--baseline-dir", str(baseline), "--device", "cuda", "--output", str(output)])
 
 
 def test_markdown_names_the_prior_of_a_model_without_batchnorm(accuracy):

@@ -296,6 +296,13 @@ def test_few_shot_images_that_a_data_file_names_by_path_are_refused(tmp_path):
             check_apart_from_evaluation(str(shots), evalset)
         check_apart_from_evaluation(str(_image_folder(tmp_path / f"other_{name}", 2)), evalset)
     check_apart_from_evaluation(str(shots), open_eval_set(str(tmp_path / "embedded.parquet"), {0: "x"}))
+    # A row whose path cannot even be asked about (a name too long for the file system) names no image: the
+    # evaluation skips it as unreadable, and the check must not fail on it.
+    pq.write_table(pa.table({"image": files + ["/" + "y" * 5000 + ".png"], "label": [0] * (len(files) + 1)}),
+                   tmp_path / "long.parquet")
+    evalset = open_eval_set(str(tmp_path / "long.parquet"), {0: "x"}, image_column="image")
+    with pytest.raises(DataError, match="among the evaluation images"):
+        check_apart_from_evaluation(str(shots), evalset)
 
 
 def test_calibration_errors(tmp_path):

@@ -616,3 +616,12 @@ def test_unlabelled_photos_give_agreement_only(model_dir, tmp_path, capsys):
     assert "top-1 agreement" in capsys.readouterr().out
     assert main(["evaluate", str(model_dir), "--dataset", str(photos), "--unlabelled"]) == 2  # with itself: refused
     assert "--fp32" in capsys.readouterr().err
+
+
+def test_an_image_column_named_that_is_not_there_is_named_in_the_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": ["a.png"], "label": [0]}), tmp_path / "set.parquet")
+    with pytest.raises(DataError, match=r"has no column 'nope' \(columns: image, label\)"):
+        open_eval_set(str(tmp_path / "set.parquet"), {0: "x"}, image_column="nope")

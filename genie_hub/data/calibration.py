@@ -186,7 +186,8 @@ def check_apart_from_evaluation(source: str, evalset: EvalSet) -> None:
     if shared:
         raise DataError(
             f"The few-shot calibration images ({source}) are among the evaluation images ({evaluated.label}, split "
-            f"{evalset.split}): the results would be measured on images the model was calibrated on, and flattered. "
+            f"{evalset.split}, compared whole, also under --eval-limit): the results would be measured on images the "
+            "model was calibrated on, and flattered. "
             "Calibrate on another split (its train split, for example) or evaluate on another set.")
 
 

@@ -324,12 +324,21 @@ def evaluation_files(evalset: EvalSet) -> list[Path]:
         return []
     path = Path(evalset.source.name).expanduser()
     files = [path] if path.is_file() else local_data_files(path)[1][evalset.split]
-    return files + [image for image in _images_named_by_path(evalset) if image.is_file()]
+    return files + [image for image in _images_named_by_path(evalset) if _is_readable_file(image)]
+
+
+def _is_readable_file(path: Path) -> bool:
+    """`path.is_file()`, False also where the name is too long or a folder on the way is closed to this user
+    (`is_file` raises there): the evaluation skips such a row as unreadable, so it names no evaluation image."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _images_named_by_path(evalset: EvalSet) -> list[Path]:
-    """The image files a data-file set (parquet, csv, ...) names in its image column, where a row holds a path
-    and no bytes: `read_image` opens them, so they are evaluation images as much as the rows are. Read from the
+    """The image files a data-file set (parquet, arrow) names in its image column, where a row holds a path and
+    no bytes: `read_image` opens them, so they are evaluation images as much as the rows are. Read from the
     Arrow column, so the images' bytes are never loaded."""
     table = getattr(evalset.dataset, "data", None)  # a datasets.Dataset's Arrow table; none when streaming
     if evalset.image_column is None or table is None or evalset.image_column not in table.column_names:
@@ -454,8 +463,12 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
         dataset = dataset._resolve_features()
         features = dataset.features
     where = f"'{source.label}' (split {split})"
+    if image_column is not None and image_column not in features:  # the user named it: say that name
+        raise DataError(f"{where} has no column '{image_column}' (columns: {', '.join(features)}). Name its image "
+                        "column with --image-column (`genie_hub evaluate`) or --eval-image-column (`genie_hub "
+                        "quantize`).")
     image_column = image_column or next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
-    if image_column is None or image_column not in features:
+    if image_column is None:
         raise DataError(f"{where} has no image column (columns: {', '.join(features)}). Name it with --image-column "
                         "(`genie_hub evaluate`) or --eval-image-column (`genie_hub quantize`).")
     if isinstance(features[image_column], datasets.Image):  # decoded in `batches`, where an unreadable one is skipped
