@@ -625,3 +625,30 @@ def test_an_image_column_named_that_is_not_there_is_named_in_the_error(tmp_path)
     pq.write_table(pa.table({"image": ["a.png"], "label": [0]}), tmp_path / "set.parquet")
     with pytest.raises(DataError, match=r"has no column 'nope' \(columns: image, label\)"):
         open_eval_set(str(tmp_path / "set.parquet"), {0: "x"}, image_column="nope")
+
+
+def test_a_repositorys_own_code_is_never_run(model_dir, tmp_path, monkeypatch):
+    """A model type transformers does not ship, with an `auto_map` to Python files in the repository: transformers
+    would ask whether to run them (and run them on "y"). genie_hub loads with trust_remote_code=False: the code
+    never runs, no question stops a batch job, and the error says why."""
+    import builtins
+    import shutil
+
+    from genie_hub.errors import ModelLoadError
+
+    folder = tmp_path / "with-code"
+    shutil.copytree(model_dir, folder)
+    marker = tmp_path / "code-ran"
+    (folder / "custom.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import ResNetConfig, ResNetForImageClassification\n"
+        "class Config(ResNetConfig):\n    model_type = 'custom-resnet'\n"
+        "class Model(ResNetForImageClassification):\n    config_class = Config\n")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="custom-resnet",
+                  auto_map={"AutoConfig": "custom.Config", "AutoModelForImageClassification": "custom.Model"})
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(builtins, "input", lambda *args: "y")  # a user who would say yes to transformers' question
+    with pytest.raises(ModelLoadError, match="genie_hub does not run a repository's own code"):
+        load_model(str(folder))
+    assert not marker.exists()

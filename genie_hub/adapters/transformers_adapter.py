@@ -164,13 +164,17 @@ class TransformersAdapter(ModelAdapter):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         _refuse_file(name_or_path)
+        # trust_remote_code=False: a repository's own Python code (an `auto_map` in its configs) is never run, and
+        # transformers never stops a batch job to ask; the classes transformers ships load as usual.
         try:
             model = AutoModelForImageClassification.from_pretrained(
-                name_or_path, revision=revision, token=token, use_safetensors=True, dtype=torch.float32)
+                name_or_path, revision=revision, token=token, use_safetensors=True, dtype=torch.float32,
+                trust_remote_code=False)
         except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors with long messages
             raise self.load_error(name_or_path, exc) from exc
         try:
-            processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, token=token)
+            processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, token=token,
+                                                           trust_remote_code=False)
         except Exception as exc:  # none in the repo: the caller decides (`loading.require_processor`)
             processor_file = Path(name_or_path) / "preprocessor_config.json"
             if processor_file.is_file():  # one that is there but unreadable must not be guessed around
@@ -191,6 +195,7 @@ class TransformersAdapter(ModelAdapter):
         from transformers import AutoModelForImageClassification
 
         _refuse_file(name_or_path)
+        kwargs.setdefault("trust_remote_code", False)  # as `load`: no repository code runs unless the caller says so
         return AutoModelForImageClassification.from_pretrained(name_or_path, **kwargs)
 
     def save(self, model: nn.Module, directory: str | os.PathLike, **kwargs) -> None:
@@ -212,7 +217,11 @@ class TransformersAdapter(ModelAdapter):
         path = Path(name).expanduser()
         if not name.strip():
             return ModelLoadError("No model given (the name is empty): pass a Hub id (owner/name) or a local folder.")
-        if "ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc):
+        if "trust_remote_code" in str(exc):  # an `auto_map` to the repository's own code, for a type not shipped
+            hint = ("It is a model with its own Python code (an auto_map in its config, for a model type transformers "
+                    "does not ship), and genie_hub does not run a repository's own code: it quantizes the model "
+                    "classes transformers ships.")
+        elif "ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc):
             hint = ("Its weights do not have the shapes its config.json describes, e.g. a classifier for another "
                     "number of classes than config.json's id2label / num_labels: restore the config.json saved with "
                     "these weights.")
