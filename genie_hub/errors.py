@@ -42,8 +42,10 @@ class DataError(GenieError):
     """Images or labels could not be found or read (missing dataset, empty folder, unknown source)."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message ("" when it has none), for one-line summaries. Not
-    simply the first line: some messages start with a newline (transformers' missing-backend ImportError does),
-    and quoting that gave "(ImportError: )"."""
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first non-empty line of an exception's message ("" when it has none), cut at `limit` characters, for
+    one-line summaries. Not simply the first line: some messages start with a newline (transformers'
+    missing-backend ImportError does), and quoting that gave "(ImportError: )"; and some lines run to kilobytes
+    (transformers' unknown image processor type lists every model type)."""
+    line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return line if len(line) <= limit else line[:limit].rstrip() + " ..."

@@ -183,3 +183,13 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"genie_hub {__version__}"
+
+
+def test_first_line_quotes_the_first_line_that_says_something_and_no_more_than_a_paragraph():
+    from genie_hub.errors import first_line
+
+    assert first_line(ImportError("\nAutoImageProcessor requires torchvision\nmore")) == \
+        "AutoImageProcessor requires torchvision"  # transformers' missing-backend message starts with a newline
+    assert first_line(ValueError("")) == "" and first_line(ValueError("  \n \n")) == ""
+    listed = first_line(ValueError("Unrecognized image processor; one of: " + ", ".join(["model-type"] * 400)))
+    assert len(listed) <= 404 and listed.endswith(" ...")
