@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # genie_hub, where it is not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # speed.py: the ResNet-50 it times
 
 
 def main() -> int:
@@ -26,15 +27,14 @@ def main() -> int:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_floor.py needs a CUDA device.")
-    from transformers import ResNetConfig, ResNetForImageClassification
+    from speed import resnet_224_config
+    from transformers import ResNetForImageClassification
 
     from genie_hub.synthesis.generator import Generator
 
     torch.manual_seed(0)
     device = torch.device("cuda")
-    model = ResNetForImageClassification(ResNetConfig(
-        num_channels=3, embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3],
-        layer_type="bottleneck", num_labels=1000)).to(device).eval().requires_grad_(False)
+    model = ResNetForImageClassification(resnet_224_config("resnet50-224")).to(device).eval().requires_grad_(False)
     model.to(memory_format=torch.channels_last)
     generator = Generator(256, 3, 224, 224).to(device)
     latents = torch.randn(args.batch, 256, device=device, requires_grad=True)

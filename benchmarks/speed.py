@@ -132,6 +132,16 @@ PROFILES = {"quick": dict(images=128, batch=64, iterations=400, steps=500),
             "paper": dict(images=1024, batch=128, iterations=4000, steps=20000)}
 
 
+def resnet_224_config(name: str):
+    """The ResNetConfig of microsoft/resnet-18 ("resnet18-224") or microsoft/resnet-50 ("resnet50-224")."""
+    from transformers import ResNetConfig
+
+    shape = (dict(hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic")
+             if name == "resnet18-224" else
+             dict(hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck"))
+    return ResNetConfig(num_channels=3, embedding_size=64, num_labels=1000, image_size=224, **shape)
+
+
 def build_model(name: str, cache: Path) -> str:
     """A folder (or "embedded") the child process loads with genie_hub.load_model."""
     if name == "embedded":
@@ -151,14 +161,10 @@ def build_model(name: str, cache: Path) -> str:
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     elif name in ("resnet18-224", "resnet50-224"):  # microsoft/resnet-18 / -50 geometry, random weights
         import torch
-        from transformers import ResNetConfig, ResNetForImageClassification, ViTImageProcessor
+        from transformers import ResNetForImageClassification, ViTImageProcessor
 
         torch.manual_seed(0)
-        shape = (dict(hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic")
-                 if name == "resnet18-224" else
-                 dict(hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck"))
-        model = ResNetForImageClassification(ResNetConfig(num_channels=3, embedding_size=64, num_labels=1000,
-                                                          image_size=224, **shape))
+        model = ResNetForImageClassification(resnet_224_config(name))
         model.save_pretrained(folder)
         ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.485, 0.456, 0.406],
                           image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)

@@ -93,10 +93,15 @@ def test_merge(accuracy):
     assert "Commands:" in accuracy.render_markdown(merged)
 
 
-def test_speed_projection_and_table():
+@pytest.fixture(scope="module")
+def speed():
     spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT.with_name("speed.py"))
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_projection_and_table(speed):
     step = {"synthesis_step_s": 0.1, "reconstruction_step_s": 0.02}
     # paper: 8 batches x 4000 iterations x 0.1 s + 20000 steps x 0.02 s
     assert speed.projected(step, speed.PROFILES["paper"]) == pytest.approx(8 * 4000 * 0.1 + 20000 * 0.02)
@@ -124,18 +129,10 @@ def test_speed_projection_and_table():
     assert text.rstrip().endswith("- a note")
 
 
-def _speed_module():
-    spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT.with_name("speed.py"))
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
-    return speed
-
-
-def test_speed_keeps_going_past_a_failed_run_and_says_which(tmp_path, monkeypatch):
+def test_speed_keeps_going_past_a_failed_run_and_says_which(speed, tmp_path, monkeypatch):
     """A GPU lease is short: one version failing (or the main job) must not lose the others' numbers, the results
     say what failed, and the exit status too. Both versions' children are faked; the rest of main() runs as it
     does."""
-    speed = _speed_module()
     baseline = tmp_path / "baseline"
     (baseline / "genie_hub").mkdir(parents=True)
     (baseline / "genie_hub" / "__init__.py").write_text("")

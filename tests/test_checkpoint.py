@@ -644,7 +644,6 @@ def test_unsupported_transformers_major_version_is_refused(w4, monkeypatch):
         AutoModelForImageClassification.from_pretrained(folder)
 
 
-
 TRANSFORMERS_5_17 = Path(__file__).resolve().parents[1] / ".ci" / "transformers-5.17"
 _LOAD_WITH_5_17 = textwrap.dedent('''
     import sys, torch, transformers, genie_hub
@@ -667,16 +666,13 @@ def test_a_checkpoint_loads_with_transformers_5_17(family, tmp_path):
         if os.environ.get("CI"):
             pytest.fail(f"{TRANSFORMERS_5_17} is missing: .ci/setup installs transformers 5.17 there")
         pytest.skip("run .ci/setup to install transformers 5.17 into .ci/transformers-5.17")
-    from tiny_models import IMAGE_SIZE, structured_images, tiny_model
+    from tiny_models import structured_images, tiny_model
 
     model = tiny_model(family).eval()
     pixels = structured_images(8, 3, torch.Generator().manual_seed(0))
     result = quantize(model, pixels, GenieConfig.from_profile("quick", weight_bits=4, act_bits=4,
                                                               reconstruction_steps=2), progress=False)
-    from transformers import ViTImageProcessor
-
-    folder = save_quantized(result, tmp_path / "ckpt",
-                            processor=ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}))
+    folder = save_quantized(result, tmp_path / "ckpt", processor=processor())
     torch.save(pixels, tmp_path / "pixels.pt")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TRANSFORMERS_5_17), str(root)])}

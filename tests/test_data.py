@@ -269,7 +269,7 @@ def test_few_shot_images_that_are_among_the_evaluation_images_are_refused(tmp_pa
 
 
 def test_few_shot_images_that_a_data_file_names_by_path_are_refused(tmp_path):
-    """A parquet or csv evaluation set can name its images by path (datasets writes an Image column without the
+    """A parquet or arrow evaluation set can name its images by path (datasets writes an Image column without the
     bytes when it has the files): those files are evaluation images too. Rows that hold their bytes are not."""
     import datasets
     import pyarrow as pa

@@ -169,8 +169,8 @@ def check_apart_from_evaluation(source: str, evalset: EvalSet) -> None:
     """Refuse few-shot images that are among the evaluation images: the card would report accuracy measured on
     the images the model was calibrated on, which flatters it. Checked before compute; a local folder is compared
     file by file (the same folder, one inside the other, the same split named two ways, linked files, the files a
-    data file names by path), a Hub
-    dataset by the splits its split expressions read. Copies of the files are not recognised."""
+    data file names by path), a Hub dataset by the splits its split expressions read. Copies of the files are not
+    recognised."""
     kind, where, config, split = _resolve(source)
     evaluated = evalset.source
     if kind == FASHION_MNIST_SOURCE:
