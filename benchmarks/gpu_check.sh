@@ -10,15 +10,17 @@
 #    baseline exported to .speed-baseline;
 # 2. tests/test_cuda.py (the GPU path computes what the CPU path computes);
 # 3. benchmarks/gpu_floor.py (the generator + ResNet-50 step alone: what a synthesis step cannot beat);
-# 4. ResNet-50 again with 4 synthesis batches per step; 5. ResNet-18 with --compile.
+# 4. ResNet-50 again with 4 synthesis batches per step; 5. ResNet-18 with --compile; 6. the compiled synthesis
+#    step of ResNet-50 (--compile --synthesis-only: no unit is compiled).
 # Each stage has its own time limit, so a slow or failing one leaves the others' results in OUTDIR; STAGES="a b"
-# runs only the stages named (main-job speed-resnet50 test-cuda floor speed-resnet50-k4 speed-resnet18-compile).
+# runs only the stages named (main-job speed-resnet50 test-cuda floor speed-resnet50-k4 speed-resnet18-compile
+# speed-resnet50-compile-synthesis).
 # Python packages missing on the machine travel as wheels in .whl/ (installed to /tmp/site first).
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error HF_HUB_DISABLE_PROGRESS_BARS=1
-known=" main-job speed-resnet50 test-cuda floor speed-resnet50-k4 speed-resnet18-compile all "
+known=" main-job speed-resnet50 test-cuda floor speed-resnet50-k4 speed-resnet18-compile speed-resnet50-compile-synthesis all "
 for name in ${STAGES:-all}; do
     [[ $known == *" $name "* ]] || { echo "unknown stage '$name'; the stages are:$known" >&2; exit 2; }
 done
@@ -52,4 +54,6 @@ stage() {  # stage SECONDS NAME COMMAND...: runs COMMAND with a limit, its outpu
         --steps 12 --synthesis-batches-per-step 4 --output "$out/speed_gpu_k4"
     stage 120 speed-resnet18-compile python3 benchmarks/speed.py "${baseline[@]}" --models resnet18-224 --warmup 5 \
         --steps 30 --compile --output "$out/speed_gpu_resnet18_compile"
+    stage 300 speed-resnet50-compile-synthesis python3 benchmarks/speed.py "${baseline[@]}" --models resnet50-224 \
+        --warmup 5 --steps 30 --compile --synthesis-only --output "$out/speed_gpu_compile_synthesis"
 } 2>&1 | tee "$out/run.log"

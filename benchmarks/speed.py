@@ -26,7 +26,8 @@ profile, whose projected hours are the GPU target):
         --mixed-precision bf16 --compile --synthesis-batches-per-step 4 --repeats 3 --warmup 20 --steps 100 \
         --output benchmarks/results/speed_gpu
 
-`--compile` times this checkout with `genie_hub quantize --compile`, `--synthesis-batches-per-step K` with K
+`--compile` times this checkout with `genie_hub quantize --compile` (a compiled synthesis step and compiled units;
+`--synthesis-only` leaves reconstruction out), `--synthesis-batches-per-step K` with K
 batches synthesized in each step (reported per batch); `--device cpu` keeps the runs off a GPU.
 Results: <output>.md and <output>.json.
 """
@@ -108,15 +109,19 @@ synthesis(1)()
 t1, _ = timed(synthesis(warm))
 t2, calibration = timed(synthesis(warm + n))
 pixels = getattr(calibration, "pixel_values", calibration)
-# With --compile, the untimed call compiles, so both timed calls find the compiler's caches warm.
-reconstruction(warm if setting.get("warm_compile") else 1)()
-r1, _ = timed(reconstruction(warm))
-r2, result = timed(reconstruction(warm + n))
-report = getattr(result, "report", None) or []
+r1 = r2 = None
+report = []
+if not setting.get("synthesis_only"):
+    # With --compile, the untimed call compiles, so both timed calls find the compiler's caches warm.
+    reconstruction(warm if setting.get("warm_compile") else 1)()
+    r1, _ = timed(reconstruction(warm))
+    r2, result = timed(reconstruction(warm + n))
+    report = getattr(result, "report", None) or []
 # Per batch: a step synthesizes batches_per_step batches at once; with --synthesis-batches B, B batches are made
 # (serially, together, or by parallel workers, as the version does it) in each timed call.
 per_batch = setting.get("batches", 1) * setting["base"].get("synthesis_batches_per_step", 1)
-print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n / per_batch, "reconstruction_step_s": (r2 - r1) / n,
+print("SPEED" + json.dumps({"synthesis_step_s": (t2 - t1) / n / per_batch,
+                            "reconstruction_step_s": None if r1 is None else (r2 - r1) / n,
                             "units": len(report), "genie_hub": genie_hub.__file__, "malloc_reuse": malloc_reuse,
                             "device": str(accelerator.device), "total_s": time.perf_counter() - started}))
 '''
@@ -230,7 +235,10 @@ def run_main_job(code_dir: Path, threads: int, output: Path, device: str = "cpu"
     return {"wall_s": wall, "w4a4_top1": float(found.group(1))}
 
 
-def projected(step: dict, profile: dict) -> float:
+def projected(step: dict, profile: dict) -> float | None:
+    """Seconds of a whole profile (None without a reconstruction time: --synthesis-only)."""
+    if step["reconstruction_step_s"] is None:
+        return None
     batches = -(-profile["images"] // profile["batch"])
     return batches * profile["iterations"] * step["synthesis_step_s"] + profile["steps"] * step["reconstruction_step_s"]
 
@@ -246,8 +254,9 @@ def render(results: dict) -> str:
              f"Machine: {results['machine']}; device {results.get('device', 'cpu')}; mixed precision "
              f"{results.get('mixed_precision') or 'no'}; torch threads {results['threads']}; started "
              f"{results['started']}. "
-             + ("This checkout reconstructs with `--compile` (torch.compile, inductor; compile time not in the step "
+             + ("This checkout runs with `--compile` (torch.compile, inductor; compile time not in the step "
                 "times). " if results.get("this_checkout_compile") else "")
+             + ("Synthesis steps only (--synthesis-only). " if results.get("synthesis_only") else "")
              + (f"This checkout synthesizes {results['this_checkout_batches_per_step']} batches per step; its "
                 "synthesis step is the step time divided by that (per batch). "
                 if results.get("this_checkout_batches_per_step", 1) > 1 else "")
@@ -260,12 +269,16 @@ def render(results: dict) -> str:
              "the profile's batch scale linearly, a rough estimate).", "",
              "| Model | Version | Synthesis step (s) | Reconstruction step, all units (s) | Quick profile (min) | "
              "Paper profile (h) |", "|---|---|---|---|---|---|"]
+    def number(value: float | None, digits: int, suffix: str = "") -> str:
+        return "not timed" if value is None else f"{value:.{digits}f}{suffix}"
+
     for row in results["rows"]:
-        lines.append(f"| {row['model']} | {row['version']} | {row['synthesis_step_s']:.4f} | "
-                     f"{row['reconstruction_step_s']:.4f} | {row['quick_min']:.1f} | {row['paper_h']:.2f} |")
+        lines.append(f"| {row['model']} | {row['version']} | {number(row['synthesis_step_s'], 4)} | "
+                     f"{number(row['reconstruction_step_s'], 4)} | {number(row['quick_min'], 1)} | "
+                     f"{number(row['paper_h'], 2)} |")
     lines += ["", "| Model | Synthesis speed-up (baseline / this) | Reconstruction speed-up |", "|---|---|---|"]
     for model, ratio in results["speedups"].items():
-        lines.append(f"| {model} | {ratio['synthesis']:.2f}x | {ratio['reconstruction']:.2f}x |")
+        lines.append(f"| {model} | {number(ratio['synthesis'], 2, 'x')} | {number(ratio['reconstruction'], 2, 'x')} |")
     if results.get("main_job"):
         job = results["main_job"]
         lines += ["", "README main job (`genie_hub quantize --profile quick`, the whole command), alternating runs:", "",
@@ -309,8 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="GenieConfig.mixed_precision of both versions (bf16 autocast on GPU)")
     parser.add_argument("--note", action="append", default=[], help="free-text note copied into the results")
     parser.add_argument("--compile", action="store_true",
-                        help="this checkout reconstructs with --compile (the baseline cannot); each of its timed "
-                             "runs follows one untimed quantize call, so both timed calls find warm compiler caches")
+                        help="this checkout synthesizes and reconstructs with --compile (the baseline cannot); each "
+                             "of its timed runs follows one untimed call, so both timed calls find warm compiler "
+                             "caches")
+    parser.add_argument("--synthesis-only", action="store_true",
+                        help="time synthesis steps only (no reconstruction, no projections): e.g. a compiled "
+                             "synthesis step on a short GPU lease, without compiling every unit")
     parser.add_argument("--synthesis-batches", type=int, default=1, metavar="B",
                         help="both versions synthesize B batches in each timed call (as a profile with B batches "
                              "does: serially, or in parallel workers where the version has them, "
@@ -340,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                    ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                    text=True).stdout.strip() else ""),
                "repeats": args.repeats, "device": args.device, "mixed_precision": args.mixed_precision,
-               "this_checkout_compile": args.compile,
+               "this_checkout_compile": args.compile, "synthesis_only": args.synthesis_only,
                "this_checkout_batches_per_step": args.synthesis_batches_per_step,
                "synthesis_batches": args.synthesis_batches, "rows": [], "speedups": {}, "failures": []}
     with tempfile.TemporaryDirectory(prefix="genie-speed-") as tmp:
@@ -357,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.mixed_precision:
                     base["mixed_precision"] = args.mixed_precision
                 settings = {"baseline": {"base": base, "warmup": args.warmup, "steps": args.steps,
-                                         "batches": args.synthesis_batches}}
+                                         "batches": args.synthesis_batches, "synthesis_only": args.synthesis_only}}
                 current_base = dict(base)
                 if args.compile:
                     current_base["compile"] = True
@@ -378,16 +395,17 @@ def main(argv: list[str] | None = None) -> int:
                 for version, runs in timings.items():
                     if not runs:
                         continue
-                    step = {key: statistics.median(r[key] for r in runs)
+                    step = {key: None if runs[0][key] is None else statistics.median(r[key] for r in runs)
                             for key in ("synthesis_step_s", "reconstruction_step_s")}
                     medians[version] = step
+                    quick, paper = projected(step, PROFILES["quick"]), projected(step, PROFILES["paper"])
                     results["rows"].append({"model": name, "version": version, **step,
-                                            "quick_min": projected(step, PROFILES["quick"]) / 60,
-                                            "paper_h": projected(step, PROFILES["paper"]) / 3600,
-                                            "runs": runs})
+                                            "quick_min": None if quick is None else quick / 60,
+                                            "paper_h": None if paper is None else paper / 3600, "runs": runs})
                 if len(medians) == 2:
                     results["speedups"][name] = {
-                        kind: medians["baseline"][f"{kind}_step_s"] / medians["this checkout"][f"{kind}_step_s"]
+                        kind: None if medians["baseline"][f"{kind}_step_s"] is None else
+                        medians["baseline"][f"{kind}_step_s"] / medians["this checkout"][f"{kind}_step_s"]
                         for kind in ("synthesis", "reconstruction")}
                 write_results(results, Path(args.output))
             if args.main_job:

@@ -17,6 +17,7 @@ class BatchStats:
     final_loss: float
     initial_prior_loss: float
     final_prior_loss: float
+    compiled: bool = False  # its steps ran under torch.compile (`GenieConfig.compile`)
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -42,6 +43,12 @@ class Calibration:
     def __post_init__(self) -> None:
         if not self.batch_indices:
             self.batch_indices = [0] * len(self.pixel_values)
+
+    @property
+    def synthesis_compiled(self) -> bool:
+        """Every synthesis batch ran its steps under torch.compile (`GenieConfig.compile`; batches resumed from
+        an earlier run count as they ran then)."""
+        return bool(self.batch_stats) and all(stats.compiled for stats in self.batch_stats)
 
     @property
     def zero_shot(self) -> bool:

@@ -172,10 +172,11 @@ class GenieConfig:
     it keeps fp32 unless asked.
     `resolve_precision` turns "auto" into the precision used, before any compute; run.json records it."""
     compile: bool = field(default=False, metadata=option(
-        "--compile", "compile each reconstruction unit's training step with torch.compile: for GPUs, where the "
-        "launch overhead of many small kernels dominates a unit's step; on CPU the eager kernels were faster in "
-        "benchmarks/speed.py. The same function, up to float rounding and QDrop's random masks (drawn by the "
-        "compiler's RNG); run.json records which units ran compiled"))
+        "--compile", "compile the synthesis step and each reconstruction unit's training step with torch.compile: "
+        "for GPUs, where the launch overhead of many small kernels dominates a step; on CPU the eager "
+        "reconstruction kernels were faster in benchmarks/speed.py, and compiling takes about half a minute per "
+        "graph. The same functions, up to float rounding and QDrop's random masks (drawn by the compiler's RNG); "
+        "run.json records whether synthesis and which units ran compiled"))
     dataset_storage: str = field(default="exact", metadata=option(
         "--dataset-storage", "how the published calibration set stores pixel_values: exact (float32, what the "
         "model was calibrated on) or fp16 (half the size, lossy); PNG previews are kept either way",

@@ -14,6 +14,8 @@ import torch
 
 from .progress import progress_bar
 
+COMPILE_BACKEND = "inductor"  # what GenieConfig.compile compiles with (tests use "aot_eager": the same trace)
+
 
 def fused_adam_supported(device: torch.device | str) -> bool:
     """Whether this torch has a fused Adam kernel for float32 tensors on `device`."""

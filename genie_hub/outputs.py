@@ -303,6 +303,7 @@ class RunRecord:
     adam_fused: bool | None = None  # fused or plain Adam kernel: the same update up to float rounding
     synthesis_channels_last: bool | None = None  # synthesis in the channels_last layout (CUDA): the same, up to rounding
     synthesis_workers: int | None = None  # one-thread processes that synthesized batches in parallel (1: serial)
+    synthesis_compiled: bool | None = None  # every synthesis batch ran under torch.compile (--compile)
     wall_seconds: float | None = None
     synthetic: dict | None = None  # {"num_samples", "shape", "prior", "loss_summary"} for zero-shot runs
     settings: dict | None = None  # what decides the results (see `run_settings`); a rerun must match them

@@ -195,6 +195,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
             adam_fused=fused_adam_supported(accelerator.device),
             synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
             synthesis_workers=None if few_shot else calibration.synthesis_workers,
+            synthesis_compiled=None if few_shot else calibration.synthesis_compiled,
             wall_seconds=round(time.time() - started, 1), settings=settings)
         from .cards import public_names
 

@@ -125,8 +125,33 @@ def test_speed_projection_and_table(speed):
     assert "--compile" not in text and "device cpu" in text
     results.update(this_checkout_compile=True, device="cuda", mixed_precision="bf16", notes=["a note"])
     text = speed.render(results)
-    assert "This checkout reconstructs with `--compile`" in text and "device cuda; mixed precision bf16" in text
+    assert "This checkout runs with `--compile`" in text and "device cuda; mixed precision bf16" in text
     assert text.rstrip().endswith("- a note")
+
+
+def test_speed_synthesis_only_times_no_reconstruction(speed, tmp_path, monkeypatch):
+    """--synthesis-only (a compiled synthesis step on a short GPU lease): the children are told to skip
+    reconstruction, and the table says what was not timed instead of projecting a profile without it."""
+    baseline = tmp_path / "baseline"
+    (baseline / "genie_hub").mkdir(parents=True)
+    (baseline / "genie_hub" / "__init__.py").write_text("")
+    settings = []
+
+    def child(code_dir, model, setting, threads, device):
+        settings.append(setting)
+        return {"synthesis_step_s": 0.5 if Path(code_dir) == baseline else 0.25, "reconstruction_step_s": None}
+
+    monkeypatch.setattr(speed, "run_child", child)
+    monkeypatch.setattr(speed, "build_model", lambda name, cache: "embedded")
+    output = tmp_path / "speed"
+    assert speed.main(["--baseline", "abc", "--baseline-dir", str(baseline), "--current", "mine", "--models",
+                       "embedded", "--repeats", "1", "--device", "cpu", "--compile", "--synthesis-only",
+                       "--output", str(output)]) == 0
+    assert all(setting["synthesis_only"] for setting in settings)
+    assert [setting["base"].get("compile", False) for setting in settings] == [False, True]
+    text = output.with_name("speed.md").read_text()
+    assert "| embedded | 2.00x | not timed |" in text and "Synthesis steps only" in text
+    assert "| embedded | this checkout | 0.2500 | not timed | not timed | not timed |" in text
 
 
 def test_speed_keeps_going_past_a_failed_run_and_says_which(speed, tmp_path, monkeypatch):

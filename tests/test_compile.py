@@ -1,4 +1,5 @@
-"""`GenieConfig.compile`: a unit's training loss under torch.compile computes what the eager path computes.
+"""`GenieConfig.compile`: the synthesis step and a unit's training loss under torch.compile compute what the
+eager path computes.
 
 The quantizers trace their plain definitions under torch.compile (no custom autograd Functions, no tensor-version
 caches); these tests hold the traced loss and its gradients to the eager ones on units with a shared input
@@ -14,7 +15,7 @@ import logging
 import pytest
 import torch
 
-from genie_hub import GenieConfig, quantize
+from genie_hub import GenieConfig, optimization, quantize
 from genie_hub.quantization import reconstruction
 from genie_hub.quantization.prepare import prepare_model, quantized_ops
 from genie_hub.quantization.quantizers import ActQuantizer
@@ -25,7 +26,7 @@ from tiny_models import IMAGE_SIZE, tiny_model
 
 @pytest.fixture
 def aot_eager(monkeypatch):
-    monkeypatch.setattr(reconstruction, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(optimization, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
@@ -166,3 +167,89 @@ def test_compile_is_a_command_line_switch():
     assert config_from_args(parser.parse_args(["quantize", "--compile"])).compile is True
     assert config_from_args(parser.parse_args(["quantize"])).compile is False
     assert "--compile" in parser._subparsers._group_actions[0].choices["quantize"].format_help()
+
+
+def _synthesis_config(**values) -> GenieConfig:
+    return GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=4, synthesis_iterations=3,
+                                    synthesis_workers=1, synthesis_precision="fp32", **values)
+
+
+@pytest.mark.parametrize("batches_per_step", [1, 2])
+def test_compiled_synthesis_makes_the_eager_images(aot_eager, monkeypatch, batches_per_step):
+    """One graph for every step and batch (swing offsets and generators are its inputs), the same images bit for
+    bit under aot_eager: the offsets drawn before a step are the draws the eager hooks make one conv at a time."""
+    from genie_hub import load_model, synthesize
+    from genie_hub.synthesis import swing
+
+    model, processor = load_model(None)
+    example = torch.zeros(1, 1, 28, 28)
+    assert swing.DrawnSwing(model, example, [torch.Generator()]).swings_per_forward >= 1  # swing is exercised
+    eager = synthesize(model, _synthesis_config(synthesis_batches_per_step=batches_per_step), processor=processor,
+                       progress=False)
+    torch._dynamo.utils.counters.clear()
+    compiled = synthesize(model, _synthesis_config(synthesis_batches_per_step=batches_per_step, compile=True),
+                          processor=processor, progress=False)
+    assert compiled.synthesis_compiled and not eager.synthesis_compiled
+    assert torch.equal(compiled.pixel_values, eager.pixel_values)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+
+    monkeypatch.setattr(swing, "SWING_MIN_SIZE", 10**6)  # no conv swings: other images, so the offsets mattered
+    unswung = synthesize(model, _synthesis_config(synthesis_batches_per_step=batches_per_step, compile=True),
+                         processor=processor, progress=False)
+    assert not torch.equal(unswung.pixel_values, eager.pixel_values)
+
+
+def test_swing_by_tensor_is_swing(aot_eager):
+    from genie_hub.synthesis.swing import swing, swing_by_tensor, swing_reference
+
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    weight = torch.randn(2, 3, 6, 5)
+    for h in range(3):
+        for w in range(3):
+            results = []
+            for function in (lambda x: swing(x, h, w), lambda x: swing_by_tensor(x, torch.tensor([h, w])),
+                             torch.compile(lambda x: swing_by_tensor(x, torch.tensor([h, w])), backend="aot_eager")):
+                x.grad = None
+                out = function(x)
+                (out * weight).sum().backward()
+                results.append((out.detach(), x.grad.clone()))
+            assert torch.equal(results[0][0], swing_reference(x, h, w))
+            for out, grad in results[1:]:
+                assert torch.equal(out, results[0][0]) and torch.allclose(grad, results[0][1])
+    one_row = torch.randn(1, 1, 1, 4)  # replicate padding: the definition's other case
+    assert torch.equal(swing_by_tensor(one_row, torch.tensor([0, 2])), swing_reference(one_row, 0, 2))
+
+
+def test_a_synthesis_whose_compilation_fails_runs_eager_with_a_warning(monkeypatch, caplog):
+    from genie_hub import load_model, synthesize
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler here\nsecond line")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model, processor = load_model(None)
+    with caplog.at_level(logging.WARNING, logger="genie_hub.synthesis"):
+        fallback = synthesize(model, _synthesis_config(compile=True), processor=processor, progress=False)
+    assert not fallback.synthesis_compiled
+    assert "torch.compile failed (RuntimeError: no C++ compiler here); synthesis runs eager" in caplog.text
+    plain = synthesize(model, _synthesis_config(), processor=processor, progress=False)
+    assert torch.equal(fallback.pixel_values, plain.pixel_values)  # the offsets' eager form swings the same
+
+
+def test_quantize_compile_records_compiled_synthesis_and_units(aot_eager, tmp_path):
+    import json
+
+    from genie_hub.cli import main
+    from tiny_models import save_tiny_model
+
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-q", "--profile", "quick", "--num-samples", "8",
+                 "--batch-size", "4", "--synthesis-iterations", "2", "--reconstruction-steps", "2",
+                 "--synthesis-workers", "1", "--compile"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["compile"] is True and record["synthesis_compiled"] is True
+    assert record["unit_errors"] and all(unit["compiled"] for unit in record["unit_errors"])

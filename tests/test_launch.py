@@ -158,6 +158,7 @@ def test_thread_count_is_recorded_in_run_json_and_the_card(tmp_path):
     assert record["config"]["synthesis_batches_per_step"] == 2  # the speed settings that ran
     assert record["adam_fused"] is True  # this torch has a fused CPU Adam: the kernel that ran is recorded
     assert record["synthesis_channels_last"] is False  # the CPU layout (channels_last is CUDA's)
+    assert record["synthesis_compiled"] is False
     assert [unit["compiled"] for unit in record["unit_errors"]] == [False] * len(record["unit_errors"])
     reproduce = ModelCard.load(out / "model" / "README.md").text.split("## Reproduce")[1]
     assert "torch used 1 CPU thread" in reproduce and "OMP_NUM_THREADS=1" in reproduce

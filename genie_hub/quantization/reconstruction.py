@@ -25,6 +25,7 @@ from ..config import GenieConfig, without_synthesis_settings
 from ..errors import ConfigError, ReconstructionDivergedError, first_line
 from ..fileio import save_safetensors
 from ..hooks import TemporaryHooks
+from .. import optimization
 from ..optimization import adam, optimize
 from ..progress import progress_bar
 from ..reproducibility import RECONSTRUCTION_SEED_OFFSET, batch_seed, fingerprint_differences, seed_everything
@@ -34,7 +35,6 @@ from .quantizers import ActQuantizer, qdrop_mix
 
 logger = logging.getLogger("genie_hub.reconstruction")
 ACT_INIT_SAMPLES = 256  # samples used to initialize activation steps of a unit
-COMPILE_BACKEND = "inductor"  # what GenieConfig.compile compiles with (tests use "aot_eager": the same trace)
 EVAL_CHUNK = 64
 
 
@@ -139,7 +139,7 @@ class CompiledUnitLoss:
             self._clear()  # nothing traced stays cached on a quantizer
             return loss
 
-        self._compiled_function = torch.compile(traced, backend=COMPILE_BACKEND)
+        self._compiled_function = torch.compile(traced, backend=optimization.COMPILE_BACKEND)
 
     def _clear(self) -> None:
         for aq in self.act_quantizers:

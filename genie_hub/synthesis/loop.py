@@ -22,14 +22,15 @@ from ..adapters import InputSpec, model_logits
 from ..arguments import check_config, check_model, preserved_state
 from ..calibration import BatchStats, Calibration
 from ..config import GenieConfig, make_accelerator, resolve_precision, warn_paper_default
-from ..errors import ConfigError, GenieError
+from ..errors import ConfigError, GenieError, first_line
 from ..fileio import save_safetensors
 from ..loading import input_spec
+from .. import optimization
 from ..optimization import PlateauOnDevice, adam, fused_adam_supported, optimize, tensor_lr
 from ..progress import progress_bar
 from ..reproducibility import batch_seed, fingerprint_differences, model_fingerprint, seed_everything
 from .generator import image_source
-from .image_prior import input_prior_loss, pixel_target
+from .image_prior import PixelTarget, input_prior_loss, pixel_target
 from . import swing  # the module: SWING_MIN_SIZE is read at run time (benchmarks ablate it)
 from .prior import SynthesisPrior, select_prior
 from .workers import available_memory_bytes, fit_in_memory, plan_workers, run_in_workers
@@ -108,6 +109,51 @@ def _batch_names(indices: Sequence[int]) -> str:
     return f"batch {indices[0]}" if len(indices) == 1 else f"batches {indices[0]}-{indices[-1]}"
 
 
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def synthesis_step(model: nn.Module, prior: SynthesisPrior, generators: list[nn.Module], latents: list[torch.Tensor],
+                   target: PixelTarget, autocast: Callable) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One forward of a synthesis step: each batch's images from its generator, the model on all of them (the
+    prior's hooks attached) within `autocast()`, and each batch's loss (prior + image prior, outside it);
+    returns (losses [batches], images)."""
+    with autocast():
+        parts = [generator(z) for generator, z in zip(generators, latents)]
+        images = _joined(parts)
+        model_logits(model, images)
+    return prior.pop() + input_prior_loss(images, target, len(parts)), parts
+
+
+class CompiledSynthesisStep:
+    """`synthesis_step` under torch.compile (`GenieConfig.compile`), for GPUs: the synthesis step is then one
+    graph (generator, model, the prior's and swing's hooks, losses) instead of a few hundred kernel launches.
+
+    The swing offsets come in through `swing.DrawnSwing`, and the generators and latents as arguments, so one
+    graph serves every step and every batch (a new batch's generator is new parameters, not a new graph). If
+    compiling fails, the run goes on eager with a warning; `compiled` says which way it ran.
+    """
+
+    def __init__(self, prior: SynthesisPrior, drawn: swing.DrawnSwing | None):
+        self.prior, self.drawn = prior, drawn
+        self.compiled = True
+        self._compiled_function = torch.compile(synthesis_step, backend=optimization.COMPILE_BACKEND)
+
+    def __call__(self, *args) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if not self.compiled:
+            return synthesis_step(*args)
+        try:
+            return self._compiled_function(*args)
+        except Exception as exc:  # noqa: BLE001 - whatever the compiler raises, the eager path computes the same
+            logger.warning("synthesis: torch.compile failed (%s: %s); synthesis runs eager.", type(exc).__name__,
+                           first_line(exc))
+            self.compiled = False
+            self.prior.terms = []  # what a failed call may have left
+            if self.drawn is not None:
+                self.drawn.rewind()
+            return synthesis_step(*args)
+
+
 def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch_indices: Sequence[int],
                        config: GenieConfig, device: torch.device | str = "cpu", autocast: Callable | None = None,
                        progress: bool = True, prior: SynthesisPrior | None = None, overall=None,
@@ -125,19 +171,25 @@ def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch
     groups = len(runs)
     autocast = autocast or contextlib.nullcontext
 
-    def joined(parts: list[torch.Tensor]) -> torch.Tensor:
-        return parts[0] if groups == 1 else torch.cat(parts)
+    generators, latents = [run.source.generator for run in runs], [run.source.latents for run in runs]
 
     with torch.no_grad():
-        initial_prior_losses = prior.measure(joined([run.images() for run in runs]), groups)
+        initial_prior_losses = prior.measure(_joined([run.images() for run in runs]), groups)
     last: dict[str, Any] = {}
+    swinging: contextlib.AbstractContextManager = contextlib.nullcontext()
+    drawn = None
+    if runs[0].source.swing and config.compile:  # offsets drawn before each step, read by the compiled graph
+        example = torch.zeros(1, spec.channels, spec.height, spec.width, device=device)
+        drawn = swing.DrawnSwing(model, example, [run.swing_rng for run in runs])
+        swinging = drawn.attached(model)
+    elif runs[0].source.swing:
+        swinging = swing.swing_convolutions(model, [run.swing_rng for run in runs])
+    step_function = CompiledSynthesisStep(prior, drawn) if config.compile else synthesis_step
 
     def step_loss(step: int) -> torch.Tensor:
-        with autocast():
-            last["parts"] = [run.images() for run in runs]
-            images = joined(last["parts"])
-            model_logits(model, images)
-        last["per_batch"] = prior.pop() + input_prior_loss(images, target, groups)
+        if drawn is not None:
+            drawn.draw()
+        last["per_batch"], last["parts"] = step_function(model, prior, generators, latents, target, autocast)
         return last["per_batch"].sum()  # each batch's parameters get the gradient of its own loss only
 
     def after_step(step: int, loss: torch.Tensor) -> None:
@@ -148,21 +200,20 @@ def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch
         return GenieError(f"Synthesis loss became {value} in {_batch_names(batch_indices)} (by iteration {step}); "
                           "finished batches are kept on disk. Try --mixed-precision no or a different --seed.")
 
-    swinging = swing.swing_convolutions(model, [run.swing_rng for run in runs]) if runs[0].source.swing \
-        else contextlib.nullcontext()
     with prior.attached(groups), swinging:
         optimize(config.synthesis_iterations, step_loss, [o for run in runs for o in run.optimizers],
                  [s for run in runs for s in run.schedulers], on_diverged=diverged, after_step=after_step,
                  check_every=10, desc=f"synthesis {_batch_names(batch_indices)}", progress=progress,
                  overall=overall)
     # The images of the last step (the pixels method's are its parameters, so they include the last update).
-    images = joined(last["parts"] if last else [run.images() for run in runs]).detach().float().contiguous()
+    images = _joined(last["parts"] if last else [run.images() for run in runs]).detach().float().contiguous()
     final_prior_losses = prior.measure(images, groups)
     results = []
     for i, (run, part) in enumerate(zip(runs, images.chunk(groups))):
         initial_loss, final_loss = run.loss_summary()
         stats = BatchStats(batch_index=run.batch_index, initial_loss=initial_loss, final_loss=final_loss,
-                           initial_prior_loss=initial_prior_losses[i], final_prior_loss=final_prior_losses[i])
+                           initial_prior_loss=initial_prior_losses[i], final_prior_loss=final_prior_losses[i],
+                           compiled=isinstance(step_function, CompiledSynthesisStep) and step_function.compiled)
         results.append((part.clone() if groups > 1 else part, stats))
     return results
 

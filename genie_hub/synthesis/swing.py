@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..adapters import model_logits
 from ..hooks import TemporaryHooks
 
 
@@ -63,6 +64,24 @@ def swing(x: torch.Tensor, offset_h: int, offset_w: int) -> torch.Tensor:
     return x
 
 
+def reflect_index(size: int, offset: torch.Tensor) -> torch.Tensor:
+    """The rows (or columns) `swing_reference` reads along an axis of `size` at `offset` (a 0-d integer tensor in
+    {0, 1, 2}): i + offset - 1, reflected at both borders."""
+    index = (torch.arange(size, device=offset.device) + (offset - 1)).abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def swing_by_tensor(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """`swing(x, *offsets)` with `offsets` a tensor [2], as gathers: what torch.compile traces, so that a compiled
+    step takes the offsets as an input instead of compiling a graph for each of the 9 pairs at every strided conv
+    (with `.tolist()` in the graph it would also break there)."""
+    if min(x.shape[-2:]) <= 1:  # replicate padding: the definition's only other case, in int offsets
+        return swing_reference(x, *(int(o) for o in offsets))
+    rows, cols = x.dim() - 2, x.dim() - 1
+    x = torch.index_select(x, rows, reflect_index(x.shape[rows], offsets[0]))
+    return torch.index_select(x, cols, reflect_index(x.shape[cols], offsets[1]))
+
+
 SWING_MIN_SIZE = 14
 """Strided convs whose input map is smaller than this (on either side) do not swing. A 1 px shift of an S px map
 moves its content by 1/S and reflects one border row in S: a small jitter at the sizes the method was designed
@@ -105,3 +124,59 @@ def swing_convolutions(model: nn.Module, rngs: Sequence[torch.Generator] = ()) -
         for conv in convs:
             hooks.pre(conv, hook)
         yield convs
+
+
+class DrawnSwing:
+    """Swing for a compiled synthesis step: the offsets of a whole step are drawn before it (`draw`), into a
+    tensor that the hooks read (`swing_by_tensor`), so the compiled graph has them as an input.
+
+    The draws are those `swing_convolutions` makes one conv at a time (the same generator, the same order: one
+    forward of a single image finds the strided convs that swing, in the order they run), so a compiled step
+    swings exactly as the eager one does.
+    """
+
+    def __init__(self, model: nn.Module, example: torch.Tensor, rngs: Sequence[torch.Generator]):
+        """`example`: one input image (batch of one) of the synthesis size, on the model's device."""
+        self.rngs = list(rngs)
+        self.device = example.device
+        self.offsets: torch.Tensor | None = None  # [len(rngs), swings per forward, 2], the current step's
+        self._position = 0
+        swings = [0]
+
+        def count(module: nn.Module, args: tuple) -> None:
+            swings[0] += min(args[0].shape[-2:]) >= SWING_MIN_SIZE
+
+        with TemporaryHooks() as hooks, torch.no_grad():
+            for conv in strided_convs(model):
+                hooks.pre(conv, count)
+            model_logits(model, example)
+        self.swings_per_forward = swings[0]
+
+    def draw(self) -> None:
+        """The offsets of the next forward, from each batch's generator."""
+        self.offsets = torch.stack([torch.randint(0, 3, (self.swings_per_forward, 2), generator=rng)
+                                    for rng in self.rngs]).to(self.device)
+        self._position = 0
+
+    def rewind(self) -> None:
+        """Read the current offsets from the first swing again (a step that is run again)."""
+        self._position = 0
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module) -> Iterator["DrawnSwing"]:
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            x = args[0]
+            if min(x.shape[-2:]) < SWING_MIN_SIZE:
+                return None
+            offsets = self.offsets[:, self._position]
+            self._position += 1
+            if len(self.rngs) > 1:
+                x = torch.cat([swing_by_tensor(part, pair) for part, pair in zip(x.chunk(len(self.rngs)), offsets)])
+            else:
+                x = swing_by_tensor(x, offsets[0])
+            return (x, *args[1:])
+
+        with TemporaryHooks() as hooks:
+            for conv in strided_convs(model):
+                hooks.pre(conv, hook)
+            yield self
