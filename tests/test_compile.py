@@ -170,34 +170,43 @@ def test_compile_is_a_command_line_switch():
 
 
 def _synthesis_config(**values) -> GenieConfig:
-    return GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=4, synthesis_iterations=3,
-                                    synthesis_workers=1, synthesis_precision="fp32", **values)
+    return GenieConfig.from_profile("quick", **{"num_samples": 8, "synthesis_batch_size": 4, "synthesis_iterations": 3,
+                                                "synthesis_workers": 1, "synthesis_precision": "fp32", **values})
 
 
-@pytest.mark.parametrize("batches_per_step", [1, 2])
-def test_compiled_synthesis_makes_the_eager_images(aot_eager, monkeypatch, batches_per_step):
-    """One graph for every step and batch (swing offsets and generators are its inputs), the same images bit for
-    bit under aot_eager: the offsets drawn before a step are the draws the eager hooks make one conv at a time."""
-    from genie_hub import load_model, synthesize
+@pytest.mark.parametrize("family,batches_per_step", [("embedded", 1), ("embedded", 2), ("vit", 1)])
+def test_compiled_synthesis_makes_the_eager_images(aot_eager, monkeypatch, family, batches_per_step):
+    """One graph for every step and batch (swing offsets, generators and the priors' hook state are its inputs or
+    the same at every call), the same images bit for bit under aot_eager: the offsets drawn before a step are the
+    draws the eager hooks make one conv at a time. The BatchNorm prior (embedded ResNet) and the patch-similarity
+    prior (ViT, whose patch embedding is a strided conv that swings)."""
+    from genie_hub import InputSpec, load_model, synthesize
     from genie_hub.synthesis import swing
 
-    model, processor = load_model(None)
-    example = torch.zeros(1, 1, 28, 28)
+    if family == "embedded":
+        model, processor = load_model(None)
+        spec = None
+        example = torch.zeros(1, 1, 28, 28)
+    else:
+        model, processor = tiny_model(family).eval(), None
+        spec = InputSpec(height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+        example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert swing.DrawnSwing(model, example, [torch.Generator()]).swings_per_forward >= 1  # swing is exercised
-    eager = synthesize(model, _synthesis_config(synthesis_batches_per_step=batches_per_step), processor=processor,
-                       progress=False)
+
+    def images(**values):
+        config = _synthesis_config(synthesis_batches_per_step=batches_per_step, num_samples=8 * batches_per_step,
+                                   **values)
+        return synthesize(model, config, processor=processor, spec=spec, progress=False)
+
+    eager = images()
     torch._dynamo.utils.counters.clear()
-    compiled = synthesize(model, _synthesis_config(synthesis_batches_per_step=batches_per_step, compile=True),
-                          processor=processor, progress=False)
+    compiled = images(compile=True)  # two step groups of 4-image batches
     assert compiled.synthesis_compiled and not eager.synthesis_compiled
     assert torch.equal(compiled.pixel_values, eager.pixel_values)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert not torch._dynamo.utils.counters["graph_break"]
-
     monkeypatch.setattr(swing, "SWING_MIN_SIZE", 10**6)  # no conv swings: other images, so the offsets mattered
-    unswung = synthesize(model, _synthesis_config(synthesis_batches_per_step=batches_per_step, compile=True),
-                         processor=processor, progress=False)
-    assert not torch.equal(unswung.pixel_values, eager.pixel_values)
+    assert not torch.equal(images(compile=True).pixel_values, eager.pixel_values)
 
 
 def test_swing_by_tensor_is_swing(aot_eager):

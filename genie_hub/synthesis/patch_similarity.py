@@ -159,6 +159,7 @@ class PatchSimilarityPrior(SynthesisPrior):
                 self.terms.append(torch.stack([-similarity_entropy(part) for part in tokens.chunk(groups)]))
 
         def model_hook(module: nn.Module, args: tuple, output) -> None:
+            patches.clear()  # every forward starts from none: a compiled step then sees the same state each time
             logits = logits_of(output)
             if logits.dim() == 2 and logits.shape[0] > groups:  # a batch of one image has no batch entropy
                 self.terms.append(torch.stack([CONFIDENCE_WEIGHT * confidence_loss(part)
