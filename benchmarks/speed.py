@@ -391,23 +391,8 @@ def main(argv: list[str] | None = None) -> int:
                         if record is not None:
                             timings[version].append(record)
                             print(f"{name} {version} #{repeat}: {record}", flush=True)
-                medians = {}
-                for version, runs in timings.items():
-                    if not runs:
-                        continue
-                    step = {key: None if runs[0][key] is None else statistics.median(r[key] for r in runs)
-                            for key in ("synthesis_step_s", "reconstruction_step_s")}
-                    medians[version] = step
-                    quick, paper = projected(step, PROFILES["quick"]), projected(step, PROFILES["paper"])
-                    results["rows"].append({"model": name, "version": version, **step,
-                                            "quick_min": None if quick is None else quick / 60,
-                                            "paper_h": None if paper is None else paper / 3600, "runs": runs})
-                if len(medians) == 2:
-                    results["speedups"][name] = {
-                        kind: None if medians["baseline"][f"{kind}_step_s"] is None else
-                        medians["baseline"][f"{kind}_step_s"] / medians["this checkout"][f"{kind}_step_s"]
-                        for kind in ("synthesis", "reconstruction")}
-                write_results(results, Path(args.output))
+                            summarize(results, name, timings)
+                            write_results(results, Path(args.output))  # a stage cut short keeps every run so far
             if args.main_job:
                 runs = {"baseline": [], "this checkout": []}
                 for repeat in range(args.repeats):
@@ -441,8 +426,30 @@ def attempt(results: dict, what: str, run):
         return None
 
 
+def summarize(results: dict, name: str, timings: dict[str, list[dict]]) -> None:
+    """The rows (medians, projections) and speed-ups of model `name` in `results`, from its runs so far."""
+    results["rows"] = [row for row in results["rows"] if row["model"] != name]
+    results["speedups"].pop(name, None)
+    medians = {}
+    for version, runs in timings.items():
+        if not runs:
+            continue
+        step = {key: None if runs[0][key] is None else statistics.median(r[key] for r in runs)
+                for key in ("synthesis_step_s", "reconstruction_step_s")}
+        medians[version] = step
+        quick, paper = projected(step, PROFILES["quick"]), projected(step, PROFILES["paper"])
+        results["rows"].append({"model": name, "version": version, **step,
+                                "quick_min": None if quick is None else quick / 60,
+                                "paper_h": None if paper is None else paper / 3600, "runs": runs})
+    if len(medians) == 2:
+        results["speedups"][name] = {
+            kind: None if medians["baseline"][f"{kind}_step_s"] is None else
+            medians["baseline"][f"{kind}_step_s"] / medians["this checkout"][f"{kind}_step_s"]
+            for kind in ("synthesis", "reconstruction")}
+
+
 def write_results(results: dict, output: Path) -> str:
-    """<output>.json and <output>.md, written after each model too, so a run cut short keeps what it measured."""
+    """<output>.json and <output>.md, written after each timed run too, so a run cut short keeps what it measured."""
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_name(output.name + ".json").write_text(json.dumps(results, indent=2) + "\n")
     text = render(results)

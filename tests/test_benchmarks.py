@@ -129,6 +129,28 @@ def test_speed_projection_and_table(speed):
     assert text.rstrip().endswith("- a note")
 
 
+def test_speed_writes_every_finished_run_before_a_cut(speed, tmp_path, monkeypatch):
+    """gpu_check.sh stops a stage at its time limit: the runs finished by then are on disk."""
+    baseline = tmp_path / "baseline"
+    (baseline / "genie_hub").mkdir(parents=True)
+    (baseline / "genie_hub" / "__init__.py").write_text("")
+
+    def child(code_dir, model, setting, threads, device):
+        if Path(code_dir) != baseline:
+            raise KeyboardInterrupt  # the stage's time limit, while this checkout's first run compiles
+        return {"synthesis_step_s": 0.5, "reconstruction_step_s": 0.25}
+
+    monkeypatch.setattr(speed, "run_child", child)
+    monkeypatch.setattr(speed, "build_model", lambda name, cache: "embedded")
+    output = tmp_path / "speed"
+    with pytest.raises(KeyboardInterrupt):
+        speed.main(["--baseline", "abc", "--baseline-dir", str(baseline), "--current", "mine", "--models",
+                    "embedded", "--repeats", "2", "--device", "cpu", "--output", str(output)])
+    results = json.loads(output.with_name("speed.json").read_text())
+    assert [(row["version"], row["synthesis_step_s"]) for row in results["rows"]] == [("baseline", 0.5)]
+    assert "| embedded | baseline | 0.5000 | 0.2500 |" in output.with_name("speed.md").read_text()
+
+
 def test_speed_synthesis_only_times_no_reconstruction(speed, tmp_path, monkeypatch):
     """--synthesis-only (a compiled synthesis step on a short GPU lease): the children are told to skip
     reconstruction, and the table says what was not timed instead of projecting a profile without it."""
