@@ -208,6 +208,16 @@ def run_child(code_dir: Path, model: str, setting: dict, threads: int, device: s
     record = json.loads(proc.stdout.split("SPEED", 1)[1])
     if not record["genie_hub"].startswith(str(code_dir)):
         raise RuntimeError(f"the child imported {record['genie_hub']}, not the code in {code_dir}")
+    return checked_times(record)
+
+
+def checked_times(record: dict) -> dict:
+    """A run's record, refused when a step time is not positive: (t2 - t1) / N then measured the machine's noise,
+    not N steps (too few --steps for a busy machine)."""
+    for key in ("synthesis_step_s", "reconstruction_step_s"):
+        if record.get(key) is not None and record[key] <= 0:
+            raise RuntimeError(f"{key} came out {record[key]:.3g} s: the timing noise exceeded the timed steps; "
+                               "rerun with more --steps")
     return record
 
 

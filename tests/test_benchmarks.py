@@ -129,6 +129,12 @@ def test_speed_projection_and_table(speed):
     assert text.rstrip().endswith("- a note")
 
 
+def test_speed_refuses_a_step_time_that_measured_noise(speed):
+    assert speed.checked_times({"synthesis_step_s": 0.1, "reconstruction_step_s": None})["synthesis_step_s"] == 0.1
+    with pytest.raises(RuntimeError, match="reconstruction_step_s came out -0.002 s.*more --steps"):
+        speed.checked_times({"synthesis_step_s": 0.1, "reconstruction_step_s": -0.002})
+
+
 def test_speed_writes_every_finished_run_before_a_cut(speed, tmp_path, monkeypatch):
     """gpu_check.sh stops a stage at its time limit: the runs finished by then are on disk."""
     baseline = tmp_path / "baseline"
