@@ -66,8 +66,8 @@ def _add_push_options(parser: argparse.ArgumentParser, revision_flag: str = "--r
                         "(default: YOU/<model>-genie-w<W>a<A>)")
     parser.add_argument("--dataset-repo-id", default=None, help="calibration dataset repo id (default: the model "
                         "repo id + '-calibration')")
-    parser.add_argument("--private", action="store_true", help="create the repos private (default: public; an "
-                        "existing repo keeps its visibility)")
+    parser.add_argument("--private", action="store_true", help="create the repos private (default: public); an "
+                        "existing public repo is refused, since it would keep its visibility")
     parser.add_argument(revision_flag, dest="push_revision", default=None, metavar="BRANCH",
                         help="branch of both repos to commit to, created from main when missing (default: main)")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request on each repo instead of "

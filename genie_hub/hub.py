@@ -148,14 +148,19 @@ def _resolve_repo_ids(username: str, base_model: str | None, weight_bits: int | 
 
 
 def check_push_targets(base_model: str, weight_bits: int, act_bits: int, repo_id: str | None = None,
-                       dataset_repo_id: str | None = None, token: str | None = None) -> tuple[str, str]:
-    """Everything `quantize --push` can check before any compute: `check_push_ready`, and that the (default)
-    repo ids are valid and in a namespace the token can write to. Returns the (model, dataset) repo ids."""
+                       dataset_repo_id: str | None = None, token: str | None = None,
+                       private: bool = False) -> tuple[str, str]:
+    """Everything `quantize --push` can check before any compute: `check_push_ready`, that the (default) repo ids
+    are valid and in a namespace the token can write to, and with `private` that none of them exists public.
+    Returns the (model, dataset) repo ids."""
+    from huggingface_hub import HfApi
+
     username, namespaces = _whoami(token)
     repo_id, dataset_repo_id = _resolve_repo_ids(username, base_model, weight_bits, act_bits, repo_id,
                                                  dataset_repo_id, with_dataset=True)
     _check_repo_id("model", repo_id, namespaces)  # first: a dataset id derived from a bad --repo-id names it
     _check_repo_id("dataset", dataset_repo_id, namespaces)
+    _check_visibility(HfApi(token=token), [("dataset", dataset_repo_id), ("model", repo_id)], private)
     return repo_id, dataset_repo_id
 
 
@@ -188,8 +193,12 @@ def default_repo_ids(username: str, base_model: str, weight_bits: int, act_bits:
 
 
 def _qualify(repo_id: str, username: str) -> str:
-    """'name' -> 'username/name'; 'org/name' unchanged."""
-    repo_id = repo_id.strip().strip("/")
+    """'name' -> 'username/name'; 'org/name' unchanged. 'org/' (the name forgotten) is refused, not read as the
+    repo 'username/org'."""
+    repo_id = repo_id.strip()
+    if repo_id.endswith("/") or repo_id.startswith("/"):
+        raise PushError(f"The repo id {repo_id!r} has an empty {'name' if repo_id.endswith('/') else 'namespace'} "
+                        "part: give owner/name, or a bare name for a repo under your own namespace.")
     return repo_id if "/" in repo_id else f"{username}/{repo_id}"
 
 
@@ -400,7 +409,21 @@ def _commit_operations(files: dict[str, Path], card: _Card, stale: list[str]) ->
             + [CommitOperationDelete(path_in_repo=rel) for rel in stale])
 
 
-def _push_failed(kind: str, repo_id: str, out: Path, exc: BaseException, done: list[str]) -> PushError:
+def retry_command(out: Path, repo_id: str, dataset_repo_id: str | None, private: bool, revision: str | None,
+                  create_pr: bool, commit_message: str | None) -> str:
+    """The `genie_hub push` command that repeats a push exactly: the resolved repo ids and every option given, so a
+    retry cannot land in other repos (the defaults come from run.json and the token's user) or drop --private."""
+    words = ["genie_hub", "push", str(out), "--repo-id", repo_id]
+    if dataset_repo_id:
+        words += ["--dataset-repo-id", dataset_repo_id]
+    words += ["--private"] if private else []
+    words += ["--revision", revision] if revision is not None else []
+    words += ["--create-pr"] if create_pr else []
+    words += ["--commit-message", commit_message] if commit_message is not None else []
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def _push_failed(kind: str, repo_id: str, out: Path, exc: BaseException, done: list[str], retry: str) -> PushError:
     status = _status_code(exc)
     hint = ""
     if status in (401, 403):
@@ -408,9 +431,32 @@ def _push_failed(kind: str, repo_id: str, out: Path, exc: BaseException, done: l
     already = f" Already published: {', '.join(done)}." if done else ""
     return PushError(
         f"Pushing the {kind} repo '{repo_id}' to {_endpoint()} failed ({_reason(exc)}).{hint}{already} The local "
-        f"folder {out} is intact (nothing in it was changed); run `genie_hub push {out}` to retry: files that "
-        "already reached the Hub are skipped, so the retry completes the upload."
+        f"folder {out} is intact (nothing in it was changed); run `{retry}` to retry: files that already reached "
+        "the Hub are skipped, so the retry completes the upload."
     )
+
+
+def _check_visibility(api, targets: list[tuple[str, str]], private: bool) -> None:
+    """With `private`, every existing repo of `targets` ((repo type, id)) must already be private: the Hub keeps an
+    existing repo's visibility whatever `create_repo(private=True)` asks, so the push would publish into a public
+    repo. Checked before any upload."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if not private:
+        return
+    for repo_type, repo_id in targets:
+        try:
+            info = api.repo_info(repo_id, repo_type=repo_type)
+        except RepositoryNotFoundError:
+            continue  # created private
+        except Exception as exc:  # noqa: BLE001 - the push itself reports a Hub that cannot be reached
+            raise PushError(f"Cannot push with --private: checking whether the {repo_type} repo '{repo_id}' exists "
+                            f"and is private failed ({_reason(exc)}). Nothing was uploaded; run again.") from exc
+        if not getattr(info, "private", False):
+            raise PushError(
+                f"Cannot push with --private: the {repo_type} repo '{repo_id}' already exists and is public, and an "
+                "existing repo keeps its visibility, so the files would be published. Make it private on the Hub "
+                "(its Settings) and run again, or push to a new repo id. Nothing was uploaded.")
 
 
 MODEL_COMMIT_MESSAGE = "Upload Genie quantized model with genie_hub"
@@ -573,6 +619,8 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
         _check_repo_id("dataset", dataset_repo_id, namespaces)
     card, dataset_card = _card_plans(run, layout, repo_id, dataset_repo_id, revision)  # before any upload
     api = HfApi(token=token)
+    _check_visibility(api, [("dataset", dataset_repo_id)] * has_dataset + [("model", repo_id)], private)
+    retry = retry_command(out, repo_id, dataset_repo_id, private, revision, create_pr, commit_message)
     done: list[str] = []
     result: dict = {"endpoint": _endpoint(), "private": bool(private), "model": None, "dataset": None}
     target = {"revision": revision, "create_pr": create_pr}
@@ -589,7 +637,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
                                          operations=_commit_operations(dataset_files, dataset_card, stale),
                                          commit_message=commit_message or DATASET_COMMIT_MESSAGE, **target)
         except Exception as exc:
-            raise _push_failed("dataset", dataset_repo_id, out, exc, done) from exc
+            raise _push_failed("dataset", dataset_repo_id, out, exc, done, retry) from exc
         result["dataset"] = _commit_record(info, dataset_repo_id, url, revision, create_pr, notice.seen)
         done.append(f"dataset {dataset_repo_id}")
 
@@ -602,7 +650,7 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
                                      operations=_commit_operations(model_files, card, stale),
                                      commit_message=commit_message or MODEL_COMMIT_MESSAGE, **target)
     except Exception as exc:
-        raise _push_failed("model", repo_id, out, exc, done) from exc
+        raise _push_failed("model", repo_id, out, exc, done, retry) from exc
     result["model"] = _commit_record(info, repo_id, url, revision, create_pr, notice.seen)
     result["pushed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 

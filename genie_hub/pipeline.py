@@ -81,7 +81,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
 
         check_push_options(push_revision, create_pr, commit_message)
         check_push_targets(base_model, config.weight_bits, config.act_bits, repo_id,
-                           dataset_repo_id if not few_shot else None, token=token)
+                           dataset_repo_id if not few_shot else None, token=token, private=private)
     given_precision = config.mixed_precision
     if accelerator is None:
         accelerator, config = make_accelerator(config)

@@ -165,6 +165,50 @@ def test_failed_model_commit_leaves_folder_intact_and_retry_completes(hub_server
     assert json.loads((out / "run.json").read_text())["push"]["model"]["commit"] == result["model"]["commit"]
 
 
+def test_the_retry_command_of_a_failed_push_repeats_its_targets_and_options(hub_server, out, capsys):
+    """The printed retry publishes where the failed push was going, private as asked (a bare `genie_hub push OUT`
+    would take the default ids from run.json, public)."""
+    import shlex
+
+    from genie_hub.cli import main
+
+    hub_server.inject_failure("commit", mode="500", repo_id="genie-org/my-model")
+    assert main(["push", str(out), "--repo-id", "genie-org/my-model", "--private", "--commit-message", "v 1"]) == 1
+    retry = capsys.readouterr().err.split("run `", 1)[1].split("`", 1)[0]
+    words = shlex.split(retry)
+    assert words[:3] == ["genie_hub", "push", str(out)]
+    assert "--private" in words and words[words.index("--repo-id") + 1] == "genie-org/my-model"
+    assert words[words.index("--dataset-repo-id") + 1] == "genie-org/my-model-calibration"
+    assert words[words.index("--commit-message") + 1] == "v 1"
+    assert main(words[1:]) == 0
+    assert sorted(repo_id for _, repo_id in hub_server.repos) == ["genie-org/my-model",
+                                                                  "genie-org/my-model-calibration"]
+    assert all(hub_server.repo(repo_id, repo_type).private for repo_type, repo_id in hub_server.repos)
+    assert b"- genie-org/my-model-calibration" in hub_server.files("genie-org/my-model")["README.md"]
+
+
+def test_private_is_refused_for_an_existing_public_repo_before_any_upload(hub_server, out):
+    from genie_hub.hub import check_push_targets
+
+    hub_server.create_repo(DATASET_ID, "dataset", private=False)
+    with pytest.raises(PushError, match=f"dataset repo '{DATASET_ID}' already exists and is public"):
+        push_output(out, private=True)
+    with pytest.raises(PushError, match="already exists and is public"):  # quantize --push: before any compute
+        check_push_targets(BASE_MODEL, 4, 4, private=True)
+    assert check_push_targets(BASE_MODEL, 4, 4) == (MODEL_ID, DATASET_ID)
+    assert hub_server.commit_count(DATASET_ID, "dataset") == 1 and ("model", MODEL_ID) not in hub_server.repos
+    hub_server.repo(DATASET_ID, "dataset").private = True  # made private on the Hub: the push goes ahead
+    push_output(out, private=True)
+    assert hub_server.repo(MODEL_ID).private and hub_server.repo(DATASET_ID, "dataset").private
+    push_output(out)  # without --private an existing repo is used as it is
+
+
+def test_a_repo_id_without_a_name_is_refused(hub_server, out):
+    with pytest.raises(PushError, match="'genie-org/' has an empty name part"):
+        push_output(out, repo_id="genie-org/")
+    assert not hub_server.repos
+
+
 def test_failed_dataset_commit_names_the_dataset_repo(hub_server, out):
     before = tree_hashes(out)
     hub_server.inject_failure("commit", mode="drop", repo_id=DATASET_ID)
