@@ -652,3 +652,24 @@ def test_a_repositorys_own_code_is_never_run(model_dir, tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="genie_hub does not run a repository's own code"):
         load_model(str(folder))
     assert not marker.exists()
+
+
+def test_a_checkpoint_without_all_its_weights_is_refused(model_dir, tmp_path, capsys):
+    """A backbone saved without its classifier head: transformers would fill the head with random values (and only
+    log it), and quantize / evaluate would report and publish numbers of a random model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from genie_hub.errors import ModelLoadError
+
+    folder = tmp_path / "headless"
+    shutil.copytree(model_dir, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"lacks 2 weight\(s\) .*classifier\.1\.bias, classifier\.1\.weight"):
+        load_model(str(folder))
+    assert main(["evaluate", str(folder), "-q"]) == 1
+    assert "would fill them with random values" in capsys.readouterr().err
+    load_model(str(model_dir))  # the complete checkpoint loads

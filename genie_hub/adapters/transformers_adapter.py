@@ -61,6 +61,22 @@ def _refuse_file(name_or_path: str) -> None:
                              "holding config.json), or a Hub id (owner/name).")
 
 
+def _refuse_missing_weights(name_or_path: str, model: nn.Module, loading_info: dict) -> None:
+    """transformers initializes at random every weight the checkpoint lacks and only logs it: a backbone saved
+    without its classifier head (or a checkpoint stripped of its quantization config) would then be quantized,
+    evaluated and published as if it were the model. Refused, naming what is missing."""
+    from ..errors import ModelLoadError
+
+    missing = sorted(loading_info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ModelLoadError(
+            f"{name_or_path} lacks {len(missing)} weight(s) that {type(model).__name__} needs ({shown}): transformers "
+            "would fill them with random values, so every result would be meaningless. Load a checkpoint saved "
+            "from this class with all its weights (a classifier, not a backbone without its head; a Genie "
+            "checkpoint with its config.json as genie_hub wrote it).")
+
+
 class TransformersAdapter(ModelAdapter):
     name = "transformers"
 
@@ -167,11 +183,12 @@ class TransformersAdapter(ModelAdapter):
         # trust_remote_code=False: a repository's own Python code (an `auto_map` in its configs) is never run, and
         # transformers never stops a batch job to ask; the classes transformers ships load as usual.
         try:
-            model = AutoModelForImageClassification.from_pretrained(
+            model, loading_info = AutoModelForImageClassification.from_pretrained(
                 name_or_path, revision=revision, token=token, use_safetensors=True, dtype=torch.float32,
-                trust_remote_code=False)
+                trust_remote_code=False, output_loading_info=True)
         except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors with long messages
             raise self.load_error(name_or_path, exc) from exc
+        _refuse_missing_weights(name_or_path, model, loading_info)
         try:
             processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, token=token,
                                                            trust_remote_code=False)
