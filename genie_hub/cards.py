@@ -47,20 +47,38 @@ def machine_description() -> str:
     return f"CPU ({os.cpu_count()} cores, {platform.machine()})"
 
 
+def _split_suffix(text: str) -> tuple[str, str]:
+    """('folder', ':train') for a source given with its split ('folder:train'), else (text, '')."""
+    base, colon, split = text.rpartition(":")
+    if colon and base and split and not any(c in split for c in "/\\"):
+        return base, colon + split
+    return text, ""
+
+
 def _is_local(text: str) -> bool:
-    """A path on this machine rather than a Hub id ('owner/name' is a Hub id unless such a folder exists)."""
-    path = Path(text).expanduser()
-    explicit = os.path.isabs(text) or text.startswith(("./", "../", "~", ".\\"))
-    return explicit or path.is_dir() or (os.sep in text.strip(os.sep) and path.exists())
+    """A path on this machine rather than a Hub id ('owner/name' is a Hub id unless such a folder exists; a path
+    of three or more parts never is), also with a ':split' after it."""
+    for candidate in dict.fromkeys((text, _split_suffix(text)[0])):
+        path = Path(candidate).expanduser()
+        explicit = os.path.isabs(candidate) or candidate.startswith(("./", "../", "~", ".\\"))
+        if explicit or path.is_dir() or (os.sep in candidate.strip(os.sep) and path.exists()) \
+                or candidate.strip("/").count("/") >= 2:
+            return True
+    return False
 
 
 def public_name(value: str | None) -> str | None:
     """What a card may say about a model or data source: a Hub id as is, a local path only as its folder name
-    (cards are published; the paths of the machine that made them are not)."""
+    (cards are published; the paths of the machine that made them are not), with its ':split' where it has one."""
     if value is None:
         return None
     text = str(value)
-    return Path(text.rstrip("/\\")).name or text if _is_local(text) else text
+    if not _is_local(text):
+        return text
+    base, suffix = _split_suffix(text)
+    if suffix and not Path(text).expanduser().exists():  # 'clients/acme/photos:train' -> 'photos:train'
+        return (Path(base.rstrip("/\\")).name or base) + suffix
+    return Path(text.rstrip("/\\")).name or text
 
 
 def public_command(command: str) -> str:

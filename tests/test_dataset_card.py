@@ -142,3 +142,18 @@ def test_public_names_are_decided_where_the_run_is_recorded(tmp_path, monkeypatc
     assert public_names(reread).base_model_hub_id is None and public_names(reread).base_model == "tinyres"
     assert public_names(RunRecord(base_model="models/tinyres")).base_model_hub_id == "models/tinyres"  # undecided
     assert public_names(RunRecord(base_model="owner/name", base_model_id=None)).base_model_hub_id == "owner/name"
+
+
+def test_a_relative_local_source_with_its_split_appears_by_its_folder_name(tmp_path, monkeypatch):
+    """`--few-shot clients/acme/photos:train` (a relative folder with a split): before, the ':train' made the path
+    read as a Hub id, and the card published the folder's whole relative path."""
+    from genie_hub.cards import public_command, public_name
+
+    (tmp_path / "clients" / "acme-secret" / "photos").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert public_name("clients/acme-secret/photos:train") == "photos:train"
+    assert public_name("nowhere/acme-secret/photos:test") == "photos:test"  # three parts: never a Hub id
+    assert public_name("owner/name:train") == "owner/name:train" and public_name("owner/name") == "owner/name"
+    assert public_command("genie_hub quantize tiny --few-shot clients/acme-secret/photos:train "
+                          "--eval-dataset=clients/acme-secret/photos:test") == \
+        "genie_hub quantize tiny --few-shot photos:train --eval-dataset=photos:test"
