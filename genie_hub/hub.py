@@ -370,9 +370,13 @@ def _card_plans(run: RunRecord, layout: OutputLayout, repo_id: str, dataset_repo
 
 
 MODEL_WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
-                         "pytorch_model.bin.index.json", "genie_model*.safetensors", "genie_model.safetensors.index.json")
-"""Remote weight files at a model repo's top level that a push replaces as a whole: weights that transformers or
-genie_hub would load beside the ones pushed (shards included). Nothing in a subfolder, nothing else."""
+                         "pytorch_model.bin.index.json", "genie_model*.safetensors", "genie_model.safetensors.index.json",
+                         "processor_config.json", "adapter_config.json", "adapter_model.safetensors",
+                         "adapter_model.bin")
+"""Remote files at a model repo's top level that a push replaces as a whole: weights that transformers or genie_hub
+would load beside the ones pushed (shards included), a `processor_config.json` (transformers prefers its image
+processor to the pushed `preprocessor_config.json`) and a PEFT adapter (transformers would load it over the
+model). Nothing in a subfolder, nothing else."""
 DATASET_DATA_PATTERNS = ("data/train-*",)
 """Remote shards of the train split that a push replaces as a whole: another would join the split. Other splits
 and files in data/ stay."""
@@ -393,7 +397,8 @@ def _stale_remote_files(api, repo_id: str, repo_type: str, revision: str | None,
         name.count("/") == pattern.count("/") and fnmatch.fnmatchcase(name, pattern) for pattern in patterns))
     for name in stale:
         logger.info("Deleting %s from %s: the pushed folder replaces it (%s).", name, repo_id,
-                    "another shard of the train split" if repo_type == "dataset" else "weights beside the new ones")
+                    "another shard of the train split" if repo_type == "dataset" else
+                    "files that transformers would load beside the new ones")
     return stale
 
 

@@ -553,6 +553,8 @@ def test_stale_remote_shards_and_weights_are_deleted_in_the_same_commit(hub_serv
     api = HfApi()
     api.create_repo(MODEL_ID)
     api.upload_file(path_or_fileobj=b"stale weights" * 10, path_in_repo="model.safetensors", repo_id=MODEL_ID)
+    for name in ("processor_config.json", "adapter_config.json", "adapter_model.safetensors"):  # read over ours
+        api.upload_file(path_or_fileobj=b"{}", path_in_repo=name, repo_id=MODEL_ID)
     api.upload_file(path_or_fileobj=b"notes", path_in_repo="NOTES.md", repo_id=MODEL_ID)
     for name in ("fp32/model.safetensors", "training_args.bin"):  # not the repo's weights: left alone
         api.upload_file(path_or_fileobj=b"mine", path_in_repo=name, repo_id=MODEL_ID)
@@ -567,7 +569,8 @@ def test_stale_remote_shards_and_weights_are_deleted_in_the_same_commit(hub_serv
     assert (hub_server.commit_count(MODEL_ID), hub_server.commit_count(DATASET_ID, "dataset")) == (
         commits[0] + 1, commits[1] + 1)
     model_files = set(hub_server.files(MODEL_ID))
-    assert "model.safetensors" not in model_files  # only the top-level weights are replaced
+    assert not model_files & {"model.safetensors", "processor_config.json", "adapter_config.json",
+                              "adapter_model.safetensors"}  # only these top-level files are replaced
     assert {"NOTES.md", "fp32/model.safetensors", "training_args.bin"} <= model_files
     assert sorted(f for f in hub_server.files(DATASET_ID, "dataset") if f.startswith("data/")) == [
         "data/LICENSE.txt", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
