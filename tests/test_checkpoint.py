@@ -682,3 +682,15 @@ def test_a_checkpoint_loads_with_transformers_5_17(family, tmp_path):
     old = torch.load(tmp_path / "out.pt")
     assert old["version"] == "5.17.0" and old["pipeline"] == type(model).__name__
     torch.testing.assert_close(old["logits"], logits(from_pretrained(folder), pixels))
+
+
+def test_a_model_loaded_in_half_precision_is_not_saved(w4, tmp_path):
+    """`from_pretrained(..., dtype=torch.float16)` keeps the scales float32 but rounds BatchNorm statistics and
+    biases; before, save_pretrained wrote them as float16 with a config that asked every later load for float16."""
+    folder = w4[1]
+    for dtype in (torch.float16, torch.bfloat16):
+        model = AutoModelForImageClassification.from_pretrained(folder, dtype=dtype)
+        with pytest.raises(CheckpointError, match=f"holds {str(dtype)[6:]} tensors .*Load the checkpoint again"):
+            model.save_pretrained(tmp_path / "resaved")
+        assert not (tmp_path / "resaved").exists()
+    AutoModelForImageClassification.from_pretrained(folder).save_pretrained(tmp_path / "resaved")  # float32: saved

@@ -188,8 +188,9 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
 
 def check_savable(q_model) -> None:
     """Refuse, before any file is written, a model whose quantized layers cannot be stored as they are: an FP
-    weight left in a quantized layer, NaN/inf scales, or scales in another float type than the format's float32
-    (a model cast with `.to(torch.float16)`; loading with `dtype=` keeps them float32)."""
+    weight left in a quantized layer, NaN/inf scales, scales in another float type than the format's float32
+    (a model cast with `.to(torch.float16)`), or other float tensors in another type (loaded with `dtype=`, which
+    keeps the scales float32 but rounds the rest)."""
     ops = quantized_ops(q_model)
     stray = [name for name, m in ops.items() if "weight" in dict(m.named_parameters(recurse=False))]
     if stray:
@@ -208,6 +209,14 @@ def check_savable(q_model) -> None:
             f"The model's quantization scales are {', '.join(cast)} (the model was cast, e.g. with "
             ".to(torch.float16)), but a Genie checkpoint stores them in float32. Cast it back first: "
             "model.to(torch.float32).save_pretrained(folder) (float16/bfloat16 values convert to float32 exactly).")
+    half = sorted({str(tensor.dtype).removeprefix("torch.") for tensor in [*q_model.parameters(), *q_model.buffers()]
+                   if tensor.is_floating_point()} - {"float32"})
+    if half:  # loaded with from_pretrained(dtype=torch.float16): the scales stay float32, the rest does not
+        raise CheckpointError(
+            f"The model holds {', '.join(half)} tensors (its BatchNorm statistics, biases or embeddings: it was loaded "
+            "with dtype=torch.float16 or similar), but a Genie checkpoint stores them in float32, and saving them "
+            "would also make every later load ask for that precision. Load the checkpoint again without dtype= "
+            "(float32) and save that model; a half-precision load rounded the values it holds.")
 
 
 def check_replaceable(directory: Path) -> None:
