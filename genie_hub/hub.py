@@ -369,6 +369,40 @@ def _card_plans(run: RunRecord, layout: OutputLayout, repo_id: str, dataset_repo
             _plan_card("dataset", dataset_readme, dataset_card, run.cards, None))
 
 
+def _data_file_patterns(configs) -> list[str]:
+    """Every `data_files` pattern of a dataset card's `configs` (a string, a list of them, or a list of
+    {split, path} with a string or list path)."""
+    patterns: list[str] = []
+    for config in configs if isinstance(configs, list) else []:
+        data_files = config.get("data_files") if isinstance(config, dict) else None
+        for entry in data_files if isinstance(data_files, list) else [data_files] if data_files else []:
+            paths = entry.get("path") if isinstance(entry, dict) else entry
+            patterns += [str(path) for path in (paths if isinstance(paths, list) else [paths]) if path]
+    return patterns
+
+
+def _check_user_dataset_card(readme: Path, files: set[str]) -> None:
+    """A dataset card the user wrote is published as it is: it must parse, and each data file pattern of its
+    `configs` must match a file the repo will hold (`files`), or `load_dataset(repo)` fails on the published repo.
+    genie_hub's own card is rendered to match the data."""
+    from huggingface_hub import DatasetCard
+
+    try:
+        card = DatasetCard(readme.read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001 - YAML errors, a header that is not a mapping, bad encoding
+        raise PushError(
+            f"Cannot push: the dataset card {readme} could not be parsed ({_reason(exc)}), and `load_dataset` of the "
+            "published repo would fail on it. Fix its YAML header, or delete the file to publish the card genie_hub "
+            "renders. Nothing was uploaded.") from None
+    for pattern in _data_file_patterns(card.data.get("configs")):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in files):
+            raise PushError(
+                f"Cannot push: the dataset card {readme} names the data files '{pattern}' in its configs, and no "
+                "file of the dataset folder (or of the repo) matches them, so `load_dataset` of the published repo "
+                "would fail. Fix the card's configs, or delete the file to publish the card genie_hub renders. "
+                "Nothing was uploaded.")
+
+
 MODEL_WEIGHT_PATTERNS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                          "pytorch_model.bin.index.json", "genie_model*.safetensors", "genie_model.safetensors.index.json",
                          "processor_config.json", "adapter_config.json", "adapter_model.safetensors",
@@ -382,17 +416,22 @@ DATASET_DATA_PATTERNS = ("data/train-*",)
 and files in data/ stay."""
 
 
+def _remote_files(api, repo_id: str, repo_type: str, revision: str | None) -> set[str]:
+    """The files of the repo at `revision` (main by default); none when the repo or branch does not exist yet."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return set(api.list_repo_files(repo_id, repo_type=repo_type, revision=revision or "main"))
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return set()
+
+
 def _stale_remote_files(api, repo_id: str, repo_type: str, revision: str | None, local: set[str],
                         patterns: tuple[str, ...]) -> list[str]:
     """Files matching `patterns` in the repo (at the branch the commit goes to) that the local folder lacks: they
     are deleted in the same commit, as `Dataset.push_to_hub` deletes the shards it does not rewrite. A pattern
     matches at its own folder depth only (fnmatch's `*` would cross `/`)."""
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        remote = api.list_repo_files(repo_id, repo_type=repo_type, revision=revision or "main")
-    except (RepositoryNotFoundError, RevisionNotFoundError):
-        return []
+    remote = _remote_files(api, repo_id, repo_type, revision)
     stale = sorted(name for name in remote if name not in local and any(
         name.count("/") == pattern.count("/") and fnmatch.fnmatchcase(name, pattern) for pattern in patterns))
     for name in stale:
@@ -625,6 +664,9 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     card, dataset_card = _card_plans(run, layout, repo_id, dataset_repo_id, revision)  # before any upload
     api = HfApi(token=token)
     _check_visibility(api, [("dataset", dataset_repo_id)] * has_dataset + [("model", repo_id)], private)
+    if has_dataset and not dataset_card.save and (dataset_dir / "README.md").is_file():  # the user's card, as it is
+        _check_user_dataset_card(dataset_dir / "README.md", set(dataset_files) | _remote_files(
+            api, dataset_repo_id, "dataset", None if create_pr else revision))
     retry = retry_command(out, repo_id, dataset_repo_id, private, revision, create_pr, commit_message)
     done: list[str] = []
     result: dict = {"endpoint": _endpoint(), "private": bool(private), "model": None, "dataset": None}

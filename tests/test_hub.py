@@ -546,6 +546,28 @@ def test_an_edited_card_is_published_as_it_is_and_left_alone(hub_server, genie_o
     assert "edited" in caplog.text and str(readme) in caplog.text
 
 
+@pytest.mark.parametrize("header,error", [
+    ("configs: [\n", "could not be parsed"),
+    ("configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/nothing-*\n",
+     "names the data files 'data/nothing-\\*'"),
+])
+def test_an_edited_dataset_card_that_would_break_load_dataset_is_refused(hub_server, genie_out, header, error):
+    """Published as it is, a user's dataset card with a broken YAML header, or configs that name no file, made
+    `load_dataset(repo)` fail on the published repo."""
+    dataset_readme = genie_out / "dataset" / "README.md"
+    dataset_readme.write_text(f"---\n{header}---\n\nMy card\n")
+    with pytest.raises(PushError, match=error):
+        push_output(genie_out)
+    assert not hub_server.repos  # nothing uploaded
+    if "data/nothing" in header:  # a file the repo already holds counts: another split kept there
+        from huggingface_hub import HfApi
+
+        HfApi().create_repo(DATASET_ID, repo_type="dataset")
+        HfApi().upload_file(path_or_fileobj=b"x", path_in_repo="data/nothing-0.parquet", repo_id=DATASET_ID,
+                            repo_type="dataset")
+        push_output(genie_out)
+
+
 def test_stale_remote_shards_and_weights_are_deleted_in_the_same_commit(hub_server, genie_out):
     from datasets import load_dataset
     from huggingface_hub import HfApi
