@@ -38,9 +38,12 @@ _CALIBRATION_SUFFIX = "-calibration"
 
 
 def _endpoint() -> str:
+    """The Hub endpoint as messages and run.json show it: without credentials written into it
+    (`HF_ENDPOINT=https://user:pass@mirror`); "(empty HF_ENDPOINT)" when it is set empty."""
     from huggingface_hub import constants
 
-    return constants.ENDPOINT
+    endpoint = re.sub(r"(?<=://)[^/@]*@", "", constants.ENDPOINT)
+    return endpoint or "(empty HF_ENDPOINT)"
 
 
 def _reason(exc: BaseException) -> str:

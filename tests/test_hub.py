@@ -715,3 +715,14 @@ def test_a_shard_added_to_the_calibration_set_by_hand_is_refused(hub_server, gen
         push_output(genie_out)
     assert not hub_server.repos
 
+
+
+def test_endpoint_credentials_are_never_shown(monkeypatch):
+    from huggingface_hub import constants
+
+    from genie_hub.hub import _endpoint
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://alice:s3cret@mirror.example.org/hub")
+    assert _endpoint() == "https://mirror.example.org/hub"
+    monkeypatch.setattr(constants, "ENDPOINT", "")
+    assert _endpoint() == "(empty HF_ENDPOINT)"
