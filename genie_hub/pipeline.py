@@ -24,7 +24,6 @@ from .evaluation import DatasetEvaluation, EvalSet, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, require_processor, resolve_model_path
 from .optimization import fused_adam_supported
 from .outputs import OutputLayout, RunRecord, card_sha256, run_settings
-from .quantization.prepare import check_overrides
 
 logger = logging.getLogger("genie_hub")
 
@@ -94,7 +93,6 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
               else OutputLayout.default_for(base_model, config.weight_bits, config.act_bits))
     with accelerator.main_process_first():
         fp_model, processor = load_model(model, revision=revision)
-    check_overrides(fp_model, config)
     spec = input_spec(fp_model, processor)
     from .quantization import check_quantizable
 

@@ -263,6 +263,22 @@ def test_cli_few_shot_quantizes_saves_and_reloads(family, photos, tmp_path):
     _reload_matches(out / "model")
 
 
+def test_cli_takes_the_documented_attention_override(photos, tmp_path, capsys):
+    """README: `--override '*.quantized_matmul=/8'`. The command line checked patterns against the model's own
+    modules before tracing, where the attention matmuls do not exist yet, and refused it."""
+    save_tiny_model(tmp_path / "base", "vit")
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "-w", "4", "-a", "4", "--few-shot", str(photos),
+                 "--num-samples", "8", "--override", "*.quantized_matmul=/8", *TINY]) == 0, capsys.readouterr().err
+    layers = json.loads((out / "run.json").read_text())["layers"]
+    matmuls = {name: layer for name, layer in layers.items() if layer["type"] == "QuantAttention"}
+    assert matmuls and all(layer["act_bits"] == 8 for layer in matmuls.values())
+    assert 4 in {layer["act_bits"] for name, layer in layers.items() if name.endswith("q_proj")}  # not widened
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(tmp_path / "out2"), "--few-shot", str(photos),
+                 "--override", "*.no_such_module=/8", *TINY]) == 2  # a pattern that matches nothing is still refused
+    assert "match no quantizable module" in capsys.readouterr().err
+
+
 # ---- zero-shot: the patch-similarity prior --------------------------------------------------------------
 def test_patch_similarity_entropy_rewards_diverse_patches():
     from genie_hub.synthesis.patch_similarity import similarity_entropy
