@@ -104,6 +104,10 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                       "calibrate on images unlike the model's inputs, writing a model nothing could evaluate")
     evalset, fashion_mnist_missing = _open_evaluation(evaluate, model, fp_model, eval_image_column,
                                                       eval_label_column, eval_unlabelled)
+    if spec.channels not in (1, 3) and (few_shot or evalset is not None):
+        from .adapters.base import real_images_refused
+
+        raise ConfigError(real_images_refused(spec.channels))
     if few_shot:  # reading real images is cheap next to the run: a bad source fails here
         from .data import check_apart_from_evaluation, load_calibration_images
         from .synthesis import require_known_prior

@@ -572,3 +572,34 @@ def test_rerunning_a_finished_folder_without_evaluation_keeps_its_results(tmp_pa
     assert main(command) == 0
     kept = json.loads((out / "run.json").read_text())
     assert kept["evaluation"] == record["evaluation"] and kept["results"] == record["results"]
+
+
+def test_a_processor_for_another_channel_count_is_refused(tmp_path, capsys):
+    """A 1-channel model with ImageNet's 3-element mean/std: its normalization was silently cut to one channel
+    (a 4-channel model borrowed red's for its fourth), and the saved processor failed on every image."""
+    from transformers import ViTImageProcessor
+
+    from tiny_models import tiny_model
+
+    for channels in (1, 4):
+        folder = tmp_path / f"c{channels}"
+        tiny_model("resnet-basic", channels=channels).save_pretrained(folder)
+        ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.485, 0.456, 0.406],
+                          image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+        assert main(["quantize", str(folder), "-o", str(tmp_path / f"out{channels}"), "-q", *TINY]) != 0
+        assert "normalizes 3-channel images" in capsys.readouterr().err
+        assert not (tmp_path / f"out{channels}").exists()
+
+
+def test_real_images_for_a_four_channel_model_are_refused_before_compute(tmp_path, capsys):
+    from PIL import Image
+
+    save_tiny_model(tmp_path / "fp", "resnet-basic", channels=4)
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 36), (i * 40, 90, 200)).save(tmp_path / "photos" / f"{i}.png")
+    for options in (["--few-shot", str(tmp_path / "photos")], ["--eval-dataset", str(tmp_path / "photos"),
+                                                               "--eval-unlabelled"]):
+        assert main(["quantize", str(tmp_path / "fp"), "-o", str(tmp_path / "out"), "-q", *TINY, *options]) == 2
+        assert "takes 4-channel inputs" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()

@@ -21,6 +21,13 @@ import torch
 from torch import nn
 
 
+def real_images_refused(channels: int) -> str:
+    """Why images (photos: RGB or grayscale) cannot be the inputs of a model of `channels` channels."""
+    return (f"The model takes {channels}-channel inputs, and images (few-shot sources, evaluation sets, photos) have "
+            "3 (RGB) or 1 (grayscale), so they cannot be fed to it. Quantize it zero-shot without an evaluation set "
+            "(`--eval-dataset none`, no --few-shot), or call genie_hub.quantize with pixel_values you prepare.")
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What the model expects as `pixel_values`: shape and the normalization applied by its processor.
@@ -114,6 +121,10 @@ class ModelAdapter:
 
     def to_pixel_values(self, images: Sequence, processor, spec: InputSpec) -> torch.Tensor:
         """PIL images -> normalized `pixel_values`, converted to the colour mode the model takes."""
+        if spec.channels not in (1, 3):
+            from ..errors import DataError
+
+            raise DataError(real_images_refused(spec.channels))
         mode = "L" if spec.channels == 1 else "RGB"
         converted = [im.convert(mode) for im in images]
         if processor is None:

@@ -137,8 +137,14 @@ class TransformersAdapter(ModelAdapter):
         std = tuple(float(v) for v in (getattr(processor, "image_std", None) or ()))
         if not getattr(processor, "do_normalize", True) or not mean or not std:
             return (), ()
-        if len(mean) != channels:
-            mean, std = (mean * channels)[:channels], (std * channels)[:channels]
+        if len(mean) != channels or len(std) != channels:
+            from ..errors import ModelLoadError
+
+            raise ModelLoadError(
+                f"The image processor normalizes {len(mean)}-channel images (image_mean {list(mean)}, image_std "
+                f"{list(std)}), but the model takes {channels} channel(s) (its config's num_channels), so the "
+                "processor cannot prepare its inputs (transformers refuses such a pair when it runs). The processor "
+                "belongs to another model, or num_channels is wrong: fix preprocessor_config.json or config.json.")
         if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(s) and s != 0 for s in std):
             from ..errors import ModelLoadError
 
