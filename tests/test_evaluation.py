@@ -16,7 +16,7 @@ from genie_hub.data.eval_datasets import EvalSource, map_labels, open_eval_set
 from genie_hub.errors import DataError
 from genie_hub.evaluation import evaluate_on_dataset, model_labels
 from genie_hub.loading import input_spec, load_model
-from tiny_models import save_tiny_model
+from tiny_models import IMAGE_SIZE, save_tiny_model
 
 LABELS = ["cat", "dog", "bird", "fish", "frog"]  # the tiny model's classes, in its own order
 TINY = ["--profile", "quick", "--num-samples", "8", "--batch-size", "8", "--synthesis-iterations", "3",
@@ -673,3 +673,26 @@ def test_a_checkpoint_without_all_its_weights_is_refused(model_dir, tmp_path, ca
     assert main(["evaluate", str(folder), "-q"]) == 1
     assert "would fill them with random values" in capsys.readouterr().err
     load_model(str(model_dir))  # the complete checkpoint loads
+
+
+def test_the_input_size_is_what_the_processor_outputs(tmp_path):
+    """The crop only where the processor crops, the resize size only where it resizes: an EfficientNet processor
+    with do_center_crop=False (google/efficientnet-b0's) outputs its `size`, not its unused `crop_size`, and one
+    with do_resize=False leaves the size to the model config's image_size."""
+    from PIL import Image
+    from transformers import EfficientNetImageProcessor, ViTImageProcessor
+
+    from tiny_models import tiny_model
+
+    model = tiny_model("resnet-basic")
+    photo = Image.new("RGB", (500, 400))
+    for processor, expected in (
+            (EfficientNetImageProcessor(size={"height": 48, "width": 40}, crop_size={"height": 60, "width": 60},
+                                        do_center_crop=False), (48, 40)),
+            (EfficientNetImageProcessor(size={"height": 48, "width": 40}, crop_size={"height": 36, "width": 36},
+                                        do_center_crop=True), (36, 36)),
+            (ViTImageProcessor(size={"height": 224, "width": 224}, do_resize=False), (IMAGE_SIZE, IMAGE_SIZE))):
+        spec = input_spec(model, processor)
+        assert (spec.height, spec.width) == expected
+        if getattr(processor, "do_resize", True):  # what it really outputs (a photo keeps its size without resize)
+            assert tuple(processor(images=photo, return_tensors="pt")["pixel_values"].shape[-2:]) == expected

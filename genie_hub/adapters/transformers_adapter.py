@@ -19,9 +19,11 @@ from ..errors import first_line
 
 
 def _size_from_processor(processor) -> tuple[int, int] | None:
-    for attr in ("crop_size", "size"):
+    """(height, width) of the processor's output: its crop where it crops, else the size it resizes to; None where
+    it does neither (`do_resize=False`: the images keep their own size, so the model config's image_size)."""
+    for attr, applies in (("crop_size", "do_center_crop"), ("size", "do_resize")):
         size = getattr(processor, attr, None)
-        if size is None:
+        if size is None or not getattr(processor, applies, attr == "size"):
             continue
         if isinstance(size, int):
             return size, size
