@@ -92,6 +92,12 @@ def require_processor(processor, name: str, purpose: str, consequence: str = "re
 
 def input_spec(model: nn.Module, processor=None) -> InputSpec:
     """Read the input geometry and normalization from the model config and (optionally) its processor."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"input_spec takes the model (an nn.Module), got {type(model).__name__}.")
+    if processor is not None and (isinstance(processor, (str, bytes, os.PathLike)) or not callable(processor)):
+        raise TypeError(f"processor must be the model's image processor object (load_model returns it, or "
+                        f"transformers.AutoImageProcessor.from_pretrained(...)), got {type(processor).__name__} "
+                        f"{processor!r:.80}.")
     return adapter_for(model).input_spec(model, processor)
 
 

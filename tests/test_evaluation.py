@@ -696,3 +696,18 @@ def test_the_input_size_is_what_the_processor_outputs(tmp_path):
         assert (spec.height, spec.width) == expected
         if getattr(processor, "do_resize", True):  # what it really outputs (a photo keeps its size without resize)
             assert tuple(processor(images=photo, return_tensors="pt")["pixel_values"].shape[-2:]) == expected
+
+
+def test_a_processor_that_is_not_one_is_a_type_error(tmp_path):
+    """`synthesize(model, config, processor="path/to/model")` made 224 px images with no normalization, silently."""
+    from genie_hub import GenieConfig, synthesize
+    from tiny_models import tiny_model
+
+    model = tiny_model("resnet-basic")
+    for wrong in (str(tmp_path), tmp_path, {"image_mean": [0.5]}):
+        with pytest.raises(TypeError, match="processor must be the model's image processor object"):
+            input_spec(model, wrong)
+        with pytest.raises(TypeError, match="processor must be"):
+            synthesize(model, GenieConfig.from_profile("quick", num_samples=2), processor=wrong, progress=False)
+    with pytest.raises(TypeError, match="takes the model"):
+        input_spec(None)
