@@ -343,10 +343,11 @@ def _evaluate(args) -> None:
         print(f"{args.model}: top-1 agreement with {args.fp32} {100 * result.top1_agreement:.2f} %, "
               f"KL {result.kl_fp_q:.4g} on {result.num_images} unlabelled images of {result.dataset}")
         return
-    print(f"{args.model}: top-1 {100 * result.quantized_top1:.2f} %, top-5 {100 * result.quantized_top5:.2f} % on "
+    top5 = lambda value: "" if value is None else f", top-5 {100 * value:.2f} %"  # noqa: E731 - None: <= 5 classes
+    print(f"{args.model}: top-1 {100 * result.quantized_top1:.2f} %{top5(result.quantized_top5)} on "
           f"{result.num_images} images of {result.dataset} ({result.evaluated_split})")
     if args.fp32:
-        print(f"{args.fp32} (FP32): top-1 {100 * result.fp32_top1:.2f} %, top-5 {100 * result.fp32_top5:.2f} %; top-1 "
+        print(f"{args.fp32} (FP32): top-1 {100 * result.fp32_top1:.2f} %{top5(result.fp32_top5)}; top-1 "
               f"agreement {100 * result.top1_agreement:.2f} %, KL(fp32||model) {result.kl_fp_q:.4g}")
 
 

@@ -85,7 +85,7 @@ class DatasetEvaluation:
     num_images: int
     fp32_top1: float | None  # None for an unlabelled set: agreement only
     quantized_top1: float | None
-    fp32_top5: float | None
+    fp32_top5: float | None  # None also for a model with 5 classes or fewer (top-5 would be 100 %)
     quantized_top5: float | None
     top1_agreement: float
     kl_fp_q: float
@@ -159,6 +159,7 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
     adapter = adapter_for(fp_model)
     total = min(limit, evalset.num_images) if limit and evalset.num_images else (limit or evalset.num_images)
     counts = {"n": 0, "fp1": 0, "q1": 0, "fp5": 0, "q5": 0, "agree": 0, "kl": 0.0}
+    classes = 0
     bar = progress_bar(total=total, desc=f"evaluate on {evalset.source.label}", unit="img", disable=not progress,
                        leave=False)
     tally = ReadTally()
@@ -168,7 +169,8 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
         else:
             x = adapter.to_pixel_values(images, processor, spec)
         fp_logits, q_logits = predict_logits(fp_model, x, batch_size), predict_logits(q_model, x, batch_size)
-        k, size = min(5, fp_logits.shape[1]), len(fp_logits)
+        classes = fp_logits.shape[1]
+        k, size = min(5, classes), len(fp_logits)
         counts["n"] += size
         if labels is not None:
             counts["fp1"] += int((fp_logits.argmax(-1) == labels).sum())
@@ -185,9 +187,10 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
         raise ConfigError(f"The evaluation set {evalset.source.label} yielded no images.")
     source = evalset.source
     rate = (lambda key: counts[key] / n) if evalset.labelled else (lambda key: None)
+    rate5 = rate if classes > 5 else (lambda key: None)  # with 5 classes or fewer, top-5 is 100 % by definition
     return DatasetEvaluation(dataset=source.label, config=source.config, split=evalset.split, num_images=n,
                              fp32_top1=rate("fp1"), quantized_top1=rate("q1"),
-                             fp32_top5=rate("fp5"), quantized_top5=rate("q5"),
+                             fp32_top5=rate5("fp5"), quantized_top5=rate5("q5"),
                              top1_agreement=counts["agree"] / n, kl_fp_q=counts["kl"] / n,
                              hub_id=source.name if source.kind == "hub" else None,
                              complete=tally.reached_end, rows_read=tally.rows)

@@ -431,7 +431,7 @@ def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:
              "metric": metric, "dataset_type": "zalando-datasets/fashion_mnist" if fashion else evaluation.hub_id,
              "dataset_name": where, "dataset_config": evaluation.config, "split": split}
             for metric, fp, q in (("top-1", evaluation.fp32_top1, evaluation.quantized_top1),
-                                  ("top-5", evaluation.fp32_top5, evaluation.quantized_top5))]
+                                  ("top-5", evaluation.fp32_top5, evaluation.quantized_top5)) if q is not None]
     part = (f"the {split} split" if evaluation.complete
             else f"the first {evaluation.num_images} images of the {evaluation.split} split ({split})"
             if not evaluation.skipped_rows

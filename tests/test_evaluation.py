@@ -112,7 +112,7 @@ def test_imagefolder_with_other_label_names_and_order(model_dir, imagefolder):
             truth.append(model_index)
     assert result.num_images == 15 and result.top1_agreement == 1.0 and result.kl_fp_q == 0.0
     assert result.fp32_top1 == pytest.approx(_expected_top1(model_dir, images, truth))
-    assert result.fp32_top5 == 1.0  # 5 classes
+    assert result.fp32_top5 is None and result.quantized_top5 is None  # 5 classes: top-5 would be 100 % by definition
     assert evaluate_on_dataset(model, model, processor, input_spec(model, processor), evalset, limit=4,
                                progress=False).num_images == 4
 
@@ -551,8 +551,7 @@ def test_a_hub_evaluation_lands_in_the_model_index(hub_server, model_dir, tmp_pa
     assert "\ntester/tiny-eval:small:test top-1 on 5 images: FP32" in capsys.readouterr().out  # the split once
     card = ModelCard.load(out / "model" / "README.md")
     results = {(r.metric_type, r.dataset_type, r.dataset_config, r.dataset_split) for r in card.data.eval_results}
-    assert results == {("accuracy", "tester/tiny-eval", "small", "test"),
-                       ("top_5_accuracy", "tester/tiny-eval", "small", "test")}
+    assert results == {("accuracy", "tester/tiny-eval", "small", "test")}  # 5 classes: no top-5 (100 % by definition)
     run = json.loads((out / "run.json").read_text())
     assert run["evaluation"]["num_images"] == 5 and run["evaluation"]["config"] == "small"
 
