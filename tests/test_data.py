@@ -478,3 +478,24 @@ def test_default_model_accuracy_on_real_test_images():
 def test_module_exports():
     for name in data_mod.__all__:
         assert hasattr(data_mod, name)
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    """PIL's convert clips 16-bit and float grayscale images to 0-255: a 16-bit PNG came out almost white and a float
+    TIFF in [0, 1] black, and calibration or evaluation ran on them without a word."""
+    from genie_hub.adapters.base import eight_bit
+    from genie_hub.loading import InputSpec, to_pixel_values
+
+    ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+    expected = np.round(ramp * 255).astype(np.uint8)
+    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(tmp_path / "g16.png")
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "f.tif")
+    eight = Image.fromarray(expected)
+    spec = InputSpec(channels=3, height=32, width=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    reference = to_pixel_values([eight], None, spec)
+    for name in ("g16.png", "f.tif"):
+        image = Image.open(tmp_path / name)
+        assert image.mode in ("I;16", "I", "F")
+        assert np.abs(np.asarray(eight_bit(image)).astype(int) - expected).max() <= 1
+        assert (to_pixel_values([image], None, spec) - reference).abs().max() <= 2 / 255 / 0.5 + 1e-6
+    assert eight_bit(eight) is eight  # 8-bit images as they are

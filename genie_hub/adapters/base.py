@@ -21,6 +21,26 @@ import torch
 from torch import nn
 
 
+def eight_bit(image):
+    """A 16-bit or float grayscale image (PIL modes I;16*, I, F) as 8-bit "L", scaled rather than clipped: PIL's
+    own convert clips them to 0-255, which turns a 16-bit PNG almost white and a float image in [0, 1] black.
+    16-bit and 32-bit integers are read as 16-bit data (x / 257) when any value exceeds 255; floats within [0, 1]
+    are scaled by 255, other floats are clipped as PIL would. Other modes are returned as they are."""
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        finite = values[np.isfinite(values)]
+        if finite.size and finite.min() >= 0 and finite.max() <= 1:
+            values = values * 255
+    elif values.size and values.max() > 255:
+        values = values / 257
+    return Image.fromarray(np.nan_to_num(values).clip(0, 255).round().astype(np.uint8))  # 2-D uint8: "L"
+
+
 def real_images_refused(channels: int) -> str:
     """Why images (photos: RGB or grayscale) cannot be the inputs of a model of `channels` channels."""
     return (f"The model takes {channels}-channel inputs, and images (few-shot sources, evaluation sets, photos) have "
@@ -126,7 +146,7 @@ class ModelAdapter:
 
             raise DataError(real_images_refused(spec.channels))
         mode = "L" if spec.channels == 1 else "RGB"
-        converted = [im.convert(mode) for im in images]
+        converted = [eight_bit(im).convert(mode) for im in images]
         if processor is None:
             import numpy as np
 
