@@ -710,3 +710,31 @@ def test_a_processor_that_is_not_one_is_a_type_error(tmp_path):
             synthesize(model, GenieConfig.from_profile("quick", num_samples=2), processor=wrong, progress=False)
     with pytest.raises(TypeError, match="takes the model"):
         input_spec(None)
+
+
+def test_load_errors_say_what_is_missing(model_dir, tmp_path, monkeypatch):
+    """A folder with only a pickled pytorch_model.bin, and a model class that needs an uninstalled package, were
+    both told that the folder "needs config.json and model.safetensors"."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from genie_hub.errors import ModelLoadError
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(model_dir, pickled)
+    torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="only as a pickled pytorch_model.bin, and genie_hub loads safetensors"):
+        load_model(str(pickled))
+
+    import transformers
+
+    def needs_natten(*args, **kwargs):
+        raise ImportError("DinatForImageClassification requires the natten library but it was not found in your "
+                          "environment. You can install it with pip: `pip install natten`.")
+
+    monkeypatch.setattr(transformers.AutoModelForImageClassification, "from_pretrained", needs_natten)
+    with pytest.raises(ModelLoadError, match=r"needs a package that is not installed \(.*pip install natten") as info:
+        load_model(str(model_dir))
+    assert "model.safetensors" not in str(info.value)

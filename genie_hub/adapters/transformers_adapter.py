@@ -256,6 +256,16 @@ class TransformersAdapter(ModelAdapter):
         elif path.is_dir() and (odd := next((f for f in sorted(path.glob("*.safetensors")) if not f.is_file()), None)):
             hint = (f"Its weights file {odd.name} is not a regular file (it is, or links to, a device, a pipe or a "
                     "folder), so transformers finds no weights there. Replace it with the real file.")
+        elif isinstance(exc, ImportError):  # a model class that needs a package this machine lacks (Dinat: natten)
+            text = " ".join(str(exc).split())
+            text = text if len(text) <= 300 else text[:297].rstrip() + "..."
+            hint = f"Its model class needs a package that is not installed ({text}). Install it, or quantize another model."
+            return ModelLoadError(f"Could not load model '{name}'. {hint}")
+        elif path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("pytorch_model*.bin")):
+            hint = ("It holds its weights only as a pickled pytorch_model.bin, and genie_hub loads safetensors weights "
+                    "only (unpickling a file can run code). Convert it where you trust the file, e.g. "
+                    "`AutoModelForImageClassification.from_pretrained(folder, use_safetensors=False)"
+                    ".save_pretrained(folder)` writes model.safetensors.")
         elif path.is_dir():
             hint = ("The folder exists but does not hold a loadable transformers image classifier ("
                     + ("it has no config.json)." if not (path / "config.json").is_file()
