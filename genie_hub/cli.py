@@ -17,7 +17,9 @@ import dataclasses
 import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from . import __version__
 from .config import GenieConfig
@@ -497,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             "`hf auth login` once instead. (genie_hub never records it in run.json or the card.)")
     reuse_freed_memory()  # large CPU tensors reuse freed memory instead of fresh, page-faulting maps
     resumable = args.command in ("quantize", "zoo")  # the commands that keep finished work and resume
+    on_main_thread = threading.current_thread() is threading.main_thread()  # where Python can take signals
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         with logs_above_bars():
             COMMANDS[args.command](args)
@@ -509,12 +513,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genie_hub: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} "
               f"({type(exc).__name__}).{kept}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         close_open_bars()
-        print("genie_hub: interrupted." + (" Any finished work is kept in the output folder; run the same command "
-                                           "again to resume." if resumable else ""), file=sys.stderr)
-        return 130
+        print(f"genie_hub: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}."
+              + (" Any finished work is kept in the output folder; run the same command again to resume."
+                 if resumable else ""), file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's time limit), raised where the process is, as Ctrl-C's KeyboardInterrupt
+    is: the same clean-up runs (locks released, workers stopped, bars closed) and the same message says that
+    finished work is kept."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

@@ -603,3 +603,31 @@ def test_real_images_for_a_four_channel_model_are_refused_before_compute(tmp_pat
         assert main(["quantize", str(tmp_path / "fp"), "-o", str(tmp_path / "out"), "-q", *TINY, *options]) == 2
         assert "takes 4-channel inputs" in capsys.readouterr().err
         assert not (tmp_path / "out").exists()
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
+    """`kill` (SIGTERM) ended a run silently with 143; it now ends it as Ctrl-C does: finished work kept, the same
+    message, exit status 143, and a rerun resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "genie_hub", "quantize", "-o", str(out), "-q", "--eval-dataset", "none",
+               "--profile", "quick", "--num-samples", "16", "--batch-size", "8", "--synthesis-iterations", "400",
+               "--reconstruction-steps", "3", "--synthesis-workers", "1"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any((out / "work").rglob("batch_00000.safetensors")) and time.time() < deadline:
+        time.sleep(0.2)  # the first synthesis batch is on disk
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "genie_hub: terminated. Any finished work is kept in the output folder" in err
+    assert not (out / "run.json").exists()
+    first_batch = next((out / "work").rglob("batch_00000.safetensors"))
+    made = first_batch.stat().st_mtime_ns
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (out / "run.json").exists() and first_batch.stat().st_mtime_ns == made  # resumed, not made again
