@@ -93,6 +93,16 @@ class LayerBits:
         return {"weight": self.weight, "act": self.act}
 
 
+
+def _refuse_unknown_settings(values: dict, known: set[str]) -> None:
+    """A key that is not a setting is an error, not ignored: a typo such as "weight_bit" would change nothing."""
+    unknown = sorted(str(k) for k in set(values) - known)
+    if unknown:
+        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        raise ConfigError(f"Unknown GenieConfig setting(s) {', '.join(repr(k) for k in unknown)}"
+                          + "".join(f" (did you mean {close[k][0]!r}?)" for k in unknown if close[k])
+                          + f". The settings are: {', '.join(sorted(known))}.")
+
 @dataclass
 class GenieConfig:
     """Settings of a Genie run. Build with `GenieConfig.from_profile("quick", weight_bits=2)`.
@@ -204,6 +214,7 @@ class GenieConfig:
     def from_profile(cls, profile: str = "paper", **overrides: Any) -> "GenieConfig":
         if profile not in PROFILES:
             raise ConfigError(f"Unknown profile '{profile}'. Choose one of: {', '.join(PROFILES)}.")
+        _refuse_unknown_settings(overrides, {f.name for f in dataclasses.fields(cls)} - {"profile"})
         return cls(profile=profile, **{**PROFILES[profile], **overrides})  # None too: e.g. an FP second layer
 
     def validate(self) -> None:
@@ -307,13 +318,9 @@ class GenieConfig:
     def from_dict(cls, values: dict[str, Any]) -> "GenieConfig":
         """A config from a dict (run.json's, a zoo registry's): its profile's values, then the dict's. A key
         that is not a setting is an error, not ignored (a typo such as "weight_bit" would change the bits)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-            raise ConfigError(f"Unknown GenieConfig setting(s) {', '.join(repr(k) for k in unknown)}"
-                              + "".join(f" (did you mean {close[k][0]!r}?)" for k in unknown if close[k])
-                              + f". The settings are: {', '.join(sorted(known))}.")
+        if not isinstance(values, dict):
+            raise ConfigError(f"A GenieConfig is read from a dict of settings, got {type(values).__name__}.")
+        _refuse_unknown_settings(values, {f.name for f in dataclasses.fields(cls)})
         values = dict(values)
         return cls.from_profile(values.pop("profile", "paper"), **values)
 

@@ -422,6 +422,10 @@ def test_a_config_from_a_dict_gets_its_profile_and_refuses_unknown_keys():
     assert GenieConfig.from_dict(dataclasses.asdict(quick)) == quick  # a run.json's config round-trips
     with pytest.raises(ConfigError, match="'weight_bit'.*did you mean 'weight_bits'"):
         GenieConfig.from_dict({"weight_bit": 2, "act_bits": 2})
+    with pytest.raises(ConfigError, match="'weight_bit'.*did you mean 'weight_bits'"):  # was a bare TypeError
+        GenieConfig.from_profile("quick", weight_bit=2)
+    with pytest.raises(ConfigError, match="from a dict of settings, got list"):  # was a TypeError inside difflib
+        GenieConfig.from_dict([1, 2])
 
 
 def test_an_explicit_none_in_from_profile_is_applied():
