@@ -152,6 +152,9 @@ class OutputLayout:
                 raise ConfigError(f"{sub} is a file, but genie_hub needs a folder there. Move it away or use "
                                   "another -o.")
         existing = next((p for p in (root, *root.parents) if p.exists()), None)
+        if existing is not None and existing != root and not existing.is_dir():
+            raise ConfigError(f"Cannot create the output folder {root}: {existing} is a file, not a folder. Pass "
+                              "a folder path with -o.")
         if existing is None or not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"Cannot write to the output folder {root}: {existing} is not writable. Pass a "
                               "folder you can write to with -o.")

@@ -480,6 +480,7 @@ def test_output_folder_problems_are_refused_before_compute(base, tmp_path, capsy
     cases = {
         "": "empty string",
         str(tmp_path / "afile"): "is a file",
+        str(tmp_path / "afile" / "sub"): "afile is a file, not a folder",  # was "afile is not writable"
         str(unrelated): "not a genie_hub output folder",
         str(tmp_path / "work-file"): "needs a folder",
         str(tmp_path / "model-file"): "needs a folder",
