@@ -93,7 +93,6 @@ class LayerBits:
         return {"weight": self.weight, "act": self.act}
 
 
-
 def _refuse_unknown_settings(values: dict, known: set[str]) -> None:
     """A key that is not a setting is an error, not ignored: a typo such as "weight_bit" would change nothing."""
     unknown = sorted(str(k) for k in set(values) - known)
@@ -102,6 +101,7 @@ def _refuse_unknown_settings(values: dict, known: set[str]) -> None:
         raise ConfigError(f"Unknown GenieConfig setting(s) {', '.join(repr(k) for k in unknown)}"
                           + "".join(f" (did you mean {close[k][0]!r}?)" for k in unknown if close[k])
                           + f". The settings are: {', '.join(sorted(known))}.")
+
 
 @dataclass
 class GenieConfig:
@@ -320,8 +320,7 @@ class GenieConfig:
         that is not a setting is an error, not ignored (a typo such as "weight_bit" would change the bits)."""
         if not isinstance(values, dict):
             raise ConfigError(f"A GenieConfig is read from a dict of settings, got {type(values).__name__}.")
-        _refuse_unknown_settings(values, {f.name for f in dataclasses.fields(cls)})
-        values = dict(values)
+        values = dict(values)  # its other keys are checked by from_profile
         return cls.from_profile(values.pop("profile", "paper"), **values)
 
     def synthesis_fingerprint(self) -> dict[str, Any]:
