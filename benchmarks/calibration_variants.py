@@ -46,8 +46,10 @@ SOURCES = {
 @contextlib.contextmanager
 def clamp_to_pixel_range(low: float, high: float):
     """The generator's images clamped to what a processor can produce from pixels in [0, 1]."""
-    original = synthesis_loop._BatchRun.images
-    with mock.patch.object(synthesis_loop._BatchRun, "images", lambda self: original(self).clamp(low, high)):
+    from genie_hub.synthesis.generator import Generator
+
+    original = Generator.forward
+    with mock.patch.object(Generator, "forward", lambda self, z: original(self, z).clamp(low, high)):
         yield
 
 
