@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import numbers
 import logging
 import math
 import numbers
@@ -199,6 +200,12 @@ class GenieConfig:
         return f"{name} ({flag})" if flag else name
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # numpy numbers (np.int64(4)) as Python's: run.json is JSON
+            value = getattr(self, item.name)
+            if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
+                setattr(self, item.name, int(value))
+            elif isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+                setattr(self, item.name, float(value))
         for name in ("first_layer", "last_layer"):
             value = getattr(self, name)
             if isinstance(value, dict) and set(value) == {"weight", "act"}:

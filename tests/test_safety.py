@@ -428,6 +428,22 @@ def test_a_config_from_a_dict_gets_its_profile_and_refuses_unknown_keys():
         GenieConfig.from_dict([1, 2])
 
 
+def test_numpy_numbers_are_settings_like_python_ones():
+    """np.int64(4) as num_samples was accepted and then broke the first JSON write (a shard's fingerprint, after the
+    first synthesis batch); as weight_bits it was refused. Both are now Python numbers."""
+    import json
+
+    import numpy as np
+
+    config = GenieConfig.from_profile("quick", num_samples=np.int64(4), weight_bits=np.int32(3),
+                                      lr_latent=np.float32(0.25))
+    assert (config.num_samples, config.weight_bits, config.lr_latent) == (4, 3, 0.25)
+    assert json.loads(config.to_json_string())["num_samples"] == 4
+    assert config == GenieConfig.from_profile("quick", num_samples=4, weight_bits=3, lr_latent=0.25)
+    with pytest.raises(ConfigError, match="Invalid bit-width"):
+        GenieConfig.from_profile("quick", weight_bits=np.bool_(True))
+
+
 def test_an_explicit_none_in_from_profile_is_applied():
     """None is a value of some settings (an input kept in floating point), not 'unset'."""
     assert GenieConfig.from_profile("quick", second_layer_act_bits=None).second_layer_act_bits is None
