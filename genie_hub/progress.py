@@ -57,6 +57,9 @@ def quiet() -> None:
     """`genie_hub -q`: no progress bars, and only warnings and errors, from genie_hub and the HF libraries."""
     disable_all_bars()
     logging.getLogger("genie_hub").setLevel(logging.WARNING)
+    # huggingface_hub's retry notices ("'...' thrown while requesting HEAD ..."): the error that follows, if any,
+    # says what failed; a retry that succeeds needs no line.
+    logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)
     with contextlib.suppress(ImportError):
         import transformers
 

@@ -347,6 +347,22 @@ def test_progress_bars_show_overall_eta_and_quiet_silences_every_library(tmp_pat
     assert "(reconstructed)" in shown and "bn-statistics loss" in shown
 
 
+def test_quiet_hides_huggingface_hubs_retry_notices():
+    """`-q` showed huggingface_hub's raw "'[Errno -2] Name or service not known' thrown while requesting HEAD ..."
+    before genie_hub's own error for an unreachable Hub id."""
+    import logging
+
+    from genie_hub.progress import quiet
+
+    retries = logging.getLogger("huggingface_hub.utils._http")
+    level = retries.level
+    try:
+        quiet()
+        assert not retries.isEnabledFor(logging.WARNING) and retries.isEnabledFor(logging.ERROR)
+    finally:
+        retries.setLevel(level)
+
+
 def test_hf_hub_disable_progress_bars_silences_genie_hub_bars(tmp_path):
     from genie_hub.progress import progress_bar
 
