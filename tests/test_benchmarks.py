@@ -101,6 +101,14 @@ def speed():
     return module
 
 
+@pytest.fixture
+def baseline(tmp_path) -> Path:
+    """A --baseline-dir that speed.py accepts (a genie_hub package); the timing children are faked."""
+    (tmp_path / "baseline" / "genie_hub").mkdir(parents=True)
+    (tmp_path / "baseline" / "genie_hub" / "__init__.py").write_text("")
+    return tmp_path / "baseline"
+
+
 def test_speed_projection_and_table(speed):
     step = {"synthesis_step_s": 0.1, "reconstruction_step_s": 0.02}
     # paper: 8 batches x 4000 iterations x 0.1 s + 20000 steps x 0.02 s
@@ -135,11 +143,8 @@ def test_speed_refuses_a_step_time_that_measured_noise(speed):
         speed.checked_times({"synthesis_step_s": 0.1, "reconstruction_step_s": -0.002})
 
 
-def test_speed_writes_every_finished_run_before_a_cut(speed, tmp_path, monkeypatch):
+def test_speed_writes_every_finished_run_before_a_cut(speed, baseline, tmp_path, monkeypatch):
     """gpu_check.sh stops a stage at its time limit: the runs finished by then are on disk."""
-    baseline = tmp_path / "baseline"
-    (baseline / "genie_hub").mkdir(parents=True)
-    (baseline / "genie_hub" / "__init__.py").write_text("")
 
     def child(code_dir, model, setting, threads, device):
         if Path(code_dir) != baseline:
@@ -157,12 +162,9 @@ def test_speed_writes_every_finished_run_before_a_cut(speed, tmp_path, monkeypat
     assert "| embedded | baseline | 0.5000 | 0.2500 |" in output.with_name("speed.md").read_text()
 
 
-def test_speed_synthesis_only_times_no_reconstruction(speed, tmp_path, monkeypatch):
+def test_speed_synthesis_only_times_no_reconstruction(speed, baseline, tmp_path, monkeypatch):
     """--synthesis-only (a compiled synthesis step on a short GPU lease): the children are told to skip
     reconstruction, and the table says what was not timed instead of projecting a profile without it."""
-    baseline = tmp_path / "baseline"
-    (baseline / "genie_hub").mkdir(parents=True)
-    (baseline / "genie_hub" / "__init__.py").write_text("")
     settings = []
 
     def child(code_dir, model, setting, threads, device):
@@ -182,13 +184,10 @@ def test_speed_synthesis_only_times_no_reconstruction(speed, tmp_path, monkeypat
     assert "| embedded | this checkout | 0.2500 | not timed | not timed | not timed |" in text
 
 
-def test_speed_keeps_going_past_a_failed_run_and_says_which(speed, tmp_path, monkeypatch):
+def test_speed_keeps_going_past_a_failed_run_and_says_which(speed, baseline, tmp_path, monkeypatch):
     """A GPU lease is short: one version failing (or the main job) must not lose the others' numbers, the results
     say what failed, and the exit status too. Both versions' children are faked; the rest of main() runs as it
     does."""
-    baseline = tmp_path / "baseline"
-    (baseline / "genie_hub").mkdir(parents=True)
-    (baseline / "genie_hub" / "__init__.py").write_text("")
 
     def child(code_dir, model, setting, threads, device):
         if Path(code_dir) == baseline:

@@ -32,6 +32,17 @@ def aot_eager(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.fixture
+def broken_compile(monkeypatch):
+    """torch.compile whose compiled function raises on its first call, as a machine without a C++ compiler does."""
+    def compile_(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler here\nsecond line")
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_)
+
+
 def _unit_setup(family: str, pick):
     """A prepared tiny model's unit chosen by `pick(unit, ops)`, its calibrated quantizers in training mode."""
     torch.manual_seed(0)
@@ -130,13 +141,7 @@ def test_quantize_with_compile_runs_inductor_and_records_it():
         assert compiled.error_reconstructed == pytest.approx(eager.error_reconstructed, rel=0.05, abs=1e-6)
 
 
-def test_a_unit_whose_compilation_fails_runs_eager_with_a_warning(monkeypatch, caplog):
-    def broken_compile(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("no C++ compiler here\nsecond line")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+def test_a_unit_whose_compilation_fails_runs_eager_with_a_warning(broken_compile, caplog):
     torch.manual_seed(0)
     model = tiny_model("resnet-basic").eval()
     pixels = torch.randn(8, 3, IMAGE_SIZE, IMAGE_SIZE)
@@ -230,15 +235,9 @@ def test_swing_by_tensor_is_swing(aot_eager):
     assert torch.equal(swing_by_tensor(one_row, torch.tensor([0, 2])), swing_reference(one_row, 0, 2))
 
 
-def test_a_synthesis_whose_compilation_fails_runs_eager_with_a_warning(monkeypatch, caplog):
+def test_a_synthesis_whose_compilation_fails_runs_eager_with_a_warning(broken_compile, caplog):
     from genie_hub import load_model, synthesize
 
-    def broken_compile(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("no C++ compiler here\nsecond line")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
     model, processor = load_model(None)
     with caplog.at_level(logging.WARNING, logger="genie_hub.synthesis"):
         fallback = synthesize(model, _synthesis_config(compile=True), processor=processor, progress=False)
