@@ -124,6 +124,42 @@ def with_jitter(pixels: int):
         yield
 
 
+@contextlib.contextmanager
+def with_slack(fraction: float):
+    """DSG's slack distribution alignment (Zhang et al., CVPR 2021): a BN layer's batch mean and std are
+    matched only up to a margin of `fraction` x its running std, as real batches scatter around the running
+    statistics, so exact matching does not squeeze the images towards one another."""
+    import genie_hub.synthesis.bn_stats as bn_stats
+
+    def loss(x, bn, groups=None):
+        parts = x.float().unflatten(0, (groups or 1, -1))
+        mean = parts.mean(dim=(1, 3, 4))
+        std = parts.transpose(1, 2).flatten(2).std(dim=2)
+        target_std = torch.sqrt(bn.running_var.float() + 1e-6)
+        margin = fraction * target_std
+        losses = ((torch.relu((mean - bn.running_mean.float()).abs() - margin).pow(2)
+                   + torch.relu((std - target_std).abs() - margin).pow(2)).sum(dim=1) / x.shape[1])
+        return losses if groups else losses[0]
+
+    with mock.patch.object(bn_stats, "bn_statistics_loss", loss):
+        yield
+
+
+@contextlib.contextmanager
+def with_free_image_brightness():
+    """The image prior without its per-image mean term: each image keeps its std target but may be darker or
+    brighter than the others, as real images are (the generator's output BatchNorm still fixes the batch mean)."""
+    def prior(images, target, groups):
+        parts = images.float().chunk(groups or 1)
+        target = target or synthesis_loop.PixelTarget.standard(images.shape[1])
+        target_std = torch.tensor(target.std, device=images.device).view(1, -1)
+        return torch.stack([(part.flatten(2).std(dim=2) - target_std).pow(2).sum() / part.shape[0]
+                            for part in parts])
+
+    with mock.patch.object(synthesis_loop, "input_prior_loss", prior):
+        yield
+
+
 @dataclass(frozen=True)
 class Variant:
     """One row: where the calibration images come from, what changes, and how to say it in the table."""
@@ -154,6 +190,12 @@ VARIANTS: dict[str, Variant] = {
                             synthesis_patch=lambda low, high: with_entropy_reward(0.02)),
     "jitter-2": Variant("genie", "the batch shifted by up to 2 px and mirrored at random at each synthesis step",
                         synthesis_patch=lambda low, high: with_jitter(2)),
+    "slack-0.1": Variant("genie", "BN statistics matched up to 0.1 x the running std (DSG's slack alignment)",
+                         synthesis_patch=lambda low, high: with_slack(0.1)),
+    "slack-0.3": Variant("genie", "BN statistics matched up to 0.3 x the running std (DSG's slack alignment)",
+                         synthesis_patch=lambda low, high: with_slack(0.3)),
+    "free-brightness": Variant("genie", "image prior without its per-image mean term (std term kept)",
+                               synthesis_patch=lambda low, high: with_free_image_brightness()),
     "qdrop-0.25": Variant("genie", "QDrop keeps FP values with probability 0.25", overrides={"qdrop_prob": 0.25}),
     "qdrop-0.75": Variant("genie", "QDrop keeps FP values with probability 0.75", overrides={"qdrop_prob": 0.75}),
     "act-lr-1e-4": Variant("genie", "activation-step lr 1e-4 (default 1e-3)", overrides={"lr_act_step": 1e-4}),
