@@ -335,13 +335,61 @@ def test_calibration_variant_patches_change_synthesis_and_are_undone(variants):
         return synthesize(model, config, progress=False).pixel_values
 
     plain = images()
-    for name in ("no-image-prior", "class-loss-0.1", "entropy-0.1", "jitter-2"):
+    for name in ("no-image-prior", "class-loss-0.1", "entropy-0.1", "jitter-2", "slack-0.3", "free-brightness"):
         with variants.VARIANTS[name].synthesis_patch(-0.5, 0.5):
             assert not torch.allclose(images(), plain, atol=1e-4), name
     with variants.VARIANTS["clamp-during"].synthesis_patch(-0.5, 0.5):
         clamped = images()
     assert clamped.min() >= -0.5 and clamped.max() <= 0.5 and plain.abs().max() > 0.5
     assert torch.equal(images(), plain)
+
+
+def test_slack_alignment_without_margin_is_the_library_loss(variants):
+    import torch
+
+    import genie_hub.synthesis.bn_stats as bn_stats
+
+    bn = torch.nn.BatchNorm2d(5).eval()
+    bn.running_mean.normal_(generator=torch.Generator().manual_seed(0))
+    bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(8, 5, 4, 4, generator=torch.Generator().manual_seed(1))
+    plain = bn_stats.bn_statistics_loss(x, bn, 2)
+    with variants.with_slack(0.0):
+        assert torch.allclose(bn_stats.bn_statistics_loss(x, bn, 2), plain)
+    with variants.with_slack(0.1):
+        assert (bn_stats.bn_statistics_loss(x, bn, 2) < plain).all()
+    assert torch.equal(bn_stats.bn_statistics_loss(x, bn, 2), plain)
+
+
+@pytest.fixture(scope="module")
+def calibration_gap():
+    spec = importlib.util.spec_from_file_location("benchmark_calibration_gap", SCRIPT.with_name("calibration_gap.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_calibration_gap_swaps_exactly_the_chosen_tensors(calibration_gap):
+    import torch
+
+    from genie_hub import GenieConfig, quantize
+    from tiny_models import tiny_model
+
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=4, reconstruction_steps=2)
+    a, b = (quantize(model, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed)), config,
+                     progress=False).model for seed in (0, 1))
+    state_a, state_b = a.state_dict(), b.state_dict()
+    acts = [k for k in state_a if calibration_gap._is_act_scale(k)]
+    assert acts and any(not torch.equal(state_a[k], state_b[k]) for k in acts)
+
+    whole = calibration_gap.swapped(a, b, ("",), "all").state_dict()
+    assert all(torch.equal(whole[k], state_b[k]) for k in state_b)
+    scales = calibration_gap.swapped(a, b, ("",), "act").state_dict()
+    assert all(torch.equal(scales[k], (state_b if k in acts else state_a)[k]) for k in state_a)
+    weights = calibration_gap.swapped(a, b, ("",), "weights").state_dict()
+    assert all(torch.equal(weights[k], (state_a if k in acts else state_b)[k]) for k in state_a)
+    assert all(torch.equal(a.state_dict()[k], state_a[k]) for k in state_a)  # the original is left as it was
 
 
 def test_calibration_variants_table_pairs_seeds_with_the_genie_row(variants, tmp_path):
