@@ -145,6 +145,36 @@ def test_compare_on_real_photo(fast_app, models, coffee):
     assert "RGB 32×32" in summary
 
 
+def test_inline_image_is_size_checked_before_decoding_and_deleted_once_opened(fast_app, models, coffee, tmp_path,
+                                                                             monkeypatch):
+    """An API call may send its image as a `data:` URL, which gradio's 20 MB upload limit does not cover: the
+    same limit applies to it before decoding, and its temporary file is deleted by `compare` (also on error)."""
+    import base64
+    import io
+
+    monkeypatch.setattr(fast_app, "INLINE_UPLOADS", tmp_path / "uploads")
+    png = io.BytesIO()
+    coffee.resize((32, 32)).save(png, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    path = fast_app._data_url_file(url)
+    assert Path(path).parent == tmp_path / "uploads" and Path(path).read_bytes() == png.getvalue()
+    fp32_top, _, summary = fast_app.compare(path, models["fp32"], models["quant"])
+    assert len(fp32_top) == 5 and "agree" in summary
+    assert not Path(path).exists()
+
+    broken = fast_app._data_url_file("data:image/png;base64,aGVsbG8=")
+    with pytest.raises(gr.Error, match="Cannot open this file as an image"):
+        fast_app.compare(broken, models["fp32"], models["quant"])
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+    monkeypatch.setattr(fast_app, "MAX_INLINE_BYTES", len(png.getvalue()) - 1)
+    with pytest.raises(gr.Error, match="larger than"):
+        fast_app._data_url_file(url)
+    with pytest.raises(gr.Error, match="larger than"):
+        fast_app._data_url_file("data:image/png," + "%00" * len(png.getvalue()))
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
 def test_same_model_agrees_with_zero_kl(fast_app, models, coffee):
     fp32_top, quant_top, summary = fast_app.compare(coffee, models["fp32"], models["fp32"])
     assert fp32_top == quant_top

@@ -75,6 +75,10 @@ MAX_PIXELS = 4096 * 4096
 huge size, and decoding 10000x10000 px costs gigabytes."""
 MAX_FILE_SIZE = "20mb"
 """Largest upload the server accepts."""
+MAX_INLINE_BYTES = 20 * 1024 * 1024
+"""The same limit for an image sent inline by the API (a `data:` URL), which gradio's limit does not cover."""
+INLINE_UPLOADS = Path(tempfile.gettempdir()) / "genie_hub_space_uploads"
+"""Where inline images wait for `compare`, which deletes each once it has opened it."""
 HUB_ONLY_ENV = "GENIE_SPACE_HUB_ONLY"
 ALLOWED_MODELS_ENV = "GENIE_SPACE_ALLOWED_MODELS"
 """Comma-separated Hub ids: with it, a public Space loads only these (and its two defaults)."""
@@ -461,7 +465,11 @@ def compare(image, fp32_id: str, quantized_id: str) -> tuple[dict[str, float], d
     Raises gr.Error (shown in the UI) for a missing/unusable image, a model that cannot be loaded, or two
     models with different numbers of classes.
     """
-    image = check_image(image)  # fail fast, before loading any model
+    upload = image
+    try:
+        image = check_image(image)  # fail fast, before loading any model
+    finally:
+        _remove_inline_upload(upload)
     fp32 = _load_for_ui(fp32_id, "FP32")
     quant = _load_for_ui(quantized_id, "Quantized")
     if fp32.num_labels != quant.num_labels:
@@ -575,16 +583,32 @@ def _data_url_file(url: str) -> str:
     import urllib.parse
 
     header, _, data = url.partition(",")
+    encoded = ";base64" in header
+    too_large = gr.Error(f"The image is larger than {MAX_INLINE_BYTES // 2**20} MB, the most this app accepts.",
+                         title="Image too large")
+    if (len(data) * 3 // 4 if encoded else len(data) // 3) > MAX_INLINE_BYTES:  # before decoding it (%XX: 3 chars)
+        raise too_large
     try:
-        raw = base64.b64decode(data, validate=True) if ";base64" in header else urllib.parse.unquote_to_bytes(data)
+        raw = base64.b64decode(data, validate=True) if encoded else urllib.parse.unquote_to_bytes(data)
     except (binascii.Error, ValueError) as exc:
         raise gr.Error("Cannot read this upload: its data URL is not valid base64.", title="Unsupported image") from exc
-    folder = Path(tempfile.gettempdir()) / "genie_hub_space_uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, path = tempfile.mkstemp(dir=folder, suffix=".upload")
+    if len(raw) > MAX_INLINE_BYTES:
+        raise too_large
+    INLINE_UPLOADS.mkdir(parents=True, exist_ok=True)
+    handle, path = tempfile.mkstemp(dir=INLINE_UPLOADS, suffix=".upload")
     with os.fdopen(handle, "wb") as file:
         file.write(raw)
     return path
+
+
+def _remove_inline_upload(upload) -> None:
+    """Delete the file `_data_url_file` made for an inline image, once `check_image` has opened it (the open image
+    still reads its bytes), so that API calls do not fill the Space's disk. Other paths are gradio's to manage."""
+    if isinstance(upload, (str, os.PathLike)) and Path(upload).parent == INLINE_UPLOADS:
+        try:
+            Path(upload).unlink(missing_ok=True)
+        except OSError:  # a platform that cannot delete an open file: left for the temporary folder's cleanup
+            pass
 
 
 def zoo_entries() -> list[dict]:
