@@ -399,7 +399,7 @@ def _push_space(args) -> None:
     import tempfile
 
     from .hub import check_push_ready, push_space, space_repo_id
-    from .space import check_space_models, prepare_space_folder, zoo_space_entries
+    from .space import check_space_models, check_space_pair, prepare_space_folder, zoo_space_entries
 
     check_push_ready(args.token)
     repo_id = space_repo_id(args.repo_id, args.token)
@@ -408,6 +408,7 @@ def _push_space(args) -> None:
             "--private: a private Space cannot download its own genie_hub wheel (requirements.txt names it by its "
             "URL in the Space, which then needs a token), so its build may fail. Publish the Space public.")
     check_space_models([model_id for model_id in (args.fp32, args.quantized) if model_id], args.token)
+    check_space_pair(args.fp32, args.quantized, args.token)
     with tempfile.TemporaryDirectory() as tmp:
         zoo = zoo_space_entries(args.zoo_dir, published=True) if args.zoo_dir else None
         folder = prepare_space_folder(os.path.join(tmp, "space"), args.fp32, args.quantized, zoo=zoo,

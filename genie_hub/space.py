@@ -273,6 +273,53 @@ def check_space_models(model_ids: list[str], token: str | None = None) -> None:
                         "`genie_hub push OUT`) and run again. Nothing was uploaded.")
 
 
+def _hub_config(model_id: str, token: str | None) -> dict:
+    """The config.json of a Hub model (an embedded one's from its installed copy)."""
+    from huggingface_hub import hf_hub_download
+
+    from .errors import PushError
+
+    folder = embedded_folder(model_id)
+    try:
+        path = folder / "config.json" if folder is not None else Path(hf_hub_download(model_id, "config.json",
+                                                                                       token=token))
+        config = json.loads(path.read_text())
+    except Exception as exc:  # noqa: BLE001 - missing file, network, bad JSON: the Space could not load it either
+        raise PushError(f"Cannot push the Space: the config.json of '{model_id}' could not be read "
+                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]}), so the Space could not load "
+                        "that model. Check the id (push the model first with `genie_hub push OUT`) and run again. "
+                        "Nothing was uploaded.") from exc
+    if not isinstance(config, dict):
+        raise PushError(f"Cannot push the Space: the config.json of '{model_id}' is not a JSON object. Nothing was "
+                        "uploaded.")
+    return config
+
+
+def check_space_pair(fp32_id: str | None, quantized_id: str | None, token: str | None = None) -> None:
+    """The Space's two default models can be compared: the same architecture (`model_type`) and the same number of
+    classes, read from their config.json. A side not given is the embedded default's, so `--quantized` alone must be
+    a quantized embedded model; otherwise every visitor's Compare would fail, or compare unrelated models."""
+    from .errors import PushError
+
+    fp32_id, quantized_id = fp32_id or DEFAULT_FP32_HUB_ID, quantized_id or DEFAULT_QUANTIZED_HUB_ID
+    fp32, quantized = _hub_config(fp32_id, token), _hub_config(quantized_id, token)
+
+    def classes(config: dict) -> int | None:
+        labels = config.get("id2label")
+        return len(labels) if isinstance(labels, dict) and labels else config.get("num_labels")
+
+    problems = []
+    if fp32.get("model_type") != quantized.get("model_type"):
+        problems.append(f"'{fp32_id}' is a {fp32.get('model_type')!r} model and '{quantized_id}' a "
+                        f"{quantized.get('model_type')!r} one")
+    if classes(fp32) != classes(quantized):
+        problems.append(f"'{fp32_id}' has {classes(fp32)} classes and '{quantized_id}' {classes(quantized)}")
+    if problems:
+        raise PushError(f"Cannot push the Space: its two models cannot be an FP32 model and its quantized version "
+                        f"({'; '.join(problems)}). Name both with --fp32 and --quantized (a side left out is the "
+                        f"embedded default, {DEFAULT_FP32_HUB_ID} / {DEFAULT_QUANTIZED_HUB_ID}). Nothing was uploaded.")
+
+
 def _set_readme_header(readme: Path, models: list[str], datasets: list[str]) -> None:
     from huggingface_hub import RepoCard
 

@@ -684,6 +684,8 @@ def test_cli_push_space_checks_the_models_exist_and_passes_the_token(hub_server,
     assert ("space", "tester/cmp") not in hub_server.repos  # refused before any upload
 
     HfApi().create_repo("tester/q")
+    embedded = (Path(__file__).resolve().parents[1] / "genie_hub/assets/fashion-mnist-resnet/config.json").read_bytes()
+    HfApi().upload_file(path_or_fileobj=embedded, path_in_repo="config.json", repo_id="tester/q")
     seen = {}
 
     def prepared(*args, **kwargs):
@@ -695,6 +697,29 @@ def test_cli_push_space_checks_the_models_exist_and_passes_the_token(hub_server,
         assert main(["push-space", "tester/cmp", "--quantized", "tester/q", "--private", "--token", "hf_cli"]) == 1
     assert seen["token"] == "hf_cli"
     assert "private Space cannot download its own genie_hub wheel" in caplog.text
+
+
+def test_cli_push_space_refuses_two_models_that_cannot_be_compared(hub_server, capsys):
+    """A Space whose FP32 and quantized defaults differ in classes or architecture fails every Compare; a side
+    left out is the embedded default's, so a lone --quantized of another model is refused too (helper-29)."""
+    from genie_hub.cli import main
+    from huggingface_hub import HfApi
+
+    for model_id, config in (("tester/two", {"model_type": "resnet", "id2label": {"0": "cat", "1": "dog"}}),
+                             ("tester/regnet", {"model_type": "regnet", "num_labels": 10}),
+                             ("tester/no-config", None)):
+        HfApi().create_repo(model_id)
+        if config:
+            HfApi().upload_file(path_or_fileobj=json.dumps(config).encode(), path_in_repo="config.json",
+                                repo_id=model_id)
+    assert main(["push-space", "tester/cmp", "--quantized", "tester/two"]) == 1
+    assert "has 10 classes and 'tester/two' 2" in capsys.readouterr().err
+    assert main(["push-space", "tester/cmp", "--fp32", "tester/regnet"]) == 1
+    assert "'tester/regnet' is a 'regnet' model and 'genie-hub/fashion-mnist-resnet-genie-w4a4' a 'resnet'" in \
+        capsys.readouterr().err
+    assert main(["push-space", "tester/cmp", "--fp32", "tester/no-config", "--quantized", "tester/two"]) == 1
+    assert "config.json of 'tester/no-config' could not be read" in capsys.readouterr().err
+    assert ("space", "tester/cmp") not in hub_server.repos  # refused before any upload
 
 
 def test_cards_of_a_record_without_digests_are_genie_hubs(hub_server, genie_out):
