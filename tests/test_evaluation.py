@@ -191,6 +191,25 @@ def test_images_beside_the_class_folders_are_named_as_why_there_are_no_labels(mo
         open_eval_set(str(photos), dict(enumerate(LABELS)))
 
 
+def test_a_folder_holding_one_class_folder_is_labelled_by_it(model_dir, imagefolder, tmp_path):
+    """`datasets` infers imagefolder labels only from two or more class folders: one class alone (`photos/CAT/`,
+    also under a split folder) is still labelled by its folder, where it read as unlabelled (helper-29)."""
+    import shutil
+
+    model, processor = load_model(model_dir)
+    images = [Image.open(imagefolder / "CAT" / f"{j}.png") for j in range(3)]
+    expected = _expected_top1(model_dir, images, [LABELS.index("cat")] * 3)
+    assert expected > 0  # else a wrong label would pass too
+    for where, top in (("photos/CAT", "photos"), ("split/test/CAT", "split")):
+        shutil.copytree(imagefolder / "CAT", tmp_path / where)
+        evalset = open_eval_set(str(tmp_path / top), model_labels(model))
+        assert evalset.num_images == 3 and evalset.split == ("test" if top == "split" else "train")
+        result = evaluate_on_dataset(model, model, processor, input_spec(model, processor), evalset, progress=False)
+        assert result.fp32_top1 == pytest.approx(expected)
+    with pytest.raises(DataError, match="no label column"):  # images with no class folder stay unlabelled
+        open_eval_set(str(tmp_path / "split" / "test" / "CAT"), model_labels(model))
+
+
 def test_a_folder_of_photos_without_labels_gets_the_evaluate_flags_in_its_error(model_dir, tmp_path, capsys):
     """`genie_hub evaluate` on unlabelled photos: the error names evaluate's own flags (--label-column,
     --unlabelled), not only quantize's --eval-* spellings."""

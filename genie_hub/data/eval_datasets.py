@@ -267,7 +267,24 @@ def _load(source: EvalSource, streaming: bool):
     builder, by_split = local_data_files(path)
     split = _chosen_split(source, list(by_split))
     data_files = [str(f) for f in by_split[split]]  # class labels of an imagefolder come from the parent folders
-    return datasets.load_dataset(builder, data_files=data_files, split="train", streaming=streaming), split
+    one_class = {"drop_labels": False} if builder == "imagefolder" and _one_class_folder(path, by_split[split]) else {}
+    return datasets.load_dataset(builder, data_files=data_files, split="train", streaming=streaming,
+                                 **one_class), split
+
+
+def _one_class_folder(root: Path, files: list[Path]) -> bool:
+    """Whether every image of an imagefolder split sits in one class folder (`photos/Bag/*.png`): `datasets` infers
+    labels only from two or more, so one class (all the bags, to check that class alone) is asked for explicitly.
+    Not for a folder of images with no class folder, the split folder itself, or labels from a metadata file."""
+    from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+
+    if any(f.name in ImageFolder.METADATA_FILENAMES for f in files):
+        return False
+    parents = {f.parent for f in files}
+    if len(parents) != 1:
+        return False
+    parent = parents.pop()
+    return parent != root and not (parent.parent == root and _split_named(parent.name))
 
 
 def local_data_files(root: Path) -> tuple[str, dict[str, list[Path]]]:
