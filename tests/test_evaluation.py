@@ -645,6 +645,12 @@ def test_an_image_column_named_that_is_not_there_is_named_in_the_error(tmp_path)
         open_eval_set(str(tmp_path / "set.parquet"), {0: "x"}, image_column="nope")
 
 
+def test_a_label_column_named_that_is_not_there_is_named_in_the_error(imagefolder):
+    # It read "has no label column (columns: image, label)" while listing the one it would have used (helper-29).
+    with pytest.raises(DataError, match=r"has no column 'nope' \(columns: image, label\)\. Name its label column"):
+        open_eval_set(str(imagefolder), dict(enumerate(LABELS)), label_column="nope")
+
+
 def test_a_repositorys_own_code_is_never_run(model_dir, tmp_path, monkeypatch):
     """A model type transformers does not ship, with an `auto_map` to Python files in the repository: transformers
     would ask whether to run them (and run them on "y"). genie_hub loads with trust_remote_code=False: the code

@@ -497,9 +497,13 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     _check_images(dataset, image_column, where)
     if unlabelled:
         return EvalSet(source, split, None if streaming else len(dataset), dataset, image_column, labelled=False)
+    if label_column is not None and label_column not in features:  # the user named it: say that name
+        raise DataError(f"{where} has no column '{label_column}' (columns: {', '.join(features)}). Name its label "
+                        "column with --label-column (`genie_hub evaluate`) or --eval-label-column (`genie_hub "
+                        "quantize`).")
     label_column = label_column or next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)),
                                         next((c for c in ("label", "labels") if c in features), None))
-    if label_column is None or label_column not in features:
+    if label_column is None:
         raise DataError(f"{where} has no label column (columns: {', '.join(features)}).{_loose_images_hint(source)} "
                         "Name it with --label-column "
                         "(`genie_hub evaluate`; --eval-label-column for `genie_hub quantize`), or, for images without "
