@@ -499,3 +499,6 @@ def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
         assert np.abs(np.asarray(eight_bit(image)).astype(int) - expected).max() <= 1
         assert (to_pixel_values([image], None, spec) - reference).abs().max() <= 2 / 255 / 0.5 + 1e-6
     assert eight_bit(eight) is eight  # 8-bit images as they are
+    dark = (np.arange(32 * 32).reshape(32, 32) % 200).astype(np.uint16)  # 16-bit values 0-199: nearly black
+    Image.fromarray(dark).save(tmp_path / "dark16.png")
+    assert np.asarray(eight_bit(Image.open(tmp_path / "dark16.png"))).max() == 1  # not read as 8-bit mid-grey

@@ -194,6 +194,8 @@ def test_one_channel_model_gets_grayscale_and_rgba_is_flattened(fast_app, models
     assert fast_app.prepare_image(coffee, 1).mode == "L"
     sixteen_bit = Image.fromarray((torch.linspace(0, 65535, 64 * 64).reshape(64, 64).numpy()).astype("uint16"))
     assert fast_app.prepare_image(sixteen_bit, 1).getextrema() == (0, 255)
+    dark = Image.fromarray((torch.arange(40 * 40).reshape(40, 40) % 200).numpy().astype("uint16"))  # 0-199 of 65535
+    assert dark.mode == "I;16" and fast_app.prepare_image(dark, 1).getextrema() == (0, 1)  # as dark as it is
 
 
 def test_no_image_is_an_error(fast_app, models):

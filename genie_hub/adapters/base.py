@@ -24,8 +24,9 @@ from torch import nn
 def eight_bit(image):
     """A 16-bit or float grayscale image (PIL modes I;16*, I, F) as 8-bit "L", scaled rather than clipped: PIL's
     own convert clips them to 0-255, which turns a 16-bit PNG almost white and a float image in [0, 1] black.
-    16-bit and 32-bit integers are read as 16-bit data (x / 257) when any value exceeds 255; floats within [0, 1]
-    are scaled by 255, other floats are clipped as PIL would. Other modes are returned as they are."""
+    16-bit images (I;16*) are 16-bit data (x / 257), a dark one too; 32-bit integers ("I", which older Pillow
+    also gives 16-bit PNGs) are read as 16-bit data when any value exceeds 255; floats within [0, 1] are scaled by
+    255, other floats are clipped as PIL would. Other modes are returned as they are."""
     if not (image.mode.startswith("I") or image.mode == "F"):
         return image
     import numpy as np
@@ -36,7 +37,7 @@ def eight_bit(image):
         finite = values[np.isfinite(values)]
         if finite.size and finite.min() >= 0 and finite.max() <= 1:
             values = values * 255
-    elif values.size and values.max() > 255:
+    elif image.mode.startswith("I;16") or (values.size and values.max() > 255):
         values = values / 257
     return Image.fromarray(np.nan_to_num(values).clip(0, 255).round().astype(np.uint8))  # 2-D uint8: "L"
 

@@ -45,6 +45,7 @@ from PIL import Image, ImageOps  # noqa: E402
 
 import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method with transformers)
 from genie_hub.adapters import adapter_for, model_logits  # noqa: E402
+from genie_hub.adapters.base import eight_bit  # noqa: E402
 from genie_hub.errors import GenieError  # noqa: E402
 from genie_hub.evaluation import input_differences  # noqa: E402
 from genie_hub.fileio import atomic_path  # noqa: E402
@@ -373,10 +374,7 @@ def prepare_image(image, channels: int) -> Image.Image:
         pass
     try:
         if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            # 16/32-bit or float pixels: rescale to 8 bit instead of clipping everything to white.
-            array = np.asarray(image, dtype=np.float64)
-            top = 1.0 if array.max() <= 1.0 else (255.0 if array.max() <= 255 else 65535.0)
-            image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), mode="L")
+            image = eight_bit(image)  # 16/32-bit or float pixels: rescaled as genie_hub reads them, not clipped
         elif mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in image.info:  # also L/RGB/P with tRNS
             rgba = image.convert("RGBA")  # transparent areas become white, not black
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
