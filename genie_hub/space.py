@@ -221,6 +221,7 @@ def _model_pair(app: ModuleType, fp32: str | None, quantized: str | None) -> tup
     fp32 = fp32 or os.environ.get(app.FP32_ENV) or None  # an environment variable counts as given
     quantized = quantized or os.environ.get(app.QUANTIZED_ENV) or None
     if fp32 is None and quantized is not None:
+        _check_local_model(quantized, "--quantized")  # a typo or an OUT folder: said, not "needs --fp32"
         fp32 = _recorded_base(quantized)
         if not fp32:
             raise GenieError(f"--quantized {quantized} needs --fp32 too (or ${app.FP32_ENV}): pass the model it was "
@@ -232,6 +233,19 @@ def _model_pair(app: ModuleType, fp32: str | None, quantized: str | None) -> tup
                          "(OUT/model of `genie_hub quantize`, or its Hub id).")
     default_fp32, default_quantized = app.default_models()
     return fp32 or default_fp32, quantized or default_quantized
+
+
+def _check_local_model(name: str, option: str) -> None:
+    """A path that is not there, or a `genie_hub quantize` output folder instead of its model/ (the same problems
+    loading names, found before the FP32 side is looked for)."""
+    path = Path(name).expanduser()
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1
+    if looks_local and not path.exists():
+        raise GenieError(f"{option} {name}: the local folder '{name}' does not exist.")
+    if path.is_dir() and (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+        raise GenieError(f"{option} {name} is a genie_hub output folder: pass '{path / 'model'}' (the quantized model "
+                         "of a `genie_hub quantize` output folder is in OUT/model; its FP32 model is then found from "
+                         "the run.json beside it).")
 
 
 def _check_hub_id(model_id: str, role: str) -> str:

@@ -329,6 +329,10 @@ def test_one_model_alone_is_never_paired_with_the_embedded_default(app, models, 
     shutil.copytree(models["quant"], out / "model")
     with pytest.raises(GenieError, match="needs --fp32 too"):
         _model_pair(app, None, str(out / "model"))
+    with pytest.raises(GenieError, match="the local folder '.*missing' does not exist"):  # not "needs --fp32"
+        _model_pair(app, None, str(tmp_path / "missing"))
+    with pytest.raises(GenieError, match=r"is a genie_hub output folder: pass '.*out/model'"):
+        _model_pair(app, None, str(out))
     RunRecord(base_model=models["fp32"]).save(out / "run.json")
     assert _model_pair(app, None, str(out / "model")) == (models["fp32"], str(out / "model"))
     with pytest.raises(GenieError, match="needs --quantized too"):
