@@ -399,8 +399,10 @@ def _push_space(args) -> None:
     import tempfile
 
     from .hub import check_push_ready, push_space, space_repo_id
-    from .space import check_space_models, check_space_pair, prepare_space_folder, zoo_space_entries
+    from .space import check_space_arguments, check_space_models, check_space_pair, prepare_space_folder, \
+        zoo_space_entries
 
+    check_space_arguments(args.fp32, args.quantized, args.wheel)  # local mistakes first, before any request
     check_push_ready(args.token)
     repo_id = space_repo_id(args.repo_id, args.token)
     if args.private:

@@ -487,6 +487,30 @@ def space_requirements(wheel_name: str, space_repo_id: str | None = None, endpoi
     ]) + "\n"
 
 
+def check_space_arguments(fp32_id: str | None, quantized_id: str | None, wheel: str | os.PathLike | None
+                          ) -> tuple[str | None, str | None, Path | None]:
+    """The local checks of `push-space`'s arguments (Hub ids, not folders; a real genie_hub wheel), made before any
+    request, so that a mistake is named first, not after a token or network error."""
+    import zipfile
+
+    fp32_id = _check_hub_id(fp32_id, "FP32") if fp32_id else None
+    quantized_id = _check_hub_id(quantized_id, "quantized") if quantized_id else None
+    wheel_path = Path(wheel) if wheel else None
+    if wheel_path is not None:
+        if not wheel_path.is_file() or not wheel_path.name.startswith("genie_hub-") or wheel_path.suffix != ".whl":
+            raise GenieError(f"--wheel {wheel_path} is not a genie_hub wheel file (genie_hub-<version>-*.whl).")
+        try:
+            with zipfile.ZipFile(wheel_path) as archive:
+                packaged = "genie_hub/__init__.py" in archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            packaged = False
+        if not packaged:  # the Space's build would fail installing it
+            raise GenieError(f"--wheel {wheel_path} is not a genie_hub wheel: it is not a zip archive holding the "
+                             "genie_hub package. Build one with `pip wheel --no-deps .` in the genie_hub source tree, "
+                             "or leave --wheel out to build it from this installation's source.")
+    return fp32_id, quantized_id, wheel_path
+
+
 def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
                          quantized_id: str | None = None, zoo: list[dict] | None = None, *,
                          space_repo_id: str | None = None, wheel: str | os.PathLike | None = None,
@@ -500,12 +524,7 @@ def prepare_space_folder(dest: str | os.PathLike, fp32_id: str | None = None,
     `dest/wheels/`, and requirements.txt installs it (see `space_requirements`).
     """
     source = space_dir()
-    fp32_id = _check_hub_id(fp32_id, "FP32") if fp32_id else None
-    quantized_id = _check_hub_id(quantized_id, "quantized") if quantized_id else None
-    wheel_path = Path(wheel) if wheel else None
-    if wheel_path is not None and (not wheel_path.is_file() or not wheel_path.name.startswith("genie_hub-")
-                                   or wheel_path.suffix != ".whl"):
-        raise GenieError(f"--wheel {wheel_path} is not a genie_hub wheel file (genie_hub-<version>-*.whl).")
+    fp32_id, quantized_id, wheel_path = check_space_arguments(fp32_id, quantized_id, wheel)
     dest = Path(dest)
     if dest.resolve() == source.resolve():
         raise GenieError(f"Refusing to prepare the Space in its own source folder {source}; choose another dest.")

@@ -299,6 +299,19 @@ def test_push_space_publishes_the_app_pointing_at_the_given_models(hub_server, c
     assert "tester/base-genie-w3a4" in text and "sdk: gradio" in text
 
 
+def test_push_space_names_a_bad_wheel_or_a_local_folder_before_any_request(tmp_path, monkeypatch, capsys):
+    """Local mistakes come first: before, an unreachable endpoint's error hid them, and a text file named like a
+    wheel was published into requirements.txt, to fail the Space's build (helper-29)."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    fake = tmp_path / "genie_hub-9.9.9-py3-none-any.whl"
+    fake.write_text("not a wheel")
+    assert main(["push-space", "tester/s", "--fp32", "a/b", "--quantized", "a/c", "--wheel", str(fake)]) == 1
+    assert "not a zip archive holding the genie_hub package" in capsys.readouterr().err
+    assert main(["push-space", "tester/s", "--quantized", str(tmp_path)]) == 1
+    assert "must be a Hub id 'owner/name'" in capsys.readouterr().err
+
+
 def test_card_metadata_names_the_base_model_its_license_and_the_bits(hub_server, tmp_path, capsys):
     from huggingface_hub import HfApi, ModelCard
 
