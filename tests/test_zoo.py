@@ -68,7 +68,10 @@ def test_bad_registries_are_refused(tmp_path):
                           ({"settings": {"synthesis_prior": "auto"}}, "settings repeats synthesis_prior (set it with "
                                                                       "the entry's own 'prior' key only)"),
                           ({"settings": {"profile": "quick", "act_bits": 8}}, "settings repeats act_bits"),
-                          ({"model": "recipe:nope"}, "model 'recipe:nope' is not a recipe genie_hub has")):
+                          ({"model": "recipe:nope"}, "model 'recipe:nope' is not a recipe genie_hub has"),
+                          # said with the registry and the entry, not as a bare command-line hint (helper-29)
+                          ({"weight_bits": "4"}, "invalid entry 'a': weight_bits must be a whole number (4, not "),
+                          ({"settings": {"num_samples": 0}}, "invalid entry 'a': ")):
         bad.write_text(json.dumps({"entries": [{"name": "a", "model": "x", "weight_bits": 4, "act_bits": 4,
                                                 **entry}]}))
         with pytest.raises(ConfigError, match=re.escape(needle)):

@@ -70,6 +70,9 @@ class ZooEntry:
         for key in ("model", "profile", "prior"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 found.append(f"{key} must be a non-empty string, got {getattr(self, key)!r}")
+        for key in ("weight_bits", "act_bits"):  # "4" in JSON is a string: said here, with the entry's name
+            if not isinstance(getattr(self, key), int) or isinstance(getattr(self, key), bool):
+                found.append(f"{key} must be a whole number (4, not \"4\"), got {getattr(self, key)!r}")
         for key in ("eval_dataset", "few_shot"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 found.append(f"{key} must be a string or null, got {getattr(self, key)!r}")
@@ -108,6 +111,10 @@ def load_registry(path: str | os.PathLike | None = None) -> list[ZooEntry]:
         problems = entry.problems()
         if problems:
             raise ConfigError(f"The zoo registry {path} has an invalid entry {entry.name!r}: {'; '.join(problems)}.")
+        try:
+            entry.config()
+        except ConfigError as exc:
+            raise ConfigError(f"The zoo registry {path} has an invalid entry {entry.name!r}: {exc}") from None
     names = [entry.name for entry in entries]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
