@@ -118,17 +118,43 @@ def input_differences(fp32_model: nn.Module, fp32_spec: InputSpec, model: nn.Mod
     """Why `model` cannot be a quantized version of `fp32_model`: `genie_hub quantize` keeps the base's
     architecture and copies its image processor, so another model type, input size or normalization is another
     model (and feeding both one preprocessing, or comparing their outputs, would mean nothing). Classes are the
-    callers' to compare: the Space compares renamed classes by index, `evaluate --fp32` refuses them."""
+    callers' to compare: the Space compares renamed classes by index, `evaluate --fp32` refuses them. One model type
+    holds many networks (ResNet-18 and ResNet-50): the config values both set (widths, depths...) must match too."""
     problems = []
     types = [getattr(getattr(m, "config", None), "model_type", None) for m in (fp32_model, model)]
     if types[0] != types[1]:
         problems.append(f"their architectures differ ({types[0]} vs {types[1]})")
+    else:
+        shape = _shape_differences(fp32_model, model)
+        if shape:
+            problems.append(f"their configs describe different networks ({shape})")
     if fp32_spec.shape != spec.shape:
         problems.append(f"they take different inputs ({_describe_input(fp32_spec)} vs {_describe_input(spec)})")
     elif fp32_spec != spec:
         problems.append(f"they normalize pixels differently (mean/std {fp32_spec.mean}/{fp32_spec.std} vs "
                         f"{spec.mean}/{spec.std})")
     return problems
+
+
+NOT_SHAPE_KEYS = frozenset({"quantization_config", "id2label", "label2id", "num_labels", "dtype", "torch_dtype",
+                            "transformers_version", "architectures", "problem_type", "output_hidden_states",
+                            "output_attentions", "return_dict", "use_cache", "chunk_size_feed_forward",
+                            "transformers_weights"})
+"""Config keys a quantized copy may change or that say nothing about the network (quantize copies the rest)."""
+
+
+def _shape_differences(fp32_model: nn.Module, model: nn.Module) -> str:
+    """The config values that differ between two models of one type (widths, depths, kernel sizes...): one model
+    type holds many networks (ResNet-18 and ResNet-50), and a quantized one keeps its base's config."""
+    configs = [getattr(m, "config", None) for m in (fp32_model, model)]
+    if not all(hasattr(c, "to_dict") for c in configs):
+        return ""
+    first, second = (c.to_dict() for c in configs)
+    keys = [k for k in sorted(set(first) & set(second))  # a key one of them lacks is a version's, not a shape
+            if not k.startswith("_") and k not in NOT_SHAPE_KEYS and None not in (first[k], second[k])
+            and first[k] != second[k]]
+    return ", ".join(f"{k}: {first.get(k)!r:.60} vs {second.get(k)!r:.60}" for k in keys[:3]) + (
+        f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 def model_labels(model: nn.Module) -> dict[int, str]:

@@ -763,3 +763,23 @@ def test_load_errors_say_what_is_missing(model_dir, tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match=r"needs a package that is not installed \(.*pip install natten") as info:
         load_model(str(model_dir))
     assert "model.safetensors" not in str(info.value)
+
+
+def test_two_networks_of_one_model_type_are_not_a_model_and_its_quantized_version():
+    """ResNet-18 and ResNet-50 share model_type "resnet": their configs' widths and depths tell them apart, where
+    the Space compared them and reported the disagreement as quantization error (helper-29)."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from genie_hub.evaluation import input_differences
+    from genie_hub.loading import InputSpec
+
+    spec = InputSpec(channels=3, height=32, width=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    small, wide, small_again = (ResNetForImageClassification(ResNetConfig(
+        embedding_size=8, hidden_sizes=sizes, depths=[1, 1], layer_type="basic", num_labels=3))
+        for sizes in ([8, 16], [16, 32], [8, 16]))
+    assert input_differences(small, spec, small_again, spec) == []
+    small_again.config.transformers_weights = "genie_model.safetensors"  # what a loaded Genie checkpoint carries
+    small_again.config.id2label = {0: "x", 1: "y", 2: "z"}  # classes are the callers' to compare
+    assert input_differences(small, spec, small_again, spec) == []
+    (problem,) = input_differences(small, spec, wide, spec)
+    assert "their configs describe different networks (hidden_sizes: [8, 16] vs [16, 32])" in problem

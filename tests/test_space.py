@@ -15,6 +15,7 @@ import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
+import zipfile  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -499,7 +500,8 @@ def test_a_symlink_in_the_space_sources_is_never_followed_into_a_published_space
     (examples / "link.png").symlink_to(tmp_path / "secret.txt")
     monkeypatch.setattr(space, "SPACE_DIR", sources)
     wheel = tmp_path / "genie_hub-0.1.0-py3-none-any.whl"  # never reached: the links are refused first
-    wheel.write_bytes(b"")
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("genie_hub/__init__.py", "")
     with pytest.raises(GenieError, match="symbolic links"):
         space.prepare_space_folder(tmp_path / "out", wheel=wheel)
     assert not (tmp_path / "out").exists()
