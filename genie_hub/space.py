@@ -239,7 +239,7 @@ def _check_local_model(name: str, option: str) -> None:
     """A path that is not there, or a `genie_hub quantize` output folder instead of its model/ (the same problems
     loading names, found before the FP32 side is looked for)."""
     path = Path(name).expanduser()
-    looks_local = path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1  # not a Hub id
     if looks_local and not path.exists():
         raise GenieError(f"{option} {name}: the local folder '{name}' does not exist.")
     if path.is_dir() and (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
