@@ -105,9 +105,10 @@ def test_build_skips_finished_entries_and_reports_a_broken_one(registry, tmp_pat
     assert "tiny-resnet-genie-w4a4: failed: it was built as W4A4" in printed.out and "1 of 1 zoo entry" in printed.err
     board = json.loads((out / "leaderboard.json").read_text())["entries"]
     assert "tiny-resnet-genie-w4a4" not in [row["name"] for row in board]
-    assert main(["zoo", "build", "-o", str(out / "tiny-resnet-genie-w4a4" / "run.json"), "--registry",
-                 str(registry)]) == 2
-    assert "is a file" in capsys.readouterr().err
+    for command in ("build", "list"):  # list read a file as a zoo with nothing built (helper-29)
+        assert main(["zoo", command, "-o", str(out / "tiny-resnet-genie-w4a4" / "run.json"), "--registry",
+                     str(registry)]) == 2
+        assert "is a file" in capsys.readouterr().err
     zoo.write_leaderboard(out, zoo.load_registry(registry))  # the registry as built, for the checks below
 
     # publish: every built entry, then the leaderboard repo; a second publish updates, never duplicates

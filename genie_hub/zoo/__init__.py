@@ -97,6 +97,15 @@ class ZooEntry:
         return found
 
 
+def _zoo_folder(zoo_dir: str | os.PathLike) -> Path:
+    """The zoo folder of `list`, `build` and `publish`: a file there is refused by each alike (`list` read it as a
+    zoo with nothing built)."""
+    zoo_dir = Path(zoo_dir)
+    if zoo_dir.exists() and not zoo_dir.is_dir():
+        raise ConfigError(f"The zoo folder {zoo_dir} is a file. Pass a folder with -o.")
+    return zoo_dir
+
+
 def load_registry(path: str | os.PathLike | None = None) -> list[ZooEntry]:
     """The entries of a registry file, checked: unique names, known keys, valid settings."""
     path = Path(path) if path is not None else REGISTRY
@@ -358,9 +367,7 @@ def build(zoo_dir: str | os.PathLike, names: list[str] | None = None, *, registr
     | "skipped (already built)" | "failed: ..."}. A damaged or unevaluated entry is run again (the pipeline
     resumes from its finished work); a stale one is reported, not touched. One entry's failure is logged and
     reported, and the others are still built. Writes the leaderboard."""
-    zoo_dir = Path(zoo_dir)
-    if zoo_dir.exists() and not zoo_dir.is_dir():
-        raise ConfigError(f"The zoo folder {zoo_dir} is a file. Pass a folder with -o.")
+    zoo_dir = _zoo_folder(zoo_dir)
     entries = load_registry(registry)
     outcome: dict[str, str] = {}
     for entry in select(entries, names, built_here_only=True):
@@ -471,8 +478,8 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
     from ..hub import check_push_ready, push_output
 
     _check_namespace(namespace)
+    zoo_dir = _zoo_folder(zoo_dir)
     check_push_ready(token)
-    zoo_dir = Path(zoo_dir)
     entries = load_registry(registry)
     built, skipped = [], {}
     for entry in entries:
@@ -564,7 +571,7 @@ def _push_leaderboard(repo_id: str, rows: list[dict[str, Any]], published: list[
 
 def status(zoo_dir: str | os.PathLike, *, registry: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Per registered entry: built here or not, its state in zoo_dir (`entry_state`), published repo id."""
-    zoo_dir = Path(zoo_dir)
+    zoo_dir = _zoo_folder(zoo_dir)
     rows = []
     for entry in load_registry(registry):
         state = entry_state(zoo_dir, entry)
