@@ -13,12 +13,22 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
 
 
+def _script(file_name: str):
+    """A benchmarks/ script imported as a module (registered while loading: a dataclass looks itself up there)."""
+    name = "benchmark_" + file_name.removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(file_name))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[name]
+    return module
+
+
 @pytest.fixture(scope="module")
 def accuracy():
-    spec = importlib.util.spec_from_file_location("benchmark_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("accuracy.py")
 
 
 def _results():
@@ -95,10 +105,7 @@ def test_merge(accuracy):
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT.with_name("speed.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("speed.py")
 
 
 @pytest.fixture
@@ -312,13 +319,7 @@ def test_merge_refuses_fashion_mnist_rows_of_another_model_or_budget(accuracy, k
 
 @pytest.fixture(scope="module")
 def variants():
-    spec = importlib.util.spec_from_file_location("benchmark_calibration_variants",
-                                                  SCRIPT.with_name("calibration_variants.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    return _script("calibration_variants.py")
 
 
 def test_calibration_variant_patches_change_synthesis_and_are_undone(variants):
@@ -363,10 +364,7 @@ def test_slack_alignment_without_margin_is_the_library_loss(variants):
 
 @pytest.fixture(scope="module")
 def calibration_gap():
-    spec = importlib.util.spec_from_file_location("benchmark_calibration_gap", SCRIPT.with_name("calibration_gap.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("calibration_gap.py")
 
 
 def test_calibration_gap_swaps_exactly_the_chosen_tensors(calibration_gap):
