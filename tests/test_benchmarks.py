@@ -336,7 +336,8 @@ def test_calibration_variant_patches_change_synthesis_and_are_undone(variants):
         return synthesize(model, config, progress=False).pixel_values
 
     plain = images()
-    for name in ("no-image-prior", "class-loss-0.1", "entropy-0.1", "jitter-2", "slack-0.3", "free-brightness"):
+    for name in ("no-image-prior", "class-loss-0.1", "entropy-0.1", "jitter-2", "slack-0.3", "free-brightness",
+                 "tails-0.1"):
         with variants.VARIANTS[name].synthesis_patch(-0.5, 0.5):
             assert not torch.allclose(images(), plain, atol=1e-4), name
     with variants.VARIANTS["clamp-during"].synthesis_patch(-0.5, 0.5):
@@ -360,6 +361,22 @@ def test_slack_alignment_without_margin_is_the_library_loss(variants):
     with variants.with_slack(0.1):
         assert (bn_stats.bn_statistics_loss(x, bn, 2) < plain).all()
     assert torch.equal(bn_stats.bn_statistics_loss(x, bn, 2), plain)
+
+
+def test_tail_penalty_adds_only_excess_kurtosis(variants):
+    import torch
+
+    import genie_hub.synthesis.bn_stats as bn_stats
+
+    bn = torch.nn.BatchNorm2d(2).eval()
+    flat = torch.tensor([-1.0, 1.0]).repeat(64).view(8, 1, 4, 4)  # kurtosis 1: no penalty
+    heavy = torch.zeros(8, 1, 4, 4)
+    heavy[0, 0, 0, 0], heavy[1, 0, 0, 0] = 10.0, -10.0  # kurtosis 64
+    x = torch.cat([flat, heavy], dim=1)
+    plain = bn_stats.bn_statistics_loss(x, bn)
+    with variants.with_tail_penalty(0.1):
+        penalised = bn_stats.bn_statistics_loss(x, bn)
+    assert torch.allclose(penalised - plain, torch.tensor(0.1 * (64 - 3) / 2))
 
 
 @pytest.fixture(scope="module")
