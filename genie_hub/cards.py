@@ -204,8 +204,18 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         machine=run.machine, repository_url=REPOSITORY_URL, torch_threads=run.torch_threads,
         num_processes=run.num_processes, synthesis_workers=run.synthesis_workers,
         synthesis_precision=config.get("synthesis_precision"), mixed_precision=config.get("mixed_precision"),
-        wall_time=(f"wall time {run.wall_seconds / 60:.1f} min (of the command that finished the run; work it "
-                   "resumed from an interrupted one is not counted)" if run.wall_seconds else ""))
+        wall_time=wall_time(run))
+
+
+def wall_time(run: RunRecord) -> str:
+    """The run's wall time for its card: of every command that computed in its folder where that is recorded
+    (a resumed or re-evaluated run took them all), else of the command that finished it (older records)."""
+    if run.total_wall_seconds and (run.total_commands or 1) > 1:
+        return (f"wall time {run.total_wall_seconds / 60:.1f} min over the {run.total_commands} commands that "
+                f"computed it (resumed or rerun; the last took {(run.wall_seconds or 0) / 60:.1f} min)")
+    if run.wall_seconds:
+        return f"wall time {run.wall_seconds / 60:.1f} min"
+    return ""
 
 
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),

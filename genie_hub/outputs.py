@@ -26,6 +26,8 @@ SETTINGS_FILE = "settings.json"
 """Written to OUT/work/ before any compute: the settings a run in this folder was started with."""
 THREADS_FILE = "threads.json"
 """OUT/work/threads.json: the torch thread counts of the runs that computed in the folder (`record_threads`)."""
+ELAPSED_FILE = "elapsed.json"
+"""OUT/work/elapsed.json: the wall time and number of the commands that computed in the folder (`add_elapsed`)."""
 LOCK_FILE = ".lock"
 """OUT/work/.lock: flock-ed by the run writing the folder, and holding its process id (`OutputLayout.lock`)."""
 _HELD_LOCKS: dict[str, int] = {}  # lock file -> open descriptor, for the folders this process holds
@@ -70,6 +72,25 @@ class OutputLayout:
     @property
     def threads_file(self) -> Path:
         return self.work_dir / THREADS_FILE
+
+    @property
+    def elapsed_file(self) -> Path:
+        return self.work_dir / ELAPSED_FILE
+
+    def earlier_elapsed(self) -> tuple[float, int]:
+        """(wall seconds, number) of the earlier commands that computed in this folder: a run resumed after an
+        interrupt, or rerun to add an evaluation, took all of them, not only the last one's minutes."""
+        try:
+            data = json.loads(self.elapsed_file.read_text(encoding="utf-8"))
+            return max(0.0, float(data["seconds"])), max(0, int(data["commands"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return 0.0, 0
+
+    def add_elapsed(self, seconds: float) -> None:
+        """Count one more command of `seconds` (called as it ends, however it ends; a process killed outright
+        is not counted)."""
+        earlier, commands = self.earlier_elapsed()
+        write_json(self.elapsed_file, {"seconds": round(earlier + seconds, 1), "commands": commands + 1})
 
     def record_threads(self, threads: int) -> list[int]:
         """Add `threads` (torch's CPU thread count) to the counts the runs computing in this folder used, and
@@ -307,7 +328,9 @@ class RunRecord:
     synthesis_channels_last: bool | None = None  # synthesis in the channels_last layout (CUDA): the same, up to rounding
     synthesis_workers: int | None = None  # one-thread processes that synthesized batches in parallel (1: serial)
     synthesis_compiled: bool | None = None  # every synthesis batch ran under torch.compile (--compile)
-    wall_seconds: float | None = None
+    wall_seconds: float | None = None  # of the command that finished the run
+    total_wall_seconds: float | None = None  # of every command that computed in the folder (resumes, reruns)
+    total_commands: int | None = None  # how many commands that was
     synthetic: dict | None = None  # {"num_samples", "shape", "prior", "loss_summary"} for zero-shot runs
     settings: dict | None = None  # what decides the results (see `run_settings`); a rerun must match them
     push: dict | None = None  # what `genie_hub push` published

@@ -123,6 +123,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         select_prior(fp_model, config.synthesis_prior)  # a model no prior applies to fails here
     settings = run_settings(base_model, revision, few_shot or "synthetic", config.results_dict())
     thread_counts = [torch.get_num_threads()]
+    earlier: tuple[float, int] | None = None  # set once this process holds the folder and starts computing
     try:  # the folder is held from its claim until this run ends, however it ends
         if accelerator.is_main_process:
             eval_folder = evalset.source.name if evalset is not None and evalset.source.kind == "local" else None
@@ -144,6 +145,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                     ", ".join(map(str, thread_counts)), torch.get_num_threads())
             logger.info("genie_hub: %s -> W%dA%d, %s profile, output %s", base_model, config.weight_bits,
                         config.act_bits, config.profile, layout.root)
+            earlier = layout.earlier_elapsed()  # the commands before this one, counted with it in run.json
         accelerator.wait_for_everyone()
         if config.profile == "paper" and accelerator.device.type == "cpu" and accelerator.is_main_process:
             warn_paper_on_cpu(fp_model, spec, config, zero_shot=not few_shot)
@@ -198,7 +200,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
             synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
             synthesis_workers=None if few_shot else calibration.synthesis_workers,
             synthesis_compiled=None if few_shot else calibration.synthesis_compiled,
-            wall_seconds=round(time.time() - started, 1), settings=settings)
+            wall_seconds=round(time.time() - started, 1), total_wall_seconds=round(earlier[0] + time.time() - started, 1),
+            total_commands=earlier[1] + 1, settings=settings)
         from .cards import public_names
 
         run.public = public_names(run)._asdict()  # here, where the run's relative paths resolve
@@ -247,6 +250,11 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
             print(describe_push(pushed), flush=True)
         return layout.root
     finally:
+        if earlier is not None:
+            try:
+                layout.add_elapsed(time.time() - started)
+            except OSError as exc:  # a full disk must not hide how the run ended
+                logger.warning("Could not record this command's wall time in %s (%s).", layout.elapsed_file, exc)
         layout.unlock()
 
 

@@ -44,7 +44,7 @@ def test_quantize_writes_a_complete_hub_ready_folder(tiny_run):
     assert "base_model" not in metadata and str(root) not in metadata  # a local base: no Hub relation, no path
     assert "pipeline_tag: image-classification" in card and "genie" in card and "No real data was used" in card
     assert "--override classifier.1=8/8" in card  # the exact command
-    assert "min (of the command that finished the run;" in card  # a resumed run's earlier time is not in it
+    assert "; wall time " in card and "commands that computed it" not in card  # one command made it
     assert "steps per unit, batch 8)" in card  # 8 images: reconstruction's batches of 32 hold all 8
     run = json.loads((out / "run.json").read_text())
     assert run["zero_shot"] and run["weight_bits"] == 3 and len(run["unit_errors"]) == len(run["units"])
@@ -79,6 +79,11 @@ def test_rerun_resumes_without_redoing_work(tiny_run, capsys):
     assert shards == {p: p.stat().st_mtime_ns for p in (out / "work" / "synthetic").glob("batch_*")}
     run = json.loads((out / "run.json").read_text())
     assert all(u["resumed"] for u in run["unit_errors"])
+    # The card and the zoo count the first command's minutes too, not only this rerun's (helper-29: "0.0 min").
+    first = json.loads((out / "work" / "elapsed.json").read_text())
+    assert first["commands"] == 2 and run["total_commands"] == 2
+    assert run["total_wall_seconds"] > run["wall_seconds"] > 0
+    assert "over the 2 commands that computed it" in (out / "model" / "README.md").read_text()
 
 
 def test_the_closing_lines_quote_the_output_folder_so_they_paste_safely(capsys):

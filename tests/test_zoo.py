@@ -345,6 +345,10 @@ def test_a_failed_evaluation_is_reported_and_done_again_by_the_next_build(regist
     assert f"{name}: built" in capsys.readouterr().out
     run = json.loads((out / name / "run.json").read_text())
     assert run["evaluation"]["num_images"] == 4 and "evaluation_error" not in run
+    # The leaderboard's wall time is both builds', not the re-evaluation's alone.
+    assert run["total_commands"] == 2 and run["total_wall_seconds"] > run["wall_seconds"]
+    entry = json.loads((out / "leaderboard.json").read_text())["entries"][0]
+    assert entry["wall_seconds"] == run["total_wall_seconds"]
     board = (out / "leaderboard.md").read_text()
     assert f"| {name} | tiny-resnet | W4A4 | quick | photos (4 img, unlabelled) |" in board
     assert main(build) == 0 and "skipped (already built)" in capsys.readouterr().out

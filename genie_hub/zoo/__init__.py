@@ -426,7 +426,7 @@ def leaderboard_rows(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, A
             else None,
             "num_images": evaluation.get("num_images"), "fp32_top1": fp32, "quantized_top1": quantized,
             "drop": None if fp32 is None else fp32 - quantized, "top1_agreement": evaluation.get("top1_agreement"),
-            "file_bytes": weights.stat().st_size if weights.exists() else None, "wall_seconds": record.wall_seconds,
+            "file_bytes": weights.stat().st_size if weights.exists() else None, "wall_seconds": record.total_wall_seconds or record.wall_seconds,
             "hardware": record.machine, "repo_id": (record.push or {}).get("model", {}).get("repo_id")
             if record.push else None})
     return rows
