@@ -126,6 +126,9 @@ def test_publish_creates_linked_repos_and_updates_in_place(registry, tmp_path, h
     repos = set(hub_server.repos)
     assert ("model", "genie-org/tiny-resnet-genie-w4a4") in repos and ("model", "genie-org/genie-hub-zoo") in repos
     assert ("dataset", "genie-org/tiny-resnet-genie-w4a4-calibration") in repos
+    printed = capsys.readouterr().out  # the entries never built are named, not left out in silence
+    assert f"tiny-mobilenet-genie-w2a4: not built in {out} (`genie_hub zoo build tiny-mobilenet-genie-w2a4`" in printed
+    assert "gpu-only: not built in" in printed and ("model", "genie-org/gpu-only") not in repos
     card = ModelCard.load("genie-org/genie-hub-zoo")
     assert "[tiny-resnet-genie-w4a4](https://huggingface.co/genie-org/tiny-resnet-genie-w4a4)" in card.text
     commits = hub_server.commit_count("genie-org/genie-hub-zoo")

@@ -472,8 +472,8 @@ def write_leaderboard(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, 
 def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.PathLike | None = None,
             private: bool = False, token: str | None = None) -> dict[str, Any]:
     """Push every built entry as NS/<name> (+ NS/<name>-calibration), then the leaderboard repo NS/genie-hub-zoo,
-    whose card links every entry. Re-running updates the same repos in place. A stale, damaged or unevaluated
-    folder (`entry_state`) is not published (under `skipped`, with what to do); a failure to push the
+    whose card links every entry. Re-running updates the same repos in place. A stale, damaged, unevaluated or
+    missing folder (`entry_state`) is not published (under `skipped`, with what to do); a failure to push the
     leaderboard repo is a PushError."""
     from ..hub import check_push_ready, push_output
 
@@ -492,6 +492,8 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
             skipped[entry.name] = f"skipped: {state.reason}; {fix}"
         elif state.kind == "built":
             built.append(entry)
+        else:  # missing: said, so that a leaderboard short of an entry is not a surprise
+            skipped[entry.name] = f"not built in {zoo_dir} (`genie_hub zoo build {entry.name}` builds it)"
     if not built:
         raise ConfigError(f"Nothing to publish: no zoo entry is built in {zoo_dir} for its current registry settings"
                           f"{' (see the warnings above)' if skipped else ''}. Run `genie_hub zoo build` first.")
