@@ -482,6 +482,17 @@ def test_image_columns_of_paths_or_bytes_are_read_and_others_refused_before_comp
             pytest.approx(expected)
     with pytest.raises(DataError, match="holds Value\\('int64'\\), not images"):
         open_eval_set(str(tmp_path / "t.parquet"), dict(enumerate(LABELS)), image_column="label")
+    # A {bytes, path} struct without datasets' metadata (pandas, polars, Spark write images so): found and read.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    structs = pa.array([{"bytes": blob, "path": f"{i}.png"} for i, blob in enumerate(blobs)])
+    pq.write_table(pa.table({"picture": structs, "label": [0, 1, 2]}), tmp_path / "struct.parquet")
+    assert _evaluated(model_dir, str(tmp_path / "struct.parquet"))[1].fp32_top1 == pytest.approx(expected)
+    other = pa.array([{"bytes": blob, "size": 1} for blob in blobs])  # not the image struct: refused as before
+    pq.write_table(pa.table({"picture": other, "label": [0, 1, 2]}), tmp_path / "other.parquet")
+    with pytest.raises(DataError, match="has no image column"):
+        open_eval_set(str(tmp_path / "other.parquet"), dict(enumerate(LABELS)))
     broken = tmp_path / "broken" / "cat"
     broken.mkdir(parents=True)
     for i in range(3):

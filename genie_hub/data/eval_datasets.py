@@ -484,16 +484,18 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
         raise DataError(f"{where} has no column '{image_column}' (columns: {', '.join(features)}). Name its image "
                         "column with --image-column (`genie_hub evaluate`) or --eval-image-column (`genie_hub "
                         "quantize`).")
-    image_column = image_column or next((c for c, f in features.items() if isinstance(f, datasets.Image)), None)
+    image_column = image_column or next((c for c, f in features.items() if isinstance(f, datasets.Image)),
+                                        next((c for c, f in features.items() if _is_image_struct(f)), None))
     if image_column is None:
         raise DataError(f"{where} has no image column (columns: {', '.join(features)}). Name it with --image-column "
                         "(`genie_hub evaluate`) or --eval-image-column (`genie_hub quantize`).")
     if isinstance(features[image_column], datasets.Image):  # decoded in `batches`, where an unreadable one is skipped
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    elif not (isinstance(features[image_column], datasets.Value)
-              and features[image_column].dtype in ("string", "large_string", "binary", "large_binary")):
+    elif not (_is_image_struct(features[image_column]) or (
+            isinstance(features[image_column], datasets.Value)
+            and features[image_column].dtype in ("string", "large_string", "binary", "large_binary"))):
         raise DataError(f"The column '{image_column}' of {where} holds {features[image_column]}, not images (an "
-                        "Image feature, file paths or encoded bytes).")
+                        "Image feature, a {bytes, path} struct, file paths or encoded bytes).")
     _check_images(dataset, image_column, where)
     if unlabelled:
         return EvalSet(source, split, None if streaming else len(dataset), dataset, image_column, labelled=False)
@@ -528,6 +530,17 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
         raise DataError(f"No example of {where} has a label (all are -1 or empty): pass --unlabelled "
                         "(--eval-unlabelled) to measure agreement with FP32 only.")
     return evalset
+
+
+def _is_image_struct(feature) -> bool:
+    """A {bytes, path} struct column: how images are stored by Arrow writers other than `datasets` (pandas,
+    polars, Spark), an Image feature without its metadata; `read_image` reads its rows as it reads an Image's."""
+    import datasets
+
+    return (isinstance(feature, dict) and bool(feature) and set(feature) <= {"bytes", "path"}
+            and all(isinstance(f, datasets.Value) for f in feature.values())
+            and feature.get("bytes", datasets.Value("binary")).dtype in ("binary", "large_binary")
+            and feature.get("path", datasets.Value("string")).dtype in ("string", "large_string"))
 
 
 CHECKED_ROWS = 8
