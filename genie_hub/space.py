@@ -183,6 +183,13 @@ def launch_space(fp32: str | None = None, quantized: str | None = None, *, zoo: 
         if fp32_model.num_labels != quantized_model.num_labels:
             raise GenieError(f"The two models must classify the same classes: {fp32} has "
                              f"{fp32_model.num_labels} classes, {quantized} has {quantized_model.num_labels}.")
+        if quantized_model.quantization is None:  # said once here, not only in every Compare (a check of the UI)
+            logger.warning("--quantized %s has no quantization_config: it is a plain FP checkpoint, so the Space "
+                           "compares two FP models. Pass OUT/model of `genie_hub quantize` (or its Hub id) to compare "
+                           "a quantized one.", quantized)
+        if fp32_model.quantization is not None:
+            logger.warning("--fp32 %s is itself quantized (its config.json has a quantization_config): the Space "
+                           "compares it as the FP32 reference. Pass the model it was quantized from.", fp32)
         problems = app.pair_problems(fp32_model, quantized_model)
         if problems:
             raise GenieError(f"{quantized} does not look like a quantized version of {fp32}: "
@@ -310,8 +317,8 @@ def _hub_config(model_id: str, token: str | None) -> dict:
 
 
 def check_space_pair(fp32_id: str | None, quantized_id: str | None, token: str | None = None) -> None:
-    """The Space's two default models can be compared: the same architecture (`model_type`) and the same number of
-    classes, read from their config.json. A side not given is the embedded default's, so `--quantized` alone must be
+    """The Space's two default models can be compared: the same architecture (`model_type`), the same number of
+    classes, and a quantization_config on the quantized side only, read from their config.json. A side not given is the embedded default's, so `--quantized` alone must be
     a quantized embedded model; otherwise every visitor's Compare would fail, or compare unrelated models."""
     from .errors import PushError
 
@@ -328,6 +335,10 @@ def check_space_pair(fp32_id: str | None, quantized_id: str | None, token: str |
                         f"{quantized.get('model_type')!r} one")
     if classes(fp32) != classes(quantized):
         problems.append(f"'{fp32_id}' has {classes(fp32)} classes and '{quantized_id}' {classes(quantized)}")
+    if not isinstance(quantized.get("quantization_config"), dict):
+        problems.append(f"'{quantized_id}' has no quantization_config (a plain FP checkpoint)")
+    if fp32.get("quantization_config") is not None:
+        problems.append(f"'{fp32_id}' is itself quantized (its config.json has a quantization_config)")
     if problems:
         raise PushError(f"Cannot push the Space: its two models cannot be an FP32 model and its quantized version "
                         f"({'; '.join(problems)}). Name both with --fp32 and --quantized (a side left out is the "

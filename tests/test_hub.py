@@ -684,7 +684,8 @@ def test_cli_push_space_checks_the_models_exist_and_passes_the_token(hub_server,
     assert ("space", "tester/cmp") not in hub_server.repos  # refused before any upload
 
     HfApi().create_repo("tester/q")
-    embedded = (Path(__file__).resolve().parents[1] / "genie_hub/assets/fashion-mnist-resnet/config.json").read_bytes()
+    embedded = (Path(__file__).resolve().parents[1]
+                / "genie_hub/assets/fashion-mnist-resnet-genie-w4a4/config.json").read_bytes()
     HfApi().upload_file(path_or_fileobj=embedded, path_in_repo="config.json", repo_id="tester/q")
     seen = {}
 
@@ -719,6 +720,13 @@ def test_cli_push_space_refuses_two_models_that_cannot_be_compared(hub_server, c
         capsys.readouterr().err
     assert main(["push-space", "tester/cmp", "--fp32", "tester/no-config", "--quantized", "tester/two"]) == 1
     assert "config.json of 'tester/no-config' could not be read" in capsys.readouterr().err
+    plain = (Path(__file__).resolve().parents[1] / "genie_hub/assets/fashion-mnist-resnet/config.json").read_bytes()
+    HfApi().create_repo("tester/plain")
+    HfApi().upload_file(path_or_fileobj=plain, path_in_repo="config.json", repo_id="tester/plain")
+    assert main(["push-space", "tester/cmp", "--quantized", "tester/plain"]) == 1  # the FP model as "quantized"
+    assert "'tester/plain' has no quantization_config" in capsys.readouterr().err
+    assert main(["push-space", "tester/cmp", "--fp32", "genie-hub/fashion-mnist-resnet-genie-w4a4"]) == 1
+    assert "is itself quantized" in capsys.readouterr().err
     assert ("space", "tester/cmp") not in hub_server.repos  # refused before any upload
 
 

@@ -320,6 +320,43 @@ def test_a_pair_that_is_not_a_model_and_its_quantized_version_is_flagged(fast_ap
         launch_space(models["fp32"], models["gray"], prevent_thread_lock=True)
 
 
+
+def test_launching_with_a_plain_fp_model_as_the_quantized_one_warns_once(models, tmp_path, caplog, monkeypatch):
+    """An FP model as its own "quantized" version (or a quantized one as the FP32 reference) is said at launch,
+    not only inside each Compare; it still launches (a check of the UI), unlike `push-space`, which refuses it."""
+    import genie_hub.space as space
+
+    launched = []
+    monkeypatch.setattr(space, "load_space_app", lambda: _StubLaunch(load_space_app(), launched))
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        launch_space(models["fp32"], models["fp32"], prevent_thread_lock=True)
+    assert f"--quantized {models['fp32']} has no quantization_config" in caplog.text and launched
+    embedded = str(Path(__file__).resolve().parents[1] / "genie_hub/assets/fashion-mnist-resnet-genie-w4a4")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        launch_space(embedded, embedded, prevent_thread_lock=True)
+    assert f"--fp32 {embedded} is itself quantized" in caplog.text and "has no quantization_config" not in caplog.text
+
+
+class _StubLaunch:
+    """The Space app module with a `build_demo` whose `launch` only records that it was called."""
+
+    def __init__(self, app, launched: list):
+        self._app, self._launched = app, launched
+
+    def __getattr__(self, name):
+        return getattr(self._app, name)
+
+    def build_demo(self, *args, **kwargs):
+        launched = self._launched
+
+        class Demo:
+            def launch(self, **_):
+                launched.append(True)
+
+        return Demo()
+
+
 def test_one_model_alone_is_never_paired_with_the_embedded_default(app, models, tmp_path, monkeypatch):
     from genie_hub.outputs import RunRecord
     from genie_hub.space import _model_pair
