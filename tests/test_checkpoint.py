@@ -160,6 +160,11 @@ def test_quantization_config_validation():
         GenieQuantizationConfig.from_dict({**good, "format_version": FORMAT_VERSION + 1})
     with pytest.raises(CheckpointError):
         GenieQuantizationConfig.from_dict({**good, "format": "compressed-tensors"})
+    # The headline bits (shown by the Space and `evaluate`) must be the ones the run was made with.
+    made = {**good, "weight_bits": 4, "act_bits": 8, "genie_config": {"weight_bits": 4, "act_bits": 8}}
+    assert GenieQuantizationConfig.from_dict(made).weight_bits == 4
+    with pytest.raises(CheckpointError, match="weight_bits is 2, but the genie_config it was made with records 4"):
+        GenieQuantizationConfig.from_dict({**made, "weight_bits": 2})
 
 
 def test_a_format_2_checkpoint_loads_and_resaves_in_the_current_format(tmp_path):

@@ -142,6 +142,11 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
         if genie_config is not None and not isinstance(genie_config, dict):
             raise _bad(f"`genie_config` must be a mapping, got {type(genie_config).__name__}.")
         self.genie_config = copy.deepcopy(genie_config) if genie_config else None
+        for key, headline in (("weight_bits", weight_bits), ("act_bits", act_bits)):
+            recorded = (self.genie_config or {}).get(key)
+            if headline is not None and recorded is not None and recorded != headline:  # the card, the Space show it
+                raise _bad(f"{key} is {headline}, but the genie_config it was made with records {recorded}. The "
+                           "file was edited by hand or written by an incompatible tool; quantize the model again.")
         self.packing = copy.deepcopy(packing) if packing else copy.deepcopy(PACKING)
         self.weight_scheme = copy.deepcopy(weight_scheme) if weight_scheme else copy.deepcopy(WEIGHT_SCHEME)
         self.act_scheme = copy.deepcopy(act_scheme) if act_scheme else copy.deepcopy(ACT_SCHEME)
