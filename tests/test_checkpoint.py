@@ -689,6 +689,26 @@ def test_a_checkpoint_loads_with_transformers_5_17(family, tmp_path):
     torch.testing.assert_close(old["logits"], logits(from_pretrained(folder), pixels))
 
 
+def test_layers_of_another_transformers_layout_name_both_releases(w4, tmp_path):
+    """transformers renames some architectures' modules between releases (ViT's, between 5.0 and 5.17) and a Genie
+    checkpoint names its layers by module: a layer the model lacks is refused, naming the release that saved it
+    when that is not this one, so the user knows to install it rather than to download the checkpoint again."""
+    import transformers
+
+    folder = tmp_path / "renamed"
+    shutil.copytree(w4[1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    layers = config["quantization_config"]["layers"]
+    name = next(n for n, spec in layers.items() if spec["type"] == "QuantConv2d")
+    layers[name.rpartition(".")[0] + ".conv"] = layers.pop(name)  # a module of another layout
+    for version, expected in (("5.0.0", 'saved with transformers 5.0.0, and this is .*"transformers==5.0.0"'),
+                              (transformers.__version__, "config.json and the quantization layers do not belong")):
+        config["transformers_version"] = version
+        (folder / "config.json").write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match=expected):
+            AutoModelForImageClassification.from_pretrained(folder)
+
+
 def test_a_model_loaded_in_half_precision_is_not_saved(w4, tmp_path):
     """`from_pretrained(..., dtype=torch.float16)` keeps the scales float32 but rounds BatchNorm statistics and
     biases; before, save_pretrained wrote them as float16 with a config that asked every later load for float16."""

@@ -79,17 +79,34 @@ def _attention_child(model: nn.Module, ckpt_name: str, name: str, spec: LayerSpe
                 f"the {type(model).__name__} built from config.json")
         raise CheckpointError(
             f"The checkpoint's quantization_config lists '{ckpt_name}' as a QuantAttention, but its parent is {what}. "
-            "config.json and the quantization layers do not belong together: save or download the checkpoint again.")
+            f"{_mismatch_advice(model)}")
     return QUANTIZED_TYPES[spec.type].from_frozen(parent, spec, format_version)
 
 
-def _frozen_module(name: str, fp: nn.Module, spec: LayerSpec, format_version: int) -> QuantizedOp:
+def _mismatch_advice(model: nn.Module) -> str:
+    """What to do when the checkpoint's quantized layers are not the model's modules. transformers renames the
+    modules of some architectures between releases (ViT's attention and layers, between 5.0 and 5.17) and
+    converts plain weights on load, but a Genie checkpoint names its layers by module path, so it loads with
+    the transformers release whose layout it was saved in (config.json's transformers_version)."""
+    import transformers
+
+    saved = getattr(getattr(model, "config", None), "transformers_version", None)
+    if isinstance(saved, str) and saved and saved != transformers.__version__:
+        return (f"The checkpoint was saved with transformers {saved}, and this is {transformers.__version__}: "
+                "transformers renames the modules of some architectures between releases, and a Genie checkpoint "
+                f"names its quantized layers by module. Load it with that release (pip install "
+                f"\"transformers=={saved}\"), or quantize the base model again with this one.")
+    return ("config.json and the quantization layers do not belong together: save or download the checkpoint "
+            "again.")
+
+
+def _frozen_module(model: nn.Module, name: str, fp: nn.Module, spec: LayerSpec, format_version: int) -> QuantizedOp:
     cls = QUANTIZED_TYPES[spec.type]
     if not isinstance(fp, cls.float_type) or (not spec.has_weight and type(fp) is not nn.Identity):
         raise CheckpointError(
             f"The checkpoint's quantization_config lists '{name}' as a {spec.type}, but in the model built from its "
-            f"config that module is a {type(fp).__name__} (expected {cls.float_type.__name__}). config.json "
-            "and the quantization layers do not belong together: save or download the checkpoint again.")
+            f"config that module is a {type(fp).__name__} (expected {cls.float_type.__name__}). "
+            f"{_mismatch_advice(model)}")
     return cls.from_frozen(fp, spec, format_version)
 
 
@@ -182,9 +199,8 @@ class GenieHfQuantizer(HfQuantizer):
             except AttributeError:
                 raise CheckpointError(
                     f"The checkpoint's quantization_config lists the layer '{ckpt_name}', which the "
-                    f"{type(model).__name__} built from config.json does not have. The config and the quantization "
-                    "layers do not belong together: save or download the checkpoint again.") from None
-            op = _frozen_module(ckpt_name, fp, spec, self.quantization_config.format_version)
+                    f"{type(model).__name__} built from config.json does not have. {_mismatch_advice(model)}") from None
+            op = _frozen_module(model, ckpt_name, fp, spec, self.quantization_config.format_version)
             model.set_submodule(name, op)
             if spec.quantizes_input_of is not None:  # a residual block's input, quantized at its entry
                 block = to_model(spec.quantizes_input_of)  # contains the op (checked in LayerSpec.from_dict)
