@@ -50,9 +50,13 @@ def build_dataset(pixel_values: torch.Tensor, spec: InputSpec, batch_indices: li
 
 
 def dataset_summary(dataset, parquet_file: Path, storage: str) -> dict[str, Any]:
-    """What the dataset card's `dataset_info` and `configs` need (and run.json keeps for pushing later)."""
+    """What the dataset card's `dataset_info` and `configs` need (and run.json keeps for pushing later).
+    `num_bytes` is the Arrow size of the table as read back from the parquet file, which is what `datasets`
+    reports for the split once loaded (the in-memory table it was written from is a little smaller)."""
+    import pyarrow.parquet as pq
+
     return {"features": dataset.features.to_dict(), "num_examples": len(dataset),
-            "num_bytes": int(dataset.data.nbytes), "download_size": parquet_file.stat().st_size,
+            "num_bytes": int(pq.read_table(parquet_file).nbytes), "download_size": parquet_file.stat().st_size,
             "data_files": DATA_FILES_PATTERN, "storage": storage}
 
 

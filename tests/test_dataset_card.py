@@ -69,6 +69,7 @@ def test_dataset_card_metadata_describes_the_uploaded_files(tmp_path, monkeypatc
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     loaded = load_dataset(str(out), split="train")
     assert len(loaded) == NUM and loaded.features["pixel_values"].dtype == dtype
+    assert loaded.info.splits["train"].num_bytes == split["num_bytes"]  # the size datasets reports, not near it
     assert loaded[0]["image"].size == (SPEC.width, SPEC.height)  # previews kept in both storages
 
     # The card's own snippet runs as written (its repo id pointed at the folder) and gives the tensors.
