@@ -290,10 +290,11 @@ def test_push_publishes_model_and_dataset_with_cards_for_the_real_ids(tiny_run, 
 def test_push_space_publishes_the_app_pointing_at_the_given_models(hub_server, capsys):
     from huggingface_hub import HfApi
 
-    config = json.dumps({"model_type": "resnet", "id2label": {"0": "a", "1": "b"}}).encode()
-    for model_id in ("tester/base", "tester/base-genie-w3a4"):  # push-space checks that they exist and match
-        HfApi().create_repo(model_id)
-        HfApi().upload_file(path_or_fileobj=config, path_in_repo="config.json", repo_id=model_id)
+    config = {"model_type": "resnet", "id2label": {"0": "a", "1": "b"}}
+    quantized = {**config, "quantization_config": {"quant_method": "genie"}}
+    for model_id, content in (("tester/base", config), ("tester/base-genie-w3a4", quantized)):
+        HfApi().create_repo(model_id)  # push-space checks that they exist and can be compared
+        HfApi().upload_file(path_or_fileobj=json.dumps(content).encode(), path_in_repo="config.json", repo_id=model_id)
     assert main(["push-space", "tester/genie-compare", "--fp32", "tester/base",
                  "--quantized", "tester/base-genie-w3a4"]) == 0
     assert "spaces/tester/genie-compare" in capsys.readouterr().out

@@ -87,10 +87,10 @@ def test_pushed_space_installs_from_the_wheel_it_carries(hub_server, tmp_path, w
     from genie_hub.cli import main
 
     api = HfApi()
-    for model_id in ("tester/base", "tester/base-genie-w4a4"):  # push-space checks that both exist and match
-        api.create_repo(model_id)
-        api.upload_file(path_or_fileobj=b'{"model_type": "resnet", "num_labels": 10}', path_in_repo="config.json",
-                        repo_id=model_id)
+    for model_id, extra in (("tester/base", b""), ("tester/base-genie-w4a4", b', "quantization_config": {}')):
+        api.create_repo(model_id)  # push-space checks that both exist and can be compared
+        api.upload_file(path_or_fileobj=b'{"model_type": "resnet", "num_labels": 10' + extra + b'}',
+                        path_in_repo="config.json", repo_id=model_id)
     card = ModelCard(f"---\n{ModelCardData(datasets=['tester/base-genie-w4a4-calibration']).to_yaml()}\n---\n# q\n")
     api.upload_file(path_or_fileobj=str(card).encode(), path_in_repo="README.md", repo_id="tester/base-genie-w4a4")
     assert main(["push-space", "genie-compare", "--fp32", "tester/base", "--quantized", "tester/base-genie-w4a4",
