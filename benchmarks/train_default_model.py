@@ -283,12 +283,14 @@ float32 weights) trained from scratch on Fashion-MNIST (28x28 grayscale, 10 clas
 as an FP32 model to quantize offline; `genie_hub quantize` without a model quantizes the embedded ResNet.
 
 ```python
+import numpy as np
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 model = AutoModelForImageClassification.from_pretrained("{repo_id}")
 processor = AutoImageProcessor.from_pretrained("{repo_id}")
-inputs = processor(images=Image.open("image.png").convert("L"), return_tensors="pt")
+image = np.asarray(Image.open("image.png").convert("L"))[..., None]  # H x W x 1, which every transformers 5 reads
+inputs = processor(images=image, return_tensors="pt")
 print(model.config.id2label[model(**inputs).logits.argmax(-1).item()])
 ```
 

@@ -502,3 +502,27 @@ def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
     dark = (np.arange(32 * 32).reshape(32, 32) % 200).astype(np.uint16)  # 16-bit values 0-199: nearly black
     Image.fromarray(dark).save(tmp_path / "dark16.png")
     assert np.asarray(eight_bit(Image.open(tmp_path / "dark16.png"))).max() == 1  # not read as 8-bit mid-grey
+
+
+def test_grayscale_images_reach_the_processor_as_height_width_1_arrays():
+    """transformers 5.0's image processors refuse 2-D images ("Unsupported number of image dimensions: 2"), so a
+    grayscale PIL image failed there in evaluate, few-shot calibration and the Space; H x W x 1 arrays read
+    everywhere, and give what the PIL image gives where both read."""
+    import numpy as np
+
+    from genie_hub.loading import to_pixel_values
+
+    model, processor = load_model(None)
+    spec = input_spec(model, processor)
+    seen = []
+
+    def like_transformers_5_0(images, **kwargs):
+        seen.extend(np.asarray(image).ndim for image in images)
+        if min(seen) < 3:
+            raise ValueError("Unsupported number of image dimensions: 2")
+        return processor(images=images, **kwargs)
+
+    images = [Image.fromarray(np.random.RandomState(i).randint(0, 256, (40, 30), dtype=np.uint8)) for i in range(3)]
+    x = to_pixel_values(images, like_transformers_5_0, spec)
+    assert seen == [3, 3, 3]
+    assert torch.equal(x, processor(images=images, return_tensors="pt")["pixel_values"])

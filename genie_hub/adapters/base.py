@@ -157,6 +157,10 @@ class ModelAdapter:
             if spec.mean:
                 x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
             return x
+        if mode == "L":  # transformers 5.0 refuses 2-D (grayscale PIL) images; H x W x 1 reads the same everywhere
+            import numpy as np
+
+            converted = [np.asarray(im)[..., None] for im in converted]
         return processor(images=converted, return_tensors="pt")["pixel_values"].float()
 
     # ---- loading and saving (library-specific) --------------------------------------------------------------
