@@ -232,7 +232,8 @@ class GenieConfig:
                 raise ConfigError(
                     f"Invalid bit-width {bits!r} for {name}: genie_hub supports integer bit-widths from "
                     f"{MIN_BITS} to {MAX_BITS} (e.g. --weight-bits 4 --act-bits 4)."
-                    + (" Use null to keep this input in floating point." if allow_none else ""))
+                    + (" Use None (`fp` on the command line, null in JSON) to keep it in floating point."
+                       if allow_none else ""))
 
         if self.profile not in PROFILES:
             raise ConfigError(f"Unknown profile {self.profile!r}. Choose one of: {', '.join(PROFILES)}.")

@@ -65,7 +65,12 @@ def test_quantize_writes_a_complete_hub_ready_folder(tiny_run):
 def test_quantized_folder_loads_with_transformers(tiny_run):
     from transformers import AutoModelForImageClassification
 
+    import genie_hub
+    from genie_hub.errors import CheckpointError
+
     _, out = tiny_run
+    with pytest.raises(CheckpointError, match=f"is a genie_hub output folder: its quantized model is in {out}/model"):
+        genie_hub.from_pretrained(out)  # the output folder, not its model/ (helper-30)
     model = AutoModelForImageClassification.from_pretrained(out / "model")
     logits = model(pixel_values=torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)).logits
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()

@@ -19,6 +19,7 @@ from .validate import (forbidden_keys, layer_expectations, metadata_problems, re
 def _read_config(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.exists():
+        _output_folder_hint(directory)
         raise CheckpointError(f"{directory} has no config.json: it is not a saved transformers model. Save the "
                               "quantized model with genie_hub.checkpoint.save_quantized(q_model, folder).")
     try:
@@ -79,7 +80,15 @@ def verify_checkpoint(directory: str | os.PathLike) -> GenieQuantizationConfig:
     return config
 
 
+def _output_folder_hint(directory: Path) -> None:
+    """A `genie_hub quantize` output folder given for its model/: say where the checkpoint is."""
+    if (directory / "model" / "config.json").is_file() and (directory / "run.json").is_file():
+        raise CheckpointError(f"{directory} is a genie_hub output folder: its quantized model is in "
+                              f"{directory / 'model'}; load that folder.")
+
+
 def _refuse_missing_weights(directory: Path, name: str) -> None:
+    _output_folder_hint(directory)
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
     raise CheckpointError(
         f"{directory} has no {name}"
