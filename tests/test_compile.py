@@ -261,3 +261,19 @@ def test_quantize_compile_records_compiled_synthesis_and_units(aot_eager, tmp_pa
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["compile"] is True and record["synthesis_compiled"] is True
     assert record["unit_errors"] and all(unit["compiled"] for unit in record["unit_errors"])
+
+
+def test_bf16_synthesis_on_a_cpu_is_not_compiled(caplog, monkeypatch):
+    """inductor's bf16 backward of the generator crashed a ViT's synthesis on CPU with heap corruption, which no
+    fallback catches (helper-30): --compile leaves bf16 CPU synthesis eager, says so, and records it."""
+    import genie_hub.synthesis.loop as loop
+    from genie_hub import load_model, synthesize
+
+    monkeypatch.setattr(loop, "_EAGER_BF16_CPU_SAID", False)
+    assert loop.compiles_synthesis(_synthesis_config(compile=True, synthesis_precision="fp32"), "cpu")
+    assert loop.compiles_synthesis(_synthesis_config(compile=True, synthesis_precision="bf16"), "cuda")
+    model, processor = load_model(None)
+    with caplog.at_level(logging.WARNING, logger="genie_hub.synthesis"):
+        made = synthesize(model, _synthesis_config(compile=True, synthesis_precision="bf16"), processor=processor,
+                          progress=False)
+    assert not made.synthesis_compiled and "synthesis runs eager in bf16 on a CPU" in caplog.text

@@ -47,6 +47,27 @@ def prefers_channels_last(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
+_EAGER_BF16_CPU_SAID = False
+
+
+def compiles_synthesis(config: GenieConfig, device: torch.device | str) -> bool:
+    """Whether synthesis steps run under torch.compile: with `config.compile`, except in bf16 on a CPU. There,
+    inductor's backward of the generator's transposed convolution corrupted the heap on a ViT (torch 2.13; the
+    process died with "corrupted size vs. prev_size", a crash no fallback can catch), so synthesis runs eager
+    and reconstruction alone is compiled."""
+    global _EAGER_BF16_CPU_SAID
+    if not config.compile:
+        return False
+    if torch.device(device).type == "cpu" and config.synthesis_precision == "bf16":
+        if not _EAGER_BF16_CPU_SAID:
+            logger.warning("--compile: synthesis runs eager in bf16 on a CPU (torch.compile crashed the process "
+                           "there); reconstruction is compiled. Pass --synthesis-precision fp32 to compile "
+                           "synthesis too.")
+            _EAGER_BF16_CPU_SAID = True
+        return False
+    return True
+
+
 def synthesis_autocast(config: GenieConfig, device: torch.device | str) -> Callable:
     """The autocast context of synthesis steps, from `config.synthesis_precision` as `resolve_precision` set it."""
     if config.synthesis_precision == "bf16":
@@ -178,13 +199,14 @@ def synthesize_batches(model: nn.Module, spec: InputSpec, batch_size: int, batch
     last: dict[str, Any] = {}
     swinging: contextlib.AbstractContextManager = contextlib.nullcontext()
     drawn = None
-    if runs[0].source.swing and config.compile:  # offsets drawn before each step, read by the compiled graph
+    compiled = compiles_synthesis(config, device)
+    if runs[0].source.swing and compiled:  # offsets drawn before each step, read by the compiled graph
         example = torch.zeros(1, spec.channels, spec.height, spec.width, device=device)
         drawn = swing.DrawnSwing(model, example, [run.swing_rng for run in runs])
         swinging = drawn.attached(model)
     elif runs[0].source.swing:
         swinging = swing.swing_convolutions(model, [run.swing_rng for run in runs])
-    step_function = CompiledSynthesisStep(prior, drawn) if config.compile else synthesis_step
+    step_function = CompiledSynthesisStep(prior, drawn) if compiled else synthesis_step
 
     def step_loss(step: int) -> torch.Tensor:
         if drawn is not None:
