@@ -237,6 +237,11 @@ class GenieConfig:
 
         if self.profile not in PROFILES:
             raise ConfigError(f"Unknown profile {self.profile!r}. Choose one of: {', '.join(PROFILES)}.")
+        if self.profile != "paper" and all(getattr(self, k) == v for k, v in PROFILES["paper"].items()):
+            raise ConfigError(  # GenieConfig(profile="quick") would be an hours-long run labelled quick
+                f"GenieConfig(profile={self.profile!r}) holds the paper profile's settings: the constructor records "
+                f"the name but does not apply a profile. Use GenieConfig.from_profile({self.profile!r}, ...), which "
+                "applies its settings (and takes any field as an override).")
         check_bits("weight_bits", self.weight_bits)
         check_bits("act_bits", self.act_bits)
         check_bits("first_layer.weight", self.first_layer.weight)

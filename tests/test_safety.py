@@ -426,6 +426,9 @@ def test_a_config_from_a_dict_gets_its_profile_and_refuses_unknown_keys():
         GenieConfig.from_profile("quick", weight_bit=2)
     with pytest.raises(ConfigError, match="from a dict of settings, got list"):  # was a TypeError inside difflib
         GenieConfig.from_dict([1, 2])
+    # The constructor does not apply a profile: a "quick" config with the paper's hours-long settings is refused.
+    with pytest.raises(ConfigError, match=r"Use GenieConfig.from_profile\('quick', ...\)"):
+        GenieConfig(profile="quick")
 
 
 def test_numpy_numbers_are_settings_like_python_ones():
