@@ -190,9 +190,12 @@ def test_attention_act_bits_follow_overrides():
     assert ops["vit.layers.0.attention.quantized_matmul"].act_bits == 8
     assert "vit.layers.1.attention.quantized_matmul" not in names
     assert "vit.layers.0.attention.quantized_matmul" in units[1].ops  # reconstructed with its transformer layer
-    with pytest.raises(ConfigError, match="match no quantizable module"):  # ConvNeXt has no attention
+    with pytest.raises(ConfigError, match="match no quantized op"):  # ConvNeXt has no attention
         prepare_model(tiny_model("convnext"), GenieConfig.from_profile(
             "quick", overrides={"*.quantized_matmul": {"act": 8}}), x)
+    # Attention matmuls have no weights: weight bits for them would change nothing (helper-30).
+    with pytest.raises(ConfigError, match="set weight bits, but match only ops without weights"):
+        prepare_model(model, GenieConfig.from_profile("quick", overrides={"*.quantized_matmul": {"weight": 8}}), x)
 
 
 def test_checkpoint_with_attention_on_a_module_without_attention_is_refused(tmp_path):
@@ -276,7 +279,7 @@ def test_cli_takes_the_documented_attention_override(photos, tmp_path, capsys):
     assert 4 in {layer["act_bits"] for name, layer in layers.items() if name.endswith("q_proj")}  # not widened
     assert main(["quantize", str(tmp_path / "base"), "-o", str(tmp_path / "out2"), "--few-shot", str(photos),
                  "--override", "*.no_such_module=/8", *TINY]) == 2  # a pattern that matches nothing is still refused
-    assert "match no quantizable module" in capsys.readouterr().err
+    assert "match no quantized op" in capsys.readouterr().err
 
 
 # ---- zero-shot: the patch-similarity prior --------------------------------------------------------------

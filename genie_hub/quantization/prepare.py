@@ -116,18 +116,26 @@ def resolve_bits(op_order: list[str], config: GenieConfig, heads: list[str] | No
     return bits
 
 
-def check_overrides(model: nn.Module, config: GenieConfig, attention: list[str] = ()) -> None:
-    """Every `config.overrides` pattern must match a quantizable module (Conv2d, Linear, an Identity shortcut,
-    or the `quantized_matmul` of an attention module); a pattern that matches nothing would silently do nothing."""
-    names = [name for name, module in model.named_modules() if isinstance(module, (*QUANTIZABLE, nn.Identity))]
-    names += list(attention)
+def check_overrides(model: nn.Module, config: GenieConfig, weighted: list[str], weightless: list[str]) -> None:
+    """Every `config.overrides` pattern must match an op the run quantizes: `weighted` (Conv2d, Linear) or
+    `weightless` (an Identity shortcut, the `quantized_matmul` of an attention module), and weight bits must
+    reach a weighted one. A pattern that matches nothing, or weight bits on ops that have no weights, would
+    silently change nothing."""
+    names = [*weighted, *weightless]
     unmatched = [p for p in config.overrides if not any(fnmatch.fnmatchcase(name, p) for name in names)]
     if unmatched:
         shown = ", ".join(names[:60]) + (f", ... ({len(names) - 60} more)" if len(names) > 60 else "")
         raise ConfigError(
-            f"The override pattern(s) {', '.join(repr(p) for p in unmatched)} match no quantizable module of "
+            f"The override pattern(s) {', '.join(repr(p) for p in unmatched)} match no quantized op of "
             f"{type(model).__name__}, so they would change nothing. Patterns are fnmatch patterns over these "
             f"module names: {shown}. E.g. 'classifier*=8/8' or '*.shortcut=/8'.")
+    no_weights = [p for p, bits in config.overrides.items() if bits.get("weight") is not None
+                  and not any(fnmatch.fnmatchcase(name, p) for name in weighted)]
+    if no_weights:
+        raise ConfigError(
+            f"The override pattern(s) {', '.join(repr(p) for p in no_weights)} set weight bits, but match only ops "
+            "without weights (shortcuts, attention matmuls), so the weight bits would change nothing. Leave the "
+            "weight bits out for them ('PATTERN=/A').")
 
 
 def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Tensor,
@@ -149,8 +157,8 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
     traced, inputs = trace_inputs(q_model, example_input, tuple(u.name for u in units if u.adds_input))
     attention = [n for n in traced if n not in inputs]
     order = [n for n in traced if n in inputs]
-    check_overrides(fp_model, config, attention)
     ops = [n for n in order if isinstance(fp_model.get_submodule(n), QUANTIZABLE)]
+    check_overrides(fp_model, config, ops, [n for n in order if n not in ops] + attention)
     bits = resolve_bits(ops, config, head_ops(fp_model, example_input, ops))
     attention_bits = _attention_bits(attention, units, config)
 
