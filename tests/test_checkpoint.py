@@ -719,3 +719,14 @@ def test_a_model_loaded_in_half_precision_is_not_saved(w4, tmp_path):
             model.save_pretrained(tmp_path / "resaved")
         assert not (tmp_path / "resaved").exists()
     AutoModelForImageClassification.from_pretrained(folder).save_pretrained(tmp_path / "resaved")  # float32: saved
+
+
+def test_saving_without_an_image_processor_says_what_it_costs(w4, tmp_path, caplog):
+    """A folder without preprocessor_config.json is one pipeline() and `genie_hub evaluate` cannot use (helper-30)."""
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        save_quantized(w4[0], tmp_path / "bare")
+    assert "saved without an image processor" in caplog.text and "processor=processor" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        save_quantized(w4[0], tmp_path / "full", processor=processor())
+    assert "saved without an image processor" not in caplog.text

@@ -26,6 +26,7 @@ target, verified with the same checks as loading, and only then renamed into pla
 from __future__ import annotations
 
 import json
+import logging
 import os
 import types
 from pathlib import Path
@@ -36,6 +37,8 @@ from ..adapters import adapter_for
 from ..errors import CheckpointError
 from ..fileio import replace_dir, save_safetensors, staging_dir, through_link, write_bytes, write_json
 from ..quantization import QuantizationResult, QuantizedOp, quantized_ops
+
+logger = logging.getLogger("genie_hub.checkpoint")
 from .config import GUARD_KEY, GUARD_MESSAGE, LAYERS_METADATA_KEY, WEIGHTS_NAME, GenieQuantizationConfig
 from .safetensors_check import read_metadata, weight_files
 from .validate import PLAIN_WEIGHT_NAMES
@@ -183,6 +186,11 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
         _write(q_model, config, staging, processor, extra_files, max_shard_size=max_shard_size)
         replace_dir(staging, directory, keep_added=_not_weights if keep_added_files else None)
     install_save_guard(q_model)
+    if processor is None and not (directory / "preprocessor_config.json").exists():
+        logger.warning("%s is saved without an image processor (preprocessor_config.json), so pipeline() and "
+                       "`genie_hub evaluate` cannot prepare images for it. Pass the base model's processor: "
+                       "save_quantized(result, folder, processor=processor), with the processor load_model returns.",
+                       directory)
     return directory
 
 
