@@ -182,6 +182,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         from .cards import base_license, library_versions, machine_description, render_dataset_card, render_model_card
         from .synthesis.loop import prefers_channels_last
 
+        elapsed = time.time() - started  # this command's; run.json also counts the earlier ones in the folder
         run = RunRecord(
             base_model=base_model, base_model_revision=revision, base_model_id=base_model_id,
             zero_shot=calibration.zero_shot,
@@ -200,7 +201,7 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
             synthesis_channels_last=None if few_shot else prefers_channels_last(accelerator.device),
             synthesis_workers=None if few_shot else calibration.synthesis_workers,
             synthesis_compiled=None if few_shot else calibration.synthesis_compiled,
-            wall_seconds=round(time.time() - started, 1), total_wall_seconds=round(earlier[0] + time.time() - started, 1),
+            wall_seconds=round(elapsed, 1), total_wall_seconds=round(earlier[0] + elapsed, 1),
             total_commands=earlier[1] + 1, settings=settings)
         from .cards import public_names
 

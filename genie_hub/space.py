@@ -318,8 +318,9 @@ def _hub_config(model_id: str, token: str | None) -> dict:
 
 def check_space_pair(fp32_id: str | None, quantized_id: str | None, token: str | None = None) -> None:
     """The Space's two default models can be compared: the same architecture (`model_type`), the same number of
-    classes, and a quantization_config on the quantized side only, read from their config.json. A side not given is the embedded default's, so `--quantized` alone must be
-    a quantized embedded model; otherwise every visitor's Compare would fail, or compare unrelated models."""
+    classes, and a quantization_config on the quantized side only, read from their config.json. A side not given
+    is the embedded default's, so `--quantized` alone must be a quantized embedded model; otherwise every
+    visitor's Compare would fail, or compare unrelated models."""
     from .errors import PushError
 
     fp32_id, quantized_id = fp32_id or DEFAULT_FP32_HUB_ID, quantized_id or DEFAULT_QUANTIZED_HUB_ID
