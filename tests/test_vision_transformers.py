@@ -15,7 +15,7 @@ from genie_hub import GenieConfig, quantize, save_quantized
 from genie_hub.adapters import model_logits
 from genie_hub.checkpoint import from_pretrained
 from genie_hub.cli import main
-from genie_hub.errors import CheckpointError, ConfigError
+from genie_hub.errors import CheckpointError, ConfigError, GenieError
 from genie_hub.quantization import QuantAttention, QuantConv2d, QuantLinear, discover_units, quantized_ops
 from genie_hub.quantization.attention import attention, quantize_probabilities
 from genie_hub.quantization.format import FORBIDDEN_SUFFIX
@@ -252,6 +252,35 @@ def test_dequantize_removes_the_attention_matmuls(tmp_path):
     x = calibration(2, seed=3)
     with torch.no_grad():
         assert torch.allclose(model_logits(loaded, x), model_logits(model, x), atol=0.05)
+
+
+
+def test_switching_a_quantized_model_to_another_attention_is_refused_not_silent(tmp_path, caplog):
+    """transformers picks the attention function from the config on every call: after set_attn_implementation
+    ("sdpa") the quantized matmuls would be skipped and the logits quietly change."""
+    from transformers import AutoModelForImageClassification
+
+    model = tiny_model("vit")
+    config = GenieConfig.from_profile("quick", weight_bits=8, act_bits=4, reconstruction_steps=2)
+    result = quantize(model, calibration(4), config, progress=False)
+    save_quantized(result, tmp_path / "q")
+    x = calibration(2, seed=3)
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "q", attn_implementation="sdpa")
+    assert "attn_implementation='sdpa' is not used" in caplog.text
+    assert loaded.config._attn_implementation == "genie_hub"
+    for quantized in (result.model, loaded):
+        with torch.no_grad():
+            expected = model_logits(quantized, x)
+            quantized.set_attn_implementation("sdpa")
+            with pytest.raises(GenieError, match="set_attn_implementation\\('genie_hub'\\)"):
+                model_logits(quantized, x)
+            quantized.set_attn_implementation("genie_hub")
+            assert torch.equal(model_logits(quantized, x), expected)
+    loaded.dequantize()  # a floating-point model may use any attention
+    loaded.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        assert torch.isfinite(model_logits(loaded, x)).all()
 
 
 # ---- the CLI, end to end ---------------------------------------------------------------------------------

@@ -134,6 +134,11 @@ class ModelAdapter:
         """Whether `module` computes attention through the function `route_attention` installs."""
         return False
 
+    def attention_detour(self, module: nn.Module) -> str | None:
+        """Why `module`'s attention would now bypass the function `route_attention` installed (the user switched
+        the model's attention back), with how to undo it; None while it runs through that function."""
+        return None
+
     def num_labels(self, model: nn.Module) -> int | None:
         return None
 

@@ -176,6 +176,19 @@ class TransformersAdapter(ModelAdapter):
         except (OSError, TypeError):
             return False
 
+    def attention_detour(self, module: nn.Module) -> str | None:
+        """transformers looks the function up by `module.config._attn_implementation` on every call, so
+        `model.set_attn_implementation("sdpa")` (or `from_pretrained(attn_implementation=...)` under another
+        loader) reroutes a routed model without touching its modules."""
+        config = getattr(module, "config", None)
+        current = getattr(config, "_attn_implementation", ATTENTION_IMPLEMENTATION)
+        if config is None or current == ATTENTION_IMPLEMENTATION:
+            return None
+        return (f"the model's attention implementation is now {current!r} (set_attn_implementation or "
+                f"config._attn_implementation), which runs plain attention. Call "
+                f"model.set_attn_implementation({ATTENTION_IMPLEMENTATION!r}) to run the quantized attention again, "
+                "or model.dequantize() for a floating-point model")
+
     def num_labels(self, model: nn.Module) -> int | None:
         return int(model.config.num_labels)
 

@@ -27,6 +27,7 @@ genie_hub's registered attention function in `update_attn_implementation`, befor
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -39,7 +40,7 @@ from ..adapters import adapter_for
 from ..adapters.transformers_adapter import register_attention
 from ..errors import CheckpointError, GenieError
 from ..quantization import QUANTIZED_TYPES, LayerSpec, QuantizedOp, quantized_ops
-from ..quantization.attention import ATTENTION_CHILD, attention_forward
+from ..quantization.attention import ATTENTION_CHILD, attach, attention_forward
 from ..quantization.block_input import quantize_block_input, release_block_input
 from .config import GUARD_KEY, GenieQuantizationConfig, is_guard
 from .safetensors_check import read_headers
@@ -165,7 +166,13 @@ class GenieHfQuantizer(HfQuantizer):
         that exists routes here (idempotent)."""
         if any(spec.type == "QuantAttention" for spec in self.quantization_config.layers.values()):
             # Quantized attention matmuls run in genie_hub's registered attention function (see quantization/attention.py).
-            config._attn_implementation = register_attention(attention_forward)
+            implementation = register_attention(attention_forward)
+            requested = config._attn_implementation  # from_pretrained(attn_implementation=...), None if not given
+            if requested not in (None, implementation):
+                logging.getLogger("genie_hub").warning(
+                    "attn_implementation=%r is not used: this checkpoint's attention matmuls are quantized, and "
+                    "they run only in genie_hub's attention function (%r).", requested, implementation)
+            config._attn_implementation = implementation
         weights_file = self.quantization_config.weights_file
         if weights_file is not None:  # format 2: genie_model.safetensors, which plain transformers never reads
             setattr(config, GUARD_KEY, weights_file)
@@ -192,7 +199,8 @@ class GenieHfQuantizer(HfQuantizer):
                 continue  # a head module the (base) model being loaded does not have
             if spec.type == "QuantAttention":
                 format_version = self.quantization_config.format_version
-                model.set_submodule(name, _attention_child(model, ckpt_name, name, spec, format_version))
+                attach(model, name, _attention_child(model, ckpt_name, name, spec, format_version),
+                       adapter_for(model).attention_detour)
                 continue
             try:
                 fp = model.get_submodule(name)

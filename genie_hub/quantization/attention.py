@@ -4,7 +4,8 @@ transformers computes attention in one function picked by the model config (its 
 genie_hub registers `attention_forward` there through the model's adapter (`ModelAdapter.route_attention`)
 and attaches a `QuantAttention` as the child `quantized_matmul` of each module that calls it. The function
 reads that child, so the model's own code (projections, head reshapes, Swin's relative position bias and
-window masks) runs unchanged; a module without the child runs plain attention.
+window masks) runs unchanged; a module without the child runs plain attention. A module with the child refuses
+to run once the model is switched to another attention function (`attach`), which would skip the child silently.
 
 Operands: queries, keys and values get per-tensor signed grids with learned steps (the `ActQuantizer` of every
 Linear input: LSQ, QDrop during reconstruction). Scores, mask and softmax stay in floating point (FP32
@@ -20,13 +21,14 @@ attention in FP 84.64 %, uniform on [0, 1] 79.68 %, this grid (= power of two th
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import UnsupportedModelError
+from ..errors import GenieError, UnsupportedModelError
 from .format import ACT_SCALES, LayerSpec
 from .layers import QuantizedOp
 from .quantizers import ActQuantizer
@@ -109,6 +111,24 @@ def check_attention_module(name: str, module: nn.Module) -> None:
             f"genie_hub cannot quantize the attention of '{name}' ({type(module).__name__}): it is causal, and "
             "genie_hub's quantized attention handles the bidirectional attention of image classifiers only. Keep "
             f"it in floating point with --override '{name}.{ATTENTION_CHILD}=/fp' or report the model.")
+
+
+def attach(model: nn.Module, name: str, op: "QuantAttention", detour: Callable[[nn.Module], str | None]) -> None:
+    """Attach `op` at `name` (`<attention module>.quantized_matmul`) and guard its attention module: a model
+    switched to another attention function (`adapter.attention_detour` says why) would run plain attention and
+    skip `op` without a sign, so the module refuses to run instead."""
+    model.set_submodule(name, op)
+    parent = model.get_submodule(name.rpartition(".")[0])
+    if not any(isinstance(hook, functools.partial) and hook.func is _refuse_detour
+               for hook in parent._forward_pre_hooks.values()):
+        parent.register_forward_pre_hook(functools.partial(_refuse_detour, detour))
+
+
+def _refuse_detour(detour: Callable[[nn.Module], str | None], module: nn.Module, args) -> None:
+    if isinstance(module._modules.get(ATTENTION_CHILD), QuantAttention) and (why := detour(module)) is not None:
+        raise GenieError(
+            f"This {type(module).__name__}'s attention matmuls are quantized, and they run only in genie_hub's "
+            f"attention function, but {why}.")
 
 
 class QuantAttention(QuantizedOp):

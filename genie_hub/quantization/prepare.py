@@ -28,7 +28,8 @@ from ..adapters import adapter_for, model_logits
 from ..config import GenieConfig, LayerBits
 from ..errors import ConfigError, UnsupportedModelError
 from ..hooks import TemporaryHooks
-from .attention import ATTENTION_CHILD, QuantAttention, attention_forward, check_attention_module, recording_attention
+from .attention import (ATTENTION_CHILD, QuantAttention, attach, attention_forward, check_attention_module,
+                        recording_attention)
 from .block_input import quantize_block_input
 from .blocks import QUANTIZABLE, Unit, custom_forward_layers, discover_units
 from .layers import QuantConv2d, QuantizedOp, QuantLinear, QuantShortcut
@@ -200,7 +201,8 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
     for name, act in attention_bits.items():
         parent = name.rpartition(".")[0]
         check_attention_module(parent, q_model.get_submodule(parent))
-        q_model.set_submodule(name, QuantAttention.for_bits(act, range_init).to(example_input.device))
+        attach(q_model, name, QuantAttention.for_bits(act, range_init).to(example_input.device),
+               adapter_for(q_model).attention_detour)
     for name in traced:
         if name in attention:
             if name in attention_bits:
