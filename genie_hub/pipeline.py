@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .adapters import adapter_for
+from .arguments import preserved_state
 from .calibration import Calibration
 from .config import GenieConfig, make_accelerator, resolve_precision
 from .data import few_shot_folder
@@ -319,6 +320,42 @@ def seconds_per_image(model, spec, batch_size: int = 32, budget_s: float = 5.0) 
     return per_image
 
 
+def synthesis_seconds_per_image(model, spec, config: GenieConfig, budget_s: float = 5.0) -> float:
+    """Seconds per image of one real synthesis step (generator, model, prior, swing convolutions) on the model's
+    device: with a small model the generator and the prior cost more than the model's own pass (2-13x for the
+    tiny test models), so that pass alone understates synthesis. Each timing is the difference between 3 and 1
+    iterations of a fresh batch, so setting up the batch is not counted; at batch 4, then at the run's synthesis
+    batch when that is projected to take at most `budget_s`. Leaves the model and every random stream as they were."""
+    import dataclasses
+    import random
+
+    from .synthesis import synthesize_batch
+    from .synthesis.loop import synthesis_autocast
+
+    device = next(model.parameters()).device
+    autocast = synthesis_autocast(config, device)
+
+    def timed(batch: int) -> float:
+        seconds = []
+        for iterations in (1, 3):
+            steps = dataclasses.replace(config, synthesis_iterations=iterations, compile=False)
+            begin = time.perf_counter()
+            synthesize_batch(model, spec, batch, 0, steps, device=device, autocast=autocast, progress=False)
+            seconds.append(time.perf_counter() - begin)
+        return max(seconds[1] - seconds[0], seconds[1] / 6) / 2 / batch  # / 6: a floor if timing noise wins
+
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]), preserved_state(model):
+        model.eval().requires_grad_(False)  # as synthesis runs it: gradients for the images only
+        try:
+            per_image = timed(4)
+            if config.synthesis_batch_size > 4 and 3 * per_image * config.synthesis_batch_size <= budget_s:
+                per_image = timed(config.synthesis_batch_size)
+        finally:
+            random.setstate(python_state)
+    return per_image
+
+
 def warn_paper_on_cpu(model, spec, config: GenieConfig, zero_shot: bool = True) -> float:
     """Warn, with the projected duration, that the paper profile is starting on a CPU; returns the projection."""
     from .progress import paper_cpu_warning, projected_seconds
@@ -327,7 +364,8 @@ def warn_paper_on_cpu(model, spec, config: GenieConfig, zero_shot: bool = True) 
                                   reconstruction_steps=config.reconstruction_steps,
                                   reconstruction_batch_size=config.reconstruction_batch_size,
                                   seconds_per_image=seconds_per_image(model, spec, config.reconstruction_batch_size),
-                                  zero_shot=zero_shot)
+                                  synthesis_seconds_per_image=synthesis_seconds_per_image(model, spec, config)
+                                  if zero_shot else 0.0)
     logger.warning(paper_cpu_warning(projected))
     return projected
 

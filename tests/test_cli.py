@@ -510,8 +510,9 @@ def test_projected_time_of_a_run():
 
     # ResNet-50 on a 2-core CPU: about 1 s per image per forward+backward.
     paper = dict(num_samples=1024, synthesis_iterations=4000, reconstruction_steps=20000, reconstruction_batch_size=32)
-    assert projected_seconds(**paper, seconds_per_image=1.0) == 1024 * 4000 + 2 * 20000 * 32
-    assert projected_seconds(**paper, seconds_per_image=1.0, zero_shot=False) == 2 * 20000 * 32
+    assert projected_seconds(**paper, seconds_per_image=1.0, synthesis_seconds_per_image=3.0) == \
+        3 * 1024 * 4000 + 2 * 20000 * 32
+    assert projected_seconds(**paper, seconds_per_image=1.0, synthesis_seconds_per_image=0.0) == 2 * 20000 * 32
     assert format_duration(45) == "45 s" and format_duration(720) == "12 min" and format_duration(3.4 * 3600) == "3.4 h"
     assert format_duration(31 * 3600) == "31 h" and format_duration(100 * 3600) == "4.2 days"
     message = paper_cpu_warning(31 * 3600)
@@ -525,17 +526,52 @@ def test_paper_profile_on_cpu_warns_with_the_projection(tmp_path, monkeypatch, c
 
     save_tiny_model(tmp_path / "base", "resnet-basic")
     monkeypatch.setattr(pipeline, "seconds_per_image", lambda model, spec, batch_size=32: 100.0)  # a slow CPU
+    monkeypatch.setattr(pipeline, "synthesis_seconds_per_image", lambda model, spec, config: 300.0)
     tiny_paper = ["--profile", "paper", "--num-samples", "8", "--batch-size", "4", "--synthesis-iterations", "2",
                   "--reconstruction-steps", "2", "--eval-dataset", "none"]
     with caplog.at_level(logging.WARNING, logger="genie_hub"):
         assert main(["quantize", str(tmp_path / "base"), "-o", str(tmp_path / "paper"), "-q", *tiny_paper]) == 0
-    # 8 images x 2 iterations x 100 s + 2 x 2 steps x 32 images x 100 s = 14400 s
-    assert any("projected 4.0 h" in r.getMessage() for r in caplog.records), caplog.text
+    # 8 images x 2 iterations x 300 s + 2 x 2 steps x 32 images x 100 s = 17600 s
+    assert any("projected 4.9 h" in r.getMessage() for r in caplog.records), caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="genie_hub"):
         assert main(["quantize", str(tmp_path / "base"), "-o", str(tmp_path / "quick"), "-q", *TINY]) == 0
     assert not any("projected" in r.getMessage() for r in caplog.records)
 
+
+
+def test_synthesis_is_projected_from_real_synthesis_steps(tmp_path):
+    """Synthesis is timed on its real steps (generator, model, prior): with a small model the generator and the
+    prior cost more than the model's own pass, which alone understated synthesis (projected 3 min, took 23).
+    The model, its mode and every random stream are left as they were."""
+    import random
+
+    from genie_hub.loading import input_spec, load_model
+    from genie_hub import GenieConfig
+    from genie_hub.pipeline import synthesis_seconds_per_image
+
+    save_tiny_model(tmp_path / "base", "resnet-basic")
+    model, processor = load_model(str(tmp_path / "base"))
+    spec = input_spec(model, processor)
+    config = GenieConfig.from_profile("paper", synthesis_batch_size=16)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    batches = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: batches.append(len(kwargs.get(
+        "pixel_values", args[0] if args else None))), with_kwargs=True)
+    torch.manual_seed(5), random.seed(5)
+    expected_draws = torch.rand(3), random.random()
+    torch.manual_seed(5), random.seed(5)
+    assert synthesis_seconds_per_image(model, spec, config) > 0
+    assert torch.equal(torch.rand(3), expected_draws[0]) and random.random() == expected_draws[1]
+    # 1 and 3 iterations, each between the prior's measurements of the first and the last images; then the run's batch
+    assert batches == [4] * 8 + [16] * 8
+    batches.clear()
+    synthesis_seconds_per_image(model, spec, config, budget_s=0.0)
+    assert batches == [4] * 8  # a slow model is not kept waiting for a long timing pass
+    hook.remove()
+    assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 def test_seconds_per_image_leaves_the_model_untouched(tmp_path):
     from genie_hub.loading import input_spec, load_model
