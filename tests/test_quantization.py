@@ -120,6 +120,17 @@ def test_bit_exceptions_and_overrides():
     assert bits[shortcut].type == "QuantShortcut"
 
 
+
+def test_overrides_reach_only_identities_that_are_quantized_as_shortcuts():
+    """An Identity is quantized only next to a conv or linear reading the same tensor: ConvNeXt's drop_path and
+    ResNet's placeholder activations never are, so an override naming them would change nothing (helper-30)."""
+    x = calibration(2)
+    q_model, _, names = prepare_model(tiny_model("resnet-basic"), GenieConfig(overrides={"*.shortcut": {"act": 8}}), x)
+    assert all(q_model.get_submodule(n).act_bits == 8 for n in names if n.endswith(".shortcut"))
+    for family, pattern in (("convnext", "*.drop_path"), ("resnet-basic", "*.layer.1.activation")):
+        with pytest.raises(ConfigError, match=f"'\\{pattern}' match no quantized op"):
+            prepare_model(tiny_model(family), GenieConfig(overrides={pattern: {"act": 8}}), x)
+
 @pytest.mark.parametrize("bits", [1, 9, 0, "4"])
 def test_invalid_bit_widths_are_refused(bits):
     with pytest.raises(ConfigError, match="2 to 8"):

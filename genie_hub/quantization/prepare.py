@@ -159,13 +159,15 @@ def prepare_model(model: nn.Module, config: GenieConfig, example_input: torch.Te
     attention = [n for n in traced if n not in inputs]
     order = [n for n in traced if n in inputs]
     ops = [n for n in order if isinstance(fp_model.get_submodule(n), QUANTIZABLE)]
-    check_overrides(fp_model, config, ops, [n for n in order if n not in ops] + attention)
-    bits = resolve_bits(ops, config, head_ops(fp_model, example_input, ops))
-    attention_bits = _attention_bits(attention, units, config)
-
     readers: dict[int, list[str]] = {}
     for name in order:
         readers.setdefault(id(inputs[name]), []).append(name)
+    # An Identity is quantized only as a shortcut, next to a Conv2d/Linear reading the same tensor; others
+    # (ConvNeXt's drop_path, placeholders) stay as they are, so an override cannot reach them.
+    shortcuts = [n for n in order if n not in ops and any(r in ops for r in readers[id(inputs[n])])]
+    check_overrides(fp_model, config, ops, shortcuts + attention)
+    bits = resolve_bits(ops, config, head_ops(fp_model, example_input, ops))
+    attention_bits = _attention_bits(attention, units, config)
     act_overrides = {name: o["act"] for name in order for p, o in config.overrides.items()
                      if fnmatch.fnmatchcase(name, p) and "act" in o}  # the last matching pattern wins
     act_bits = {name: b.act for name, b in bits.items()}
