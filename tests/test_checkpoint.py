@@ -635,7 +635,13 @@ def test_torch_compile_of_a_loaded_model_gives_identical_logits(w4):
     assert loaded.hf_quantizer.is_compileable
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     compiled = torch.compile(loaded)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     assert torch.equal(logits(compiled, x), logits(loaded, x))
+    # One graph: the weights are dequantized inside it. The eager path's weight cache, guarded per layer, broke
+    # the graph at every layer and hit dynamo's recompile limit (helper-30).
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
 
 
 def test_unsupported_transformers_major_version_is_refused(w4, monkeypatch):

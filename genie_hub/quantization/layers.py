@@ -160,6 +160,8 @@ class QuantizedOp(nn.Module):
     def quantized_weight(self) -> torch.Tensor:
         if not self.frozen:
             return self.weight_quantizer()
+        if torch.compiler.is_compiling():  # in a graph: dequantized there (fused), no Python cache to guard on
+            return self._dequantized_weight()
         key = (id(self.weight_packed), self.weight_packed._version, self.weight_scale._version,
                self.weight_zero_point._version, self.weight_packed.device, self.weight_scale.dtype)
         # The cached tensor's own version too: an in-place edit of the returned weight (`op.weight.clamp_()`) is
@@ -168,11 +170,14 @@ class QuantizedOp(nn.Module):
         cached = self._weight_cache
         if cached is None or cached[0] != key or (not torch.is_inference_mode_enabled() if cached[1].is_inference()
                                                   else cached[1]._version != cached[2]):
-            codes = self.integer_codes().to(self.weight_scale.dtype)
-            weight = (self.weight_scale * (codes - self.weight_zero_point.to(self.weight_scale.dtype)))
-            weight = weight.view(self.weight_shape_tuple)
+            weight = self._dequantized_weight()
             self._weight_cache = (key, weight, None if weight.is_inference() else weight._version)
         return self._weight_cache[1]
+
+    def _dequantized_weight(self) -> torch.Tensor:
+        codes = self.integer_codes().to(self.weight_scale.dtype)
+        weight = self.weight_scale * (codes - self.weight_zero_point.to(self.weight_scale.dtype))
+        return weight.view(self.weight_shape_tuple)
 
     @property
     def weight(self) -> torch.Tensor:
