@@ -277,11 +277,30 @@ def test_switching_a_quantized_model_to_another_attention_is_refused_not_silent(
                 model_logits(quantized, x)
             quantized.set_attn_implementation("genie_hub")
             assert torch.equal(model_logits(quantized, x), expected)
+    loaded.set_attn_implementation("sdpa")
+    compiled = torch.compile(loaded, backend="aot_eager")
+    with torch.no_grad(), pytest.raises(GenieError, match="is now 'sdpa'"):  # compiled too
+        model_logits(compiled, x)
     loaded.dequantize()  # a floating-point model may use any attention
     loaded.set_attn_implementation("sdpa")
     with torch.no_grad():
         assert torch.isfinite(model_logits(loaded, x)).all()
 
+
+
+def test_a_compiled_quantized_vit_is_one_graph_with_the_eager_logits(tmp_path):
+    """ViT's embeddings read `projection.weight`: under torch.compile it is dequantized in the graph, which the
+    eager path's inference-mode check broke (three graph breaks per model before)."""
+    model = tiny_model("vit")
+    config = GenieConfig.from_profile("quick", weight_bits=4, act_bits=4, reconstruction_steps=2)
+    save_quantized(quantize(model, calibration(4), config, progress=False), tmp_path / "q")
+    loaded, x = from_pretrained(tmp_path / "q"), calibration(2, seed=3)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with torch.no_grad():
+        assert torch.equal(model_logits(torch.compile(loaded, backend="aot_eager"), x), model_logits(loaded, x))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
 
 # ---- the CLI, end to end ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", TRANSFORMER_FAMILIES)
