@@ -4,6 +4,7 @@ without genie_hub, corrupted files, dequantize."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import pickle
@@ -735,4 +736,14 @@ def test_saving_without_an_image_processor_says_what_it_costs(w4, tmp_path, capl
     caplog.clear()
     with caplog.at_level("WARNING", logger="genie_hub"):
         save_quantized(w4[0], tmp_path / "full", processor=processor())
-    assert "saved without an image processor" not in caplog.text
+    assert "saved without an image processor" not in caplog.text and "calibrated on" not in caplog.text
+
+
+def test_saving_with_a_processor_of_another_size_than_the_calibration_warns(w4, tmp_path, caplog):
+    """Activation ranges fit the calibration images' size: a library user who calibrates at 64 px and saves
+    the 32 px processor gets a model tuned for inputs it never sees, so it says so."""
+    assert w4[0].calibration_size == (32, 32)
+    large = dataclasses.replace(w4[0], calibration_size=(64, 64))
+    with caplog.at_level("WARNING", logger="genie_hub"):
+        save_quantized(large, tmp_path / "other", processor=processor())
+    assert "calibrated on 64x64 images, but the processor saved with it makes 32x32 ones" in caplog.text

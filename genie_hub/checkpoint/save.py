@@ -179,6 +179,8 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
         if not isinstance(data, (bytes, bytearray)):
             raise CheckpointError(f"extra_files[{name!r}] is a {type(data).__name__}: pass bytes (e.g. "
                                   "text.encode('utf-8')).")
+    if isinstance(quantized, QuantizationResult) and processor is not None:
+        _warn_other_size(quantized, processor)
     directory = through_link(save_directory)
     check_replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +194,21 @@ def save_quantized(quantized, save_directory: str | os.PathLike, processor=None,
                        "save_quantized(result, folder, processor=processor), with the processor load_model returns.",
                        directory)
     return directory
+
+
+def _warn_other_size(result: QuantizationResult, processor) -> None:
+    """Activation ranges fit the size of the images they were calibrated on (a CNN's activations change with
+    the resolution), so a processor that makes images of another size gets a model tuned for inputs it never
+    sees."""
+    from ..loading import input_spec
+
+    spec = input_spec(result.model, processor)
+    if result.calibration_size is not None and result.calibration_size != (spec.height, spec.width):
+        logger.warning(
+            "The model was calibrated on %dx%d images, but the processor saved with it makes %dx%d ones, which the "
+            "activation ranges were not fitted to. Calibrate on images the processor makes (synthesize(..., "
+            "processor=processor), or few-shot images through it) for a model that fits its inputs.",
+            *result.calibration_size, spec.height, spec.width)
 
 
 def check_savable(q_model) -> None:

@@ -47,6 +47,7 @@ class QuantizationResult:
     report: list[UnitReport]
     config: GenieConfig
     float_attention: list[str] = field(default_factory=list)  # attention modules whose matmuls stayed in FP
+    calibration_size: tuple[int, int] | None = None  # (height, width) of the calibration images
 
 
 def reconstruction_autocast(config: GenieConfig, device: torch.device | str):
@@ -125,7 +126,8 @@ def _quantize(model: nn.Module, pixel_values: torch.Tensor, config: GenieConfig,
     for op in ops.values():
         op.freeze()  # ops outside every unit (none expected) still end frozen
     return QuantizationResult(model=q_model, layers={name: ops[name].spec() for name in op_names}, units=units,
-                              report=reports, config=config, float_attention=float_attention)
+                              report=reports, config=config, float_attention=float_attention,
+                              calibration_size=tuple(pixel_values.shape[-2:]))
 
 
 def _float_attention(model: nn.Module, op_names: list[str]) -> list[str]:
