@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import GenieConfig
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, ModelLoadError
 
 
 def check_model(model: nn.Module, call: str) -> None:
@@ -32,6 +32,20 @@ def check_model(model: nn.Module, call: str) -> None:
     if other:
         raise ConfigError(f"{call}() needs a float32 model, got {', '.join(other)} parameters. Call model.float() "
                           "first (mixed precision is a setting: GenieConfig(mixed_precision='bf16')).")
+    refuse_non_finite(model, f"The model given to {call}()")
+
+
+def refuse_non_finite(model: nn.Module, name: str) -> None:
+    """Refuse a model whose float weights or buffers hold NaN or inf: it computes NaN logits, which evaluation
+    would score as wrong predictions, the Space as agreement, and synthesis or reconstruction would report as a
+    divergence blamed on the settings, after minutes of compute."""
+    for tensor_name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ModelLoadError(
+                f"{name}: its weight '{tensor_name}' holds {count} NaN or infinite value(s) of {tensor.numel()}, so "
+                "the model computes NaN or infinite logits for every image. The weights file is damaged or was "
+                "exported from a diverged training run: download or export the model again.")
 
 
 def check_config(config: GenieConfig, call: str) -> None:

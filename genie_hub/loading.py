@@ -15,6 +15,7 @@ from torch import nn
 
 from .adapters import InputSpec, adapter_for, loader_for
 from .adapters.base import ModelAdapter
+from .arguments import refuse_non_finite
 from .errors import ConfigError, ModelLoadError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -74,7 +75,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, *, revision: str |
     if revision is not None and Path(name).is_dir():  # recorded as the base model's revision, yet never used
         raise ConfigError(f"--revision {revision} names a revision of a Hub model, but {name_or_path or name} is a "
                           "local folder, which has only the files in it. Leave --revision out, or pass the Hub id.")
-    return loader_for(name).load(name, revision=revision, token=token)
+    model, processor = loader_for(name).load(name, revision=revision, token=token)
+    refuse_non_finite(model, str(name_or_path or name))
+    return model, processor
 
 
 def require_processor(processor, name: str, purpose: str, consequence: str = "report wrong numbers") -> None:

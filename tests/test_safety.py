@@ -1005,3 +1005,29 @@ def test_a_refused_folder_gets_no_lock_and_nothing_else(base, tmp_path, capsys):
     assert main(["quantize", str(base), "-o", str(folder), *TINY]) == 2
     assert "is not empty and is not a genie_hub output folder" in capsys.readouterr().err
     assert [p.name for p in folder.iterdir()] == ["thesis.txt"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_model_with_non_finite_weights_is_refused_where_it_is_loaded(base, tmp_path, capsys, value):
+    """Its logits are NaN or inf: `evaluate` scored them as 22 % top-1, the Space reported "both models agree",
+    and quantize blamed the settings for a divergence after synthesis (helper-31)."""
+    from safetensors.torch import load_file, save_file
+
+    from genie_hub import load_model
+    from genie_hub.errors import ModelLoadError
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(base, damaged)
+    tensors = load_file(damaged / "model.safetensors")
+    tensors["classifier.1.weight"][0, 0] = value
+    save_file(tensors, damaged / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="'classifier.1.weight' holds 1 NaN or infinite value"):
+        load_model(str(damaged))
+    assert main(["quantize", str(damaged), "-o", str(tmp_path / "out"), "--profile", "quick", "-q",
+                 "--eval-dataset", "none"]) == 1
+    assert "classifier.1.weight" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    model = tiny_model("resnet-basic")
+    with torch.no_grad():
+        model.classifier[1].bias[0] = value
+    with pytest.raises(ModelLoadError, match="model given to quantize\\(\\): its weight 'classifier.1.bias'"):
+        quantize(model, structured_images(4, 3, torch.Generator().manual_seed(0)), GenieConfig.from_profile("quick"))
