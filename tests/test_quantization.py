@@ -295,13 +295,39 @@ def test_reconstruction_resumes_after_the_last_finished_unit(family, tmp_path):
     assert "(config.reconstruction_steps: 10 vs now 11)" in str(refused.value)  # the setting that changed
 
 
+
+def test_a_damaged_reconstruction_state_is_redone_not_a_traceback(tmp_path, caplog):
+    """A truncated state file (a full disk, a copy cut short) raised safetensors' traceback on every rerun, and one
+    with NaN scales failed at saving, blamed on the calibration data (helper-31): its units are made again."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model, data = tiny_model("resnet-basic"), calibration(16)
+    config = GenieConfig.from_profile("quick", reconstruction_steps=3)
+    truncated, non_finite = tmp_path / "truncated.safetensors", tmp_path / "non_finite.safetensors"
+    first = quantize(model, data, config, state_path=truncated, progress=False)
+    with safe_open(str(truncated), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(truncated)
+    tensors[next(k for k, t in tensors.items() if k.endswith("input_scale") and t.numel())].fill_(float("nan"))
+    save_file(tensors, non_finite, metadata=metadata)
+    truncated.write_bytes(truncated.read_bytes()[:-300])
+    x = calibration(4, seed=3)
+    for state in (truncated, non_finite):
+        with caplog.at_level("WARNING", logger="genie_hub"):
+            again = quantize(model, data, config, state_path=state, progress=False)
+        assert f"Ignoring the unreadable reconstruction state {state}" in caplog.text
+        assert not any(r.resumed for r in again.report)
+        assert torch.equal(model_logits(again.model, x), model_logits(first.model, x))
+
+
 def test_divergence_names_the_unit_and_keeps_finished_units(tmp_path):
     model = tiny_model("resnet-basic")
-    with torch.no_grad():  # an FP model that produces inf inside the last residual block
-        model.resnet.encoder.stages[1].layers[0].layer[1].normalization.bias.fill_(float("inf"))
+    with torch.no_grad():  # finite weights (a NaN/inf one is refused up front) whose activations overflow to inf
+        model.resnet.encoder.stages[1].layers[0].layer[1].normalization.bias.fill_(3e38)
     state = tmp_path / "reconstruction.safetensors"
     config = GenieConfig.from_profile("quick", reconstruction_steps=5)
-    with pytest.raises(ReconstructionDivergedError, match="resnet.encoder.stages.1.layers.0"):
+    with pytest.raises(ReconstructionDivergedError, match="Reconstruction of unit 'classifier.1' diverged"):
         quantize(model, calibration(16), config, state_path=state, progress=False)
     from safetensors import safe_open
     import json
@@ -309,7 +335,7 @@ def test_divergence_names_the_unit_and_keeps_finished_units(tmp_path):
     with safe_open(str(state), framework="pt") as handle:
         finished = [u["name"] for u in json.loads(handle.metadata()["finished"])]
     assert finished == ["resnet.embedder.embedder.convolution", "resnet.encoder.stages.0.layers.0",
-                        "resnet.encoder.stages.0.layers.1"]
+                        "resnet.encoder.stages.0.layers.1", "resnet.encoder.stages.1.layers.0"]  # every unit before it
 
 
 def test_round_to_nearest_baseline_has_no_training():

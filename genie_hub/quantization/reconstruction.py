@@ -275,19 +275,36 @@ class ReconstructionState:
         self.tensors: dict[str, torch.Tensor] = {}
         self.signed: dict[str, bool | None] = {}
         if self.path is not None and self.path.exists():
-            from safetensors import safe_open
+            try:
+                saved, tensors, finished, signed = self._read()
+            except Exception as exc:  # noqa: BLE001 - truncated, overwritten or edited: its units are made again
+                logger.warning("Ignoring the unreadable reconstruction state %s (%s: %s); every unit is "
+                               "reconstructed again.", self.path, type(exc).__name__, first_line(exc))
+                return
+            if _without_synthesis_settings(saved) != _without_synthesis_settings(fingerprint):
+                raise ConfigError(
+                    f"{self.path} holds a reconstruction made with different settings, calibration data or "
+                    f"model ({fingerprint_differences(saved, fingerprint)}). Use a new --output-dir, or delete "
+                    "that file to start the reconstruction over.")
+            self.tensors, self.finished, self.signed = tensors, finished, signed
 
-            with safe_open(str(self.path), framework="pt") as handle:
-                meta = handle.metadata() or {}
-                saved = json.loads(meta.get("fingerprint", "{}"))
-                if _without_synthesis_settings(saved) != _without_synthesis_settings(fingerprint):
-                    raise ConfigError(
-                        f"{self.path} holds a reconstruction made with different settings, calibration data or "
-                        f"model ({fingerprint_differences(saved, fingerprint)}). Use a new --output-dir, or delete "
-                        "that file to start the reconstruction over.")
-                self.tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-            self.finished = json.loads(meta["finished"])
-            self.signed = json.loads(meta["signed"])
+    def _read(self) -> tuple[dict, dict[str, torch.Tensor], list[dict], dict[str, bool | None]]:
+        """(fingerprint, tensors, finished units, signedness) of the state file; raises on anything damaged,
+        non-finite tensors included (freeze() never stores them)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        damaged = next((k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())),
+                       None)
+        if damaged is not None:
+            raise ValueError(f"{damaged} holds NaN or infinite values")
+        finished, signed = json.loads(meta["finished"]), json.loads(meta["signed"])
+        if not isinstance(finished, list) or not all(isinstance(r, dict) and "name" in r for r in finished) \
+                or not isinstance(signed, dict):
+            raise ValueError("its list of finished units is malformed")
+        return json.loads(meta.get("fingerprint", "{}")), tensors, finished, signed
 
     def done(self, unit_name: str) -> dict | None:
         return next((r for r in self.finished if r["name"] == unit_name), None)
