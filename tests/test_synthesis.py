@@ -454,6 +454,27 @@ def test_synthesis_resumes_its_shards_with_another_batches_per_step(tmp_path):
     assert torch.allclose(again.pixel_values[4:], first.pixel_values[4:], atol=1e-4)
 
 
+
+def test_a_damaged_shard_is_synthesized_again(tmp_path, caplog):
+    """A shard with NaN pixels (edited, or damaged on disk) resumed, and the run stopped later saying the
+    calibration images hold NaN (helper-31); one whose images cannot be read is made again too."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model("resnet-basic")
+    config = GenieConfig.from_profile("quick", num_samples=8, synthesis_batch_size=4, synthesis_iterations=3)
+    first = synthesize(model, config, spec=input_spec(model), output_dir=tmp_path, progress=False)
+    shard = tmp_path / "batch_00001.safetensors"
+    with safe_open(str(shard), framework="pt") as handle:
+        metadata = handle.metadata()
+    for tensors in ({"pixel_values": load_file(shard)["pixel_values"].clone().fill_(float("nan"))},
+                    {"other": torch.zeros(1)}):
+        save_file(tensors, shard, metadata=metadata)
+        with caplog.at_level("WARNING", logger="genie_hub"):
+            again = synthesize(model, config, spec=input_spec(model), output_dir=tmp_path, progress=False)
+        assert f"Ignoring damaged shard {shard}" in caplog.text
+        assert torch.equal(again.pixel_values, first.pixel_values)
+
 @pytest.mark.parametrize("family", ["resnet-bottleneck", "vit"])
 def test_a_prior_attached_to_several_batches_gives_each_its_own_loss_and_gradient(family):
     """The BatchNorm and patch-similarity priors over a forward of two batches: each batch's loss and

@@ -312,7 +312,14 @@ class ShardStore:
                 f"{self.directory} already holds synthetic images made with different settings or another "
                 f"model ({path.name}, {differing}). Use a new --output-dir, or start over there "
                 "(`genie_hub quantize --overwrite` deletes that folder with the rest of the run's work).")
-        return True
+        try:  # synthesis never stores a non-finite image (it stops on a NaN loss): a damaged or edited file
+            readable = bool(torch.isfinite(self.load(batch_index)).all())
+        except Exception:  # noqa: BLE001 - truncated data, another tensor name
+            readable = False
+        if not readable:
+            logger.warning("Ignoring damaged shard %s (unreadable images or NaN/infinite pixels); it will be "
+                           "synthesized again.", path)
+        return readable
 
     def save(self, batch_index: int, images: torch.Tensor, stats: BatchStats) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
