@@ -190,7 +190,7 @@ def test_calibration_from_folder(tmp_path, caplog):
     assert torch.equal(a, b) and not torch.equal(a, c)
     with caplog.at_level("WARNING", logger="genie_hub.data"):
         everything = load_calibration_images(str(folder), processor, spec, num_samples=50, seed=0)
-    assert any("has only 9 image(s)" in r.getMessage() for r in caplog.records)
+    assert any("has only 9 readable image(s)" in r.getMessage() for r in caplog.records)
     assert everything.shape == (9, 1, 28, 28)
     from transformers import ViTImageProcessor
 
@@ -341,6 +341,23 @@ def test_a_decompression_bomb_in_a_few_shot_folder_is_skipped_like_any_unreadabl
     assert x.shape[0] == 1
     assert any("bomb.png (DecompressionBombError)" in r.getMessage() for r in caplog.records)
 
+
+
+def test_an_unreadable_few_shot_file_gives_its_place_to_the_next_one(tmp_path, caplog):
+    """8 images asked of 9 readable files and 2 broken ones: 8 are used (7 before, and "has only 7 image(s)"),
+    and the readable ones drawn are those an all-readable folder gives, in the same order (helper-31)."""
+    folder = _image_folder(tmp_path / "calib", 9)
+    processor, spec = vit_processor(), InputSpec(1, 28, 28, (0.286,), (0.353,))
+    clean = load_calibration_images(str(folder), processor, spec, num_samples=9, seed=0)
+    for name in ("bad1.jpg", "bad2.png"):
+        (folder / name).write_text("not an image")
+    with caplog.at_level("WARNING", logger="genie_hub.data"):
+        x = load_calibration_images(str(folder), processor, spec, num_samples=8, seed=0)
+    assert x.shape[0] == 8 and not any("has only" in r.getMessage() for r in caplog.records)
+    assert any("Skipped" in r.getMessage() and "unreadable image file" in r.getMessage()  # seed 0 draws one
+               for r in caplog.records)
+    assert all(any(torch.equal(image, c) for c in clean) for image in x)
+    assert len({tuple(image.flatten()[:50].tolist()) for image in x}) == 8
 
 def test_calibration_from_fashion_mnist(fake_fmnist, monkeypatch):
     root, arrays = fake_fmnist

@@ -59,11 +59,12 @@ def _calibration_files(folder: Path, split: str | None = None) -> list[Path]:
 
 def _folder_images(folder: Path, num_samples: int, seed: int, split: str | None = None) -> list:
     files = _calibration_files(folder, split)
-    chosen = [files[i] for i in _subset(len(files), num_samples, seed)]
     images, bad = [], []
-    for path in chosen:
-        image = decode_image({"path": str(path)})
+    for index in _subset(len(files), len(files), seed):  # the seeded order; an unreadable file's place goes to
+        image = decode_image({"path": str(files[index])})  # the next file, so N readable images are N
         (bad if isinstance(image, str) else images).append(image)
+        if len(images) == num_samples:
+            break
     if bad:
         logger.warning("Skipped %d unreadable image file(s) in %s: %s%s", len(bad), folder, ", ".join(bad[:5]),
                        " ..." if len(bad) > 5 else "")
@@ -222,6 +223,6 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
     else:
         pil_images = _hub_images(where, config, split, num_samples, seed)
     if len(pil_images) < num_samples:
-        logger.warning("Calibration source '%s' has only %d image(s); using all of them instead of %d.", source,
+        logger.warning("Calibration source '%s' has only %d readable image(s); using all of them instead of %d.", source,
                        len(pil_images), num_samples)
     return to_pixel_values(pil_images, processor, spec)
