@@ -270,15 +270,28 @@ def test_a_phone_photo_is_fed_upright_as_its_exif_orientation_says(fast_app, tmp
 
 
 def test_transparent_pixels_become_white_in_every_mode(fast_app, tmp_path):
-    """RGBA flattened on white; so must be grayscale, RGB and palette images with a transparent colour (tRNS)."""
-    for mode, transparent in (("L", 0), ("RGB", (0, 0, 0)), ("P", 0), ("RGBA", None)):
-        image = Image.new(mode, (32, 32), 0 if mode != "RGBA" else (0, 0, 0, 0))
-        image.paste(128 if mode in ("L", "P") else (128, 128, 128, 255)[:len(mode)], (8, 8, 24, 24))
+    """RGBA flattened on white; so must be grayscale, RGB and palette images with a transparent colour (tRNS).
+    `evaluate` and few-shot folders read them the same way: they kept the hidden colour, so one file got another
+    prediction there than in the Space (helper-31)."""
+    from transformers import ViTImageProcessor
+
+    from genie_hub.data.pixels import decode_image
+    from genie_hub.loading import InputSpec, to_pixel_values
+
+    processors = {c: ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * c, image_std=[0.5] * c)
+                  for c in (1, 3)}
+    for mode, transparent in (("L", 0), ("RGB", (0, 0, 0)), ("P", 0), ("RGBA", None), ("LA", None)):
+        image = Image.new(mode, (32, 32), 0 if mode not in ("RGBA", "LA") else (0,) * len(mode))
+        image.paste(128 if mode in ("L", "P") else (128, 128, 128, 255)[-len(mode):], (8, 8, 24, 24))
         path = tmp_path / f"{mode}.png"
         image.save(path, **({"transparency": transparent} if transparent is not None else {}))
-        prepared = fast_app.prepare_image(str(path), 3)
-        assert prepared.getpixel((0, 0)) == (255, 255, 255), mode
-        assert prepared.getpixel((16, 16))[0] < 255, mode
+        for channels in (3, 1):
+            prepared = fast_app.prepare_image(str(path), channels)
+            assert prepared.getpixel((0, 0)) == ((255, 255, 255) if channels == 3 else 255), mode
+            assert (prepared.getpixel((16, 16)) if channels == 1 else prepared.getpixel((16, 16))[0]) < 255, mode
+            spec = InputSpec(channels, 32, 32)
+            read = to_pixel_values([decode_image({"path": str(path)})], processors[channels], spec)
+            assert torch.equal(read, to_pixel_values([prepared], processors[channels], spec)), (mode, channels)
 
 
 def test_unreadable_and_damaged_files_get_the_apps_message_without_server_paths(fast_app, models, tmp_path, coffee):

@@ -42,6 +42,22 @@ def eight_bit(image):
     return Image.fromarray(np.nan_to_num(values).clip(0, 255).round().astype(np.uint8))  # 2-D uint8: "L"
 
 
+def in_model_mode(image, mode: str):
+    """`image` in `mode` ("L" or "RGB") as genie_hub reads every image (evaluation sets, few-shot folders, the
+    Space), so that they all feed a model the same pixels: 16-bit and float pixels rescaled (`eight_bit`),
+    transparent pixels composited on white, as a browser shows them (PIL's convert drops the alpha and keeps
+    whatever colour transparent pixels store, often black), colour spaces PIL cannot turn into "L" via RGB."""
+    from PIL import Image
+
+    image = eight_bit(image)
+    if image.mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in image.info:  # also L/RGB/P with tRNS
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    elif image.mode in ("LAB", "HSV", "YCbCr", "CMYK"):
+        image = image.convert("RGB")
+    return image.convert(mode)
+
+
 def real_images_refused(channels: int) -> str:
     """Why images (photos: RGB or grayscale) cannot be the inputs of a model of `channels` channels."""
     return (f"The model takes {channels}-channel inputs, and images (few-shot sources, evaluation sets, photos) have "
@@ -152,7 +168,7 @@ class ModelAdapter:
 
             raise DataError(real_images_refused(spec.channels))
         mode = "L" if spec.channels == 1 else "RGB"
-        converted = [eight_bit(im).convert(mode) for im in images]
+        converted = [in_model_mode(im, mode) for im in images]
         if processor is None:
             import numpy as np
 

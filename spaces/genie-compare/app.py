@@ -45,7 +45,7 @@ from PIL import Image, ImageOps  # noqa: E402
 
 import genie_hub  # noqa: E402,F401  (registers the "genie" quantization method with transformers)
 from genie_hub.adapters import adapter_for, model_logits  # noqa: E402
-from genie_hub.adapters.base import eight_bit  # noqa: E402
+from genie_hub.adapters.base import in_model_mode  # noqa: E402
 from genie_hub.errors import GenieError  # noqa: E402
 from genie_hub.evaluation import input_differences  # noqa: E402
 from genie_hub.fileio import atomic_path  # noqa: E402
@@ -372,16 +372,8 @@ def prepare_image(image, channels: int) -> Image.Image:
         image = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as stored
         pass
-    try:
-        if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-            image = eight_bit(image)  # 16/32-bit or float pixels: rescaled as genie_hub reads them, not clipped
-        elif mode in ("RGBA", "RGBa", "LA", "PA") or "transparency" in image.info:  # also L/RGB/P with tRNS
-            rgba = image.convert("RGBA")  # transparent areas become white, not black
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, rgba).convert("RGB")
-        elif mode in ("LAB", "HSV", "YCbCr", "CMYK"):
-            image = image.convert("RGB")
-        return image.convert(target)
+    try:  # as evaluate and few-shot read images: rescaled 16-bit/float pixels, transparent areas on white
+        return in_model_mode(image, target)
     except Exception as exc:
         raise gr.Error(f"Cannot convert the image from mode '{mode}' to {target} ({exc}).",
                        title="Unsupported image mode") from exc
