@@ -150,9 +150,11 @@ def bits_tag(bits: int) -> str:
     return f"{bits}-bit"
 
 
-def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None = None, revision: str | None = None):
+def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None = None, revision: str | None = None,
+                      load_id: str | None = None):
     """The quantized model's card, for the model repo `repo_id` (linked to the calibration set's repo); its load
-    snippets name `revision` when the model is pushed to a branch (main may be empty there)."""
+    snippets load `load_id` (default `repo_id`; before a push, the relative `OUT/model` folder, which loads from
+    OUT's parent) and name `revision` when the model is pushed to a branch (main may be empty there)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     config = run.config
@@ -178,7 +180,8 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
     units = run.units
     return ModelCard.from_template(
         card_data, template_path=str(template_path("genie_model_card.md")),
-        model_name=repo_id.split("/")[-1], repo_id=repo_id, revision=_branch(revision), base_model=names.base_model,
+        model_name=repo_id.split("/")[-1], repo_id=repo_id, load_id=load_id or repo_id, revision=_branch(revision),
+        base_model=names.base_model,
         dataset_repo_id=dataset_repo_id,
         weight_bits=config["weight_bits"], act_bits=config["act_bits"], zero_shot=run.zero_shot,
         calibration_source=names.calibration_source,

@@ -224,7 +224,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
         model_id = model_id or layout.root.resolve().name
         dataset_id = dataset_id or f"{model_id}-calibration"
         edited = _edited_cards(layout, previous)
-        card = str(render_model_card(run, repo_id=model_id)).encode("utf-8")
+        card = str(render_model_card(run, repo_id=model_id, load_id=None if run.push else f"{model_id}/model"))
+        card = card.encode("utf-8")
         save_quantized(result, layout.model_dir, processor=processor, keep_added_files=True,
                        extra_files={} if "model" in edited else {"README.md": card})
         if calibration.zero_shot:
