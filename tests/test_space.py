@@ -294,6 +294,18 @@ def test_transparent_pixels_become_white_in_every_mode(fast_app, tmp_path):
             assert torch.equal(read, to_pixel_values([prepared], processors[channels], spec)), (mode, channels)
 
 
+
+def test_a_camera_photo_over_the_pixel_limit_is_read_at_a_reduced_scale(fast_app, tmp_path, monkeypatch):
+    """A 24 MP phone or DSLR JPEG was refused as "too large" (helper-31): JPEG decodes at 1/2 to 1/8 scale for
+    the cost of that size. A PNG over the limit is still refused before decoding."""
+    monkeypatch.setattr(fast_app, "MAX_PIXELS", 100 * 100)  # the same rule at a size a test can write quickly
+    Image.new("RGB", (300, 250), (30, 120, 200)).save(tmp_path / "photo.jpg", quality=90)
+    prepared = fast_app.prepare_image(str(tmp_path / "photo.jpg"), 3)
+    assert prepared.size == (75, 63) and abs(prepared.getpixel((30, 30))[2] - 200) < 8  # 1/4 scale, its colours
+    Image.new("RGB", (300, 250)).save(tmp_path / "large.png")
+    with pytest.raises(gr.Error, match="too large"):
+        fast_app.prepare_image(str(tmp_path / "large.png"), 3)
+
 def test_unreadable_and_damaged_files_get_the_apps_message_without_server_paths(fast_app, models, tmp_path, coffee):
     text = tmp_path / "notes.png"
     text.write_text("not an image")

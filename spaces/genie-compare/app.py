@@ -345,6 +345,13 @@ def check_image(image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise gr.Error(f"Unsupported image type {type(image).__name__}.", title="Unsupported image")
     width, height = image.size  # from the header: nothing is decoded yet for a file
+    if width * height > MAX_PIXELS and getattr(image, "format", None) == "JPEG":
+        # A camera photo (24-50 MP): JPEG decodes at 1/2, 1/4 or 1/8 scale for the cost of that size, and every
+        # model reads far fewer pixels than that.
+        scale = next((k for k in (2, 4, 8) if -(-width // k) * -(-height // k) <= MAX_PIXELS), None)
+        if scale is not None:
+            image.draft(image.mode, (width // scale, height // scale))
+            width, height = image.size
     if width * height > MAX_PIXELS:
         raise gr.Error(f"The image is too large ({width}x{height} px): at most {MAX_PIXELS // 1_000_000} megapixels "
                        "are accepted. Downscale it first.", title="Image too large")
