@@ -202,8 +202,9 @@ def launch_space(fp32: str | None = None, quantized: str | None = None, *, zoo: 
     return demo
 
 
-def _recorded_base(quantized: str) -> str | None:
-    """The base model recorded in run.json beside a `genie_hub quantize` output's model/ folder, if any."""
+def _recorded_base(quantized: str) -> tuple[str | None, bool]:
+    """(the base model recorded in run.json beside a `genie_hub quantize` output's model/ folder, whether it can
+    be loaded from here); (None, False) without a record."""
     from .outputs import RUN_FILE, RunRecord
 
     from .cards import public_names
@@ -211,13 +212,13 @@ def _recorded_base(quantized: str) -> str | None:
     try:
         record = RunRecord.load(Path(quantized).expanduser().parent / RUN_FILE)
         if record is None or not record.base_model:
-            return None
+            return None, False
         base = str(record.base_model)
         # A folder that is here, or a Hub id; never a relative folder an older genie_hub recorded, which from this
         # directory would be another folder, or be looked up on the Hub.
-        return base if Path(base).expanduser().is_dir() or public_names(record).base_model_hub_id == base else None
+        return base, Path(base).expanduser().is_dir() or public_names(record).base_model_hub_id == base
     except (OSError, ValueError, TypeError):
-        return None
+        return None, False
 
 
 def _model_pair(app: ModuleType, fp32: str | None, quantized: str | None) -> tuple[str, str]:
@@ -229,11 +230,14 @@ def _model_pair(app: ModuleType, fp32: str | None, quantized: str | None) -> tup
     quantized = quantized or os.environ.get(app.QUANTIZED_ENV) or None
     if fp32 is None and quantized is not None:
         _check_local_model(quantized, "--quantized")  # a typo or an OUT folder: said, not "needs --fp32"
-        fp32 = _recorded_base(quantized)
-        if not fp32:
+        recorded, usable = _recorded_base(quantized)
+        if not usable:
+            why = (f" Its run.json records the base model {recorded}, which is no folder here (moved or deleted?)."
+                   if recorded else "")
             raise GenieError(f"--quantized {quantized} needs --fp32 too (or ${app.FP32_ENV}): pass the model it was "
                              "quantized from (a genie_hub output's model/ folder finds it by itself, from the run.json "
-                             "beside it, where that names a Hub id or a folder on this machine).")
+                             f"beside it, where that names a Hub id or a folder on this machine).{why}")
+        fp32 = recorded
         logger.info("Comparing %s with its base model %s.", quantized, fp32)
     if quantized is None and fp32 is not None:
         raise GenieError(f"--fp32 {fp32} needs --quantized too (or ${app.QUANTIZED_ENV}): pass the quantized model "

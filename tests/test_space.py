@@ -410,6 +410,10 @@ def test_one_model_alone_is_never_paired_with_the_embedded_default(app, models, 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(GenieError, match="needs --fp32 too"):
         _model_pair(app, None, str(out / "model"))
+    moved = str(tmp_path / "moved-away")  # a base folder moved after the run: the message says so (helper-31)
+    RunRecord(base_model=moved).save(out / "run.json")
+    with pytest.raises(GenieError, match=f"needs --fp32 too.*records the base model {moved}, which is no folder here"):
+        _model_pair(app, None, str(out / "model"))
 
 
 def test_a_folder_rewritten_while_the_app_runs_is_loaded_again(app, tmp_path):
