@@ -223,6 +223,6 @@ def load_calibration_images(source: str, processor, spec: InputSpec, num_samples
     else:
         pil_images = _hub_images(where, config, split, num_samples, seed)
     if len(pil_images) < num_samples:
-        logger.warning("Calibration source '%s' has only %d readable image(s); using all of them instead of %d.", source,
-                       len(pil_images), num_samples)
+        logger.warning("Calibration source '%s' has only %d readable image(s); using all of them instead of %d.",
+                       source, len(pil_images), num_samples)
     return to_pixel_values(pil_images, processor, spec)

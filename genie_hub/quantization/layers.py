@@ -187,7 +187,9 @@ class QuantizedOp(nn.Module):
         if not self.has_weight:
             raise AttributeError(f"{type(self).__name__} has no weight")
         weight = self.quantized_weight()
-        if not torch.compiler.is_compiling() and weight.is_inference():  # no version counter: an in-place edit could not be noticed, so hand out a copy
+        # No version counter: an in-place edit could not be noticed, so hand out a copy (a compiled graph makes
+        # its own tensor, and dynamo cannot trace is_inference).
+        if not torch.compiler.is_compiling() and weight.is_inference():
             weight = weight.clone()
         # In the dtype of the op's float parameters: a model loaded with dtype=bfloat16 keeps its scales in fp32,
         # and ViT's embeddings cast pixel_values to `projection.weight.dtype` before their bf16 LayerNorms.
