@@ -201,6 +201,31 @@ def test_a_shard_index_pointing_outside_the_folder_is_refused(checkpoint, tmp_pa
         LOADERS[loader](folder)
 
 
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_weights_file_linked_out_of_its_folder_is_refused_but_a_hub_cache_snapshot_loads(checkpoint, tmp_path,
+                                                                                           loader):
+    """A link to another checkpoint's weights loaded them under this folder's config (logits moved by 5,
+    helper-31). The Hub cache's own links (snapshots/<rev>/file -> ../../blobs/<hash>) must keep working."""
+    folder = _copy(checkpoint, tmp_path)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    shutil.move(folder / "genie_model.safetensors", elsewhere)
+    (folder / "genie_model.safetensors").symlink_to(elsewhere)
+    with pytest.raises(CheckpointError, match="is a symbolic link to .*outside its folder"):
+        LOADERS[loader](folder)
+    cache = tmp_path / "models--owner--name"
+    snapshot = cache / "snapshots" / "0123abcd"
+    (cache / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for item in checkpoint.iterdir():
+        blob = cache / "blobs" / hashlib.sha256(item.name.encode()).hexdigest()
+        shutil.copy(item, blob)
+        (snapshot / item.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    x = structured_images(2, 3, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(LOADERS[loader](snapshot)(pixel_values=x).logits,
+                           from_pretrained(checkpoint)(pixel_values=x).logits)
+
 def test_a_model_cast_to_float16_is_refused_before_anything_is_written(checkpoint, tmp_path):
     model = from_pretrained(checkpoint).to(torch.float16)
     with pytest.raises(CheckpointError, match=r"float16 .*model.to\(torch.float32\).save_pretrained"):

@@ -136,9 +136,25 @@ def read_headers(files: list[str | os.PathLike]) -> dict[str, tuple[dict, Path]]
         path = Path(file)
         if not path.exists():
             raise CheckpointError(f"The checkpoint file {path} is missing. Save or download the checkpoint again.")
-        for name, info in read_header(path).items():
+        header = read_header(path)  # first: a link to a device or a folder is named as not a regular file
+        refuse_foreign_link(path)
+        for name, info in header.items():
             if name in merged:
                 raise CheckpointError(f"Tensor '{name}' appears in both {merged[name][1]} and {path}: the shards are "
                                       "inconsistent. Save or download the checkpoint again.")
             merged[name] = (info, path)
     return merged
+
+
+def refuse_foreign_link(path: Path) -> None:
+    """A weights file that is a symbolic link must stay inside its folder, or be a Hugging Face cache snapshot's
+    link to the cache's `blobs/` (snapshots/<revision>/file -> ../../blobs/<hash>): a link elsewhere loads
+    another checkpoint's weights, which its headers may well match, under this folder's config and card."""
+    if not path.is_symlink():
+        return
+    folder, target = path.parent.resolve(), path.resolve()
+    if folder in target.parents or target.parent == folder.parent.parent / "blobs":
+        return
+    raise CheckpointError(f"The weights file {path} is a symbolic link to {target}, outside its folder: the folder "
+                          "would load another checkpoint's weights. Copy the real file into the folder, or load the "
+                          "folder the link points into.")
