@@ -23,8 +23,8 @@ from .checkpoint import register as _register_checkpoint_format  # noqa: E402
 _register_checkpoint_format()  # AutoModelForImageClassification.from_pretrained now reads genie checkpoints
 
 from .adapters import InputSpec  # noqa: E402
-from .api import (Calibration, QuantizationResult, from_pretrained, input_spec, load_model, quantize,  # noqa: E402
-                  save_quantized, synthesize, verify_checkpoint)
+from .api import (Calibration, QuantizationResult, from_pretrained, input_spec, load_model, open_image,  # noqa: E402
+                  quantize, save_quantized, synthesize, verify_checkpoint)
 from .checkpoint import GenieQuantizationConfig  # noqa: E402
 from .config import GenieConfig, LayerBits  # noqa: E402
 from .errors import (CheckpointError, ConfigError, DataError, GenieError, ModelLoadError,  # noqa: E402
@@ -33,4 +33,4 @@ from .errors import (CheckpointError, ConfigError, DataError, GenieError, ModelL
 __all__ = ["Calibration", "CheckpointError", "ConfigError", "DataError", "GenieConfig", "GenieError",
            "GenieQuantizationConfig", "InputSpec", "LayerBits", "ModelLoadError", "NoBatchNormError", "PushError",
            "QuantizationResult", "ReconstructionDivergedError", "__version__", "from_pretrained", "input_spec",
-           "load_model", "quantize", "save_quantized", "synthesize", "verify_checkpoint"]
+           "load_model", "open_image", "quantize", "save_quantized", "synthesize", "verify_checkpoint"]

@@ -16,6 +16,7 @@ from torch import nn
 from .calibration import Calibration
 from .checkpoint import bind, from_pretrained, save_quantized, verify_checkpoint
 from .config import GenieConfig
+from .data.pixels import open_image
 from .loading import input_spec, load_model
 from .quantization import QuantizationResult
 from .quantization import quantize as _quantize
@@ -34,4 +35,4 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
 
 
 __all__ = ["Calibration", "GenieConfig", "QuantizationResult", "from_pretrained", "input_spec", "load_model",
-           "quantize", "save_quantized", "synthesize", "verify_checkpoint"]
+           "open_image", "quantize", "save_quantized", "synthesize", "verify_checkpoint"]

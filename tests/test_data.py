@@ -359,6 +359,31 @@ def test_an_unreadable_few_shot_file_gives_its_place_to_the_next_one(tmp_path, c
     assert all(any(torch.equal(image, c) for c in clean) for image in x)
     assert len({tuple(image.flatten()[:50].tolist()) for image in x}) == 8
 
+
+def test_open_image_reads_a_file_as_evaluate_and_the_space_do(tmp_path):
+    """The grayscale card's snippet used Image.open(...).convert("L"): a 16-bit PNG became white and a phone
+    photo lay sideways, where evaluate and the Space read them right (helper-31)."""
+    from PIL import Image
+
+    from genie_hub import DataError, open_image
+
+    values = np.arange(0, 240, dtype=np.uint8).reshape(12, 20)
+    Image.fromarray(values.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    assert np.array_equal(np.asarray(open_image(tmp_path / "deep.png", "L")), values)
+    assert (np.asarray(Image.open(tmp_path / "deep.png").convert("L"))[values > 0] == 255).all()  # PIL alone: white
+    sideways = Image.new("RGB", (30, 10), (200, 20, 20))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees to view"
+    sideways.save(tmp_path / "phone.jpg", exif=exif)
+    assert open_image(tmp_path / "phone.jpg").size == (10, 30)
+    Image.new("LA", (8, 8), (0, 0)).save(tmp_path / "clear.png")
+    assert open_image(tmp_path / "clear.png", "L").getpixel((0, 0)) == 255
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(DataError, match="notes.png"):
+        open_image(tmp_path / "notes.png")
+    with pytest.raises(ConfigError, match="'L'"):
+        open_image(tmp_path / "deep.png", "CMYK")
+
 def test_calibration_from_fashion_mnist(fake_fmnist, monkeypatch):
     root, arrays = fake_fmnist
     monkeypatch.setenv("GENIE_HUB_FASHION_MNIST_DIR", str(root))

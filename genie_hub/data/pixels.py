@@ -125,3 +125,19 @@ def decode_image(value: dict):
                 return image.copy()
     except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, DecompressionBombError, ...
         return f"{where} ({type(exc).__name__})"
+
+
+def open_image(path: str | Path, mode: str = "RGB"):
+    """An image file as genie_hub reads every image (evaluate, few-shot folders, the Space), in `mode` ("L" or
+    "RGB"): upright as its EXIF orientation says, 16-bit and float pixels rescaled rather than clipped, transparent
+    pixels on white. `Image.open(path).convert(mode)` clips a 16-bit PNG to white and ignores EXIF, so a model
+    card's snippet uses this to predict what genie_hub measured."""
+    from ..adapters.base import in_model_mode
+    from ..errors import DataError
+
+    if mode not in ("L", "RGB"):
+        raise ConfigError(f"mode must be 'L' (one channel) or 'RGB', got {mode!r}.")
+    image = decode_image({"path": str(path)})
+    if isinstance(image, str):
+        raise DataError(f"Cannot read {path} as an image: {image}, not a readable image file.")
+    return in_model_mode(image, mode)
