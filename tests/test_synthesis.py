@@ -470,6 +470,7 @@ def test_a_damaged_shard_is_synthesized_again(tmp_path, caplog):
     for tensors in ({"pixel_values": load_file(shard)["pixel_values"].clone().fill_(float("nan"))},
                     {"other": torch.zeros(1)}):
         save_file(tensors, shard, metadata=metadata)
+        caplog.clear()
         with caplog.at_level("WARNING", logger="genie_hub"):
             again = synthesize(model, config, spec=input_spec(model), output_dir=tmp_path, progress=False)
         assert f"Ignoring damaged shard {shard}" in caplog.text
