@@ -343,6 +343,21 @@ def test_a_decompression_bomb_in_a_few_shot_folder_is_skipped_like_any_unreadabl
 
 
 
+
+def test_a_very_large_image_is_read_and_named(tmp_path, monkeypatch, caplog, recwarn):
+    """Between PIL's limit and twice it, PIL only warns, with no file name (under -q a bare line, helper-31)."""
+    from PIL import Image
+
+    from genie_hub.data.pixels import decode_image
+
+    Image.new("RGB", (40, 40), (1, 2, 3)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 px: over the limit, under twice it
+    with caplog.at_level("WARNING", logger="genie_hub.data"):
+        image = decode_image({"path": str(tmp_path / "huge.png")})
+    assert image.size == (40, 40) and image.getpixel((0, 0)) == (1, 2, 3)
+    assert "huge.png is a very large image (40x40 px)" in caplog.text
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
 def test_an_unreadable_few_shot_file_gives_its_place_to_the_next_one(tmp_path, caplog):
     """8 images asked of 9 readable files and 2 broken ones: 8 are used (7 before, and "has only 7 image(s)"),
     and the readable ones drawn are those an all-readable folder gives, in the same order (helper-31)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ import torch
 from ..adapters import InputSpec
 from ..errors import ConfigError
 from ..loading import to_pixel_values
+
+logger = logging.getLogger("genie_hub.data")
 
 # ----------------------------------------------------------------------------------------------------------
 
@@ -117,7 +121,13 @@ def decode_image(value: dict):
 
     where = Path(value.get("path") or "image").name
     try:
-        with Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]) as image:
+        with warnings.catch_warnings(record=True) as caught:  # PIL's bomb warning names no file: said here
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+        if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+            logger.warning("%s is a very large image (%dx%d px); decoding it takes a lot of memory.", where,
+                           *image.size)
+        with image:
             image.load()
             try:  # upright, as `datasets` decodes it and viewers show it (phone photos are stored sideways)
                 return ImageOps.exif_transpose(image)
