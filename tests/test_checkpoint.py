@@ -166,6 +166,16 @@ def test_quantization_config_validation():
     assert GenieQuantizationConfig.from_dict(made).weight_bits == 4
     with pytest.raises(CheckpointError, match="weight_bits is 2, but the genie_config it was made with records 4"):
         GenieQuantizationConfig.from_dict({**made, "weight_bits": 2})
+    # ... and bits some layer has: both fields edited to 2 over W4 layers loaded, labelled W2 (helper-31). First
+    # and last layers alone may differ (W8 by default), and overrides may move every other layer.
+    layer = {"type": "QuantLinear", "weight_bits": 4, "act_bits": 8, "act_signed": False}
+    four = {"first": {**layer, "weight_bits": 8}, **{f"mid{i}": layer for i in range(3)},
+            "last": {**layer, "weight_bits": 8}}
+    edited = {"layers": four, "weight_bits": 2, "act_bits": 8, "genie_config": {"weight_bits": 2, "act_bits": 8}}
+    with pytest.raises(CheckpointError, match="weight_bits is 2, but no layer has 2-bit weights \\(they have 4, 8\\)"):
+        GenieQuantizationConfig.from_dict(edited)
+    assert GenieQuantizationConfig.from_dict({**edited, "weight_bits": 4, "genie_config": {"weight_bits": 4}})
+    assert GenieQuantizationConfig.from_dict({**edited, "overrides": {"mid*": {"weight": 4}}}).weight_bits == 2
 
 
 def test_a_format_2_checkpoint_loads_and_resaves_in_the_current_format(tmp_path):
