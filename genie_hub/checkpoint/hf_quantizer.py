@@ -46,6 +46,8 @@ from .config import GUARD_KEY, GenieQuantizationConfig, is_guard
 from .safetensors_check import read_headers
 from .validate import Expected, layer_expectations, metadata_problems, refuse_plain_weights, tensor_problems
 
+logger = logging.getLogger("genie_hub.checkpoint")
+
 
 SUPPORTED_TRANSFORMERS = (5,)
 """transformers major versions this quantizer is written for and tested with (its hooks changed from 4 to 5)."""
@@ -169,7 +171,7 @@ class GenieHfQuantizer(HfQuantizer):
             implementation = register_attention(attention_forward)
             requested = config._attn_implementation  # from_pretrained(attn_implementation=...), None if not given
             if requested not in (None, implementation):
-                logging.getLogger("genie_hub").warning(
+                logger.warning(
                     "attn_implementation=%r is not used: this checkpoint's attention matmuls are quantized, and "
                     "they run only in genie_hub's attention function (%r).", requested, implementation)
             config._attn_implementation = implementation

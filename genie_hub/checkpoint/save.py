@@ -37,11 +37,11 @@ from ..adapters import adapter_for
 from ..errors import CheckpointError
 from ..fileio import replace_dir, save_safetensors, staging_dir, through_link, write_bytes, write_json
 from ..quantization import QuantizationResult, QuantizedOp, quantized_ops
-
-logger = logging.getLogger("genie_hub.checkpoint")
 from .config import GUARD_KEY, GUARD_MESSAGE, LAYERS_METADATA_KEY, WEIGHTS_NAME, GenieQuantizationConfig
 from .safetensors_check import read_metadata, weight_files
 from .validate import PLAIN_WEIGHT_NAMES
+
+logger = logging.getLogger("genie_hub.checkpoint")
 
 
 def is_genie_quantized(model) -> bool:
