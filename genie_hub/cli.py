@@ -2,7 +2,7 @@
 
     genie_hub quantize [MODEL] [--weight-bits 4 --act-bits 4 --profile quick|paper ...] [--push]
     genie_hub evaluate MODEL_OR_DIR --dataset fashion-mnist [--fp32 MODEL]
-    genie_hub push DIR [--repo-id ...] [--dataset-repo-id ...] [--private]
+    genie_hub push DIR [--repo-id ...] [--dataset-repo-id ...] [--private] [--dry-run]
     genie_hub space [--fp32 ID_OR_DIR] [--quantized ID_OR_DIR]
     genie_hub push-space REPO_ID [--fp32 ID] [--quantized ID] [--private] [--wheel PATH]
     genie_hub convert-efficientnet-lite0 OUTPUT_DIR
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output_dir", help="the -o folder of a finished `genie_hub quantize` run (model/, dataset/, "
                    "run.json)")
     _add_push_options(p)
+    p.add_argument("--dry-run", action="store_true", help="make every check and Hub read of the push and print the "
+                   "repos, the files it would upload and the remote files it would delete; upload nothing "
+                   "(default: off)")
 
     s = sub.add_parser("space", parents=[quiet], help="launch the FP32-vs-quantized comparison app locally")
     s.add_argument("--fp32", default=None, help="FP32 model, Hub id or folder (default: with --quantized OUT/model, "
@@ -382,7 +385,7 @@ def _push(args) -> None:
 
     result = push_output(args.output_dir, repo_id=args.repo_id, dataset_repo_id=args.dataset_repo_id,
                          private=args.private, token=args.token, revision=args.push_revision,
-                         create_pr=args.create_pr, commit_message=args.commit_message)
+                         create_pr=args.create_pr, commit_message=args.commit_message, dry_run=args.dry_run)
     print(describe_push(result))
 
 

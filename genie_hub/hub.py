@@ -430,18 +430,47 @@ def _remote_files(api, repo_id: str, repo_type: str, revision: str | None) -> se
 
 
 def _stale_remote_files(api, repo_id: str, repo_type: str, revision: str | None, local: set[str],
-                        patterns: tuple[str, ...]) -> list[str]:
+                        patterns: tuple[str, ...], dry_run: bool = False) -> list[str]:
     """Files matching `patterns` in the repo (at the branch the commit goes to) that the local folder lacks: they
     are deleted in the same commit, as `Dataset.push_to_hub` deletes the shards it does not rewrite. A pattern
-    matches at its own folder depth only (fnmatch's `*` would cross `/`)."""
+    matches at its own folder depth only (fnmatch's `*` would cross `/`). A dry run reads a branch that does not
+    exist yet as main, which the push would create it from."""
     remote = _remote_files(api, repo_id, repo_type, revision)
+    if dry_run and not remote and revision not in (None, "main"):
+        remote = _remote_files(api, repo_id, repo_type, None)
     stale = sorted(name for name in remote if name not in local and any(
         name.count("/") == pattern.count("/") and fnmatch.fnmatchcase(name, pattern) for pattern in patterns))
     for name in stale:
-        logger.info("Deleting %s from %s: the pushed folder replaces it (%s).", name, repo_id,
-                    "another shard of the train split" if repo_type == "dataset" else
+        logger.info("%s %s from %s: the pushed folder replaces it (%s).", "Would delete" if dry_run else "Deleting",
+                    name, repo_id, "another shard of the train split" if repo_type == "dataset" else
                     "files that transformers would load beside the new ones")
     return stale
+
+
+def _dry_run_record(api, repo_id: str, repo_type: str, files: dict[str, Path], card: _Card, revision: str | None,
+                    create_pr: bool, patterns: tuple[str, ...]) -> dict:
+    """What a push would do to one repo, read from the Hub without changing it: the files it would upload (with
+    their sizes and where README.md comes from), the remote files it would delete, whether the repo exists."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        api.repo_info(repo_id, repo_type=repo_type)
+        exists = True
+    except RepositoryNotFoundError:
+        exists = False
+    upload = {rel: path.stat().st_size for rel, path in files.items()}
+    if card.data is not None:
+        upload["README.md"] = len(card.data)
+    readme = ("none" if "README.md" not in upload else "the card genie_hub renders from run.json" if card.save
+              else "the folder's own card, as it is" + (" (its datasets: link set)" if card.data is not None else ""))
+    branch = None if create_pr else revision
+    record = {"repo_id": repo_id, "exists": exists, "upload": dict(sorted(upload.items())), "readme": readme,
+              "delete": _stale_remote_files(api, repo_id, repo_type, branch, set(files), patterns, dry_run=True)}
+    if revision not in (None, "main"):
+        record["revision"] = revision
+    if create_pr:
+        record["create_pr"] = True
+    return record
 
 
 def _commit_operations(files: dict[str, Path], card: _Card, stale: list[str]) -> list:
@@ -624,7 +653,7 @@ def check_output_folder(output_dir: str | os.PathLike, dataset_repo_id: str | No
 
 def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, dataset_repo_id: str | None = None,
                 private: bool = False, token: str | None = None, *, revision: str | None = None,
-                create_pr: bool = False, commit_message: str | None = None) -> dict:
+                create_pr: bool = False, commit_message: str | None = None, dry_run: bool = False) -> dict:
     """Publish OUT/dataset as a datasets repo, then OUT/model as a model repo; return what was pushed.
 
     Like `huggingface-cli upload`: `token` (default: HF_TOKEN, else the stored `hf auth login` token),
@@ -641,7 +670,9 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     saved to OUT (a user's card is left alone) and the result is recorded under ``"push"`` in run.json.
     The folder is checked first (a checkpoint that is not the one run.json describes, a zero-shot run without
     its dataset folder, a symbolic link, an unrenderable run.json): PushError for any problem, naming the repo
-    that failed.
+    that failed. `dry_run` makes every check and Hub read of a push (token, namespaces, visibility, the remote
+    files it would delete) and returns the plan (`"dry_run": True`, per repo: files and sizes to upload, files to
+    delete) without creating, committing or writing anything.
     """
     from huggingface_hub import HfApi
 
@@ -670,6 +701,12 @@ def push_output(output_dir: str | os.PathLike, repo_id: str | None = None, datas
     if has_dataset and not dataset_card.save and (dataset_dir / "README.md").is_file():  # the user's card, as it is
         _check_user_dataset_card(dataset_dir / "README.md", set(dataset_files) | _remote_files(
             api, dataset_repo_id, "dataset", None if create_pr else revision))
+    if dry_run:
+        return {"dry_run": True, "endpoint": _endpoint(), "private": bool(private),
+                "dataset": _dry_run_record(api, dataset_repo_id, "dataset", dataset_files, dataset_card, revision,
+                                           create_pr, DATASET_DATA_PATTERNS) if has_dataset else None,
+                "model": _dry_run_record(api, repo_id, "model", model_files, card, revision, create_pr,
+                                         MODEL_WEIGHT_PATTERNS)}
     retry = retry_command(out, repo_id, dataset_repo_id, private, revision, create_pr, commit_message)
     done: list[str] = []
     result: dict = {"endpoint": _endpoint(), "private": bool(private), "model": None, "dataset": None}
@@ -729,7 +766,10 @@ def space_repo_id(repo_id: str, token: str | None = None) -> str:
 
 
 def describe_push(result: dict) -> str:
-    """What a push published, one line per repo (the pull request when one was opened)."""
+    """What a push published, one line per repo (the pull request when one was opened); for a dry run, what it
+    would publish and delete."""
+    if result.get("dry_run"):
+        return _describe_dry_run(result)
     lines = []
     for kind, label in (("model", "Model:  "), ("dataset", "Dataset:")):
         record = result.get(kind)
@@ -741,6 +781,23 @@ def describe_push(result: dict) -> str:
                  else " (no changes: it already holds these files)" if record.get("unchanged")
                  else f" (branch {record['revision']})" if record.get("revision") else "")
         lines.append(f"{label} {record['url']}{where}")
+    return "\n".join(lines)
+
+
+def _describe_dry_run(result: dict) -> str:
+    lines = [f"Dry run: nothing was uploaded. A push to {result['endpoint']} would make these commits"
+             + (" (new repos private):" if result["private"] else ":")]
+    for kind in ("dataset", "model"):
+        record = result.get(kind)
+        if not record:
+            continue
+        where = (" (a pull request against main)" if record.get("create_pr")
+                 else f" (branch {record['revision']})" if record.get("revision") else "")
+        total = sum(record["upload"].values())
+        lines.append(f"{kind.capitalize()} repo {record['repo_id']}{'' if record['exists'] else ' (new)'}{where}: "
+                     f"upload {len(record['upload'])} files, {total / 1e6:.2f} MB; README.md: {record['readme']}")
+        lines += [f"  + {rel} ({size:,} bytes)" for rel, size in record["upload"].items()]
+        lines += [f"  - {rel} (deleted: the pushed folder replaces it)" for rel in record["delete"]]
     return "\n".join(lines)
 
 

@@ -759,3 +759,49 @@ def test_endpoint_credentials_are_never_shown(monkeypatch):
     assert _endpoint() == "https://mirror.example.org/hub"
     monkeypatch.setattr(constants, "ENDPOINT", "")
     assert _endpoint() == "(empty HF_ENDPOINT)"
+
+
+def test_a_dry_run_lists_what_a_push_would_do_and_changes_nothing(hub_server, genie_out, capsys):
+    from huggingface_hub import HfApi
+
+    from genie_hub.cli import main
+
+    before = tree_hashes(genie_out)
+    plan = push_output(genie_out, dry_run=True)
+    assert not hub_server.repos and tree_hashes(genie_out) == before  # no repo created, OUT untouched
+    model, dataset = plan["model"], plan["dataset"]
+    assert plan["dry_run"] and (model["repo_id"], dataset["repo_id"]) == (MODEL_ID, DATASET_ID)
+    assert not model["exists"] and model["delete"] == [] and model["readme"].startswith("the card genie_hub renders")
+    local = {p.relative_to(genie_out / "model").as_posix(): p.stat().st_size
+             for p in (genie_out / "model").rglob("*") if p.is_file()}
+    assert {k: v for k, v in model["upload"].items() if k != "README.md"} == {
+        k: v for k, v in local.items() if k != "README.md"}
+    assert "data/train-00000-of-00001.parquet" in dataset["upload"]
+
+    # An existing repo with weights the push would replace, and a branch that does not exist yet (read as main).
+    api = HfApi()
+    api.create_repo(MODEL_ID)
+    api.upload_file(path_or_fileobj=b"stale weights", path_in_repo="model.safetensors", repo_id=MODEL_ID)
+    api.upload_file(path_or_fileobj=b"notes", path_in_repo="NOTES.md", repo_id=MODEL_ID)
+    commits = hub_server.commit_count(MODEL_ID)
+    assert main(["push", str(genie_out), "--dry-run", "--revision", "dev"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("Dry run: nothing was uploaded.")
+    assert f"Model repo {MODEL_ID} (branch dev)" in printed and f"Dataset repo {DATASET_ID} (new) (branch dev)" in printed
+    assert "  - model.safetensors (deleted" in printed and "NOTES.md" not in printed
+    assert "  + config.json (" in printed and "  + data/train-00000-of-00001.parquet (" in printed
+    assert hub_server.commit_count(MODEL_ID) == commits and hub_server.branch(MODEL_ID, "dev") is None
+    assert ("dataset", DATASET_ID) not in hub_server.repos and tree_hashes(genie_out) == before
+
+    push_output(genie_out)  # the real push deletes what the dry run listed
+    assert "model.safetensors" not in hub_server.files(MODEL_ID)
+
+
+def test_a_dry_run_makes_the_checks_of_a_push(hub_server, genie_out):
+    from huggingface_hub import HfApi
+
+    HfApi().create_repo(MODEL_ID)  # public: --private must be refused, dry or not
+    with pytest.raises(PushError, match="already exists and is public"):
+        push_output(genie_out, private=True, dry_run=True)
+    with pytest.raises(PushError, match="namespace"):
+        push_output(genie_out, repo_id="someone-else/model", dry_run=True)
