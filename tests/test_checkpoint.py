@@ -176,6 +176,11 @@ def test_quantization_config_validation():
         GenieQuantizationConfig.from_dict(edited)
     assert GenieQuantizationConfig.from_dict({**edited, "weight_bits": 4, "genie_config": {"weight_bits": 4}})
     assert GenieQuantizationConfig.from_dict({**edited, "overrides": {"mid*": {"weight": 4}}}).weight_bits == 2
+    # The same for the activation bits: A8 layers relabelled A4.
+    relabelled = {"layers": four, "weight_bits": 4, "act_bits": 4, "genie_config": {"weight_bits": 4, "act_bits": 4}}
+    with pytest.raises(CheckpointError, match="act_bits is 4, but no layer has 4-bit inputs \\(they have 8\\)"):
+        GenieQuantizationConfig.from_dict(relabelled)
+    assert GenieQuantizationConfig.from_dict({**relabelled, "overrides": {"mid*": {"act": 8}}}).act_bits == 4
 
 
 def test_a_format_2_checkpoint_loads_and_resaves_in_the_current_format(tmp_path):

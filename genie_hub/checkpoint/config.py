@@ -147,12 +147,14 @@ class GenieQuantizationConfig(QuantizationConfigMixin):
             if headline is not None and recorded is not None and recorded != headline:  # the card, the Space show it
                 raise _bad(f"{key} is {headline}, but the genie_config it was made with records {recorded}. The "
                            "file was edited by hand or written by an incompatible tool; quantize the model again.")
-        weights = [spec.weight_bits for spec in self.layers.values() if spec.weight_bits is not None]
-        if (weight_bits is not None and len(weights) >= 4 and weight_bits not in weights and not self.overrides
-                and not (self.genie_config or {}).get("overrides")):  # only first/last layers differ without them
-            raise _bad(f"weight_bits is {weight_bits}, but no layer has {weight_bits}-bit weights (they have "
-                       f"{', '.join(map(str, sorted(set(weights))))}), and no override explains it. The file was "
-                       "edited by hand or written by an incompatible tool; quantize the model again.")
+        overridden = self.overrides or (self.genie_config or {}).get("overrides")
+        for key, headline, what in (("weight_bits", weight_bits, "weights"), ("act_bits", act_bits, "inputs")):
+            layer_bits = [getattr(spec, key) for spec in self.layers.values() if getattr(spec, key) is not None]
+            if headline is not None and len(layer_bits) >= 4 and headline not in layer_bits and not overridden:
+                # without overrides only the first and last layers differ from the headline bits
+                raise _bad(f"{key} is {headline}, but no layer has {headline}-bit {what} (they have "
+                           f"{', '.join(map(str, sorted(set(layer_bits))))}), and no override explains it. The file "
+                           "was edited by hand or written by an incompatible tool; quantize the model again.")
         self.packing = copy.deepcopy(packing) if packing else copy.deepcopy(PACKING)
         self.weight_scheme = copy.deepcopy(weight_scheme) if weight_scheme else copy.deepcopy(WEIGHT_SCHEME)
         self.act_scheme = copy.deepcopy(act_scheme) if act_scheme else copy.deepcopy(ACT_SCHEME)
