@@ -375,6 +375,27 @@ def test_a_local_folder_with_splits_is_read_by_split_never_mixed(model_dir, imag
     assert open_eval_set(str(tmp_path / "named"), dict(enumerate(LABELS))).num_images == 6
 
 
+def test_splits_of_other_names_are_read_by_split_never_mixed(model_dir, tmp_path):
+    """A DatasetDict saved with a split named neither train, validation nor test (`holdout`), and a Hub repo's
+    clone with `data/holdout-00000-of-00001.parquet`: `datasets` reads both as splits. Both splits were read as one
+    "train" set (training images scored with the held-out ones), and PATH:holdout was refused."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
+
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
+    parts = DatasetDict(train=Dataset.from_dict({"image": _images(4, 1), "label": [0, 1, 2, 3]}, features=features),
+                        holdout=Dataset.from_dict({"image": _images(2, 2), "label": [4, 4]}, features=features))
+    parts.save_to_disk(str(tmp_path / "saved"))
+    for name, part in parts.items():
+        part.to_parquet(str(tmp_path / "clone" / "data" / f"{name}-00000-of-00001.parquet"))
+    for folder in ("saved", "clone"):
+        evalset, result = _evaluated(model_dir, str(tmp_path / folder))
+        assert (evalset.split, result.num_images) == ("train", 4), folder
+        evalset, result = _evaluated(model_dir, f"{tmp_path / folder}:holdout")
+        assert (evalset.split, result.num_images) == ("holdout", 2), folder
+    parts["holdout"].save_to_disk(str(tmp_path / "one"))  # a saved Dataset's data-00000-of-00001.arrow: no split "data"
+    assert open_eval_set(str(tmp_path / "one"), dict(enumerate(LABELS))).split == "train"
+
+
 def test_hidden_folders_and_datasets_metadata_files_leave_an_imagefolder_an_imagefolder(model_dir, imagefolder,
                                                                                           tmp_path):
     """A parquet file in a hidden folder (a cache, a .git) is not data, and `datasets`' own metadata file

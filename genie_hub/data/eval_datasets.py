@@ -394,21 +394,43 @@ def named_split(where: str | Path, word: str, splits: list[str]) -> str:
     return split
 
 
+SHARD_NAME = re.compile(r"(.+)-\d{5}-of-\d{5}\..+")
+"""A data file of split `group(1)` as `datasets` writes a Hub repo's (`data/holdout-00000-of-00001.parquet`): the
+split is named by the file, whatever the name."""
+
+
 def local_splits(root: Path, files: list[Path]) -> dict[str, list[Path]]:
     """The files of a local folder by split. A folder is split only where every file says its split: each sits in
     a top-level folder named as one (`train/`, `val/`, a saved DatasetDict), or each file name starts with one
-    (`test-00000-of-00001.parquet`, `data/train.parquet`). Anything less is one set, "train": a class folder named
+    (`test-00000-of-00001.parquet`, `data/train.parquet`). Splits of other names count where `datasets` reads
+    them as splits: the folders a saved DatasetDict's `dataset_dict.json` lists, and `data/NAME-00000-of-00001.*`
+    shards (`SHARD_NAME`). Anything less is one set, "train": a class folder named
     `test` beside `boat`, or under `train/`, is a class, and `my-eval-set.parquet` beside `more.parquet` is data."""
     relative = [f.relative_to(root) for f in files]
     by_folder = [_split_named(r.parts[0]) if len(r.parts) > 1 else None for r in relative]
     by_name = [_split_named(re.split(r"[-_.]", r.name, maxsplit=1)[0]) for r in relative]
-    for named in (by_folder, by_name):
+    saved = _saved_split_names(root)
+    by_saved = [r.parts[0] if len(r.parts) > 1 and r.parts[0] in saved else None for r in relative]
+    by_shard = [match.group(1) if len(r.parts) == 2 and r.parts[0] == "data" and (match := SHARD_NAME.fullmatch(r.name))
+                else None for r in relative]
+    for named in (by_folder, by_name, by_saved, by_shard):
         if all(named):
             grouped: dict[str, list[Path]] = {}
             for split, file in zip(named, files):
                 grouped.setdefault(split, []).append(file)
             return grouped
     return {"train": files}
+
+
+def _saved_split_names(root: Path) -> set[str]:
+    """The splits a DatasetDict saved with `save_to_disk` lists in its `dataset_dict.json` (none elsewhere)."""
+    import json
+
+    try:
+        splits = json.loads((root / "dataset_dict.json").read_text(encoding="utf-8")).get("splits")
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {split for split in splits if isinstance(split, str) and split} if isinstance(splits, list) else set()
 
 
 def _chosen_split(source: EvalSource, splits: list[str]) -> str:
