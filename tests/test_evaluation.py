@@ -510,6 +510,12 @@ def test_image_columns_of_paths_or_bytes_are_read_and_others_refused_before_comp
     structs = pa.array([{"bytes": blob, "path": f"{i}.png"} for i, blob in enumerate(blobs)])
     pq.write_table(pa.table({"picture": structs, "label": [0, 1, 2]}), tmp_path / "struct.parquet")
     assert _evaluated(model_dir, str(tmp_path / "struct.parquet"))[1].fp32_top1 == pytest.approx(expected)
+    # pandas' {"bytes": ..., "path": None} rows: a path column of Arrow's null type (was "has no image column").
+    import pandas as pd
+
+    pd.DataFrame({"image": [{"bytes": blob, "path": None} for blob in blobs], "label": [0, 1, 2]}).to_parquet(
+        tmp_path / "pandas.parquet")
+    assert _evaluated(model_dir, str(tmp_path / "pandas.parquet"))[1].fp32_top1 == pytest.approx(expected)
     other = pa.array([{"bytes": blob, "size": 1} for blob in blobs])  # not the image struct: refused as before
     pq.write_table(pa.table({"picture": other, "label": [0, 1, 2]}), tmp_path / "other.parquet")
     with pytest.raises(DataError, match="has no image column"):

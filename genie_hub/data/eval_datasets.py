@@ -556,13 +556,14 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
 
 def _is_image_struct(feature) -> bool:
     """A {bytes, path} struct column: how images are stored by Arrow writers other than `datasets` (pandas,
-    polars, Spark), an Image feature without its metadata; `read_image` reads its rows as it reads an Image's."""
+    polars, Spark), an Image feature without its metadata; `read_image` reads its rows as it reads an Image's.
+    A path that is None in every row has Arrow's null type (pandas writes `{"bytes": ..., "path": None}` so)."""
     import datasets
 
     return (isinstance(feature, dict) and bool(feature) and set(feature) <= {"bytes", "path"}
             and all(isinstance(f, datasets.Value) for f in feature.values())
             and feature.get("bytes", datasets.Value("binary")).dtype in ("binary", "large_binary")
-            and feature.get("path", datasets.Value("string")).dtype in ("string", "large_string"))
+            and feature.get("path", datasets.Value("string")).dtype in ("string", "large_string", "null"))
 
 
 CHECKED_ROWS = 8
