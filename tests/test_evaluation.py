@@ -83,6 +83,12 @@ def test_label_mapping_by_name():
         map_labels(["LABEL_0", "label_0"], {0: "LABEL_0", 1: "LABEL_1"}, "x")
     with pytest.raises(DataError, match="all match the model's class 'tench, Tinca tinca'"):
         map_labels(["tench", "Tinca tinca"], imagenet, "x")
+    # One name, two Unicode spellings: a macOS folder "Café" keeps the accent apart (NFD), config.json composes it.
+    import unicodedata
+
+    accented = {0: "Café", 1: "café", 2: "naïve"}
+    assert map_labels([unicodedata.normalize("NFD", n) for n in ("naïve", "Café", "café")], accented, "x") == \
+        {0: 2, 1: 0, 2: 1}
 
 
 def test_sources_parse():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -189,10 +190,16 @@ def read_image(value):
     return value if hasattr(value, "convert") else f"a {type(value).__name__}, not an image"
 
 
+def _exact(name) -> str:
+    """A class name as compared exactly: in Unicode's composed form (NFC), since one name has two spellings: macOS
+    names a folder "Café" with a separate accent (NFD), while a model's config.json usually composes it."""
+    return unicodedata.normalize("NFC", str(name)).strip()
+
+
 def _normalize(name: str) -> str:
     """A class name as compared: case, spaces, `_`, `-` and `/` do not matter. A folder cannot be named
     "T-shirt/top", so an imagefolder names that class "T-shirt_top" or "T-shirt top"."""
-    return re.sub(r"[\s_\-/\\]+", " ", str(name)).strip().lower()
+    return re.sub(r"[\s_\-/\\]+", " ", _exact(name)).strip().lower()
 
 
 def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: str) -> dict[int, int] | None:
@@ -204,18 +211,18 @@ def map_labels(dataset_names: list[str], model_labels: dict[int, str], where: st
     by_name: dict[str, set[int]] = {}
     synonyms: dict[str, set[int]] = {}  # ImageNet-style labels list synonyms: "tench, Tinca tinca"
     for index, name in model_labels.items():
-        exact.setdefault(str(name).strip(), set()).add(index)
+        exact.setdefault(_exact(name), set()).add(index)
         by_name.setdefault(_normalize(name), set()).add(index)
         for synonym in str(name).split(","):
             synonyms.setdefault(_normalize(synonym), set()).add(index)
     same_order = [_normalize(n) for n in dataset_names] == [_normalize(n) for n in model_names]
     # Same loose names in the same order are the same classes, unless an exact name says otherwise: a model
     # with both "a/b" and "a b" keeps them apart.
-    if same_order and all(i in exact.get(str(name).strip(), {i}) for i, name in enumerate(dataset_names)):
+    if same_order and all(i in exact.get(_exact(name), {i}) for i, name in enumerate(dataset_names)):
         return None
     mapping, missing, ambiguous = {}, [], []
     for index, name in enumerate(dataset_names):
-        matches = [exact.get(str(name).strip(), set()), by_name.get(_normalize(name), set()),
+        matches = [exact.get(_exact(name), set()), by_name.get(_normalize(name), set()),
                    synonyms.get(_normalize(name), set())]
         unique = next((match for match in matches if len(match) == 1), None)  # two "crane" classes: not unique
         if unique is not None:
