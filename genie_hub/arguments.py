@@ -23,6 +23,11 @@ def check_model(model: nn.Module, call: str) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{call}() takes the model as a torch nn.Module, got {type(model).__name__}. Load one with "
                         "genie_hub.load_model('owner/name' or a folder), which returns (model, processor).")
+    inner = _wrapped(model)
+    if inner is not None:
+        raise ConfigError(f"{call}() got the model inside a {type(model).__name__} wrapper, which hides its config "
+                          "and its layers: genie_hub would read it as an unknown model (224 px inputs, no class names) "
+                          f"and quantize a copy that saves as no checkpoint. Pass the model itself ({inner}).")
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ConfigError(f"{call}() got a model with weights on the meta device (no values: device_map='meta', "
                           "init_empty_weights or low-memory loading that offloaded them). Load it on a real device, "
@@ -33,6 +38,16 @@ def check_model(model: nn.Module, call: str) -> None:
         raise ConfigError(f"{call}() needs a float32 model, got {', '.join(other)} parameters. Call model.float() "
                           "first (mixed precision is a setting: GenieConfig(mixed_precision='bf16')).")
     refuse_non_finite(model, f"The model given to {call}()")
+
+
+def _wrapped(model: nn.Module) -> str | None:
+    """How to reach the model inside a wrapper that only runs it (torch.compile's, DataParallel's), else None."""
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+        return ("model._orig_mod, the module torch.compile was given; GenieConfig(compile=True) compiles genie_hub's "
+                "own steps")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return "model.module"
+    return None
 
 
 def refuse_non_finite(model: nn.Module, name: str) -> None:

@@ -381,6 +381,8 @@ def _quantized_tiny():
     ("a config as a dict", TypeError, "takes a GenieConfig"),
     ("an already quantized model", ConfigError, "already quantized"),
     ("nothing to quantize", genie_hub.errors.UnsupportedModelError, "no nn.Conv2d or nn.Linear"),
+    ("a compiled model", ConfigError, "Pass the model itself (model._orig_mod"),  # quantized, then unsavable
+    ("a DataParallel model", ConfigError, "Pass the model itself (model.module)"),  # quantized, then unsavable
 ])
 def test_quantize_refuses_what_it_cannot_use_before_any_compute(case, error, needle):
     from torch import nn
@@ -409,10 +411,30 @@ def test_quantize_refuses_what_it_cannot_use_before_any_compute(case, error, nee
         config = config.to_dict()
     elif case == "an already quantized model":
         model = _quantized_tiny()
+    elif case == "a compiled model":
+        model = torch.compile(model, backend="eager")
+    elif case == "a DataParallel model":
+        model = nn.DataParallel(model)
     else:
         model = nn.Sequential(nn.BatchNorm2d(3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     with pytest.raises(error, match=re.escape(needle)):
         quantize(model, images, config, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("wrap", ["compile", "DataParallel"])
+def test_synthesize_refuses_a_wrapped_model_before_any_compute(wrap, monkeypatch):
+    """A wrapper hides the model's config: synthesis made 224 px images for a 32 px model (with a warning that no
+    adapter handles the wrapper's type)."""
+    from torch import nn
+
+    from genie_hub.synthesis import loop
+
+    monkeypatch.setattr(loop, "synthesize_batches", lambda *a, **k: pytest.fail("computed before refusing"))
+    model = tiny_model("resnet-basic")
+    model = torch.compile(model, backend="eager") if wrap == "compile" else nn.DataParallel(model)
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=2)
+    with pytest.raises(ConfigError, match="wrapper, which hides its config"):
+        genie_hub.synthesize(model, config, progress=False)
 
 
 @pytest.mark.parametrize("output_dir", ["", "a file"])
