@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="push every built entry and the leaderboard repo NS/genie-hub-zoo")
     zp.add_argument("--namespace", required=True, help="Hub user or organization to publish under")
     zp.add_argument("--private", action="store_true", help="create the repos private (default: public)")
+    zp.add_argument("--dry-run", action="store_true", help="make every check and Hub read and print what each "
+                    "entry's push would upload and delete; publish and write nothing (default: off)")
     _add_token_option(zp)
 
     c = sub.add_parser("convert-efficientnet-lite0", parents=[quiet], help="convert the real ImageNet EfficientNet-Lite0 weights "
@@ -448,13 +450,16 @@ def _zoo(args) -> None:
                              + ". Fix the cause and run the same command again (an entry already built is evaluated "
                              "again, not quantized again).")
     else:
+        from .hub import describe_push
+
         result = zoo.publish(args.output_dir, args.namespace, registry=args.registry, private=args.private,
-                             token=args.token)
-        for name, repo_id in result["entries"].items():
-            print(f"{name}: {repo_id}")
+                             token=args.token, dry_run=args.dry_run)
+        for name, pushed in result["entries"].items():
+            print(f"{name}:\n{describe_push(pushed)}" if args.dry_run else f"{name}: {pushed}")
         for name, reason in result.get("skipped", {}).items():
             print(f"{name}: {reason}")
-        print(f"Leaderboard: {result['leaderboard']}")
+        print(f"Leaderboard: {result['leaderboard']}" + (" (would be updated: README.md, leaderboard.json)"
+                                                         if args.dry_run else ""))
 
 
 def _convert(args) -> None:

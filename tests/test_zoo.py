@@ -12,6 +12,7 @@ from genie_hub import zoo
 from genie_hub.cli import main
 from genie_hub.errors import ConfigError
 from tiny_models import save_tiny_model
+from helpers_output import tree_hashes
 
 SETTINGS = {"num_samples": 8, "synthesis_batch_size": 8, "synthesis_iterations": 3, "reconstruction_steps": 3}
 
@@ -122,6 +123,14 @@ def test_publish_creates_linked_repos_and_updates_in_place(registry, tmp_path, h
 
     out = tmp_path / "zoo"
     zoo.build(out, ["tiny-resnet-genie-w4a4"], registry=registry, progress=False)
+    before = tree_hashes(out)
+    assert main(["zoo", "publish", "--namespace", "genie-org", "-o", str(out), "--registry", str(registry),
+                 "--dry-run"]) == 0
+    printed = capsys.readouterr().out  # each entry's plan; nothing created, nothing written
+    assert "tiny-resnet-genie-w4a4:\nDry run: nothing was uploaded." in printed
+    assert "Model repo genie-org/tiny-resnet-genie-w4a4 (new)" in printed and "  + genie_model.safetensors (" in printed
+    assert "Leaderboard: genie-org/genie-hub-zoo (would be updated" in printed
+    assert not hub_server.repos and tree_hashes(out) == before
     assert main(["zoo", "publish", "--namespace", "genie-org", "-o", str(out), "--registry", str(registry)]) == 0
     repos = set(hub_server.repos)
     assert ("model", "genie-org/tiny-resnet-genie-w4a4") in repos and ("model", "genie-org/genie-hub-zoo") in repos

@@ -470,11 +470,12 @@ def write_leaderboard(zoo_dir: Path, entries: list[ZooEntry]) -> list[dict[str, 
 
 
 def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.PathLike | None = None,
-            private: bool = False, token: str | None = None) -> dict[str, Any]:
+            private: bool = False, token: str | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Push every built entry as NS/<name> (+ NS/<name>-calibration), then the leaderboard repo NS/genie-hub-zoo,
     whose card links every entry. Re-running updates the same repos in place. A stale, damaged, unevaluated or
     missing folder (`entry_state`) is not published (under `skipped`, with what to do); a failure to push the
-    leaderboard repo is a PushError."""
+    leaderboard repo is a PushError. `dry_run`: every check, and each entry's push plan (`push_output`'s dry run)
+    under `entries`, with nothing pushed or written."""
     from ..hub import check_push_ready, push_output
 
     _check_namespace(namespace)
@@ -498,6 +499,10 @@ def publish(zoo_dir: str | os.PathLike, namespace: str, *, registry: str | os.Pa
         raise ConfigError(f"Nothing to publish: no zoo entry is built in {zoo_dir} for its current registry settings"
                           f"{' (see the warnings above)' if skipped else ''}. Run `genie_hub zoo build` first.")
     _check_before_pushing(zoo_dir, built, namespace, token)
+    if dry_run:
+        plans = {entry.name: push_output(zoo_dir / entry.name, repo_id=f"{namespace}/{entry.name}", private=private,
+                                         token=token, dry_run=True) for entry in built}
+        return {"dry_run": True, "entries": plans, "skipped": skipped, "leaderboard": f"{namespace}/{ZOO_REPO}"}
     pushed = {}
     for entry in built:
         result = push_output(zoo_dir / entry.name, repo_id=f"{namespace}/{entry.name}", private=private, token=token)
