@@ -454,6 +454,12 @@ def _open_evaluation(evaluate: str | None, model: str | None, fp_model, image_co
     if evaluate == "auto":
         if not is_default_model(model):
             return None, False
+        given = [flag for flag, value in (("--eval-image-column", image_column), ("--eval-label-column", label_column),
+                                          ("--eval-unlabelled", unlabelled)) if value]
+        if given:  # said, not ignored, as with --eval-dataset fashion-mnist
+            raise ConfigError(f"{', '.join(given)}: --eval-dataset auto evaluates the embedded model on Fashion-MNIST's "
+                              "local files, which hold labelled images with no columns to choose. Leave them out, or "
+                              "name the dataset they are for with --eval-dataset.")
         try:
             return open_evaluation("fashion-mnist", fp_model), False
         except DataError as exc:

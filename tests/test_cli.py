@@ -185,6 +185,18 @@ def test_options_that_would_have_no_effect_are_refused_or_named_before_anything_
     assert "Unknown synthesis prior 'nonsense'" in capsys.readouterr().err
 
 
+def test_column_options_with_the_automatic_fashion_mnist_evaluation_are_refused_before_compute(tmp_path, capsys):
+    """The embedded model's default evaluation (--eval-dataset auto) is Fashion-MNIST, which has no columns: the
+    column options and --eval-unlabelled were silently ignored there (the run went on to report labelled top-1),
+    while --eval-dataset fashion-mnist refused them."""
+    out = tmp_path / "out"
+    for options in (["--eval-image-column", "img"], ["--eval-label-column", "y"], ["--eval-unlabelled"]):
+        assert main(["quantize", "-o", str(out), "-q", *TINY, *options]) == 2
+        err = capsys.readouterr().err
+        assert f"{options[0]}: --eval-dataset auto evaluates the embedded model on Fashion-MNIST" in err, err
+        assert not out.exists()
+
+
 @pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
 def test_few_shot_calibrates_on_real_images(tmp_path):
     out = tmp_path / "fewshot"
