@@ -809,6 +809,22 @@ def test_load_errors_say_what_is_missing(model_dir, tmp_path, monkeypatch):
     assert "model.safetensors" not in str(info.value)
 
 
+def test_a_model_type_transformers_does_not_ship_is_named_as_the_reason(model_dir, tmp_path):
+    """A folder whose config.json names a model type this transformers lacks (a newer release's) was told that it
+    "needs config.json and model.safetensors", which it has."""
+    import shutil
+
+    from genie_hub.errors import ModelLoadError
+
+    folder = tmp_path / "newer"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "resnet_v9"}))
+    with pytest.raises(ModelLoadError, match="names a model type that transformers .* does not ship") as info:
+        load_model(str(folder))
+    assert "needs config.json and model.safetensors" not in str(info.value)
+
+
 def test_two_networks_of_one_model_type_are_not_a_model_and_its_quantized_version():
     """ResNet-18 and ResNet-50 share model_type "resnet": their configs' widths and depths tell them apart, where
     the Space compared them and reported the disagreement as quantization error (helper-29)."""

@@ -259,6 +259,12 @@ class TransformersAdapter(ModelAdapter):
             hint = ("It is a model with its own Python code (an auto_map in its config, for a model type transformers "
                     "does not ship), and genie_hub does not run a repository's own code: it quantizes the model "
                     "classes transformers ships.")
+        elif "does not recognize this architecture" in str(exc):  # a model_type this transformers does not ship
+            import transformers
+
+            hint = (f"Its config.json names a model type that transformers {transformers.__version__} does not ship: "
+                    "one added in a later transformers release (upgrade transformers within the 5.x genie_hub "
+                    "supports), or one that only its repository's own code defines, which genie_hub does not run.")
         elif "ignore_mismatched_sizes" in str(exc) or "size mismatch" in str(exc):
             hint = ("Its weights do not have the shapes its config.json describes, e.g. a classifier for another "
                     "number of classes than config.json's id2label / num_labels: restore the config.json saved with "
