@@ -437,6 +437,20 @@ def test_attention_that_genie_hub_cannot_reach_is_reported_in_floating_point(cap
     assert v1.float_attention == [] and any(spec.type == "QuantAttention" for spec in v1.layers.values())
 
 
+def test_attention_kept_in_floating_point_by_an_override_is_not_reported_as_unreachable(caplog):
+    """`--override '*.quantized_matmul=/fp'` on a Swin (attention through AttentionInterface) was reported as
+    attention "in code genie_hub cannot reach", in the warning and in the card ("This model computes attention in
+    its own code"): the override, which the card names, is why it stays FP."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    geometry = dict(image_size=16, patch_size=4, embed_dim=8, depths=[1], num_heads=[2], window_size=4, num_labels=3)
+    config = GenieConfig.from_profile("quick", reconstruction_steps=0, overrides={"*.quantized_matmul": {"act": None}})
+    result = quantize(SwinForImageClassification(SwinConfig(**geometry)).eval(), torch.randn(4, 3, 16, 16), config,
+                      progress=False)
+    assert not any(spec.type == "QuantAttention" for spec in result.layers.values())  # the override held
+    assert result.float_attention == [] and "cannot reach" not in caplog.text
+
+
 def test_patch_similarity_reads_the_patch_tokens_only():
     """Class, distillation and register tokens are not patches: the prior drops the tokens beyond the patch
     grid of the model's first conv (a non-square ViT's 24 patches + 1 is not one more than a square; Dinov2's

@@ -8,6 +8,7 @@ The frozen format of an op is defined in `format.py`; saving and loading it is `
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ def _quantize(model: nn.Module, pixel_values: torch.Tensor, config: GenieConfig,
     # calibrate its activation quantizers on these two probe images.
     check_quantizable(model, config, pixel_values[:2], range_init)
     q_model, units, op_names = prepare_model(model, config, pixel_values[:2], range_init)
-    float_attention = _float_attention(model, op_names)
+    float_attention = _float_attention(model, op_names, config)
     if float_attention:
         logger.warning("%s computes attention in code genie_hub cannot reach (not through transformers' "
                        "AttentionInterface), so the matmuls of its %d attention module(s) stay in floating point "
@@ -130,13 +131,21 @@ def _quantize(model: nn.Module, pixel_values: torch.Tensor, config: GenieConfig,
                               calibration_size=tuple(pixel_values.shape[-2:]))
 
 
-def _float_attention(model: nn.Module, op_names: list[str]) -> list[str]:
+def _float_attention(model: nn.Module, op_names: list[str], config: GenieConfig) -> list[str]:
     """The attention modules of `model` whose matmuls no `QuantAttention` quantizes: the model's attention does
     not run through the function the adapter installs (`route_attention`), so its linear layers are quantized
-    and its matmuls stay in FP. Said in a warning, run.json and the card, so "W4A4" does not overstate it."""
+    and its matmuls stay in FP. Said in a warning, run.json and the card, so "W4A4" does not overstate it.
+    An attention kept in FP by an override (`*.quantized_matmul=/fp`) is the user's choice, not one of these."""
     routed = [name[: -len(ATTENTION_CHILD) - 1] for name in op_names if name.endswith("." + ATTENTION_CHILD)]
     return [name for name in attention_modules(model)
-            if not any(r == name or r.startswith(name + ".") for r in routed)]
+            if not any(r == name or r.startswith(name + ".") for r in routed)
+            and not _overridden_to_fp(f"{name}.{ATTENTION_CHILD}", config)]
+
+
+def _overridden_to_fp(name: str, config: GenieConfig) -> bool:
+    """Whether the last override pattern that sets act bits for `name` keeps its input in FP."""
+    acts = [o["act"] for p, o in config.overrides.items() if fnmatch.fnmatchcase(name, p) and "act" in o]
+    return bool(acts) and acts[-1] is None
 
 
 __all__ = ["ActQuantizer", "LayerSpec", "QUANTIZED_TYPES", "QuantAttention", "QuantConv2d", "QuantLinear", "QuantShortcut",
