@@ -519,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genie_hub: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     except OSError as exc:  # a full disk, a folder made read-only: the system's words, and what is kept
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():  # `genie_hub zoo list | head`: no error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush would fail again
+            return 128 + signal.SIGPIPE
         kept = (" Any finished work is kept in the output folder: make room or fix the permissions, then run the "
                 "same command again to resume." if resumable else " Make room or fix the permissions, and retry.")
         print(f"genie_hub: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''} "
@@ -534,6 +537,18 @@ def main(argv: list[str] | None = None) -> int:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (a captured stdout)
+        return False
 
 
 class Terminated(KeyboardInterrupt):

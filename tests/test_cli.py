@@ -722,3 +722,18 @@ def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert (out / "run.json").exists() and first_batch.stat().st_mtime_ns == made  # resumed, not made again
+
+
+def test_a_reader_that_stops_reading_is_no_error(tmp_path):
+    """`genie_hub zoo list | head -2`: the closed pipe was reported as "genie_hub: error: Broken pipe ... make room or
+    fix the permissions, then run the same command again to resume". It now ends quietly, as `ls | head` does."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        ended = subprocess.run([sys.executable, "-m", "genie_hub", "zoo", "list", "-o", str(tmp_path)], stdout=write,
+                               stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert ended.returncode == 141 and ended.stderr == "", ended.stderr
