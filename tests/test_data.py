@@ -253,8 +253,12 @@ def test_few_shot_images_that_are_among_the_evaluation_images_are_refused(tmp_pa
         check_apart_from_evaluation(str(linked), evalset)
 
     fashion = EvalSource("fashion-mnist", "fashion-mnist", split="train")
-    with pytest.raises(DataError, match="among the evaluation images"):
+    with pytest.raises(DataError, match="among the evaluation images") as refused:
         check_apart_from_evaluation("fashion-mnist", EvalSet(fashion, "train", 0, None))
+    # Both read the train split: calibrating on "its train split, for example" (what it said) is what was done.
+    assert "its train split" not in str(refused.value) and "its validation or test split" in str(refused.value)
+    with pytest.raises(DataError, match="Calibrate on another split \\(its train split"):  # validation, as above
+        check_apart_from_evaluation(f"{root}:val", evalset)
     check_apart_from_evaluation("fashion-mnist", EvalSet(EvalSource("fashion-mnist", "fashion-mnist", split="test"),
                                                          "test", 0, None))
     hub = EvalSet(EvalSource("hub", "Owner/Set"), "validation", None, None)  # no split named: validation chosen

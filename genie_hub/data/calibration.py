@@ -185,11 +185,13 @@ def check_apart_from_evaluation(source: str, evalset: EvalSet) -> None:
                   and bool(_split_names(split) & _split_names(evalset.split))  # slices of one split count as one
                   and (config == evaluated.config or None in (config, evaluated.config)))
     if shared:
+        advice = ("Evaluate on another split (its validation or test split) or another set."
+                  if "train" in _split_names(evalset.split) else  # the calibration split already: say what else
+                  "Calibrate on another split (its train split, for example) or evaluate on another set.")
         raise DataError(
             f"The few-shot calibration images ({source}) are among the evaluation images ({evaluated.label}, split "
             f"{evalset.split}, compared whole, also under --eval-limit): the results would be measured on images the "
-            "model was calibrated on, and flattered. "
-            "Calibrate on another split (its train split, for example) or evaluate on another set.")
+            f"model was calibrated on, and flattered. {advice}")
 
 
 def load_calibration_images(source: str, processor, spec: InputSpec, num_samples: int, seed: int = 0) -> torch.Tensor:
