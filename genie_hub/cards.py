@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import REPOSITORY_URL
+from .config import format_override
 from .outputs import RunRecord
 from .synthesis.prior import describe_prior
 
@@ -196,7 +197,8 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
         seed=config["seed"],
         first_layer_weight=config["first_layer"]["weight"], second_layer_act=config["second_layer_act_bits"],
         last_layer_weight=config["last_layer"]["weight"], last_layer_act=config["last_layer"]["act"],
-        overrides=config.get("overrides") or None, layers=layers, num_units=len(units),
+        overrides=", ".join(f"`{format_override(pattern, bits)}`" for pattern, bits in
+                            (config.get("overrides") or {}).items()) or None, layers=layers, num_units=len(units),
         attention_bits=sorted({l["act_bits"] for l in layers.values() if l["type"] == "QuantAttention"}),
         num_attention=sum(l["type"] == "QuantAttention" for l in layers.values()),
         num_float_attention=len(run.float_attention),
@@ -213,11 +215,13 @@ def render_model_card(run: RunRecord, repo_id: str, dataset_repo_id: str | None 
 def wall_time(run: RunRecord) -> str:
     """The run's wall time for its card: of every command that computed in its folder where that is recorded
     (a resumed or re-evaluated run took them all), else of the command that finished it (older records)."""
+    from .progress import format_duration
+
     if run.total_wall_seconds and (run.total_commands or 1) > 1:
-        return (f"wall time {run.total_wall_seconds / 60:.1f} min over the {run.total_commands} commands that "
-                f"computed it (resumed or rerun; the last took {(run.wall_seconds or 0) / 60:.1f} min)")
+        return (f"wall time {format_duration(run.total_wall_seconds)} over the {run.total_commands} commands that "
+                f"computed it (resumed or rerun; the last took {format_duration(run.wall_seconds or 0)})")
     if run.wall_seconds:
-        return f"wall time {run.wall_seconds / 60:.1f} min"
+        return f"wall time {format_duration(run.wall_seconds)}"
     return ""
 
 
@@ -251,9 +255,11 @@ def _prior(run: RunRecord) -> str:
     return (run.synthetic or {}).get("prior") or "bn-statistics"
 
 
-def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None, revision: str | None = None):
+def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None, revision: str | None = None,
+                        load_id: str | None = None):
     """The synthetic calibration set's card, for the datasets repo `repo_id` (a zero-shot run's record); its
-    `load_dataset` snippet names `revision` when the set is pushed to a branch.
+    `load_dataset` snippet loads `load_id` (default `repo_id`; before a push, the relative `OUT/dataset` folder, as
+    the model card's snippet loads `OUT/model`) and names `revision` when the set is pushed to a branch.
 
     The images have no labels: the task category is `other` (not image-classification), annotations none."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -273,7 +279,7 @@ def render_dataset_card(run: RunRecord, repo_id: str, model_repo_id: str | None,
     return DatasetCard.from_template(
         card_data, template_path=str(template_path("genie_dataset_card.md")), pretty_name=card_data.pretty_name,
         base_model=names.base_model, base_model_revision=run.base_model_revision, model_repo_id=model_repo_id,
-        repo_id=repo_id, revision=_branch(revision), shape=list(shape), shape_str=", ".join(str(s) for s in shape), num_samples=num_samples,
+        repo_id=repo_id, load_id=load_id or repo_id, revision=_branch(revision), shape=list(shape), shape_str=", ".join(str(s) for s in shape), num_samples=num_samples,
         synthesis_batch_size=config["synthesis_batch_size"], synthesis_iterations=config["synthesis_iterations"],
         latent_dim=config["latent_dim"], lr_latent=config["lr_latent"], lr_generator=config["lr_generator"],
         seed=config["seed"], prior=_prior(run), prior_description=describe_prior(_prior(run)),

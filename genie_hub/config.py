@@ -83,6 +83,13 @@ def parse_override(text: str) -> tuple[str, dict[str, int | None]]:
     return pattern, parsed
 
 
+def format_override(pattern: str, bits: dict) -> str:
+    """(pattern, {"weight": W, "act": A}) -> 'PATTERN=W/A', as --override takes it (the inverse of
+    `parse_override`; an FP input is 'fp'), for cards and messages that show overrides to users."""
+    act = bits.get("act", "")
+    return f"{pattern}={bits.get('weight', '')}/{'fp' if act is None else act}"
+
+
 @dataclass(frozen=True)
 class LayerBits:
     """Bit-widths of one quantized op: `weight` bits and `act` bits of its input (None = keep FP)."""

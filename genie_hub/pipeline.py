@@ -25,6 +25,7 @@ from .evaluation import DatasetEvaluation, EvalSet, evaluate_on_dataset
 from .loading import input_spec, is_default_model, load_model, require_processor, resolve_model_path
 from .optimization import fused_adam_supported
 from .outputs import OutputLayout, RunRecord, card_sha256, run_settings
+from .progress import format_duration, paper_cpu_warning, projected_seconds
 
 logger = logging.getLogger("genie_hub")
 
@@ -235,7 +236,8 @@ def run_quantization(model: str | None = None, config: GenieConfig | None = None
                 run.synthetic["dataset"] = summary
                 if "dataset" in edited:
                     return None
-                return render_dataset_card(run, repo_id=dataset_id, model_repo_id=model_id if run.push else None)
+                return render_dataset_card(run, repo_id=dataset_id, model_repo_id=model_id if run.push else None,
+                                           load_id=None if run.push else f"{layout.root.resolve().name}/dataset")
 
             export_synthetic_dataset(calibration.pixel_values, spec, calibration.batch_indices, layout.dataset_dir,
                                      dataset_card, storage=config.dataset_storage, keep_added_files=True)
@@ -359,7 +361,6 @@ def synthesis_seconds_per_image(model, spec, config: GenieConfig, budget_s: floa
 
 def warn_paper_on_cpu(model, spec, config: GenieConfig, zero_shot: bool = True) -> float:
     """Warn, with the projected duration, that the paper profile is starting on a CPU; returns the projection."""
-    from .progress import paper_cpu_warning, projected_seconds
 
     projected = projected_seconds(num_samples=config.num_samples, synthesis_iterations=config.synthesis_iterations,
                                   reconstruction_steps=config.reconstruction_steps,
@@ -500,7 +501,7 @@ def _results_table(evaluation: DatasetEvaluation) -> tuple[list[dict], str]:
 def _print_summary(run: RunRecord, out: Path, fashion_mnist_missing: bool = False) -> None:
     """The closing lines of `genie_hub quantize`; `fashion_mnist_missing`: the automatic evaluation of the embedded
     model was skipped because the test data is not installed (not when the user chose --eval-dataset none)."""
-    lines = [f"Done in {run.wall_seconds / 60:.1f} min. Output: {out}"]
+    lines = [f"Done in {format_duration(run.wall_seconds)}. Output: {out}"]
     if run.unit_errors:
         better = sum(e["error_reconstructed"] < e["error_round_to_nearest"] for e in run.unit_errors)
         kept = sum(e.get("kept") == "round-to-nearest" for e in run.unit_errors)

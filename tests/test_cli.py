@@ -267,6 +267,16 @@ def test_the_load_snippet_of_a_grayscale_models_card_runs(tmp_path, monkeypatch,
     exec(compile(snippet, "card snippet", "exec"), {})
     printed = capsys.readouterr().out.strip()
     assert printed in json.loads((out / "model" / "config.json").read_text())["id2label"].values()
+    # The dataset card's snippet loads OUT/dataset as well (it named "out-calibration", which is nothing: helper-32).
+    dataset_card = (out / "dataset" / "README.md").read_text()
+    snippet = re.search(r"```python\n(from datasets import load_dataset.*?)```", dataset_card, re.S).group(1)
+    assert 'load_dataset("out/dataset"' in snippet
+    scope: dict = {}
+    exec(compile(snippet, "dataset card snippet", "exec"), scope)
+    from genie_hub.synthetic_dataset import load_synthetic_dataset
+
+    assert scope["calibration"].shape[0] == run.synthetic["num_samples"]  # the synthetic images, from the folder
+    assert torch.equal(scope["calibration"], load_synthetic_dataset(out / "dataset"))
     run.input_spec["channels"] = 3
     assert 'pipeline("image-classification"' in str(render_model_card(run, repo_id="user/rgb"))
     assert "matmuls in floating point" not in card

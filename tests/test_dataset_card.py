@@ -158,3 +158,35 @@ def test_a_relative_local_source_with_its_split_appears_by_its_folder_name(tmp_p
     assert public_command("genie_hub quantize tiny --few-shot clients/acme-secret/photos:train "
                           "--eval-dataset=clients/acme-secret/photos:test") == \
         "genie_hub quantize tiny --few-shot photos:train --eval-dataset=photos:test"
+
+
+def test_card_wall_times_are_readable_at_any_length():
+    """A 1.5 s run read 'wall time 0.0 min' (helper-32): durations are written as the progress lines write them."""
+    from types import SimpleNamespace
+
+    from genie_hub.cards import wall_time
+
+    assert wall_time(SimpleNamespace(wall_seconds=1.5, total_wall_seconds=None, total_commands=None)) == "wall time 2 s"
+    assert wall_time(SimpleNamespace(wall_seconds=600, total_wall_seconds=4000, total_commands=2)) == (
+        "wall time 67 min over the 2 commands that computed it (resumed or rerun; the last took 10 min)")
+    assert wall_time(SimpleNamespace(wall_seconds=None, total_wall_seconds=None, total_commands=None)) == ""
+
+
+def test_the_model_card_shows_overrides_as_the_command_line_takes_them(tmp_path):
+    """The card showed `{'*.quantized_matmul': {'act': None}}`, a Python dict (helper-32): now `PATTERN=W/A`."""
+    import dataclasses
+
+    from helpers_output import build_output, make_genie_run
+
+    from genie_hub.cards import render_model_card
+    from genie_hub.config import format_override, parse_override
+    from genie_hub.outputs import RunRecord
+
+    for text in ("*.quantized_matmul=/fp", "classifier*=8/8", "stem*=6/"):
+        assert format_override(*parse_override(text)) == text
+    out = make_genie_run(build_output(tmp_path / "out"))
+    run = RunRecord.load(out / "run.json")
+    run = dataclasses.replace(run, config={**run.config, "overrides": {
+        "*.quantized_matmul": {"act": None}, "classifier*": {"weight": 8, "act": 8}}})
+    card = str(render_model_card(run, repo_id="user/x"))
+    assert "overrides: `*.quantized_matmul=/fp`, `classifier*=8/8`." in card and "{'" not in card
