@@ -244,8 +244,8 @@ def reconstruct_unit(unit: nn.Module, ops: list[QuantizedOp], x_fp: torch.Tensor
             for param, value in zip(_learned(weight_quantizers, act_quantizers), initial):
                 param.copy_(value)
         logger.warning("unit %s: reconstruction ended with a larger output error than round-to-nearest "
-                       "(%.4g > %.4g); keeping round-to-nearest for this unit (more --reconstruction-steps help).",
-                       name, error_final, error_rtn)
+                       "(%.4g > %.4g); keeping round-to-nearest for this unit (more reconstruction steps help: "
+                       "--reconstruction-steps, or reconstruction_steps in GenieConfig).", name, error_final, error_rtn)
         error_final, kept = _output_error(unit, x_q, y_fp, args, kwargs), "round-to-nearest"
     for op in ops:
         op.freeze()
