@@ -58,8 +58,9 @@ def _add_eval_options(parser: argparse.ArgumentParser, prefix: str) -> None:
     parser.add_argument(f"--{prefix}label-column", default=None,
                         help="label column (default: the first ClassLabel feature, else 'label')")
     parser.add_argument(f"--{prefix}unlabelled", action="store_true",
-                        help="the images have no labels (e.g. a folder of photos): report agreement with FP32 only"
-                             + ("" if prefix else ", the --fp32 model") + " (default: off)")
+                        help="the images have no labels (e.g. a folder of photos): report only the agreement with "
+                             + ("the FP32 model" if prefix else "the --fp32 model, which it then needs")
+                             + " (default: off)")
 
 
 def _add_push_options(parser: argparse.ArgumentParser, revision_flag: str = "--revision") -> None:
