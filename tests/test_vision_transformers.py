@@ -4,6 +4,7 @@ replace, reconstruction units are the transformer layers, and the CLI quantizes,
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -381,6 +382,47 @@ def test_cli_zero_shot_quantizes_saves_and_reloads(family, tmp_path):
     card = (out / "model" / "README.md").read_text()
     assert ("Attention (2 modules): both matmuls quantized at A8" in card) == (family != "convnext")
     _reload_matches(out / "model")
+
+
+def _save_with_processor(model, path: Path) -> None:
+    from transformers import ViTImageProcessor
+
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(path)
+
+
+def _imagegpt():
+    from transformers import ImageGPTConfig, ImageGPTForImageClassification
+
+    return ImageGPTForImageClassification(ImageGPTConfig(n_embd=16, n_layer=1, n_head=2, n_positions=64,
+                                                         vocab_size=513, num_labels=3)).eval()
+
+
+def _pp_lcnet():
+    from transformers import PPLCNetConfig, PPLCNetForImageClassification
+
+    return PPLCNetForImageClassification(PPLCNetConfig(scale=0.25, num_labels=3)).eval()
+
+
+@pytest.mark.parametrize("build, reason", [
+    (_imagegpt, r"ImageGPTForImageClassification: it reads an image as token ids \(its input is input_ids"),
+    (_pp_lcnet, r"The model's output \(BaseModelOutputWithNoAttention\) holds no logits"),
+])
+def test_a_model_that_takes_no_pixels_or_returns_no_logits_is_refused_for_that_reason(build, reason, tmp_path,
+                                                                                     capsys):
+    """ImageGPT reads token ids and PP-LCNet returns its scores as last_hidden_state: both were refused before
+    compute, but as a model that 'does not run on inputs of shape [3, 32, 32]', blaming the image processor (which
+    was the model's own). The refusal names the real reason, from the CLI and from the library call alike."""
+    _save_with_processor(build(), tmp_path / "base")
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(out), "--num-samples", "4", "--batch-size", "4",
+                 "--synthesis-iterations", "3", *TINY]) != 0
+    message = capsys.readouterr().err
+    assert re.search(reason, message)
+    assert "image processor (preprocessor_config.json)" not in message and not (out / "work").exists()
+    with pytest.raises(GenieError, match=reason):
+        quantize(build(), calibration(2), GenieConfig.from_profile("quick", reconstruction_steps=0), progress=False)
 
 
 def test_every_head_of_a_distilled_deit_gets_the_classifier_bits():

@@ -108,7 +108,13 @@ def logits_of(output: Any) -> torch.Tensor:
     if logits is None and isinstance(output, (tuple, list)) and output:
         logits = output[0]
     if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"Cannot find logits in model output of type {type(output).__name__}.")
+        from ..errors import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"The model's output ({type(output).__name__}) holds no logits (no `logits` field, and it is not a "
+            "tensor or a tuple), so genie_hub cannot read its predictions to synthesize images, quantize or evaluate "
+            "it (PP-LCNet, for one, returns its class scores as last_hidden_state). Quantize a classifier whose "
+            "output has logits.")
     return logits
 
 

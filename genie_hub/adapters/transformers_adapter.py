@@ -91,7 +91,16 @@ class TransformersAdapter(ModelAdapter):
         return True  # any folder or Hub id: transformers says what is wrong if it is not a classifier
 
     def logits(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        if getattr(model, "main_input_name", None) == "pixel_values":
+        main_input = getattr(model, "main_input_name", None)
+        if main_input == "input_ids":  # ImageGPT: an image as a sequence of colour-cluster token ids
+            from ..errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"genie_hub cannot quantize {type(model).__name__}: it reads an image as token ids (its input is "
+                "input_ids, e.g. ImageGPT's colour-cluster ids), not as pixel values, so there are no images to "
+                "synthesize or calibrate with. Quantize a classifier that takes pixel_values (ResNet, RegNet, "
+                "MobileNet, EfficientNet, ViT, DeiT, Swin, ConvNeXt, ...).")
+        if main_input == "pixel_values":
             return logits_of(model(pixel_values=pixel_values))
         return logits_of(model(pixel_values))
 

@@ -61,6 +61,8 @@ def check_quantizable(model: nn.Module, config, example_input: torch.Tensor, ran
     try:  # the model as it is first: a failure there is about the inputs, not about quantized layers
         with torch.no_grad():
             model_logits(model, example_input)
+    except GenieError:  # the adapter names what the model takes or returns that genie_hub cannot work with
+        raise
     except Exception as exc:  # noqa: BLE001 - the model's own code raises anything
         text = first_line(exc) or type(exc).__name__
         raise ConfigError(
