@@ -425,6 +425,21 @@ def test_a_model_that_takes_no_pixels_or_returns_no_logits_is_refused_for_that_r
         quantize(build(), calibration(2), GenieConfig.from_profile("quick", reconstruction_steps=0), progress=False)
 
 
+def test_a_processor_that_makes_patch_sequences_is_refused_for_that_reason(tmp_path, capsys):
+    """SigLIP2's NaFlex processor makes pixel_values [N, patches, 768] with a patch mask and grid shapes: the input
+    spec fell back to 224 px and the model was refused as one that 'does not run on inputs of shape [3, 224, 224]',
+    blaming the processor's size (helper-35). The refusal now says what the processor makes, before compute."""
+    from transformers import Siglip2ImageProcessorPil
+
+    tiny_model("vit").save_pretrained(tmp_path / "base")
+    Siglip2ImageProcessorPil(max_num_patches=16, patch_size=16).save_pretrained(tmp_path / "base")
+    out = tmp_path / "out"
+    assert main(["quantize", str(tmp_path / "base"), "-o", str(out), *TINY]) != 0
+    message = capsys.readouterr().err
+    assert "makes pixel_values of shape [2, 16, 768] for 2 images, not images [N, C, H, W]" in message
+    assert "does not run on inputs" not in message and not (out / "work").exists()
+
+
 def test_every_head_of_a_distilled_deit_gets_the_classifier_bits():
     """A distilled DeiT's logits average a class head and a distillation head: both are the classifier, both W8A8
     (the last executed op alone left the class head at the run's 4 bits)."""

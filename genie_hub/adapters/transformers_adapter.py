@@ -139,6 +139,14 @@ class TransformersAdapter(ModelAdapter):
                 x = self.to_pixel_values(images, processor, InputSpec(channels, height, width)).double()
         except Exception:  # noqa: BLE001 - any processor failure: the attribute route below
             x = None
+        if x is not None and x.dim() != 4:  # SigLIP2's NaFlex processor: patch sequences, with masks and shapes
+            from ..errors import UnsupportedModelError
+
+            raise UnsupportedModelError(
+                f"The image processor ({type(processor).__name__}) makes pixel_values of shape {list(x.shape)} for 2 "
+                f"images, not images [N, C, H, W] (e.g. sequences of flattened patches, fed with a patch mask and "
+                "their grid shapes), and genie_hub synthesizes, calibrates with and evaluates on images. Quantize a "
+                "model whose processor returns [N, C, H, W] pixel_values (ViT, DeiT, Swin, ConvNeXt, SigLIP, ...).")
         if x is not None and x.dim() == 4 and x.shape[:2] == (2, channels):
             black, white = x[:, :, x.shape[2] // 2, x.shape[3] // 2]  # constant images stay constant: the centre
             scale = white - black
