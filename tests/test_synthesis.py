@@ -528,3 +528,26 @@ def test_the_host_plateau_schedule_makes_the_same_images(monkeypatch):
     on_host = synthesize(model, config, spec=input_spec(model), progress=False)
     assert torch.equal(on_host.pixel_values, on_device.pixel_values)
     assert [s.final_loss for s in on_host.batch_stats] == [s.final_loss for s in on_device.batch_stats]
+
+
+def test_batchnorm_layers_the_prior_does_not_match_are_named(caplog):
+    """LeViT normalizes its Linear layers with BatchNorm1d, which Genie's prior (BatchNorm2d inputs only, as the
+    reference) leaves out: said in a warning (helper-35), not silently."""
+    from transformers import LevitConfig, LevitForImageClassification
+
+    from genie_hub.synthesis.bn_stats import unmatched_batchnorm
+
+    model = LevitForImageClassification(LevitConfig(
+        image_size=32, patch_size=16, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3], depths=[1, 1, 1],
+        key_dim=[8, 8, 8], attention_ratio=[2, 2, 2], mlp_ratio=[2, 2, 2], num_labels=3,
+        down_ops=[["Subsample", 8, 2, 4, 2, 2], ["Subsample", 8, 4, 4, 2, 2], [""]])).eval()
+    unmatched = unmatched_batchnorm(model)
+    assert unmatched and all(isinstance(model.get_submodule(n), torch.nn.BatchNorm1d) for n in unmatched)
+    spec = InputSpec(3, 32, 32, (0.5,) * 3, (0.5,) * 3)
+    synthesize(model, GenieConfig.from_profile("quick", num_samples=2, synthesis_batch_size=2, synthesis_iterations=1),
+               spec=spec, progress=False)
+    assert f"{len(unmatched)} BatchNorm layer(s) that are not BatchNorm2d" in caplog.text
+    caplog.clear()
+    synthesize(tiny_model("resnet-basic"), GenieConfig.from_profile("quick", num_samples=2, synthesis_batch_size=2,
+               synthesis_iterations=1), spec=input_spec(tiny_model("resnet-basic")), progress=False)
+    assert "not BatchNorm2d" not in caplog.text and unmatched_batchnorm(tiny_model("resnet-basic")) == []

@@ -21,6 +21,14 @@ def batchnorm_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
             if isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None]
 
 
+def unmatched_batchnorm(model: nn.Module) -> list[str]:
+    """The model's other BatchNorm layers with running statistics (BatchNorm1d after LeViT's Linear layers,
+    BatchNorm3d): Genie's prior matches BatchNorm2d inputs only, as the reference does, so these are said, not
+    matched."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and not isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None]
+
+
 def require_batchnorm(model: nn.Module) -> list[nn.BatchNorm2d]:
     """The model's BatchNorm layers; `NoBatchNormError` (pointing to few-shot mode) when there are none."""
     layers = batchnorm_layers(model)

@@ -32,6 +32,7 @@ from ..reproducibility import batch_seed, fingerprint_differences, model_fingerp
 from .generator import image_source
 from .image_prior import PixelTarget, input_prior_loss, pixel_target
 from . import swing  # the module: SWING_MIN_SIZE is read at run time (benchmarks ablate it)
+from .bn_stats import BatchNormPrior, unmatched_batchnorm
 from .prior import SynthesisPrior, select_prior
 from .workers import available_memory_bytes, fit_in_memory, plan_workers, run_in_workers
 
@@ -367,6 +368,11 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
                 "and the pixel prior ignores the model's input normalization. Pass processor= (load_model returns "
                 "it) or spec= to synthesize images like the model's real inputs.", spec.height, spec.width)
     prior = select_prior(model, config.synthesis_prior)
+    unmatched = unmatched_batchnorm(model) if prior.name == BatchNormPrior.name else []
+    if unmatched:
+        logger.warning("%d BatchNorm layer(s) that are not BatchNorm2d (e.g. %s) are not matched by the %s prior, "
+                       "which matches the inputs of the %d BatchNorm2d layers only, as Genie does; the images follow "
+                       "what those remember.", len(unmatched), ", ".join(unmatched[:3]), prior.name, len(prior.layers))
     if accelerator is None:
         accelerator, config = make_accelerator(config)
     elif config.mixed_precision is None or config.synthesis_precision == "auto":  # (once: the pipeline resolved it)
