@@ -534,6 +534,32 @@ def test_image_columns_of_paths_or_bytes_are_read_and_others_refused_before_comp
         open_eval_set(str(tmp_path / "broken"), dict(enumerate(LABELS)))
 
 
+def test_an_empty_local_file_or_folder_is_named_as_empty_not_as_a_hub_problem(tmp_path):
+    """An empty parquet/arrow file made `datasets` fail ("Instruction 'train' corresponds to no data!", or an
+    ArrowInvalid), which was reported with the Hub's hint (dataset id, HF_TOKEN) for a file on this disk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    empty = pa.table({"image": pa.array([], image), "label": pa.array([], pa.int64())})
+    (tmp_path / "folder").mkdir()
+    pq.write_table(empty, tmp_path / "folder" / "test.parquet")
+    pq.write_table(empty, tmp_path / "empty.parquet")
+    with pa.OSFile(str(tmp_path / "empty.arrow"), "wb") as sink:
+        pa.ipc.new_stream(sink, empty.schema).close()
+    for source, needle in ((tmp_path / "empty.parquet", "empty.parquet holds no rows"),
+                           (tmp_path / "empty.arrow", "empty.arrow holds no rows"),
+                           (tmp_path / "folder", "folder holds no rows .*test.parquet are empty")):
+        with pytest.raises(DataError, match=needle) as caught:
+            open_eval_set(str(source), dict(enumerate(LABELS)))
+        assert "HF_TOKEN" not in str(caught.value)
+    # An empty file beside one with rows: named, since `datasets` cannot read the folder either.
+    pq.write_table(pa.table({"image": pa.array([{"bytes": b"x", "path": None}], image), "label": [0]}),
+                   tmp_path / "folder" / "more.parquet")
+    with pytest.raises(DataError, match=r"1 data file\(s\) of .*folder hold no rows \(test.parquet\)"):
+        open_eval_set(str(tmp_path / "folder"), dict(enumerate(LABELS)))
+
+
 def test_photos_are_read_upright_by_their_exif_orientation(tmp_path):
     from genie_hub.data.pixels import decode_image
 

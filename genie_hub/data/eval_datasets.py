@@ -471,11 +471,70 @@ def _open_error(source: EvalSource, exc: Exception) -> DataError:
     from huggingface_hub import is_offline_mode
 
     first = first_line(exc)
+    if source.kind == "local":  # a file or folder here: no Hub id, token or offline mode to blame
+        empty, total = _empty_data_files(source)
+        if empty:
+            return DataError(_empty_message(source, empty, total))
+        return DataError(f"Could not open the evaluation dataset '{source.label}' ({source.name}): `datasets` could "
+                         "not read its files. Check that they are complete .parquet/.arrow files or images, and that "
+                         f"they all have the same columns. ({type(exc).__name__}: {first})")
     hint = ("HF_HUB_OFFLINE is set and the dataset is not cached; unset it or use a local folder."
             if is_offline_mode() and source.kind == "hub" else
             "Check the dataset id, config and split (owner/name[:config]:split), or the folder; a gated or private "
             "dataset needs HF_TOKEN.")
     return DataError(f"Could not open the evaluation dataset '{source.label}'. {hint} ({type(exc).__name__}: {first})")
+
+
+def _empty_data_files(source: EvalSource) -> tuple[list[Path], int]:
+    """The .parquet/.arrow files of a local source's split that hold no rows, and how many files the split has:
+    `datasets` cannot read a set of no rows ("Instruction 'train' corresponds to no data!"), nor an empty parquet
+    file beside others. None of none when the source is an imagefolder or its files cannot be listed."""
+    path = Path(source.name).expanduser()
+    try:
+        if path.is_file():
+            files = [path]
+        else:
+            builder, by_split = local_data_files(path)
+            if builder == "imagefolder":
+                return [], 0
+            files = by_split[named_split(source.name, source.split, list(by_split)) if source.split is not None
+                             else _preferred_split(list(by_split))]
+    except (DataError, OSError, KeyError):
+        return [], 0
+    return [file for file in files if _row_count(file) == 0], len(files)
+
+
+def _row_count(path: Path) -> int | None:
+    """The rows of a .parquet file (from its footer) or an .arrow file (Arrow's stream or file format, memory
+    mapped); None where it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix == ".parquet":
+            return pq.ParquetFile(path).metadata.num_rows
+        with pa.memory_map(str(path)) as mapped:
+            try:
+                return pa.ipc.open_stream(mapped).read_all().num_rows
+            except pa.ArrowInvalid:
+                mapped.seek(0)
+                return pa.ipc.open_file(mapped).read_all().num_rows
+    except Exception:  # noqa: BLE001 - a damaged file: not an empty one
+        return None
+
+
+def _empty_message(source: EvalSource, empty: list[Path], total: int) -> str:
+    path = Path(source.name).expanduser()
+    if path.is_file():
+        return (f"{path} holds no rows (no examples to evaluate). Give a .parquet/.arrow file with labelled images, "
+                "or a folder of them.")
+    names = ", ".join(str(file.relative_to(path)) for file in empty[:3]) + (" ..." if len(empty) > 3 else "")
+    if len(empty) == total:
+        return (f"{path} holds no rows (no examples to evaluate): its data file(s) {names} are empty. Give a "
+                "folder whose .parquet/.arrow files hold labelled images.")
+    return (f"{len(empty)} data file(s) of {path} hold no rows ({names}), and `datasets` reads neither a split of "
+            "no examples nor an empty .parquet file among others. Remove the empty file(s), or give a folder whose "
+            "files hold labelled images.")
 
 
 def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, image_column: str | None = None,
