@@ -560,6 +560,27 @@ def test_an_empty_local_file_or_folder_is_named_as_empty_not_as_a_hub_problem(tm
         open_eval_set(str(tmp_path / "folder"), dict(enumerate(LABELS)))
 
 
+def test_a_label_column_of_floats_bools_or_lists_gets_a_hint_for_what_it_holds(tmp_path):
+    """Every label column that was not a ClassLabel or integers got the hint for class names as strings
+    (`class_encode_column`), which does not fit pandas' float64 labels (integers with a NaN), bools or lists."""
+    import io
+
+    import pandas as pd
+
+    buffer = io.BytesIO()
+    _images(1, seed=7)[0].save(buffer, format="PNG")
+    image = {"bytes": buffer.getvalue(), "path": None}
+    cases = {"floats": ([0, 1, float("nan")], r"float64.*astype\('Int64'\).*drop the rows without a label"),
+             "bools": ([True, False, True], r"bool.*True/False is not a class.*astype\(int\)"),
+             "lists": ([[0, 1], [2], [1]], r"multi-label\), which is not supported.*one class per image"),
+             "names": (["cat", "dog", "cat"], r"class_encode_column\('label'\)")}
+    for name, (labels, needle) in cases.items():
+        pd.DataFrame({"image": [image] * 3, "label": labels}).to_parquet(tmp_path / f"{name}.parquet")
+        with pytest.raises(DataError, match=needle) as caught:
+            open_eval_set(str(tmp_path / f"{name}.parquet"), dict(enumerate(LABELS)))
+        assert name == "names" or "class_encode_column" not in str(caught.value)
+
+
 def test_photos_are_read_upright_by_their_exif_orientation(tmp_path):
     from genie_hub.data.pixels import decode_image
 

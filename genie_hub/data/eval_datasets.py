@@ -605,9 +605,8 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
     elif getattr(feature, "dtype", "").startswith(("int", "uint")):
         mapping = None  # plain integers: taken as the model's own class indices (checked on the first row)
     else:
-        raise DataError(f"The label column '{label_column}' of {where} holds {feature}, not class indices. Class "
-                        "names as strings: cast the column to a ClassLabel first (datasets' "
-                        f"`dataset.class_encode_column('{label_column}')`), and they are mapped by name.")
+        raise DataError(f"The label column '{label_column}' of {where} holds {feature}, not class indices. "
+                        f"{_label_type_hint(feature, label_column)}")
     evalset = EvalSet(source, split, None if streaming else len(dataset), dataset, image_column, label_column,
                       mapping, num_classes=len(model_labels))
     # Every label of a local set now (a streamed one: the first rows here, the rest as they come): a label outside
@@ -618,6 +617,29 @@ def open_eval_set(source: str | EvalSource, model_labels: dict[int, str], *, ima
         raise DataError(f"No example of {where} has a label (all are -1 or empty): pass --unlabelled "
                         "(--eval-unlabelled) to measure agreement with FP32 only.")
     return evalset
+
+
+def _label_type_hint(feature, label_column: str) -> str:
+    """What to do with a label column that holds neither a ClassLabel nor integers, by what it holds."""
+    dtype = getattr(feature, "dtype", "")
+    if isinstance(feature, list) or type(feature).__name__ in ("List", "LargeList", "Sequence"):
+        return ("Each example holds a list of labels (multi-label), which is not supported: top-1 accuracy needs "
+                "one class per image. Give a column with one class index (or one class name as a ClassLabel) per "
+                "image.")
+    if dtype.startswith("float") or dtype in ("double", "halffloat"):
+        return ("Class indices stored as floats are usually whole numbers with missing values (pandas makes an "
+                "integer column with a NaN float64): cast the column to integers, keeping the missing ones as "
+                f"empty (pandas: `df['{label_column}'].astype('Int64')`; examples without a label are skipped), or "
+                "drop the rows without a label first.")
+    if dtype == "bool":
+        return ("True/False is not a class: if False and True are the model's classes 0 and 1, cast the column to "
+                f"integers (pandas: `df['{label_column}'].astype(int)`); otherwise give each image its class index "
+                "or class name.")
+    if dtype in ("string", "large_string"):
+        return ("Class names as strings: cast the column to a ClassLabel first (datasets' "
+                f"`dataset.class_encode_column('{label_column}')`), and they are mapped by name.")
+    return ("Give a column of integer class indices (the model's id2label), or of class names as a ClassLabel "
+            f"(datasets' `dataset.class_encode_column('{label_column}')`), mapped by name.")
 
 
 def _is_image_struct(feature) -> bool:
