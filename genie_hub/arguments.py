@@ -9,6 +9,7 @@ as it came: both stages switch it to eval mode and freeze its parameters while t
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Iterator
 
 import torch
@@ -88,6 +89,18 @@ def check_calibration(pixel_values: torch.Tensor, call: str) -> torch.Tensor:
         raise DataError(f"{bad} of the {len(pixel_values)} calibration images hold NaN or infinite values. Check "
                         "where they come from (the synthesis losses, the image files).")
     return pixel_values.float()
+
+
+def check_count(value, name: str, call: str, *, none: str | None = None) -> int | None:
+    """A positive integer (Python's or numpy's; not a bool, a float or a string), returned as Python's int. With
+    `none`, what None means for it (e.g. "the whole split"), and None is taken."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        allowed = f" or None ({none})" if none is not None else ""
+        raise ConfigError(f"{call}() takes {name} as a positive integer{allowed}, got {value!r}: pass a whole "
+                          f"number of at least 1{', e.g. 64' if name == 'batch_size' else ''}.")
+    return int(value)
 
 
 @contextlib.contextmanager

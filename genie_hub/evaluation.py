@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import InputSpec, adapter_for, model_logits
+from .arguments import check_count
 from .data.eval_datasets import EvalSet, ReadTally, open_eval_set
 from .errors import ConfigError
 
@@ -20,8 +21,7 @@ __all__ = ["DatasetEvaluation", "agreement", "evaluate_on_dataset", "evaluate_to
 @torch.no_grad()
 def predict_logits(model: nn.Module, pixel_values: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Run `model` over `pixel_values` in batches (eval mode is left to the caller); returns fp32 logits on CPU."""
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1 (got {batch_size}).")
+    batch_size = check_count(batch_size, "batch_size", "predict_logits")
     try:
         param = next(model.parameters())
         device, dtype = param.device, param.dtype
@@ -40,6 +40,7 @@ def predict_logits(model: nn.Module, pixel_values: torch.Tensor, batch_size: int
 
 def evaluate_top1(model: nn.Module, pixel_values: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
     """Top-1 accuracy (fraction in [0, 1]) of `model` on `pixel_values` with integer `labels`."""
+    batch_size = check_count(batch_size, "batch_size", "evaluate_top1")
     labels = torch.as_tensor(labels).long().cpu()
     if labels.numel() != pixel_values.shape[0]:
         raise ConfigError(f"{pixel_values.shape[0]} images but {labels.numel()} labels.")
@@ -56,6 +57,7 @@ def agreement(fp_logits: torch.Tensor, q_logits: torch.Tensor, k: int = 5) -> di
     the FP top-k classes also in the quantized top-k; k = min(5, classes)), `kl_fp_q` (mean KL(p_fp || p_q)
     in nats, computed in float64) and `num_samples`.
     """
+    k = check_count(k, "k", "agreement")
     fp_logits, q_logits = torch.as_tensor(fp_logits), torch.as_tensor(q_logits)
     if fp_logits.shape != q_logits.shape or fp_logits.ndim != 2:
         raise ConfigError(f"Logit shapes differ or are not [N, classes]: {tuple(fp_logits.shape)} vs "
@@ -181,6 +183,8 @@ def evaluate_on_dataset(fp_model: nn.Module, q_model: nn.Module, processor, spec
     from .data import fashion_mnist_pixel_values
     from .progress import progress_bar
 
+    limit = check_count(limit, "limit", "evaluate_on_dataset", none="the whole split")
+    batch_size = check_count(batch_size, "batch_size", "evaluate_on_dataset")
     evalset = dataset if isinstance(dataset, EvalSet) else open_evaluation(dataset, fp_model)
     adapter = adapter_for(fp_model)
     total = min(limit, evalset.num_images) if limit and evalset.num_images else (limit or evalset.num_images)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from genie_hub.cli import main
 from genie_hub.data.eval_datasets import EvalSource, map_labels, open_eval_set
-from genie_hub.errors import DataError
+from genie_hub.errors import ConfigError, DataError
 from genie_hub.evaluation import evaluate_on_dataset, model_labels
 from genie_hub.loading import input_spec, load_model
 from tiny_models import IMAGE_SIZE, save_tiny_model
@@ -679,6 +679,30 @@ def test_an_evaluation_cut_by_the_limit_never_claims_the_whole_split(model_dir, 
         rows, protocol = _results_table(result)
         assert {row["split"] for row in rows} == {split}
         assert ("the first 3 images of the train split" in protocol) == (limit == 3)
+
+
+def test_a_limit_or_batch_size_that_is_not_a_positive_integer_is_refused_by_name(model_dir, imagefolder):
+    """The library's evaluation functions took anything: limit="3" or batch_size=1.5 failed as raw TypeErrors,
+    limit=2.5 evaluated 3 images, limit=0 or -1 reported that the set "yielded no images"."""
+    from genie_hub.evaluation import agreement, evaluate_top1, predict_logits
+
+    model, processor = load_model(model_dir)
+    spec = input_spec(model, processor)
+    evalset = open_eval_set(str(imagefolder), model_labels(model))
+    for settings, name in (({"limit": "3"}, "limit"), ({"limit": 2.5}, "limit"), ({"limit": 0}, "limit"),
+                           ({"limit": -1}, "limit"), ({"limit": True}, "limit"), ({"batch_size": 1.5}, "batch_size"),
+                           ({"batch_size": 0}, "batch_size"), ({"batch_size": "8"}, "batch_size")):
+        with pytest.raises(ConfigError, match=rf"evaluate_on_dataset\(\) takes {name} as a positive integer"):
+            evaluate_on_dataset(model, model, processor, spec, evalset, progress=False, **settings)
+    assert evaluate_on_dataset(model, model, processor, spec, evalset, limit=np.int64(2), batch_size=np.int64(1),
+                               progress=False).num_images == 2
+    pixels = torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    with pytest.raises(ConfigError, match=r"predict_logits\(\) takes batch_size as a positive integer"):
+        predict_logits(model, pixels, 1.5)
+    with pytest.raises(ConfigError, match=r"evaluate_top1\(\) takes batch_size as a positive integer"):
+        evaluate_top1(model, pixels, torch.tensor([0, 1]), batch_size=True)
+    with pytest.raises(ConfigError, match=r"agreement\(\) takes k as a positive integer"):
+        agreement(torch.zeros(2, 5), torch.zeros(2, 5), k=0)
 
 
 def test_a_cut_evaluation_names_the_rows_it_went_through_not_the_images_it_scored(model_dir, tmp_path, capsys):
