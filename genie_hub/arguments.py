@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Iterator
+import os
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -84,11 +86,39 @@ def check_calibration(pixel_values: torch.Tensor, call: str) -> torch.Tensor:
         raise ConfigError(f"{call}() needs calibration pixel_values as floats, normalized as the model's processor "
                           f"makes them, got {pixel_values.dtype}: prepare the images with the processor (or "
                           "genie_hub.data.uint8_to_pixel_values).")
+    if pixel_values.is_meta:
+        raise ConfigError(f"{call}() got calibration images on the meta device (a shape without values). Pass "
+                          "images that hold pixel values, e.g. synthesize(...)'s Calibration or a tensor made on the "
+                          "CPU.")
     bad = int((~torch.isfinite(pixel_values.flatten(1))).any(dim=1).sum())
     if bad:
         raise DataError(f"{bad} of the {len(pixel_values)} calibration images hold NaN or infinite values. Check "
                         "where they come from (the synthesis losses, the image files).")
     return pixel_values.float()
+
+
+def check_accelerator(accelerator: Any, call: str, none: str) -> None:
+    """None, or an `accelerate.Accelerator` (anything with a torch.device as `.device`): a device name is not one.
+    `none`: what the call does without one."""
+    if accelerator is not None and not isinstance(getattr(accelerator, "device", None), torch.device):
+        raise ConfigError(f"{call}() takes accelerator as an accelerate.Accelerator, which it runs on, got "
+                          f"{type(accelerator).__name__} {accelerator!r:.60}. Pass accelerate.Accelerator() "
+                          f"(Accelerator(cpu=True) for the CPU), or accelerator=None: {none}.")
+
+
+def check_state_path(state_path: Any, call: str) -> None:
+    """None, or a file path (str or os.PathLike) that is not an existing folder: the reconstruction state is one
+    file, written after the first unit, so a bad path would fail minutes into the run."""
+    if state_path is None:
+        return
+    if not isinstance(state_path, (str, os.PathLike)) or not str(os.fspath(state_path)).strip():
+        raise ConfigError(f"{call}() takes state_path as a file path (str or pathlib.Path), or None to keep no "
+                          f"state, got {type(state_path).__name__} {state_path!r:.60}: e.g. "
+                          "state_path='run/reconstruction.safetensors'.")
+    if Path(state_path).is_dir():
+        raise ConfigError(f"{call}() got state_path {str(state_path)!r}, an existing folder: the reconstruction "
+                          "state is one file. Name a file in it, e.g. "
+                          f"{str(Path(state_path) / 'reconstruction.safetensors')!r}.")
 
 
 def check_count(value, name: str, call: str, *, none: str | None = None) -> int | None:

@@ -383,8 +383,13 @@ def _quantized_tiny():
     ("nothing to quantize", genie_hub.errors.UnsupportedModelError, "no nn.Conv2d or nn.Linear"),
     ("a compiled model", ConfigError, "Pass the model itself (model._orig_mod"),  # quantized, then unsavable
     ("a DataParallel model", ConfigError, "Pass the model itself (model.module)"),  # quantized, then unsavable
+    # were a raw TypeError, an AttributeError, and RuntimeError 'Tensor.item() cannot be called on meta tensors'
+    ("a state_path that is a number", ConfigError, "takes state_path as a file path (str or pathlib.Path)"),
+    ("a state_path that is a folder", ConfigError, "an existing folder: the reconstruction state is one file"),
+    ("a device name as the accelerator", ConfigError, "takes accelerator as an accelerate.Accelerator"),
+    ("images on the meta device", ConfigError, "calibration images on the meta device"),
 ])
-def test_quantize_refuses_what_it_cannot_use_before_any_compute(case, error, needle):
+def test_quantize_refuses_what_it_cannot_use_before_any_compute(case, error, needle, tmp_path):
     from torch import nn
 
     model = tiny_model("resnet-basic")
@@ -393,6 +398,14 @@ def test_quantize_refuses_what_it_cannot_use_before_any_compute(case, error, nee
     kwargs = {}
     if case.startswith("range_init"):
         kwargs["range_init"] = "mse"
+    elif case == "a state_path that is a number":
+        kwargs["state_path"] = 5
+    elif case == "a state_path that is a folder":
+        kwargs["state_path"] = tmp_path
+    elif case == "a device name as the accelerator":
+        kwargs["accelerator"] = "cpu"
+    elif case == "images on the meta device":
+        images = images.to("meta")
     elif case == "a NaN pixel":
         images[2, 0, 1, 1] = float("nan")
     elif case == "no images":
@@ -435,6 +448,16 @@ def test_synthesize_refuses_a_wrapped_model_before_any_compute(wrap, monkeypatch
     config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=2)
     with pytest.raises(ConfigError, match="wrapper, which hides its config"):
         genie_hub.synthesize(model, config, progress=False)
+
+
+def test_synthesize_refuses_a_device_name_as_its_accelerator_before_any_compute(monkeypatch):
+    """accelerator='cuda' failed as AttributeError: 'str' object has no attribute 'num_processes'."""
+    from genie_hub.synthesis import loop
+
+    monkeypatch.setattr(loop, "synthesize_batches", lambda *a, **k: pytest.fail("computed before refusing"))
+    config = GenieConfig.from_profile("quick", num_samples=4, synthesis_batch_size=4, synthesis_iterations=2)
+    with pytest.raises(ConfigError, match="synthesize\\(\\) takes accelerator as an accelerate.Accelerator"):
+        genie_hub.synthesize(tiny_model("resnet-basic"), config, accelerator="cuda", progress=False)
 
 
 @pytest.mark.parametrize("output_dir", ["", "a file"])

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..arguments import check_calibration, check_config, check_model, preserved_state
+from ..arguments import (check_accelerator, check_calibration, check_config, check_model, check_state_path,
+                         preserved_state)
 from ..calibration import Calibration
 from ..config import GenieConfig, warn_paper_default
 from ..errors import ConfigError
@@ -82,6 +83,8 @@ def quantize(model: nn.Module, calibration: torch.Tensor | Calibration, config: 
                           f"minimizes the Lp error, minmax: the full range), got {range_init!r}.")
     pixel_values = check_calibration(calibration.pixel_values if isinstance(calibration, Calibration) else calibration,
                                      "quantize")
+    check_accelerator(accelerator, "quantize", "it then runs on the model's device (model.to('cuda'))")
+    check_state_path(state_path, "quantize")
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     if config is None:
         config = GenieConfig()

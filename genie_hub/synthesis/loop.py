@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..adapters import InputSpec, model_logits
-from ..arguments import check_config, check_model, preserved_state
+from ..arguments import check_accelerator, check_config, check_model, preserved_state
 from ..calibration import BatchStats, Calibration
 from ..config import GenieConfig, make_accelerator, resolve_precision, warn_paper_default
 from ..errors import ConfigError, GenieError, first_line
@@ -353,6 +353,7 @@ def synthesize(model: nn.Module, config: GenieConfig | None = None, *, spec: Inp
     `output_dir` is then required) and every process returns the full set.
     """
     check_model(model, "synthesize")
+    check_accelerator(accelerator, "synthesize", "it then makes one, on the GPU where there is one")
     paper_default = config is None
     config = config or GenieConfig()
     check_config(config, "synthesize")
