@@ -60,6 +60,11 @@ def test_bad_registries_are_refused(tmp_path):
     # Names become ZOO_DIR/<name>: one plain folder name only; values of the wrong type are named, not crashed on.
     for entry, needle in (({"name": "../escape"}, "one folder name"), ({"name": "a/b"}, "one folder name"),
                           ({"name": ""}, "one folder name"), ({"name": 5}, "one folder name"),
+                          # and a Hub repo name, with room for its "-calibration" dataset: checked at load, not as
+                          # "[Errno 36] File name too long" at build or an invalid repo id at publish
+                          ({"name": "a" * 300}, "name (300 characters) must be a Hub repo name"),
+                          ({"name": "a" * 85}, "at most 84 characters"), ({"name": "w4a4."}, "must be a Hub repo name"),
+                          ({"name": "w4--a4"}, "must be a Hub repo name"), ({"name": "w4.git"}, "Hub repo name"),
                           ({"model": 5}, "model must be a non-empty string"),
                           ({"settings": {"bogus": 1}}, "unknown GenieConfig field(s) bogus"),
                           ({"settings": [1]}, "settings must be an object"),
@@ -77,6 +82,8 @@ def test_bad_registries_are_refused(tmp_path):
                                                 **entry}]}))
         with pytest.raises(ConfigError, match=re.escape(needle)):
             zoo.load_registry(bad)
+    bad.write_text(json.dumps({"entries": [{"name": "a" * 84, "model": "x", "weight_bits": 4, "act_bits": 4}]}))
+    assert [entry.name for entry in zoo.load_registry(bad)] == ["a" * 84]
 
 
 def test_build_skips_finished_entries_and_reports_a_broken_one(registry, tmp_path, capsys):

@@ -24,6 +24,7 @@ from .. import REPOSITORY_URL
 from ..config import GenieConfig
 from ..errors import ConfigError, GenieError, first_line
 from ..fileio import write_bytes, write_json
+from ..hub import _CALIBRATION_SUFFIX as CALIBRATION_SUFFIX, _REPO_NAME_MAX
 from ..outputs import OutputLayout, RunRecord
 
 logger = logging.getLogger("genie_hub.zoo")
@@ -67,6 +68,11 @@ class ZooEntry:
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
             found.append(f"name {name!r} must be one folder name of letters, digits, '.', '_' and '-' (no '/' or "
                          "'..')")
+        elif not _hub_repo_name(name):
+            found.append(f"name ({len(name)} characters) must be a Hub repo name, since `zoo publish` pushes the entry "
+                         f"as NAMESPACE/<name> and its calibration images as NAMESPACE/<name>{CALIBRATION_SUFFIX}: "
+                         "letters, digits, '.', '_' and '-', not ending with '.' or '-', without '--' or '..', not "
+                         f"ending with '.git', and at most {MAX_NAME} characters")
         for key in ("model", "profile", "prior"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 found.append(f"{key} must be a non-empty string, got {getattr(self, key)!r}")
@@ -97,6 +103,22 @@ class ZooEntry:
         return found
 
 
+MAX_NAME = _REPO_NAME_MAX - len(CALIBRATION_SUFFIX)
+"""The longest entry name whose repos are valid Hub repo names (its calibration dataset's name is longer)."""
+
+
+def _hub_repo_name(name: str) -> bool:
+    """Whether NAMESPACE/`name` and its calibration dataset NAMESPACE/`name`-calibration are valid Hub repo ids."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        for repo_name in (name, name + CALIBRATION_SUFFIX):
+            validate_repo_id(f"ns/{repo_name}")
+    except HFValidationError:
+        return False
+    return True
+
+
 def _zoo_folder(zoo_dir: str | os.PathLike) -> Path:
     """The zoo folder of `list`, `build` and `publish`: a file there is refused by each alike (`list` read it as a
     zoo with nothing built)."""
@@ -119,7 +141,8 @@ def load_registry(path: str | os.PathLike | None = None) -> list[ZooEntry]:
     for entry in entries:
         problems = entry.problems()
         if problems:
-            raise ConfigError(f"The zoo registry {path} has an invalid entry {entry.name!r}: {'; '.join(problems)}.")
+            shown = repr(entry.name) if len(str(entry.name)) <= 100 else repr(entry.name[:100]) + "..."
+            raise ConfigError(f"The zoo registry {path} has an invalid entry {shown}: {'; '.join(problems)}.")
         try:
             entry.config()
         except ConfigError as exc:
