@@ -86,6 +86,14 @@ def test_bad_registries_are_refused(tmp_path):
     assert [entry.name for entry in zoo.load_registry(bad)] == ["a" * 84]
 
 
+def test_a_registry_saved_with_a_utf8_byte_order_mark_is_read(tmp_path):
+    """Notepad and other Windows editors may start a UTF-8 file with a BOM: it was refused as malformed JSON."""
+    path = tmp_path / "registry.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"entries": [{"name": "a", "model": "x", "weight_bits": 4,
+                                                                   "act_bits": 4}]}).encode())
+    assert [entry.name for entry in zoo.load_registry(path)] == ["a"]
+
+
 def test_build_skips_finished_entries_and_reports_a_broken_one(registry, tmp_path, capsys):
     out = tmp_path / "zoo"
     assert main(["zoo", "build", "-o", str(out), "--registry", str(registry), "-q"]) == 1  # one entry failed

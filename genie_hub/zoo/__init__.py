@@ -132,7 +132,7 @@ def load_registry(path: str | os.PathLike | None = None) -> list[ZooEntry]:
     """The entries of a registry file, checked: unique names, known keys, valid settings."""
     path = Path(path) if path is not None else REGISTRY
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # Windows editors may start UTF-8 with a BOM
         raw = data["entries"]
         entries = [ZooEntry(**item) for item in raw]
     except (OSError, ValueError, KeyError, TypeError) as exc:
