@@ -33,8 +33,8 @@ logger = logging.getLogger("genie_hub")
 __all__ = ["check_output_folder", "check_push_options", "check_push_ready", "check_push_targets", "check_repo_ids",
            "default_repo_ids", "describe_push", "push_output", "push_space", "space_repo_id"]
 
-_REPO_NAME_MAX = 96  # the Hub's limit on the name part of a repo id
-_CALIBRATION_SUFFIX = "-calibration"
+REPO_NAME_MAX = 96  # the Hub's limit on the name part of a repo id
+CALIBRATION_SUFFIX = "-calibration"
 
 
 def _endpoint() -> str:
@@ -144,7 +144,7 @@ def _resolve_repo_ids(username: str, base_model: str | None, weight_bits: int | 
         repo_id, default_dataset = default_repo_ids(username, base_model, weight_bits, act_bits)
     else:
         repo_id = _qualify(repo_id, username)
-        default_dataset = repo_id + _CALIBRATION_SUFFIX
+        default_dataset = repo_id + CALIBRATION_SUFFIX
     if not with_dataset:
         return repo_id, None
     return repo_id, _qualify(dataset_repo_id, username) if dataset_repo_id else default_dataset
@@ -189,10 +189,10 @@ def default_repo_ids(username: str, base_model: str, weight_bits: int, act_bits:
     dataset name stays within the Hub's 96-character limit.
     """
     tag = f"genie-w{int(weight_bits)}" + (f"a{int(act_bits)}" if act_bits is not None else "")
-    room = _REPO_NAME_MAX - len(_CALIBRATION_SUFFIX) - len(tag) - 1
+    room = REPO_NAME_MAX - len(CALIBRATION_SUFFIX) - len(tag) - 1
     base = _base_name(base_model)[:room].rstrip("-.") or "model"
     name = f"{base}-{tag}"
-    return f"{username}/{name}", f"{username}/{name}{_CALIBRATION_SUFFIX}"
+    return f"{username}/{name}", f"{username}/{name}{CALIBRATION_SUFFIX}"
 
 
 def _qualify(repo_id: str, username: str) -> str:

@@ -24,7 +24,7 @@ from .. import REPOSITORY_URL
 from ..config import GenieConfig
 from ..errors import ConfigError, GenieError, first_line
 from ..fileio import write_bytes, write_json
-from ..hub import _CALIBRATION_SUFFIX as CALIBRATION_SUFFIX, _REPO_NAME_MAX
+from ..hub import CALIBRATION_SUFFIX, REPO_NAME_MAX
 from ..outputs import OutputLayout, RunRecord
 
 logger = logging.getLogger("genie_hub.zoo")
@@ -103,7 +103,7 @@ class ZooEntry:
         return found
 
 
-MAX_NAME = _REPO_NAME_MAX - len(CALIBRATION_SUFFIX)
+MAX_NAME = REPO_NAME_MAX - len(CALIBRATION_SUFFIX)
 """The longest entry name whose repos are valid Hub repo names (its calibration dataset's name is longer)."""
 
 
