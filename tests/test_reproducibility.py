@@ -40,9 +40,12 @@ History of the pins (each change of them is deliberate and says why):
   reconstructed weight moves; the synthetic images do not. Benchmark rows: benchmarks/results/
   speed_accuracy_check.md (the README main job and the embedded RegNet at seeds 0-2, before and after).
 
-Made with tests/pinned_run.py on this project's CPU machine with one thread. Float results depend on the
-thread count and the CPU's kernels, so the runs use one thread; a machine of another CPU family may need its
-own pins.
+Made with tests/pinned_run.py with one thread. Float results depend on the thread count and on the CPU's kernels,
+so the runs use one thread, and each case holds one pin set per kind of CPU the suite has run on: a run must
+equal one of them (a change of numbers by the code moves every set alike, so it still fails). The second sets
+came from an Intel Xeon with AMX (Sapphire Rapids class, 2026-12-05), where the code of the first sets gave
+other bytes (checked at be3f15d, the commit before this session's changes). A machine of yet another CPU family
+may need its own: add what the failure prints, after checking that the code at the pins' commit gives it too.
 """
 
 from __future__ import annotations
@@ -57,17 +60,24 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parent / "pinned_run.py"
 
-PINS = {
-    ("resnet-basic", "2", "4", "0"): {
+PINS = {  # case: (pins on the first CPU kind, pins on the AMX Xeon)
+    ("resnet-basic", "2", "4", "0"): ({
         "genie_model.safetensors": "dc001228768480b2c6d24e15efe4c93ca842a5ac43b9ef45575916d2ac00234b",
         "batch_00000.safetensors": "9c993697deb8dfa65d046c0cc4db500d72f797d78575f9a9b43539086edb47c8",
-        "batch_00001.safetensors": "d109f165d11d62d614f410a32153671851e4402f0f19c08f6bae7ee83ce0f987"},
-    ("mobilenet-v2", "4", "4", "0"): {
+        "batch_00001.safetensors": "d109f165d11d62d614f410a32153671851e4402f0f19c08f6bae7ee83ce0f987"}, {
+        "genie_model.safetensors": "8968de64aa6198cdd483e41166ff8b470533b3685df1a49b694999838f02b809",
+        "batch_00000.safetensors": "88ac122537926ba30ea8de2f0f913b76b17fa7b478887933de96638a4764e122",
+        "batch_00001.safetensors": "747a925743d90f3817a7005a3a7bd216abc6b905ddd7528f192f49c8e4b6ec5f"}),
+    ("mobilenet-v2", "4", "4", "0"): ({
         "genie_model.safetensors": "df1804dc43f29f669a378f43c2b924cd08ff17a10c58e16d2f3ddd80303d1776",
         "batch_00000.safetensors": "2c96b0f1d1d66511b62791b004e999c8c390fc894c56fd397eb0719d00bb1b59",
-        "batch_00001.safetensors": "dd0bda7fab5989821357c99f800611fb213c5f679ba2a7a30f0c77ac1419a2ee"},
-    ("regnet", "4", "8", "1"): {  # few-shot from a folder of 12 PNGs: no synthesis shards
-        "genie_model.safetensors": "26d1403155e5a4b76ddf8fc2ae39ec71678e7a5f5610fa01d86eff74f21caaca"},
+        "batch_00001.safetensors": "dd0bda7fab5989821357c99f800611fb213c5f679ba2a7a30f0c77ac1419a2ee"}, {
+        "genie_model.safetensors": "8f6b88c0ad332b0529ace98d405bdfb4c31c9bf693cff7893d80f7f6150b3b88",
+        "batch_00000.safetensors": "d6e0b1f9b99c5f2a3446872c9d6b67dadb009021908474e8f7631ded00b1c396",
+        "batch_00001.safetensors": "88b71b587c2fea611f40af54e4d505d17fb2db69329265f6e8cf139132c2c5fe"}),
+    ("regnet", "4", "8", "1"): ({  # few-shot from a folder of 12 PNGs: no synthesis shards
+        "genie_model.safetensors": "26d1403155e5a4b76ddf8fc2ae39ec71678e7a5f5610fa01d86eff74f21caaca"}, {
+        "genie_model.safetensors": "6522e499762e5d18781ca6cdbd94378baf764a833889c9170c52e6cee58e8993"}),
 }
 
 
@@ -78,7 +88,7 @@ def test_same_command_same_bytes(case, tmp_path):
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = json.loads(proc.stdout.split("PIN", 1)[1])
-    assert digests == PINS[case]
+    assert digests in PINS[case], f"no pin set of this case matches (another CPU kind, or moved numbers): {digests}"
 
 
 def test_fingerprint_differences_name_the_nested_settings_that_changed():
