@@ -343,8 +343,6 @@ def test_a_local_folder_with_splits_is_read_by_split_never_mixed(model_dir, imag
     Hub dataset, validation (else test, else train) unless PATH:split names one; never all splits at once."""
     import shutil
 
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
-
     split_folder = tmp_path / "split-folder"
     shutil.copytree(imagefolder, split_folder / "val")
     for name in ("CAT", "Dog"):
@@ -367,12 +365,7 @@ def test_a_local_folder_with_splits_is_read_by_split_never_mixed(model_dir, imag
     _images(1, 9)[0].save(tmp_path / "flat" / "test" / "0.png")
     assert open_eval_set(str(tmp_path / "flat"), dict(enumerate([*LABELS, "test"]))).num_images == 7
 
-    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
-    parts = DatasetDict(train=Dataset.from_dict({"image": _images(4, 1), "label": [0, 1, 2, 3]}, features=features),
-                        test=Dataset.from_dict({"image": _images(2, 2), "label": [4, 4]}, features=features))
-    parts.save_to_disk(str(tmp_path / "saved"))
-    for name, part in parts.items():
-        part.to_parquet(str(tmp_path / "clone" / "data" / f"{name}-00000-of-00001.parquet"))
+    parts = _two_splits_saved_and_cloned(tmp_path, "test")
     for folder in ("saved", "clone"):
         evalset, result = _evaluated(model_dir, str(tmp_path / folder))
         assert (evalset.split, result.num_images) == ("test", 2), folder
@@ -381,18 +374,25 @@ def test_a_local_folder_with_splits_is_read_by_split_never_mixed(model_dir, imag
     assert open_eval_set(str(tmp_path / "named"), dict(enumerate(LABELS))).num_images == 6
 
 
+def _two_splits_saved_and_cloned(tmp_path: Path, second: str):
+    """A DatasetDict of `train` (4 images) and `second` (2), written as `save_to_disk` writes it (tmp_path/saved)
+    and as a Hub repo's clone holds it (tmp_path/clone/data/NAME-00000-of-00001.parquet); returns it."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
+
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
+    parts = DatasetDict({"train": Dataset.from_dict({"image": _images(4, 1), "label": [0, 1, 2, 3]}, features=features),
+                         second: Dataset.from_dict({"image": _images(2, 2), "label": [4, 4]}, features=features)})
+    parts.save_to_disk(str(tmp_path / "saved"))
+    for name, part in parts.items():
+        part.to_parquet(str(tmp_path / "clone" / "data" / f"{name}-00000-of-00001.parquet"))
+    return parts
+
+
 def test_splits_of_other_names_are_read_by_split_never_mixed(model_dir, tmp_path):
     """A DatasetDict saved with a split named neither train, validation nor test (`holdout`), and a Hub repo's
     clone with `data/holdout-00000-of-00001.parquet`: `datasets` reads both as splits. Both splits were read as one
     "train" set (training images scored with the held-out ones), and PATH:holdout was refused."""
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image as ImageFeature
-
-    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
-    parts = DatasetDict(train=Dataset.from_dict({"image": _images(4, 1), "label": [0, 1, 2, 3]}, features=features),
-                        holdout=Dataset.from_dict({"image": _images(2, 2), "label": [4, 4]}, features=features))
-    parts.save_to_disk(str(tmp_path / "saved"))
-    for name, part in parts.items():
-        part.to_parquet(str(tmp_path / "clone" / "data" / f"{name}-00000-of-00001.parquet"))
+    parts = _two_splits_saved_and_cloned(tmp_path, "holdout")
     for folder in ("saved", "clone"):
         evalset, result = _evaluated(model_dir, str(tmp_path / folder))
         assert (evalset.split, result.num_images) == ("train", 4), folder
