@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .base import InputSpec, ModelAdapter, logits_of
-from ..errors import first_line
+from ..errors import GenieError, ModelLoadError, UnsupportedModelError, first_line
 
 
 def _size_from_processor(processor) -> tuple[int, int] | None:
@@ -57,8 +57,6 @@ def register_attention(attention) -> str:
 def _refuse_file(name_or_path: str) -> None:
     """A model is a folder or a Hub id; a file (its config.json, its weights) is a common slip, said plainly."""
     if Path(str(name_or_path)).expanduser().is_file():
-        from ..errors import ModelLoadError
-
         raise ModelLoadError(f"Could not load model '{name_or_path}': it is a file. Pass the model's folder (the one "
                              "holding config.json), or a Hub id (owner/name).")
 
@@ -67,8 +65,6 @@ def _refuse_missing_weights(name_or_path: str, model: nn.Module, loading_info: d
     """transformers initializes at random every weight the checkpoint lacks and only logs it: a backbone saved
     without its classifier head (or a checkpoint stripped of its quantization config) would then be quantized,
     evaluated and published as if it were the model. Refused, naming what is missing."""
-    from ..errors import ModelLoadError
-
     missing = sorted(loading_info.get("missing_keys") or [])
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -93,8 +89,6 @@ class TransformersAdapter(ModelAdapter):
     def logits(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         main_input = getattr(model, "main_input_name", None)
         if main_input == "input_ids":  # ImageGPT: an image as a sequence of colour-cluster token ids
-            from ..errors import UnsupportedModelError
-
             raise UnsupportedModelError(
                 f"genie_hub cannot quantize {type(model).__name__}: it reads an image as token ids (its input is "
                 "input_ids, e.g. ImageGPT's colour-cluster ids), not as pixel values, so there are no images to "
@@ -140,8 +134,6 @@ class TransformersAdapter(ModelAdapter):
         except Exception:  # noqa: BLE001 - any processor failure: the attribute route below
             x = None
         if x is not None and x.dim() != 4:  # SigLIP2's NaFlex processor: patch sequences, with masks and shapes
-            from ..errors import UnsupportedModelError
-
             raise UnsupportedModelError(
                 f"The image processor ({type(processor).__name__}) makes pixel_values of shape {list(x.shape)} for 2 "
                 f"images, not images [N, C, H, W] (e.g. sequences of flattened patches, fed with a patch mask and "
@@ -157,16 +149,12 @@ class TransformersAdapter(ModelAdapter):
         if not getattr(processor, "do_normalize", True) or not mean or not std:
             return (), ()
         if len(mean) != channels or len(std) != channels:
-            from ..errors import ModelLoadError
-
             raise ModelLoadError(
                 f"The image processor normalizes {len(mean)}-channel images (image_mean {list(mean)}, image_std "
                 f"{list(std)}), but the model takes {channels} channel(s) (its config's num_channels), so the "
                 "processor cannot prepare its inputs (transformers refuses such a pair when it runs). The processor "
                 "belongs to another model, or num_channels is wrong: fix preprocessor_config.json or config.json.")
         if not all(math.isfinite(v) for v in mean) or not all(math.isfinite(s) and s != 0 for s in std):
-            from ..errors import ModelLoadError
-
             raise ModelLoadError(
                 f"The image processor's normalization cannot be used: image_mean {list(mean)}, image_std "
                 f"{list(std)} (a std of 0 or a value that is not finite turns every pixel into inf or NaN). "
@@ -233,8 +221,6 @@ class TransformersAdapter(ModelAdapter):
         except Exception as exc:  # none in the repo: the caller decides (`loading.require_processor`)
             processor_file = Path(name_or_path) / "preprocessor_config.json"
             if processor_file.is_file():  # one that is there but unreadable must not be guessed around
-                from ..errors import ModelLoadError
-
                 remedy = ("Install the package it names (some transformers releases read image processors "
                           "only with torchvision), or another transformers release." if isinstance(exc, ImportError)
                           else "Restore the file from the model it came from (or delete it to load the model "
@@ -263,8 +249,6 @@ class TransformersAdapter(ModelAdapter):
 
     def load_error(self, name: str, exc: Exception) -> Exception:
         from huggingface_hub import is_offline_mode
-
-        from ..errors import GenieError, ModelLoadError
 
         if isinstance(exc, GenieError):  # genie_hub's own checks (a Genie checkpoint's): already say what to do
             return exc
