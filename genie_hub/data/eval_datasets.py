@@ -440,12 +440,12 @@ def _saved_split_names(root: Path) -> set[str]:
     return {split for split in splits if isinstance(split, str) and split} if isinstance(splits, list) else set()
 
 
-def _chosen_split(source: EvalSource, splits: list[str]) -> str:
+def _chosen_split(source: EvalSource, splits: list[str], log: bool = True) -> str:
     """The named split (`PATH:split`), else the preferred one; with several, which one is said in the log."""
     if source.split is not None:
         return named_split(source.name, source.split, splits)
     split = _preferred_split(splits)
-    if len(splits) > 1:
+    if log and len(splits) > 1:
         logger.info("%s holds the splits %s: evaluating on %s (name another as %s:SPLIT).", source.name,
                     ", ".join(splits), split, source.name)
     return split
@@ -497,8 +497,7 @@ def _empty_data_files(source: EvalSource) -> tuple[list[Path], int]:
             builder, by_split = local_data_files(path)
             if builder == "imagefolder":
                 return [], 0
-            files = by_split[named_split(source.name, source.split, list(by_split)) if source.split is not None
-                             else _preferred_split(list(by_split))]
+            files = by_split[_chosen_split(source, list(by_split), log=False)]
     except (DataError, OSError, KeyError):
         return [], 0
     return [file for file in files if _row_count(file) == 0], len(files)
